@@ -1,0 +1,39 @@
+"""sage-cp-plugin: a control plane for fleets of vLLM inference servers."""
+
+from __future__ import annotations
+
+from sage_cp_plugin.types import (
+    DecodingConfig,
+    ExecutionInstance,
+    ExecutionInstanceType,
+    ParallelismConfig,
+    ParallelismType,
+    PDSeparationConfig,
+    PerformanceMetrics,
+    PrefillingConfig,
+    RequestKind,
+    RequestMetadata,
+    RequestPriority,
+    RequestResult,
+    RequestStatus,
+    SchedulingDecision,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DecodingConfig",
+    "ExecutionInstance",
+    "ExecutionInstanceType",
+    "PDSeparationConfig",
+    "ParallelismConfig",
+    "ParallelismType",
+    "PerformanceMetrics",
+    "PrefillingConfig",
+    "RequestKind",
+    "RequestMetadata",
+    "RequestPriority",
+    "RequestResult",
+    "RequestStatus",
+    "SchedulingDecision",
+]

@@ -1,0 +1,98 @@
+"""Exceptions of the control plane. Each message says what was wrong and what would work."""
+
+from __future__ import annotations
+
+
+class ControlPlaneError(Exception):
+    """Base of every error this package raises on purpose."""
+
+
+class ConfigurationError(ControlPlaneError, ValueError):
+    """A configuration (policy/router names, instances, files) cannot be used as given."""
+
+
+class UnknownPluginError(ConfigurationError, KeyError):
+    """A policy, router or parallelism strategy name that no plugin registered."""
+
+    def __init__(self, kind: str, name: str, available: list[str]) -> None:
+        self.kind, self.name, self.available = kind, name, available
+        super().__init__(
+            f"unknown {kind} {name!r}; available {kind}s: {', '.join(sorted(available)) or 'none'}"
+        )
+
+    def __str__(self) -> str:  # KeyError would quote the message otherwise
+        return str(self.args[0])
+
+
+class PluginConflictError(ConfigurationError):
+    """Two plugins registered the same name."""
+
+
+class DuplicateInstanceError(ConfigurationError):
+    """An instance id that is already registered."""
+
+
+class AdmissionError(ControlPlaneError):
+    """The request was not admitted (queue full, shutting down, rejected by policy)."""
+
+    status_code = 503
+
+
+class QueueFullError(AdmissionError):
+    status_code = 429
+
+    def __init__(self, capacity: int, retry_after_s: float = 1.0) -> None:
+        self.capacity = capacity
+        self.retry_after_s = retry_after_s
+        super().__init__(
+            f"pending queue is full ({capacity} requests waiting); retry after "
+            f"{retry_after_s:.1f}s or raise max_pending_requests"
+        )
+
+
+class NoInstanceError(ControlPlaneError):
+    """No healthy instance can serve the request (model unknown, all down, wrong role)."""
+
+    status_code = 503
+
+
+class ModelNotServedError(NoInstanceError):
+    status_code = 404
+
+    def __init__(self, model: str | None, served: list[str]) -> None:
+        self.model, self.served = model, served
+        super().__init__(
+            f"no instance serves model {model!r}; models served by this fleet: "
+            f"{', '.join(sorted(served)) or 'none'}"
+        )
+
+
+class RequestRejectedError(ControlPlaneError):
+    """A policy rejected the request (deadline already missed, budget too small)."""
+
+    status_code = 422
+
+
+class UpstreamError(ControlPlaneError):
+    """An instance answered with an error or could not be reached."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int | None = None,
+        instance_id: str | None = None,
+        retryable: bool = True,
+        retry_after_s: float | None = None,
+        body_started: bool = False,
+    ) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.instance_id = instance_id
+        self.retryable = retryable
+        self.retry_after_s = retry_after_s
+        self.body_started = body_started
+
+
+class RequestTimeoutError(ControlPlaneError):
+    status_code = 504
