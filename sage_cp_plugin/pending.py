@@ -1,0 +1,125 @@
+"""The pending queue: one heap per pool (model + kind), ordered by the policy's key.
+
+Keys are static per request (policies express time-dependence through the key, e.g.
+aging as ``arrival + priority * aging_s``), so a heap gives O(log n) push/pop and the
+cost of a decision does not grow with the queue. Cancelled entries are deleted lazily.
+When the policy changes its ordering (adaptive switch, run-time policy change) the heaps
+are rebuilt once, O(n), instead of on every dispatch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from sage_cp_plugin.types import ExecutionInstanceType, RequestKind, RequestMetadata
+
+
+@dataclass(slots=True, eq=False)
+class QueuedRequest:
+    """A request inside the coordinator, with what decisions need precomputed."""
+
+    request: RequestMetadata
+    arrival: float  # event-loop clock, seconds
+    seq: int
+    input_tokens: int
+    output_tokens: int
+    deadline: float | None  # absolute, loop clock; from slo_deadline_ms
+    predicted_s: float = 0.0  # best-case service time when enqueued
+    future: asyncio.Future[Any] | None = None
+    key: tuple[float, ...] = ()
+    cancelled: bool = False
+    attempts: int = 0
+    excluded: set[str] = field(default_factory=set)
+    phase: ExecutionInstanceType | None = None
+    enqueued_at: float = 0.0
+    not_before: float = 0.0  # retry backoff: do not dispatch before this time
+    last_error: str | None = None
+    # Streaming callers receive chunks through this queue (None = not streaming).
+    chunks: asyncio.Queue[Any] | None = None
+
+    @property
+    def request_id(self) -> str:
+        return self.request.request_id
+
+    @property
+    def pool(self) -> tuple[str | None, bool]:
+        return (self.request.model_name, self.request.kind == RequestKind.EMBEDDING)
+
+
+PoolKey = tuple[str | None, bool]
+
+
+class PendingQueue:
+    """Bounded multi-pool priority queue of `QueuedRequest`."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._heaps: dict[PoolKey, list[tuple[tuple[float, ...], int, QueuedRequest]]] = {}
+        self._by_id: dict[str, QueuedRequest] = {}
+        self._counter = itertools.count()
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def __contains__(self, request_id: str) -> bool:
+        return request_id in self._by_id
+
+    def full(self) -> bool:
+        return len(self._by_id) >= self.capacity
+
+    def push(self, item: QueuedRequest) -> None:
+        self._by_id[item.request_id] = item
+        heap = self._heaps.setdefault(item.pool, [])
+        heapq.heappush(heap, (item.key, next(self._counter), item))
+
+    def pools(self) -> list[PoolKey]:
+        return [k for k, h in self._heaps.items() if h]
+
+    def peek(self, pool: PoolKey) -> QueuedRequest | None:
+        heap = self._heaps.get(pool)
+        while heap:
+            item = heap[0][2]
+            if item.cancelled or self._by_id.get(item.request_id) is not item:
+                heapq.heappop(heap)
+                continue
+            return item
+        return None
+
+    def pop(self, pool: PoolKey) -> QueuedRequest | None:
+        item = self.peek(pool)
+        if item is not None:
+            heapq.heappop(self._heaps[pool])
+            del self._by_id[item.request_id]
+        return item
+
+    def remove(self, request_id: str) -> QueuedRequest | None:
+        """Remove by id (cancellation); the heap entry is dropped lazily."""
+        item = self._by_id.pop(request_id, None)
+        if item is not None:
+            item.cancelled = True
+        return item
+
+    def rekey(self, key: Callable[[QueuedRequest], tuple[float, ...]]) -> None:
+        """Rebuild every heap with a new ordering (policy switch)."""
+        for pool, heap in self._heaps.items():
+            items = [e[2] for e in heap if not e[2].cancelled and self._by_id.get(e[2].request_id) is e[2]]
+            rebuilt = []
+            for it in items:
+                it.key = key(it)
+                rebuilt.append((it.key, next(self._counter), it))
+            heapq.heapify(rebuilt)
+            self._heaps[pool] = rebuilt
+
+    def items(self) -> Iterator[QueuedRequest]:
+        return iter(list(self._by_id.values()))
+
+    def depth_by_pool(self) -> dict[PoolKey, int]:
+        out: dict[PoolKey, int] = {}
+        for it in self._by_id.values():
+            out[it.pool] = out.get(it.pool, 0) + 1
+        return out

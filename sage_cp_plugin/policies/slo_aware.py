@@ -1,0 +1,63 @@
+"""Least slack first.
+
+slack = deadline - now - predicted service time. `now` is common to every queued request,
+so ordering by ``deadline - predicted`` is the same order and keeps the key static. The
+prediction comes from per-instance speeds learnt online (prefill s/token, decode s/token)
+and is refreshed on the chosen instance when the request comes up for dispatch: if it can
+no longer meet its deadline there, `late_action` decides: ``run`` it anyway, or ``reject``
+it with the reason (so hopeless work stops delaying requests that can still make it).
+Requests without a deadline are keyed ``arrival + no_deadline_slack_s``: they run after
+urgent work but cannot starve.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from sage_cp_plugin.pending import QueuedRequest
+from sage_cp_plugin.policies.base import SchedulingPolicy
+from sage_cp_plugin.state import InstanceState
+
+LateAction = Literal["run", "reject"]
+
+
+class SLOAwarePolicy(SchedulingPolicy):
+    name = "slo_aware"
+
+    def __init__(self, late_action: LateAction = "run", no_deadline_slack_s: float = 30.0) -> None:
+        super().__init__()
+        if late_action not in ("run", "reject"):
+            raise ValueError(f"late_action must be 'run' or 'reject', got {late_action!r}")
+        if no_deadline_slack_s <= 0:
+            raise ValueError(f"no_deadline_slack_s must be positive, got {no_deadline_slack_s!r}")
+        self.late_action: LateAction = late_action
+        self.no_deadline_slack_s = no_deadline_slack_s
+
+    def key(self, item: QueuedRequest) -> tuple[float, ...]:
+        target = self._target(item)
+        return (target - item.predicted_s, float(item.seq))
+
+    def _target(self, item: QueuedRequest) -> float:
+        """The time by which the request should be done (explicit or implied)."""
+        req = item.request
+        if item.deadline is not None:
+            return item.deadline
+        if req.ttft_slo_ms is not None:
+            # A TTFT objective alone: the first token must come by then; scale to a
+            # completion target so it orders against e2e deadlines.
+            return item.arrival + req.ttft_slo_ms / 1000.0 + item.predicted_s
+        return item.arrival + self.no_deadline_slack_s
+
+    def check_dispatch(self, item: QueuedRequest, state: InstanceState, now: float) -> str | None:
+        if self.late_action != "reject" or item.deadline is None:
+            return None
+        predicted = state.predicted_service_s(item.input_tokens, item.output_tokens)
+        if now + predicted > item.deadline:
+            missed_by = (now + predicted - item.deadline) * 1000
+            return (
+                f"deadline cannot be met: slo_deadline_ms={item.request.slo_deadline_ms:g}, "
+                f"waited {(now - item.arrival) * 1000:.0f} ms, predicted service "
+                f"{predicted * 1000:.0f} ms on {state.instance_id} (late by {missed_by:.0f} ms); "
+                "rejected by slo_aware late_action='reject'"
+            )
+        return None

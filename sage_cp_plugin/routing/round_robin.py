@@ -1,0 +1,26 @@
+"""Round robin over the candidates, in registration order."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sage_cp_plugin.pending import QueuedRequest
+from sage_cp_plugin.routing.base import Router
+from sage_cp_plugin.state import FleetSnapshot, InstanceState
+
+
+class RoundRobinRouter(Router):
+    name = "round_robin"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._next = 0
+
+    def select(
+        self, item: QueuedRequest, candidates: Sequence[InstanceState], fleet: FleetSnapshot
+    ) -> InstanceState | None:
+        if not candidates:
+            return None
+        chosen = candidates[self._next % len(candidates)]
+        self._next += 1
+        return chosen

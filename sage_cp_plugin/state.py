@@ -1,0 +1,140 @@
+"""Live state of the fleet, as policies and routers see it.
+
+`InstanceState` objects are owned by the coordinator and changed only on its event loop,
+between decisions; policies and routers read them synchronously (no awaits inside a
+decision), so every decision sees one consistent picture. They must not change them:
+the coordinator is the only writer. Rebuilding frozen copies per decision would cost
+O(instances) allocations per request, which the decision-cost budget does not allow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+from sage_cp_plugin.types import ExecutionInstance, ExecutionInstanceType
+
+
+@dataclass(slots=True)
+class ScrapedLoad:
+    """What the last `/metrics` scrape of an instance said (vLLM's own view of its load)."""
+
+    running: float = 0.0
+    waiting: float = 0.0
+    kv_usage: float = 0.0  # 0..1
+    prefix_cache_queries: float = 0.0
+    prefix_cache_hits: float = 0.0
+    scraped_at: float = 0.0  # loop clock
+    fresh: bool = False  # False when the scrape is older than the staleness bound or failed
+
+
+@dataclass(slots=True)
+class Ewma:
+    """Exponentially weighted mean: cheap online estimate that follows drift."""
+
+    alpha: float = 0.2
+    value: float | None = None
+    count: int = 0
+
+    def add(self, x: float) -> None:
+        self.count += 1
+        self.value = x if self.value is None else self.value + self.alpha * (x - self.value)
+
+    def get(self, default: float) -> float:
+        return default if self.value is None else self.value
+
+
+@dataclass(slots=True)
+class InstanceState:
+    """One instance: its static description plus everything the coordinator knows now."""
+
+    instance: ExecutionInstance
+    healthy: bool = True
+    circuit_open: bool = False
+    draining: bool = False
+    in_flight: int = 0
+    in_flight_tokens: int = 0  # prompt + expected output tokens of requests in flight
+    scraped: ScrapedLoad = field(default_factory=ScrapedLoad)
+    # Learnt online from completed requests (seconds per token).
+    prefill_s_per_token: Ewma = field(default_factory=Ewma)
+    decode_s_per_token: Ewma = field(default_factory=Ewma)
+    overhead_s: Ewma = field(default_factory=Ewma)
+    completed: int = 0
+    failed: int = 0
+    consecutive_failures: int = 0
+
+    @property
+    def instance_id(self) -> str:
+        return self.instance.instance_id
+
+    @property
+    def capacity(self) -> int:
+        return self.instance.max_concurrent_requests
+
+    @property
+    def has_capacity(self) -> bool:
+        return self.in_flight < self.instance.max_concurrent_requests
+
+    @property
+    def routable(self) -> bool:
+        return self.healthy and not self.circuit_open and not self.draining
+
+    @property
+    def load(self) -> float:
+        """Outstanding work as a fraction of capacity, counting vLLM's own queue when known."""
+        queued = self.scraped.waiting if self.scraped.fresh else 0.0
+        return (self.in_flight + queued) / self.instance.max_concurrent_requests
+
+    def predicted_service_s(self, input_tokens: int, output_tokens: int) -> float:
+        """Predicted time to serve a request alone on this instance, from observed speeds.
+
+        Before any observation, a conservative prior scaled by the instance's speed hint
+        (roughly an 8B model on one A100: 0.1 ms/prompt token, 20 ms/output token).
+        """
+        speed = self.instance.speed_hint
+        prefill = self.prefill_s_per_token.get(1e-4 / speed)
+        decode = self.decode_s_per_token.get(0.02 / speed)
+        return self.overhead_s.get(0.0) + prefill * input_tokens + decode * output_tokens
+
+    def price_for(self, tokens: int, service_s: float) -> float | None:
+        """Cost of a request here, in the instance's currency; None when unpriced."""
+        inst = self.instance
+        if inst.price_per_1k_tokens is not None:
+            return inst.price_per_1k_tokens * tokens / 1000.0
+        if inst.price_per_gpu_hour is not None:
+            # A request shares the instance with others: charge its time share of the GPUs.
+            share = 1.0 / max(1, min(inst.max_concurrent_requests, 8))
+            return inst.price_per_gpu_hour * inst.gpu_count * service_s / 3600.0 * share
+        return None
+
+
+@dataclass(slots=True)
+class FleetSnapshot:
+    """All instances, indexed; what a decision may look at besides its candidates."""
+
+    states: dict[str, InstanceState] = field(default_factory=dict)
+    now: float = 0.0
+
+    def __iter__(self) -> Iterator[InstanceState]:
+        return iter(self.states.values())
+
+    def __len__(self) -> int:
+        return len(self.states)
+
+    def get(self, instance_id: str) -> InstanceState | None:
+        return self.states.get(instance_id)
+
+    def models(self) -> list[str]:
+        out: set[str] = set()
+        for s in self.states.values():
+            out.update(s.instance.served_models)
+        return sorted(out)
+
+    def of_type(self, kind: ExecutionInstanceType) -> list[InstanceState]:
+        return [s for s in self.states.values() if s.instance.instance_type == kind]
+
+    def total_in_flight(self) -> int:
+        return sum(s.in_flight for s in self.states.values())
+
+    def total_capacity(self, states: Iterable[InstanceState] | None = None) -> int:
+        return sum(s.capacity for s in (states if states is not None else self.states.values()))
