@@ -1,0 +1,116 @@
+"""Paged KV cache with prefix caching, modelled on vLLM's block pool.
+
+Blocks of ``block_size`` tokens are reference counted. A *full* block gets a chained hash
+``hash((parent_hash, tokens_of_block))`` so equal token prefixes map to equal hash chains, and a
+new request reuses the longest chain already in the cache. Blocks whose reference count drops to
+zero keep their hash (they stay reusable) but become evictable, least recently freed first. A
+request frees its blocks tail-first, so the shared head of a prefix is evicted last -- the same
+order vLLM uses.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+
+
+def chain_hashes(tokens: Sequence[str], block_size: int, start: int = 0, parent: int = 0) -> list[int]:
+    """Hashes of the full blocks of ``tokens`` from block index ``start``, chained on ``parent``.
+
+    Uses the built-in ``hash`` (salted per process): hashes never leave the process.
+    """
+    out: list[int] = []
+    h = parent
+    for i in range(start, len(tokens) // block_size):
+        h = hash((h, tuple(tokens[i * block_size : (i + 1) * block_size])))
+        out.append(h)
+    return out
+
+
+class KVCache:
+    """``num_blocks`` blocks; allocation never blocks -- a caller that gets ``None`` preempts."""
+
+    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True):
+        self.num_blocks = num_blocks
+        self.block_size = block_size
+        self.enable_prefix_caching = enable_prefix_caching
+        self._ref = [0] * num_blocks
+        self._hash_of: list[int | None] = [None] * num_blocks
+        self._by_hash: dict[int, int] = {}
+        # Evictable blocks (ref == 0), least recently freed first. Dict keys keep O(1) removal.
+        self._free: OrderedDict[int, None] = OrderedDict.fromkeys(range(num_blocks))
+
+    @property
+    def num_free(self) -> int:
+        return len(self._free)
+
+    @property
+    def num_used(self) -> int:
+        return self.num_blocks - len(self._free)
+
+    @property
+    def usage(self) -> float:
+        """Fraction of blocks referenced by a request (vLLM's ``kv_cache_usage_perc``)."""
+        return self.num_used / self.num_blocks
+
+    def blocks_for(self, num_tokens: int) -> int:
+        return -(-num_tokens // self.block_size)
+
+    def match_prefix(self, hashes: Sequence[int]) -> list[int]:
+        """Blocks holding the longest cached prefix of the hash chain ``hashes``."""
+        if not self.enable_prefix_caching:
+            return []
+        found: list[int] = []
+        for h in hashes:
+            block = self._by_hash.get(h)
+            if block is None:
+                break
+            found.append(block)
+        return found
+
+    def evictable_among(self, blocks: Sequence[int]) -> int:
+        """How many of ``blocks`` sit in the free list (touching them shrinks it)."""
+        return sum(1 for b in blocks if self._ref[b] == 0)
+
+    def touch(self, blocks: Sequence[int]) -> None:
+        """Take a reference on cached blocks (prefix hit)."""
+        for b in blocks:
+            if self._ref[b] == 0:
+                del self._free[b]
+            self._ref[b] += 1
+
+    def allocate(self, n: int) -> list[int] | None:
+        """``n`` fresh blocks, evicting least recently freed cached ones; ``None`` if short."""
+        if n > len(self._free):
+            return None
+        out: list[int] = []
+        for _ in range(n):
+            b, _unused = self._free.popitem(last=False)
+            old = self._hash_of[b]
+            if old is not None:
+                self._hash_of[b] = None
+                if self._by_hash.get(old) == b:
+                    del self._by_hash[old]
+            self._ref[b] = 1
+            out.append(b)
+        return out
+
+    def free(self, blocks: Sequence[int]) -> None:
+        """Drop one reference from each block, tail first (see module docstring)."""
+        for b in reversed(blocks):
+            self._ref[b] -= 1
+            if self._ref[b] == 0:
+                if self._hash_of[b] is None:
+                    # Nothing reusable inside: evict it before any cached block.
+                    self._free[b] = None
+                    self._free.move_to_end(b, last=False)
+                else:
+                    self._free[b] = None
+
+    def register(self, block: int, block_hash: int) -> None:
+        """Record that ``block`` is full and holds the chain ending in ``block_hash``."""
+        if not self.enable_prefix_caching or self._hash_of[block] is not None:
+            return
+        self._hash_of[block] = block_hash
+        # A duplicate computed concurrently keeps the first copy as the canonical one.
+        self._by_hash.setdefault(block_hash, block)

@@ -1,0 +1,127 @@
+"""One request inside the simulated engine, from submission to its last token."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+
+class SeqStatus(enum.Enum):
+    WAITING = "waiting"
+    TRANSFERRING = "transferring"  # PD decode: pulling the prompt's KV from a prefill instance
+    RUNNING = "running"
+    FINISHED = "finished"
+    ABORTED = "aborted"
+
+
+@dataclass(frozen=True, slots=True)
+class RemotePrefill:
+    """Validated ``kv_transfer_params`` of a decode request (the prefill ran elsewhere)."""
+
+    engine_id: str
+    request_id: str | None
+    num_tokens: int
+
+
+class SimSequence:
+    """State the scheduler keeps per request; the HTTP layer reads results from it.
+
+    ``output`` is the full deterministic answer, decided up front; the engine only decides
+    *when* each word is released, one per step, into ``queue`` (streaming requests only).
+    """
+
+    __slots__ = (
+        "arrival",
+        "blocks",
+        "done",
+        "external_tokens",
+        "finish_reason",
+        "first_scheduled",
+        "first_token",
+        "hashes",
+        "last_token",
+        "max_tokens",
+        "num_cached_tokens",
+        "num_computed",
+        "num_output",
+        "num_registered",
+        "output",
+        "pin_for_remote_decode",
+        "pinned_blocks",
+        "pooling",
+        "prompt",
+        "queue",
+        "remote",
+        "remote_done",
+        "request_id",
+        "status",
+        "transfer_handle",
+    )
+
+    def __init__(
+        self,
+        request_id: str,
+        prompt: list[str],
+        output: list[str],
+        arrival: float,
+        *,
+        stream: bool,
+        pooling: bool = False,
+        remote: RemotePrefill | None = None,
+        pin_for_remote_decode: bool = False,
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        self.request_id = request_id
+        self.prompt = prompt
+        self.output = output
+        self.max_tokens = len(output)
+        self.arrival = arrival
+        self.pooling = pooling
+        self.remote = remote
+        self.remote_done = False
+        self.pin_for_remote_decode = pin_for_remote_decode
+        self.queue: asyncio.Queue[str | None] | None = asyncio.Queue() if stream else None
+        self.done: asyncio.Future[None] = loop.create_future()
+        self.status = SeqStatus.WAITING
+        self.num_output = 0
+        self.num_computed = 0
+        self.num_registered = 0
+        self.blocks: list[int] = []
+        self.pinned_blocks: list[int] = []
+        self.hashes: list[int] = []
+        self.num_cached_tokens = 0
+        self.external_tokens = 0
+        self.first_scheduled: float | None = None
+        self.first_token: float | None = None
+        self.last_token: float | None = None
+        self.finish_reason: str | None = None
+        self.transfer_handle: asyncio.TimerHandle | None = None
+
+    @property
+    def num_tokens(self) -> int:
+        """Tokens whose KV the sequence needs: the prompt plus what it has generated."""
+        return len(self.prompt) + self.num_output
+
+    def tokens_upto(self, n: int) -> list[str]:
+        p = len(self.prompt)
+        return self.prompt if n <= p else self.prompt + self.output[: n - p]
+
+    @property
+    def text(self) -> str:
+        return " ".join(self.output[: self.num_output])
+
+    @property
+    def finished(self) -> bool:
+        return self.status in (SeqStatus.FINISHED, SeqStatus.ABORTED)
+
+    async def stream(self) -> AsyncIterator[str]:
+        """Each generated word as the step producing it completes; ends on finish or abort."""
+        if self.queue is None:
+            raise RuntimeError(f"request {self.request_id} was not submitted for streaming")
+        while True:
+            word = await self.queue.get()
+            if word is None:
+                return
+            yield word

@@ -1,0 +1,79 @@
+"""The simulator's tokenizer and its deterministic "model output".
+
+Rule: **one token = one whitespace-separated word.** It is cheap, needs no vocabulary file, and
+lets benchmarks build a prompt of exactly N tokens (N words); prompts sharing a text prefix share
+a token prefix and therefore KV block hashes, so prefix caching behaves as it would on vLLM.
+
+Chat messages are flattened with a fixed template, one ``<|role|>`` marker word per message
+followed by its content, then a trailing ``<|assistant|>`` generation prompt:
+``<|system|> You are terse <|user|> Hi <|assistant|>``.
+
+Output: ``max_tokens`` words drawn from a small vocabulary by an RNG seeded with the instance
+seed and a digest of the prompt, so the same prompt on the same seed always yields the same
+text, and streamed deltas (``word``, `` word``, ...) concatenate to the non-streamed text.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import zlib
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+VOCAB: tuple[str, ...] = tuple(
+    (
+        "the of and to in is that for it as with was on be by this are from at an "
+        "model token cache block batch prefill decode instance request latency fleet router "
+        "policy queue stream vector engine server prompt output scale time step plan"
+    ).split()
+)
+VOCAB_SIZE = 32000  # size of the pretend id space reported by /tokenize
+
+
+def tokenize(text: str) -> list[str]:
+    return text.split()
+
+
+def token_id(word: str) -> int:
+    """A stable pretend token id (the same in every process, unlike ``hash``)."""
+    return zlib.crc32(word.encode()) % VOCAB_SIZE
+
+
+def message_text(content: Any) -> str:
+    """Text of an OpenAI message ``content``: a string, or a list of ``{"type": "text"}`` parts."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(
+            str(part.get("text", "")) for part in content if isinstance(part, Mapping)
+        )
+    raise TypeError(f"message content must be a string or a list of parts, got {content!r}")
+
+
+def chat_prompt(messages: Iterable[tuple[str, str]]) -> list[str]:
+    """Flatten ``(role, text)`` pairs with the template described in the module docstring."""
+    words: list[str] = []
+    for role, text in messages:
+        words.append(f"<|{role}|>")
+        words.extend(text.split())
+    words.append("<|assistant|>")
+    return words
+
+
+def prompt_digest(seed: int, prompt: Sequence[str]) -> int:
+    h = hashlib.blake2b(" ".join(prompt).encode(), digest_size=8, person=b"sage-cp-sim")
+    h.update(seed.to_bytes(8, "little", signed=True))
+    return int.from_bytes(h.digest(), "little")
+
+
+def generate(seed: int, prompt: Sequence[str], n: int) -> list[str]:
+    """The ``n`` output words of ``prompt`` (deterministic in ``seed`` and ``prompt``)."""
+    return random.Random(prompt_digest(seed, prompt)).choices(VOCAB, k=n)
+
+
+def text_seed(seed: int, text: str) -> int:
+    """Seed for an embedding vector of ``text``."""
+    return prompt_digest(seed, (text,))
