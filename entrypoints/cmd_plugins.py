@@ -23,13 +23,17 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"plugins": rows, "failures": [vars(f) for f in reg.failures]}, indent=2))
         return 0
-    widths = {k: max([len(k), *(len(r[k]) for r in rows)]) for k in ("kind", "name", "distribution")}
+    widths = {
+        k: max([len(k), *(len(r[k]) for r in rows)]) for k in ("kind", "name", "distribution")
+    }
     header = f"{'kind':<{widths['kind']}}  {'name':<{widths['name']}}  {'distribution':<{widths['distribution']}}  status"
     print(header)
     print("-" * len(header))
     for r in rows:
-        print(f"{r['kind']:<{widths['kind']}}  {r['name']:<{widths['name']}}  "
-              f"{r['distribution']:<{widths['distribution']}}  {r['status']}")
+        print(
+            f"{r['kind']:<{widths['kind']}}  {r['name']:<{widths['name']}}  "
+            f"{r['distribution']:<{widths['distribution']}}  {r['status']}"
+        )
     for f in reg.failures:
         print(f"FAILED  {f}")
     return 0

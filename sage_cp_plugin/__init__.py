@@ -37,3 +37,30 @@ __all__ = [
     "RequestStatus",
     "SchedulingDecision",
 ]
+
+from sage_cp_plugin.executor import ExecutionCoordinator
+from sage_cp_plugin.manager import ControlPlaneManager
+from sage_cp_plugin.policies import (
+    AdaptivePolicy,
+    CostOptimizedPolicy,
+    FIFOPolicy,
+    PriorityPolicy,
+    SchedulingPolicy,
+    SLOAwarePolicy,
+)
+from sage_cp_plugin.routing import PDRoutingStrategy
+from sage_cp_plugin.routing.facade import LoadBalancer, RequestRouter
+
+__all__ += [
+    "AdaptivePolicy",
+    "ControlPlaneManager",
+    "CostOptimizedPolicy",
+    "ExecutionCoordinator",
+    "FIFOPolicy",
+    "LoadBalancer",
+    "PDRoutingStrategy",
+    "PriorityPolicy",
+    "RequestRouter",
+    "SLOAwarePolicy",
+    "SchedulingPolicy",
+]

@@ -39,6 +39,7 @@ class QueuedRequest:
     enqueued_at: float = 0.0
     not_before: float = 0.0  # retry backoff: do not dispatch before this time
     last_error: str | None = None
+    cancel_reason: str | None = None
     # Streaming callers receive chunks through this queue (None = not streaming).
     chunks: asyncio.Queue[Any] | None = None
 
@@ -107,7 +108,11 @@ class PendingQueue:
     def rekey(self, key: Callable[[QueuedRequest], tuple[float, ...]]) -> None:
         """Rebuild every heap with a new ordering (policy switch)."""
         for pool, heap in self._heaps.items():
-            items = [e[2] for e in heap if not e[2].cancelled and self._by_id.get(e[2].request_id) is e[2]]
+            items = [
+                e[2]
+                for e in heap
+                if not e[2].cancelled and self._by_id.get(e[2].request_id) is e[2]
+            ]
             rebuilt = []
             for it in items:
                 it.key = key(it)

@@ -9,7 +9,7 @@ name (any case), because the document's examples use all three (`"prefilling"`,
 from __future__ import annotations
 
 import uuid
-from enum import Enum, IntEnum
+from enum import IntEnum, StrEnum
 from typing import Any
 
 from pydantic import (
@@ -46,7 +46,7 @@ class RequestPriority(_LenientEnumMixin, IntEnum):
     BACKGROUND = 4
 
 
-class RequestStatus(_LenientEnumMixin, str, Enum):
+class RequestStatus(_LenientEnumMixin, StrEnum):
     """Lifecycle of a request. A str enum, so `status.state == "completed"` holds."""
 
     PENDING = "pending"
@@ -57,26 +57,20 @@ class RequestStatus(_LenientEnumMixin, str, Enum):
     FAILED = "failed"
     CANCELLED = "cancelled"
 
-    def __str__(self) -> str:
-        return self.value
-
     @property
     def is_terminal(self) -> bool:
         return self in (RequestStatus.COMPLETED, RequestStatus.FAILED, RequestStatus.CANCELLED)
 
 
-class ParallelismType(_LenientEnumMixin, str, Enum):
+class ParallelismType(_LenientEnumMixin, StrEnum):
     TENSOR_PARALLEL = "tp"
     PIPELINE_PARALLEL = "pp"
     DATA_PARALLEL = "dp"
     EXPERT_PARALLEL = "ep"
     HYBRID = "hybrid"
 
-    def __str__(self) -> str:
-        return self.value
 
-
-class ExecutionInstanceType(_LenientEnumMixin, str, Enum):
+class ExecutionInstanceType(_LenientEnumMixin, StrEnum):
     """Role of a vLLM instance. `embedding` instances serve `/v1/embeddings` only."""
 
     GENERAL = "general"
@@ -85,19 +79,13 @@ class ExecutionInstanceType(_LenientEnumMixin, str, Enum):
     HYBRID = "hybrid"
     EMBEDDING = "embedding"
 
-    def __str__(self) -> str:
-        return self.value
 
-
-class RequestKind(_LenientEnumMixin, str, Enum):
+class RequestKind(_LenientEnumMixin, StrEnum):
     """Which OpenAI endpoint a request goes to."""
 
     COMPLETION = "completion"
     CHAT = "chat"
     EMBEDDING = "embedding"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 class _Model(BaseModel):
@@ -223,8 +211,10 @@ class ExecutionInstance(_Model):
         return f"{self.scheme}://{host}:{self.port}"
 
     def serves(self, model: str | None) -> bool:
-        return model is None or model in self.served_models or (
-            not self.served_models and not self.model_name
+        return (
+            model is None
+            or model in self.served_models
+            or (not self.served_models and not self.model_name)
         )
 
     @property

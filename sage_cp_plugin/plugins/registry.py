@@ -51,7 +51,9 @@ class PluginLoadFailure:
     error: str
 
     def __str__(self) -> str:
-        return f"plugin {self.plugin!r} from distribution {self.distribution!r} failed: {self.error}"
+        return (
+            f"plugin {self.plugin!r} from distribution {self.distribution!r} failed: {self.error}"
+        )
 
 
 @dataclass
@@ -166,13 +168,27 @@ class PluginRegistry:
         out: list[dict[str, str]] = []
         for kind in KINDS:
             for name, reg in sorted(self.entries[kind].items()):
-                out.append({"kind": kind, "name": name, "plugin": reg.plugin,
-                            "distribution": reg.distribution, "status": "ok"})
+                out.append(
+                    {
+                        "kind": kind,
+                        "name": name,
+                        "plugin": reg.plugin,
+                        "distribution": reg.distribution,
+                        "status": "ok",
+                    }
+                )
             for (k, name), regs in sorted(self.conflicts.items()):
                 if k == kind:
                     for reg in regs:
-                        out.append({"kind": kind, "name": name, "plugin": reg.plugin,
-                                    "distribution": reg.distribution, "status": "conflict"})
+                        out.append(
+                            {
+                                "kind": kind,
+                                "name": name,
+                                "plugin": reg.plugin,
+                                "distribution": reg.distribution,
+                                "status": "conflict",
+                            }
+                        )
         return out
 
 

@@ -140,7 +140,10 @@ class AdaptivePolicy(SchedulingPolicy):
         elif utilisation < self.low_load and priced:
             target, reason = "cost_optimized", f"light load (utilisation {utilisation:.0%})"
         else:
-            target, reason = "fifo", f"no pressure (utilisation {utilisation:.0%}, attainment {attainment:.1%})"
+            target, reason = (
+                "fifo",
+                f"no pressure (utilisation {utilisation:.0%}, attainment {attainment:.1%})",
+            )
         if target != self.active.name:
             self.switches.append(PolicySwitch(now, self.active.name, target, reason))
             logger.info("adaptive policy: %s -> %s (%s)", self.active.name, target, reason)

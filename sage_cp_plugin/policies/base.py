@@ -40,9 +40,7 @@ class SchedulingPolicy:
     def admit(self, item: QueuedRequest, fleet: FleetSnapshot) -> None:
         """Raise `RequestRejectedError` to refuse a request before it is queued."""
 
-    def check_dispatch(
-        self, item: QueuedRequest, state: InstanceState, now: float
-    ) -> str | None:
+    def check_dispatch(self, item: QueuedRequest, state: InstanceState, now: float) -> str | None:
         """Return a reason to fail the request instead of running it on `state`."""
         return None
 
@@ -82,13 +80,16 @@ class SchedulingPolicy:
         states = [InstanceState(instance=i, healthy=i.is_healthy) for i in instances]
         item = make_item(request, now=0.0, seq=0)
         fleet = FleetSnapshot({s.instance_id: s for s in states})
-        chosen = self.select_instance(item, [s for s in states if s.routable], LoadBalancedRouter(), fleet)
+        chosen = self.select_instance(
+            item, [s for s in states if s.routable], LoadBalancedRouter(), fleet
+        )
         if chosen is None:
             raise RequestRejectedError("no healthy instance can take the request")
         return SchedulingDecision(
             request_id=request.request_id,
             target_instance_id=chosen.instance_id,
-            estimated_latency_ms=chosen.predicted_service_s(item.input_tokens, item.output_tokens) * 1000,
+            estimated_latency_ms=chosen.predicted_service_s(item.input_tokens, item.output_tokens)
+            * 1000,
             estimated_cost=chosen.price_for(item.input_tokens + item.output_tokens, 0.0) or 0.0,
             tensor_parallel_size=chosen.instance.tensor_parallel_size,
             pipeline_parallel_size=chosen.instance.pipeline_parallel_size,

@@ -65,9 +65,7 @@ class CostOptimizedPolicy(SchedulingPolicy):
         fleet: FleetSnapshot,
     ) -> InstanceState | None:
         budget = item.request.cost_budget
-        affordable = [
-            s for s in candidates if budget is None or request_cost(s, item) <= budget
-        ]
+        affordable = [s for s in candidates if budget is None or request_cost(s, item) <= budget]
         if not affordable:
             return None  # affordable instances are busy: wait for one
         deadline = item.deadline

@@ -29,9 +29,7 @@ class HashRing:
         self._owners: list[str] = []
 
     def _rebuild(self, members: frozenset[str]) -> None:
-        pairs = sorted(
-            (stable_hash(f"{m}#{v}"), m) for m in members for v in range(self.vnodes)
-        )
+        pairs = sorted((stable_hash(f"{m}#{v}"), m) for m in members for v in range(self.vnodes))
         self._points = [p for p, _ in pairs]
         self._owners = [m for _, m in pairs]
         self._members = members

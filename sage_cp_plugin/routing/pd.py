@@ -86,11 +86,17 @@ class PDRoutingStrategy:
         phase = phase or instance.instance_type
         if phase == _PREFILL and instance.prefilling_config is not None:
             cfg_p = instance.prefilling_config
-            return {"tensor_parallel_size": cfg_p.tensor_parallel_size,
-                    "pipeline_parallel_size": cfg_p.pipeline_parallel_size}
+            return {
+                "tensor_parallel_size": cfg_p.tensor_parallel_size,
+                "pipeline_parallel_size": cfg_p.pipeline_parallel_size,
+            }
         if phase == _DECODE and instance.decoding_config is not None:
             cfg_d = instance.decoding_config
-            return {"tensor_parallel_size": cfg_d.tensor_parallel_size,
-                    "pipeline_parallel_size": cfg_d.pipeline_parallel_size}
-        return {"tensor_parallel_size": instance.tensor_parallel_size,
-                "pipeline_parallel_size": instance.pipeline_parallel_size}
+            return {
+                "tensor_parallel_size": cfg_d.tensor_parallel_size,
+                "pipeline_parallel_size": cfg_d.pipeline_parallel_size,
+            }
+        return {
+            "tensor_parallel_size": instance.tensor_parallel_size,
+            "pipeline_parallel_size": instance.pipeline_parallel_size,
+        }

@@ -1,0 +1,327 @@
+"""The dispatcher: event-driven loop that moves requests from the queue onto instances,
+and the per-request task that runs them, retries elsewhere and records the outcome.
+
+Woken by an asyncio.Event (submit, finish, health change, retry timer); a round pops, per
+pool, while the head request has an eligible instance with capacity. Cost per dispatched
+request: O(log queue) for the heap and O(instances) for filtering and routing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from typing import TYPE_CHECKING, Any
+
+from sage_cp_plugin.errors import UpstreamError
+from sage_cp_plugin.executor import Outcome
+from sage_cp_plugin.metrics import slo_met
+from sage_cp_plugin.pending import QueuedRequest
+from sage_cp_plugin.state import InstanceState
+from sage_cp_plugin.types import RequestResult, RequestStatus, SchedulingDecision
+
+if TYPE_CHECKING:
+    from sage_cp_plugin.manager import ControlPlaneManager
+
+logger = logging.getLogger(__name__)
+
+
+class Dispatcher:
+    def __init__(self, manager: ControlPlaneManager) -> None:
+        self.m = manager
+        self._event = asyncio.Event()
+        self._running: dict[str, tuple[asyncio.Task[None], InstanceState]] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._rng = random.Random(0)
+        self._policy_seen: tuple[int, int] | None = None  # (id(policy), version) last keyed
+
+    # -- waking ----------------------------------------------------------------------------
+    def wake(self) -> None:
+        self._event.set()
+
+    def _wake_at(self, when: float) -> None:
+        loop = asyncio.get_running_loop()
+        if self._timer is not None and self._timer.when() <= when:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = loop.call_at(when, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self.wake()
+
+    async def run(self) -> None:
+        while True:
+            await self._event.wait()
+            self._event.clear()
+            self.dispatch_round()
+
+    # -- one round -------------------------------------------------------------------------
+    def candidates(self, item: QueuedRequest) -> tuple[list[InstanceState], bool]:
+        """Eligible instances with capacity, and whether any eligible one is routable."""
+        m = self.m
+        routable: list[InstanceState] = []
+        model = item.request.model_name
+        embedding = item.pool[1]
+        for s in m.fleet.states.values():
+            inst = s.instance
+            if inst.is_embedding != embedding or not inst.serves(model):
+                continue
+            if not s.routable:
+                m.health.maybe_half_open(s, m.fleet.now)
+                if not s.routable:
+                    continue
+            routable.append(s)
+        if item.excluded:
+            others = [s for s in routable if s.instance_id not in item.excluded]
+            if others:
+                routable = others
+        if m.pd_router is not None and item.phase is not None:
+            routable = m.pd_router.filter_by_phase(
+                [s for s in routable if s.has_capacity] or routable, item.phase
+            )
+        return [s for s in routable if s.has_capacity], bool(routable)
+
+    def dispatch_round(self) -> None:
+        m = self.m
+        if not m.running:
+            return
+        now = m.now()
+        m.fleet.now = now
+        policy = m.scheduling_policy
+        policy.tick(m.fleet, len(m.queue), now)
+        seen = (id(policy), policy.version)
+        if self._policy_seen is not None and seen != self._policy_seen:
+            m.queue.rekey(policy.key)  # the ordering changed (adaptive switch, update_policy)
+        self._policy_seen = seen
+        for pool in m.queue.pools():
+            while True:
+                item = m.queue.peek(pool)
+                if item is None:
+                    break
+                if item.not_before > now:
+                    self._wake_at(item.not_before)
+                    break
+                if now - item.arrival > m.request_timeout_s:
+                    m.queue.pop(pool)
+                    self._dequeued(item)
+                    m.finish_failed(
+                        item,
+                        f"request timed out after {m.request_timeout_s:g}s without completing"
+                        + (f" (last error: {item.last_error})" if item.last_error else ""),
+                        "timeout",
+                    )
+                    continue
+                cands, any_routable = self.candidates(item)
+                if not any_routable:
+                    m.queue.pop(pool)
+                    self._dequeued(item)
+                    why = self._no_instance_reason(item)
+                    m.finish_failed(item, why, "no_instance")
+                    continue
+                if not cands:
+                    break  # every eligible instance is busy: wait for a finish
+                state = policy.select_instance(item, cands, m.router, m.fleet)
+                if state is None:
+                    break
+                reject = policy.check_dispatch(item, state, now)
+                m.queue.pop(pool)
+                self._dequeued(item)
+                if reject is not None:
+                    m.finish_failed(item, reject, "rejected")
+                    continue
+                self._launch(item, state, now)
+
+    def _dequeued(self, item: QueuedRequest) -> None:
+        hook = getattr(self.m.scheduling_policy, "on_dequeue", None)
+        if hook is not None:
+            hook(item)
+
+    def _no_instance_reason(self, item: QueuedRequest) -> str:
+        m = self.m
+        eligible = [s for s in m.fleet if m._eligible(s, item)]
+        if not eligible:
+            return (
+                f"no instance serves model {item.request.model_name!r}; "
+                f"models served: {', '.join(m.list_models()) or 'none'}"
+            )
+        states = ", ".join(
+            f"{s.instance_id}({'draining' if s.draining else 'circuit open' if s.circuit_open else 'unhealthy'})"
+            for s in eligible
+        )
+        extra = f"; last error: {item.last_error}" if item.last_error else ""
+        return f"no healthy instance can serve the request: {states}{extra}"
+
+    # -- running one request ---------------------------------------------------------------
+    def _launch(self, item: QueuedRequest, state: InstanceState, now: float) -> None:
+        m = self.m
+        item.attempts += 1
+        state.in_flight += 1
+        state.in_flight_tokens += item.input_tokens + item.output_tokens
+        m.router.on_dispatch(item, state)
+        decision = SchedulingDecision(
+            request_id=item.request_id,
+            target_instance_id=state.instance_id,
+            estimated_latency_ms=state.predicted_service_s(item.input_tokens, item.output_tokens)
+            * 1000,
+            tensor_parallel_size=state.instance.tensor_parallel_size,
+            pipeline_parallel_size=state.instance.pipeline_parallel_size,
+            phase=item.phase,
+            policy=m.scheduling_policy.describe(),
+            router=m.routing_strategy,
+        )
+        task = asyncio.create_task(self._execute(item, state, decision, now))
+        self._running[item.request_id] = (task, state)
+
+    async def _execute(
+        self,
+        item: QueuedRequest,
+        state: InstanceState,
+        decision: SchedulingDecision,
+        dispatched: float,
+    ) -> None:
+        m = self.m
+        sink = item.chunks.put_nowait if item.chunks is not None else None
+        ok = False
+        try:
+            out = await m.executor.run(item.request, state.instance, sink=sink)
+            ok = True
+            self._complete(item, state, decision, dispatched, out)
+        except asyncio.CancelledError:
+            reason = item.cancel_reason or "control plane stopped while running"
+            m.finish_failed(
+                item,
+                reason,
+                "cancelled",
+                state=RequestStatus.CANCELLED,
+                instance_id=state.instance_id,
+            )
+            raise
+        except UpstreamError as exc:
+            self._on_error(item, state, exc)
+        except Exception as exc:  # a bug must fail the request, never strand it
+            logger.exception("request %s crashed", item.request_id)
+            m.finish_failed(
+                item,
+                f"internal error: {type(exc).__name__}: {exc}",
+                "internal",
+                instance_id=state.instance_id,
+            )
+        finally:
+            self._running.pop(item.request_id, None)
+            state.in_flight -= 1
+            state.in_flight_tokens -= item.input_tokens + item.output_tokens
+            m.router.on_finish(item, state, ok)
+            m.health.record_result(state, ok, m.now())
+            self.wake()
+
+    def _on_error(self, item: QueuedRequest, state: InstanceState, exc: UpstreamError) -> None:
+        m = self.m
+        state.failed += 1
+        item.last_error = str(exc)
+        now = m.now()
+        retry = (
+            exc.retryable
+            and not exc.body_started
+            and item.attempts < m.max_attempts
+            and now - item.arrival < m.request_timeout_s
+            and m.running
+        )
+        if not retry:
+            m.finish_failed(item, str(exc), "upstream", instance_id=state.instance_id)
+            return
+        item.excluded.add(state.instance_id)
+        backoff = m.retry_backoff_s * (2 ** (item.attempts - 1))
+        backoff = self._rng.uniform(0.5 * backoff, backoff)  # jitter: no synchronized retries
+        if exc.retry_after_s is not None:
+            backoff = max(backoff, exc.retry_after_s)
+        item.not_before = now + backoff
+        m.metrics.retries += 1
+        m.metrics.failovers += 1
+        logger.info(
+            "request %s: retry %d in %.3fs after: %s", item.request_id, item.attempts, backoff, exc
+        )
+        m.queue.push(item)
+
+    def _complete(
+        self,
+        item: QueuedRequest,
+        state: InstanceState,
+        decision: SchedulingDecision,
+        dispatched: float,
+        out: Outcome,
+    ) -> None:
+        m = self.m
+        req = item.request
+        result = RequestResult(
+            request_id=item.request_id,
+            state=RequestStatus.COMPLETED,
+            output=out.text,
+            response=out.response,
+            embeddings=out.embeddings,
+            instance_id=state.instance_id,
+            decision=decision,
+            prompt_tokens=out.prompt_tokens,
+            completion_tokens=out.completion_tokens,
+            attempts=item.attempts,
+            priority=req.priority,
+            model_name=req.model_name,
+        )
+        t = result.timings
+        t.queue_ms = (dispatched - item.arrival) * 1000
+        t.e2e_ms = (out.finished_at - item.arrival) * 1000
+        if out.first_token_at is not None:
+            t.ttft_ms = (out.first_token_at - item.arrival) * 1000
+            if out.completion_tokens > 1:
+                t.tpot_ms = (t.e2e_ms - t.ttft_ms) / (out.completion_tokens - 1)
+        met = slo_met(result, req.ttft_slo_ms, req.tpot_slo_ms, req.slo_deadline_ms)
+        result.slo_met = met
+        self._learn(state, item, out)
+        state.completed += 1
+        m.metrics.on_finish(result, met, out.finished_at)
+        m.scheduling_policy.observe(item, state, met)
+        m.store_result(item, result)
+
+    @staticmethod
+    def _learn(state: InstanceState, item: QueuedRequest, out: Outcome) -> None:
+        """Online per-instance speeds, from this request's own timings."""
+        if out.first_token_at is None or not out.token_times:
+            return
+        prompt = out.prompt_tokens or item.input_tokens
+        if prompt > 0:
+            state.prefill_s_per_token.add((out.first_token_at - out.started_at) / prompt)
+        if out.completion_tokens > 1:
+            state.decode_s_per_token.add(
+                (out.finished_at - out.first_token_at) / (out.completion_tokens - 1)
+            )
+
+    # -- bookkeeping -----------------------------------------------------------------------
+    def in_flight_count(self) -> int:
+        return len(self._running)
+
+    def instance_of(self, request_id: str) -> str | None:
+        entry = self._running.get(request_id)
+        return entry[1].instance_id if entry else None
+
+    def cancel(self, request_id: str, reason: str) -> bool:
+        entry = self._running.get(request_id)
+        if entry is None:
+            return False
+        item = self.m._live.get(request_id)
+        if item is not None:
+            item.cancel_reason = reason
+        entry[0].cancel()
+        return True
+
+    async def cancel_all(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        tasks = [t for t, _ in self._running.values()]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def describe(self) -> dict[str, Any]:
+        return {rid: s.instance_id for rid, (_, s) in self._running.items()}

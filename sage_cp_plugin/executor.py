@@ -1,0 +1,316 @@
+"""HTTP execution against vLLM's OpenAI server (the document's `ExecutionCoordinator`).
+
+One pooled `httpx.AsyncClient` per instance. Generation requests are streamed from the
+instance even when the caller wants one answer, so TTFT and inter-token latency are
+measured for every request (the SLO policies learn from them); the answer is assembled
+from the chunks. Errors become `UpstreamError` with whether a retry elsewhere is safe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from sage_cp_plugin.errors import UpstreamError
+from sage_cp_plugin.openai_body import ENDPOINTS, assemble_response, build_body, delta_text, text_of
+from sage_cp_plugin.types import ExecutionInstance, RequestKind, RequestMetadata, SchedulingDecision
+
+logger = logging.getLogger(__name__)
+
+TransportFactory = Callable[[ExecutionInstance], httpx.AsyncBaseTransport]
+ChunkSink = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class Outcome:
+    """What one attempt on one instance produced, with loop-clock timestamps."""
+
+    response: dict[str, Any] | None = None
+    text: str | None = None
+    embeddings: list[list[float]] | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    started_at: float = 0.0
+    first_token_at: float | None = None
+    finished_at: float = 0.0
+    token_times: list[float] = field(default_factory=list)
+    kv_transfer_params: dict[str, Any] | None = None
+
+
+def _retry_after(resp: httpx.Response) -> float | None:
+    value = resp.headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
+def _error_message(resp: httpx.Response, body: bytes) -> str:
+    try:
+        data = json.loads(body)
+        err = data.get("error", data) if isinstance(data, dict) else data
+        msg = err.get("message") if isinstance(err, dict) else None
+        if msg is None and isinstance(data, dict):
+            msg = data.get("message") or data.get("detail")
+        if msg:
+            return str(msg)
+    except (ValueError, AttributeError):
+        pass
+    text = body.decode(errors="replace").strip()
+    return text[:500] or resp.reason_phrase
+
+
+class ExecutionCoordinator:
+    """Owns the HTTP clients and runs requests on instances."""
+
+    def __init__(
+        self,
+        *,
+        timeout_s: float = 300.0,
+        connect_timeout_s: float = 5.0,
+        max_connections_per_instance: int = 256,
+        transport_factory: TransportFactory | None = None,
+        upstream_streaming: bool = True,
+    ) -> None:
+        self.instances: dict[str, ExecutionInstance] = {}
+        self._clients: dict[str, httpx.AsyncClient] = {}
+        self.timeout = httpx.Timeout(timeout_s, connect=connect_timeout_s)
+        self.limits = httpx.Limits(
+            max_connections=max_connections_per_instance,
+            max_keepalive_connections=max_connections_per_instance,
+        )
+        self.transport_factory = transport_factory
+        self.upstream_streaming = upstream_streaming
+
+    # -- registry --------------------------------------------------------------------------
+    def register_instance(self, instance: ExecutionInstance) -> None:
+        self.instances[instance.instance_id] = instance
+
+    async def unregister_instance(self, instance_id: str) -> None:
+        self.instances.pop(instance_id, None)
+        client = self._clients.pop(instance_id, None)
+        if client is not None:
+            await client.aclose()
+
+    def get_healthy_instances(self) -> list[ExecutionInstance]:
+        return [i for i in self.instances.values() if i.is_healthy and i.is_available]
+
+    def client(self, instance: ExecutionInstance) -> httpx.AsyncClient:
+        c = self._clients.get(instance.instance_id)
+        if c is None:
+            transport = self.transport_factory(instance) if self.transport_factory else None
+            c = httpx.AsyncClient(
+                base_url=instance.base_url,
+                timeout=self.timeout,
+                limits=self.limits,
+                transport=transport,
+            )
+            self._clients[instance.instance_id] = c
+        return c
+
+    async def aclose(self) -> None:
+        clients, self._clients = list(self._clients.values()), {}
+        await asyncio.gather(*(c.aclose() for c in clients), return_exceptions=True)
+
+    # -- probes ----------------------------------------------------------------------------
+    async def health_check(self, instance_id: str, timeout_s: float = 2.0) -> bool:
+        inst = self.instances.get(instance_id)
+        if inst is None:
+            return False
+        try:
+            resp = await self.client(inst).get("/health", timeout=timeout_s)
+        except httpx.HTTPError:
+            return False
+        return resp.status_code == 200
+
+    async def fetch_metrics_text(self, instance: ExecutionInstance, timeout_s: float = 2.0) -> str:
+        resp = await self.client(instance).get("/metrics", timeout=timeout_s)
+        resp.raise_for_status()
+        return resp.text
+
+    # -- execution -------------------------------------------------------------------------
+    async def execute_request(
+        self,
+        request: RequestMetadata,
+        instance: ExecutionInstance,
+        decision: SchedulingDecision | None = None,
+    ) -> dict[str, Any]:
+        """Run one request on one instance and return the OpenAI response (document API)."""
+        out = await self.run(request, instance)
+        return out.response or {}
+
+    async def run(
+        self,
+        request: RequestMetadata,
+        instance: ExecutionInstance,
+        *,
+        sink: ChunkSink | None = None,
+        extra: dict[str, Any] | None = None,
+        stream: bool | None = None,
+    ) -> Outcome:
+        """One attempt. `sink` receives each streamed chunk as it arrives (pass-through).
+
+        `extra` adds body fields (the PD protocol's `kv_transfer_params`, `max_tokens: 1`).
+        """
+        kind = request.request_kind
+        want_stream = kind != RequestKind.EMBEDDING and (
+            sink is not None or (self.upstream_streaming if stream is None else stream)
+        )
+        body = build_body(request, instance, stream=want_stream)
+        if extra:
+            body.update(extra)
+            if not want_stream:
+                body.pop("stream_options", None)
+        loop = asyncio.get_running_loop()
+        out = Outcome(started_at=loop.time())
+        client = self.client(instance)
+        url = ENDPOINTS[kind]
+        try:
+            if want_stream:
+                await self._run_streaming(client, url, body, request, instance, out, sink)
+            else:
+                await self._run_plain(client, url, body, request, instance, out)
+        except UpstreamError:
+            raise
+        except httpx.TimeoutException as exc:
+            raise UpstreamError(
+                f"instance {instance.instance_id} ({instance.base_url}) timed out: {type(exc).__name__}",
+                instance_id=instance.instance_id,
+                body_started=out.first_token_at is not None and sink is not None,
+            ) from exc
+        except httpx.TransportError as exc:
+            raise UpstreamError(
+                f"instance {instance.instance_id} ({instance.base_url}) unreachable: "
+                f"{type(exc).__name__}: {exc}",
+                instance_id=instance.instance_id,
+                body_started=out.first_token_at is not None and sink is not None,
+            ) from exc
+        out.finished_at = loop.time()
+        return out
+
+    @staticmethod
+    def _status_error(
+        resp: httpx.Response, body: bytes, instance: ExecutionInstance
+    ) -> UpstreamError:
+        code = resp.status_code
+        retryable = code in (408, 429) or code >= 500
+        return UpstreamError(
+            f"instance {instance.instance_id} answered HTTP {code}: {_error_message(resp, body)}",
+            status_code=code,
+            instance_id=instance.instance_id,
+            retryable=retryable,
+            retry_after_s=_retry_after(resp),
+        )
+
+    async def _run_plain(
+        self,
+        client: httpx.AsyncClient,
+        url: str,
+        body: dict[str, Any],
+        request: RequestMetadata,
+        instance: ExecutionInstance,
+        out: Outcome,
+    ) -> None:
+        resp = await client.post(url, json=body)
+        if resp.status_code != 200:
+            raise self._status_error(resp, resp.content, instance)
+        try:
+            data = resp.json()
+            if not isinstance(data, dict):
+                raise ValueError("response is not a JSON object")
+        except ValueError as exc:
+            raise UpstreamError(
+                f"instance {instance.instance_id} sent malformed JSON: {exc}",
+                instance_id=instance.instance_id,
+                status_code=resp.status_code,
+            ) from exc
+        out.response = data
+        usage = data.get("usage") or {}
+        out.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+        out.completion_tokens = int(usage.get("completion_tokens") or 0)
+        out.kv_transfer_params = data.get("kv_transfer_params")
+        if request.request_kind == RequestKind.EMBEDDING:
+            items = sorted(data.get("data") or [], key=lambda d: d.get("index", 0))
+            out.embeddings = [list(map(float, d["embedding"])) for d in items]
+        else:
+            out.text = text_of(data)
+
+    async def _run_streaming(
+        self,
+        client: httpx.AsyncClient,
+        url: str,
+        body: dict[str, Any],
+        request: RequestMetadata,
+        instance: ExecutionInstance,
+        out: Outcome,
+        sink: ChunkSink | None,
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        chunks: list[dict[str, Any]] = []
+        parts: list[str] = []
+        usage: dict[str, Any] | None = None
+        done = False
+        async with client.stream("POST", url, json=body) as resp:
+            if resp.status_code != 200:
+                raise self._status_error(resp, await resp.aread(), instance)
+            async for line in resp.aiter_lines():
+                if not line.startswith("data:"):
+                    continue
+                payload = line[5:].strip()
+                if payload == "[DONE]":
+                    done = True
+                    break
+                try:
+                    chunk = json.loads(payload)
+                    if not isinstance(chunk, dict):
+                        raise ValueError("chunk is not a JSON object")
+                except ValueError as exc:
+                    raise UpstreamError(
+                        f"instance {instance.instance_id} sent a malformed stream chunk: {exc}",
+                        instance_id=instance.instance_id,
+                        body_started=bool(chunks) and sink is not None,
+                    ) from exc
+                if "error" in chunk and not chunk.get("choices"):
+                    err = chunk["error"]
+                    msg = err.get("message") if isinstance(err, dict) else str(err)
+                    raise UpstreamError(
+                        f"instance {instance.instance_id} stream error: {msg}",
+                        instance_id=instance.instance_id,
+                        body_started=bool(chunks) and sink is not None,
+                    )
+                now = loop.time()
+                text = delta_text(chunk)
+                if text:
+                    if out.first_token_at is None:
+                        out.first_token_at = now
+                    out.token_times.append(now)
+                    parts.append(text)
+                if chunk.get("usage"):
+                    usage = chunk["usage"]
+                chunks.append(chunk)
+                if sink is not None:
+                    sink(chunk)
+        if not done:
+            raise UpstreamError(
+                f"instance {instance.instance_id} ended the stream without [DONE] "
+                f"after {len(chunks)} chunks",
+                instance_id=instance.instance_id,
+                body_started=bool(chunks) and sink is not None,
+            )
+        if out.first_token_at is None:
+            out.first_token_at = loop.time()
+        out.text = "".join(parts)
+        if usage:
+            out.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+            out.completion_tokens = int(usage.get("completion_tokens") or 0)
+        else:
+            out.completion_tokens = len(out.token_times)
+        out.response = assemble_response(request.request_kind, chunks, out.text, usage)

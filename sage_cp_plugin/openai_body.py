@@ -1,0 +1,109 @@
+"""Translation between `RequestMetadata` and OpenAI request/response bodies."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sage_cp_plugin.types import ExecutionInstance, RequestKind, RequestMetadata
+
+ENDPOINTS: dict[RequestKind, str] = {
+    RequestKind.COMPLETION: "/v1/completions",
+    RequestKind.CHAT: "/v1/chat/completions",
+    RequestKind.EMBEDDING: "/v1/embeddings",
+}
+
+
+def model_for(request: RequestMetadata, instance: ExecutionInstance) -> str:
+    if request.model_name:
+        return request.model_name
+    if instance.served_models:
+        return instance.served_models[0]
+    return instance.model_name
+
+
+def build_body(
+    request: RequestMetadata, instance: ExecutionInstance, *, stream: bool
+) -> dict[str, Any]:
+    """The JSON body vLLM expects for this request (extra OpenAI fields pass through)."""
+    kind = request.request_kind
+    body: dict[str, Any] = {"model": model_for(request, instance)}
+    if kind == RequestKind.EMBEDDING:
+        body["input"] = request.input
+        body.update(request.extra_body)
+        return body
+    if kind == RequestKind.CHAT:
+        body["messages"] = request.messages
+    else:
+        body["prompt"] = request.prompt if request.prompt is not None else ""
+    if request.max_tokens is not None:
+        body["max_tokens"] = request.max_tokens
+    body["temperature"] = request.temperature
+    if request.top_p != 1.0:
+        body["top_p"] = request.top_p
+    body.update(request.extra_body)
+    if stream:
+        body["stream"] = True
+        opts = dict(body.get("stream_options") or {})
+        opts["include_usage"] = True
+        body["stream_options"] = opts
+    else:
+        body.pop("stream", None)
+        body.pop("stream_options", None)
+    return body
+
+
+def text_of(response: dict[str, Any]) -> str:
+    """The generated text of a completion or chat response."""
+    choices = response.get("choices") or []
+    if not choices:
+        return ""
+    c = choices[0]
+    if "text" in c and c["text"] is not None:
+        return str(c["text"])
+    msg = c.get("message") or {}
+    return str(msg.get("content") or "")
+
+
+def delta_text(chunk: dict[str, Any]) -> str:
+    """The text a streamed chunk adds (completion or chat format)."""
+    choices = chunk.get("choices") or []
+    if not choices:
+        return ""
+    c = choices[0]
+    if c.get("text") is not None:
+        return str(c["text"])
+    delta = c.get("delta") or {}
+    return str(delta.get("content") or "")
+
+
+def assemble_response(
+    kind: RequestKind, chunks: list[dict[str, Any]], text: str, usage: dict[str, Any] | None
+) -> dict[str, Any]:
+    """A non-streaming OpenAI response built from streamed chunks."""
+    first = chunks[0] if chunks else {}
+    finish = None
+    for ch in reversed(chunks):
+        for c in ch.get("choices") or []:
+            if c.get("finish_reason"):
+                finish = c["finish_reason"]
+                break
+        if finish:
+            break
+    if kind == RequestKind.CHAT:
+        choice: dict[str, Any] = {
+            "index": 0,
+            "message": {"role": "assistant", "content": text},
+            "finish_reason": finish,
+        }
+        obj = "chat.completion"
+    else:
+        choice = {"index": 0, "text": text, "finish_reason": finish}
+        obj = "text_completion"
+    return {
+        "id": first.get("id", ""),
+        "object": obj,
+        "created": first.get("created", 0),
+        "model": first.get("model", ""),
+        "choices": [choice],
+        "usage": usage,
+    }
