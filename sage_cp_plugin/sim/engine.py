@@ -265,8 +265,10 @@ class SimEngine:
             budget -= n
         prefill_tokens = decode_seqs = 0
         for seq, n in batch:
-            if n == 1 and seq.num_computed == seq.num_tokens - 1 and (
-                seq.num_output > 0 or seq.remote_done
+            if (
+                n == 1
+                and seq.num_computed == seq.num_tokens - 1
+                and (seq.num_output > 0 or seq.remote_done)
             ):
                 decode_seqs += 1
             else:

@@ -14,7 +14,9 @@ from collections import OrderedDict
 from collections.abc import Sequence
 
 
-def chain_hashes(tokens: Sequence[str], block_size: int, start: int = 0, parent: int = 0) -> list[int]:
+def chain_hashes(
+    tokens: Sequence[str], block_size: int, start: int = 0, parent: int = 0
+) -> list[int]:
     """Hashes of the full blocks of ``tokens`` from block index ``start``, chained on ``parent``.
 
     Uses the built-in ``hash`` (salted per process): hashes never leave the process.

@@ -75,12 +75,13 @@ class SimMetrics:
             "vllm:external_prefix_cache_hits", "KV-connector hits, in tokens."
         )
         success = Counter(
-            "vllm:request_success", "Finished requests.", (*_LABELS, "finished_reason"), registry=reg
+            "vllm:request_success",
+            "Finished requests.",
+            (*_LABELS, "finished_reason"),
+            registry=reg,
         )
         self.success_length = success.labels(**lv, finished_reason="length")
-        self.ttft = hist(
-            "vllm:time_to_first_token_seconds", "Time to first token.", _TTFT_BUCKETS
-        )
+        self.ttft = hist("vllm:time_to_first_token_seconds", "Time to first token.", _TTFT_BUCKETS)
         self.itl = hist("vllm:inter_token_latency_seconds", "Inter-token latency.", _ITL_BUCKETS)
         self.e2e = hist(
             "vllm:e2e_request_latency_seconds", "End-to-end request latency.", _REQUEST_BUCKETS

@@ -63,9 +63,7 @@ def _kv_blocks(mg: _ModelGpu, tp: int) -> int:
     return max(0, int(free_bytes // (mg.kv_bytes_per_token * BLOCK_SIZE)))
 
 
-def _derive(
-    mg: _ModelGpu, tp_base: int, b0: float, b1: float, b2: float, tp: int
-) -> EnginePreset:
+def _derive(mg: _ModelGpu, tp_base: int, b0: float, b1: float, b2: float, tp: int) -> EnginePreset:
     doublings = math.log2(tp / tp_base)
     shard = tp_base / tp
     return EnginePreset(
