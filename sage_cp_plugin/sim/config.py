@@ -12,7 +12,12 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from sage_cp_plugin.errors import ConfigurationError
-from sage_cp_plugin.sim.presets import DEFAULT_PRESET, get_preset
+from sage_cp_plugin.sim.presets import DEFAULT_PRESET, PRESETS, get_preset
+
+# Defaults shown to type checkers; at validation time the chosen preset supplies them.
+_D = PRESETS[DEFAULT_PRESET]
+
+_LLAMA3_CONTEXT = 131072  # default max_model_len of the preset models, as vLLM would derive it
 
 SimRole = Literal["general", "prefill", "decode", "embedding"]
 
@@ -59,15 +64,21 @@ class SimInstanceConfig(BaseModel):
     served_model_names: list[str] = Field(default_factory=lambda: ["sim-model"], min_length=1)
     role: SimRole = "general"
     preset: str = DEFAULT_PRESET
-    b0_ms: float = Field(ge=0.0, description="fixed cost of one engine step")
-    b1_us_per_token: float = Field(ge=0.0, description="cost per prefill token in a step")
-    b2_us_per_seq: float = Field(ge=0.0, description="cost per decoding sequence in a step")
-    max_num_seqs: int = Field(ge=1)
-    max_num_batched_tokens: int = Field(ge=1, description="chunked-prefill token budget/step")
-    num_kv_blocks: int = Field(ge=1)
+    b0_ms: float = Field(_D.b0_ms, ge=0.0, description="fixed cost of one engine step")
+    b1_us_per_token: float = Field(
+        _D.b1_us_per_token, ge=0.0, description="cost per prefill token in a step"
+    )
+    b2_us_per_seq: float = Field(
+        _D.b2_us_per_seq, ge=0.0, description="cost per decoding sequence in a step"
+    )
+    max_num_seqs: int = Field(_D.max_num_seqs, ge=1)
+    max_num_batched_tokens: int = Field(
+        _D.max_num_batched_tokens, ge=1, description="chunked-prefill token budget/step"
+    )
+    num_kv_blocks: int = Field(_D.num_kv_blocks, ge=1)
     block_size: int = Field(16, ge=1)
     max_model_len: int | None = Field(
-        None, ge=1, description="longest prompt+output; default: what the KV cache can hold"
+        None, ge=1, description="longest prompt+output; default: min(KV capacity, 131072)"
     )
     enable_prefix_caching: bool = True
     time_scale: float = Field(
@@ -120,7 +131,8 @@ class SimInstanceConfig(BaseModel):
     @property
     def model_len(self) -> int:
         """Longest prompt + output the instance accepts."""
-        return self.max_model_len or self.num_kv_blocks * self.block_size
+        capacity = self.num_kv_blocks * self.block_size
+        return self.max_model_len or min(capacity, _LLAMA3_CONTEXT)
 
     @property
     def model_name(self) -> str:
