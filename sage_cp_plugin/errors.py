@@ -17,7 +17,7 @@ class UnknownPluginError(ConfigurationError, KeyError):
     def __init__(self, kind: str, name: str, available: list[str]) -> None:
         self.kind, self.name, self.available = kind, name, available
         super().__init__(
-            f"unknown {kind} {name!r}; available {kind}s: {', '.join(sorted(available)) or 'none'}"
+            f"unknown {kind} {name!r}; available: {', '.join(sorted(available)) or 'none'}"
         )
 
     def __str__(self) -> str:  # KeyError would quote the message otherwise

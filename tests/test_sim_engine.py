@@ -1,0 +1,182 @@
+"""The simulated engine on its own: batching, prefix cache, preemption, PD transfer, config."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from pydantic import ValidationError
+
+from sage_cp_plugin.errors import ConfigurationError
+from sage_cp_plugin.sim import (
+    PRESETS,
+    FaultConfig,
+    KVCache,
+    PromptTooLongError,
+    SimEngine,
+    SimInstanceConfig,
+    get_preset,
+)
+from sage_cp_plugin.sim import tokens as tok
+from sage_cp_plugin.sim.sequence import RemotePrefill
+
+
+def words(prefix: str, n: int) -> list[str]:
+    return [f"{prefix}{i}" for i in range(n)]
+
+
+async def test_continuous_batching_runs_requests_together() -> None:
+    eng = SimEngine(SimInstanceConfig(time_scale=0.001))
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    seqs = [eng.submit(words(f"r{j}-", 20), 20) for j in range(32)]
+    await asyncio.gather(*(s.done for s in seqs))
+    batched = loop.time() - t0
+    # Serially each request needs >= 20 steps; batched, all 32 share those steps.
+    assert eng.counters.max_batch_seqs == 32
+    assert eng.counters.steps <= 25 < 32 * 20
+    assert all(s.num_output == 20 for s in seqs)
+    # Simulated time agrees: one request alone takes nearly as long as all 32 together.
+    t1 = loop.time()
+    await eng.submit(words("alone", 20), 20).done
+    alone = loop.time() - t1
+    assert batched < 32 * alone / 4
+    await eng.stop()
+
+
+async def test_step_time_follows_the_formula() -> None:
+    cfg = SimInstanceConfig(time_scale=1.0, b0_ms=10.0, b1_us_per_token=1000.0, b2_us_per_seq=0.0)
+    eng = SimEngine(cfg)
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    await eng.submit(words("p", 10), 1).done  # one prefill step: 10 ms + 10 * 1 ms
+    assert loop.time() - t0 == pytest.approx(0.020, abs=0.01)
+    await eng.stop()
+
+
+async def test_prefix_cache_hits_for_a_repeated_prompt() -> None:
+    eng = SimEngine(SimInstanceConfig(time_scale=0))
+    prompt = words("shared", 200)
+    await eng.submit(prompt, 4).done
+    assert eng.counters.prefix_cache_hits == 0
+    await eng.submit(prompt, 4).done
+    # 200 tokens = 12 full blocks of 16; the last token is always recomputed.
+    assert eng.counters.prefix_cache_hits == 192
+    assert eng.counters.prefix_cache_queries == 400
+    # A prompt sharing only the first 100 words hits the 6 full blocks they fill.
+    await eng.submit([*prompt[:100], *words("other", 50)], 4).done
+    assert eng.counters.prefix_cache_hits == 192 + 96
+    await eng.stop()
+
+
+async def test_chunked_prefill_splits_long_prompts() -> None:
+    eng = SimEngine(SimInstanceConfig(time_scale=0, max_num_batched_tokens=64))
+    await eng.submit(words("long", 300), 2).done
+    # 300 prompt tokens at 64 per step = 5 steps, then 1 decode step for the 2nd token.
+    assert eng.counters.steps == 6
+    await eng.stop()
+
+
+async def test_preemption_when_kv_is_exhausted() -> None:
+    eng = SimEngine(SimInstanceConfig(time_scale=0, num_kv_blocks=8))  # 128 tokens in all
+    seqs = [eng.submit(words(f"q{j}-", 30), 30) for j in range(4)]
+    await asyncio.gather(*(s.done for s in seqs))
+    assert eng.counters.preemptions > 0
+    assert [s.num_output for s in seqs] == [30] * 4
+    # Outputs are unaffected by recomputation.
+    assert seqs[0].output == tok.generate(0, words("q0-", 30), 30)
+    assert eng.kv.num_used == 0
+    await eng.stop()
+
+
+async def test_lru_eviction_keeps_recent_prefixes() -> None:
+    kv = KVCache(num_blocks=4, block_size=2)
+    a, b = kv.allocate(2), kv.allocate(2)
+    assert a is not None and b is not None
+    for blk, h in zip([*a, *b], [1, 2, 3, 4], strict=True):
+        kv.register(blk, h)
+    kv.free(a)
+    kv.free(b)  # b freed last: most recent
+    assert kv.allocate(2) is not None  # evicts a's blocks first
+    assert kv.match_prefix([1]) == []
+    assert kv.match_prefix([3, 4]) == b
+
+
+async def test_abort_frees_blocks_and_ends_stream() -> None:
+    eng = SimEngine(SimInstanceConfig(time_scale=0.01))
+    seq = eng.submit(words("x", 64), 1000, stream=True)
+    got = []
+    async for w in seq.stream():
+        got.append(w)
+        if len(got) == 3:
+            eng.abort(seq)
+    assert 3 <= len(got) < 1000 and seq.finish_reason == "abort"
+    assert eng.kv.num_used == 0 and not eng.running
+    await eng.stop()
+
+
+async def test_pd_transfer_skips_prefill_compute_and_releases_producer() -> None:
+    prefill = SimEngine(SimInstanceConfig(role="prefill", time_scale=0))
+    decode = SimEngine(SimInstanceConfig(role="decode", time_scale=0))
+    prompt = words("pd", 200)
+    p = prefill.submit(prompt, 1, pin_for_remote_decode=True, request_id="r1")
+    await p.done
+    assert "r1" in prefill.pinned and prefill.kv.num_used == 13
+    d = decode.submit(prompt, 8, remote=RemotePrefill(prefill.engine_id, "r1", 200))
+    await d.done
+    assert d.num_output == 8
+    c = decode.counters
+    assert (c.kv_transfers, c.external_prompt_tokens, c.prompt_tokens_computed) == (1, 200, 0)
+    assert prefill.pinned == {} and prefill.kv.num_used == 0
+    assert prefill.counters.pinned_released_by_fetch == 1
+    await prefill.stop()
+    await decode.stop()
+
+
+async def test_unfetched_pd_kv_is_freed_after_the_pin_timeout() -> None:
+    prefill = SimEngine(SimInstanceConfig(role="prefill", time_scale=0, kv_pin_timeout_s=0.05))
+    await prefill.submit(words("z", 40), 1, pin_for_remote_decode=True).done
+    assert prefill.kv.num_used == 3
+    await asyncio.sleep(0.1)
+    assert prefill.kv.num_used == 0 and prefill.counters.pinned_expired == 1
+    await prefill.stop()
+
+
+async def test_prompt_longer_than_max_model_len_is_rejected() -> None:
+    eng = SimEngine(SimInstanceConfig(time_scale=0, max_model_len=32))
+    with pytest.raises(PromptTooLongError, match="maximum context length is 32"):
+        eng.submit(words("w", 30), 5)
+    await eng.stop()
+
+
+def test_config_errors_name_field_and_value() -> None:
+    with pytest.raises(ValidationError) as exc:
+        SimInstanceConfig(max_num_seqs=0)
+    assert "max_num_seqs" in str(exc.value) and "input_value=0" in str(exc.value)
+    with pytest.raises(ValidationError, match=r"preset='h200'.*known presets: .*zero"):
+        SimInstanceConfig(preset="h200")
+    with pytest.raises(ValidationError, match="error_rate"):
+        FaultConfig(error_rate=1.5)
+    with pytest.raises(ValidationError, match="role"):
+        SimInstanceConfig(role="router")  # type: ignore[arg-type]
+
+
+def test_presets_fill_unset_coefficients() -> None:
+    cfg = SimInstanceConfig(preset="llama-3.3-70b-h100-tp4", b0_ms=1.0)
+    assert (cfg.b0_ms, cfg.b1_us_per_token, cfg.b2_us_per_seq) == (1.0, 76.4, 66.8)
+    a100 = get_preset("llama-3.1-8b-a100-tp1")
+    assert (a100.b0_ms, a100.b1_us_per_token, a100.b2_us_per_seq) == (16.4, 47.8, 18.2)
+    # Derived TP degrees: per-token cost falls, fixed cost rises, KV capacity grows.
+    tp1, tp2 = PRESETS["llama-3.1-8b-h100-tp1"], PRESETS["llama-3.1-8b-h100-tp2"]
+    assert tp2.b1_us_per_token < tp1.b1_us_per_token and tp2.b0_ms > tp1.b0_ms
+    assert tp2.num_kv_blocks > tp1.num_kv_blocks
+    with pytest.raises(ConfigurationError, match="known presets"):
+        get_preset("nope")
+
+
+def test_tokenizer_rule() -> None:
+    assert tok.tokenize("a  b\nc") == ["a", "b", "c"]
+    chat = tok.chat_prompt([("system", "be brief"), ("user", "hi there")])
+    assert chat == ["<|system|>", "be", "brief", "<|user|>", "hi", "there", "<|assistant|>"]
+    assert tok.generate(1, ["x"], 5) == tok.generate(1, ["x"], 5)
+    assert tok.generate(1, ["x"], 5) != tok.generate(2, ["x"], 5)
