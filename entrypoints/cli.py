@@ -15,6 +15,7 @@ from collections.abc import Sequence
 _COMMAND_MODULES = [
     "sage_cp_plugin.entrypoints.cmd_plugins",
     "sage_cp_plugin.entrypoints.cmd_sim",
+    "sage_cp_plugin.entrypoints.cmd_plan",
 ]
 
 

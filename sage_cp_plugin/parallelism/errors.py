@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from pydantic import ValidationError
+
 from sage_cp_plugin.errors import ConfigurationError
 
 
@@ -34,3 +36,19 @@ class NoFeasibleLayoutError(PlanningError):
     def __init__(self, message: str, *, gpus_needed: int | None = None) -> None:
         self.gpus_needed = gpus_needed
         super().__init__(message)
+
+
+def planning_error_from(exc: ValidationError) -> PlanningError:
+    """The planner's own error raised inside a pydantic validator, or one naming the fields.
+
+    Pydantic wraps a ``ValueError`` raised in a validator; callers of the planner should get
+    the specific error (``ContradictorySLOError`` ...) back, not the wrapper.
+    """
+    parts: list[str] = []
+    for err in exc.errors():
+        inner = err.get("ctx", {}).get("error")
+        if isinstance(inner, PlanningError):
+            return inner
+        loc = ".".join(str(x) for x in err.get("loc", ())) or exc.title
+        parts.append(f"{loc}={err.get('input')!r}: {err.get('msg')}")
+    return PlanningError("; ".join(parts))

@@ -8,6 +8,8 @@ counts. Only what changes memory, FLOPs or communication is kept.
 
 from __future__ import annotations
 
+import math
+
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from sage_cp_plugin.parallelism.errors import PlanningError, UnknownPresetError
@@ -120,8 +122,10 @@ class ModelSpec(BaseModel):
             raise PlanningError(f"model_size_gb={model_size_gb} must be > 0")
         params = model_size_gb * 1e9 / dtype_bytes
         layers = 32 if params < 15e9 else 64 if params < 45e9 else 80 if params < 150e9 else 126
-        hidden = round((params / (12.0 * layers)) ** 0.5 / 128.0) * 128 or 128
-        heads = max(1, hidden // 128)
+        # Head counts are powers of two in that family (32, 64, 128), which keeps every
+        # power-of-two TP degree legal (vLLM requires heads % TP == 0).
+        heads = 2 ** max(0, round(math.log2((params / (12.0 * layers)) ** 0.5 / 128.0)))
+        hidden = heads * 128
         return cls(
             name=f"dense-{model_size_gb:g}GB",
             num_params=params,

@@ -45,6 +45,7 @@ class ParallelismOptimizer:
         model: ModelSpec | None = None,
         gpu: GPUSpec | None = None,
         objective: Objective | None = None,
+        allow_disaggregation: bool = True,
     ) -> Plan:
         """The full ranked plan (goodput first, throughput when nothing meets the SLOs)."""
         if gpu_count <= 0:
@@ -56,6 +57,7 @@ class ParallelismOptimizer:
             gpu_count=gpu_count,
             workload=self.workload,
             objective=wanted,
+            allow_disaggregation=allow_disaggregation,
         )
         plan = self.strategy.plan(req)
         if wanted is Objective.GOODPUT and plan.best.estimate.goodput_rps <= 0:
@@ -66,36 +68,23 @@ class ParallelismOptimizer:
         self, model_size_gb: float, gpu_count: int, gpu_memory_gb: float
     ) -> ParallelismConfig:
         """Best layout for a dense model of ``model_size_gb`` (fp16/bf16 weights) on
-        ``gpu_count`` GPUs of ``gpu_memory_gb`` each."""
+        ``gpu_count`` GPUs of ``gpu_memory_gb`` each.
+
+        General pools only, so that TP x PP x DP describes the whole layout as the document's
+        ``ParallelismConfig`` does; ``plan()`` also considers prefill/decode pools."""
         if model_size_gb <= 0:
             raise PlanningError(f"model_size_gb={model_size_gb} must be > 0")
         if gpu_memory_gb <= 0:
             raise PlanningError(f"gpu_memory_gb={gpu_memory_gb} must be > 0")
         model = ModelSpec.dense_from_size(model_size_gb)
         gpu = self.gpu.model_copy(
-            update={
-                "name": f"{self.gpu.name}-{gpu_memory_gb:g}GB",
-                "memory_gb": gpu_memory_gb,
-            }
+            update={"name": f"{self.gpu.name}-{gpu_memory_gb:g}GB", "memory_gb": gpu_memory_gb}
         )
-        return self.plan(gpu_count, model=model, gpu=gpu).best.to_parallelism_config()
+        plan = self.plan(gpu_count, model=model, gpu=gpu, allow_disaggregation=False)
+        return plan.best.to_parallelism_config()
 
     def optimize_hybrid_config(self, gpu_count: int) -> tuple[int, int, int]:
         """(tp, pp, dp) for the optimizer's model on ``gpu_count`` GPUs, general pools only
         (a TP x PP x DP triple cannot describe separate prefill and decode pools)."""
-        if gpu_count <= 0:
-            raise PlanningError(f"gpu_count={gpu_count} must be > 0")
-        wanted = Objective.GOODPUT if self.workload.has_slo else Objective.THROUGHPUT
-        req = PlanRequest(
-            model=self.model,
-            gpu=self.gpu,
-            gpu_count=gpu_count,
-            workload=self.workload,
-            objective=wanted,
-            allow_disaggregation=False,
-        )
-        plan = self.strategy.plan(req)
-        if wanted is Objective.GOODPUT and plan.best.estimate.goodput_rps <= 0:
-            plan = self.strategy.plan(req.model_copy(update={"objective": Objective.THROUGHPUT}))
-        cfg = plan.best.to_parallelism_config()
+        cfg = self.plan(gpu_count, allow_disaggregation=False).best.to_parallelism_config()
         return cfg.tensor_parallel_size, cfg.pipeline_parallel_size, cfg.data_parallel_size

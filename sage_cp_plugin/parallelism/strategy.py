@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from sage_cp_plugin.parallelism.errors import PlanningError, planning_error_from
 from sage_cp_plugin.parallelism.gpu_spec import GPUSpec, get_gpu_spec
 from sage_cp_plugin.parallelism.model_spec import ModelSpec, get_model_spec
 from sage_cp_plugin.parallelism.objectives import Objective, check_objective, parse_objective
@@ -52,8 +53,39 @@ class PlanRequest(BaseModel):
     ) -> PlanRequest:
         """Resolve presets by name. Without an objective: goodput when an SLO is given,
         throughput otherwise."""
-        from sage_cp_plugin.parallelism.errors import PlanningError
+        try:
+            return cls._build(
+                model=model,
+                gpu=gpu,
+                gpu_count=gpu_count,
+                workload=workload,
+                objective=objective,
+                rate_rps=rate_rps,
+                ttft_slo_ms=ttft_slo_ms,
+                tpot_slo_ms=tpot_slo_ms,
+                top_k=top_k,
+                allow_disaggregation=allow_disaggregation,
+            )
+        except ValidationError as exc:
+            raise planning_error_from(exc) from None
 
+    @classmethod
+    def _build(
+        cls,
+        *,
+        model: str | ModelSpec,
+        gpu: str | GPUSpec,
+        gpu_count: int,
+        workload: str | WorkloadSpec,
+        objective: str | Objective | None,
+        rate_rps: float | None,
+        ttft_slo_ms: float | None,
+        tpot_slo_ms: float | None,
+        top_k: int,
+        allow_disaggregation: bool,
+    ) -> PlanRequest:
+        if top_k <= 0:
+            raise PlanningError(f"top_k={top_k} must be > 0")
         if gpu_count <= 0:
             raise PlanningError(f"gpu_count={gpu_count} must be > 0")
         if rate_rps is not None and rate_rps <= 0:
