@@ -44,6 +44,7 @@ import argparse
 import contextlib
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -52,6 +53,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -177,24 +179,40 @@ class VllmInstance:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def rss_bytes(self) -> int:
-        """Resident memory of the server's whole process group (0 when not running)."""
+    def _group_pids(self) -> list[int]:
+        """Pids of the server's process group (API server, EngineCore, resource tracker)."""
         if not self.alive() or self.proc is None:
-            return 0
-        total = 0
+            return []
         pgid = self.proc.pid  # start_new_session=True: the group id is the leader's pid
+        pids = []
         for stat in Path("/proc").glob("[0-9]*/stat"):
             try:
-                fields = stat.read_text().rsplit(")", 1)[1].split()
-                if int(fields[2]) != pgid:  # field 5 of stat (pgrp), after the comm field
-                    continue
-                status = (stat.parent / "status").read_text()
+                # Field 5 (pgrp) counted after the ')' closing the command name.
+                if int(stat.read_text().rsplit(")", 1)[1].split()[2]) == pgid:
+                    pids.append(int(stat.parent.name))
             except (OSError, IndexError, ValueError):
                 continue
-            for line in status.splitlines():
-                if line.startswith("VmRSS:"):
+        return pids
+
+    def _sum_proc_field(self, filename: str, key: str) -> int:
+        total = 0
+        for pid in self._group_pids():
+            try:
+                text = Path(f"/proc/{pid}/{filename}").read_text()
+            except OSError:
+                continue
+            for line in text.splitlines():
+                if line.startswith(key):
                     total += int(line.split()[1]) * 1024
         return total
+
+    def rss_bytes(self) -> int:
+        """Summed RSS of the process group (0 when stopped); counts shared pages twice."""
+        return self._sum_proc_field("status", "VmRSS:")
+
+    def pss_bytes(self) -> int:
+        """Summed PSS of the process group: shared pages split, the honest memory cost."""
+        return self._sum_proc_field("smaps_rollup", "Pss:")
 
     def log_tail(self, lines: int = 60) -> str:
         return tail(self.log_path, lines)
@@ -478,6 +496,7 @@ class VllmFleet:
                 "log": str(i.log_path),
                 "ready_after_s": None if i.ready_after_s is None else round(i.ready_after_s, 1),
                 "rss_mb": round(i.rss_bytes() / 2**20),
+                "pss_mb": round(i.pss_bytes() / 2**20),
             }
             for i in self.instances.values()
         ]
@@ -591,6 +610,32 @@ def iter_metric(text: str, name: str) -> Iterator[tuple[dict[str, str], float]]:
 def metric_sum(text: str, name: str) -> float:
     """Sum of all samples of ``name`` (over label sets) in Prometheus text; 0.0 when absent."""
     return sum(v for _, v in iter_metric(text, name))
+
+
+def scrape(url: str, timeout: float = 10.0) -> str:
+    """Text of ``<url>/metrics`` (raises FleetError on a non-200 answer)."""
+    status, body = http_get(f"{url}/metrics", timeout=timeout)
+    if status != 200:
+        raise FleetError(f"GET {url}/metrics answered {status}")
+    return body
+
+
+_PROMPT_WORDS = (
+    "alpha beta gamma delta river mountain forest city ocean music garden window light paper "
+    "stone silver golden quick brown fox jumps lazy dog red green blue yellow"
+).split()
+
+
+def unique_prompt(words: int = 200, seed: int | None = None) -> str:
+    """A prompt no earlier request shared a prefix with (random words, fresh seed by default).
+
+    With the tiny-llama tokenizer ~1 token per word: ``words=200`` gives 200+ tokens, more than
+    one 128-token prefix-cache block. Unique prompts keep prefix-cache and NIXL checks from
+    being satisfied by an earlier test's cached blocks.
+    """
+    rng = random.Random(seed if seed is not None else uuid.uuid4().int)
+    head = f"{rng.getrandbits(64):x}"  # differs in the first block, so nothing is shared
+    return head + " " + " ".join(rng.choice(_PROMPT_WORDS) for _ in range(words))
 
 
 if __name__ == "__main__":

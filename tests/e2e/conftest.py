@@ -49,10 +49,14 @@ SCRIPTS = Path(__file__).resolve().parents[2] / "scripts" / "e2e"
 if str(SCRIPTS) not in sys.path:
     sys.path.insert(0, str(SCRIPTS))
 
-import vllm_fleet  # noqa: E402  (lives in scripts/e2e, put on sys.path just above)
-
-VllmFleet = vllm_fleet.VllmFleet
-VllmInstance = vllm_fleet.VllmInstance
+# Lives in scripts/e2e, put on sys.path just above; test modules import it the same way.
+from vllm_fleet import (  # noqa: E402
+    EMBED_MODEL_NAME,
+    GENERAL_MODEL_NAME,
+    FleetError,
+    VllmFleet,
+    VllmInstance,
+)
 
 
 class PdPair(NamedTuple):
@@ -84,7 +88,7 @@ def vllm_fleet() -> Iterator[VllmFleet]:
     """The fleet owning every real server of the session; stops them all at the end."""
     try:
         fleet = VllmFleet()
-    except vllm_fleet.FleetError as exc:
+    except FleetError as exc:
         pytest.fail(f"real-vLLM tier not set up: {exc}", pytrace=False)
     try:
         yield fleet
@@ -94,12 +98,12 @@ def vllm_fleet() -> Iterator[VllmFleet]:
 
 @pytest.fixture(scope="session")
 def tiny_model_name() -> str:
-    return vllm_fleet.GENERAL_MODEL_NAME
+    return GENERAL_MODEL_NAME
 
 
 @pytest.fixture(scope="session")
 def embed_model_name() -> str:
-    return vllm_fleet.EMBED_MODEL_NAME
+    return EMBED_MODEL_NAME
 
 
 @pytest.fixture(scope="session")
