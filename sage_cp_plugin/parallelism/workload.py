@@ -14,12 +14,20 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from sage_cp_plugin.parallelism.errors import (
     ContradictorySLOError,
     PlanningError,
     UnknownPresetError,
+    planning_error_from,
 )
 
 IntArray = npt.NDArray[np.int64]
@@ -226,6 +234,18 @@ def load_workload(
     """``azure_conv`` | ``azure_code`` | ``mooncake`` | a trace path | ``IN:OUT`` tokens.
 
     Targets given here override the workload's own (a trace's arrival rate, for example)."""
+    try:
+        return _load_workload(spec, rate_rps, ttft_slo_ms, tpot_slo_ms)
+    except ValidationError as exc:
+        raise planning_error_from(exc) from None
+
+
+def _load_workload(
+    spec: str | WorkloadSpec,
+    rate_rps: float | None,
+    ttft_slo_ms: float | None,
+    tpot_slo_ms: float | None,
+) -> WorkloadSpec:
     if isinstance(spec, WorkloadSpec):
         return spec.with_targets(
             rate_rps=rate_rps, ttft_slo_ms=ttft_slo_ms, tpot_slo_ms=tpot_slo_ms
