@@ -218,7 +218,7 @@ async def test_metrics_have_vllm_names_and_prefix_hits_rise() -> None:
 
 async def test_pd_prefill_then_decode_skips_prefill_on_decode() -> None:
     prompt = " ".join(f"pd{i}" for i in range(200))
-    async with client(role="prefill") as (pc, psim), client(role="decode") as (dc, dsim):
+    async with client(role="prefill") as (pc, psim), client(role="decode") as (dc, _dsim):
         step1 = {
             "prompt": prompt,
             "max_tokens": 1,
