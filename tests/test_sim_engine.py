@@ -111,7 +111,7 @@ async def test_abort_frees_blocks_and_ends_stream() -> None:
         if len(got) == 3:
             eng.abort(seq)
     assert 3 <= len(got) < 1000 and seq.finish_reason == "abort"
-    assert eng.kv.num_used == 0 and not eng.running
+    assert eng.kv.num_used == 0 and not eng.scheduler.running
     await eng.stop()
 
 
