@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from sage_cp_plugin.sim.app import SimInstance, create_app, instance_of
 from sage_cp_plugin.sim.config import FaultConfig, SimInstanceConfig, SimRole
-from sage_cp_plugin.sim.engine import EngineCounters, PromptTooLongError, SimEngine
+from sage_cp_plugin.sim.engine import PromptTooLongError, SimEngine
 from sage_cp_plugin.sim.fleet import (
     DEFAULT_FLEET_TIME_SCALE,
     SimFleet,
@@ -24,7 +24,7 @@ from sage_cp_plugin.sim.fleet import (
 )
 from sage_cp_plugin.sim.kv_cache import KVCache
 from sage_cp_plugin.sim.presets import DEFAULT_PRESET, PRESETS, EnginePreset, get_preset
-from sage_cp_plugin.sim.sequence import SimSequence
+from sage_cp_plugin.sim.sequence import EngineCounters, SimSequence
 
 __all__ = [
     "DEFAULT_FLEET_TIME_SCALE",

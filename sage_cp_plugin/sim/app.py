@@ -38,8 +38,9 @@ from sage_cp_plugin.sim.protocol import (
     remote_prefill_params,
     validation_message,
 )
+from sage_cp_plugin.sim.responses import generation_body
 from sage_cp_plugin.sim.sequence import RemotePrefill, SimSequence
-from sage_cp_plugin.sim.streaming import SSEResponse, chat_chunks, completion_chunks, usage
+from sage_cp_plugin.sim.streaming import SSEResponse, chat_chunks, completion_chunks
 
 M = TypeVar("M", bound=BaseModel)
 Handler = Callable[[Request], Awaitable[Response]]
@@ -219,61 +220,22 @@ class SimInstance:
                 self.engine.abort(s)  # no-op once finished; frees KV if we were cancelled
         if self.faults.malformed_json:
             return Response('{"id": "broken", "choices": [', 200, media_type="application/json")
-        return _json(self._generation_body(seqs, created, model, chat, pin))
+        kv_params = self._kv_params(seqs[0]) if pin else None
+        return _json(generation_body(seqs, created, model, chat=chat, kv_transfer_params=kv_params))
 
-    def _generation_body(
-        self, seqs: list[SimSequence], created: int, model: str, chat: bool, pin: bool
-    ) -> dict[str, Any]:
-        kv_params = None
-        if pin:
-            s = seqs[0]
-            kv_params = {
-                "do_remote_prefill": True,
-                "do_remote_decode": False,
-                "remote_engine_id": self.engine.engine_id,
-                "remote_block_ids": s.pinned_blocks,
-                "remote_request_id": s.request_id,
-                "remote_host": self.config.kv_host,
-                "remote_port": self.config.kv_port,
-                "remote_num_tokens": len(s.prompt),
-                "tp_size": self._tp,
-                "pp_size": 1,
-            }
-        prompt_tokens = sum(len(s.prompt) for s in seqs)
-        completion_tokens = sum(s.num_output for s in seqs)
-        reason = [s.finish_reason for s in seqs]
-        if chat:
-            choices: list[dict[str, Any]] = [
-                {
-                    "index": i,
-                    "message": {"role": "assistant", "content": s.text, "tool_calls": []},
-                    "logprobs": None,
-                    "finish_reason": reason[i],
-                    "stop_reason": None,
-                }
-                for i, s in enumerate(seqs)
-            ]
-        else:
-            choices = [
-                {
-                    "index": i,
-                    "text": s.text,
-                    "logprobs": None,
-                    "finish_reason": reason[i],
-                    "stop_reason": None,
-                    "prompt_logprobs": None,
-                }
-                for i, s in enumerate(seqs)
-            ]
+    def _kv_params(self, s: SimSequence) -> dict[str, Any]:
+        """What vLLM's NixlConnector returns from a prefill: where the decode pulls the KV."""
         return {
-            "id": seqs[0].request_id,
-            "object": "chat.completion" if chat else "text_completion",
-            "created": created,
-            "model": model,
-            "choices": choices,
-            "usage": usage(prompt_tokens, completion_tokens),
-            "prompt_logprobs": None,
-            "kv_transfer_params": kv_params,
+            "do_remote_prefill": True,
+            "do_remote_decode": False,
+            "remote_engine_id": self.engine.engine_id,
+            "remote_block_ids": s.pinned_blocks,
+            "remote_request_id": s.request_id,
+            "remote_host": self.config.kv_host,
+            "remote_port": self.config.kv_port,
+            "remote_num_tokens": len(s.prompt),
+            "tp_size": self._tp,
+            "pp_size": 1,
         }
 
     # ------------------------------------------------------------ embeddings, tokenize

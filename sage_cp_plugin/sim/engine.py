@@ -19,15 +19,15 @@ import contextlib
 import itertools
 import uuid
 import weakref
-from collections import deque
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any
 
 from sage_cp_plugin.sim import tokens as tok
 from sage_cp_plugin.sim.config import SimInstanceConfig
-from sage_cp_plugin.sim.kv_cache import KVCache, chain_hashes
+from sage_cp_plugin.sim.kv_cache import KVCache
 from sage_cp_plugin.sim.metrics import SimMetrics
-from sage_cp_plugin.sim.sequence import RemotePrefill, SeqStatus, SimSequence
+from sage_cp_plugin.sim.scheduler import Batch, StepScheduler
+from sage_cp_plugin.sim.sequence import EngineCounters, RemotePrefill, SeqStatus, SimSequence
 
 # Engines of this process by engine id: a decode engine tells the prefill engine it fetched the
 # pinned KV (NIXL's "done" notification). Engines in other processes time their pins out.
@@ -36,26 +36,6 @@ _LIVE_ENGINES: weakref.WeakValueDictionary[str, SimEngine] = weakref.WeakValueDi
 
 class PromptTooLongError(ValueError):
     """Prompt plus requested output exceed ``max_model_len``."""
-
-
-@dataclass
-class EngineCounters:
-    """Plain counters mirrored into Prometheus; cheap to read in tests and ``/sim/state``."""
-
-    steps: int = 0
-    prefix_cache_queries: int = 0  # tokens, as vLLM counts
-    prefix_cache_hits: int = 0
-    preemptions: int = 0
-    prompt_tokens: int = 0
-    prompt_tokens_computed: int = 0
-    generation_tokens: int = 0
-    external_prompt_tokens: int = 0  # PD decode: prompt tokens whose KV arrived by transfer
-    kv_transfers: int = 0
-    pinned_released_by_fetch: int = 0
-    pinned_expired: int = 0
-    finished: int = 0
-    aborted: int = 0
-    max_batch_seqs: int = 0  # most sequences in one step: continuous-batching evidence
 
 
 class SimEngine:
@@ -67,12 +47,17 @@ class SimEngine:
         self.metrics = metrics or SimMetrics(config.model_name, decode_role=config.role == "decode")
         self.kv = KVCache(config.num_kv_blocks, config.block_size, config.enable_prefix_caching)
         self.counters = EngineCounters()
-        self.waiting: deque[SimSequence] = deque()
-        self.running: list[SimSequence] = []
-        self.transferring: set[SimSequence] = set()
+        self.scheduler = StepScheduler(
+            self.kv,
+            max_num_seqs=config.max_num_seqs,
+            max_num_batched_tokens=config.max_num_batched_tokens,
+            counters=self.counters,
+            metrics=self.metrics,
+            now=self._now,
+            on_transfer=self._start_transfer_timer,
+        )
         self.pinned: dict[str, tuple[SimSequence, asyncio.TimerHandle]] = {}
         self._ids = itertools.count()
-        self._bs = config.block_size
         s = config.time_scale
         self._b0 = config.b0_ms * 1e-3 * s
         self._b1 = config.b1_us_per_token * 1e-6 * s
@@ -101,7 +86,8 @@ class SimEngine:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        for seq in [*self.running, *self.waiting, *self.transferring]:
+        sch = self.scheduler
+        for seq in [*sch.running, *sch.waiting, *sch.transferring]:
             self.abort(seq)
         for rid in list(self.pinned):
             self.release_pinned(rid)
@@ -143,7 +129,7 @@ class SimEngine:
             remote=remote,
             pin_for_remote_decode=pin_for_remote_decode,
         )
-        self.waiting.append(seq)
+        self.scheduler.waiting.append(seq)
         self._wake()
         return seq
 
@@ -151,16 +137,7 @@ class SimEngine:
         """Drop a request wherever it is (client gone): its KV blocks are freed at once."""
         if seq.finished:
             return
-        if seq.status is SeqStatus.WAITING:
-            self.waiting.remove(seq)
-        elif seq.status is SeqStatus.RUNNING:
-            self.running.remove(seq)
-        elif seq.status is SeqStatus.TRANSFERRING:
-            self.transferring.discard(seq)
-            if seq.transfer_handle is not None:
-                seq.transfer_handle.cancel()
-        self.kv.free(seq.blocks)
-        seq.blocks = []
+        self.scheduler.remove(seq)
         seq.status = SeqStatus.ABORTED
         seq.finish_reason = "abort"
         self.counters.aborted += 1
@@ -184,12 +161,13 @@ class SimEngine:
         return True
 
     def state(self) -> dict[str, Any]:
+        sch = self.scheduler
         return {
             "engine_id": self.engine_id,
             "role": self.config.role,
-            "running": len(self.running),
-            "waiting": len(self.waiting) + len(self.transferring),
-            "transferring": len(self.transferring),
+            "running": len(sch.running),
+            "waiting": len(sch.waiting) + len(sch.transferring),
+            "transferring": len(sch.transferring),
             "pinned": len(self.pinned),
             "kv_blocks_used": self.kv.num_used,
             "kv_blocks_total": self.kv.num_blocks,
@@ -198,8 +176,9 @@ class SimEngine:
         }
 
     def render_metrics(self) -> bytes:
+        sch = self.scheduler
         return self.metrics.render(
-            len(self.running), len(self.waiting) + len(self.transferring), self.kv.usage
+            len(sch.running), len(sch.waiting) + len(sch.transferring), self.kv.usage
         )
 
     # ---------------------------------------------------------------- step loop
@@ -211,7 +190,7 @@ class SimEngine:
     async def _run(self) -> None:
         assert self._wakeup is not None and self._loop is not None
         while True:
-            batch, prefill_tokens, decode_seqs = self._schedule()
+            batch, prefill_tokens, decode_seqs = self.scheduler.schedule()
             if not batch:
                 # Nothing runnable (idle, or blocked on KV held by pins/transfers): sleep until
                 # a submit, abort, release or finished transfer changes that.
@@ -222,138 +201,13 @@ class SimEngine:
             await asyncio.sleep(self._b0 + self._b1 * prefill_tokens + self._b2 * decode_seqs)
             self._complete(batch)
 
-    def _schedule(self) -> tuple[list[tuple[SimSequence, int]], int, int]:
-        budget = self.config.max_num_batched_tokens
-        batch: list[tuple[SimSequence, int]] = []
-        preempted = False
-        i = 0
-        while i < len(self.running) and budget > 0:
-            seq = self.running[i]
-            n = min(seq.num_tokens - seq.num_computed, budget)
-            need = self.kv.blocks_for(seq.num_computed + n) - len(seq.blocks)
-            if need > 0:
-                new = self.kv.allocate(need)
-                while new is None:
-                    victim = self.running[-1]
-                    self._preempt(victim)
-                    preempted = True
-                    if victim is seq:
-                        break
-                    new = self.kv.allocate(need)
-                if new is None:
-                    break
-                seq.blocks.extend(new)
-            batch.append((seq, n))
-            budget -= n
-            i += 1
-        # Like vLLM, a step that had to preempt admits nobody new.
-        while (
-            not preempted
-            and self.waiting
-            and budget > 0
-            and len(self.running) < self.config.max_num_seqs
-        ):
-            seq = self.waiting[0]
-            if seq.remote is not None and not seq.remote_done:
-                if not self._start_transfer(seq):
-                    break
-                continue
-            n = self._admit(seq, budget)
-            if n == 0:
-                break
-            batch.append((seq, n))
-            budget -= n
-        prefill_tokens = decode_seqs = 0
-        for seq, n in batch:
-            if (
-                n == 1
-                and seq.num_computed == seq.num_tokens - 1
-                and (seq.num_output > 0 or seq.remote_done)
-            ):
-                decode_seqs += 1
-            else:
-                prefill_tokens += n
-        if len(batch) > self.counters.max_batch_seqs:
-            self.counters.max_batch_seqs = len(batch)
-        return batch, prefill_tokens, decode_seqs
-
-    def _match_prefix(self, seq: SimSequence) -> list[int]:
-        """Cached blocks holding the head of ``seq`` (not yet referenced)."""
-        if not self.kv.enable_prefix_caching or seq.pooling:
-            return []
-        num_tokens = seq.num_tokens
-        if len(seq.hashes) < num_tokens // self._bs:
-            seq.hashes = chain_hashes(seq.tokens_upto(num_tokens), self._bs)
-        # The last token is always recomputed, so a fully cached prompt still yields logits.
-        return self.kv.match_prefix(seq.hashes[: (num_tokens - 1) // self._bs])
-
-    def _count_query(self, seq: SimSequence, hit_tokens: int) -> None:
-        # Counted once per admission that succeeds, in tokens (vLLM's unit).
-        if not self.kv.enable_prefix_caching or seq.pooling:
-            return
-        self.counters.prefix_cache_queries += seq.num_tokens
-        self.counters.prefix_cache_hits += hit_tokens
-        self.metrics.prefix_queries.inc(seq.num_tokens)
-        self.metrics.prefix_hits.inc(hit_tokens)
-
-    def _admit(self, seq: SimSequence, budget: int) -> int:
-        """Move the head of ``waiting`` into the batch; 0 if its KV does not fit."""
-        transferred = bool(seq.blocks)  # PD decode: the prompt's KV is already here
-        hit = [] if transferred else self._match_prefix(seq)
-        computed = seq.num_computed if transferred else len(hit) * self._bs
-        n = min(seq.num_tokens - computed, budget)
-        need = self.kv.blocks_for(computed + n) - len(seq.blocks) - len(hit)
-        if need > self.kv.num_free - self.kv.evictable_among(hit):
-            return 0
-        self.kv.touch(hit)
-        new = self.kv.allocate(need)
-        assert new is not None
-        if not transferred:
-            seq.blocks = [*hit, *new]
-            seq.num_computed = computed
-            seq.num_registered = len(hit)
-            self._count_query(seq, computed)
-        else:
-            seq.blocks.extend(new)
-        if seq.first_scheduled is None:
-            seq.first_scheduled = self._now()
-            seq.num_cached_tokens = computed
-        self.waiting.popleft()
-        seq.status = SeqStatus.RUNNING
-        self.running.append(seq)
-        return n
-
-    def _start_transfer(self, seq: SimSequence) -> bool:
-        """PD decode: reserve KV for the whole prompt and start pulling it from the prefill."""
-        hit = self._match_prefix(seq)
-        need = self.kv.blocks_for(seq.num_tokens) - len(hit)
-        if need > self.kv.num_free - self.kv.evictable_among(hit):
-            return False
-        self.kv.touch(hit)
-        new = self.kv.allocate(need)
-        assert new is not None and self._loop is not None
-        seq.blocks = [*hit, *new]
-        seq.num_registered = len(hit)
-        seq.num_cached_tokens = len(hit) * self._bs
-        self._count_query(seq, seq.num_cached_tokens)
-        seq.external_tokens = seq.num_tokens - seq.num_cached_tokens
-        seq.first_scheduled = self._now()
-        self.waiting.popleft()
-        seq.status = SeqStatus.TRANSFERRING
-        self.transferring.add(seq)
+    def _start_transfer_timer(self, seq: SimSequence) -> None:
+        assert self._loop is not None
         delay = self._xfer * seq.external_tokens
         seq.transfer_handle = self._loop.call_later(delay, self._transfer_done, seq, delay)
-        return True
 
     def _transfer_done(self, seq: SimSequence, duration: float) -> None:
-        self.transferring.discard(seq)
-        seq.transfer_handle = None
-        seq.remote_done = True
-        # Every prompt token's KV is present; the last one is re-run to get the first logits.
-        seq.num_computed = seq.num_tokens - 1
-        self._register_blocks(seq)
-        seq.status = SeqStatus.WAITING
-        self.waiting.appendleft(seq)
+        self.scheduler.transfer_done(seq)
         self.counters.kv_transfers += 1
         self.counters.external_prompt_tokens += seq.external_tokens
         self.metrics.external_queries.inc(seq.external_tokens)
@@ -366,38 +220,11 @@ class SimEngine:
             producer.release_pinned(seq.remote.request_id, fetched=True)
         self._wake()
 
-    def _preempt(self, seq: SimSequence) -> None:
-        # Recompute preemption: the KV is dropped; cached full blocks may still be reused.
-        self.running.remove(seq)
-        self.kv.free(seq.blocks)
-        seq.blocks = []
-        seq.num_computed = 0
-        seq.num_registered = 0
-        seq.remote = None  # a recompute is local; the transferred KV is gone
-        seq.remote_done = False
-        seq.status = SeqStatus.WAITING
-        self.waiting.appendleft(seq)
-        self.counters.preemptions += 1
-        self.metrics.preemptions.inc()
-
-    def _register_blocks(self, seq: SimSequence) -> None:
-        full = seq.num_computed // self._bs
-        if full <= seq.num_registered or not self.kv.enable_prefix_caching or seq.pooling:
-            return
-        if len(seq.hashes) < full:
-            parent = seq.hashes[-1] if seq.hashes else 0
-            seq.hashes.extend(
-                chain_hashes(seq.tokens_upto(full * self._bs), self._bs, len(seq.hashes), parent)
-            )
-        for i in range(seq.num_registered, full):
-            self.kv.register(seq.blocks[i], seq.hashes[i])
-        seq.num_registered = full
-
     def _now(self) -> float:
         assert self._loop is not None
         return self._loop.time()
 
-    def _complete(self, batch: list[tuple[SimSequence, int]]) -> None:
+    def _complete(self, batch: Batch) -> None:
         now = self._now()
         self.counters.steps += 1
         generated = 0
@@ -406,7 +233,7 @@ class SimEngine:
             if seq.status is not SeqStatus.RUNNING:
                 continue  # aborted or preempted while the step ran
             seq.num_computed += n
-            self._register_blocks(seq)
+            self.scheduler.register_blocks(seq)
             if seq.num_computed < seq.num_tokens:
                 continue  # a chunk of a long prefill; no token yet
             if seq.pooling:
@@ -433,7 +260,7 @@ class SimEngine:
             self.counters.generation_tokens += generated
             self.metrics.generation_tokens.inc(generated)
         if finished:
-            self.running = [s for s in self.running if s.status is SeqStatus.RUNNING]
+            self.scheduler.drop_finished()
 
     def _count_prompt(self, seq: SimSequence) -> None:
         p = len(seq.prompt)

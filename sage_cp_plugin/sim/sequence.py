@@ -1,4 +1,4 @@
-"""One request inside the simulated engine, from submission to its last token."""
+"""One request inside the simulated engine, and the engine's counters of what happened."""
 
 from __future__ import annotations
 
@@ -125,3 +125,23 @@ class SimSequence:
             if word is None:
                 return
             yield word
+
+
+@dataclass
+class EngineCounters:
+    """Plain counters mirrored into Prometheus; cheap to read in tests and ``/sim/state``."""
+
+    steps: int = 0
+    prefix_cache_queries: int = 0  # tokens, as vLLM counts
+    prefix_cache_hits: int = 0
+    preemptions: int = 0
+    prompt_tokens: int = 0
+    prompt_tokens_computed: int = 0
+    generation_tokens: int = 0
+    external_prompt_tokens: int = 0  # PD decode: prompt tokens whose KV arrived by transfer
+    kv_transfers: int = 0
+    pinned_released_by_fetch: int = 0
+    pinned_expired: int = 0
+    finished: int = 0
+    aborted: int = 0
+    max_batch_seqs: int = 0  # most sequences in one step: continuous-batching evidence

@@ -9,12 +9,12 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
-from typing import Any
 
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from sage_cp_plugin.sim.config import FaultConfig
+from sage_cp_plugin.sim.responses import usage
 from sage_cp_plugin.sim.sequence import SimSequence
 
 DONE = b"data: [DONE]\n\n"
@@ -26,15 +26,6 @@ _SSE_HEADERS = [
 
 class SimulatedDisconnect(Exception):
     """Raised inside a streaming response to make the server drop the connection."""
-
-
-def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
-    return {
-        "prompt_tokens": prompt_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
-        "completion_tokens": completion_tokens,
-        "prompt_tokens_details": None,
-    }
 
 
 def _event(payload: str) -> bytes:
