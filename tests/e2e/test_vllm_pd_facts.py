@@ -12,6 +12,8 @@ only behaviour is asserted.
 
 from __future__ import annotations
 
+import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -159,20 +161,34 @@ def test_streamed_decode_step(vllm_pd_pair: PdPair, tiny_model_name: str) -> Non
     assert metric_sum(after, XFER_COUNT) - metric_sum(before, XFER_COUNT) == 1
 
 
-def test_bad_remote_port_fails_fast_and_decode_survives(
+def test_unreachable_prefill_fails_fast_and_decode_survives(
     vllm_pd_pair: PdPair, tiny_model_name: str
 ) -> None:
-    """A broken transfer fails the request (no 60 s hang), and the instance keeps serving.
+    """A transfer from an unreachable prefill engine fails with a 5xx within seconds.
 
-    The control plane's fallback (serve the whole request on one instance) relies on this.
+    The control plane's fallback (serve the whole request on one instance) relies on getting an
+    error instead of a hang. Seen here: HTTP 500 after ~5 s per handshake attempt. The engine id
+    must be new: NIXL caches the handshake per ``remote_engine_id``, so a wrong ``remote_port``
+    alone is ignored once the real prefill engine has been reached.
     """
     request = {"model": tiny_model_name, "prompt": unique_prompt(200), "max_tokens": 2,
                "ignore_eos": True}
     params = dict(prefill_step(vllm_pd_pair, request)["kv_transfer_params"])
+    params["remote_engine_id"] = str(uuid.uuid4())  # an engine nobody has shaken hands with
     params["remote_port"] = 9  # discard port: nothing listens there
+    before = scrape(vllm_pd_pair.decode_url)
+    started = time.monotonic()
     r = post(vllm_pd_pair.decode_url, {**request, "kv_transfer_params": params})
-    assert r.status_code >= 500 or r.status_code == 200, r.text[:300]
-    # Either way the decode instance is healthy and serves a plain request afterwards.
+    elapsed = time.monotonic() - started
+    assert r.status_code >= 500, r.text[:300]
+    assert "error" in r.json()
+    assert elapsed < 45, f"a failed transfer took {elapsed:.1f} s"
+    after = scrape(vllm_pd_pair.decode_url)
+    failed = "vllm:nixl_num_failed_transfers_total"
+    assert metric_sum(after, failed) > metric_sum(before, failed)
+    # The decode instance stays healthy and the protocol works again right away.
     assert httpx.get(f"{vllm_pd_pair.decode_url}/health", timeout=TIMEOUT).status_code == 200
-    plain = post(vllm_pd_pair.decode_url, {**request, "prompt": unique_prompt(20)})
-    assert plain.status_code == 200
+    good = {**request, "prompt": unique_prompt(200)}
+    out = decode_step(vllm_pd_pair, good, prefill_step(vllm_pd_pair, good)["kv_transfer_params"])
+    assert out["usage"]["completion_tokens"] == 2
+    assert metric_sum(scrape(vllm_pd_pair.decode_url), XFER_COUNT) > metric_sum(after, XFER_COUNT)
