@@ -18,7 +18,12 @@ from sage_cp_plugin.executor import Outcome
 from sage_cp_plugin.metrics import slo_met
 from sage_cp_plugin.pending import QueuedRequest
 from sage_cp_plugin.state import InstanceState
-from sage_cp_plugin.types import RequestResult, RequestStatus, SchedulingDecision
+from sage_cp_plugin.types import (
+    ExecutionInstanceType,
+    RequestResult,
+    RequestStatus,
+    SchedulingDecision,
+)
 
 if TYPE_CHECKING:
     from sage_cp_plugin.manager import ControlPlaneManager
@@ -60,6 +65,16 @@ class Dispatcher:
     # -- one round -------------------------------------------------------------------------
     def candidates(self, item: QueuedRequest) -> tuple[list[InstanceState], bool]:
         """Eligible instances with capacity, and whether any eligible one is routable."""
+        routable = self.routable(item)
+        pd = self.m.pd_router
+        if pd is not None and item.phase is not None:
+            routable = pd.filter_by_phase(
+                [s for s in routable if s.has_capacity] or routable, item.phase
+            )
+        return [s for s in routable if s.has_capacity], bool(routable)
+
+    def routable(self, item: QueuedRequest) -> list[InstanceState]:
+        """Healthy instances that serve the request's model and kind (any capacity)."""
         m = self.m
         routable: list[InstanceState] = []
         model = item.request.model_name
@@ -77,11 +92,28 @@ class Dispatcher:
             others = [s for s in routable if s.instance_id not in item.excluded]
             if others:
                 routable = others
-        if m.pd_router is not None and item.phase is not None:
-            routable = m.pd_router.filter_by_phase(
-                [s for s in routable if s.has_capacity] or routable, item.phase
-            )
-        return [s for s in routable if s.has_capacity], bool(routable)
+        return routable
+
+    def _pd_pair(self, item: QueuedRequest) -> tuple[InstanceState, InstanceState] | str | None:
+        """(prefill, decode) for a split request; "wait" when both pools exist but one is
+        full; None when the request is not split (no PD pools, or the trigger says no)."""
+        m = self.m
+        routable = self.routable(item)
+        pre = [s for s in routable if s.instance.instance_type is ExecutionInstanceType.PREFILLING]
+        dec = [s for s in routable if s.instance.instance_type is ExecutionInstanceType.DECODING]
+        if not pre or not dec:
+            return None
+        pre_free = [s for s in pre if s.has_capacity]
+        dec_free = [s for s in dec if s.has_capacity]
+        if not dec_free:
+            return "wait"
+        decode = m.decode_router.select(item, dec_free, m.fleet)
+        if decode is None or not m.disaggregator.wants_split(item, decode):
+            return None
+        if not pre_free:
+            return "wait"
+        prefill = m.prefill_router.select(item, pre_free, m.fleet)
+        return None if prefill is None else (prefill, decode)
 
     def dispatch_round(self) -> None:
         m = self.m
@@ -113,6 +145,15 @@ class Dispatcher:
                         "timeout",
                     )
                     continue
+                if m.disaggregator.enabled and not item.pool[1] and not item.no_split:
+                    pair = self._pd_pair(item)
+                    if pair == "wait":
+                        break
+                    if isinstance(pair, tuple):
+                        m.queue.pop(pool)
+                        self._dequeued(item)
+                        self._launch_pd(item, pair[0], pair[1], now)
+                        continue
                 cands, any_routable = self.candidates(item)
                 if not any_routable:
                     m.queue.pop(pool)
@@ -173,6 +214,72 @@ class Dispatcher:
         )
         task = asyncio.create_task(self._execute(item, state, decision, now))
         self._running[item.request_id] = (task, state)
+
+    def _launch_pd(
+        self, item: QueuedRequest, prefill: InstanceState, decode: InstanceState, now: float
+    ) -> None:
+        m = self.m
+        item.attempts += 1
+        for st in (prefill, decode):
+            st.in_flight += 1
+        m.prefill_router.on_dispatch(item, prefill)
+        m.decode_router.on_dispatch(item, decode)
+        decision = SchedulingDecision(
+            request_id=item.request_id,
+            target_instance_id=decode.instance_id,
+            phase=ExecutionInstanceType.DECODING,
+            policy=m.scheduling_policy.describe(),
+            router=m.pd_config.decode_router,
+            reason=f"disaggregated: prefill on {prefill.instance_id}, decode on {decode.instance_id}",
+            metadata={"prefill_instance_id": prefill.instance_id},
+        )
+        task = asyncio.create_task(self._execute_pd(item, prefill, decode, decision, now))
+        self._running[item.request_id] = (task, decode)
+
+    async def _execute_pd(
+        self,
+        item: QueuedRequest,
+        prefill: InstanceState,
+        decode: InstanceState,
+        decision: SchedulingDecision,
+        dispatched: float,
+    ) -> None:
+        m = self.m
+        sink = item.chunks.put_nowait if item.chunks is not None else None
+        ok = False
+        try:
+            out, split = await m.disaggregator.run(m.executor, item, prefill, decode, sink)
+            ok = True
+            decision.metadata["prefill_used"] = split
+            self._complete(item, decode, decision, dispatched, out, learn=not split)
+        except asyncio.CancelledError:
+            reason = item.cancel_reason or "control plane stopped while running"
+            m.finish_failed(
+                item,
+                reason,
+                "cancelled",
+                state=RequestStatus.CANCELLED,
+                instance_id=decode.instance_id,
+            )
+            raise
+        except UpstreamError as exc:
+            item.no_split = True  # a retry runs whole, on any instance
+            self._on_error(item, decode, exc)
+        except Exception as exc:  # a bug must fail the request, never strand it
+            logger.exception("request %s crashed", item.request_id)
+            m.finish_failed(
+                item,
+                f"internal error: {type(exc).__name__}: {exc}",
+                "internal",
+                instance_id=decode.instance_id,
+            )
+        finally:
+            self._running.pop(item.request_id, None)
+            for st, router in ((prefill, m.prefill_router), (decode, m.decode_router)):
+                st.in_flight -= 1
+                router.on_finish(item, st, ok)
+            m.health.record_result(decode, ok, m.now())
+            self.wake()
 
     async def _execute(
         self,
@@ -251,6 +358,8 @@ class Dispatcher:
         decision: SchedulingDecision,
         dispatched: float,
         out: Outcome,
+        *,
+        learn: bool = True,
     ) -> None:
         m = self.m
         req = item.request
@@ -277,7 +386,8 @@ class Dispatcher:
                 t.tpot_ms = (t.e2e_ms - t.ttft_ms) / (out.completion_tokens - 1)
         met = slo_met(result, req.ttft_slo_ms, req.tpot_slo_ms, req.slo_deadline_ms)
         result.slo_met = met
-        self._learn(state, item, out)
+        if learn:
+            self._learn(state, item, out)
         state.completed += 1
         m.metrics.on_finish(result, met, out.finished_at)
         m.scheduling_policy.observe(item, state, met)

@@ -17,6 +17,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import Any
 
+from sage_cp_plugin.disaggregation import Disaggregator
 from sage_cp_plugin.dispatch import Dispatcher
 from sage_cp_plugin.errors import (
     ConfigurationError,
@@ -32,6 +33,7 @@ from sage_cp_plugin.plugins import get_registry
 from sage_cp_plugin.policies.base import SchedulingPolicy, make_item
 from sage_cp_plugin.routing.base import Router
 from sage_cp_plugin.routing.pd import PDRoutingStrategy
+from sage_cp_plugin.scrape import MetricsScraper, ScrapeConfig
 from sage_cp_plugin.state import FleetSnapshot, InstanceState
 from sage_cp_plugin.types import (
     ExecutionInstance,
@@ -65,6 +67,8 @@ class ControlPlaneManager:
         retry_backoff_s: float = 0.05,
         request_timeout_s: float = 600.0,
         health: HealthConfig | None = None,
+        scrape: ScrapeConfig | None = None,
+        embedding_batch_size: int = 64,
         executor: ExecutionCoordinator | None = None,
         transport_factory: TransportFactory | None = None,
         upstream_streaming: bool = True,
@@ -108,6 +112,15 @@ class ControlPlaneManager:
         self.health = HealthMonitor(
             health or HealthConfig(), self.executor.health_check, self._wake
         )
+        self.scraper = MetricsScraper(self.executor, scrape or ScrapeConfig())
+        self.disaggregator = Disaggregator(self.pd_config)
+        self.prefill_router: Router = registry.create("router", self.pd_config.prefill_router)
+        self.decode_router: Router = registry.create("router", self.pd_config.decode_router)
+        if embedding_batch_size <= 0:
+            raise ConfigurationError(
+                f"embedding_batch_size must be positive, got {embedding_batch_size}"
+            )
+        self.embedding_batch_size = embedding_batch_size
         self.dispatcher = Dispatcher(self)
         self._results: OrderedDict[str, RequestResult] = OrderedDict()
         self._result_retention = result_retention
@@ -168,6 +181,12 @@ class ControlPlaneManager:
             self._tasks.append(
                 asyncio.create_task(
                     self.health.run(lambda: list(self.fleet.states.values())), name="sage-cp-health"
+                )
+            )
+            self._tasks.append(
+                asyncio.create_task(
+                    self.scraper.run(lambda: list(self.fleet.states.values())),
+                    name="sage-cp-scrape",
                 )
             )
         self._wake()
@@ -297,6 +316,51 @@ class ControlPlaneManager:
         finally:
             if not item.future.done():
                 self.cancel(item.request_id, "the caller stopped reading the stream")
+
+    async def embed(
+        self,
+        inputs: str | list[str],
+        *,
+        model_name: str | None = None,
+        batch_size: int | None = None,
+        **fields: Any,
+    ) -> dict[str, Any]:
+        """Embeddings for `inputs`, in order, as an OpenAI `/v1/embeddings` response.
+
+        A list longer than `batch_size` is split into sub-requests that run concurrently
+        on the embedding instances and are reassembled in input order. Any failed part
+        fails the call (raises `UpstreamError`) rather than returning a partial answer.
+        """
+        from sage_cp_plugin.errors import UpstreamError
+
+        items = [inputs] if isinstance(inputs, str) else list(inputs)
+        if not items:
+            raise ValueError("inputs must hold at least one text")
+        size = batch_size or self.embedding_batch_size
+        if size <= 0:
+            raise ValueError(f"batch_size must be positive, got {size}")
+        parts = [items[i : i + size] for i in range(0, len(items), size)]
+        ids = [
+            await self.submit_request(RequestMetadata(input=part, model_name=model_name, **fields))
+            for part in parts
+        ]
+        results = await asyncio.gather(*(self.wait(i) for i in ids))
+        data: list[dict[str, Any]] = []
+        prompt_tokens = 0
+        for res in results:
+            if res.state != RequestStatus.COMPLETED or res.embeddings is None:
+                raise UpstreamError(f"embedding part {res.request_id} failed: {res.error}")
+            for vec in res.embeddings:
+                data.append({"object": "embedding", "index": len(data), "embedding": vec})
+            prompt_tokens += res.prompt_tokens
+        model = model_name or (results[0].response or {}).get("model", "")
+        return {
+            "object": "list",
+            "data": data,
+            "model": model,
+            "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
+            "parts": [{"request_id": r.request_id, "instance_id": r.instance_id} for r in results],
+        }
 
     def cancel(self, request_id: str, reason: str = "cancelled by caller") -> bool:
         item = self._live.get(request_id)

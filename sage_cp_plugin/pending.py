@@ -40,6 +40,7 @@ class QueuedRequest:
     not_before: float = 0.0  # retry backoff: do not dispatch before this time
     last_error: str | None = None
     cancel_reason: str | None = None
+    no_split: bool = False  # disaggregated prefill failed once: run whole from now on
     # Streaming callers receive chunks through this queue (None = not streaming).
     chunks: asyncio.Queue[Any] | None = None
 

@@ -210,7 +210,8 @@ async def test_start_stop_idempotent_and_leave_no_tasks() -> None:
     m = ControlPlaneManager(scheduling_policy="fifo")
     await m.start()
     await m.start()
-    assert len([t for t in asyncio.all_tasks() if t.get_name().startswith("sage-cp")]) == 2
+    names = sorted(t.get_name() for t in asyncio.all_tasks() if t.get_name().startswith("sage-cp"))
+    assert names == ["sage-cp-dispatch", "sage-cp-health", "sage-cp-scrape"]
     await m.stop()
     await m.stop()
     after = {t for t in asyncio.all_tasks() if t.get_name().startswith("sage-cp") and not t.done()}

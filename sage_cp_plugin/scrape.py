@@ -1,0 +1,117 @@
+"""Periodic `/metrics` scraping of vLLM instances, with a real Prometheus text parser.
+
+Reads vLLM 0.32's names and tolerates the old ones (`vllm:gpu_cache_usage_perc` before it
+became `vllm:kv_cache_usage_perc`): a router that reads only one spelling breaks when vLLM
+renames, which is a top complaint against other routers. Values are summed over label
+sets (several engines behind one server, data parallelism). A scrape that fails or cannot
+be parsed leaves the last values marked stale; data older than `stale_after_s` is stale
+too, and routers do not trust stale data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from sage_cp_plugin.executor import ExecutionCoordinator
+from sage_cp_plugin.state import InstanceState, ScrapedLoad
+
+logger = logging.getLogger(__name__)
+
+# Each field and the metric names that carry it, newest first. The parser strips the
+# `_total` suffix of counters from family names, so counters are listed without it.
+METRIC_NAMES: dict[str, tuple[str, ...]] = {
+    "running": ("vllm:num_requests_running",),
+    "waiting": ("vllm:num_requests_waiting",),
+    "kv_usage": ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"),
+    "prefix_cache_queries": ("vllm:prefix_cache_queries", "vllm:gpu_prefix_cache_queries"),
+    "prefix_cache_hits": ("vllm:prefix_cache_hits", "vllm:gpu_prefix_cache_hits"),
+}
+
+
+class MetricsParseError(ValueError):
+    """The text is not Prometheus exposition format or carries none of vLLM's load metrics."""
+
+
+def parse_vllm_metrics(text: str) -> dict[str, float]:
+    """Field -> value for the load metrics found in a `/metrics` body."""
+    sums: dict[str, float] = {}
+    try:
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                # Counters appear as `<name>_total` samples of family `<name>`.
+                name = sample.name[:-6] if sample.name.endswith("_total") else sample.name
+                sums[name] = sums.get(name, 0.0) + float(sample.value)
+    except (ValueError, TypeError, IndexError, KeyError) as exc:
+        raise MetricsParseError(f"not Prometheus text: {exc}") from exc
+    out: dict[str, float] = {}
+    for field, names in METRIC_NAMES.items():
+        for name in names:
+            if name in sums:
+                out[field] = sums[name]
+                break
+    if not out:
+        raise MetricsParseError("no vLLM load metrics (vllm:num_requests_running, ...) in the text")
+    return out
+
+
+@dataclass
+class ScrapeConfig:
+    interval_s: float = 1.0
+    timeout_s: float = 1.0
+    stale_after_s: float = 5.0
+
+
+class MetricsScraper:
+    def __init__(self, executor: ExecutionCoordinator, config: ScrapeConfig, seed: int = 0) -> None:
+        self.executor = executor
+        self.config = config
+        self._rng = random.Random(seed)
+        self.failures: dict[str, str] = {}  # instance id -> last problem
+
+    async def scrape(self, state: InstanceState) -> bool:
+        loop = asyncio.get_running_loop()
+        try:
+            text = await self.executor.fetch_metrics_text(state.instance, self.config.timeout_s)
+            values = parse_vllm_metrics(text)
+        except Exception as exc:  # any failure: keep old numbers but stop trusting them
+            problem = f"{type(exc).__name__}: {exc}"
+            if self.failures.get(state.instance_id) != problem:
+                logger.warning("scrape of %s failed: %s", state.instance_id, problem)
+            self.failures[state.instance_id] = problem
+            state.scraped.fresh = False
+            return False
+        self.failures.pop(state.instance_id, None)
+        s: ScrapedLoad = state.scraped
+        s.running = values.get("running", s.running)
+        s.waiting = values.get("waiting", 0.0)
+        kv = values.get("kv_usage", 0.0)
+        s.kv_usage = kv / 100.0 if kv > 1.0 else kv  # some versions report percent
+        s.prefix_cache_queries = values.get("prefix_cache_queries", s.prefix_cache_queries)
+        s.prefix_cache_hits = values.get("prefix_cache_hits", s.prefix_cache_hits)
+        s.scraped_at = loop.time()
+        s.fresh = True
+        return True
+
+    def expire(self, states: list[InstanceState], now: float) -> None:
+        for st in states:
+            if st.scraped.fresh and now - st.scraped.scraped_at > self.config.stale_after_s:
+                st.scraped.fresh = False
+
+    async def run(self, states: Callable[[], list[InstanceState]]) -> None:
+        cfg = self.config
+        while True:
+            current = states()
+
+            async def one(st: InstanceState) -> None:
+                await asyncio.sleep(self._rng.uniform(0, 0.1 * cfg.interval_s))
+                await self.scrape(st)
+
+            await asyncio.gather(*(one(st) for st in current), return_exceptions=True)
+            self.expire(current, asyncio.get_running_loop().time())
+            await asyncio.sleep(cfg.interval_s)
