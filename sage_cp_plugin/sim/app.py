@@ -284,7 +284,8 @@ class SimInstance:
         )
 
     def _vector(self, prompt: list[str], encoding: str) -> list[float] | str:
-        rng = np.random.default_rng(tok.text_seed(self.config.seed, " ".join(prompt)))
+        # Replicas of one model embed alike (as real ones do): seed by model and text only.
+        rng = np.random.default_rng(tok.text_seed(0, self.config.model_name + "\x00" + " ".join(prompt)))
         v = rng.standard_normal(self.config.embedding_dim)
         v /= np.linalg.norm(v)
         if encoding == "base64":
