@@ -1,0 +1,69 @@
+"""Measures what the coordinator's own decisions cost, in real (wall) time.
+
+On a virtual clock the simulated GPUs cost nothing, so the wall time a replay takes is the
+control plane's (plus the simulator's) own work. This probe wraps the dispatcher's round on
+one manager instance (an instance attribute shadowing the method: no core change) and records,
+per round, the pending-queue length and how many requests left the queue, so the cost per
+decision can be shown against the queue length (it must stay flat: heaps, not scans).
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from typing import Any
+
+import numpy as np
+
+from sage_cp_plugin.manager import ControlPlaneManager
+
+# Queue-length bins for the "flat in queue length" check.
+_BINS = (0, 1, 10, 100, 1_000, 10_000, 100_000, 10**9)
+
+
+class DecisionCostProbe:
+    def __init__(self, manager: ControlPlaneManager) -> None:
+        self.manager = manager
+        self.rounds = 0
+        self.total_s = 0.0
+        self.popped = 0
+        self.samples: list[tuple[int, int, float]] = []  # (queue length, popped, seconds)
+        dispatcher = manager.dispatcher
+        original = dispatcher.dispatch_round
+
+        def timed_round() -> None:
+            queue = manager.queue
+            before = len(queue)
+            t = time.perf_counter()
+            original()
+            dt = time.perf_counter() - t
+            popped = max(0, before - len(queue))
+            self.rounds += 1
+            self.total_s += dt
+            self.popped += popped
+            if popped:
+                self.samples.append((before, popped, dt))
+
+        dispatcher.dispatch_round = timed_round  # type: ignore[method-assign]
+
+    def summary(self) -> dict[str, Any]:
+        """Mean cost per dispatched request, overall and per queue-length bin (microseconds)."""
+        by_bin: dict[str, dict[str, float]] = {}
+        if self.samples:
+            arr = np.array(self.samples, dtype=float)
+            for lo, hi in itertools.pairwise(_BINS):
+                sel = (arr[:, 0] >= lo) & (arr[:, 0] < hi)
+                if sel.any():
+                    per = arr[sel, 2] / arr[sel, 1]
+                    by_bin[f"{lo}-{hi - 1}" if hi < 10**9 else f">={lo}"] = {
+                        "rounds": float(sel.sum()),
+                        "us_per_decision_mean": float(arr[sel, 2].sum() / arr[sel, 1].sum() * 1e6),
+                        "us_per_decision_p50": float(np.percentile(per, 50) * 1e6),
+                    }
+        return {
+            "rounds": self.rounds,
+            "decisions": self.popped,
+            "dispatch_s_total": self.total_s,
+            "us_per_decision": self.total_s / self.popped * 1e6 if self.popped else 0.0,
+            "by_queue_length": by_bin,
+        }

@@ -1,0 +1,88 @@
+"""Statistics of one replay, with the conventions of DESIGN.md §9.
+
+TTFT includes queueing; TPOT = (E2E - TTFT) / (output tokens - 1); SLO attainment is the share
+of requests carrying an SLO that met all of theirs, shed or failed ones counting as misses;
+goodput is SLO-meeting requests (requests without SLOs count when completed) per second of the
+run's makespan (first arrival to last finish). Percentiles are over completed requests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+from sage_cp_plugin.virtual.runner import RequestOutcome, RunResult
+
+_PCTS = (50, 90, 99)
+
+
+def _pcts(values: Sequence[float | None], name: str) -> dict[str, float]:
+    arr = np.array([v for v in values if v is not None], dtype=float)
+    if arr.size == 0:
+        return {f"{name}_p{p}": float("nan") for p in _PCTS} | {f"{name}_mean": float("nan")}
+    out = {f"{name}_p{p}": float(np.percentile(arr, p)) for p in _PCTS}
+    out[f"{name}_mean"] = float(arr.mean())
+    return out
+
+
+def summarize_outcomes(outcomes: Iterable[RequestOutcome]) -> dict[str, float]:
+    """Throughput, latency percentiles, attainment and goodput of a set of requests."""
+    os = list(outcomes)
+    done = [o for o in os if o.state == "completed"]
+    n = len(os)
+    out: dict[str, float] = {
+        "requests": float(n),
+        "completed": float(len(done)),
+        "lost": float(n - len(done)),
+    }
+    if not os:
+        return out
+    start = min(o.arrival_s for o in os)
+    end = max((o.finished_s for o in done if o.finished_s is not None), default=start)
+    span = max(end - start, 1e-9)
+    tokens = sum(o.completion_tokens for o in done)
+    with_slo = [o for o in os if o.has_slo]
+    met = sum(1 for o in with_slo if o.slo_met)
+    good = met + sum(1 for o in done if not o.has_slo)
+    out |= {
+        "makespan_s": span,
+        "throughput_rps": len(done) / span,
+        "output_tokens_per_s": tokens / span,
+        "goodput_rps": good / span,
+        "slo_attainment": met / len(with_slo) if with_slo else float("nan"),
+    }
+    out |= _pcts([o.ttft_ms for o in done], "ttft_ms")
+    out |= _pcts([o.tpot_ms for o in done], "tpot_ms")
+    out |= _pcts([o.e2e_ms for o in done], "e2e_ms")
+    out |= _pcts([o.queue_ms for o in done], "queue_ms")
+    return out
+
+
+def summarize(result: RunResult, group_by: str | None = "slo_class") -> dict[str, Any]:
+    """Overall statistics, per-group statistics, engine and decision-cost figures of a run."""
+    out: dict[str, Any] = {"all": summarize_outcomes(result.outcomes)}
+    if group_by is not None:
+        groups: dict[str, list[RequestOutcome]] = {}
+        for o in result.outcomes:
+            key = getattr(o, group_by)
+            if key is not None:
+                groups.setdefault(str(key), []).append(o)
+        out["groups"] = {k: summarize_outcomes(v) for k, v in sorted(groups.items())}
+    eng = result.engine
+    queries = eng.get("prefix_cache_queries", 0)
+    out["prefix_hit_rate"] = eng.get("prefix_cache_hits", 0) / queries if queries else 0.0
+    computed, prompt = eng.get("prompt_tokens_computed", 0), eng.get("prompt_tokens", 0)
+    out["prompt_tokens_computed_share"] = computed / prompt if prompt else 0.0
+    out["preemptions"] = eng.get("preemptions", 0)
+    out["wall_s"] = result.wall_s
+    out["virtual_s"] = result.virtual_s
+    out["decision"] = result.decision
+    failures: dict[str, int] = {}
+    for o in result.outcomes:
+        if o.state != "completed":
+            failures[o.error_type or o.state] = failures.get(o.error_type or o.state, 0) + 1
+    out["failures"] = failures
+    out["retried_requests"] = sum(1 for o in result.outcomes if o.attempts > 1)
+    return out

@@ -1,0 +1,74 @@
+"""Workloads for replay: real traces, synthetic generators and a user-writable JSONL format.
+
+    from sage_cp_plugin.workloads import load_azure, load_mooncake, load_workload, PromptBuilder
+
+A workload is a list of `WorkloadRecord` (arrival time, lengths, optional shared prefix blocks,
+tenant, priority and SLOs); `PromptBuilder` turns a record into prompt text of exactly its
+token length, with real shared prefixes for shared blocks.
+"""
+
+from __future__ import annotations
+
+from sage_cp_plugin.workloads.format import (
+    BLOCK_TOKENS,
+    WorkloadRecord,
+    load_workload,
+    parse_workload,
+    save_workload,
+)
+from sage_cp_plugin.workloads.prompts import PromptBuilder
+from sage_cp_plugin.workloads.synthetic import (
+    BATCH,
+    DEFAULT_CLASSES,
+    INTERACTIVE,
+    STANDARD,
+    SLOClass,
+    assign_classes,
+    assign_tenants,
+    gamma_arrivals,
+    load_ladder,
+    mean_rate,
+    poisson_arrivals,
+    synthetic,
+    tenant_prefixes,
+    time_scaled,
+    with_arrivals,
+)
+from sage_cp_plugin.workloads.traces import (
+    AZURE_CODE,
+    AZURE_CONV,
+    MOONCAKE,
+    load_azure,
+    load_mooncake,
+    trace_dir,
+)
+
+__all__ = [
+    "AZURE_CODE",
+    "AZURE_CONV",
+    "BATCH",
+    "BLOCK_TOKENS",
+    "DEFAULT_CLASSES",
+    "INTERACTIVE",
+    "MOONCAKE",
+    "STANDARD",
+    "PromptBuilder",
+    "SLOClass",
+    "WorkloadRecord",
+    "assign_classes",
+    "assign_tenants",
+    "gamma_arrivals",
+    "load_azure",
+    "load_ladder",
+    "load_mooncake",
+    "load_workload",
+    "mean_rate",
+    "parse_workload",
+    "poisson_arrivals",
+    "save_workload",
+    "synthetic",
+    "tenant_prefixes",
+    "time_scaled",
+    "trace_dir",
+    "with_arrivals",
+]
