@@ -72,7 +72,11 @@ async def test_embeddings_split_across_instances_and_reassembled_in_order() -> N
         assert len(out["parts"]) == 4
         assert {p["instance_id"] for p in out["parts"]} == {"sim-0", "sim-1"}
         async with httpx.AsyncClient() as client:
-            direct = (await client.post(f"{fleet[0].url}/v1/embeddings", json={"model": "emb", "input": texts})).json()
+            direct = (
+                await client.post(
+                    f"{fleet[0].url}/v1/embeddings", json={"model": "emb", "input": texts}
+                )
+            ).json()
         assert [d["embedding"] for d in out["data"]] == [d["embedding"] for d in direct["data"]]
         assert out["usage"]["prompt_tokens"] == direct["usage"]["prompt_tokens"]
         with pytest.raises(ValueError, match="at least one"):

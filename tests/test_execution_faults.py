@@ -1,0 +1,143 @@
+"""Retries, failover, timeouts, broken streams: every request ends once, completed or failed
+with its reason; nothing is lost or completed twice."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+
+from sage_cp_plugin import ExecutionCoordinator, RequestMetadata
+from sage_cp_plugin.health import HealthConfig
+from sage_cp_plugin.sim import SimFleet
+from tests.simfleet import gen, managed_fleet
+
+NO_PROBES = HealthConfig(interval_s=3600, failure_threshold=1000)
+
+
+async def set_faults(fleet: SimFleet, i: int, **faults: Any) -> None:
+    async with httpx.AsyncClient() as c:
+        r = await c.post(f"{fleet[i].url}/sim/faults", json=faults)
+        r.raise_for_status()
+
+
+async def test_429_retry_after_is_honoured_on_another_instance() -> None:
+    async with managed_fleet(gen(2), routing_strategy="round_robin", health=NO_PROBES) as (
+        m,
+        fleet,
+    ):
+        await set_faults(fleet, 0, rate_limit_rate=1.0, retry_after_s=0.3)
+        res = await m.generate("q", max_tokens=2)
+        assert res.state == "completed" and res.instance_id == "sim-1" and res.attempts == 2
+        assert (
+            res.timings.queue_ms is not None and res.timings.queue_ms >= 300
+        )  # waited Retry-After
+        assert m.get_metrics().retries == 1
+
+
+async def test_500_forever_fails_with_the_reason_after_bounded_attempts() -> None:
+    async with managed_fleet(gen(2), max_attempts=3, retry_backoff_s=0.01, health=NO_PROBES) as (
+        m,
+        fleet,
+    ):
+        for i in range(2):
+            await set_faults(fleet, i, error_rate=1.0)
+        res = await asyncio.wait_for(m.generate("q", max_tokens=2), 30)
+        assert res.state == "failed" and res.attempts == 3
+        assert "HTTP 500" in (res.error or "")
+
+
+async def test_client_errors_are_not_retried() -> None:
+    async with managed_fleet(gen(2), health=NO_PROBES) as (m, _):
+        res = await m.generate("q", max_tokens=2, extra_body={"max_tokens": -1})
+        assert res.state == "failed" and res.attempts == 1 and "HTTP 400" in (res.error or "")
+
+
+async def test_hanging_instance_times_out_and_request_moves_on() -> None:
+    async with managed_fleet(
+        gen(2),
+        routing_strategy="round_robin",
+        health=NO_PROBES,
+        executor=ExecutionCoordinator(timeout_s=0.5),
+    ) as (m, fleet):
+        await set_faults(fleet, 0, hang=True)
+        res = await asyncio.wait_for(m.generate("q", max_tokens=2), 30)
+        assert res.state == "completed" and res.instance_id == "sim-1" and res.attempts == 2
+
+
+async def test_broken_streams_fail_over_before_bytes_reach_the_caller() -> None:
+    async with managed_fleet(gen(2), routing_strategy="round_robin", health=NO_PROBES) as (
+        m,
+        fleet,
+    ):
+        await set_faults(fleet, 0, disconnect_after_chunks=2)
+        # Not streamed to the caller: nothing was relayed, so a retry elsewhere is safe.
+        res = await m.generate("q", max_tokens=8)
+        assert res.state == "completed" and res.instance_id == "sim-1" and res.attempts == 2
+        # Streamed to the caller: bytes went out, so no retry; a clear failure instead.
+        m.update_router("round_robin")
+        got: list[dict[str, Any]] = []
+        error = None
+        try:
+            async for chunk in m.stream("q", max_tokens=8):
+                got.append(chunk)
+        except Exception as exc:
+            error = exc
+        assert got and error is not None
+        failed = [r for r in m._results.values() if r.state == "failed"]
+        assert len(failed) == 1 and failed[0].attempts == 1
+
+
+async def test_malformed_json_and_truncated_sse_fail_over() -> None:
+    async with managed_fleet(gen(2), routing_strategy="round_robin", health=NO_PROBES) as (
+        m,
+        fleet,
+    ):
+        await set_faults(fleet, 0, truncated_sse=True)
+        res = await m.generate("q", max_tokens=4)
+        assert res.state == "completed" and res.instance_id == "sim-1" and res.attempts == 2
+        await set_faults(fleet, 0, malformed_json=True)
+        m.update_router("round_robin")
+        res2 = await m.generate("q", max_tokens=4)
+        assert res2.state == "completed" and res2.instance_id == "sim-1" and res2.attempts == 2
+
+
+async def test_all_instances_down_fails_clearly_and_recovers() -> None:
+    async with managed_fleet(
+        gen(2),
+        max_attempts=2,
+        retry_backoff_s=0.01,
+        health=HealthConfig(interval_s=0.05, unhealthy_threshold=1),
+    ) as (m, fleet):
+        await fleet.kill(0)
+        await fleet.kill(1)
+        res = await asyncio.wait_for(m.generate("q", max_tokens=2), 30)
+        assert res.state == "failed"
+        assert "unreachable" in (res.error or "") or "no healthy instance" in (res.error or "")
+        await fleet.restart(0)
+        for _ in range(100):
+            if m.fleet.get("sim-0").healthy:  # type: ignore[union-attr]
+                break
+            await asyncio.sleep(0.02)
+        assert (await m.generate("again", max_tokens=2)).state == "completed"
+
+
+async def test_no_request_lost_or_completed_twice_under_flaky_instances() -> None:
+    async with managed_fleet(gen(3), max_attempts=5, retry_backoff_s=0.005, health=NO_PROBES) as (
+        m,
+        fleet,
+    ):
+        await set_faults(fleet, 0, error_rate=0.5)
+        await set_faults(fleet, 1, disconnect_after_chunks=1)
+        done: list[str] = []
+        rids = [
+            await m.submit_request(RequestMetadata(prompt=f"p{i}", max_tokens=4)) for i in range(60)
+        ]
+        for r in rids:
+            res = await asyncio.wait_for(m.wait(r), 60)
+            done.append(res.state)
+        assert done == ["completed"] * 60
+        met = m.get_metrics()
+        assert (met.total_requests, met.completed_requests, met.failed_requests) == (60, 60, 0)
+        assert met.retries > 0

@@ -1,0 +1,80 @@
+"""vLLM's two-step disaggregated prefill, driven by the control plane, against simulated
+prefill and decode instances that honour `kv_transfer_params`."""
+
+from __future__ import annotations
+
+import httpx
+
+from sage_cp_plugin import PDSeparationConfig
+from sage_cp_plugin.sim import SimInstanceConfig
+from tests.simfleet import managed_fleet
+
+
+def pd_fleet(time_scale: float = 0.05) -> list[SimInstanceConfig]:
+    return [
+        SimInstanceConfig(role="prefill", time_scale=time_scale, seed=0),
+        SimInstanceConfig(role="decode", time_scale=time_scale, seed=1),
+    ]
+
+
+def pd(trigger: str = "always", threshold: int = 800) -> dict[str, object]:
+    return {
+        "enable_pd_separation": True,
+        "pd_config": PDSeparationConfig(
+            enabled=True,
+            disaggregated=True,
+            disaggregation_trigger=trigger,
+            prefilling_threshold_input_tokens=threshold,
+        ),
+    }
+
+
+async def test_two_step_protocol_moves_the_prompt_kv_to_the_decode_instance() -> None:
+    async with managed_fleet(pd_fleet(), **pd()) as (m, fleet):
+        prompt = " ".join(f"w{i}" for i in range(600))
+        res = await m.generate(prompt, max_tokens=16)
+        assert res.state == "completed" and res.completion_tokens == 16
+        assert res.instance_id == "sim-1"
+        assert res.decision is not None
+        assert res.decision.metadata == {"prefill_instance_id": "sim-0", "prefill_used": True}
+        pre = fleet[0].sim.engine.state()["counters"]
+        dec = fleet[1].sim.engine.state()["counters"]
+        assert pre["generation_tokens"] == 1  # step 1 ran with max_tokens=1
+        assert dec["kv_transfers"] == 1
+        assert dec["external_prompt_tokens"] == 600  # the prompt's KV arrived by transfer...
+        assert dec["prompt_tokens_computed"] < 600  # ...instead of being computed
+        async with httpx.AsyncClient() as c:
+            text = (await c.get(f"{fleet[1].url}/metrics")).text
+        assert "vllm:nixl_xfer_time_seconds_count" in text
+        # TTFT covers both steps: it cannot be shorter than the prefill step alone.
+        assert res.timings.ttft_ms is not None and res.timings.ttft_ms > 0
+
+
+async def test_streamed_disaggregated_request_relays_decode_chunks() -> None:
+    async with managed_fleet(pd_fleet(), **pd()) as (m, fleet):
+        chunks = [c async for c in m.stream("stream " * 300, max_tokens=8)]
+        assert len([c for c in chunks if c.get("choices")]) == 8
+        assert fleet[1].sim.engine.state()["counters"]["kv_transfers"] == 1
+
+
+async def test_threshold_trigger_keeps_short_prompts_on_one_instance() -> None:
+    async with managed_fleet(pd_fleet(), **pd("threshold", threshold=200)) as (m, fleet):
+        short = await m.generate("just a few words", max_tokens=4)
+        assert short.decision is not None and "prefill_instance_id" not in short.decision.metadata
+        long = await m.generate(" ".join(f"t{i}" for i in range(2000)), max_tokens=4)
+        assert long.decision is not None and long.decision.metadata.get("prefill_used") is True
+        assert fleet[1].sim.engine.state()["counters"]["kv_transfers"] == 1
+
+
+async def test_failed_prefill_falls_back_to_whole_request_without_hanging() -> None:
+    async with managed_fleet(pd_fleet(), **pd()) as (m, fleet):
+        async with httpx.AsyncClient() as c:
+            (
+                await c.post(f"{fleet[0].url}/sim/faults", json={"error_rate": 1.0})
+            ).raise_for_status()
+        res = await m.generate("fallback " * 300, max_tokens=4)
+        assert res.state == "completed" and res.instance_id == "sim-1"
+        assert res.decision is not None and res.decision.metadata["prefill_used"] is False
+        dec = fleet[1].sim.engine.state()["counters"]
+        assert dec["kv_transfers"] == 0 and dec["prompt_tokens_computed"] >= 300
+        assert m.disaggregator.prefill_failures == 1
