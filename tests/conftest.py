@@ -41,6 +41,8 @@ def example_plugin() -> Iterator[str]:
 
 
 @pytest.fixture(autouse=True)
-def _sage_output_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+def _sage_output_dir(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # SAGE's LocalEnvironment writes under ~/.sage unless told otherwise.
     monkeypatch.setenv("SAGE_OUTPUT_DIR", str(tmp_path_factory.getbasetemp() / "sage-output"))

@@ -45,7 +45,9 @@ def run_example(name: str, monkeypatch: pytest.MonkeyPatch) -> tuple[dict[str, A
 
 @pytest.mark.parametrize("sims_at_8000", ["meta-llama/Llama-2-7b"], indirect=True)
 def test_method1_direct_api(
-    sims_at_8000: SimFleetThread, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    sims_at_8000: SimFleetThread,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     _, returned = run_example("method1_direct_api.py", monkeypatch)
     status = returned[0]
@@ -57,7 +59,9 @@ def test_method1_direct_api(
 
 @pytest.mark.parametrize("sims_at_8000", ["meta-llama/Llama-2-7b"], indirect=True)
 def test_method2_llm_service(
-    sims_at_8000: SimFleetThread, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    sims_at_8000: SimFleetThread,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     run_example("method2_llm_service.py", monkeypatch)
     out = capsys.readouterr().out
@@ -80,7 +84,9 @@ def test_basic_config(sims_at_8000: SimFleetThread, monkeypatch: pytest.MonkeyPa
 
 
 @pytest.mark.parametrize("sims_at_8000", ["meta-llama/Llama-2-70b"], indirect=True)
-def test_pd_config_routes_by_phase(sims_at_8000: SimFleetThread, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_pd_config_routes_by_phase(
+    sims_at_8000: SimFleetThread, monkeypatch: pytest.MonkeyPatch
+) -> None:
     ns, _ = run_example("pd_config.py", monkeypatch)
     manager: ControlPlaneManager = ns["manager"]
     long_prompt = "context " * 3000  # ~3000 estimated tokens > 2048 threshold
@@ -107,7 +113,11 @@ def test_production_config_constructs_then_runs_on_loopback(
 ) -> None:
     ns, _ = run_example("production_config.py", monkeypatch)
     manager: ControlPlaneManager = ns["manager"]
-    assert [s.instance.host for s in manager.fleet] == ["192.168.1.100", "192.168.1.101", "192.168.1.102"]
+    assert [s.instance.host for s in manager.fleet] == [
+        "192.168.1.100",
+        "192.168.1.101",
+        "192.168.1.102",
+    ]
     assert manager.routing_strategy == "affinity"
     # Never contact 192.168.1.x: point every instance at the simulator before starting.
     for s in manager.fleet:

@@ -96,7 +96,7 @@ async def test_multi_model_routing_and_listing() -> None:
         e = await m.generate(input="hi", model_name="emb")
         assert (a.instance_id, b.instance_id, e.instance_id) == ("sim-0", "sim-1", "sim-2")
         assert b.response is not None and b.response["model"] == "qwen-alias"
-        with pytest.raises(ModelNotServedError, match="'mistral'.*emb, llama, qwen"):
+        with pytest.raises(ModelNotServedError, match=r"'mistral'.*emb, llama, qwen"):
             await m.generate("hi", model_name="mistral")
         # An embedding model asked for generation is not "served" for that purpose.
         with pytest.raises(ModelNotServedError):

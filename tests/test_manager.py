@@ -55,8 +55,13 @@ async def _dispatch_order(policy: str) -> list[str]:
         ]
         for rid, prio, deadline in specs:
             await m.submit_request(
-                RequestMetadata(request_id=rid, prompt="same length prompt", max_tokens=4,
-                                priority=prio, slo_deadline_ms=deadline)
+                RequestMetadata(
+                    request_id=rid,
+                    prompt="same length prompt",
+                    max_tokens=4,
+                    priority=prio,
+                    slo_deadline_ms=deadline,
+                )
             )
         results = [await m.wait(rid, timeout=60) for rid, _, _ in specs]
         await m.wait(blocker, timeout=60)
@@ -96,10 +101,12 @@ async def test_routers_change_where_requests_run() -> None:
     # One user at a time: every request lands on the user's home instance.
     async with managed_fleet(gen(3), routing_strategy="affinity") as (m, _):
         homes = {
-            (await m.generate(f"q{i}", max_tokens=2, user_id="alice")).instance_id for i in range(10)
+            (await m.generate(f"q{i}", max_tokens=2, user_id="alice")).instance_id
+            for i in range(10)
         }
         others = {
-            (await m.generate(f"q{i}", max_tokens=2, user_id=f"user-{i}")).instance_id for i in range(30)
+            (await m.generate(f"q{i}", max_tokens=2, user_id=f"user-{i}")).instance_id
+            for i in range(30)
         }
     assert len(homes) == 1
     assert len(others) == 3
@@ -116,7 +123,9 @@ async def test_in_flight_limit_is_respected() -> None:
                 await asyncio.sleep(0.001)
 
         sampler = asyncio.create_task(sample())
-        rids = [await m.submit_request(RequestMetadata(prompt="x", max_tokens=16)) for _ in range(20)]
+        rids = [
+            await m.submit_request(RequestMetadata(prompt="x", max_tokens=16)) for _ in range(20)
+        ]
         results = [await m.wait(r, timeout=60) for r in rids]
         sampler.cancel()
         assert all(r.state == "completed" for r in results)
@@ -128,8 +137,14 @@ async def test_generate_and_stream() -> None:
     async with managed_fleet(gen(1)) as (m, _):
         res = await m.generate("tell me", max_tokens=5)
         assert res.state == "completed" and res.completion_tokens == 5
-        chunks = [c async for c in m.stream(messages=[{"role": "user", "content": "hi"}], max_tokens=4)]
-        text = "".join((c["choices"][0].get("delta") or {}).get("content") or "" for c in chunks if c["choices"])
+        chunks = [
+            c async for c in m.stream(messages=[{"role": "user", "content": "hi"}], max_tokens=4)
+        ]
+        text = "".join(
+            (c["choices"][0].get("delta") or {}).get("content") or ""
+            for c in chunks
+            if c["choices"]
+        )
         assert text.strip() and any(c.get("usage") for c in chunks)
 
 
@@ -155,11 +170,15 @@ async def test_unknown_model_is_a_clear_error() -> None:
 
 async def test_full_queue_rejects_and_loses_nothing() -> None:
     async with managed_fleet(
-        gen(1, time_scale=0.2), max_pending_requests=3, instance_fields={"max_concurrent_requests": 1}
+        gen(1, time_scale=0.2),
+        max_pending_requests=3,
+        instance_fields={"max_concurrent_requests": 1},
     ) as (m, _):
         admitted = [await m.submit_request(RequestMetadata(prompt="x", max_tokens=32))]
         await asyncio.sleep(0.02)
-        admitted += [await m.submit_request(RequestMetadata(prompt="x", max_tokens=4)) for _ in range(3)]
+        admitted += [
+            await m.submit_request(RequestMetadata(prompt="x", max_tokens=4)) for _ in range(3)
+        ]
         with pytest.raises(QueueFullError, match="queue is full"):
             await m.submit_request(RequestMetadata(prompt="x", max_tokens=4))
         results = [await m.wait(r, timeout=60) for r in admitted]
@@ -171,7 +190,11 @@ async def test_refused_connections_fail_over_and_never_hang() -> None:
     async with managed_fleet(gen(1), max_attempts=3, retry_backoff_s=0.01) as (m, fleet):
         # An instance whose port has nothing listening: connections are refused.
         dead_port = fleet[0].port + 1 if fleet[0].port < 65000 else fleet[0].port - 1
-        m.register_instance(ExecutionInstance(instance_id="dead", port=dead_port, host="127.0.0.1", model_name="sim-model"))
+        m.register_instance(
+            ExecutionInstance(
+                instance_id="dead", port=dead_port, host="127.0.0.1", model_name="sim-model"
+            )
+        )
         m.update_router("round_robin")
         results = [await m.generate(f"q{i}", max_tokens=2) for i in range(6)]
         assert all(r.state == "completed" and r.instance_id == "sim-0" for r in results)
@@ -179,7 +202,9 @@ async def test_refused_connections_fail_over_and_never_hang() -> None:
         assert m.get_metrics().failovers >= 1
     # Only a dead instance: the request fails with the reason, it does not hang.
     async with managed_fleet([], max_attempts=2, retry_backoff_s=0.01) as (m, _):
-        m.register_instance(ExecutionInstance(instance_id="dead", port=9, host="127.0.0.1", model_name="x"))
+        m.register_instance(
+            ExecutionInstance(instance_id="dead", port=9, host="127.0.0.1", model_name="x")
+        )
         res = await asyncio.wait_for(m.generate("q", max_tokens=2), 30)
         assert res.state == "failed" and "dead" in (res.error or "")
         assert "unreachable" in (res.error or "") or "no healthy instance" in (res.error or "")
@@ -219,7 +244,9 @@ async def test_start_stop_idempotent_and_leave_no_tasks() -> None:
 
 
 async def test_stop_fails_pending_requests_with_reason() -> None:
-    async with managed_fleet(gen(1, time_scale=0.5), instance_fields={"max_concurrent_requests": 1}) as (m, _):
+    async with managed_fleet(
+        gen(1, time_scale=0.5), instance_fields={"max_concurrent_requests": 1}
+    ) as (m, _):
         running = await m.submit_request(RequestMetadata(prompt="x", max_tokens=200))
         await asyncio.sleep(0.02)
         queued = await m.submit_request(RequestMetadata(prompt="y", max_tokens=2))

@@ -60,9 +60,21 @@ def test_every_subpackage_is_listed_in_pyproject() -> None:
 def test_wheel_contains_and_imports_subpackages(tmp_path: Path) -> None:
     out = tmp_path / "dist"
     build = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-         "-w", str(out), str(ROOT)],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(out),
+            str(ROOT),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert build.returncode == 0, build.stderr
     wheel = next(out.glob("sage_cp_plugin-*.whl"))
@@ -72,8 +84,20 @@ def test_wheel_contains_and_imports_subpackages(tmp_path: Path) -> None:
     assert not any(n.startswith(("operators/", "entrypoints/")) for n in names)
     site = tmp_path / "site"
     inst = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "-q",
+            "--target",
+            str(site),
+            str(wheel),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert inst.returncode == 0, inst.stderr
     res = run(
@@ -92,9 +116,19 @@ def test_wheel_contains_and_imports_subpackages(tmp_path: Path) -> None:
     import os
 
     mypy = subprocess.run(
-        [sys.executable, "-m", "mypy", "--no-incremental", "--ignore-missing-imports",
-         "--follow-imports=silent", str(probe)],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "mypy",
+            "--no-incremental",
+            "--ignore-missing-imports",
+            "--follow-imports=silent",
+            str(probe),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
         env={**os.environ, "MYPYPATH": str(site)},
     )
     assert "def (argv:" in mypy.stdout, mypy.stdout + mypy.stderr

@@ -44,7 +44,9 @@ def test_example_plugin_is_found_by_entry_point_and_selected_by_name(example_plu
     entry = reg.get("policy", "shortest_prompt_first")
     assert entry.distribution == example_plugin
     assert reg.get("router", "fewest_tokens").distribution == example_plugin
-    m = ControlPlaneManager(scheduling_policy="shortest_prompt_first", routing_strategy="fewest_tokens")
+    m = ControlPlaneManager(
+        scheduling_policy="shortest_prompt_first", routing_strategy="fewest_tokens"
+    )
     assert type(m.scheduling_policy).__module__ == "sage_cp_example_plugin"
     # Its ordering really applies: shortest prompt first, whatever the arrival order.
     items = [item(1, prompt="x " * 400), item(2, prompt="short"), item(3, prompt="y " * 40)]
@@ -79,7 +81,10 @@ def test_broken_and_clashing_plugins_are_reported_and_isolated(broken_and_clashi
     # The CLI shows the failure and the conflict too.
     out = subprocess.run(
         [sys.executable, "-m", "sage_cp_plugin.entrypoints.cli", "plugins", "--json"],
-        capture_output=True, text=True, timeout=60, check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     ).stdout
     data = json.loads(out)
     assert any(f["distribution"] == "sage-cp-broken-plugin" for f in data["failures"])

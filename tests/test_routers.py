@@ -109,7 +109,9 @@ def test_kv_aware_prefers_free_kv_and_short_queue() -> None:
 
 
 def test_pd_phase_from_estimated_input_tokens() -> None:
-    pd = PDRoutingStrategy(PDSeparationConfig(routing_policy="threshold", prefilling_threshold_input_tokens=100))
+    pd = PDRoutingStrategy(
+        PDSeparationConfig(routing_policy="threshold", prefilling_threshold_input_tokens=100)
+    )
     long_prompt = RequestMetadata(prompt="word " * 200, max_tokens=400)  # ~250 tokens
     short_prompt = RequestMetadata(prompt="hi there", max_tokens=200)
     assert pd.determine_request_phase(long_prompt) is ExecutionInstanceType.PREFILLING
