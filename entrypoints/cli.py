@@ -16,6 +16,7 @@ _COMMAND_MODULES = [
     "sage_cp_plugin.entrypoints.cmd_plugins",
     "sage_cp_plugin.entrypoints.cmd_sim",
     "sage_cp_plugin.entrypoints.cmd_plan",
+    "sage_cp_plugin.entrypoints.cmd_serve",
 ]
 
 

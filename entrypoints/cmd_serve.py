@@ -1,0 +1,96 @@
+"""`sage-cp serve`: the OpenAI-compatible gateway (see docs/gateway.md)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+API_KEY_ENV = "SAGE_CP_API_KEY"
+ADMIN_KEY_ENV = "SAGE_CP_ADMIN_KEY"
+
+
+def register(sub: Any) -> None:
+    from .gateway.settings import DEFAULT_MAX_BODY_BYTES
+
+    p: argparse.ArgumentParser = sub.add_parser(
+        "serve",
+        help="run the OpenAI-compatible gateway in front of a fleet",
+        description=(
+            "Serve /v1/completions, /v1/chat/completions, /v1/embeddings, /v1/models, "
+            "/health, /metrics and /admin over one control plane. Without --config it "
+            "starts the embedded simulated fleet (models sim-model and sim-embed)."
+        ),
+    )
+    p.add_argument("--config", default=None, help="fleet configuration (YAML or TOML)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback)")
+    p.add_argument("--port", type=int, default=8080, help="port (0 = any free port)")
+    p.add_argument(
+        "--api-key",
+        default=None,
+        help=f"require this key on /v1 (Authorization: Bearer ...); default ${API_KEY_ENV}",
+    )
+    p.add_argument(
+        "--admin-key",
+        default=None,
+        help=f"key for /admin (disabled without one); default ${ADMIN_KEY_ENV}",
+    )
+    p.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=DEFAULT_MAX_BODY_BYTES,
+        help=f"larger request bodies get 413 (default {DEFAULT_MAX_BODY_BYTES})",
+    )
+    p.add_argument(
+        "--max-pending",
+        type=int,
+        default=None,
+        help="bound of the pending queue (overrides the config's max_pending_requests)",
+    )
+    p.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        default=30.0,
+        help="seconds in-flight requests may take to finish on SIGTERM/SIGINT",
+    )
+    p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from sage_cp_plugin.config import ControlPlaneConfig
+    from sage_cp_plugin.errors import ConfigurationError
+
+    from .gateway import GatewaySettings
+    from .gateway import run as run_gateway
+
+    try:
+        settings = GatewaySettings(
+            host=args.host,
+            port=args.port,
+            api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
+            admin_key=args.admin_key or os.environ.get(ADMIN_KEY_ENV) or None,
+            max_body_bytes=args.max_body_bytes,
+            max_pending_requests=args.max_pending,
+            shutdown_timeout_s=args.shutdown_timeout,
+            log_level=args.log_level,
+        )
+        config = ControlPlaneConfig.load(args.config)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )
+        print(f"error: invalid gateway settings: {problems}", file=sys.stderr)
+        return 2
+    except ConfigurationError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        run_gateway(settings, config)
+    except OSError as exc:
+        print(f"error: cannot serve on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return 1
+    return 0

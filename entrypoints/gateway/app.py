@@ -1,0 +1,88 @@
+"""The gateway's ASGI application: routes, health, Prometheus, OpenAPI, error pages."""
+
+from __future__ import annotations
+
+import json
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from .admin import admin_routes
+from .errors import error_response
+from .openai_routes import chat_completions, completions, embeddings, models, sage_metrics
+from .openapi import build_openapi
+from .runtime import Gateway
+
+PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+async def health(request: Request) -> Response:
+    gw: Gateway = request.app.state.gateway
+    states = list(gw.manager.fleet)
+    healthy = [s.instance_id for s in states if s.routable]
+    if gw.shutting_down:
+        return error_response(503, "the gateway is shutting down", code="shutting_down")
+    if not healthy:
+        why = ", ".join(
+            f"{s.instance_id}: {'draining' if s.draining else 'circuit open' if s.circuit_open else 'unhealthy'}"
+            for s in states
+        )
+        return error_response(
+            503,
+            f"no healthy instance ({why or 'no instances registered'})",
+            code="no_healthy_instance",
+        )
+    body = {"status": "ok", "healthy_instances": len(healthy), "instances": len(states)}
+    return Response(json.dumps(body), media_type="application/json")
+
+
+async def metrics(request: Request) -> Response:
+    gw: Gateway = request.app.state.gateway
+    return Response(gw.metrics.render(), media_type=PROMETHEUS_CONTENT_TYPE)
+
+
+def _openapi_endpoint() -> Route:
+    body = json.dumps(build_openapi()).encode()
+
+    async def openapi(request: Request) -> Response:
+        return Response(body, media_type="application/json")
+
+    return Route("/openapi.json", openapi, methods=["GET"])
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    msg = {
+        404: f"no route {request.url.path}",
+        405: f"method {request.method} not allowed on {request.url.path}",
+    }
+    return error_response(
+        exc.status_code, msg.get(exc.status_code, exc.detail), headers=dict(exc.headers) if exc.headers else None
+    )  # fmt: skip
+
+
+async def _server_error(request: Request, exc: Exception) -> Response:
+    return error_response(500, f"internal error: {type(exc).__name__}: {exc}", code="internal")
+
+
+def create_app(gateway: Gateway) -> Starlette:
+    routes = [
+        Route("/v1/completions", completions, methods=["POST"]),
+        Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+        Route("/v1/embeddings", embeddings, methods=["POST"]),
+        Route("/v1/models", models, methods=["GET"]),
+        Route("/v1/sage/metrics", sage_metrics, methods=["GET"]),
+        Route("/health", health, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+        _openapi_endpoint(),
+        *admin_routes(),
+    ]
+    app = Starlette(
+        routes=routes,
+        exception_handlers={HTTPException: _http_error, Exception: _server_error},
+    )
+    app.state.gateway = gateway
+    return app

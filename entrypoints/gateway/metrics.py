@@ -1,0 +1,178 @@
+"""Prometheus metrics of the gateway, in its own `CollectorRegistry`.
+
+Per-request series (counters, histograms) are updated once per finished request. Fleet and
+queue state (health, circuit, in-flight, scraped load, queue depth, retries, failovers, SLO
+attainment) are read from the coordinator when `/metrics` is scraped, by a custom collector:
+no per-request cost, and the values cannot drift from the coordinator's own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from sage_cp_plugin.types import RequestPriority, RequestResult
+
+if TYPE_CHECKING:
+    from sage_cp_plugin.manager import ControlPlaneManager
+
+PREFIX = "sage_cp"
+_LATENCY_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+)  # fmt: skip
+_TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0)
+_PRIORITY_LABELS = {p: p.name.lower() for p in RequestPriority}
+
+
+class FleetCollector(Collector):
+    """Coordinator state rendered at scrape time."""
+
+    def __init__(self, manager: ControlPlaneManager) -> None:
+        self.manager = manager
+
+    def collect(self) -> Iterator[Metric]:
+        m = self.manager
+        yield GaugeMetricFamily(
+            f"{PREFIX}_queue_depth", "Requests waiting in the pending queue", value=len(m.queue)
+        )
+        yield GaugeMetricFamily(
+            f"{PREFIX}_queue_capacity", "Bound of the pending queue", value=m.queue.capacity
+        )
+        yield GaugeMetricFamily(
+            f"{PREFIX}_requests_running",
+            "Requests dispatched to an instance and not finished",
+            value=m.dispatcher.in_flight_count(),
+        )
+        yield CounterMetricFamily(
+            f"{PREFIX}_retries", "Attempts retried after an upstream failure", m.metrics.retries
+        )
+        yield CounterMetricFamily(
+            f"{PREFIX}_failovers", "Retries sent to a different instance", m.metrics.failovers
+        )
+        yield from self._slo()
+        yield from self._instances()
+
+    def _slo(self) -> Iterator[Metric]:
+        mc = self.manager.metrics
+        total = GaugeMetricFamily(
+            f"{PREFIX}_slo_attainment_ratio",
+            "Share of finished requests carrying an SLO that met every SLO they carried",
+            labels=["priority"],
+        )
+        total.add_metric(["all"], (1.0 - mc.slo_violations / mc.slo_total) if mc.slo_total else 1.0)
+        for name, (met, n) in sorted(mc.slo_by_priority.items()):
+            total.add_metric([name.lower()], met / n if n else 1.0)
+        yield total
+        yield CounterMetricFamily(
+            f"{PREFIX}_slo_violations",
+            "Requests that missed an SLO they carried",
+            mc.slo_violations,
+        )
+
+    def _instances(self) -> Iterator[Metric]:
+        labels = ["instance", "model", "type"]
+
+        def fam(name: str, doc: str) -> GaugeMetricFamily:
+            return GaugeMetricFamily(f"{PREFIX}_instance_{name}", doc, labels=labels)
+
+        healthy = fam("healthy", "1 when the instance passes its health checks")
+        circuit = fam("circuit_open", "1 while the instance's circuit breaker is open")
+        draining = fam("draining", "1 while the instance is drained (no new requests)")
+        in_flight = fam("in_flight", "Requests the control plane has running on the instance")
+        capacity = fam("capacity", "max_concurrent_requests of the instance")
+        running = fam("scraped_running", "vllm:num_requests_running at the last scrape")
+        waiting = fam("scraped_waiting", "vllm:num_requests_waiting at the last scrape")
+        kv = fam("scraped_kv_cache_usage", "vllm:kv_cache_usage_perc (0..1) at the last scrape")
+        fresh = fam("scrape_fresh", "1 when the last /metrics scrape is recent enough to trust")
+        for s in self.manager.fleet:
+            inst = s.instance
+            lv = [s.instance_id, ",".join(inst.served_models), inst.instance_type.value]
+            healthy.add_metric(lv, float(s.healthy))
+            circuit.add_metric(lv, float(s.circuit_open))
+            draining.add_metric(lv, float(s.draining))
+            in_flight.add_metric(lv, s.in_flight)
+            capacity.add_metric(lv, s.capacity)
+            running.add_metric(lv, s.scraped.running)
+            waiting.add_metric(lv, s.scraped.waiting)
+            kv.add_metric(lv, s.scraped.kv_usage)
+            fresh.add_metric(lv, float(s.scraped.fresh))
+        yield from (healthy, circuit, draining, in_flight, capacity, running, waiting, kv, fresh)
+
+
+class GatewayMetrics:
+    def __init__(self, manager: ControlPlaneManager) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.manager = manager
+        r = self.registry
+        self.requests = Counter(
+            f"{PREFIX}_requests",
+            "Requests answered by the gateway, by endpoint, model, HTTP status and priority",
+            ["endpoint", "model", "status", "priority"],
+            registry=r,
+        )
+        lm = ["model"]
+        self.queue_time = Histogram(
+            f"{PREFIX}_queue_time_seconds",
+            "Time from arrival to dispatch",
+            lm,
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ttft = Histogram(
+            f"{PREFIX}_time_to_first_token_seconds",
+            "Time from arrival to the first token (includes queueing)",
+            lm,
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.itl = Histogram(
+            f"{PREFIX}_inter_token_latency_seconds",
+            "Mean time between output tokens of a request (one observation per request)",
+            lm,
+            buckets=_TOKEN_BUCKETS,
+            registry=r,
+        )
+        self.e2e = Histogram(
+            f"{PREFIX}_e2e_request_latency_seconds",
+            "Time from arrival to the last token",
+            lm,
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        r.register(FleetCollector(manager))
+        self._known_models: frozenset[str] = frozenset()
+
+    def model_label(self, model: object) -> str:
+        # Unknown model names come from clients: never let them create label series.
+        if not isinstance(model, str):
+            return "none"
+        if model not in self._known_models:
+            self._known_models = frozenset(self.manager.list_models())
+            if model not in self._known_models:
+                return "unknown"
+        return model
+
+    def observe_request(
+        self, endpoint: str, model: object, status: int, priority: RequestPriority | None
+    ) -> None:
+        prio = _PRIORITY_LABELS[priority] if priority is not None else "none"
+        self.requests.labels(endpoint, self.model_label(model), str(status), prio).inc()
+
+    def observe_result(self, result: RequestResult) -> None:
+        t = result.timings
+        model = self.model_label(result.model_name)
+        if t.queue_ms is not None:
+            self.queue_time.labels(model).observe(t.queue_ms / 1000)
+        if t.ttft_ms is not None:
+            self.ttft.labels(model).observe(t.ttft_ms / 1000)
+        if t.tpot_ms is not None:
+            self.itl.labels(model).observe(t.tpot_ms / 1000)
+        if t.e2e_ms is not None:
+            self.e2e.labels(model).observe(t.e2e_ms / 1000)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

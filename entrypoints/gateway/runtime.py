@@ -1,0 +1,66 @@
+"""`Gateway`: what every handler needs (manager, settings, metrics) plus the gateway's own
+state: whether it is shutting down, and the drain watchers started by the admin API."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+
+from sage_cp_plugin.manager import ControlPlaneManager
+
+from .metrics import GatewayMetrics
+from .settings import GatewaySettings
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Gateway:
+    manager: ControlPlaneManager
+    settings: GatewaySettings
+    metrics: GatewayMetrics = field(init=False)
+    shutting_down: bool = False
+    _drains: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.metrics = GatewayMetrics(self.manager)
+
+    # -- drain then remove -----------------------------------------------------------------
+    def drain_and_remove(self, instance_id: str) -> None:
+        """Stop routing to the instance now; unregister it once its in-flight requests end."""
+        self.manager.drain_instance(instance_id)
+        if instance_id not in self._drains:
+            self._drains[instance_id] = asyncio.create_task(
+                self._remove_when_idle(instance_id), name=f"sage-cp-drain-{instance_id}"
+            )
+
+    def draining(self) -> list[str]:
+        return sorted(self._drains)
+
+    async def _remove_when_idle(self, instance_id: str) -> None:
+        # The core has no "instance became idle" event; an admin drain is rare, so a short
+        # poll here costs nothing on the request path.
+        try:
+            while True:
+                state = self.manager.fleet.get(instance_id)
+                if state is None:
+                    return
+                if state.in_flight == 0:
+                    await self.manager.unregister_instance(instance_id)
+                    logger.info("drained instance %s removed", instance_id)
+                    return
+                await asyncio.sleep(self.settings.drain_check_interval_s)
+        except KeyError:
+            return  # removed meanwhile by DELETE
+        finally:
+            self._drains.pop(instance_id, None)
+
+    async def aclose(self) -> None:
+        tasks = list(self._drains.values())
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
