@@ -47,6 +47,16 @@ async def test_fleet_serves_over_loopback_and_streams() -> None:
             assert lines[-1] == "data: [DONE]" and len(lines) == 6
 
 
+async def test_listening_socket_disables_nagle() -> None:
+    # Without TCP_NODELAY every POST stalls ~40 ms (Nagle + delayed ACK); check the cause,
+    # not the timing.
+    async with SimFleet([SimInstanceConfig(time_scale=0)]) as fleet:
+        server = fleet[0]._server
+        assert server is not None
+        sock = server.servers[0].sockets[0]
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+
+
 async def test_client_disconnect_mid_stream_frees_the_sequence() -> None:
     async with SimFleet([SimInstanceConfig(time_scale=0.2)]) as fleet:
         m = fleet[0]

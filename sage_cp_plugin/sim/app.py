@@ -73,9 +73,11 @@ class SimInstance:
         self._id_base = uuid.uuid4().hex[:8]
         self._served = set(config.served_model_names)
         self._tp = PRESETS[config.preset].tp
+        self._closed = asyncio.Event()
 
     async def aclose(self) -> None:
-        """Stop the engine; every open stream ends."""
+        """Stop the engine; every open stream ends and hanging requests return."""
+        self._closed.set()
         await self.engine.stop()
 
     def created(self) -> int:
@@ -113,7 +115,8 @@ class SimInstance:
     async def _fault_gate(self) -> Response | None:
         f = self.faults
         if f.hang:
-            await asyncio.get_running_loop().create_future()  # never resolves
+            await self._closed.wait()  # "never": until the instance shuts down
+            return error_response(503, "instance shutting down")
         if f.slow_ms:
             await asyncio.sleep(f.slow_ms / 1000)
         if f.rate_limit_rate and self._rng.random() < f.rate_limit_rate:
@@ -285,7 +288,9 @@ class SimInstance:
 
     def _vector(self, prompt: list[str], encoding: str) -> list[float] | str:
         # Replicas of one model embed alike (as real ones do): seed by model and text only.
-        rng = np.random.default_rng(tok.text_seed(0, self.config.model_name + "\x00" + " ".join(prompt)))
+        rng = np.random.default_rng(
+            tok.text_seed(0, self.config.model_name + "\x00" + " ".join(prompt))
+        )
         v = rng.standard_normal(self.config.embedding_dim)
         v /= np.linalg.norm(v)
         if encoding == "base64":

@@ -170,7 +170,11 @@ class SimFleet:
     # ------------------------------------------------------------------ internals
 
     async def _start_member(self, m: SimFleetMember) -> None:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # proto must be IPPROTO_TCP explicitly: asyncio only sets TCP_NODELAY on accepted
+        # sockets whose proto says TCP, and without it every POST (headers and body arrive in
+        # two segments) stalls ~40 ms on Nagle + delayed ACK.
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         # A restart rebinds the port while old connections may sit in TIME_WAIT.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -208,10 +212,12 @@ class SimFleet:
             transport: Any = getattr(conn, "transport", None)
             if transport is not None:
                 transport.abort()  # reset, as a crashed process would
-        for t in list(server.server_state.tasks):
-            t.cancel()  # handlers stuck in a hang fault
         if m.app is not None:
-            await instance_of(m.app).aclose()
+            await instance_of(m.app).aclose()  # ends streams, waits and hangs
+        for _ in range(3):
+            await asyncio.sleep(0)  # let the released handlers return
+        for t in list(server.server_state.tasks):
+            t.cancel()  # whatever is still stuck
         with contextlib.suppress(asyncio.CancelledError):
             await task
         m._server = m._task = None
