@@ -8,7 +8,7 @@ format), `auth`, `admin`, `metrics` (Prometheus), `openapi`, `runtime` (shared s
 
 from .app import create_app
 from .runtime import Gateway
-from .server import run, serve
+from .server import run, serve, serving
 from .settings import GatewaySettings
 
-__all__ = ["Gateway", "GatewaySettings", "create_app", "run", "serve"]
+__all__ = ["Gateway", "GatewaySettings", "create_app", "run", "serve", "serving"]

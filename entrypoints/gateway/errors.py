@@ -147,6 +147,11 @@ def upstream_error(message: str, status: int | None, retry_after_s: float | None
     if status is None:
         m = _UPSTREAM_CODE.search(message)
         status = int(m.group(1)) if m else None
+    if status is None and "unreachable" in message:
+        # Every attempt failed to connect: the fleet is down, not misbehaving.
+        return GatewayError(503, message, code="upstream_unreachable")
+    if status is None and "timed out" in message:
+        return GatewayError(504, message, code="upstream_timeout")
     if status is not None and 400 <= status < 500 and status not in (408, 429):
         return GatewayError(status, message, code="upstream_rejected")
     if status == 429:

@@ -8,10 +8,12 @@ scheduling outcome (request id, instance, attempts, queue/TTFT/E2E milliseconds)
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import AsyncGenerator
 from typing import Any, cast
 
+import numpy as np
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -64,6 +66,7 @@ async def _handle(request: Request, kind: RequestKind, endpoint: str) -> Respons
         body = await read_json_object(request, gw.settings.max_body_bytes)
         model = body.get("model")
         stream_opts = body.get("stream_options")
+        base64_out = kind == RequestKind.EMBEDDING and _wants_base64(body)
         req = to_request(body, request.headers, kind, endpoint)
         priority = req.priority
         watcher = DisconnectWatcher(request.receive)
@@ -73,7 +76,7 @@ async def _handle(request: Request, kind: RequestKind, endpoint: str) -> Respons
             watcher = None  # the relay owns it now, and records the request when it ends
             streamed = True
             return response
-        response = await _complete(gw, req, watcher)
+        response = await _complete(gw, req, watcher, base64_out)
         status = 200
         return response
     except ClientDisconnected:
@@ -92,7 +95,36 @@ async def _handle(request: Request, kind: RequestKind, endpoint: str) -> Respons
             gw.metrics.observe_request(endpoint, model, status, priority)
 
 
-async def _complete(gw: Gateway, req: RequestMetadata, watcher: DisconnectWatcher) -> Response:
+def _wants_base64(body: dict[str, Any]) -> bool:
+    """Pop `encoding_format`; True when the client wants base64 vectors.
+
+    The executor reads float lists only (see report), so the instance is always asked for
+    floats and base64 (what the `openai` client requests by default) is encoded here.
+    """
+    fmt = body.pop("encoding_format", None)
+    if fmt in (None, "float"):
+        return False
+    if fmt == "base64":
+        return True
+    raise GatewayError(
+        400,
+        f"encoding_format must be 'float' or 'base64', got {fmt!r}",
+        param="encoding_format",
+        code="invalid_value",
+    )
+
+
+def _to_base64(response: dict[str, Any]) -> dict[str, Any]:
+    for item in response.get("data") or []:
+        vec = item.get("embedding")
+        if isinstance(vec, list):
+            item["embedding"] = base64.b64encode(np.asarray(vec, dtype="<f4").tobytes()).decode()
+    return response
+
+
+async def _complete(
+    gw: Gateway, req: RequestMetadata, watcher: DisconnectWatcher, base64_out: bool = False
+) -> Response:
     manager = gw.manager
     rid = await manager.submit_request(req)
     try:
@@ -112,7 +144,10 @@ async def _complete(gw: Gateway, req: RequestMetadata, watcher: DisconnectWatche
         "x-sage-ttft-ms": _ms(t.ttft_ms),
         "x-sage-e2e-ms": _ms(t.e2e_ms),
     }
-    return Response(_dumps(result.response or {}), headers=headers, media_type="application/json")
+    body = result.response or {}
+    if base64_out:
+        body = _to_base64(body)
+    return Response(_dumps(body), headers=headers, media_type="application/json")
 
 
 async def _stream(

@@ -8,14 +8,18 @@ then is the coordinator stopped and the embedded fleet, if any, shut down.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
+from collections.abc import AsyncIterator, Generator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import uvicorn
 
 from sage_cp_plugin.config import ControlPlaneConfig, open_control_plane
+from sage_cp_plugin.manager import ControlPlaneManager
 
 from .app import create_app
 from .runtime import Gateway
@@ -35,6 +39,60 @@ class _Server(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
+def _uvicorn_config(app: Any, settings: GatewaySettings) -> uvicorn.Config:
+    return uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=False,  # one log line per request would cost more than the routing
+        lifespan="off",
+        timeout_graceful_shutdown=math.ceil(settings.shutdown_timeout_s),
+        timeout_keep_alive=30,
+    )
+
+
+def bound_port(server: uvicorn.Server, default: int) -> int:
+    for s in server.servers:
+        for sock in s.sockets:
+            return int(sock.getsockname()[1])
+    return default
+
+
+@asynccontextmanager
+async def serving(
+    manager: ControlPlaneManager, settings: GatewaySettings | None = None
+) -> AsyncIterator[tuple[str, Gateway]]:
+    """Serve a gateway for a started manager inside the running event loop; yields its URL.
+
+    For tests and embedding (the SAGE service's remote mode tests use it); signals stay with
+    the process owner.
+    """
+    settings = settings or GatewaySettings(port=0)
+    gateway = Gateway(manager, settings)
+    server = _EmbeddedServer(_uvicorn_config(create_app(gateway), settings), gateway)
+    task = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            if task.done():
+                task.result()  # re-raise a bind error
+                raise RuntimeError("the gateway stopped during startup")
+            await asyncio.sleep(0.005)
+        host = settings.host if ":" not in settings.host else f"[{settings.host}]"
+        yield f"http://{host}:{bound_port(server, settings.port)}", gateway
+    finally:
+        gateway.shutting_down = True
+        server.should_exit = True
+        await task
+        await gateway.aclose()
+
+
+class _EmbeddedServer(_Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield  # embedded: the process owner handles signals
+
+
 async def serve(
     settings: GatewaySettings,
     config: ControlPlaneConfig | str | Path | None = None,
@@ -48,17 +106,7 @@ async def serve(
     async with open_control_plane(cfg, **overrides) as manager:
         gateway = Gateway(manager, settings)
         app = create_app(gateway)
-        uv_config = uvicorn.Config(
-            app,
-            host=settings.host,
-            port=settings.port,
-            log_level=settings.log_level,
-            access_log=False,  # one log line per request would cost more than the routing
-            lifespan="off",
-            timeout_graceful_shutdown=math.ceil(settings.shutdown_timeout_s),
-            timeout_keep_alive=30,
-        )
-        server = _Server(uv_config, gateway)
+        server = _Server(_uvicorn_config(app, settings), gateway)
         watcher = asyncio.create_task(_announce(server, settings, manager.list_models(), ready))
         try:
             await server.serve()
@@ -75,10 +123,7 @@ async def _announce(
 ) -> None:
     while not server.started:  # noqa: ASYNC110  (uvicorn exposes only a flag; startup only)
         await asyncio.sleep(0.01)
-    port = settings.port
-    for s in server.servers:
-        for sock in s.sockets:
-            port = sock.getsockname()[1]
+    port = bound_port(server, settings.port)
     print(
         f"sage-cp gateway listening on http://{settings.host}:{port} "
         f"(models: {', '.join(model_names) or 'none'})",

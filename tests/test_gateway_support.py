@@ -1,0 +1,76 @@
+"""Harness for the gateway tests (no tests here): a simulated fleet on loopback, a started
+ControlPlaneManager over it, and the gateway served on 127.0.0.1 in the test's event loop."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from sage_cp_plugin.config import ControlPlaneConfig, HealthSettings, sim_instances
+from sage_cp_plugin.entrypoints.gateway import Gateway, GatewaySettings, serving
+from sage_cp_plugin.manager import ControlPlaneManager
+from sage_cp_plugin.sim import SimFleet, SimInstanceConfig
+
+FAST_HEALTH = HealthSettings(
+    interval_s=0.1, timeout_s=0.5, unhealthy_threshold=1, healthy_threshold=1,
+    failure_threshold=2, cooldown_s=0.3,
+)  # fmt: skip
+
+
+@dataclass
+class Harness:
+    url: str
+    gateway: Gateway
+    fleet: SimFleet
+
+    @property
+    def manager(self) -> ControlPlaneManager:
+        return self.gateway.manager
+
+    def client(self, **kw: Any) -> httpx.AsyncClient:
+        return httpx.AsyncClient(base_url=self.url, timeout=30, **kw)
+
+    async def sim_state(self, i: int) -> dict[str, Any]:
+        async with httpx.AsyncClient() as c:
+            data: dict[str, Any] = (await c.get(f"{self.fleet.urls[i]}/sim/state")).json()
+            return data
+
+
+def gen(n: int = 2, time_scale: float = 0.02, **fields: Any) -> list[SimInstanceConfig]:
+    return [SimInstanceConfig(time_scale=time_scale, seed=i, **fields) for i in range(n)]
+
+
+def embed(time_scale: float = 0.02) -> SimInstanceConfig:
+    return SimInstanceConfig(
+        served_model_names=["sim-embed"], role="embedding", time_scale=time_scale, seed=50
+    )
+
+
+@asynccontextmanager
+async def gateway_over_sim(
+    configs: Sequence[SimInstanceConfig] | None = None,
+    *,
+    settings: dict[str, Any] | None = None,
+    instance_fields: dict[str, Any] | None = None,
+    **config: Any,
+) -> AsyncIterator[Harness]:
+    configs = list(configs) if configs is not None else [*gen(2), embed()]
+    config.setdefault("scheduling_policy", "fifo")
+    config.setdefault("health", FAST_HEALTH)
+    async with SimFleet(configs) as fleet:
+        instances = [
+            i.model_copy(update=instance_fields or {}) for i in sim_instances(fleet.members)
+        ]
+        cfg = ControlPlaneConfig(instances=instances, **config)
+        gs = GatewaySettings(port=0, **(settings or {}))
+        manager = cfg.build_manager(result_retention=gs.result_retention)
+        await manager.start()
+        try:
+            async with serving(manager, gs) as (url, gateway):
+                yield Harness(url, gateway, fleet)
+        finally:
+            await manager.stop()
