@@ -9,7 +9,7 @@ as an `ExecutionInstance` for the coordinator, and hands the coordinator a
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -102,13 +102,10 @@ class InProcessFleet:
         """Bring instance `i` back (its prefix cache survives; a real restart would lose it)."""
         self.transports[i].revive()
 
-    def engine_totals(self) -> dict[str, int]:
-        """Summed engine counters of every instance (prompt tokens, cache hits, preemptions)."""
-        totals: dict[str, int] = {}
-        for app in self.apps:
-            for k, v in asdict(instance_of(app).engine.counters).items():
-                totals[k] = totals.get(k, 0) + int(v)
-        return totals
+    mounted = True
+
+    def sims(self) -> list[SimInstance]:
+        return [instance_of(app) for app in self.apps]
 
     async def aclose(self) -> None:
         for app in self.apps:

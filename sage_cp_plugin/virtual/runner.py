@@ -20,11 +20,11 @@ from sage_cp_plugin.manager import ControlPlaneManager
 from sage_cp_plugin.types import PDSeparationConfig, RequestMetadata
 from sage_cp_plugin.virtual.clock import run_virtual
 from sage_cp_plugin.virtual.decision_cost import DecisionCostProbe
-from sage_cp_plugin.virtual.fleet import InProcessFleet
+from sage_cp_plugin.virtual.target import ReplayTarget, engine_totals
 from sage_cp_plugin.workloads.format import WorkloadRecord
 from sage_cp_plugin.workloads.prompts import PromptBuilder
 
-FleetEvent = Callable[[InProcessFleet, ControlPlaneManager], None]
+FleetEvent = Callable[[ReplayTarget, ControlPlaneManager], None]
 
 
 @dataclass
@@ -44,7 +44,7 @@ class CoordinatorConfig:
     request_timeout_s: float = 3600.0
     extra: dict[str, Any] = field(default_factory=dict)  # other ControlPlaneManager kwargs
 
-    def build(self, fleet: InProcessFleet, n_requests: int) -> ControlPlaneManager:
+    def build(self, fleet: ReplayTarget, n_requests: int) -> ControlPlaneManager:
         manager = ControlPlaneManager(
             scheduling_policy=self.policy,
             routing_strategy=self.router,
@@ -56,7 +56,7 @@ class CoordinatorConfig:
             max_pending_requests=self.max_pending_requests,
             request_timeout_s=self.request_timeout_s,
             health=self.health,
-            transport_factory=fleet.transport_factory,
+            transport_factory=fleet.transport_factory if fleet.mounted else None,
             upstream_streaming=self.upstream_streaming,
             result_retention=max(100_000, n_requests),
             **self.extra,
@@ -135,20 +135,26 @@ def _outcome(record: WorkloadRecord, index: int) -> RequestOutcome:
 
 async def replay(
     workload: Sequence[WorkloadRecord],
-    fleet: InProcessFleet,
+    fleet: ReplayTarget,
     config: CoordinatorConfig,
     *,
     events: Sequence[tuple[float, FleetEvent]] = (),
     prompt_seed: int = 0,
     prompts: PromptBuilder | None = None,
+    close_fleet: bool = True,
+    lead_in_s: float = 0.0,
 ) -> RunResult:
-    """Submit each record at its arrival time (relative to now), wait for all, collect."""
+    """Submit each record at its arrival time, wait for all, collect.
+
+    Arrival times count from `lead_in_s` after the coordinator started (its first health
+    probes, scrapes and HTTP clients cost real time on a real clock, none on a virtual one).
+    """
     loop = asyncio.get_running_loop()
     wall0 = time.perf_counter()
     builder = prompts or PromptBuilder(prompt_seed)
     manager = config.build(fleet, len(workload))
     probe = DecisionCostProbe(manager)
-    t0 = loop.time()
+    t0 = loop.time() + lead_in_s
     for at, action in events:
         loop.call_at(t0 + at, action, fleet, manager)
     outcomes = [_outcome(r, i) for i, r in enumerate(workload)]
@@ -180,12 +186,13 @@ async def replay(
         metrics = manager.get_metrics().model_dump(mode="json")
     finally:
         await manager.stop()
-        await fleet.aclose()
+        if close_fleet:
+            await fleet.aclose()
     return RunResult(
         outcomes=outcomes,
         wall_s=time.perf_counter() - wall0,
         virtual_s=loop.time() - t0,
-        engine=fleet.engine_totals(),
+        engine=engine_totals(fleet.sims()),
         decision=probe.summary(),
         metrics=metrics,
         instances=[i.instance_id for i in fleet.instances],
@@ -194,7 +201,7 @@ async def replay(
 
 def run_replay(
     workload: Sequence[WorkloadRecord],
-    fleet: InProcessFleet,
+    fleet: ReplayTarget,
     config: CoordinatorConfig,
     *,
     events: Sequence[tuple[float, FleetEvent]] = (),

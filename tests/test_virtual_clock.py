@@ -1,0 +1,97 @@
+"""The virtual-clock loop: timers fire in order at their virtual deadlines, idle time is free."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import pytest
+
+from sage_cp_plugin.sim import SimInstanceConfig, create_app
+from sage_cp_plugin.virtual import StreamingASGITransport, VirtualClockEventLoop, run_virtual
+
+
+def test_sleep_jumps_the_clock_without_waiting() -> None:
+    async def main() -> tuple[float, float]:
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        await asyncio.sleep(3600)
+        return t0, loop.time()
+
+    wall = time.perf_counter()
+    t0, t1 = run_virtual(main())
+    assert time.perf_counter() - wall < 1.0
+    assert t1 - t0 == pytest.approx(3600)
+
+
+def test_timers_fire_in_deadline_order_and_wait_for_times_out() -> None:
+    async def main() -> list[tuple[str, float]]:
+        loop = asyncio.get_running_loop()
+        seen: list[tuple[str, float]] = []
+        for name, delay in (("c", 3.0), ("a", 1.0), ("b", 2.0)):
+            loop.call_later(delay, lambda n=name: seen.append((n, loop.time())))
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(loop.create_future(), timeout=5.0)
+        seen.append(("timeout", loop.time()))
+        return seen
+
+    assert run_virtual(main()) == [("a", 1.0), ("b", 2.0), ("c", 3.0), ("timeout", 5.0)]
+
+
+def test_loop_counts_jumps_and_can_be_advanced_by_hand() -> None:
+    loop = VirtualClockEventLoop(start=10.0)
+    try:
+        loop.run_until_complete(asyncio.sleep(2.5))
+        assert loop.time() == pytest.approx(12.5)
+        assert loop.jumps >= 1 and loop.skipped_s == pytest.approx(2.5)
+        loop.advance(1.0)
+        assert loop.time() == pytest.approx(13.5)
+        with pytest.raises(ValueError):
+            loop.advance(-1)
+    finally:
+        loop.close()
+
+
+def test_streaming_transport_delivers_chunks_at_engine_times() -> None:
+    """Chunks arrive one engine step apart (httpx.ASGITransport would deliver them all at the end)."""
+    cfg = SimInstanceConfig(b0_ms=10.0, b1_us_per_token=0.0, b2_us_per_seq=0.0)
+
+    async def main() -> list[float]:
+        loop = asyncio.get_running_loop()
+        transport = StreamingASGITransport(create_app(cfg))
+        body = {"prompt": "a b c", "max_tokens": 5, "stream": True}
+        async with httpx.AsyncClient(transport=transport, base_url="http://sim") as client:
+            t0 = loop.time()
+            times = []
+            async with client.stream("POST", "/v1/completions", json=body) as resp:
+                assert resp.status_code == 200
+                async for line in resp.aiter_lines():
+                    if line.startswith("data:") and "[DONE]" not in line:
+                        times.append(loop.time() - t0)
+        return times
+
+    times = run_virtual(main())
+    assert times == pytest.approx([0.01, 0.02, 0.03, 0.04, 0.05], abs=1e-9)
+
+
+def test_killed_transport_refuses_and_resets() -> None:
+    cfg = SimInstanceConfig(b0_ms=10.0)
+
+    async def main() -> None:
+        transport = StreamingASGITransport(create_app(cfg))
+        body = {"prompt": "a b c", "max_tokens": 50, "stream": True}
+        async with httpx.AsyncClient(transport=transport, base_url="http://sim") as client:
+            async with client.stream("POST", "/v1/completions", json=body) as resp:
+                lines = resp.aiter_lines()
+                await anext(lines)
+                transport.kill()
+                with pytest.raises(httpx.RemoteProtocolError):
+                    async for _ in lines:
+                        pass
+            with pytest.raises(httpx.ConnectError):
+                await client.get("/health")
+            transport.revive()
+            assert (await client.get("/health")).status_code == 200
+
+    run_virtual(main())
