@@ -1,0 +1,191 @@
+"""`RemoteBackend`: send the service's requests to a shared coordinator (`sage-cp serve`).
+
+SAGE 0.3.2.4 runs every operator in the driver process (DESIGN.md §7), so pipelines in
+several processes or hosts share one coordinator over its OpenAI-compatible HTTP API. The
+scheduling fields travel as `x-sage-*` headers, so the body stays a plain OpenAI body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import Any
+
+import httpx
+
+from sage_cp_plugin.openai_body import ENDPOINTS, text_of
+from sage_cp_plugin.types import ExecutionInstance, RequestKind, RequestMetadata
+
+from .inputs import PreparedRequest
+from .records import ErrorInfo, ResultRecord, Timings
+
+_PROM_LINE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
+_RETRIES = 4
+
+
+def scheduling_headers(req: RequestMetadata) -> dict[str, str]:
+    headers = {"x-sage-priority": req.priority.name.lower()}
+    if req.user_id:
+        headers["x-sage-user"] = req.user_id
+    if req.ttft_slo_ms is not None:
+        headers["x-sage-slo-ttft-ms"] = f"{req.ttft_slo_ms:g}"
+    if req.slo_deadline_ms is not None:
+        headers["x-sage-deadline-ms"] = f"{req.slo_deadline_ms:g}"
+    return headers
+
+
+def openai_body(req: RequestMetadata) -> dict[str, Any]:
+    from sage_cp_plugin.openai_body import build_body
+
+    # build_body takes the model from an instance when the request names none; the
+    # coordinator then picks, so leave "model" out rather than sending "".
+    body = build_body(req, ExecutionInstance(instance_id="remote"), stream=False)
+    if not body.get("model"):
+        body.pop("model", None)
+    if req.user_id and "user" not in body:
+        body["user"] = req.user_id
+    return body
+
+
+def parse_prometheus(text: str) -> dict[str, float]:
+    """Sample name -> value summed over label sets (enough for counters and gauges)."""
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        m = _PROM_LINE.match(line)
+        if m is None:
+            continue
+        try:
+            value = float(m.group(3))
+        except ValueError:
+            continue
+        out[m.group(1)] = out.get(m.group(1), 0.0) + value
+    return out
+
+
+class RemoteBackend:
+    def __init__(self, url: str, *, timeout_s: float = 600.0, max_connections: int = 512) -> None:
+        self.url = url.rstrip("/")
+        self.description = f"remote coordinator at {self.url}"
+        self._timeout_s = timeout_s
+        self._max_connections = max_connections
+        self._client: httpx.AsyncClient | None = None
+
+    async def start(self) -> None:
+        self._client = httpx.AsyncClient(
+            base_url=self.url,
+            timeout=httpx.Timeout(self._timeout_s, connect=5.0),
+            limits=httpx.Limits(
+                max_connections=self._max_connections,
+                max_keepalive_connections=self._max_connections,
+            ),
+        )
+
+    async def stop(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
+
+    async def run(self, prepared: PreparedRequest) -> ResultRecord:
+        req = prepared.request
+        kind = req.request_kind
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        last_error = "not sent"
+        for attempt in range(_RETRIES):
+            client = self._client
+            if client is None:
+                last_error = "the service is closed"
+                break
+            try:
+                resp = await client.post(
+                    ENDPOINTS[kind], json=openai_body(req), headers=scheduling_headers(req)
+                )
+            except httpx.TransportError as exc:
+                last_error = f"coordinator {self.url} unreachable: {type(exc).__name__}: {exc}"
+                await asyncio.sleep(0.2 * 2**attempt)
+                continue
+            if resp.status_code in (429, 503) and attempt < _RETRIES - 1:
+                # The coordinator sheds load with 429 + Retry-After: wait, do not fail.
+                await asyncio.sleep(_retry_after(resp, 0.2 * 2**attempt))
+                continue
+            return self._record(prepared, kind, resp, (loop.time() - started) * 1000)
+        return ResultRecord.failure(
+            prepared.custom_id,
+            "upstream_error",
+            last_error,
+            status_code=502,
+            line=prepared.line,
+            request_id=req.request_id,
+            kind=kind.value,
+        )
+
+    @staticmethod
+    def _record(
+        prepared: PreparedRequest, kind: RequestKind, resp: httpx.Response, e2e_ms: float
+    ) -> ResultRecord:
+        try:
+            body: Any = resp.json()
+        except ValueError:
+            body = {"error": {"message": resp.text[:500]}}
+        if not isinstance(body, dict):
+            body = {"data": body}
+        rec = ResultRecord(
+            custom_id=prepared.custom_id,
+            request_id=str(body.get("id") or prepared.request.request_id),
+            kind=kind.value,
+            status_code=resp.status_code,
+            line=prepared.line,
+            timings=Timings(
+                e2e_ms=_header_float(resp, "x-sage-e2e-ms", e2e_ms),
+                ttft_ms=_header_float(resp, "x-sage-ttft-ms", None),
+                queue_ms=_header_float(resp, "x-sage-queue-ms", None),
+            ),
+            instance_id=resp.headers.get("x-sage-instance"),
+        )
+        if resp.status_code != 200:
+            err = body.get("error")
+            message = err.get("message") if isinstance(err, dict) else err or body.get("detail")
+            rec.error = ErrorInfo(
+                code="upstream_error", message=f"coordinator answered HTTP {resp.status_code}: "
+                f"{message or resp.reason_phrase}"
+            )  # fmt: skip
+            return rec
+        usage = body.get("usage") or {}
+        rec.body = body
+        rec.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+        rec.completion_tokens = int(usage.get("completion_tokens") or 0)
+        if kind != RequestKind.EMBEDDING:
+            rec.output = text_of(body)
+        slo = resp.headers.get("x-sage-slo-met")
+        if slo is not None:
+            rec.slo_met = slo.lower() in ("1", "true", "yes")
+        return rec
+
+    async def metrics(self) -> dict[str, Any]:
+        if self._client is None:
+            return {}
+        resp = await self._client.get("/metrics")
+        resp.raise_for_status()
+        return {"url": self.url, "samples": parse_prometheus(resp.text)}
+
+
+def _retry_after(resp: httpx.Response, default: float) -> float:
+    try:
+        return min(5.0, max(0.0, float(resp.headers.get("retry-after", default))))
+    except ValueError:
+        return default
+
+
+def _header_float(resp: httpx.Response, name: str, default: float | None) -> float | None:
+    value = resp.headers.get(name)
+    if value is None:
+        return default
+    try:
+        return float(value)
+    except ValueError:
+        return default
+
+
+__all__ = ["RemoteBackend", "openai_body", "parse_prometheus", "scheduling_headers"]
