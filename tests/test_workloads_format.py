@@ -74,7 +74,7 @@ def test_prompts_have_exact_length_and_share_only_common_blocks() -> None:
     # Character-chunk hashes (prefix_aware routing) agree on the shared part only.
     ha, hc = chunk_hashes(a, 256, 512), chunk_hashes(c, 256, 512)
     common = next(i for i, (x, y) in enumerate(zip(ha, hc, strict=False)) if x != y)
-    assert common == 2 * BLOCK_TOKENS * 4 // 256  # 4 characters per token
+    assert common == (len(b.block(5)) + len(b.block(6))) // 256
 
 
 def test_synthetic_arrivals_and_mixes() -> None:
