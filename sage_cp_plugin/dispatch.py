@@ -77,22 +77,20 @@ class Dispatcher:
         """Healthy instances that serve the request's model and kind (any capacity)."""
         m = self.m
         routable: list[InstanceState] = []
-        model = item.request.model_name
-        embedding = item.pool[1]
-        for s in m.fleet.states.values():
-            inst = s.instance
-            if inst.is_embedding != embedding or not inst.serves(model):
+        excluded = item.excluded
+        kept_excluded: list[InstanceState] = []
+        for s in m.eligible(item.pool):
+            # Inlined `InstanceState.routable`: this loop is the hot path of a decision.
+            if not s.healthy or s.draining:
                 continue
-            if not s.routable:
-                m.health.maybe_half_open(s, m.fleet.now)
-                if not s.routable:
-                    continue
+            if s.circuit_open and not m.health.maybe_half_open(s, m.fleet.now):
+                continue
+            if excluded and s.instance_id in excluded:
+                kept_excluded.append(s)
+                continue
             routable.append(s)
-        if item.excluded:
-            others = [s for s in routable if s.instance_id not in item.excluded]
-            if others:
-                routable = others
-        return routable
+        # Retry elsewhere when possible; the excluded instances are the last resort.
+        return routable or kept_excluded
 
     def _pd_pair(self, item: QueuedRequest) -> tuple[InstanceState, InstanceState] | str | None:
         """(prefill, decode) for a split request; "wait" when both pools exist but one is

@@ -126,6 +126,7 @@ class ControlPlaneManager:
         self._result_retention = result_retention
         self._live: dict[str, QueuedRequest] = {}  # queued or running
         self._seq = 0
+        self._pools: dict[tuple[str | None, bool], list[InstanceState]] = {}
         self._tasks: list[asyncio.Task[Any]] = []
         self._running = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -139,6 +140,7 @@ class ControlPlaneManager:
                 "ids must be unique"
             )
         self.fleet.states[instance.instance_id] = InstanceState(instance=instance)
+        self._pools.clear()
         self.executor.register_instance(instance)
         logger.info("registered instance %s at %s", instance.instance_id, instance.base_url)
         self._wake()
@@ -147,6 +149,7 @@ class ControlPlaneManager:
         state = self.fleet.states.pop(instance_id, None)
         if state is None:
             raise KeyError(f"unknown instance {instance_id!r}")
+        self._pools.clear()
         self.router.on_instance_removed(instance_id)
         await self.executor.unregister_instance(instance_id)
         self._wake()
@@ -268,6 +271,20 @@ class ControlPlaneManager:
             return
         if not any(s.instance.serves(request.model_name) for s in pool):
             raise ModelNotServedError(request.model_name, self.list_models())
+
+    def eligible(self, pool: tuple[str | None, bool]) -> list[InstanceState]:
+        """Instances that serve a pool (model, embedding?), whatever their health; cached
+        until the fleet's membership changes, so a decision does not rescan the fleet."""
+        cached = self._pools.get(pool)
+        if cached is None:
+            model, embedding = pool
+            cached = [
+                s
+                for s in self.fleet.states.values()
+                if s.instance.is_embedding == embedding and s.instance.serves(model)
+            ]
+            self._pools[pool] = cached
+        return cached
 
     def _eligible(self, s: InstanceState, item: QueuedRequest) -> bool:
         """Could this instance ever serve the request (ignoring health and capacity)?"""

@@ -30,8 +30,14 @@ def predicted_finish_s(state: InstanceState, item: QueuedRequest) -> float:
 
 
 def request_cost(state: InstanceState, item: QueuedRequest) -> float:
+    inst = state.instance
+    tokens = item.input_tokens + item.output_tokens
+    if inst.price_per_1k_tokens is not None:  # fast path: no service-time prediction needed
+        return inst.price_per_1k_tokens * tokens / 1000.0
+    if inst.price_per_gpu_hour is None:
+        return 0.0
     service = state.predicted_service_s(item.input_tokens, item.output_tokens)
-    price = state.price_for(item.input_tokens + item.output_tokens, service)
+    price = state.price_for(tokens, service)
     return 0.0 if price is None else price
 
 
@@ -65,29 +71,32 @@ class CostOptimizedPolicy(SchedulingPolicy):
         fleet: FleetSnapshot,
     ) -> InstanceState | None:
         budget = item.request.cost_budget
-        affordable = [s for s in candidates if budget is None or request_cost(s, item) <= budget]
+        cost = {s.instance_id: request_cost(s, item) for s in candidates}
+        affordable = [s for s in candidates if budget is None or cost[s.instance_id] <= budget]
         if not affordable:
             return None  # affordable instances are busy: wait for one
         deadline = item.deadline
-        now = fleet.now
+        # Cheapest first (least loaded among equal prices); with a deadline, the first one
+        # predicted to make it — usually found in the first few, so no full prediction pass.
+        ranked = sorted(affordable, key=lambda s: (cost[s.instance_id], s.load))
+        best = ranked[0]
         if deadline is not None:
-            in_time = [s for s in affordable if now + predicted_finish_s(s, item) <= deadline]
-        else:
-            in_time = affordable
-        pool = in_time or affordable
-        best = min(pool, key=lambda s: (request_cost(s, item), s.load))
-        if deadline is None or in_time:
-            # Would a cheaper instance that is busy right now be worth waiting for?
-            cheaper_busy = [
-                s
-                for s in fleet
-                if s.routable
-                and not s.has_capacity
-                and s.instance_id not in item.excluded
-                and s.instance.is_embedding == item.pool[1]
-                and s.instance.serves(item.request.model_name)
-                and request_cost(s, item) < request_cost(best, item)
-            ]
-            if cheaper_busy and deadline is None:
-                return None
+            now = fleet.now
+            for s in ranked:
+                if now + predicted_finish_s(s, item) <= deadline:
+                    best = s
+                    break
+        if deadline is None:
+            # No deadline: rather wait for a cheaper instance that is busy right now.
+            best_cost = cost[best.instance_id]
+            for s in fleet:
+                if (
+                    not s.has_capacity
+                    and s.routable
+                    and s.instance_id not in item.excluded
+                    and s.instance.is_embedding == item.pool[1]
+                    and s.instance.serves(item.request.model_name)
+                    and request_cost(s, item) < best_cost
+                ):
+                    return None
         return best
