@@ -82,31 +82,11 @@ async def run_load(call: Any, concurrency: int, total: int) -> dict[str, float]:
     }
 
 
-async def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--requests", type=int, default=2000)
-    args = ap.parse_args()
-    port = free_port_block(2)
-    sim = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "sage_cp_plugin.entrypoints.cli",
-            "sim",
-            "--instances",
-            "2",
-            "--port",
-            str(port),
-            "--time-scale",
-            "0",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+async def measure(port: int, args: argparse.Namespace) -> list[dict[str, Any]]:
     urls = [f"http://127.0.0.1:{port + i}" for i in range(2)]
     rows: list[dict[str, Any]] = []
-    try:
-        await wait_ready(urls)
+    await wait_ready(urls)
+    if urls:
         body = {"model": "sim-model", "prompt": "hello world", "max_tokens": 16}
         limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
         async with httpx.AsyncClient(limits=limits, timeout=60) as client:
@@ -163,6 +143,32 @@ async def main() -> None:
                     )
             for m in managers.values():
                 await m.stop()
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--requests", type=int, default=2000)
+    args = ap.parse_args()
+    port = free_port_block(2)
+    sim = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "sage_cp_plugin.entrypoints.cli",
+            "sim",
+            "--instances",
+            "2",
+            "--port",
+            str(port),
+            "--time-scale",
+            "0",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        rows = asyncio.run(measure(port, args))
     finally:
         sim.terminate()
         sim.wait(10)
@@ -210,4 +216,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    main()
