@@ -49,6 +49,10 @@ end() {
     echo "=== [e2e tier] $1 took ${took} s"
 }
 summary() {
+    if [[ -f "${SAGE_CP_E2E_LOG_DIR}/instances.txt" ]]; then
+        echo "=== [e2e tier] vLLM instances (startup, memory):"
+        cat "${SAGE_CP_E2E_LOG_DIR}/instances.txt"
+    fi
     echo "=== [e2e tier] timings: ${PHASES[*]:-none}; server logs in ${SAGE_CP_E2E_LOG_DIR}"
 }
 trap summary EXIT

@@ -15,8 +15,8 @@ fixture                       scope    value
 ``vllm_fleet``                session  the :class:`vllm_fleet.VllmFleet` owning every server
 ``vllm_general``              session  two ``general`` :class:`VllmInstance` (tiny-llama)
 ``vllm_general_urls``         session  their base URLs, e.g. ``["http://127.0.0.1:41234", ...]``
-``vllm_pressure``             session  one ``general`` instance with only 8 KV blocks
-``vllm_pressure_url``         session  its base URL
+``vllm_pressure``             module   one ``general`` instance with only 8 KV blocks
+``vllm_pressure_url``         module   its base URL
 ``vllm_embed``                session  the all-MiniLM-L6-v2 ``embedding`` instance
 ``vllm_embed_url``            session  its base URL
 ``vllm_pd_pair``              module   :class:`PdPair` ``(prefill_url, decode_url)`` with
@@ -31,8 +31,8 @@ Failover tests may ``vllm_fleet.kill(name)`` / ``vllm_fleet.restart(name)`` a se
 share it. ``restart`` keeps the port, so URLs stay valid. Server logs are in
 ``vllm_fleet.log_dir`` (``$SAGE_CP_E2E_LOG_DIR`` to choose it).
 
-Budget (2 cores, 24 GB): at most three generation instances + one embedding instance at once,
-~1.4 GB each; instances start lazily, only when a test asks for them.
+Budget (2 cores, 24 GB): ~1.1 GB PSS per instance; instances start lazily, only when a test
+asks for them. Session: 2 general + 1 embedding. Module: the pressure instance or a PD pair.
 """
 
 from __future__ import annotations
@@ -79,13 +79,16 @@ def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
 
 
 def _report(fleet: VllmFleet, inst: VllmInstance) -> None:
-    # Printed (visible with -s / in the captured setup output on failure) so the tier log
-    # records startup time and memory per instance on the machine that ran it.
-    print(
-        f"[e2e] {inst.name} ({inst.role}) ready at {inst.url} in {inst.ready_after_s:.1f} s, "
-        f"RSS {inst.rss_bytes() / 2**20:.0f} MiB, log {inst.log_path}",
-        file=sys.stderr,
+    # Recorded (stderr and <log_dir>/instances.txt, which run_tier.sh prints at the end) so the
+    # tier log shows startup time and memory per instance on the machine that ran it.
+    line = (
+        f"{inst.name} ({inst.role}) ready at {inst.url} in {inst.ready_after_s or 0:.1f} s "
+        f"(start #{inst.starts}), PSS {inst.pss_bytes() / 2**20:.0f} MiB, "
+        f"RSS {inst.rss_bytes() / 2**20:.0f} MiB, log {inst.log_path}"
     )
+    print(f"[e2e] {line}", file=sys.stderr)
+    with (fleet.log_dir / "instances.txt").open("a") as f:
+        f.write(line + "\n")
 
 
 @pytest.fixture(scope="session")
@@ -135,15 +138,23 @@ def vllm_general_urls(vllm_general: list[VllmInstance]) -> list[str]:
     return [i.url for i in vllm_general]
 
 
-@pytest.fixture(scope="session")
-def vllm_pressure(vllm_fleet: VllmFleet) -> VllmInstance:
-    """A tiny-llama instance with ``--num-gpu-blocks-override 8`` (1024 tokens of KV)."""
+@pytest.fixture(scope="module")
+def vllm_pressure(vllm_fleet: VllmFleet) -> Iterator[VllmInstance]:
+    """A tiny-llama instance with ``--num-gpu-blocks-override 8`` (1024 tokens of KV).
+
+    Module scope: it is stopped when the module ends, so that with the two general instances,
+    the embedding instance and a PD pair the machine never holds more than four generation
+    instances (~20 s to start again in a later module that asks for it).
+    """
     inst = vllm_fleet.start("general", "general-pressure", kv_pressure=True)
     _report(vllm_fleet, inst)
-    return inst
+    try:
+        yield inst
+    finally:
+        vllm_fleet.stop(inst.name)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def vllm_pressure_url(vllm_pressure: VllmInstance) -> str:
     return vllm_pressure.url
 

@@ -376,3 +376,46 @@ def test_kv_pressure_is_visible_in_metrics(vllm_pressure_url: str, tiny_model_na
     final = scrape(vllm_pressure_url)
     assert metric_sum(final, "vllm:num_requests_running") == 0
     assert metric_sum(final, "vllm:num_requests_waiting") == 0
+
+
+# -- failover facts (kill / restart) -----------------------------------------------------------
+def test_killed_instance_breaks_stream_refuses_then_restarts_fresh(
+    vllm_fleet: VllmFleet, vllm_pressure: VllmInstance, tiny_model_name: str
+) -> None:
+    """What failover handling sees from a crashed vLLM, and what a restart looks like.
+
+    Uses the KV-pressure instance (no other test of this module needs it afterwards, and it is
+    restarted before returning). Pins: a stream cut by a crash ends without ``[DONE]`` and with
+    a transport error; a dead instance refuses connections at once; the restarted instance has
+    the same URL, is healthy, and its counters start again from zero (scrapers must treat a
+    counter going down as a restart, not as a negative rate).
+    """
+    url = vllm_pressure.url
+    post(url, "/v1/completions", {"model": tiny_model_name, "prompt": "warm", "max_tokens": 2})
+    assert metric_sum(scrape(url), "vllm:prompt_tokens_total") > 0
+
+    body = {"model": tiny_model_name, "prompt": unique_prompt(20), "max_tokens": 400,
+            "ignore_eos": True, "stream": True}
+    got: list[str] = []
+    with pytest.raises(httpx.TransportError), httpx.stream(
+        "POST", f"{url}/v1/completions", json=body, timeout=TIMEOUT
+    ) as r:
+        for line in r.iter_lines():
+            if line.startswith("data:"):
+                got.append(line)
+                if len(got) == 3:
+                    vllm_fleet.kill(vllm_pressure.name)  # SIGKILL mid-stream
+    assert 3 <= len(got) < 400 and "data: [DONE]" not in got
+
+    assert not vllm_pressure.alive()
+    started = time.monotonic()
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{url}/health", timeout=TIMEOUT)
+    assert time.monotonic() - started < 2, "a dead instance must refuse, not hang"
+
+    vllm_fleet.restart(vllm_pressure.name)
+    assert vllm_pressure.url == url
+    assert httpx.get(f"{url}/health", timeout=TIMEOUT).status_code == 200
+    assert metric_sum(scrape(url), "vllm:prompt_tokens_total") == 0
+    out = post(url, "/v1/completions", {"model": tiny_model_name, "prompt": "x", "max_tokens": 2})
+    assert out["usage"]["completion_tokens"] == 2
