@@ -58,6 +58,9 @@ class RequestBatcher(FlatMapFunction):  # type: ignore[misc]
         self._ended = False
 
     def execute(self, data: Any) -> list[Any]:
+        if getattr(self.ctx, "parallelism", 1) > 1:
+            # SAGE gives the end marker to one replica: the others would keep their items.
+            raise ValueError("RequestBatcher must run with parallelism=1 (it is cheap)")
         with self._lock:
             out: list[Any] = []
             if isinstance(data, EndOfStream):

@@ -82,7 +82,7 @@ def request_from_body(
 def prepare(
     item: Any,
     *,
-    kind: RequestKind | None = None,
+    kind: RequestKind | str | None = None,
     model: str | None = None,
     defaults: dict[str, Any] | None = None,
 ) -> PreparedRequest | ResultRecord:
@@ -91,6 +91,7 @@ def prepare(
     `kind` is the operator's endpoint (chat/completion/embedding) for items that do not
     name one; `model` and `defaults` fill fields the item leaves out.
     """
+    kind = None if kind is None else RequestKind(kind)
     line: int | None = None
     if isinstance(item, SourceLine):
         line = item.line

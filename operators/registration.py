@@ -16,7 +16,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from .backends import ManagerFactory
+from .backends import Backend, ManagerFactory
 from .service import ConfigSource, ControlPlaneService, close_services
 
 DEFAULT_SERVICE_NAME = "control_plane"
@@ -40,6 +40,7 @@ def use_control_plane(
     url: str | None = None,
     name: str = DEFAULT_SERVICE_NAME,
     manager_factory: ManagerFactory | None = None,
+    backend: Backend | None = None,
 ) -> ControlPlaneHandle:
     """Register the control-plane service on a SAGE environment (see the module doc)."""
     token = uuid.uuid4().hex
@@ -50,6 +51,8 @@ def use_control_plane(
         kwargs["config"] = config
         if manager_factory is not None:
             kwargs["manager_factory"] = manager_factory
+        if backend is not None:
+            kwargs["backend"] = backend
     # Fail now, not inside the job, on an unreadable config or a conflicting pair.
     ControlPlaneService(**kwargs).close()
     env.register_service(name, ControlPlaneService, **kwargs)

@@ -15,7 +15,7 @@ import asyncio
 import concurrent.futures
 import threading
 import weakref
-from collections.abc import Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -49,7 +49,7 @@ class ControlPlaneService(BaseService):  # type: ignore[misc]
     `config`: a `ControlPlaneConfig`, a dict, or a YAML/TOML path (None: the embedded
     simulated fleet). `url`: a remote coordinator instead of an in-process one.
     `manager_factory`: an async context manager factory yielding a started manager (tests,
-    hand-built fleets). Usable without SAGE too: `with ControlPlaneService() as svc: ...`.
+    hand-built fleets). `backend`: any object with the `Backend` methods (tests). Usable without SAGE too: `with ControlPlaneService() as svc: ...`.
     """
 
     def __init__(
@@ -58,12 +58,14 @@ class ControlPlaneService(BaseService):  # type: ignore[misc]
         *,
         url: str | None = None,
         manager_factory: ManagerFactory | None = None,
+        backend: Backend | None = None,
         job_token: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         if url is not None and (config is not None or manager_factory is not None):
             raise ValueError("give either url= (a remote coordinator) or a config, not both")
+        self._custom_backend = backend
         # Load now: an unreadable config fails at construction with one clear message.
         self.config = ControlPlaneConfig.load(config) if url is None else None
         self.url = url
@@ -74,6 +76,7 @@ class ControlPlaneService(BaseService):  # type: ignore[misc]
         self._thread: threading.Thread | None = None
         self._backend: Backend | None = None
         self._closed = False
+        self._shared: dict[str, Any] = {}
         with _LIVE_LOCK:
             _LIVE.add(self)
 
@@ -102,7 +105,9 @@ class ControlPlaneService(BaseService):  # type: ignore[misc]
             if self._loop is not None:
                 return self._loop
             backend: Backend
-            if self.url is not None:
+            if self._custom_backend is not None:
+                backend = self._custom_backend
+            elif self.url is not None:
                 backend = RemoteBackend(self.url)
             else:
                 assert self.config is not None
@@ -188,6 +193,15 @@ class ControlPlaneService(BaseService):  # type: ignore[misc]
     # SAGE's `call_service(name, item)` looks for a method named process/execute/call.
     def process(self, item: Any, **options: Any) -> ResultRecord:
         return self.run(item, **options)
+
+    def shared(self, key: str, factory: Callable[[], T]) -> T:
+        """Job-wide state for operators, created once per key (the replicas of one operator
+        find each other here: SAGE gives them no other shared object)."""
+        with self._lock:
+            if key not in self._shared:
+                self._shared[key] = factory()
+            value: T = self._shared[key]
+            return value
 
     def metrics(self) -> dict[str, Any]:
         """The coordinator's metrics (PerformanceMetrics fields, or the remote's samples)."""

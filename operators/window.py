@@ -2,14 +2,18 @@
 
 A batch waits for its slowest request before the next batch starts; this operator does
 not. Each call starts its item's request and returns every record finished so far, waiting
-only while the window is full. On `EndOfStream` it waits for the rest and forwards the
-marker, so nothing is left behind. Records come out in completion order (each carries its
-`custom_id`). Thread-safe: the window is shared state guarded by one condition.
+only while its window is full. On `EndOfStream` it waits for the rest and forwards the
+marker. Records come out in completion order (each carries its `custom_id`).
+
+With `parallelism=N`, SAGE hands the end marker to one replica only, so the replicas share
+one `_WindowGroup` (kept by the job's service): each replica bounds its own in-flight
+requests, and whichever replica gets the marker drains and emits everyone's results.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import re
 import threading
 from collections import deque
 from typing import Any
@@ -22,6 +26,24 @@ from .base import ServiceBound
 from .markers import EndOfStream, Heartbeat
 from .records import ResultRecord
 from .registration import DEFAULT_SERVICE_NAME
+
+_REPLICA_SUFFIX = re.compile(r"_r\d+$")
+
+
+class _WindowGroup:
+    """State shared by the replicas of one ConcurrentFlatMap; guarded by one condition."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.done: deque[ResultRecord] = deque()
+        self.in_flight: dict[int, int] = {}
+        self.received = 0
+        self.emitted = 0
+        self.expected: int | None = None
+        self.ended = False
+
+    def total_in_flight(self) -> int:
+        return sum(self.in_flight.values())
 
 
 class ConcurrentFlatMap(FlatMapFunction, ServiceBound):  # type: ignore[misc]
@@ -39,64 +61,67 @@ class ConcurrentFlatMap(FlatMapFunction, ServiceBound):  # type: ignore[misc]
             raise ValueError(f"max_in_flight must be at least 1, got {max_in_flight}")
         self._bind(service_name, kind, model, defaults)
         self.max_in_flight = max_in_flight
-        self._cond = threading.Condition()
-        self._done: deque[ResultRecord] = deque()
-        self._in_flight = 0
-        self._received = 0
-        self._emitted = 0
-        self._expected: int | None = None
-        self._ended = False
+        self._group: _WindowGroup | None = None
+
+    @property
+    def group(self) -> _WindowGroup:
+        if self._group is None:
+            name = _REPLICA_SUFFIX.sub("", str(getattr(self.ctx, "name", "")))
+            self._group = self.service.shared(f"window:{name}:{id(type(self))}", _WindowGroup)
+        return self._group
 
     def execute(self, data: Any) -> list[Any]:
+        g = self.group
+        me = id(self)
         if isinstance(data, EndOfStream):
-            with self._cond:
-                self._expected = data.count if data.count is not None else self._received
-            return self._take(drain_if_ended=True)
+            with g.cond:
+                g.expected = data.count if data.count is not None else g.received
+            return self._take(g)
         if isinstance(data, Heartbeat):
-            return self._take()
-        with self._cond:
+            return self._take(g)
+        with g.cond:
             # Wait for room before starting: the window bounds memory and upstream load.
-            while self._in_flight >= self.max_in_flight:
-                self._cond.wait()
-            self._in_flight += 1
-            self._received += 1
+            while g.in_flight.get(me, 0) >= self.max_in_flight:
+                g.cond.wait()
+            g.in_flight[me] = g.in_flight.get(me, 0) + 1
+            g.received += 1
         try:
             future = self.service.submit(data, **self._options())
         except BaseException:
-            with self._cond:
-                self._in_flight -= 1
-                self._cond.notify_all()
+            self._finished_one(g, me, None)
             raise
-        future.add_done_callback(self._finished)
-        return self._take(drain_if_ended=True)
+        future.add_done_callback(lambda f: self._finished_one(g, me, f))
+        return self._take(g)
 
-    def _finished(self, future: concurrent.futures.Future[ResultRecord]) -> None:
-        try:
-            record = future.result()
-        except BaseException as exc:  # cancelled when the service closed mid-request
-            record = ResultRecord.failure(
-                "unknown", "cancelled", f"request abandoned: {exc!r}", status_code=499
-            )
-        with self._cond:
-            self._done.append(record)
-            self._in_flight -= 1
-            self._cond.notify_all()
+    @staticmethod
+    def _finished_one(
+        g: _WindowGroup, me: int, future: concurrent.futures.Future[ResultRecord] | None
+    ) -> None:
+        record = None
+        if future is not None:
+            try:
+                record = future.result()
+            except BaseException as exc:  # the service settles its futures; be safe anyway
+                record = ResultRecord.failure(
+                    "unknown", "cancelled", f"request abandoned: {exc!r}", status_code=499
+                )
+        with g.cond:
+            if record is not None:
+                g.done.append(record)
+            g.in_flight[me] -= 1
+            g.cond.notify_all()
 
-    def _take(self, drain_if_ended: bool = False) -> list[Any]:
-        with self._cond:
-            end = (
-                drain_if_ended
-                and not self._ended
-                and self._expected is not None
-                and self._received >= self._expected
-            )
+    @staticmethod
+    def _take(g: _WindowGroup) -> list[Any]:
+        with g.cond:
+            end = not g.ended and g.expected is not None and g.received >= g.expected
             if end:
-                while self._in_flight > 0:
-                    self._cond.wait()
-                self._ended = True
-            out: list[Any] = list(self._done)
-            self._done.clear()
-            self._emitted += len(out)
+                while g.total_in_flight() > 0:
+                    g.cond.wait()
+                g.ended = True
+            out: list[Any] = list(g.done)
+            g.done.clear()
+            g.emitted += len(out)
             if end:
-                out.append(EndOfStream(self._emitted))
+                out.append(EndOfStream(g.emitted))
             return out
