@@ -1,0 +1,41 @@
+"""`sage-cp bench SCENARIO`: replay a benchmark scenario on the virtual clock and report.
+
+Writes `<out>/<scenario>.json`, `.md` and `.png` (`<scenario>_smoke.*` with `--smoke`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from sage_cp_plugin.virtual.bench import run_scenario
+from sage_cp_plugin.virtual.report import write_reports
+from sage_cp_plugin.virtual.scenarios import NAMES, get_scenario
+
+
+def register(sub: Any) -> None:
+    p: argparse.ArgumentParser = sub.add_parser(
+        "bench",
+        help="run a benchmark scenario through the real coordinator on a virtual clock",
+        description=__doc__,
+    )
+    p.add_argument("scenario", choices=[*NAMES, "all"], help="scenario to run")
+    p.add_argument("--seeds", type=int, default=3, help="number of seeds (0..N-1), default 3")
+    p.add_argument("--smoke", action="store_true", help="a small, fast run (CI)")
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="output folder")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    names = list(NAMES) if args.scenario == "all" else [args.scenario]
+    for name in names:
+        scenario = get_scenario(name)
+        result = run_scenario(scenario, range(args.seeds), args.smoke)
+        paths = write_reports(scenario, result, args.out)
+        print(paths[1].read_text())
+        for g in result["goals"]:
+            print(("met   " if g["met"] else "NOT met ") + f"{g['goal']}: {g['measured']}", file=sys.stderr)
+        print("wrote " + ", ".join(str(p) for p in paths), file=sys.stderr)
+    return 0
