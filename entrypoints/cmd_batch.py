@@ -59,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         result = run_batch_job(opts)
     except (ConfigurationError, FileNotFoundError, IsADirectoryError, PermissionError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        # One line: YAML parser errors span several, with a caret diagram.
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     if args.json:
         print(json.dumps(result.model_dump(mode="json"), indent=2))
