@@ -3,9 +3,15 @@ ControlPlaneManager over it, and the gateway served on 127.0.0.1 in the test's e
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
+import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -74,3 +80,41 @@ async def gateway_over_sim(
                 yield Harness(url, gateway, fleet)
         finally:
             await manager.stop()
+
+
+@dataclass
+class GatewayProcess:
+    proc: subprocess.Popen[str]
+    url: str
+    banner: str
+
+
+def start_gateway_process(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 30.0
+) -> GatewayProcess:
+    """`sage-cp serve --port 0 ...` as a separate process; returns once it listens."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sage_cp_plugin.entrypoints.cli", "serve", "--port", "0", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout
+    lines = []
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        m = re.search(r"listening on (http://\S+)", line)
+        if m:
+            return GatewayProcess(proc, m.group(1), line)
+    proc.kill()
+    raise AssertionError("gateway did not start:\n" + "".join(lines))
+
+
+def write_config(path: Path, time_scale: float) -> Path:
+    path.write_text(f"scheduling_policy: fifo\nembedded_fleet:\n  time_scale: {time_scale}\n")
+    return path

@@ -44,13 +44,15 @@ async def metrics(request: Request) -> Response:
     return Response(gw.metrics.render(), media_type=PROMETHEUS_CONTENT_TYPE)
 
 
-def _openapi_endpoint() -> Route:
-    body = json.dumps(build_openapi()).encode()
-
-    async def openapi(request: Request) -> Response:
-        return Response(body, media_type="application/json")
-
-    return Route("/openapi.json", openapi, methods=["GET"])
+async def openapi(request: Request) -> Response:
+    # Built per call: the fleet (and so the model enum) changes through the admin API.
+    gw: Gateway = request.app.state.gateway
+    gen: set[str] = set()
+    emb: set[str] = set()
+    for s in gw.manager.fleet:
+        (emb if s.instance.is_embedding else gen).update(s.instance.served_models)
+    spec = build_openapi(sorted(gen), sorted(emb))
+    return Response(json.dumps(spec), media_type="application/json")
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -77,7 +79,7 @@ def create_app(gateway: Gateway) -> Starlette:
         Route("/v1/sage/metrics", sage_metrics, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
-        _openapi_endpoint(),
+        Route("/openapi.json", openapi, methods=["GET"]),
         *admin_routes(),
     ]
     app = Starlette(

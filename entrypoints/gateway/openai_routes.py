@@ -9,6 +9,7 @@ scheduling outcome (request id, instance, attempts, queue/TTFT/E2E milliseconds)
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 from collections.abc import AsyncGenerator
 from typing import Any, cast
@@ -95,6 +96,21 @@ async def _handle(request: Request, kind: RequestKind, endpoint: str) -> Respons
             gw.metrics.observe_request(endpoint, model, status, priority)
 
 
+def _client_fault_is_not_instance_fault(gw: Gateway, result: Any, err: GatewayError) -> None:
+    """An instance that answered 4xx to a bad request is alive and well.
+
+    The core's passive health check counts every failed attempt against the instance, so a
+    few malformed requests (fuzzers, buggy clients) would open the circuit of every instance
+    and turn a client's 400 into everyone's 503. Until the dispatcher tells client errors
+    apart (see report), record the answer as a success for the instance's health.
+    """
+    if err.code != "upstream_rejected" or not result.instance_id:
+        return
+    state = gw.manager.fleet.get(result.instance_id)
+    if state is not None:
+        gw.manager.health.record_result(state, True, gw.manager.now())
+
+
 def _wants_base64(body: dict[str, Any]) -> bool:
     """Pop `encoding_format`; True when the client wants base64 vectors.
 
@@ -134,7 +150,9 @@ async def _complete(
         raise
     gw.metrics.observe_result(result)
     if result.state != RequestStatus.COMPLETED:
-        raise result_error(result)
+        err = result_error(result)
+        _client_fault_is_not_instance_fault(gw, result, err)
+        raise err
     t = result.timings
     headers = {
         "x-sage-request-id": rid,
@@ -161,8 +179,12 @@ async def _stream(
     chunks = cast(AsyncGenerator[dict[str, Any], None], manager.stream(request=req))
     try:
         first = await watcher.race(anext(chunks))
-    except BaseException:
+    except BaseException as exc:
         await chunks.aclose()  # runs the stream's cleanup: the request is cancelled upstream
+        if isinstance(exc, Exception):
+            with contextlib.suppress(KeyError):
+                result = await manager.get_request_status(req.request_id)
+                _client_fault_is_not_instance_fault(gw, result, exception_to_error(exc))
         raise
     rid = req.request_id
 

@@ -7,6 +7,7 @@ accepts (OpenAI bodies plus the `x-sage-*` scheduling inputs). The fuzz test dri
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from .translate import HEADERS
@@ -50,6 +51,7 @@ _SAMPLING: dict[str, Any] = {
     "stream": {"type": "boolean"},
     "stream_options": {
         "type": "object",
+        "additionalProperties": False,
         "properties": {"include_usage": {"type": "boolean"}},
     },
     "stop": {"type": "array", "items": {"type": "string"}, "maxItems": 4},
@@ -57,6 +59,7 @@ _SAMPLING: dict[str, Any] = {
 }
 _MESSAGE = {
     "type": "object",
+    "additionalProperties": False,
     "required": ["role", "content"],
     "properties": {
         "role": {"type": "string", "enum": ["system", "user", "assistant"]},
@@ -66,6 +69,7 @@ _MESSAGE = {
 _BODIES: dict[str, Any] = {
     "CompletionRequest": {
         "type": "object",
+        "additionalProperties": False,
         "required": ["model", "prompt"],
         "properties": {
             **_SAMPLING,
@@ -80,6 +84,7 @@ _BODIES: dict[str, Any] = {
     },
     "ChatCompletionRequest": {
         "type": "object",
+        "additionalProperties": False,
         "required": ["model", "messages"],
         "properties": {
             **_SAMPLING,
@@ -90,6 +95,7 @@ _BODIES: dict[str, Any] = {
     },
     "EmbeddingRequest": {
         "type": "object",
+        "additionalProperties": False,
         "required": ["model", "input"],
         "properties": {
             "model": {"type": "string"},
@@ -117,7 +123,7 @@ def _header_params() -> list[dict[str, Any]]:
             "in": "header",
             "required": False,
             "description": f"scheduling input `{field}` (wins over the body field)",
-            "schema": _HEADER_SCHEMAS.get(name, {"type": "string", "pattern": "^[0-9]{1,6}$"}),
+            "schema": _HEADER_SCHEMAS.get(name, {"type": "string", "pattern": "^[1-9][0-9]{0,5}$"}),
         }
         for name, field in HEADERS.items()
     ]
@@ -152,7 +158,23 @@ def _get(summary: str, *errors: int) -> dict[str, Any]:
     }
 
 
-def build_openapi() -> dict[str, Any]:
+def _with_models(generation: list[str], embedding: list[str]) -> dict[str, Any]:
+    """The request schemas with `model` listing what the fleet serves right now."""
+    bodies = copy.deepcopy(_BODIES)
+    for name, models in (
+        ("CompletionRequest", generation),
+        ("ChatCompletionRequest", generation),
+        ("EmbeddingRequest", embedding),
+    ):
+        if models:
+            bodies[name]["properties"]["model"] = {"type": "string", "enum": sorted(models)}
+    return bodies
+
+
+def build_openapi(
+    generation_models: list[str] | None = None, embedding_models: list[str] | None = None
+) -> dict[str, Any]:
+    bodies = _with_models(generation_models or [], embedding_models or [])
     return {
         "openapi": "3.1.0",
         "info": {
@@ -162,7 +184,7 @@ def build_openapi() -> dict[str, Any]:
             "inputs come from x-sage-* headers or the same-meaning body fields; headers win.",
         },
         "components": {
-            "schemas": {"Error": _ERROR, **_BODIES},
+            "schemas": {"Error": _ERROR, **bodies},
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
         "paths": {

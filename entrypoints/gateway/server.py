@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import signal
 from collections.abc import AsyncIterator, Generator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -32,6 +33,23 @@ class _Server(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, gateway: Gateway) -> None:
         super().__init__(config)
         self.gateway = gateway
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        # uvicorn re-raises the captured signal after its shutdown, which would kill the
+        # process before the coordinator and the embedded fleet are stopped; handle the
+        # signals here instead and let `serve` return normally (exit code 0).
+        loop = asyncio.get_running_loop()
+        installed = []
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(sig, self.handle_exit, sig, None)
+                installed.append(sig)
+        try:
+            yield
+        finally:
+            for sig in installed:
+                loop.remove_signal_handler(sig)
 
     def handle_exit(self, sig: int, frame: Any) -> None:
         # /health answers 503 from now on, so load balancers stop sending here at once.
