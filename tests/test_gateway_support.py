@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from sage_cp_plugin.entrypoints.gateway import Gateway, GatewaySettings, serving
 
 from sage_cp_plugin.config import ControlPlaneConfig, HealthSettings, sim_instances
-from sage_cp_plugin.entrypoints.gateway import Gateway, GatewaySettings, serving
 from sage_cp_plugin.manager import ControlPlaneManager
 from sage_cp_plugin.sim import SimFleet, SimInstanceConfig
 
