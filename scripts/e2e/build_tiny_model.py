@@ -31,6 +31,7 @@ does nothing (about a second): it is safe to run on every tier run.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import importlib.metadata as md
 import json
@@ -194,12 +195,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="rebuild even when cached")
     args = parser.parse_args(argv)
     out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    # Sessions and CI share the cache: one builder at a time (the others then find it cached).
+    with (out / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return build(out, args.force)
+
+
+def build(out: Path, force: bool) -> int:
+    """Build into ``out`` unless its manifest is current; print the manifest."""
     manifest_path = out / "manifest.json"
     llama_dir = out / "tiny-llama"
     fp = fingerprint()
     minilm = find_minilm_dir()
 
-    if not args.force and manifest_path.exists():
+    if not force and manifest_path.exists():
         manifest = json.loads(manifest_path.read_text())
         if (
             manifest.get("fingerprint") == fp

@@ -44,6 +44,15 @@ EOF
 }
 
 start=$(date +%s)
+# Several sessions and CI share this one venv: serialize setups, so that two never run pip in
+# it at once (the second waits, then finds the stamp and only verifies).
+mkdir -p "$(dirname "${VENV}")"
+exec 9>"${VENV}.lock"
+if ! flock -n 9; then
+    log "another setup holds ${VENV}.lock; waiting for it"
+    flock 9
+fi
+
 if [[ -f "${STAMP}" && "$(cat "${STAMP}")" == "${STAMP_CONTENT}" ]]; then
     log "cached venv ${VENV} already has: ${STAMP_CONTENT}"
     verify
@@ -53,7 +62,6 @@ fi
 
 if [[ ! -x "${VENV}/bin/python" ]]; then
     log "creating venv ${VENV} with ${PYTHON}"
-    mkdir -p "$(dirname "${VENV}")"
     "${PYTHON}" -m venv "${VENV}"
 fi
 PIP=("${VENV}/bin/python" -m pip --disable-pip-version-check)
