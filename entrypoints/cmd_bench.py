@@ -36,6 +36,9 @@ def run(args: argparse.Namespace) -> int:
         paths = write_reports(scenario, result, args.out)
         print(paths[1].read_text())
         for g in result["goals"]:
-            print(("met   " if g["met"] else "NOT met ") + f"{g['goal']}: {g['measured']}", file=sys.stderr)
+            print(
+                ("met   " if g["met"] else "NOT met ") + f"{g['goal']}: {g['measured']}",
+                file=sys.stderr,
+            )
         print("wrote " + ", ".join(str(p) for p in paths), file=sys.stderr)
     return 0

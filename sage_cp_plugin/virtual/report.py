@@ -39,8 +39,7 @@ def markdown(scenario: Scenario, result: dict[str, Any]) -> str:
         lines += ["", "## Goals", "", "| goal | measured | target | met |", "|---|---|---|---|"]
         for g in result["goals"]:
             lines.append(
-                f"| {g['goal']} | {g['measured']} | {g['target']} | "
-                f"{'yes' if g['met'] else 'NO'} |"
+                f"| {g['goal']} | {g['measured']} | {g['target']} | {'yes' if g['met'] else 'NO'} |"
             )
     if scenario.notes:
         lines += ["", scenario.notes]

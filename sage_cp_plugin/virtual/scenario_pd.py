@@ -22,7 +22,7 @@ from sage_cp_plugin.virtual.fleet import MemberSpec
 from sage_cp_plugin.virtual.runner import CoordinatorConfig
 from sage_cp_plugin.workloads import AZURE_CODE, AZURE_CONV, WorkloadRecord, load_azure, time_scaled
 
-RATES = (20.0, 40.0, 60.0)  # requests/s offered to the 4-GPU fleet
+RATES = (30.0, 55.0, 70.0)  # requests/s offered; general saturates at ~74 (measured)
 SLO = {"ttft_slo_ms": 1000.0, "tpot_slo_ms": 100.0}
 
 
@@ -36,7 +36,7 @@ def _workload(seed: int, n: int, rate: float) -> list[WorkloadRecord]:
 
 def _members(roles: list[str], seed: int) -> list[MemberSpec]:
     return [
-        MemberSpec(SimInstanceConfig(role=role, seed=seed * 10 + i), max_concurrent_requests=64)  # type: ignore[arg-type]
+        MemberSpec(SimInstanceConfig(role=role, seed=seed * 10 + i), max_concurrent_requests=64)
         for i, role in enumerate(roles)
     ]
 
@@ -50,7 +50,13 @@ def build(seed: int, smoke: bool) -> list[Variant]:
         group = f"{rate:g} rps"
         pools = ["prefill", "prefill", "decode", "decode"]
         out += [
-            Variant("general", CoordinatorConfig(router="load_balanced"), _members(["general"] * 4, seed), w, group),
+            Variant(
+                "general",
+                CoordinatorConfig(router="load_balanced"),
+                _members(["general"] * 4, seed),
+                w,
+                group,
+            ),
             Variant(
                 "pd_pools",
                 CoordinatorConfig(
@@ -95,8 +101,12 @@ def goals(result: dict[str, Any]) -> list[dict[str, Any]]:
                 mean_of(result, g, pd, "all.e2e_ms_p90"),
                 mean_of(result, g, "general", "all.e2e_ms_p90"),
             )
-            rows.append(goal(f"{g}: {pd} goodput vs general (+50 %)", thr, ">= 1.5x", thr >= 1.5, "x"))
-            rows.append(goal(f"{g}: {pd} P90 E2E vs general (-50 %)", lat, "<= 0.5x", lat <= 0.5, "x"))
+            rows.append(
+                goal(f"{g}: {pd} goodput vs general (+50 %)", thr, ">= 1.5x", thr >= 1.5, "x")
+            )
+            rows.append(
+                goal(f"{g}: {pd} P90 E2E vs general (-50 %)", lat, "<= 0.5x", lat <= 0.5, "x")
+            )
     return rows
 
 

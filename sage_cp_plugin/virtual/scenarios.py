@@ -21,9 +21,7 @@ def get_scenario(name: str) -> Scenario:
     try:
         module = importlib.import_module(_MODULES[name])
     except KeyError:
-        raise ConfigurationError(
-            f"unknown scenario {name!r}; known: {', '.join(NAMES)}"
-        ) from None
+        raise ConfigurationError(f"unknown scenario {name!r}; known: {', '.join(NAMES)}") from None
     scenario = module.SCENARIO
     assert isinstance(scenario, Scenario)
     return scenario
