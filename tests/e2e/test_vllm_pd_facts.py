@@ -182,7 +182,8 @@ def test_unreachable_prefill_fails_fast_and_decode_survives(
     elapsed = time.monotonic() - started
     assert r.status_code >= 500, r.text[:300]
     assert "error" in r.json()
-    assert elapsed < 45, f"a failed transfer took {elapsed:.1f} s"
+    # ~5-10 s on a quiet machine; the bound only tells "an error" from "a hang" on a loaded one.
+    assert elapsed < 90, f"a failed transfer took {elapsed:.1f} s"
     after = scrape(vllm_pd_pair.decode_url)
     failed = "vllm:nixl_num_failed_transfers_total"
     assert metric_sum(after, failed) > metric_sum(before, failed)
