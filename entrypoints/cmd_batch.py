@@ -31,6 +31,11 @@ def register(sub: Any) -> None:
     p.add_argument("--shard", default=None, help="run only lines i, i+n, ... (i/n, from 0/n)")
     p.add_argument("--concurrency", "-c", type=int, default=64, help="requests in flight")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--no-ttft",
+        action="store_true",
+        help="do not stream answers from the instances (less CPU; no TTFT/TTFT SLOs)",
+    )
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=run)
 
@@ -52,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
             shard=args.shard,
             concurrency=args.concurrency,
             progress=not args.no_progress,
+            measure_ttft=not args.no_ttft,
         )
     except (ValidationError, ValueError) as exc:
         print(f"error: {_first_error(exc)}", file=sys.stderr)

@@ -47,10 +47,16 @@ class LocalBackend:
     """A `ControlPlaneManager` (and the embedded simulated fleet when no instances are set)."""
 
     def __init__(
-        self, config: ControlPlaneConfig, manager_factory: ManagerFactory | None = None
+        self,
+        config: ControlPlaneConfig,
+        manager_factory: ManagerFactory | None = None,
+        manager_options: dict[str, Any] | None = None,
     ) -> None:
         self.config = config
-        self._factory: ManagerFactory = manager_factory or (lambda: open_control_plane(config))
+        options = dict(manager_options or {})
+        self._factory: ManagerFactory = manager_factory or (
+            lambda: open_control_plane(config, **options)
+        )
         self._stack = contextlib.AsyncExitStack()
         self.manager: ControlPlaneManager | None = None
         fleet = "embedded simulated fleet" if config.uses_embedded_fleet else "configured fleet"

@@ -41,6 +41,7 @@ def use_control_plane(
     name: str = DEFAULT_SERVICE_NAME,
     manager_factory: ManagerFactory | None = None,
     backend: Backend | None = None,
+    manager_options: dict[str, Any] | None = None,
 ) -> ControlPlaneHandle:
     """Register the control-plane service on a SAGE environment (see the module doc)."""
     token = uuid.uuid4().hex
@@ -53,6 +54,8 @@ def use_control_plane(
             kwargs["manager_factory"] = manager_factory
         if backend is not None:
             kwargs["backend"] = backend
+        if manager_options:
+            kwargs["manager_options"] = manager_options
     # Fail now, not inside the job, on an unreadable config or a conflicting pair.
     ControlPlaneService(**kwargs).close()
     env.register_service(name, ControlPlaneService, **kwargs)

@@ -49,7 +49,8 @@ class ControlPlaneService(BaseService):  # type: ignore[misc]
     `config`: a `ControlPlaneConfig`, a dict, or a YAML/TOML path (None: the embedded
     simulated fleet). `url`: a remote coordinator instead of an in-process one.
     `manager_factory`: an async context manager factory yielding a started manager (tests,
-    hand-built fleets). `backend`: any object with the `Backend` methods (tests). Usable without SAGE too: `with ControlPlaneService() as svc: ...`.
+    hand-built fleets). `backend`: any object with the `Backend` methods (tests).
+    `manager_options`: extra `ControlPlaneManager` arguments, e.g. `upstream_streaming=False`. Usable without SAGE too: `with ControlPlaneService() as svc: ...`.
     """
 
     def __init__(
@@ -59,6 +60,7 @@ class ControlPlaneService(BaseService):  # type: ignore[misc]
         url: str | None = None,
         manager_factory: ManagerFactory | None = None,
         backend: Backend | None = None,
+        manager_options: dict[str, Any] | None = None,
         job_token: str | None = None,
         **kwargs: Any,
     ) -> None:
@@ -66,6 +68,7 @@ class ControlPlaneService(BaseService):  # type: ignore[misc]
         if url is not None and (config is not None or manager_factory is not None):
             raise ValueError("give either url= (a remote coordinator) or a config, not both")
         self._custom_backend = backend
+        self._manager_options = manager_options
         # Load now: an unreadable config fails at construction with one clear message.
         self.config = ControlPlaneConfig.load(config) if url is None else None
         self.url = url
@@ -111,7 +114,7 @@ class ControlPlaneService(BaseService):  # type: ignore[misc]
                 backend = RemoteBackend(self.url)
             else:
                 assert self.config is not None
-                backend = LocalBackend(self.config, self._manager_factory)
+                backend = LocalBackend(self.config, self._manager_factory, self._manager_options)
             loop = asyncio.new_event_loop()
             thread = threading.Thread(
                 target=_run_loop, args=(loop,), name="sage-cp-service", daemon=True

@@ -42,6 +42,8 @@ class BatchJobOptions(BaseModel):
     shard: tuple[int, int] | None = None
     concurrency: int = Field(64, ge=1)
     progress: bool = True
+    # Stream answers from the instances to measure TTFT (costs CPU per token).
+    measure_ttft: bool = True
     manager_factory: ManagerFactory | None = None
 
     @field_validator("shard", mode="before")
@@ -78,7 +80,12 @@ def run_batch_job(opts: BatchJobOptions) -> BatchJobResult:
     # SAGE logs every stage at INFO on the console, through its "sage" logger.
     env.logger.update_output_level("console", "WARNING")
     handle = use_control_plane(
-        env, config, url=opts.url, manager_factory=opts.manager_factory, name="control_plane"
+        env,
+        config,
+        url=opts.url,
+        manager_factory=opts.manager_factory,
+        manager_options=None if opts.measure_ttft else {"upstream_streaming": False},
+        name="control_plane",
     )
     (
         env.from_batch(
