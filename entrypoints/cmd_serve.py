@@ -54,6 +54,12 @@ def register(sub: Any) -> None:
         default=30.0,
         help="seconds in-flight requests may take to finish on SIGTERM/SIGINT",
     )
+    p.add_argument(
+        "--no-upstream-streaming",
+        action="store_true",
+        help="fetch non-streaming answers in one upstream call (faster; TTFT/TPOT then not "
+        "measured for them)",
+    )
     p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=run)
 
@@ -77,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
             max_pending_requests=args.max_pending,
             shutdown_timeout_s=args.shutdown_timeout,
             log_level=args.log_level,
+            upstream_streaming=not args.no_upstream_streaming,
         )
         config = ControlPlaneConfig.load(args.config)
     except ValidationError as exc:

@@ -118,7 +118,10 @@ async def serve(
     ready: asyncio.Event | None = None,
 ) -> None:
     cfg = ControlPlaneConfig.load(config)
-    overrides: dict[str, Any] = {"result_retention": settings.result_retention}
+    overrides: dict[str, Any] = {
+        "result_retention": settings.result_retention,
+        "upstream_streaming": settings.upstream_streaming,
+    }
     if settings.max_pending_requests is not None:
         overrides["max_pending_requests"] = settings.max_pending_requests
     async with open_control_plane(cfg, **overrides) as manager:
