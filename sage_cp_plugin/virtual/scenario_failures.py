@@ -41,7 +41,7 @@ def _kill_victim(fleet: ReplayTarget, manager: ControlPlaneManager) -> None:
 
 
 def build(seed: int, smoke: bool) -> list[Variant]:
-    n = 60 if smoke else 1000
+    n = 60 if smoke else 600
     routers = ("round_robin", "load_balanced") if smoke else ROUTERS
     rng = np.random.default_rng(seed)
     base = load_azure(AZURE_CONV, limit=n, start=seed * n, max_input_tokens=8000)
