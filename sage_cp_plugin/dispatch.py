@@ -261,6 +261,7 @@ class Dispatcher:
             )
             raise
         except UpstreamError as exc:
+            ok = exc.is_client_error
             item.no_split = True  # a retry runs whole, on any instance
             self._on_error(item, decode, exc)
         except Exception as exc:  # a bug must fail the request, never strand it
@@ -304,6 +305,8 @@ class Dispatcher:
             )
             raise
         except UpstreamError as exc:
+            # The instance answered a bad request correctly: not a sign of ill health.
+            ok = exc.is_client_error
             self._on_error(item, state, exc)
         except Exception as exc:  # a bug must fail the request, never strand it
             logger.exception("request %s crashed", item.request_id)
@@ -323,7 +326,8 @@ class Dispatcher:
 
     def _on_error(self, item: QueuedRequest, state: InstanceState, exc: UpstreamError) -> None:
         m = self.m
-        state.failed += 1
+        if not exc.is_client_error:
+            state.failed += 1
         item.last_error = str(exc)
         now = m.now()
         retry = (
@@ -334,7 +338,13 @@ class Dispatcher:
             and m.running
         )
         if not retry:
-            m.finish_failed(item, str(exc), "upstream", instance_id=state.instance_id)
+            m.finish_failed(
+                item,
+                str(exc),
+                "upstream",
+                instance_id=state.instance_id,
+                status_code=exc.status_code,
+            )
             return
         item.excluded.add(state.instance_id)
         backoff = m.retry_backoff_s * (2 ** (item.attempts - 1))

@@ -93,6 +93,13 @@ class UpstreamError(ControlPlaneError):
         self.retry_after_s = retry_after_s
         self.body_started = body_started
 
+    @property
+    def is_client_error(self) -> bool:
+        """The instance rejected the request itself (4xx other than 408/429): the request
+        is at fault, not the instance, so it neither retries nor counts against health."""
+        code = self.status_code
+        return code is not None and 400 <= code < 500 and code not in (408, 429)
+
 
 class RequestTimeoutError(ControlPlaneError):
     status_code = 504

@@ -9,6 +9,7 @@ from the chunks. Errors become `UpstreamError` with whether a retry elsewhere is
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+import numpy as np
 
 from sage_cp_plugin.errors import UpstreamError
 from sage_cp_plugin.openai_body import ENDPOINTS, assemble_response, build_body, delta_text, text_of
@@ -51,6 +53,13 @@ def _retry_after(resp: httpx.Response) -> float | None:
         return max(0.0, float(value))
     except ValueError:
         return None
+
+
+def _vector(value: Any) -> list[float]:
+    """An embedding as floats, from a JSON list or OpenAI's base64 float32 encoding."""
+    if isinstance(value, str):
+        return np.frombuffer(base64.b64decode(value), dtype="<f4").astype(float).tolist()  # type: ignore[no-any-return]
+    return [float(x) for x in value]
 
 
 def _error_message(resp: httpx.Response, body: bytes) -> str:
@@ -239,7 +248,14 @@ class ExecutionCoordinator:
         out.kv_transfer_params = data.get("kv_transfer_params")
         if request.request_kind == RequestKind.EMBEDDING:
             items = sorted(data.get("data") or [], key=lambda d: d.get("index", 0))
-            out.embeddings = [list(map(float, d["embedding"])) for d in items]
+            try:
+                out.embeddings = [_vector(d["embedding"]) for d in items]
+            except (KeyError, TypeError, ValueError) as exc:
+                raise UpstreamError(
+                    f"instance {instance.instance_id} sent malformed embeddings: {exc}",
+                    instance_id=instance.instance_id,
+                    status_code=resp.status_code,
+                ) from exc
         else:
             out.text = text_of(data)
 
@@ -265,9 +281,11 @@ class ExecutionCoordinator:
                 if not line.startswith("data:"):
                     continue
                 payload = line[5:].strip()
+                if done:
+                    continue  # read to the end so the connection goes back to the pool
                 if payload == "[DONE]":
                     done = True
-                    break
+                    continue
                 try:
                     chunk = json.loads(payload)
                     if not isinstance(chunk, dict):

@@ -238,7 +238,11 @@ class ControlPlaneManager:
             )
         self._check_model(request)
         if self.queue.full():
-            raise QueueFullError(self.queue.capacity)
+            # Tell the client when a slot is likely free: the queue drains at the recent
+            # completion rate (1 s when unknown, at most a minute).
+            rate = self.metrics.drain_rate(self.now())
+            wait = len(self.queue) / rate if rate > 0 else 1.0
+            raise QueueFullError(self.queue.capacity, retry_after_s=min(60.0, max(1.0, wait)))
         now = self.now()
         self._seq += 1
         item = make_item(request, now=now, seq=self._seq)
@@ -407,6 +411,7 @@ class ControlPlaneManager:
         *,
         state: RequestStatus = RequestStatus.FAILED,
         instance_id: str | None = None,
+        status_code: int | None = None,
     ) -> None:
         from sage_cp_plugin.metrics import slo_met
 
@@ -417,6 +422,7 @@ class ControlPlaneManager:
             state=state,
             error=error,
             error_type=error_type,
+            status_code=status_code,
             instance_id=instance_id,
             attempts=item.attempts,
             priority=req.priority,

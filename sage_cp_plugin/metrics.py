@@ -63,6 +63,7 @@ class MetricsCollector:
     tpot: deque[float] = field(default_factory=deque)
     queue: deque[float] = field(default_factory=deque)
     slo_by_priority: dict[str, list[int]] = field(default_factory=dict)  # name -> [met, total]
+    recent_finishes: deque[float] = field(default_factory=lambda: deque(maxlen=256))
 
     def __post_init__(self) -> None:
         for name in ("e2e", "ttft", "tpot", "queue"):
@@ -73,8 +74,16 @@ class MetricsCollector:
         if self.started_at is None:
             self.started_at = now
 
+    def drain_rate(self, now: float) -> float:
+        """Requests finished per second lately (0 when unknown)."""
+        if len(self.recent_finishes) < 2:
+            return 0.0
+        span = now - self.recent_finishes[0]
+        return len(self.recent_finishes) / span if span > 0 else 0.0
+
     def on_finish(self, result: RequestResult, met: bool | None, now: float) -> None:
         self.last_finish = now
+        self.recent_finishes.append(now)
         t = result.timings
         if result.state == RequestStatus.COMPLETED:
             self.completed += 1

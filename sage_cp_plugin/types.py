@@ -401,7 +401,11 @@ class RequestResult(_Model):
     response: dict[str, Any] | None = None
     embeddings: list[list[float]] | None = None
     error: str | None = None
+    # Why it failed, for machines: "upstream" (with the instance's HTTP status in
+    # `status_code`, None when unreachable), "timeout", "no_instance", "rejected",
+    # "cancelled", "stopped", "internal".
     error_type: str | None = None
+    status_code: int | None = None
     instance_id: str | None = None
     decision: SchedulingDecision | None = None
     prompt_tokens: int = 0
