@@ -53,7 +53,10 @@ class LocalBackend:
         manager_options: dict[str, Any] | None = None,
     ) -> None:
         self.config = config
-        options = dict(manager_options or {})
+        # The manager keeps finished results for get_request_status (100k by default, with
+        # their bodies and vectors): memory that grows with a batch file. We read every
+        # result through wait(), so a small retention suffices.
+        options = {"result_retention": 2048, **(manager_options or {})}
         self._factory: ManagerFactory = manager_factory or (
             lambda: open_control_plane(config, **options)
         )
