@@ -125,7 +125,7 @@ def test_completion_stream_with_usage(vllm_general_urls: list[str], tiny_model_n
         {
             "model": tiny_model_name,
             "prompt": unique_prompt(20),
-            "max_tokens": 12,
+            "max_tokens": 32,
             "ignore_eos": True,
             "stream": True,
             "stream_options": {"include_usage": True},
@@ -136,14 +136,16 @@ def test_completion_stream_with_usage(vllm_general_urls: list[str], tiny_model_n
     ids = {c["id"] for c in chunks}
     assert len(ids) == 1, "all chunks of one stream share an id"
     token_chunks = [c for c in chunks if c["choices"]]
-    # One chunk per generated token: the stream is incremental, not one buffered blob.
-    assert len(token_chunks) == 12
+    # Incremental, not one buffered blob. Usually one chunk per token, but a busy API server
+    # coalesces tokens that piled up into one chunk (seen here: 10 chunks for 12 tokens under
+    # load), so relays must not count chunks as tokens: usage is the token count.
+    assert 2 <= len(token_chunks) <= 32
     assert [c["choices"][0]["finish_reason"] for c in token_chunks][-1] == "length"
     assert all(c["choices"][0]["finish_reason"] is None for c in token_chunks[:-1])
     # include_usage: a final chunk with empty choices and the usage, right before [DONE].
     usage_chunk = chunks[-1]
     assert usage_chunk["choices"] == []
-    assert usage_chunk["usage"]["completion_tokens"] == 12
+    assert usage_chunk["usage"]["completion_tokens"] == 32
     assert usage_chunk["usage"]["prompt_tokens"] > 20
     assert all(c.get("usage") is None for c in token_chunks)
 
