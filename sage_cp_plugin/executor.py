@@ -1,6 +1,9 @@
 """HTTP execution against vLLM's OpenAI server (the document's `ExecutionCoordinator`).
 
-One pooled `httpx.AsyncClient` per instance. Generation requests are streamed from the
+One pooled `httpx.AsyncClient` per instance. Its transport is aiohttp's client through
+`httpx-aiohttp` (the httpx API, aiohttp's connection handling): measured here, 2.6-2.9x the
+requests/s of httpx's own pool against the same instances, whose pool bookkeeping was most
+of the coordinator's CPU. `http_backend="httpx"` switches back. Generation requests are streamed from the
 instance even when the caller wants one answer, so TTFT and inter-token latency are
 measured for every request (the SLO policies learn from them); the answer is assembled
 from the chunks. Errors become `UpstreamError` with whether a retry elsewhere is safe.
@@ -18,6 +21,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+from httpx_aiohttp import AiohttpTransport
 
 from sage_cp_plugin.errors import UpstreamError
 from sage_cp_plugin.openai_body import ENDPOINTS, assemble_response, build_body, delta_text, text_of
@@ -88,7 +92,11 @@ class ExecutionCoordinator:
         max_connections_per_instance: int = 256,
         transport_factory: TransportFactory | None = None,
         upstream_streaming: bool = True,
+        http_backend: str = "aiohttp",
     ) -> None:
+        if http_backend not in ("aiohttp", "httpx"):
+            raise ValueError(f"http_backend must be 'aiohttp' or 'httpx', got {http_backend!r}")
+        self.http_backend = http_backend
         self.instances: dict[str, ExecutionInstance] = {}
         self._clients: dict[str, httpx.AsyncClient] = {}
         self.timeout = httpx.Timeout(timeout_s, connect=connect_timeout_s)
@@ -115,7 +123,13 @@ class ExecutionCoordinator:
     def client(self, instance: ExecutionInstance) -> httpx.AsyncClient:
         c = self._clients.get(instance.instance_id)
         if c is None:
-            transport = self.transport_factory(instance) if self.transport_factory else None
+            transport: httpx.AsyncBaseTransport | None
+            if self.transport_factory is not None:
+                transport = self.transport_factory(instance)
+            elif self.http_backend == "aiohttp":
+                transport = AiohttpTransport(limits=self.limits, trust_env=False)
+            else:
+                transport = None
             c = httpx.AsyncClient(
                 base_url=instance.base_url,
                 timeout=self.timeout,
@@ -189,6 +203,14 @@ class ExecutionCoordinator:
                 await self._run_plain(client, url, body, request, instance, out)
         except UpstreamError:
             raise
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            # aiohttp reports a refused connection as a connect timeout: both mean the
+            # instance could not be reached, and nothing was sent.
+            raise UpstreamError(
+                f"instance {instance.instance_id} ({instance.base_url}) unreachable: "
+                f"{type(exc).__name__}: {exc}",
+                instance_id=instance.instance_id,
+            ) from exc
         except httpx.TimeoutException as exc:
             raise UpstreamError(
                 f"instance {instance.instance_id} ({instance.base_url}) timed out: {type(exc).__name__}",
@@ -197,7 +219,7 @@ class ExecutionCoordinator:
             ) from exc
         except httpx.TransportError as exc:
             raise UpstreamError(
-                f"instance {instance.instance_id} ({instance.base_url}) unreachable: "
+                f"instance {instance.instance_id} ({instance.base_url}) failed: "
                 f"{type(exc).__name__}: {exc}",
                 instance_id=instance.instance_id,
                 body_started=out.first_token_at is not None and sink is not None,
