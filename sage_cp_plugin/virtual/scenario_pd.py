@@ -7,7 +7,9 @@ ladder. Variants on 4 x Llama-3.1-8B/H100 (simulated):
 - `pd_pools`: 2 prefill + 2 decode instances, phase routing (long prompts to the prefill pool,
   short ones to the decode pool; each request still runs whole on one instance);
 - `pd_disagg`: 2 prefill + 2 decode, vLLM's two-step disaggregated protocol (prefill with
-  `max_tokens: 1` on one instance, KV transfer, decode on another) for prompts over 512 tokens.
+  `max_tokens: 1` on one instance, KV transfer, decode on another) for prompts over 512 tokens;
+- `pd_disagg_2k`: the same, splitting only prompts over 2048 tokens (shorter ones run whole on
+  a decode instance).
 Goodput counts requests meeting TTFT 1 s and TPOT 100 ms (the standard class).
 """
 
@@ -86,13 +88,26 @@ def build(seed: int, smoke: bool) -> list[Variant]:
                 group,
             ),
         ]
+        out.append(_disagg("pd_disagg_2k", 2048, _members(pools, seed), w, group))
     return out
+
+
+def _disagg(
+    label: str, threshold: int, members: list[MemberSpec], w: list[WorkloadRecord], group: str
+) -> Variant:
+    pd = PDSeparationConfig(
+        disaggregated=True,
+        disaggregation_trigger="threshold",
+        prefilling_threshold_input_tokens=threshold,
+    )
+    cfg = CoordinatorConfig(router="load_balanced", enable_pd_separation=True, pd_config=pd)
+    return Variant(label, cfg, members, w, group)
 
 
 def goals(result: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for g in dict.fromkeys(v["group"] for v in result["variants"]):
-        for pd in ("pd_pools", "pd_disagg"):
+        for pd in ("pd_pools", "pd_disagg", "pd_disagg_2k"):
             thr = ratio(
                 mean_of(result, g, pd, "all.goodput_rps"),
                 mean_of(result, g, "general", "all.goodput_rps"),

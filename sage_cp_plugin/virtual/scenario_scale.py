@@ -22,7 +22,7 @@ from sage_cp_plugin.workloads import AZURE_CODE, load_azure, poisson_arrivals, w
 
 RATE_PER_INSTANCE = 8.0
 # (instances, requests) per group; smoke runs use the small one only.
-SIZES = ((64, 25_000), (128, 50_000), (256, 100_000))
+SIZES = ((64, 25_000), (256, 100_000))
 SMOKE_SIZES = ((8, 200),)
 
 
