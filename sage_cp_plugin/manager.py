@@ -72,7 +72,7 @@ class ControlPlaneManager:
         executor: ExecutionCoordinator | None = None,
         transport_factory: TransportFactory | None = None,
         upstream_streaming: bool = True,
-        result_retention: int = 100_000,
+        result_retention: int = 10_000,
     ) -> None:
         if enable_auto_scaling:
             raise ConfigurationError(
