@@ -1,0 +1,273 @@
+"""Running one attempt of a request on its instance(s), and what follows: completion with
+timings and SLO outcome, or a retry elsewhere with backoff, or a failure with the reason.
+
+Every attempt occupies its instances until it ends, however it ends; a request completes at
+most once, and every request ends completed, failed or cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from sage_cp_plugin.errors import UpstreamError
+from sage_cp_plugin.executor import Outcome
+from sage_cp_plugin.metrics import slo_met
+from sage_cp_plugin.pending import QueuedRequest
+from sage_cp_plugin.state import InstanceState
+from sage_cp_plugin.types import (
+    ExecutionInstanceType,
+    RequestResult,
+    RequestStatus,
+    SchedulingDecision,
+)
+
+if TYPE_CHECKING:
+    from sage_cp_plugin.manager import ControlPlaneManager
+    from sage_cp_plugin.routing.base import Router
+
+logger = logging.getLogger(__name__)
+
+
+class Attempts:
+    """The attempts in flight, keyed by request id."""
+
+    def __init__(self, manager: ControlPlaneManager, wake: Callable[[], None]) -> None:
+        self.m = manager
+        self.wake = wake
+        self._running: dict[str, tuple[asyncio.Task[None], InstanceState]] = {}
+        self._rng = random.Random(0)
+
+    def launch(self, item: QueuedRequest, state: InstanceState, now: float) -> None:
+        m = self.m
+        decision = SchedulingDecision(
+            request_id=item.request_id,
+            target_instance_id=state.instance_id,
+            estimated_latency_ms=state.predicted_service_s(item.input_tokens, item.output_tokens)
+            * 1000,
+            tensor_parallel_size=state.instance.tensor_parallel_size,
+            pipeline_parallel_size=state.instance.pipeline_parallel_size,
+            phase=item.phase,
+            policy=m.scheduling_policy.describe(),
+            router=m.routing_strategy,
+        )
+        sink = item.chunks.put_nowait if item.chunks is not None else None
+
+        async def attempt() -> tuple[Outcome, bool]:
+            return await m.executor.run(item.request, state.instance, sink=sink), True
+
+        self._start(item, decision, now, [(state, m.router)], attempt)
+
+    def launch_pd(
+        self, item: QueuedRequest, prefill: InstanceState, decode: InstanceState, now: float
+    ) -> None:
+        m = self.m
+        decision = SchedulingDecision(
+            request_id=item.request_id,
+            target_instance_id=decode.instance_id,
+            phase=ExecutionInstanceType.DECODING,
+            policy=m.scheduling_policy.describe(),
+            router=m.pd_config.decode_router,
+            reason=f"disaggregated: prefill on {prefill.instance_id}, decode on {decode.instance_id}",
+            metadata={"prefill_instance_id": prefill.instance_id},
+        )
+        sink = item.chunks.put_nowait if item.chunks is not None else None
+
+        async def attempt() -> tuple[Outcome, bool]:
+            try:
+                out, split = await m.disaggregator.run(m.executor, item, prefill, decode, sink)
+            except UpstreamError:
+                item.no_split = True  # a retry runs whole, on any instance
+                raise
+            decision.metadata["prefill_used"] = split
+            # The decode side skipped the prompt: its timings say nothing of prefill speed.
+            return out, not split
+
+        legs = [(prefill, m.prefill_router), (decode, m.decode_router)]
+        self._start(item, decision, now, legs, attempt)
+
+    def _start(
+        self,
+        item: QueuedRequest,
+        decision: SchedulingDecision,
+        now: float,
+        legs: list[tuple[InstanceState, Router]],
+        attempt: Callable[[], Awaitable[tuple[Outcome, bool]]],
+    ) -> None:
+        """Occupy every instance of the attempt and run it as a task. The last leg is the
+        instance that answers the caller."""
+        item.attempts += 1
+        for st, router in legs:
+            st.in_flight += 1
+            st.in_flight_tokens += item.input_tokens + item.output_tokens
+            router.on_dispatch(item, st)
+        task = asyncio.create_task(self._execute(item, decision, now, legs, attempt))
+        self._running[item.request_id] = (task, legs[-1][0])
+
+    async def _execute(
+        self,
+        item: QueuedRequest,
+        decision: SchedulingDecision,
+        dispatched: float,
+        legs: list[tuple[InstanceState, Router]],
+        attempt: Callable[[], Awaitable[tuple[Outcome, bool]]],
+    ) -> None:
+        """Whatever happens, the request ends (or is requeued once) and every instance it
+        occupied is released."""
+        m = self.m
+        target = legs[-1][0]
+        ok = False
+        try:
+            out, learn = await attempt()
+            ok = True
+            self._complete(item, target, decision, dispatched, out, learn=learn)
+        except asyncio.CancelledError:
+            reason = item.cancel_reason or "control plane stopped while running"
+            m.finish_failed(
+                item,
+                reason,
+                "cancelled",
+                state=RequestStatus.CANCELLED,
+                instance_id=target.instance_id,
+            )
+            raise
+        except UpstreamError as exc:
+            # The instance answered a bad request correctly: not a sign of ill health.
+            ok = exc.is_client_error
+            self._on_error(item, target, exc)
+        except Exception as exc:  # a bug must fail the request, never strand it
+            logger.exception("request %s crashed", item.request_id)
+            m.finish_failed(
+                item,
+                f"internal error: {type(exc).__name__}: {exc}",
+                "internal",
+                instance_id=target.instance_id,
+            )
+        finally:
+            self._running.pop(item.request_id, None)
+            for st, router in legs:
+                st.in_flight -= 1
+                st.in_flight_tokens -= item.input_tokens + item.output_tokens
+                router.on_finish(item, st, ok)
+            m.health.record_result(target, ok, m.now())
+            self.wake()
+
+    def _on_error(self, item: QueuedRequest, state: InstanceState, exc: UpstreamError) -> None:
+        m = self.m
+        if not exc.is_client_error:
+            state.failed += 1
+        item.last_error = str(exc)
+        now = m.now()
+        retry = (
+            exc.retryable
+            and not exc.body_started
+            and item.attempts < m.max_attempts
+            and now - item.arrival < m.request_timeout_s
+            and m.running
+        )
+        if not retry:
+            m.finish_failed(
+                item,
+                str(exc),
+                "upstream",
+                instance_id=state.instance_id,
+                status_code=exc.status_code,
+            )
+            return
+        item.excluded.add(state.instance_id)
+        backoff = m.retry_backoff_s * (2 ** (item.attempts - 1))
+        backoff = self._rng.uniform(0.5 * backoff, backoff)  # jitter: no synchronized retries
+        if exc.retry_after_s is not None:
+            backoff = max(backoff, exc.retry_after_s)
+        item.not_before = now + backoff
+        m.metrics.retries += 1
+        m.metrics.failovers += 1
+        logger.info(
+            "request %s: retry %d in %.3fs after: %s", item.request_id, item.attempts, backoff, exc
+        )
+        m.queue.push(item)
+
+    def _complete(
+        self,
+        item: QueuedRequest,
+        state: InstanceState,
+        decision: SchedulingDecision,
+        dispatched: float,
+        out: Outcome,
+        *,
+        learn: bool = True,
+    ) -> None:
+        m = self.m
+        req = item.request
+        result = RequestResult(
+            request_id=item.request_id,
+            state=RequestStatus.COMPLETED,
+            output=out.text,
+            response=out.response,
+            embeddings=out.embeddings,
+            instance_id=state.instance_id,
+            decision=decision,
+            prompt_tokens=out.prompt_tokens,
+            completion_tokens=out.completion_tokens,
+            attempts=item.attempts,
+            priority=req.priority,
+            model_name=req.model_name,
+        )
+        t = result.timings
+        t.queue_ms = (dispatched - item.arrival) * 1000
+        t.e2e_ms = (out.finished_at - item.arrival) * 1000
+        if out.first_token_at is not None:
+            t.ttft_ms = (out.first_token_at - item.arrival) * 1000
+            if out.completion_tokens > 1:
+                t.tpot_ms = (t.e2e_ms - t.ttft_ms) / (out.completion_tokens - 1)
+        met = slo_met(result, req.ttft_slo_ms, req.tpot_slo_ms, req.slo_deadline_ms)
+        result.slo_met = met
+        if learn:
+            self._learn(state, item, out)
+        state.completed += 1
+        m.metrics.on_finish(result, met, out.finished_at)
+        m.scheduling_policy.observe(item, state, met)
+        m.store_result(item, result)
+
+    @staticmethod
+    def _learn(state: InstanceState, item: QueuedRequest, out: Outcome) -> None:
+        """Online per-instance speeds, from this request's own timings."""
+        if out.first_token_at is None or not out.token_times:
+            return
+        prompt = out.prompt_tokens or item.input_tokens
+        if prompt > 0:
+            state.prefill_s_per_token.add((out.first_token_at - out.started_at) / prompt)
+        if out.completion_tokens > 1:
+            state.decode_s_per_token.add(
+                (out.finished_at - out.first_token_at) / (out.completion_tokens - 1)
+            )
+
+    # -- bookkeeping -----------------------------------------------------------------------
+    def in_flight_count(self) -> int:
+        return len(self._running)
+
+    def instance_of(self, request_id: str) -> str | None:
+        entry = self._running.get(request_id)
+        return entry[1].instance_id if entry else None
+
+    def cancel(self, request_id: str, reason: str) -> bool:
+        entry = self._running.get(request_id)
+        if entry is None:
+            return False
+        item = self.m._live.get(request_id)
+        if item is not None:
+            item.cancel_reason = reason
+        entry[0].cancel()
+        return True
+
+    async def cancel_all(self) -> None:
+        tasks = [t for t, _ in self._running.values()]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def describe(self) -> dict[str, Any]:
+        return {rid: s.instance_id for rid, (_, s) in self._running.items()}
