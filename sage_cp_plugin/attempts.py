@@ -11,7 +11,7 @@ import asyncio
 import logging
 import random
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from sage_cp_plugin.errors import UpstreamError
 from sage_cp_plugin.executor import Outcome
@@ -269,5 +269,5 @@ class Attempts:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> dict[str, str]:
         return {rid: s.instance_id for rid, (_, s) in self._running.items()}

@@ -201,6 +201,6 @@ class Dispatcher:
             self._timer = None
         await self.attempts.cancel_all()
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> dict[str, str]:
         """Request id -> instance id, for every attempt in flight."""
         return self.attempts.describe()
