@@ -3,7 +3,10 @@
 Workload: completions with max_tokens=16 against 2 zero-latency simulated instances
 (`sage-cp sim --time-scale 0`, a separate process so the servers do not share the
 client's event loop). Measured in one run, at concurrency 1, 16 and 64:
-- direct: an `httpx.AsyncClient` posting round-robin straight to the instances;
+- direct httpx: an `httpx.AsyncClient` posting round-robin straight to the instances;
+- direct, same stack: the same but on the coordinator's own HTTP stack (httpx API over
+  aiohttp's client, `httpx-aiohttp`), the baseline the added latency and ratio are taken to,
+  so that they measure the coordinator and not the choice of HTTP client;
 - manager: `ControlPlaneManager.generate` (fifo + round_robin), in two modes —
   `upstream_streaming=True` (the default: the answer is streamed from the instance so TTFT
   and inter-token latency are measured for every request) and `False` (one JSON answer).
@@ -25,6 +28,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+from httpx_aiohttp import AiohttpTransport
 
 from benchmarks.common import RESULTS, machine, write_results
 from sage_cp_plugin import ControlPlaneManager, ExecutionInstance
@@ -89,10 +93,17 @@ async def measure(port: int, args: argparse.Namespace) -> list[dict[str, Any]]:
     if urls:
         body = {"model": "sim-model", "prompt": "hello world", "max_tokens": 16}
         limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
-        async with httpx.AsyncClient(limits=limits, timeout=60) as client:
+        same_stack = httpx.AsyncClient(
+            limits=limits, timeout=60, transport=AiohttpTransport(limits=limits, trust_env=False)
+        )
+        async with httpx.AsyncClient(limits=limits, timeout=60) as client, same_stack:
 
             async def direct(i: int) -> None:
                 r = await client.post(f"{urls[i % 2]}/v1/completions", json=body)
+                r.raise_for_status()
+
+            async def direct_same(i: int) -> None:
+                r = await same_stack.post(f"{urls[i % 2]}/v1/completions", json=body)
                 r.raise_for_status()
 
             managers = {}
@@ -128,9 +139,15 @@ async def measure(port: int, args: argparse.Namespace) -> list[dict[str, Any]]:
             for c in CONCURRENCY:
                 n = args.requests if c > 1 else max(200, args.requests // 4)
                 await run_load(direct, c, 50)  # warm the connections
-                base = await run_load(direct, c, n)
-                rows.append({"path": "direct", "concurrency": c, **base})
-                print(f"c={c:<3} direct        p50={base['p50_ms']:.2f}ms rps={base['rps']:.0f}")
+                plain = await run_load(direct, c, n)
+                rows.append({"path": "direct httpx", "concurrency": c, **plain})
+                print(f"c={c:<3} direct httpx  p50={plain['p50_ms']:.2f}ms rps={plain['rps']:.0f}")
+                await run_load(direct_same, c, 50)
+                base = await run_load(direct_same, c, n)
+                rows.append(
+                    {"path": "direct (coordinator's client stack)", "concurrency": c, **base}
+                )
+                print(f"c={c:<3} direct same   p50={base['p50_ms']:.2f}ms rps={base['rps']:.0f}")
                 for name, m in managers.items():
                     await run_load(via(m), c, 50)
                     r = await run_load(via(m), c, n)

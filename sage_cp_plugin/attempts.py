@@ -120,11 +120,13 @@ class Attempts:
         m = self.m
         target = legs[-1][0]
         ok = False
+        judged = True  # a cancelled attempt says nothing about the instance's health
         try:
             out, learn = await attempt()
             ok = True
             self._complete(item, target, decision, dispatched, out, learn=learn)
         except asyncio.CancelledError:
+            judged = False
             reason = item.cancel_reason or "control plane stopped while running"
             m.finish_failed(
                 item,
@@ -152,7 +154,8 @@ class Attempts:
                 st.in_flight -= 1
                 st.in_flight_tokens -= item.input_tokens + item.output_tokens
                 router.on_finish(item, st, ok)
-            m.health.record_result(target, ok, m.now())
+            if judged:
+                m.health.record_result(target, ok, m.now())
             self.wake()
 
     def _on_error(self, item: QueuedRequest, state: InstanceState, exc: UpstreamError) -> None:

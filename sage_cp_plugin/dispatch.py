@@ -59,12 +59,13 @@ class Dispatcher:
     def candidates(self, item: QueuedRequest) -> tuple[list[InstanceState], bool]:
         """Eligible instances with capacity, and whether any eligible one is routable."""
         routable = self.routable(item)
+        room = self.m.has_room
+        free = [s for s in routable if room(s, item)]
         pd = self.m.pd_router
         if pd is not None and item.phase is not None:
-            routable = pd.filter_by_phase(
-                [s for s in routable if s.has_capacity] or routable, item.phase
-            )
-        return [s for s in routable if s.has_capacity], bool(routable)
+            tier = pd.filter_by_phase(free or routable, item.phase)
+            free = [s for s in tier if room(s, item)]
+        return free, bool(routable)
 
     def routable(self, item: QueuedRequest) -> list[InstanceState]:
         """Healthy instances that serve the request's model and kind (any capacity)."""
@@ -94,8 +95,8 @@ class Dispatcher:
         dec = [s for s in routable if s.instance.instance_type is ExecutionInstanceType.DECODING]
         if not pre or not dec:
             return None
-        pre_free = [s for s in pre if s.has_capacity]
-        dec_free = [s for s in dec if s.has_capacity]
+        pre_free = [s for s in pre if m.has_room(s, item)]
+        dec_free = [s for s in dec if m.has_room(s, item)]
         if not dec_free:
             return "wait"
         decode = m.decode_router.select(item, dec_free, m.fleet)

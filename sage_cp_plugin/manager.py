@@ -41,6 +41,7 @@ from sage_cp_plugin.types import (
     PerformanceMetrics,
     RequestKind,
     RequestMetadata,
+    RequestPriority,
     RequestResult,
     RequestStatus,
 )
@@ -69,6 +70,8 @@ class ControlPlaneManager:
         health: HealthConfig | None = None,
         scrape: ScrapeConfig | None = None,
         embedding_batch_size: int = 64,
+        urgent_headroom: float = 0.0,
+        urgent_ttft_ms: float = 500.0,
         executor: ExecutionCoordinator | None = None,
         transport_factory: TransportFactory | None = None,
         upstream_streaming: bool = True,
@@ -121,6 +124,13 @@ class ControlPlaneManager:
                 f"embedding_batch_size must be positive, got {embedding_batch_size}"
             )
         self.embedding_batch_size = embedding_batch_size
+        # Slots beyond max_concurrent_requests (a fraction of it) that only urgent requests
+        # (priority HIGH or above, or a TTFT objective <= urgent_ttft_ms) may use: interactive
+        # work then never waits behind a full instance for a free slot.
+        if urgent_headroom < 0:
+            raise ConfigurationError(f"urgent_headroom must be >= 0, got {urgent_headroom}")
+        self.urgent_headroom = urgent_headroom
+        self.urgent_ttft_ms = urgent_ttft_ms
         self.dispatcher = Dispatcher(self)
         self._results: OrderedDict[str, RequestResult] = OrderedDict()
         self._result_retention = result_retention
@@ -249,10 +259,19 @@ class ControlPlaneManager:
         item.future = asyncio.get_running_loop().create_future()
         if streaming:
             item.chunks = asyncio.Queue()
-        serving = [s for s in self.fleet if self._eligible(s, item)]
+        # Best-case service time over the pool; in large fleets over a rotating sample of 16,
+        # so admission stays O(1) in fleet size (it was a visible cost at 256 instances).
+        serving = self.eligible(item.pool)
+        if len(serving) > 16:
+            start = item.seq % len(serving)
+            serving = (serving + serving)[start : start + 16]
         item.predicted_s = min(
             (s.predicted_service_s(item.input_tokens, item.output_tokens) for s in serving),
             default=0.0,
+        )
+        item.urgent = self.urgent_headroom > 0 and (
+            request.priority <= RequestPriority.HIGH
+            or (request.ttft_slo_ms is not None and request.ttft_slo_ms <= self.urgent_ttft_ms)
         )
         if self.pd_router is not None and request.kind != RequestKind.EMBEDDING:
             item.phase = self.pd_router.determine_request_phase(request)
@@ -267,14 +286,14 @@ class ControlPlaneManager:
 
     def _check_model(self, request: RequestMetadata) -> None:
         embedding = request.kind == RequestKind.EMBEDDING
-        pool = [s for s in self.fleet if s.instance.is_embedding == embedding]
+        if self.eligible((request.model_name, embedding)):
+            return
         if request.model_name is None:
-            if self.fleet.states and not pool:
+            if self.fleet.states:
                 kind = "embedding" if embedding else "generation"
                 raise ModelNotServedError(f"<any {kind} model>", self.list_models())
-            return
-        if not any(s.instance.serves(request.model_name) for s in pool):
-            raise ModelNotServedError(request.model_name, self.list_models())
+            return  # no instances yet: the request waits for the dispatcher's verdict
+        raise ModelNotServedError(request.model_name, self.list_models())
 
     def eligible(self, pool: tuple[str | None, bool]) -> list[InstanceState]:
         """Instances that serve a pool (model, embedding?), whatever their health; cached
@@ -289,6 +308,13 @@ class ControlPlaneManager:
             ]
             self._pools[pool] = cached
         return cached
+
+    def has_room(self, s: InstanceState, item: QueuedRequest) -> bool:
+        """Whether `s` can take `item` now: its cap, plus the urgent headroom for urgent work."""
+        cap = s.instance.max_concurrent_requests
+        if item.urgent:
+            cap += max(1, int(cap * self.urgent_headroom))
+        return s.in_flight < cap
 
     def _eligible(self, s: InstanceState, item: QueuedRequest) -> bool:
         """Could this instance ever serve the request (ignoring health and capacity)?"""

@@ -41,6 +41,7 @@ class QueuedRequest:
     last_error: str | None = None
     cancel_reason: str | None = None
     no_split: bool = False  # disaggregated prefill failed once: run whole from now on
+    urgent: bool = False  # may use the manager's urgent headroom
     # Streaming callers receive chunks through this queue (None = not streaming).
     chunks: asyncio.Queue[Any] | None = None
 
@@ -50,10 +51,17 @@ class QueuedRequest:
 
     @property
     def pool(self) -> tuple[str | None, bool]:
+        """Which instances may serve it: (model, embedding?)."""
         return (self.request.model_name, self.request.kind == RequestKind.EMBEDDING)
 
+    @property
+    def queue_key(self) -> tuple[str | None, bool, bool]:
+        """Its heap: urgent requests queue apart, so a full pool's head cannot block them
+        from the urgent headroom."""
+        return (self.request.model_name, self.request.kind == RequestKind.EMBEDDING, self.urgent)
 
-PoolKey = tuple[str | None, bool]
+
+PoolKey = tuple[str | None, bool, bool]
 
 
 class PendingQueue:
@@ -76,11 +84,12 @@ class PendingQueue:
 
     def push(self, item: QueuedRequest) -> None:
         self._by_id[item.request_id] = item
-        heap = self._heaps.setdefault(item.pool, [])
+        heap = self._heaps.setdefault(item.queue_key, [])
         heapq.heappush(heap, (item.key, next(self._counter), item))
 
     def pools(self) -> list[PoolKey]:
-        return [k for k, h in self._heaps.items() if h]
+        """Non-empty heaps, urgent ones first."""
+        return sorted((k for k, h in self._heaps.items() if h), key=lambda k: not k[2])
 
     def peek(self, pool: PoolKey) -> QueuedRequest | None:
         heap = self._heaps.get(pool)
@@ -127,5 +136,5 @@ class PendingQueue:
     def depth_by_pool(self) -> dict[PoolKey, int]:
         out: dict[PoolKey, int] = {}
         for it in self._by_id.values():
-            out[it.pool] = out.get(it.pool, 0) + 1
+            out[it.queue_key] = out.get(it.queue_key, 0) + 1
         return out

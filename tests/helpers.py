@@ -38,6 +38,6 @@ def order(policy: SchedulingPolicy, items: list[QueuedRequest]) -> list[str]:
         it.key = policy.key(it)
         q.push(it)
     out: list[str] = []
-    while (nxt := q.pop(q.pools()[0] if q.pools() else (None, False))) is not None:
+    while (nxt := q.pop(q.pools()[0] if q.pools() else (None, False, False))) is not None:
         out.append(nxt.request_id)
     return out
