@@ -180,3 +180,100 @@ def test_tokenizer_rule() -> None:
     assert chat == ["<|system|>", "be", "brief", "<|user|>", "hi", "there", "<|assistant|>"]
     assert tok.generate(1, ["x"], 5) == tok.generate(1, ["x"], 5)
     assert tok.generate(1, ["x"], 5) != tok.generate(2, ["x"], 5)
+
+
+# ------------------------------------------------------------------ fast-forward of decode runs
+
+
+async def _ff_trace(fast_forward: bool) -> dict[str, object]:
+    """A mix of non-streaming requests, later arrivals, a streaming one and an abort."""
+    from sage_cp_plugin.virtual.clock import VirtualClockEventLoop
+
+    loop = asyncio.get_running_loop()
+    assert isinstance(loop, VirtualClockEventLoop)
+    cfg = SimInstanceConfig(num_kv_blocks=64, block_size=16, seed=3)
+    eng = SimEngine(cfg)
+    eng.fast_forward = fast_forward
+    t0 = loop.time()
+    finish: dict[str, float] = {}
+    stream_times: list[float] = []
+
+    async def plain(name: str, delay: float, plen: int, out: int) -> None:
+        await asyncio.sleep(delay)
+        seq = eng.submit(words(name, plen), out, request_id=name)
+        await seq.done
+        finish[name] = loop.time() - t0
+
+    async def streamed(delay: float) -> None:
+        await asyncio.sleep(delay)
+        seq = eng.submit(words("s", 30), 12, stream=True, request_id="s")
+        async for _ in seq.stream():
+            stream_times.append(loop.time() - t0)
+        finish["s"] = loop.time() - t0
+
+    async def aborted() -> None:
+        await asyncio.sleep(0.013)
+        seq = eng.submit(words("x", 20), 200, request_id="x")
+        await asyncio.sleep(0.2)
+        eng.abort(seq)
+
+    metrics_mid: list[bytes] = []
+
+    async def scrape() -> None:
+        for _ in range(40):  # reads between arrivals see the steps already completed
+            await asyncio.sleep(0.0123)
+            metrics_mid.append(eng.render_metrics())
+
+    await asyncio.gather(
+        plain("a", 0.0, 40, 90),
+        plain("b", 0.0, 17, 60),
+        plain("c", 0.05, 300, 40),  # arrives mid-run: cuts it at the step in progress
+        plain("d", 0.31, 5, 70),
+        streamed(0.077),
+        aborted(),
+        scrape(),
+    )
+
+    def no_wall_clock(text: bytes) -> list[bytes]:
+        return [ln for ln in text.splitlines() if b"_created" not in ln]
+
+    out = {
+        "finish": finish,
+        "stream": stream_times,
+        "counters": eng.state()["counters"],
+        "metrics": no_wall_clock(eng.render_metrics()),
+        "metrics_mid": [no_wall_clock(m) for m in metrics_mid],
+    }
+    await eng.stop()
+    return out
+
+
+def test_fast_forward_is_exact() -> None:
+    from sage_cp_plugin.virtual.clock import run_virtual
+
+    slow = run_virtual(_ff_trace(False))
+    fast = run_virtual(_ff_trace(True))
+    assert fast["finish"] == slow["finish"]  # same virtual times, to the last bit
+    assert fast["stream"] == slow["stream"] and len(slow["stream"]) == 12
+    assert fast["counters"] == slow["counters"]
+    assert fast["metrics"] == slow["metrics"]
+    assert fast["metrics_mid"] == slow["metrics_mid"]
+
+
+def test_fast_forward_skips_wakeups() -> None:
+    from sage_cp_plugin.virtual.clock import VirtualClockEventLoop, run_virtual
+
+    async def main(fast_forward: bool) -> tuple[int, float, int]:
+        loop = asyncio.get_running_loop()
+        assert isinstance(loop, VirtualClockEventLoop)
+        eng = SimEngine(SimInstanceConfig(seed=1))
+        eng.fast_forward = fast_forward
+        seqs = [eng.submit(words(f"r{j}", 10), 100) for j in range(4)]
+        await asyncio.gather(*(s.done for s in seqs))
+        await eng.stop()
+        return loop.jumps, loop.time(), eng.counters.steps
+
+    jumps_slow, t_slow, steps_slow = run_virtual(main(False))
+    jumps_fast, t_fast, steps_fast = run_virtual(main(True))
+    assert (t_fast, steps_fast) == (t_slow, steps_slow) == (t_slow, 100)
+    assert jumps_fast < jumps_slow / 5  # one wake-up per KV block, not per token

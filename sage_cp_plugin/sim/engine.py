@@ -7,6 +7,16 @@ most recently admitted running sequences (recompute: their KV is dropped) when a
 cannot grow. The step then "runs" for
 ``t = b0 + b1 * prefill_tokens_in_step + b2 * decode_seqs_in_step`` (times ``time_scale``).
 
+Fast-forward: when a step is pure decode for every running sequence, nothing waits, no sequence
+streams, and the next steps would neither finish a sequence nor need a KV block, those steps are
+identical (same batch, same step time). The engine then sleeps once to the end of the run and
+replays the steps' bookkeeping at their exact step boundaries, instead of waking once per token.
+Anything that could change the schedule -- a submit, abort, released pin, finished KV
+transfer -- first applies the steps already completed and cuts the run at the step in
+progress, and reads of the engine's state or metrics apply completed steps first, so what is
+observable (finish times, counters, histograms, the next step's batch) is the same as stepping
+one token at a time.
+
 Timekeeping uses only the running loop's ``time()``, ``asyncio.sleep`` and loop timers -- no
 wall clock, threads or blocking calls -- so the same engine runs unchanged on a virtual-clock
 event loop where sleeping jumps the clock to the next timer.
@@ -41,6 +51,9 @@ class PromptTooLongError(ValueError):
 class SimEngine:
     """Schedules submitted sequences step by step; see the module docstring."""
 
+    # Fast-forward runs of identical decode steps (module docstring); ``False`` wakes per step.
+    fast_forward = True
+
     def __init__(self, config: SimInstanceConfig, metrics: SimMetrics | None = None) -> None:
         self.config = config
         self.engine_id = config.engine_id or f"sim-{uuid.uuid4().hex[:12]}"
@@ -66,6 +79,7 @@ class SimEngine:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
         self._wakeup: asyncio.Event | None = None
+        self._ff: _Run | None = None  # the fast-forwarded run of decode steps in progress
         _LIVE_ENGINES[self.engine_id] = self
 
     # ---------------------------------------------------------------- lifecycle
@@ -81,6 +95,7 @@ class SimEngine:
 
     async def stop(self) -> None:
         """Stop the step loop and abort every request (their streams end)."""
+        self._sync()
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
@@ -118,6 +133,7 @@ class SimEngine:
                 "or completion."
             )
         loop = self._ensure_started()
+        self._interrupt()
         out = [] if pooling else tok.generate(self.config.seed, prompt, max_tokens)
         seq = SimSequence(
             request_id or f"req-{next(self._ids)}",
@@ -135,6 +151,7 @@ class SimEngine:
 
     def abort(self, seq: SimSequence) -> None:
         """Drop a request wherever it is (client gone): its KV blocks are freed at once."""
+        self._interrupt()
         if seq.finished:
             return
         self.scheduler.remove(seq)
@@ -146,9 +163,10 @@ class SimEngine:
 
     def release_pinned(self, request_id: str, *, fetched: bool = False) -> bool:
         """Free the KV a prefill kept for a remote decode; ``False`` if nothing was pinned."""
-        entry = self.pinned.pop(request_id, None)
-        if entry is None:
+        if request_id not in self.pinned:
             return False
+        self._interrupt()
+        entry = self.pinned.pop(request_id)
         seq, handle = entry
         handle.cancel()
         self.kv.free(seq.pinned_blocks)
@@ -161,6 +179,7 @@ class SimEngine:
         return True
 
     def state(self) -> dict[str, Any]:
+        self._sync()
         sch = self.scheduler
         return {
             "engine_id": self.engine_id,
@@ -176,6 +195,7 @@ class SimEngine:
         }
 
     def render_metrics(self) -> bytes:
+        self._sync()
         sch = self.scheduler
         return self.metrics.render(
             len(sch.running), len(sch.waiting) + len(sch.transferring), self.kv.usage
@@ -197,9 +217,76 @@ class SimEngine:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            # sleep(0) still yields, so zero-latency mode interleaves with the HTTP handlers.
-            await asyncio.sleep(self._b0 + self._b1 * prefill_tokens + self._b2 * decode_seqs)
-            self._complete(batch)
+            delay = self._b0 + self._b1 * prefill_tokens + self._b2 * decode_seqs
+            steps = (
+                self._run_length(batch, prefill_tokens) if delay > 0 and self.fast_forward else 1
+            )
+            if steps <= 1:
+                # sleep(0) still yields, so zero-latency mode interleaves with the HTTP handlers.
+                await asyncio.sleep(delay)
+                self._complete(batch, self._loop.time())
+                continue
+            # Step boundaries exactly as `steps` consecutive sleeps would put them.
+            t = self._loop.time()
+            ends = []
+            for _ in range(steps):
+                t = t + delay
+                ends.append(t)
+            fut: asyncio.Future[None] = self._loop.create_future()
+            run = _Run(batch, ends, fut, self._loop.call_at(ends[-1], _resolve, fut))
+            self._ff = run
+            try:
+                await run.fut
+            finally:
+                self._ff = None
+                run.handle.cancel()
+            self._apply(run, len(run.ends))
+
+    def _run_length(self, batch: Batch, prefill_tokens: int) -> int:
+        """How many identical decode steps, this one included, can run without a change."""
+        sch = self.scheduler
+        if prefill_tokens or sch.waiting or len(batch) != len(sch.running):
+            return 1
+        bs = self.kv.block_size
+        steps = 1 << 30
+        for seq, _n in batch:
+            if seq.queue is not None:
+                return 1  # streaming: each token is delivered at its own step
+            # Steps until it finishes (that step ends the run) and steps its KV blocks hold.
+            left = seq.max_tokens - seq.num_output
+            room = len(seq.blocks) * bs - seq.num_computed
+            steps = min(steps, left, room)
+        return steps
+
+    def _apply(self, run: _Run, upto: int) -> None:
+        """Book the run's steps up to ``upto`` (exclusive) at their own boundaries."""
+        for i in range(run.done, upto):
+            run.done = i + 1
+            self._complete(run.batch, run.ends[i])
+
+    def _sync(self) -> None:
+        """Apply the fast-forwarded steps that have completed by now."""
+        run = self._ff
+        if run is None or self._loop is None:
+            return
+        now = self._loop.time()
+        ends = run.ends
+        j = run.done
+        while j < len(ends) and ends[j] <= now:
+            j += 1
+        self._apply(run, j)
+
+    def _interrupt(self) -> None:
+        """Something may change the next schedule: end the run after the step in progress."""
+        run = self._ff
+        if run is None or self._loop is None:
+            return
+        self._sync()
+        last = run.done + 1  # the step in progress ends the run
+        if last < len(run.ends):
+            del run.ends[last:]
+            run.handle.cancel()
+            run.handle = self._loop.call_at(run.ends[-1], _resolve, run.fut)
 
     def _start_transfer_timer(self, seq: SimSequence) -> None:
         assert self._loop is not None
@@ -224,8 +311,7 @@ class SimEngine:
         assert self._loop is not None
         return self._loop.time()
 
-    def _complete(self, batch: Batch) -> None:
-        now = self._now()
+    def _complete(self, batch: Batch, now: float) -> None:
         self.counters.steps += 1
         generated = 0
         finished = False
@@ -302,3 +388,27 @@ class SimEngine:
             seq.queue.put_nowait(None)
         if not seq.done.done():
             seq.done.set_result(None)
+
+
+class _Run:
+    """A fast-forwarded run of identical decode steps: ``ends[i]`` is step i's boundary."""
+
+    __slots__ = ("batch", "done", "ends", "fut", "handle")
+
+    def __init__(
+        self,
+        batch: Batch,
+        ends: list[float],
+        fut: asyncio.Future[None],
+        handle: asyncio.TimerHandle,
+    ) -> None:
+        self.batch = batch
+        self.ends = ends
+        self.done = 0  # steps already booked
+        self.fut = fut
+        self.handle = handle
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
