@@ -13,6 +13,17 @@ import pytest
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
+def console_script(name: str) -> str:
+    """Path of a console script installed into the running interpreter's environment
+    (CI runs the suite without activating the venv, so PATH does not have it)."""
+    path = Path(sys.executable).parent / name
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{name} is not installed next to {sys.executable}; pip install -e '.[dev]'"
+        )
+    return str(path)
+
+
 def pip(*args: str) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "pip", *args, "-q", "--disable-pip-version-check"],

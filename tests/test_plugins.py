@@ -14,7 +14,7 @@ from sage_cp_plugin.errors import PluginConflictError, UnknownPluginError
 from sage_cp_plugin.plugins import get_registry
 from sage_cp_plugin.policies import BUILTIN_POLICIES
 from sage_cp_plugin.routing import BUILTIN_ROUTERS
-from tests.conftest import pip, pip_install_fixture
+from tests.conftest import console_script, pip, pip_install_fixture
 from tests.helpers import item, order
 
 
@@ -93,7 +93,11 @@ def test_broken_and_clashing_plugins_are_reported_and_isolated(broken_and_clashi
 
 def test_sage_cp_plugins_lists_names_with_distributions(example_plugin: str) -> None:
     out = subprocess.run(
-        ["sage-cp", "plugins"], capture_output=True, text=True, timeout=60, check=True
+        [console_script("sage-cp"), "plugins"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     ).stdout
     lines = out.splitlines()
     for name in [*BUILTIN_POLICIES, *BUILTIN_ROUTERS]:
