@@ -126,14 +126,14 @@ class ExecutionCoordinator:
         return [i for i in self.instances.values() if i.is_healthy and i.is_available]
 
     def _url(self, client: httpx.AsyncClient, path: str) -> httpx.URL:
-        """``path`` joined to the client's base URL exactly as httpx joins it, parsed once per
+        """``path`` joined to the client's base URL (public `URL.join`), parsed once per
         client instead of on every request (URL parsing is a visible share of a request)."""
         urls = self._urls.get(client)
         if urls is None:
             urls = self._urls[client] = {}
         url = urls.get(path)
         if url is None:
-            url = urls[path] = client._merge_url(path)
+            url = urls[path] = client.base_url.join(path)
         return url
 
     def client(self, instance: ExecutionInstance) -> httpx.AsyncClient:
