@@ -261,14 +261,18 @@ async def test_urgent_headroom_lets_interactive_work_past_a_full_instance() -> N
     async with managed_fleet(
         gen(1, time_scale=0.5), urgent_headroom=1.0, instance_fields={"max_concurrent_requests": 2}
     ) as (m, _):
-        busy = [await m.submit_request(RequestMetadata(prompt="x", max_tokens=100)) for _ in range(3)]
+        busy = [
+            await m.submit_request(RequestMetadata(prompt="x", max_tokens=100)) for _ in range(3)
+        ]
         await asyncio.sleep(0.05)
         state = m.fleet.get("sim-0")
         assert state is not None and state.in_flight == 2  # the third normal request waits
         urgent = await m.submit_request(
             RequestMetadata(prompt="now", max_tokens=100, priority=RequestPriority.HIGH)
         )
-        tight = await m.submit_request(RequestMetadata(prompt="now", max_tokens=100, ttft_slo_ms=200))
+        tight = await m.submit_request(
+            RequestMetadata(prompt="now", max_tokens=100, ttft_slo_ms=200)
+        )
         await asyncio.sleep(0.05)
         assert state.in_flight == 4  # both urgent ones went into the headroom at once
         assert (await m.get_request_status(busy[2])).state == "pending"

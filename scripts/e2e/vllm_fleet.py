@@ -71,10 +71,13 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 # DESIGN.md §6 low-memory start: ~1.4 GB and ~35 s per generation instance on this CPU.
 COMMON_FLAGS: tuple[str, ...] = (
-    "--distributed-executor-backend", "uni",
-    "--kv-cache-memory-bytes", "64M",
+    "--distributed-executor-backend",
+    "uni",
+    "--kv-cache-memory-bytes",
+    "64M",
     "--enforce-eager",
-    "--dtype", "float32",
+    "--dtype",
+    "float32",
 )
 COMMON_ENV: Mapping[str, str] = {
     # One process per server: the engine-core subprocess would double memory and startup time.
@@ -268,23 +271,38 @@ class VllmFleet:
         extra_args: Sequence[str],
     ) -> tuple[list[str], str]:
         argv = [
-            str(self.python), "-m", "vllm.entrypoints.openai.api_server",
-            "--host", HOST, "--port", str(port),
+            str(self.python),
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--host",
+            HOST,
+            "--port",
+            str(port),
             *COMMON_FLAGS,
         ]
         if role == "embedding":
             served = EMBED_MODEL_NAME
             argv += [
-                "--model", str(self.models.minilm), "--served-model-name", served,
-                "--runner", "pooling", "--max-model-len", "256",
+                "--model",
+                str(self.models.minilm),
+                "--served-model-name",
+                served,
+                "--runner",
+                "pooling",
+                "--max-model-len",
+                "256",
                 # Pooling models gain nothing from prefix caching and vLLM refuses some combos.
                 "--no-enable-prefix-caching",
             ]
         else:
             served = GENERAL_MODEL_NAME
             argv += [
-                "--model", str(self.models.tiny_llama), "--served-model-name", served,
-                "--max-model-len", "512",
+                "--model",
+                str(self.models.tiny_llama),
+                "--served-model-name",
+                served,
+                "--max-model-len",
+                "512",
                 # Explicit, so that a changed default in a vLLM upgrade cannot turn it off.
                 "--enable-prefix-caching",
             ]
@@ -423,9 +441,7 @@ class VllmFleet:
                 return
             if time.monotonic() > deadline:
                 names_left = ", ".join(i.name for i in pending)
-                logs = "\n".join(
-                    f"--- {i.name} ({i.log_path}):\n{i.log_tail()}" for i in pending
-                )
+                logs = "\n".join(f"--- {i.name} ({i.log_path}):\n{i.log_tail()}" for i in pending)
                 for inst in pending:
                     self._terminate(inst)
                 raise FleetError(
@@ -598,7 +614,7 @@ def iter_metric(text: str, name: str) -> Iterator[tuple[dict[str, str], float]]:
     for line in text.splitlines():
         if not line.startswith(name):
             continue
-        rest = line[len(name):]
+        rest = line[len(name) :]
         labels: dict[str, str] = {}
         if rest.startswith("{"):
             body, _, rest = rest[1:].partition("}")

@@ -56,7 +56,7 @@ def sse_events(url: str, path: str, body: dict[str, Any]) -> list[str]:
         assert r.headers["content-type"].startswith("text/event-stream")
         for line in r.iter_lines():
             if line.startswith("data:"):
-                events.append(line[len("data:"):].strip())
+                events.append(line[len("data:") :].strip())
             else:
                 assert line == "", f"unexpected SSE line {line!r}"
     return events
@@ -167,9 +167,7 @@ def test_chat_stream_with_usage(vllm_general_urls: list[str], tiny_model_name: s
     chunks = [json.loads(e) for e in events[:-1]]
     assert chunks[0]["object"] == "chat.completion.chunk"
     assert chunks[0]["choices"][0]["delta"].get("role") == "assistant"
-    content = "".join(
-        c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"]
-    )
+    content = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
     assert content
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 5
 
@@ -215,8 +213,12 @@ def test_eight_concurrent_requests_all_complete(
         return post(
             vllm_general_urls[i % 2],
             "/v1/completions",
-            {"model": tiny_model_name, "prompt": unique_prompt(30), "max_tokens": 8,
-             "ignore_eos": True},
+            {
+                "model": tiny_model_name,
+                "prompt": unique_prompt(30),
+                "max_tokens": 8,
+                "ignore_eos": True,
+            },
         )
 
     with ThreadPoolExecutor(max_workers=8) as pool:
@@ -270,9 +272,17 @@ def test_embeddings_all_minilm(
     assert cosine(single["data"][0]["embedding"], vecs[2]) > 0.9999
     # Equal to sentence-transformers' recipe run with plain transformers on the same files.
     ref = subprocess.run(
-        [str(vllm_fleet.python), "-c", REFERENCE_EMBED, str(vllm_fleet.models.minilm),
-         json.dumps(texts)],
-        capture_output=True, text=True, timeout=300, check=True,
+        [
+            str(vllm_fleet.python),
+            "-c",
+            REFERENCE_EMBED,
+            str(vllm_fleet.models.minilm),
+            json.dumps(texts),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
         env={"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
     )
     expected = json.loads(ref.stdout.strip().splitlines()[-1])
@@ -357,8 +367,12 @@ def test_kv_pressure_is_visible_in_metrics(vllm_pressure_url: str, tiny_model_na
         return post(
             vllm_pressure_url,
             "/v1/completions",
-            {"model": tiny_model_name, "prompt": unique_prompt(290), "max_tokens": 100,
-             "ignore_eos": True},
+            {
+                "model": tiny_model_name,
+                "prompt": unique_prompt(290),
+                "max_tokens": 100,
+                "ignore_eos": True,
+            },
         )
 
     poller = threading.Thread(target=poll, daemon=True)
@@ -396,12 +410,18 @@ def test_killed_instance_breaks_stream_refuses_then_restarts_fresh(
     post(url, "/v1/completions", {"model": tiny_model_name, "prompt": "warm", "max_tokens": 2})
     assert metric_sum(scrape(url), "vllm:prompt_tokens_total") > 0
 
-    body = {"model": tiny_model_name, "prompt": unique_prompt(20), "max_tokens": 400,
-            "ignore_eos": True, "stream": True}
+    body = {
+        "model": tiny_model_name,
+        "prompt": unique_prompt(20),
+        "max_tokens": 400,
+        "ignore_eos": True,
+        "stream": True,
+    }
     got: list[str] = []
-    with pytest.raises(httpx.TransportError), httpx.stream(
-        "POST", f"{url}/v1/completions", json=body, timeout=TIMEOUT
-    ) as r:
+    with (
+        pytest.raises(httpx.TransportError),
+        httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=TIMEOUT) as r,
+    ):
         for line in r.iter_lines():
             if line.startswith("data:"):
                 got.append(line)

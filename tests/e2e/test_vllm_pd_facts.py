@@ -41,7 +41,8 @@ XFER_COUNT = "vllm:nixl_xfer_time_seconds_count"
 def by_source(text: str, source: str) -> float:
     """``vllm:prompt_tokens_by_source_total{source=...}`` summed over engines."""
     return sum(
-        v for labels, v in iter_metric(text, "vllm:prompt_tokens_by_source_total")
+        v
+        for labels, v in iter_metric(text, "vllm:prompt_tokens_by_source_total")
         if labels.get("source") == source
     )
 
@@ -84,9 +85,19 @@ def test_two_step_protocol_transfers_the_prompt_kv(
     params = first["kv_transfer_params"]
     assert isinstance(params, dict), "a NixlConnector producer returns kv_transfer_params"
     # The fields the control plane passes on unchanged (it must not need to understand them).
-    for key in ("do_remote_prefill", "do_remote_decode", "remote_block_ids", "remote_engine_id",
-                "remote_request_id", "remote_host", "remote_port", "tp_size", "pp_size",
-                "remote_num_tokens", "transfer_mode"):
+    for key in (
+        "do_remote_prefill",
+        "do_remote_decode",
+        "remote_block_ids",
+        "remote_engine_id",
+        "remote_request_id",
+        "remote_host",
+        "remote_port",
+        "tp_size",
+        "pp_size",
+        "remote_num_tokens",
+        "transfer_mode",
+    ):
         assert key in params, f"kv_transfer_params lacks {key}: {params}"
     assert params["do_remote_prefill"] is True and params["do_remote_decode"] is False
     assert params["remote_host"] == "127.0.0.1"
@@ -102,7 +113,9 @@ def test_two_step_protocol_transfers_the_prompt_kv(
     # Proof on the decode side: one NIXL transfer, the whole prompt arrived by transfer and
     # none of it was computed locally.
     assert metric_sum(after, XFER_COUNT) - metric_sum(before, XFER_COUNT) == 1
-    transferred = by_source(after, "external_kv_transfer") - by_source(before, "external_kv_transfer")
+    transferred = by_source(after, "external_kv_transfer") - by_source(
+        before, "external_kv_transfer"
+    )
     computed = by_source(after, "local_compute") - by_source(before, "local_compute")
     ext_hits = metric_sum(after, "vllm:external_prefix_cache_hits_total") - metric_sum(
         before, "vllm:external_prefix_cache_hits_total"
@@ -122,8 +135,12 @@ def test_concurrent_pd_requests_each_transfer_once(
 ) -> None:
     n = 4
     requests = [
-        {"model": tiny_model_name, "prompt": unique_prompt(200), "max_tokens": 4,
-         "ignore_eos": True}
+        {
+            "model": tiny_model_name,
+            "prompt": unique_prompt(200),
+            "max_tokens": 4,
+            "ignore_eos": True,
+        }
         for _ in range(n)
     ]
     before = scrape(vllm_pd_pair.decode_url)
@@ -138,21 +155,32 @@ def test_concurrent_pd_requests_each_transfer_once(
     after = scrape(vllm_pd_pair.decode_url)
     assert all(out["usage"]["completion_tokens"] == 4 for _, out in results)
     assert metric_sum(after, XFER_COUNT) - metric_sum(before, XFER_COUNT) == n
-    transferred = by_source(after, "external_kv_transfer") - by_source(before, "external_kv_transfer")
+    transferred = by_source(after, "external_kv_transfer") - by_source(
+        before, "external_kv_transfer"
+    )
     assert transferred == sum(n_prompt for n_prompt, _ in results)
 
 
 def test_streamed_decode_step(vllm_pd_pair: PdPair, tiny_model_name: str) -> None:
     """Step 2 may stream: the control plane relays the decode instance's SSE answer."""
-    request = {"model": tiny_model_name, "prompt": unique_prompt(200), "max_tokens": 5,
-               "ignore_eos": True}
+    request = {
+        "model": tiny_model_name,
+        "prompt": unique_prompt(200),
+        "max_tokens": 5,
+        "ignore_eos": True,
+    }
     params = prefill_step(vllm_pd_pair, request)["kv_transfer_params"]
     before = scrape(vllm_pd_pair.decode_url)
-    body = {**request, "stream": True, "stream_options": {"include_usage": True},
-            "kv_transfer_params": params}
+    body = {
+        **request,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "kv_transfer_params": params,
+    }
     data: list[str] = []
-    with httpx.stream("POST", f"{vllm_pd_pair.decode_url}/v1/completions", json=body,
-                      timeout=TIMEOUT) as r:
+    with httpx.stream(
+        "POST", f"{vllm_pd_pair.decode_url}/v1/completions", json=body, timeout=TIMEOUT
+    ) as r:
         assert r.status_code == 200
         data = [line[5:].strip() for line in r.iter_lines() if line.startswith("data:")]
     assert data[-1] == "[DONE]"
@@ -171,8 +199,12 @@ def test_unreachable_prefill_fails_fast_and_decode_survives(
     must be new: NIXL caches the handshake per ``remote_engine_id``, so a wrong ``remote_port``
     alone is ignored once the real prefill engine has been reached.
     """
-    request = {"model": tiny_model_name, "prompt": unique_prompt(200), "max_tokens": 2,
-               "ignore_eos": True}
+    request = {
+        "model": tiny_model_name,
+        "prompt": unique_prompt(200),
+        "max_tokens": 2,
+        "ignore_eos": True,
+    }
     params = dict(prefill_step(vllm_pd_pair, request)["kv_transfer_params"])
     params["remote_engine_id"] = str(uuid.uuid4())  # an engine nobody has shaken hands with
     params["remote_port"] = 9  # discard port: nothing listens there
