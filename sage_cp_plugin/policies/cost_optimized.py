@@ -71,24 +71,27 @@ class CostOptimizedPolicy(SchedulingPolicy):
         fleet: FleetSnapshot,
     ) -> InstanceState | None:
         budget = item.request.cost_budget
-        cost = {s.instance_id: request_cost(s, item) for s in candidates}
-        affordable = [s for s in candidates if budget is None or cost[s.instance_id] <= budget]
-        if not affordable:
+        # (cost, load, position, state): tuples sort in C and never compare the states.
+        ranked: list[tuple[float, float, int, InstanceState]] = []
+        for i, st in enumerate(candidates):
+            c = request_cost(st, item)
+            if budget is None or c <= budget:
+                ranked.append((c, st.load, i, st))
+        if not ranked:
             return None  # affordable instances are busy: wait for one
-        deadline = item.deadline
         # Cheapest first (least loaded among equal prices); with a deadline, the first one
         # predicted to make it — usually found in the first few, so no full prediction pass.
-        ranked = sorted(affordable, key=lambda s: (cost[s.instance_id], s.load))
-        best = ranked[0]
+        ranked.sort()
+        best_cost, _, _, best = ranked[0]
+        deadline = item.deadline
         if deadline is not None:
             now = fleet.now
-            for s in ranked:
-                if now + predicted_finish_s(s, item) <= deadline:
-                    best = s
+            for c, _, _, st in ranked:
+                if now + predicted_finish_s(st, item) <= deadline:
+                    best_cost, best = c, st
                     break
         if deadline is None:
             # No deadline: rather wait for a cheaper instance that is busy right now.
-            best_cost = cost[best.instance_id]
             for s in fleet:
                 if (
                     not s.has_capacity
