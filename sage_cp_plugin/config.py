@@ -162,17 +162,18 @@ class ControlPlaneConfig(BaseModel):
         return out
 
 
-def sim_instances(members: list[Any]) -> list[ExecutionInstance]:
-    """`ExecutionInstance`s for the members of a running `SimFleet`."""
-    roles = {"prefill": "prefilling", "decode": "decoding"}
+def sim_instances(members: list[Any], **fields: Any) -> list[ExecutionInstance]:
+    """`ExecutionInstance`s (`sim-<index>`) for the members of a running `SimFleet`;
+    `fields` (e.g. `max_concurrent_requests`) apply to every one."""
     return [
         ExecutionInstance(
             instance_id=f"sim-{m.index}",
             host=m.host,
             port=m.port,
-            model_name=m.config.served_model_names[0],
+            model_name=m.config.model_name,
             served_models=list(m.config.served_model_names),
-            instance_type=roles.get(m.config.role, m.config.role),
+            instance_type=m.config.instance_type,
+            **fields,
         )
         for m in members
     ]

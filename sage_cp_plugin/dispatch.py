@@ -173,7 +173,7 @@ class Dispatcher:
 
     def _no_instance_reason(self, item: QueuedRequest) -> str:
         m = self.m
-        eligible = [s for s in m.fleet if m._eligible(s, item)]
+        eligible = m.eligible(item.pool)
         if not eligible:
             return (
                 f"no instance serves model {item.request.model_name!r}; "

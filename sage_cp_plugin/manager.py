@@ -316,12 +316,6 @@ class ControlPlaneManager:
             cap += max(1, int(cap * self.urgent_headroom))
         return s.in_flight < cap
 
-    def _eligible(self, s: InstanceState, item: QueuedRequest) -> bool:
-        """Could this instance ever serve the request (ignoring health and capacity)?"""
-        return s.instance.is_embedding == item.pool[1] and s.instance.serves(
-            item.request.model_name
-        )
-
     async def wait(self, request_id: str, timeout: float | None = None) -> RequestResult:
         """Wait for a request to finish and return its result (no polling)."""
         if request_id in self._results:

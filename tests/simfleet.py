@@ -6,26 +6,9 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
-from sage_cp_plugin import ControlPlaneManager, ExecutionInstance
+from sage_cp_plugin import ControlPlaneManager
+from sage_cp_plugin.config import sim_instances
 from sage_cp_plugin.sim import SimFleet, SimInstanceConfig
-
-
-def instances_for(fleet: SimFleet, **fields: Any) -> list[ExecutionInstance]:
-    out = []
-    for m in fleet.members:
-        role = {"prefill": "prefilling", "decode": "decoding"}.get(m.config.role, m.config.role)
-        out.append(
-            ExecutionInstance(
-                instance_id=f"sim-{m.index}",
-                host=m.host,
-                port=m.port,
-                model_name=m.config.served_model_names[0],
-                served_models=m.config.served_model_names,
-                instance_type=role,
-                **fields,
-            )
-        )
-    return out
 
 
 @asynccontextmanager
@@ -39,7 +22,7 @@ async def managed_fleet(
     manager_kwargs.setdefault("enable_pd_separation", False)
     async with SimFleet(configs) as fleet:
         manager = ControlPlaneManager(**manager_kwargs)
-        for inst in instances_for(fleet, **(instance_fields or {})):
+        for inst in sim_instances(fleet.members, **(instance_fields or {})):
             manager.register_instance(inst)
         await manager.start()
         try:

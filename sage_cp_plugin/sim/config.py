@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from sage_cp_plugin.errors import ConfigurationError
 from sage_cp_plugin.sim.presets import DEFAULT_PRESET, PRESETS, get_preset
+from sage_cp_plugin.types import ExecutionInstanceType
 
 # Defaults shown to type checkers; at validation time the chosen preset supplies them.
 _D = PRESETS[DEFAULT_PRESET]
@@ -20,6 +21,12 @@ _D = PRESETS[DEFAULT_PRESET]
 _LLAMA3_CONTEXT = 131072  # default max_model_len of the preset models, as vLLM would derive it
 
 SimRole = Literal["general", "prefill", "decode", "embedding"]
+_ROLE_TYPES: dict[str, ExecutionInstanceType] = {
+    "general": ExecutionInstanceType.GENERAL,
+    "prefill": ExecutionInstanceType.PREFILLING,
+    "decode": ExecutionInstanceType.DECODING,
+    "embedding": ExecutionInstanceType.EMBEDDING,
+}
 
 # Fields a preset supplies when the caller leaves them out.
 _PRESET_FIELDS = (
@@ -133,6 +140,11 @@ class SimInstanceConfig(BaseModel):
         """Longest prompt + output the instance accepts."""
         capacity = self.num_kv_blocks * self.block_size
         return self.max_model_len or min(capacity, _LLAMA3_CONTEXT)
+
+    @property
+    def instance_type(self) -> ExecutionInstanceType:
+        """The control plane's name for this role (`prefill` -> `prefilling`, ...)."""
+        return _ROLE_TYPES[self.role]
 
     @property
     def model_name(self) -> str:

@@ -17,15 +17,9 @@ from starlette.applications import Starlette
 
 from sage_cp_plugin.sim import SimInstance, SimInstanceConfig, create_app, instance_of
 from sage_cp_plugin.sim.presets import PRESETS
-from sage_cp_plugin.types import ExecutionInstance, ExecutionInstanceType
+from sage_cp_plugin.types import ExecutionInstance
 from sage_cp_plugin.virtual.transport import StreamingASGITransport
 
-_ROLE_TYPES = {
-    "general": ExecutionInstanceType.GENERAL,
-    "prefill": ExecutionInstanceType.PREFILLING,
-    "decode": ExecutionInstanceType.DECODING,
-    "embedding": ExecutionInstanceType.EMBEDDING,
-}
 # Base URLs are never dialled (the transport short-circuits them); ports only keep them unique.
 _BASE_PORT = 20000
 
@@ -54,7 +48,7 @@ def describe(spec: MemberSpec, index: int) -> ExecutionInstance:
         "port": _BASE_PORT + index,
         "model_name": cfg.model_name,
         "served_models": list(cfg.served_model_names),
-        "instance_type": _ROLE_TYPES[cfg.role],
+        "instance_type": cfg.instance_type,
         "tensor_parallel_size": tp,
         "gpu_count": tp,
         "max_concurrent_requests": spec.max_concurrent_requests,

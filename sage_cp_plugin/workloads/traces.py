@@ -38,6 +38,12 @@ def trace_path(name: str) -> Path:
     return p
 
 
+def _resolve(name_or_path: str | Path) -> Path:
+    """An existing path as given, else a trace of that name in the shared traces folder."""
+    path = Path(name_or_path)
+    return path if path.exists() else trace_path(str(name_or_path))
+
+
 def load_azure(
     name_or_path: str | Path = AZURE_CONV,
     *,
@@ -50,9 +56,7 @@ def load_azure(
 
     `max_input_tokens` clips prompt lengths (to fit a simulated model's context).
     """
-    path = Path(name_or_path)
-    if not path.exists():
-        path = trace_path(str(name_or_path))
+    path = _resolve(name_or_path)
     out: list[WorkloadRecord] = []
     t0: float | None = None
     with path.open(newline="", encoding="utf-8") as f:
@@ -85,9 +89,7 @@ def load_mooncake(
     max_input_tokens: int | None = None,
 ) -> list[WorkloadRecord]:
     """Mooncake rows as records whose `prefix_blocks` are the trace's `hash_ids`."""
-    path = Path(name_or_path)
-    if not path.exists():
-        path = trace_path(str(name_or_path))
+    path = _resolve(name_or_path)
     out: list[WorkloadRecord] = []
     t0: float | None = None
     with path.open(encoding="utf-8") as f:
