@@ -48,6 +48,7 @@ class Outcome:
     finished_at: float = 0.0
     token_times: list[float] = field(default_factory=list)
     kv_transfer_params: dict[str, Any] | None = None
+    relayed: int = 0  # chunks already handed to the caller: after one, no retry is safe
 
 
 def _retry_after(resp: httpx.Response) -> float | None:
@@ -219,26 +220,20 @@ class ExecutionCoordinator:
                 await self._run_plain(client, url, body, request, instance, out)
         except UpstreamError:
             raise
-        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-            # aiohttp reports a refused connection as a connect timeout: both mean the
-            # instance could not be reached, and nothing was sent.
-            raise UpstreamError(
-                f"instance {instance.instance_id} ({instance.base_url}) unreachable: "
-                f"{type(exc).__name__}: {exc}",
-                instance_id=instance.instance_id,
-            ) from exc
-        except httpx.TimeoutException as exc:
-            raise UpstreamError(
-                f"instance {instance.instance_id} ({instance.base_url}) timed out: {type(exc).__name__}",
-                instance_id=instance.instance_id,
-                body_started=out.first_token_at is not None and sink is not None,
-            ) from exc
         except httpx.TransportError as exc:
+            if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+                # aiohttp reports a refused connection as a connect timeout: both mean the
+                # instance could not be reached, and nothing was sent.
+                what = "unreachable"
+            elif isinstance(exc, httpx.TimeoutException):
+                what = "timed out"
+            else:
+                what = "failed"
             raise UpstreamError(
-                f"instance {instance.instance_id} ({instance.base_url}) failed: "
+                f"instance {instance.instance_id} ({instance.base_url}) {what}: "
                 f"{type(exc).__name__}: {exc}",
                 instance_id=instance.instance_id,
-                body_started=out.first_token_at is not None and sink is not None,
+                body_started=out.relayed > 0,
             ) from exc
         out.finished_at = loop.time()
         return out
@@ -332,7 +327,7 @@ class ExecutionCoordinator:
                     raise UpstreamError(
                         f"instance {instance.instance_id} sent a malformed stream chunk: {exc}",
                         instance_id=instance.instance_id,
-                        body_started=bool(chunks) and sink is not None,
+                        body_started=out.relayed > 0,
                     ) from exc
                 if "error" in chunk and not chunk.get("choices"):
                     err = chunk["error"]
@@ -340,7 +335,7 @@ class ExecutionCoordinator:
                     raise UpstreamError(
                         f"instance {instance.instance_id} stream error: {msg}",
                         instance_id=instance.instance_id,
-                        body_started=bool(chunks) and sink is not None,
+                        body_started=out.relayed > 0,
                     )
                 now = loop.time()
                 text = delta_text(chunk)
@@ -354,12 +349,13 @@ class ExecutionCoordinator:
                 chunks.append(chunk)
                 if sink is not None:
                     sink(chunk)
+                    out.relayed += 1
         if not done:
             raise UpstreamError(
                 f"instance {instance.instance_id} ended the stream without [DONE] "
                 f"after {len(chunks)} chunks",
                 instance_id=instance.instance_id,
-                body_started=bool(chunks) and sink is not None,
+                body_started=out.relayed > 0,
             )
         if out.first_token_at is None:
             out.first_token_at = loop.time()

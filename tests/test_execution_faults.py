@@ -141,3 +141,24 @@ async def test_no_request_lost_or_completed_twice_under_flaky_instances() -> Non
         met = m.get_metrics()
         assert (met.total_requests, met.completed_requests, met.failed_requests) == (60, 60, 0)
         assert met.retries > 0
+
+
+async def test_no_retry_once_a_role_only_chat_chunk_reached_the_caller() -> None:
+    """Chat streams open with a chunk that carries the role and no text; once it reached
+    the caller a retry would duplicate the stream, so the request fails instead."""
+    async with managed_fleet(gen(2), routing_strategy="round_robin", health=NO_PROBES) as (
+        m,
+        fleet,
+    ):
+        await set_faults(fleet, 0, disconnect_after_chunks=1)
+        got: list[dict[str, Any]] = []
+        error = None
+        try:
+            async for chunk in m.stream(messages=[{"role": "user", "content": "hi"}], max_tokens=8):
+                got.append(chunk)
+        except Exception as exc:
+            error = exc
+        assert error is not None and len(got) == 1
+        assert got[0]["choices"][0]["delta"].get("content") in (None, "")
+        failed = [r for r in m._results.values() if r.state == "failed"]
+        assert len(failed) == 1 and failed[0].attempts == 1
