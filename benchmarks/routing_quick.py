@@ -76,10 +76,14 @@ def run_cell(trace: str, load: float, seed: int, seeds: int, n: int, router: str
     w = window(trace, seed, seeds, n)
     w = at_load(w, load * capacity_rps(w))
     members = [
-        MemberSpec(SimInstanceConfig(seed=seed * 10 + i, num_kv_blocks=8192), max_concurrent_requests=SLOTS)
+        MemberSpec(
+            SimInstanceConfig(seed=seed * 10 + i, num_kv_blocks=8192), max_concurrent_requests=SLOTS
+        )
         for i in range(N_INST)
     ]
-    cfg = CoordinatorConfig(router=router, extra={"scrape": ScrapeConfig(interval_s=0.5, stale_after_s=2.0)})
+    cfg = CoordinatorConfig(
+        router=router, extra={"scrape": ScrapeConfig(interval_s=0.5, stale_after_s=2.0)}
+    )
     res = run_replay(w, InProcessFleet(members), cfg, prompt_seed=seed)
     s = summarize(res, group_by=None)
     a = s["all"]
