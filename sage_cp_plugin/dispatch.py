@@ -1,5 +1,6 @@
 """The dispatcher: event-driven loop that moves requests from the queue onto instances
-(running them is `attempts.Attempts`' job).
+(what to do with each head is `planning.plan_head`'s pure decision; running them is
+`attempts.Attempts`' job).
 
 Woken by an asyncio.Event (submit, finish, health change, retry timer); a round pops, per
 pool, while the head request has an eligible instance with capacity. Cost per dispatched
@@ -14,10 +15,15 @@ from typing import TYPE_CHECKING
 
 from sage_cp_plugin.attempts import Attempts
 from sage_cp_plugin.pending import QueuedRequest
-from sage_cp_plugin.state import InstanceState
-from sage_cp_plugin.types import (
-    ExecutionInstanceType,
+from sage_cp_plugin.planning import (
+    Launch,
+    LaunchSplit,
+    SplitRule,
+    WaitForCapacity,
+    WaitUntil,
+    plan_head,
 )
+from sage_cp_plugin.state import FleetSnapshot, InstanceState
 
 if TYPE_CHECKING:
     from sage_cp_plugin.manager import ControlPlaneManager
@@ -55,17 +61,26 @@ class Dispatcher:
             self._event.clear()
             self.dispatch_round()
 
-    # -- one round -------------------------------------------------------------------------
-    def candidates(self, item: QueuedRequest) -> tuple[list[InstanceState], bool]:
-        """Eligible instances with capacity, and whether any eligible one is routable."""
-        routable = self.routable(item)
-        room = self.m.has_room
-        free = [s for s in routable if room(s, item)]
+    # -- the fleet view a plan reads (planning.FleetView) ------------------------------------
+    @property
+    def fleet(self) -> FleetSnapshot:
+        return self.m.fleet
+
+    @property
+    def request_timeout_s(self) -> float:
+        return self.m.request_timeout_s
+
+    def has_room(self, state: InstanceState, item: QueuedRequest) -> bool:
+        return self.m.has_room(state, item)
+
+    def filter_by_phase(
+        self, candidates: list[InstanceState], item: QueuedRequest
+    ) -> list[InstanceState]:
         pd = self.m.pd_router
-        if pd is not None and item.phase is not None:
-            tier = pd.filter_by_phase(free or routable, item.phase)
-            free = [s for s in tier if room(s, item)]
-        return free, bool(routable)
+        return candidates if pd is None else pd.filter_by_phase(candidates, item.phase)
+
+    def no_instance_reason(self, item: QueuedRequest) -> str:
+        return self._no_instance_reason(item)
 
     def routable(self, item: QueuedRequest) -> list[InstanceState]:
         """Healthy instances that serve the request's model and kind (any capacity)."""
@@ -86,27 +101,7 @@ class Dispatcher:
         # Retry elsewhere when possible; the excluded instances are the last resort.
         return routable or kept_excluded
 
-    def _pd_pair(self, item: QueuedRequest) -> tuple[InstanceState, InstanceState] | str | None:
-        """(prefill, decode) for a split request; "wait" when both pools exist but one is
-        full; None when the request is not split (no PD pools, or the trigger says no)."""
-        m = self.m
-        routable = self.routable(item)
-        pre = [s for s in routable if s.instance.instance_type is ExecutionInstanceType.PREFILLING]
-        dec = [s for s in routable if s.instance.instance_type is ExecutionInstanceType.DECODING]
-        if not pre or not dec:
-            return None
-        pre_free = [s for s in pre if m.has_room(s, item)]
-        dec_free = [s for s in dec if m.has_room(s, item)]
-        if not dec_free:
-            return "wait"
-        decode = m.decode_router.select(item, dec_free, m.fleet)
-        if decode is None or not m.disaggregator.wants_split(item, decode):
-            return None
-        if not pre_free:
-            return "wait"
-        prefill = m.prefill_router.select(item, pre_free, m.fleet)
-        return None if prefill is None else (prefill, decode)
-
+    # -- one round: plan the head of each pool, apply, repeat ------------------------------
     def dispatch_round(self) -> None:
         m = self.m
         if not m.running:
@@ -119,52 +114,30 @@ class Dispatcher:
         if self._policy_seen is not None and seen != self._policy_seen:
             m.queue.rekey(policy.key)  # the ordering changed (adaptive switch, update_policy)
         self._policy_seen = seen
+        split = (
+            SplitRule(m.prefill_router, m.decode_router, m.disaggregator.wants_split)
+            if m.disaggregator.enabled
+            else None
+        )
         for pool in m.queue.pools():
             while True:
                 item = m.queue.peek(pool)
                 if item is None:
                     break
-                if item.not_before > now:
-                    self._wake_at(item.not_before)
+                action = plan_head(item, self, policy, m.router, now, split)
+                if isinstance(action, WaitUntil):
+                    self._wake_at(action.when)
                     break
-                if now - item.arrival > m.request_timeout_s:
-                    m.queue.pop(pool)
-                    self._dequeued(item)
-                    m.finish_failed(
-                        item,
-                        f"request timed out after {m.request_timeout_s:g}s without completing"
-                        + (f" (last error: {item.last_error})" if item.last_error else ""),
-                        "timeout",
-                    )
-                    continue
-                if m.disaggregator.enabled and not item.pool[1] and not item.no_split:
-                    pair = self._pd_pair(item)
-                    if pair == "wait":
-                        break
-                    if isinstance(pair, tuple):
-                        m.queue.pop(pool)
-                        self._dequeued(item)
-                        self.attempts.launch_pd(item, pair[0], pair[1], now)
-                        continue
-                cands, any_routable = self.candidates(item)
-                if not any_routable:
-                    m.queue.pop(pool)
-                    self._dequeued(item)
-                    why = self._no_instance_reason(item)
-                    m.finish_failed(item, why, "no_instance")
-                    continue
-                if not cands:
+                if isinstance(action, WaitForCapacity):
                     break  # every eligible instance is busy: wait for a finish
-                state = policy.select_instance(item, cands, m.router, m.fleet)
-                if state is None:
-                    break
-                reject = policy.check_dispatch(item, state, now)
                 m.queue.pop(pool)
                 self._dequeued(item)
-                if reject is not None:
-                    m.finish_failed(item, reject, "rejected")
-                    continue
-                self.attempts.launch(item, state, now)
+                if isinstance(action, Launch):
+                    self.attempts.launch(item, action.state, now)
+                elif isinstance(action, LaunchSplit):
+                    self.attempts.launch_pd(item, action.prefill, action.decode, now)
+                else:
+                    m.finish_failed(item, action.reason, action.kind)
 
     def _dequeued(self, item: QueuedRequest) -> None:
         hook = getattr(self.m.scheduling_policy, "on_dequeue", None)
