@@ -144,6 +144,6 @@ async def test_sustained_2x_overload_sheds_with_429_and_loses_nothing() -> None:
         assert m.failed_requests == 0  # every accepted request completed
         assert m.completed_requests == len(ok) + 2 * cap
         assert len(h.manager.queue) == 0 and h.manager.dispatcher.in_flight_count() == 0
-        assert len(h.manager._results) <= 64  # finished results do not pile up
+        assert len(h.manager.results) <= 64  # finished results do not pile up
         growth_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024
         assert growth_mb < 100, growth_mb
