@@ -4,7 +4,7 @@
     python benchmarks/virtual_scenarios.py slo_classes --seeds 1 --smoke
 
 Results go to benchmarks/results/<scenario>.{json,md,png}; see docs/benchmarks.md.
-Run from the project root (the traces are read from ../shared/traces/).
+The traces ship with the package (sage_cp_plugin/workloads/data/); $SAGE_CP_TRACES is searched first.
 """
 
 from __future__ import annotations

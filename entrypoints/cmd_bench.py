@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from sage_cp_plugin.errors import ConfigurationError
 from sage_cp_plugin.virtual.bench import run_scenario
 from sage_cp_plugin.virtual.report import write_reports
 from sage_cp_plugin.virtual.scenarios import NAMES, get_scenario
@@ -32,7 +33,11 @@ def run(args: argparse.Namespace) -> int:
     names = list(NAMES) if args.scenario == "all" else [args.scenario]
     for name in names:
         scenario = get_scenario(name)
-        result = run_scenario(scenario, range(args.seeds), args.smoke)
+        try:
+            result = run_scenario(scenario, range(args.seeds), args.smoke)
+        except ConfigurationError as exc:  # a missing or malformed trace, for example
+            print(f"sage-cp bench: error: {exc}", file=sys.stderr)
+            return 2
         paths = write_reports(scenario, result, args.out)
         print(paths[1].read_text())
         for g in result["goals"]:

@@ -12,11 +12,6 @@ from sage_cp_plugin.entrypoints.cli import main
 from sage_cp_plugin.virtual.bench import run_scenario
 from sage_cp_plugin.virtual.report import write_reports
 from sage_cp_plugin.virtual.scenarios import NAMES, get_scenario
-from sage_cp_plugin.workloads import trace_dir
-
-pytestmark = pytest.mark.skipif(
-    not (trace_dir() / "azure_conv_2023.csv").exists(), reason="shared traces not present"
-)
 
 
 @pytest.mark.parametrize("name", [n for n in NAMES if n != "scale"])
