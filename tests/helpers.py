@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
+
 from sage_cp_plugin.pending import PendingQueue, QueuedRequest
 from sage_cp_plugin.policies.base import SchedulingPolicy, make_item
 from sage_cp_plugin.state import FleetSnapshot, InstanceState
@@ -41,3 +44,17 @@ def order(policy: SchedulingPolicy, items: list[QueuedRequest]) -> list[str]:
     while (nxt := q.pop(q.pools()[0] if q.pools() else (None, False, False))) is not None:
         out.append(nxt.request_id)
     return out
+
+
+async def wait_until(condition: Callable[[], bool], what: str, timeout_s: float = 30.0) -> None:
+    """Wait for ``condition()`` to hold (checked every few ms), or fail naming ``what``.
+
+    For state that offers no event to wait on (another server's queue, a fleet member's
+    counters). The timeout only bounds a hung test; it never decides a result.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not condition():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        await asyncio.sleep(0.002)
