@@ -19,6 +19,7 @@ from sage_cp_plugin.sim import (
 )
 from sage_cp_plugin.sim import tokens as tok
 from sage_cp_plugin.sim.sequence import RemotePrefill
+from tests.helpers import wait_until
 
 
 def words(prefix: str, n: int) -> list[str]:
@@ -137,8 +138,8 @@ async def test_unfetched_pd_kv_is_freed_after_the_pin_timeout() -> None:
     prefill = SimEngine(SimInstanceConfig(role="prefill", time_scale=0, kv_pin_timeout_s=0.05))
     await prefill.submit(words("z", 40), 1, pin_for_remote_decode=True).done
     assert prefill.kv.num_used == 3
-    await asyncio.sleep(0.1)
-    assert prefill.kv.num_used == 0 and prefill.counters.pinned_expired == 1
+    await wait_until(lambda: prefill.kv.num_used == 0, "the pin timeout to free the KV")
+    assert prefill.counters.pinned_expired == 1
     await prefill.stop()
 
 
