@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 from sage_cp_plugin.attempts import Attempts
-from sage_cp_plugin.pending import QueuedRequest
+from sage_cp_plugin.health import HealthMonitor
+from sage_cp_plugin.pending import PendingQueue, QueuedRequest
 from sage_cp_plugin.planning import (
     Launch,
     LaunchSplit,
@@ -23,20 +24,43 @@ from sage_cp_plugin.planning import (
     WaitUntil,
     plan_head,
 )
-from sage_cp_plugin.state import FleetSnapshot, InstanceState
-
-if TYPE_CHECKING:
-    from sage_cp_plugin.manager import ControlPlaneManager
+from sage_cp_plugin.pools import InstancePools
+from sage_cp_plugin.results import ResultStore
+from sage_cp_plugin.state import InstanceState
+from sage_cp_plugin.strategies import Strategies
 
 logger = logging.getLogger(__name__)
 
 
 class Dispatcher:
-    def __init__(self, manager: ControlPlaneManager) -> None:
-        self.m = manager
+    """Reads the queue, the pools and the strategies in force; ends requests that cannot
+    run through `results`; hands the others to `attempts`."""
+
+    def __init__(
+        self,
+        *,
+        queue: PendingQueue,
+        pools: InstancePools,
+        strategies: Strategies,
+        health: HealthMonitor,
+        results: ResultStore,
+        attempts: Attempts,
+        clock: Callable[[], float],
+        is_running: Callable[[], bool],
+        request_timeout_s: float,
+    ) -> None:
+        self.queue = queue
+        self.pools = pools
+        self.fleet = pools.fleet
+        self.strategies = strategies
+        self.health = health
+        self.results = results
+        self.clock = clock
+        self.is_running = is_running
+        self.request_timeout_s = request_timeout_s
         self._event = asyncio.Event()
         self._timer: asyncio.TimerHandle | None = None
-        self.attempts = Attempts(manager, self.wake)
+        self.attempts = attempts
         self._policy_seen: tuple[int, int] | None = None  # (id(policy), version) last keyed
 
     # -- waking ----------------------------------------------------------------------------
@@ -61,38 +85,39 @@ class Dispatcher:
             self._event.clear()
             self.dispatch_round()
 
-    # -- the fleet view a plan reads (planning.FleetView) ------------------------------------
-    @property
-    def fleet(self) -> FleetSnapshot:
-        return self.m.fleet
-
-    @property
-    def request_timeout_s(self) -> float:
-        return self.m.request_timeout_s
-
+    # -- the fleet view a plan reads (planning.FleetView) ----------------------------------
     def has_room(self, state: InstanceState, item: QueuedRequest) -> bool:
-        return self.m.has_room(state, item)
+        return self.pools.has_room(state, item)
 
     def filter_by_phase(
         self, candidates: list[InstanceState], item: QueuedRequest
     ) -> list[InstanceState]:
-        pd = self.m.pd_router
+        pd = self.strategies.pd_router
         return candidates if pd is None else pd.filter_by_phase(candidates, item.phase)
 
     def no_instance_reason(self, item: QueuedRequest) -> str:
         return self._no_instance_reason(item)
 
+    def candidates(self, item: QueuedRequest) -> tuple[list[InstanceState], bool]:
+        """Eligible instances with capacity, and whether any eligible one is routable."""
+        routable = self.routable(item)
+        free = [s for s in routable if self.has_room(s, item)]
+        if item.phase is not None:
+            tier = self.filter_by_phase(free or routable, item)
+            free = [s for s in tier if self.has_room(s, item)]
+        return free, bool(routable)
+
     def routable(self, item: QueuedRequest) -> list[InstanceState]:
         """Healthy instances that serve the request's model and kind (any capacity)."""
-        m = self.m
         routable: list[InstanceState] = []
         excluded = item.excluded
         kept_excluded: list[InstanceState] = []
-        for s in m.eligible(item.pool):
+        health, fleet = self.health, self.fleet
+        for s in self.pools.eligible(item.pool):
             # Inlined `InstanceState.routable`: this loop is the hot path of a decision.
             if not s.healthy or s.draining:
                 continue
-            if s.circuit_open and not m.health.maybe_half_open(s, m.fleet.now):
+            if s.circuit_open and not health.maybe_half_open(s, fleet.now):
                 continue
             if excluded and s.instance_id in excluded:
                 kept_excluded.append(s)
@@ -103,54 +128,58 @@ class Dispatcher:
 
     # -- one round: plan the head of each pool, apply, repeat ------------------------------
     def dispatch_round(self) -> None:
-        m = self.m
-        if not m.running:
+        if not self.is_running():
             return
-        now = m.now()
-        m.fleet.now = now
-        policy = m.scheduling_policy
-        policy.tick(m.fleet, len(m.queue), now)
+        queue, fleet, results, strategies = self.queue, self.fleet, self.results, self.strategies
+        now = self.clock()
+        fleet.now = now
+        policy = strategies.scheduling_policy
+        policy.tick(fleet, len(queue), now)
         seen = (id(policy), policy.version)
         if self._policy_seen is not None and seen != self._policy_seen:
-            m.queue.rekey(policy.key)  # the ordering changed (adaptive switch, update_policy)
+            queue.rekey(policy.key)  # the ordering changed (adaptive switch, update_policy)
         self._policy_seen = seen
         split = (
-            SplitRule(m.prefill_router, m.decode_router, m.disaggregator.wants_split)
-            if m.disaggregator.enabled
+            SplitRule(
+                strategies.prefill_router,
+                strategies.decode_router,
+                strategies.disaggregator.wants_split,
+            )
+            if strategies.disaggregator.enabled
             else None
         )
-        for pool in m.queue.pools():
+        router = strategies.router
+        for pool in queue.pools():
             while True:
-                item = m.queue.peek(pool)
+                item = queue.peek(pool)
                 if item is None:
                     break
-                action = plan_head(item, self, policy, m.router, now, split)
+                action = plan_head(item, self, policy, router, now, split)
                 if isinstance(action, WaitUntil):
                     self._wake_at(action.when)
                     break
                 if isinstance(action, WaitForCapacity):
                     break  # every eligible instance is busy: wait for a finish
-                m.queue.pop(pool)
+                queue.pop(pool)
                 self._dequeued(item)
                 if isinstance(action, Launch):
                     self.attempts.launch(item, action.state, now)
                 elif isinstance(action, LaunchSplit):
                     self.attempts.launch_pd(item, action.prefill, action.decode, now)
                 else:
-                    m.finish_failed(item, action.reason, action.kind)
+                    results.finish_failed(item, action.reason, action.kind)
 
     def _dequeued(self, item: QueuedRequest) -> None:
-        hook = getattr(self.m.scheduling_policy, "on_dequeue", None)
+        hook = getattr(self.strategies.scheduling_policy, "on_dequeue", None)
         if hook is not None:
             hook(item)
 
     def _no_instance_reason(self, item: QueuedRequest) -> str:
-        m = self.m
-        eligible = m.eligible(item.pool)
+        eligible = self.pools.eligible(item.pool)
         if not eligible:
             return (
                 f"no instance serves model {item.request.model_name!r}; "
-                f"models served: {', '.join(m.list_models()) or 'none'}"
+                f"models served: {', '.join(self.pools.list_models()) or 'none'}"
             )
         states = ", ".join(
             f"{s.instance_id}({'draining' if s.draining else 'circuit open' if s.circuit_open else 'unhealthy'})"
