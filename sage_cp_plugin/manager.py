@@ -62,7 +62,7 @@ class ControlPlaneManager:
     def __init__(
         self,
         scheduling_policy: str = "adaptive",
-        routing_strategy: str = "load_balanced",
+        routing_strategy: str = "prefix_aware",
         enable_pd_separation: bool = True,
         enable_monitoring: bool = True,
         pd_config: PDSeparationConfig | None = None,
