@@ -56,8 +56,11 @@ class Attempts:
         )
         sink = item.chunks.put_nowait if item.chunks is not None else None
 
+        priority = m.scheduling_policy.engine_priority(item)
+
         async def attempt() -> tuple[Outcome, bool]:
-            return await m.executor.run(item.request, state.instance, sink=sink), True
+            out = await m.executor.run(item.request, state.instance, sink=sink, priority=priority)
+            return out, True
 
         self._start(item, decision, now, [(state, m.router)], attempt)
 
@@ -75,10 +78,13 @@ class Attempts:
             metadata={"prefill_instance_id": prefill.instance_id},
         )
         sink = item.chunks.put_nowait if item.chunks is not None else None
+        priority = m.scheduling_policy.engine_priority(item)
 
         async def attempt() -> tuple[Outcome, bool]:
             try:
-                out, split = await m.disaggregator.run(m.executor, item, prefill, decode, sink)
+                out, split = await m.disaggregator.run(
+                    m.executor, item, prefill, decode, sink, priority=priority
+                )
             except UpstreamError:
                 item.no_split = True  # a retry runs whole, on any instance
                 raise

@@ -73,6 +73,8 @@ class Disaggregator:
         prefill: InstanceState,
         decode: InstanceState,
         sink: ChunkSink | None,
+        *,
+        priority: int | None = None,
     ) -> tuple[Outcome, bool]:
         """Both steps; returns the decode outcome and whether the prefill step was used."""
         self.split_requests += 1
@@ -90,6 +92,7 @@ class Disaggregator:
                     "kv_transfer_params": dict(PREFILL_KV_PARAMS),
                 },
                 stream=False,
+                priority=priority,
             )
             params = first.kv_transfer_params
         except UpstreamError as exc:
@@ -101,8 +104,10 @@ class Disaggregator:
                 exc,
                 decode.instance_id,
             )
-            out = await executor.run(item.request, decode.instance, sink=sink)
+            out = await executor.run(item.request, decode.instance, sink=sink, priority=priority)
             return out, False
         extra = {"kv_transfer_params": params}
-        out = await executor.run(item.request, decode.instance, sink=sink, extra=extra)
+        out = await executor.run(
+            item.request, decode.instance, sink=sink, extra=extra, priority=priority
+        )
         return out, True

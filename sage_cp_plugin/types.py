@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import uuid
 from enum import IntEnum, StrEnum
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -181,6 +181,10 @@ class ExecutionInstance(_Model):
     price_per_gpu_hour: float | None = Field(default=None, ge=0)
     # Relative speed hint used before any observation exists (1.0 = reference instance).
     speed_hint: float = Field(default=1.0, gt=0)
+    # The server's `--scheduling-policy`. With "priority" the coordinator sends each
+    # request's engine priority (the policy's order) so vLLM's own queue follows it too;
+    # an fcfs server is sent none (vLLM documents that it may reject a non-zero one).
+    scheduling_policy: Literal["fcfs", "priority"] = "fcfs"
 
     prefilling_config: PrefillingConfig | None = None
     decoding_config: DecodingConfig | None = None

@@ -5,6 +5,7 @@ victim is the largest (priority, arrival); `fcfs` ignores priority."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import pytest
 from pydantic import ValidationError
@@ -90,3 +91,55 @@ async def test_waiting_queue_keeps_kv_holders_ahead_of_the_heap() -> None:
 def test_unknown_scheduling_policy_is_rejected() -> None:
     with pytest.raises(ValidationError, match="scheduling_policy"):
         SimInstanceConfig(scheduling_policy="sjf")
+
+
+async def _until(cond: Callable[[], bool]) -> None:
+    """Yield to the event loop until `cond` holds (a condition, not a timed sleep)."""
+    while not cond():
+        await asyncio.sleep(0)
+
+
+async def _engine_finish_order(policy: str, engine_policy: str) -> list[str]:
+    from sage_cp_plugin import RequestMetadata, RequestPriority
+
+    from .simfleet import gen, managed_fleet
+
+    # The coordinator lets everything through (64 slots) to an engine that runs one
+    # sequence at a time, so the order is decided by the engine's own queue.
+    configs = gen(1, time_scale=0.2, max_num_seqs=1, scheduling_policy=engine_policy)
+    async with managed_fleet(
+        configs,
+        instance_fields={"max_concurrent_requests": 64},
+        scheduling_policy=policy,
+        policy_options={"aging_s": None} if policy == "priority" else None,
+    ) as (manager, fleet):
+        engine = fleet.members[0].sim.engine.scheduler
+
+        async def submit(i: int, p: RequestPriority) -> str:
+            # r0 decodes long enough (~300 simulated steps) for the others to queue behind it.
+            req = RequestMetadata(
+                request_id=f"r{i}-{p.name}",
+                prompt=f"q{i} " * 20,
+                max_tokens=300 if i == 0 else 4,
+                priority=p,
+            )
+            return await manager.submit_request(req)
+
+        ids = [await submit(0, RequestPriority.LOW), await submit(1, RequestPriority.LOW)]
+        # r0 runs in the engine and r1 waits there before the critical request arrives.
+        await _until(lambda: len(engine.running) == 1 and len(engine.waiting) == 1)
+        ids.append(await submit(2, RequestPriority.CRITICAL))
+        await _until(lambda: len(engine.waiting) == 2 or not engine.running)
+        assert engine.running, "r0 finished before r2 reached the engine: make r0 longer"
+        return [(await r).request_id for r in asyncio.as_completed([manager.wait(i) for i in ids])]
+
+
+async def test_coordinator_passes_the_policy_order_to_a_priority_engine() -> None:
+    # r0 reaches the engine first and runs; of the two waiting there, the critical one
+    # goes first because the coordinator sent its priority.
+    assert await _engine_finish_order("priority", "priority") == ["r0-LOW", "r2-CRITICAL", "r1-LOW"]
+
+
+async def test_fcfs_engine_and_fifo_policy_keep_arrival_order() -> None:
+    assert await _engine_finish_order("priority", "fcfs") == ["r0-LOW", "r1-LOW", "r2-CRITICAL"]
+    assert await _engine_finish_order("fifo", "priority") == ["r0-LOW", "r1-LOW", "r2-CRITICAL"]
