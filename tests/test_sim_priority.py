@@ -94,8 +94,9 @@ def test_unknown_scheduling_policy_is_rejected() -> None:
 
 
 async def _until(cond: Callable[[], bool]) -> None:
-    """Yield to the event loop until `cond` holds (a condition, not a timed sleep)."""
-    while not cond():
+    """Yield to the event loop until `cond` holds: a condition, not a timed sleep (the
+    engine's queues have no change event to wait on)."""
+    while not cond():  # noqa: ASYNC110
         await asyncio.sleep(0)
 
 
