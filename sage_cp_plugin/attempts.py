@@ -236,6 +236,9 @@ class Attempts:
         result.slo_met = met
         if learn:
             self._learn(state, item, out)
+            if m.limits is not None and out.first_token_at is not None:
+                prompt = out.prompt_tokens or item.input_tokens
+                m.limits.observe(state, out.first_token_at - out.started_at, prompt)
         state.completed += 1
         m.metrics.on_finish(result, met, out.finished_at)
         m.scheduling_policy.observe(item, state, met)

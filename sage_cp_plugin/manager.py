@@ -17,6 +17,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import Any
 
+from sage_cp_plugin.concurrency_limit import ConcurrencyLimits, LimitConfig
 from sage_cp_plugin.disaggregation import Disaggregator
 from sage_cp_plugin.dispatch import Dispatcher
 from sage_cp_plugin.errors import (
@@ -72,6 +73,7 @@ class ControlPlaneManager:
         embedding_batch_size: int = 64,
         urgent_headroom: float = 0.0,
         urgent_ttft_ms: float = 500.0,
+        adaptive_concurrency: bool | LimitConfig = False,
         executor: ExecutionCoordinator | None = None,
         transport_factory: TransportFactory | None = None,
         upstream_streaming: bool = True,
@@ -131,6 +133,13 @@ class ControlPlaneManager:
             raise ConfigurationError(f"urgent_headroom must be >= 0, got {urgent_headroom}")
         self.urgent_headroom = urgent_headroom
         self.urgent_ttft_ms = urgent_ttft_ms
+        # Below max_concurrent_requests, as many requests per instance as its engine starts
+        # without queueing them (concurrency_limit.py): the backlog then waits here, where
+        # the policy orders it, instead of in the engine's own queue.
+        self.limits: ConcurrencyLimits | None = None
+        if adaptive_concurrency is not False:
+            cfg = adaptive_concurrency if isinstance(adaptive_concurrency, LimitConfig) else None
+            self.limits = ConcurrencyLimits(cfg)
         self.dispatcher = Dispatcher(self)
         self._results: OrderedDict[str, RequestResult] = OrderedDict()
         self._result_retention = result_retention
@@ -160,6 +169,8 @@ class ControlPlaneManager:
         if state is None:
             raise KeyError(f"unknown instance {instance_id!r}")
         self._pools.clear()
+        if self.limits is not None:
+            self.limits.forget(instance_id)
         self.router.on_instance_removed(instance_id)
         await self.executor.unregister_instance(instance_id)
         self._wake()
@@ -310,8 +321,11 @@ class ControlPlaneManager:
         return cached
 
     def has_room(self, s: InstanceState, item: QueuedRequest) -> bool:
-        """Whether `s` can take `item` now: its cap, plus the urgent headroom for urgent work."""
+        """Whether `s` can take `item` now: its cap (or adaptive limit, when lower), plus
+        the urgent headroom for urgent work."""
         cap = s.instance.max_concurrent_requests
+        if self.limits is not None:
+            cap = min(cap, self.limits.of(s).current)
         if item.urgent:
             cap += max(1, int(cap * self.urgent_headroom))
         return s.in_flight < cap
@@ -515,6 +529,9 @@ class ControlPlaneManager:
                     "draining": s.draining,
                     "in_flight": s.in_flight,
                     "capacity": s.capacity,
+                    "concurrency_limit": (
+                        self.limits.of(s).current if self.limits is not None else s.capacity
+                    ),
                 }
                 for s in self.fleet
             },
