@@ -122,7 +122,9 @@ class PDSeparationConfig(_Model):
     `routing_policy`: `threshold` (input length / ratio), `adaptive` (threshold plus
     priority and SLO), or `none`. `disaggregated` turns on vLLM's real two-step protocol
     (prefill on one instance, decode on another with `kv_transfer_params`); the trigger is
-    `always` or `threshold` (uncached prompt longer than `prefilling_threshold_input_tokens`).
+    `always`, `threshold` (uncached prompt longer than `prefilling_threshold_input_tokens`)
+    or `predicted` (per request, when the split beats serving it whole: `split_decision.py`;
+    use it with `routing_policy="none"` so whole requests may run on any instance).
     """
 
     enabled: bool = True
@@ -145,7 +147,7 @@ class PDSeparationConfig(_Model):
     @field_validator("disaggregation_trigger")
     @classmethod
     def _known_trigger(cls, v: str) -> str:
-        allowed = {"always", "threshold"}
+        allowed = {"always", "threshold", "predicted"}
         if v not in allowed:
             raise ValueError(f"disaggregation_trigger={v!r} is not one of {sorted(allowed)}")
         return v
