@@ -29,11 +29,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from sage_cp_plugin.sliding_min import SlidingMin
 from sage_cp_plugin.state import InstanceState
-
-# Sliding minimum of the prefill rate: forgets 1 % per sample so a slower phase (longer
-# contexts, a throttled GPU) is learnt again instead of being held to an old best.
-_MIN_RATE_FORGET = 1.01
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +55,7 @@ class AdaptiveLimit:
     max_limit: int
     config: LimitConfig = field(default_factory=LimitConfig)
     limit: float = 0.0  # set to max_limit on creation
-    min_prefill_s_per_token: float | None = None
+    prefill_rate: SlidingMin = field(default_factory=SlidingMin)  # s/token, best seen
     samples: int = 0
     last_delay_s: float = 0.0
 
@@ -77,8 +74,7 @@ class AdaptiveLimit:
         return in_flight < self.current
 
     def unloaded_ttft_s(self, prompt_tokens: int, step_s: float) -> float:
-        rate = self.min_prefill_s_per_token or 0.0
-        return step_s + prompt_tokens * rate
+        return step_s + prompt_tokens * self.prefill_rate.get(0.0)
 
     def observe(
         self, engine_ttft_s: float, prompt_tokens: int, step_s: float, in_flight: int
@@ -86,11 +82,7 @@ class AdaptiveLimit:
         """One finished request: `engine_ttft_s` from sending it to its first token,
         `step_s` the instance's current step time, `in_flight` its requests when it ended."""
         if prompt_tokens > 0 and engine_ttft_s > 0:
-            rate = engine_ttft_s / prompt_tokens
-            best = self.min_prefill_s_per_token
-            self.min_prefill_s_per_token = (
-                rate if best is None else min(rate, best * _MIN_RATE_FORGET)
-            )
+            self.prefill_rate.add(engine_ttft_s / prompt_tokens)
         if step_s <= 0:
             return  # no decode observed yet: no scale to judge a delay by
         delay = max(0.0, engine_ttft_s - self.unloaded_ttft_s(prompt_tokens, step_s))

@@ -27,8 +27,9 @@ from sage_cp_plugin.errors import UpstreamError
 from sage_cp_plugin.executor import ChunkSink, ExecutionCoordinator, Outcome
 from sage_cp_plugin.pending import QueuedRequest
 from sage_cp_plugin.routing.prefix_index import PrefixIndex, chunk_hashes
+from sage_cp_plugin.sliding_min import SlidingMin
 from sage_cp_plugin.split_decision import SplitView, split_pays
-from sage_cp_plugin.state import Ewma, InstanceState
+from sage_cp_plugin.state import InstanceState
 from sage_cp_plugin.types import PDSeparationConfig, RequestKind
 
 logger = logging.getLogger(__name__)
@@ -55,7 +56,8 @@ class Disaggregator:
         self.prefill_failures = 0
         self.split_requests = 0
         self.prefill_backlog: dict[str, int] = {}  # prefill instance -> prompt tokens sent
-        self.transfer_s_per_token = Ewma()
+        # Best case seen: a decode leg's first token also waits for the decode engine.
+        self.transfer_s_per_token = SlidingMin()
 
     @property
     def enabled(self) -> bool:

@@ -65,7 +65,7 @@ def test_unloaded_ttft_follows_the_fastest_prefill_rate_seen() -> None:
     lim = AdaptiveLimit(16)
     lim.observe(2000 * RATE * 3, 2000, STEP, in_flight=1)  # slow sample first
     lim.observe(2000 * RATE, 2000, STEP, in_flight=1)
-    assert lim.min_prefill_s_per_token == pytest.approx(RATE)
+    assert lim.prefill_rate.get(0.0) == pytest.approx(RATE)
     assert lim.unloaded_ttft_s(1000, STEP) == pytest.approx(STEP + 1000 * RATE)
 
 
