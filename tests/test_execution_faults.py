@@ -86,7 +86,7 @@ async def test_broken_streams_fail_over_before_bytes_reach_the_caller() -> None:
         except Exception as exc:
             error = exc
         assert got and error is not None
-        failed = [r for r in m._results.values() if r.state == "failed"]
+        failed = [r for r in m.results if r.state == "failed"]
         assert len(failed) == 1 and failed[0].attempts == 1
 
 
@@ -160,5 +160,5 @@ async def test_no_retry_once_a_role_only_chat_chunk_reached_the_caller() -> None
             error = exc
         assert error is not None and len(got) == 1
         assert got[0]["choices"][0]["delta"].get("content") in (None, "")
-        failed = [r for r in m._results.values() if r.state == "failed"]
+        failed = [r for r in m.results if r.state == "failed"]
         assert len(failed) == 1 and failed[0].attempts == 1

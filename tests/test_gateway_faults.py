@@ -134,6 +134,6 @@ async def test_overload_sheds_with_429_beyond_the_bound_and_loses_nothing() -> N
         assert len(ok) == cap + pending and len(shed) == 3 * (cap + pending)
         assert m.completed_requests == len(ok) + cap
         assert len(h.manager.queue) == 0 and h.manager.dispatcher.in_flight_count() == 0
-        assert len(h.manager._results) <= 64  # finished results do not pile up
+        assert len(h.manager.results) <= 64  # finished results do not pile up
         growth_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024
         assert growth_mb < 100, growth_mb
