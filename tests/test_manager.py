@@ -275,6 +275,6 @@ async def test_urgent_headroom_lets_interactive_work_past_a_full_instance() -> N
         )
         await asyncio.sleep(0.05)
         assert state.in_flight == 4  # both urgent ones went into the headroom at once
-        assert (await m.get_request_status(busy[2])).state == "pending"
+        assert (await m.get_request_status(busy[2])).state == "queued"
         for rid in (urgent, tight, *busy):
             assert (await m.wait(rid, timeout=60)).state == "completed"
