@@ -2,7 +2,7 @@
 
 Given as an object, a dict, or a YAML/TOML file; used by the gateway (`sage-cp serve`), the
 batch job (`sage-cp batch`) and the SAGE service. With no instances it describes the
-embedded simulated fleet (DESIGN.md §8), so every entry point runs on a fresh machine.
+embedded simulated fleet (docs/architecture.md §8), so every entry point runs on a fresh machine.
 """
 
 from __future__ import annotations

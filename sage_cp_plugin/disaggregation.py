@@ -1,6 +1,6 @@
 """vLLM's disaggregated prefill: prefill on one instance, decode on another.
 
-The protocol of vLLM production-stack and vllm-router (DESIGN.md §6):
+The protocol of vLLM production-stack and vllm-router (docs/architecture.md §6):
 1. POST the request to a prefill instance with `max_tokens: 1`, `stream: false` and
    `kv_transfer_params: {"do_remote_decode": true, "do_remote_prefill": false, ...null}`;
 2. POST the original request to a decode instance with the `kv_transfer_params` the prefill

@@ -1,12 +1,13 @@
-"""`ControlPlaneManager`: admission, the pending queue, event-driven dispatch, results.
+"""`ControlPlaneManager`: the coordinator's public face; it wires the parts and owns their
+lifecycle (docs/architecture.md §2-3).
 
-The way of one request: validated `RequestMetadata` -> admission (policy gate, bounded
-queue) -> the policy's heap -> the dispatcher, woken by events (a submit, a finished
-request, a health change, a retry timer) and never by polling, pops the next request of
-each pool while an eligible instance has capacity -> the router (or the policy) picks the
-instance -> the executor runs it -> the result, timings and SLO outcome are recorded and
-the caller's future resolves. Every timestamp comes from the event loop's clock, so the
-same code runs on a virtual clock in benchmarks.
+The way of one request: validated `RequestMetadata` -> admission (`admission.py`: checks,
+bounded queue) -> the policy's heap (`pending.py`) -> the dispatcher (`dispatch.py`), woken
+by events (a submit, a finished request, a health change, a retry timer) and never by
+polling -> the router or policy picks the instance -> an attempt (`attempts.py`) runs it
+through the executor -> the result, timings, cost and SLO outcome land in the result store
+(`results.py`) and the caller's future resolves. Every timestamp comes from the event loop's
+clock, so the same code runs on a virtual clock in benchmarks.
 """
 
 from __future__ import annotations

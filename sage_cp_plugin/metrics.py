@@ -1,6 +1,6 @@
 """Measurements of finished requests: percentiles, throughput, SLO attainment, goodput.
 
-Conventions (DESIGN.md §9): TTFT includes queueing; TPOT = (E2E - TTFT) / (output - 1);
+Conventions (docs/architecture.md §9): TTFT includes queueing; TPOT = (E2E - TTFT) / (output - 1);
 SLO attainment = share of finished requests meeting every SLO they carry (failed requests
 count as misses); goodput = requests per second that completed within their SLOs.
 Samples are kept in bounded windows so memory stays flat in long runs.
