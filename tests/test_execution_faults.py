@@ -11,6 +11,7 @@ import httpx
 from sage_cp_plugin import ExecutionCoordinator, RequestMetadata
 from sage_cp_plugin.health import HealthConfig
 from sage_cp_plugin.sim import SimFleet
+from tests.helpers import wait_until
 from tests.simfleet import gen, managed_fleet
 
 NO_PROBES = HealthConfig(interval_s=3600, failure_threshold=1000)
@@ -116,10 +117,9 @@ async def test_all_instances_down_fails_clearly_and_recovers() -> None:
         assert res.state == "failed"
         assert "unreachable" in (res.error or "") or "no healthy instance" in (res.error or "")
         await fleet.restart(0)
-        for _ in range(100):
-            if m.fleet.get("sim-0").healthy:  # type: ignore[union-attr]
-                break
-            await asyncio.sleep(0.02)
+        s0 = m.fleet.get("sim-0")
+        assert s0 is not None
+        await wait_until(lambda: s0.healthy, "sim-0 healthy again")
         assert (await m.generate("again", max_tokens=2)).state == "completed"
 
 
