@@ -16,6 +16,7 @@ from sage_cp_plugin.attempts import Attempts
 from sage_cp_plugin.health import HealthMonitor
 from sage_cp_plugin.pending import PendingQueue, QueuedRequest
 from sage_cp_plugin.pools import InstancePools
+from sage_cp_plugin.preferences import narrow
 from sage_cp_plugin.results import ResultStore
 from sage_cp_plugin.state import InstanceState
 from sage_cp_plugin.strategies import Strategies
@@ -103,6 +104,9 @@ class Dispatcher:
                 continue
             if s.circuit_open and not health.maybe_half_open(s, fleet.now):
                 continue
+            limit = s.instance.max_prompt_tokens
+            if limit is not None and item.input_tokens > limit:
+                continue  # chunked prefill off: vLLM cannot schedule a longer prompt
             if excluded and s.instance_id in excluded:
                 kept_excluded.append(s)
                 continue
@@ -180,7 +184,7 @@ class Dispatcher:
                     continue
                 if not cands:
                     break  # every eligible instance is busy: wait for a finish
-                state = policy.select_instance(item, cands, strategies.router, fleet)
+                state = policy.select_instance(item, narrow(item, cands), strategies.router, fleet)
                 if state is None:
                     break
                 reject = policy.check_dispatch(item, state, now)
@@ -203,10 +207,14 @@ class Dispatcher:
                 f"no instance serves model {item.request.model_name!r}; "
                 f"models served: {', '.join(self.pools.list_models()) or 'none'}"
             )
-        states = ", ".join(
-            f"{s.instance_id}({'draining' if s.draining else 'circuit open' if s.circuit_open else 'unhealthy'})"
-            for s in eligible
-        )
+
+        def why(s: InstanceState) -> str:
+            limit = s.instance.max_prompt_tokens
+            if limit is not None and item.input_tokens > limit:
+                return f"prompt of ~{item.input_tokens} tokens over its {limit} without chunked prefill"
+            return "draining" if s.draining else "circuit open" if s.circuit_open else "unhealthy"
+
+        states = ", ".join(f"{s.instance_id}({why(s)})" for s in eligible)
         extra = f"; last error: {item.last_error}" if item.last_error else ""
         return f"no healthy instance can serve the request: {states}{extra}"
 

@@ -15,7 +15,7 @@ Pool = tuple[str | None, bool]
 class InstancePools:
     def __init__(self, fleet: FleetSnapshot, *, urgent_headroom: float = 0.0) -> None:
         self.fleet = fleet
-        # Slots beyond max_concurrent_requests (a fraction of it) that only urgent requests
+        # Slots beyond an instance's slot limit (a fraction of it) that only urgent requests
         # may use: interactive work then never waits behind a full instance for a free slot.
         self.urgent_headroom = urgent_headroom
         self._pools: dict[Pool, list[InstanceState]] = {}
@@ -38,11 +38,21 @@ class InstancePools:
         return cached
 
     def has_room(self, s: InstanceState, item: QueuedRequest) -> bool:
-        """Whether `s` can take `item` now: its cap, plus the urgent headroom for urgent work."""
-        cap = s.instance.max_concurrent_requests
+        """Whether `s` can take `item` now: its slots, plus the urgent headroom for urgent
+        work; a decode instance slower per token than its `target_latency_ms` takes no
+        new request until it is idle."""
+        inst = s.instance
+        cap = inst.slot_limit
         if item.urgent:
             cap += max(1, int(cap * self.urgent_headroom))
-        return s.in_flight < cap
+        if s.in_flight >= cap:
+            return False
+        dec = inst.decoding_config
+        if dec is not None and s.in_flight > 0:
+            tpot_s = s.decode_s_per_token.value
+            if tpot_s is not None and tpot_s * 1000.0 > dec.target_latency_ms:
+                return False
+        return True
 
     def list_models(self) -> list[str]:
         return self.fleet.models()

@@ -84,6 +84,8 @@ class ResultStore:
             attempts=item.attempts,
             priority=req.priority,
             model_name=req.model_name,
+            tags=req.tags,
+            cost=item.cost,
         )
         result.timings.e2e_ms = (now - item.arrival) * 1000
         met = slo_met(result, req.ttft_slo_ms, req.tpot_slo_ms, req.slo_deadline_ms)
@@ -104,8 +106,16 @@ class ResultStore:
         result: RequestResult = await asyncio.wait_for(asyncio.shield(item.future), timeout)
         return result
 
-    def status(self, request_id: str, running_on: Callable[[str], str | None]) -> RequestResult:
-        """The result when finished, else a snapshot: running (on which instance) or pending."""
+    def status(
+        self,
+        request_id: str,
+        running_on: Callable[[str], str | None],
+        *,
+        dispatching: bool,
+        now: float,
+    ) -> RequestResult:
+        """The result when finished, else where it is (see `RequestStatus`): pending (not
+        dispatchable yet), queued, scheduled (sent, no token yet) or running."""
         done = self._results.get(request_id)
         if done is not None:
             return done
@@ -113,11 +123,19 @@ class ResultStore:
         if item is None:
             raise KeyError(f"unknown request id {request_id!r}")
         running = running_on(request_id)
+        if running is not None:
+            state = RequestStatus.RUNNING if item.first_token_seen else RequestStatus.SCHEDULED
+        elif not dispatching or item.not_before > now:
+            state = RequestStatus.PENDING
+        else:
+            state = RequestStatus.QUEUED
         return RequestResult(
             request_id=request_id,
-            state=RequestStatus.RUNNING if running else RequestStatus.PENDING,
+            state=state,
             instance_id=running,
             attempts=item.attempts,
             priority=item.request.priority,
             model_name=item.request.model_name,
+            tags=item.request.tags,
+            cost=item.cost,
         )
