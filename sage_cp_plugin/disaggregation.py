@@ -1,6 +1,6 @@
 """vLLM's disaggregated prefill: prefill on one instance, decode on another.
 
-The protocol of vLLM production-stack and vllm-router (DESIGN.md §6):
+The protocol of vLLM production-stack and vllm-router (docs/architecture.md §6):
 1. POST the request to a prefill instance with `max_tokens: 1`, `stream: false` and
    `kv_transfer_params: {"do_remote_decode": true, "do_remote_prefill": false, ...null}`;
 2. POST the original request to a decode instance with the `kv_transfer_params` the prefill
@@ -21,6 +21,7 @@ learnt from decode legs.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from sage_cp_plugin.errors import UpstreamError
@@ -118,6 +119,7 @@ class Disaggregator:
         prefill: InstanceState,
         decode: InstanceState,
         sink: ChunkSink | None,
+        on_first_token: Callable[[], None] | None = None,
         *,
         priority: int | None = None,
     ) -> tuple[Outcome, bool]:
@@ -154,14 +156,25 @@ class Disaggregator:
                 exc,
                 decode.instance_id,
             )
-            out = await executor.run(item.request, decode.instance, sink=sink, priority=priority)
+            out = await executor.run(
+                item.request,
+                decode.instance,
+                sink=sink,
+                on_first_token=on_first_token,
+                priority=priority,
+            )
             return out, False
         prompt = first.prompt_tokens or item.input_tokens
         if first.first_token_at is not None and prompt > 0:
             prefill.prefill_s_per_token.add((first.first_token_at - first.started_at) / prompt)
         extra = {"kv_transfer_params": params}
         out = await executor.run(
-            item.request, decode.instance, sink=sink, extra=extra, priority=priority
+            item.request,
+            decode.instance,
+            sink=sink,
+            extra=extra,
+            on_first_token=on_first_token,
+            priority=priority,
         )
         if out.first_token_at is not None and prompt > 0:
             # The decode leg's first token: the KV pull plus about one decode step.

@@ -89,11 +89,11 @@ def test_manager_admits_up_to_the_adaptive_limit() -> None:
     s = state("a", cap=10, in_flight=3)
     assert m.limits is not None
     lim = m.limits.of(s)
-    assert m.has_room(s, item(1))
+    assert m.pools.has_room(s, item(1))
     lim.limit = 3.0
-    assert not m.has_room(s, item(2))
+    assert not m.pools.has_room(s, item(2))
     s.in_flight = 2
-    assert m.has_room(s, item(3))
+    assert m.pools.has_room(s, item(3))
 
 
 def test_limits_reset_when_an_instance_changes_capacity() -> None:

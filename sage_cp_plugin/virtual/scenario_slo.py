@@ -37,7 +37,7 @@ from sage_cp_plugin.workloads import (
     load_azure,
     time_scaled,
 )
-from sage_cp_plugin.workloads.traces import trace_path
+from sage_cp_plugin.workloads.traces import resolve_trace
 
 # Steady-state completions/s of this fleet per trace under a smooth 200 requests/s overload
 # (fifo, limit on, 1000 requests, windows 0-2; measured, see docs/benchmarks.md).
@@ -54,7 +54,7 @@ BATCH = SLOClass("batch", 0.7, RequestPriority.LOW)
 
 @cache
 def _trace_rows(name: str) -> int:
-    with trace_path(name).open(encoding="utf-8") as f:
+    with resolve_trace(name).open(encoding="utf-8") as f:
         return sum(1 for _ in f) - 1  # header
 
 
