@@ -2,7 +2,7 @@
 with disaggregation decided per request.
 
 Workload: the Azure 2023 code trace (long prompts, short answers) and conversation trace
-(medium prompts, long answers) mixed half and half, arrival order kept, time-scaled to a
+(medium prompts, long answers) mixed half and half (400 requests per window), arrival order kept, time-scaled to a
 load ladder; windows of each trace evenly spaced over the whole file (window = seed mod 3).
 Every request carries TTFT 1 s and TPOT 100 ms (goodput counts those meeting both).
 Variants on 4 x Llama-3.1-8B/H100 (simulated), 64 slots each, the coordinator's adaptive
@@ -12,8 +12,6 @@ concurrency limit on for every variant:
   protocol: prefill with `max_tokens: 1`, KV transfer, decode elsewhere) only when the
   split beats serving it whole (`split_decision.py`), otherwise it runs whole on any of the
   four instances (`routing_policy="none"`);
-- `pd_disagg_2k`: the previous static rule for reference: 2 prefill + 2 decode, every
-  prompt over 2048 uncached tokens split, shorter ones whole on a decode instance.
 "TPOT where split" compares the TPOT of the requests `pd_predicted` split with the TPOT of
 all requests in `general` (TPOT is set by the decoding instance's steps, not by the
 request's own prompt, which is over before its first token).
@@ -63,7 +61,7 @@ def _members(roles: list[str], seed: int) -> list[MemberSpec]:
 
 
 def build(seed: int, smoke: bool) -> list[Variant]:
-    n = 40 if smoke else 800
+    n = 40 if smoke else 400
     rates = RATES[1:2] if smoke else RATES
     pools = ["prefill", "prefill", "decode", "decode"]
     out = []
@@ -79,16 +77,6 @@ def build(seed: int, smoke: bool) -> list[Variant]:
             router="load_balanced", enable_pd_separation=True, pd_config=predicted, extra=LIMIT
         )
         out.append(Variant("pd_predicted", cfg, _members(pools, seed), w, group))
-        if not smoke:
-            static = PDSeparationConfig(
-                disaggregated=True,
-                disaggregation_trigger="threshold",
-                prefilling_threshold_input_tokens=2048,
-            )
-            cfg = CoordinatorConfig(
-                router="load_balanced", enable_pd_separation=True, pd_config=static, extra=LIMIT
-            )
-            out.append(Variant("pd_disagg_2k", cfg, _members(pools, seed), w, group))
     return out
 
 
