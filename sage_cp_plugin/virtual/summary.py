@@ -70,6 +70,13 @@ def summarize(result: RunResult, group_by: str | None = "slo_class") -> dict[str
             if key is not None:
                 groups.setdefault(str(key), []).append(o)
         out["groups"] = {k: summarize_outcomes(v) for k, v in sorted(groups.items())}
+    paths: dict[str, list[RequestOutcome]] = {}
+    for o in result.outcomes:
+        if o.path is not None:
+            paths.setdefault(o.path, []).append(o)
+    if paths:  # PD fleets: split (two-step) vs whole requests
+        out["paths"] = {k: summarize_outcomes(v) for k, v in sorted(paths.items())}
+        out["split_share"] = len(paths.get("split", [])) / len(result.outcomes)
     eng = result.engine
     queries = eng.get("prefix_cache_queries", 0)
     out["prefix_hit_rate"] = eng.get("prefix_cache_hits", 0) / queries if queries else 0.0
