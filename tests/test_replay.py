@@ -139,6 +139,19 @@ def test_steady_state_excludes_warm_up_and_drain() -> None:
     assert s["slo_attainment"] is None and s["cached_prompt_fraction"] == 0.0
 
 
+def test_saturated_throughput_counts_completions_while_requests_queue() -> None:
+    # 100 requests at t=0 on a fleet finishing 10 per second, dispatched as slots free up.
+    outs = []
+    for i in range(100):
+        o = _outcome(i, 0.0, 50.0, 100.0 * (i + 1), 2)
+        o.queue_ms = max(0.0, 100.0 * i - 2000.0)  # 20 slots: the queue empties at 7.9 s
+        outs.append(o)
+    from sage_cp_plugin.virtual.steady import saturated_throughput
+
+    assert saturated_throughput(outs) == pytest.approx(10.0, rel=0.05)
+    assert saturated_throughput(outs[:15]) is None  # too few requests to saturate
+
+
 def test_variants_share_one_baseline() -> None:
     vs = build_variants(["prefix_aware", "round_robin"], ["slo_aware", "fifo"])
     assert [v.name for v in vs] == [

@@ -124,3 +124,20 @@ def pooled_p90(results: Sequence[RunResult], field: str) -> float | None:
             if a <= o.arrival_s <= b and o.state == "completed" and v is not None:
                 vals.append(v)
     return float(np.percentile(vals, 90)) if vals else None
+
+
+def saturated_throughput(outcomes: Sequence[RequestOutcome]) -> float | None:
+    """Requests per second the fleet completes while it is saturated: from the first 10 % of
+    completions (start-up excluded) to the last dispatch out of the coordinator's queue (until
+    then every slot was busy and requests waited). None when no queue formed long enough:
+    offer more requests than the fleet has slots, at a rate above what it serves."""
+    done = [o for o in outcomes if o.state == "completed" and o.finished_s is not None]
+    if len(done) < 20:
+        return None
+    last_dispatch = max(o.arrival_s + (o.queue_ms or 0.0) / 1000.0 for o in done)
+    finished = sorted(o.finished_s for o in done if o.finished_s is not None)
+    start = finished[len(finished) // 10]
+    n = sum(1 for t in finished if start < t <= last_dispatch)
+    if last_dispatch <= start or n < 10:
+        return None
+    return n / (last_dispatch - start)
