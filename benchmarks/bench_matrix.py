@@ -25,8 +25,15 @@ trace; nothing is tuned to a window.
 - A cell is a win when P90 TTFT <= 0.97x and goodput >= 0.98x the baseline's, a loss when
   P90 TTFT > 1.03x or goodput < 0.98x, else a tie.
 
-Run: ``python benchmarks/bench_matrix.py`` (defaults sized for ~30 min on 2 quiet cores; see
-`--help` for the full-size matrix). Writes benchmarks/results/matrix.{json,md,png}.
+Sizes: windows of 1,000 requests (more than the fleet's 512 slots, so a queue can form and the
+sustainable throughput can be measured). Replay speed bounds the matrix: about 7,000 streamed
+tokens per CPU-second, i.e. ~10 s of CPU per 1,000-request window of Azure code, ~30 s for Azure
+conversation and Mooncake. The full default matrix (3 traces x 3 seeds x 4 loads x 10 variants
+plus capacities) therefore takes hours on 2 cores; `--seeds 1 --loads 0.9 --capacity none`
+(~15 min of CPU) is the quick form. The result files record what was run.
+
+Run: ``python benchmarks/bench_matrix.py [--seeds N] [--loads ...] [--capacity ...]``.
+Writes benchmarks/results/<name>.{json,md,png} (`--name`, default matrix).
 """
 
 from __future__ import annotations
@@ -333,7 +340,7 @@ def plot(doc: dict[str, Any], path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--traces", nargs="+", default=list(TRACES), choices=TRACES)
-    p.add_argument("--window", type=int, default=300, help="requests per window (default 300)")
+    p.add_argument("--window", type=int, default=1000, help="requests per window (default 1000)")
     p.add_argument("--seeds", type=int, default=3, help="seeds = windows per trace (default 3)")
     p.add_argument("--loads", type=float, nargs="+", default=list(LOADS))
     p.add_argument("--tolerance", type=float, default=0.10, help="capacity bisection tolerance")
