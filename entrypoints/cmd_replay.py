@@ -74,8 +74,12 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--fleet", type=Path, help="fleet file (YAML: instances: [{count, preset, ...}])"
     )
-    p.add_argument("--instances", type=int, help="simulated instances (default 8)")
-    p.add_argument("--preset", help=f"engine preset of every instance (default {DEFAULT_PRESET})")
+    p.add_argument("--instances", type=int, metavar="N", help="simulated instances (default 8)")
+    p.add_argument(
+        "--preset",
+        metavar="NAME",
+        help=f"engine preset of every instance (default {DEFAULT_PRESET})",
+    )
     p.add_argument(
         "--routers",
         type=_names,
@@ -89,8 +93,10 @@ def register(sub: Any) -> None:
         ],
         help="comma-separated (default: every built-in router)",
     )
-    p.add_argument("--policies", type=_names, default=["fifo"], help="comma-separated")
-    p.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 (default 1)")
+    p.add_argument(
+        "--policies", type=_names, metavar="a,b,...", default=["fifo"], help="comma-separated"
+    )
+    p.add_argument("--seeds", type=int, default=1, metavar="N", help="seeds 0..N-1 (default 1)")
     p.add_argument("--slo-ttft-ms", type=_positive, metavar="X")
     p.add_argument("--slo-tpot-ms", type=_positive, metavar="Y")
     p.add_argument("--capacity", action="store_true", help="find each variant's capacity at SLO")
