@@ -72,7 +72,10 @@ def register(sub: Any) -> None:
         help="multiply the trace's inter-arrival gaps by X (0.5 = twice as fast)",
     )
     p.add_argument(
-        "--fleet", type=Path, help="fleet file (YAML: instances: [{count, preset, ...}])"
+        "--fleet",
+        type=Path,
+        metavar="fleet.yaml",
+        help="fleet file (YAML: instances: [{count, preset, ...}])",
     )
     p.add_argument("--instances", type=int, metavar="N", help="simulated instances (default 8)")
     p.add_argument(
@@ -83,6 +86,7 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--routers",
         type=_names,
+        metavar="a,b,...",
         default=[
             "round_robin",
             "load_balanced",
