@@ -62,7 +62,7 @@ from sage_cp_plugin.virtual.compare import (
     with_baseline_ratios,
 )
 from sage_cp_plugin.virtual.fleet_file import preset_fleet
-from sage_cp_plugin.virtual.replay_report import environment
+from sage_cp_plugin.virtual.provenance import provenance, provenance_line
 from sage_cp_plugin.virtual.steady import saturated_throughput, steady_interval, steady_stats
 from sage_cp_plugin.workloads.format import WorkloadRecord
 from sage_cp_plugin.workloads.traces import read_trace
@@ -243,7 +243,7 @@ def run_matrix(args: argparse.Namespace) -> dict[str, Any]:
                 )
             doc["traces"][trace] = tdoc
     doc["wall_s"] = time.perf_counter() - t0
-    doc["environment"] = environment()
+    doc["environment"] = provenance()
     return doc
 
 
@@ -257,9 +257,8 @@ def markdown(doc: dict[str, Any]) -> str:
         "",
         f"This run: windows of {doc['window']} requests, seeds {doc['seeds']}, loads "
         f"{', '.join(f'{x:.0%}' for x in doc['loads'])}, capacity tolerance "
-        f"{doc['capacity_tolerance']:.0%}; {doc['wall_s'] / 60:.0f} min wall on {env['cpu']} "
-        f"({env['cores']} cores, load {env['loadavg_1m']:.1f}); commit {env['commit']}"
-        f"{' (dirty)' if env['dirty'] else ''}.",
+        f"{doc['capacity_tolerance']:.0%}; {doc['wall_s'] / 60:.0f} min wall. "
+        + provenance_line(env),
         "",
     ]
     tally: dict[str, dict[str, int]] = {}

@@ -2,24 +2,20 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from sage_cp_plugin.virtual.replay_report import environment
+from sage_cp_plugin.virtual.provenance import provenance, write_stamped
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def machine() -> dict[str, Any]:
-    """CPU, cores, Python, platform, git commit (+ dirty flag) and load average."""
-    return environment()
+    """Code version (commit, dirty tree) and machine of this run; see
+    sage_cp_plugin.virtual.provenance."""
+    return provenance()
 
 
 def write_results(name: str, data: dict[str, Any], markdown: str) -> tuple[Path, Path]:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    jpath = RESULTS / f"{name}.json"
-    mpath = RESULTS / f"{name}.md"
-    jpath.write_text(json.dumps(data, indent=2) + "\n")
-    mpath.write_text(markdown)
-    return jpath, mpath
+    """JSON + Markdown under benchmarks/results/, stamped with commit, dirty tree and machine."""
+    return write_stamped(RESULTS, name, data, markdown)

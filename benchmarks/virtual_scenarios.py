@@ -10,13 +10,18 @@ The traces ship with the package (sage_cp_plugin/workloads/data/); $SAGE_CP_TRAC
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from sage_cp_plugin.entrypoints.cli import main
+
+RESULTS = Path(__file__).resolve().parent / "results"
 
 if __name__ == "__main__":
     args = sys.argv[1:]
     names = [a for a in args if not a.startswith("-") and not a.isdigit()] or ["all"]
     flags = [a for a in args if a not in names]
+    if "--out" not in flags:  # this script refreshes the committed results
+        flags += ["--out", str(RESULTS)]
     code = 0
     for name in names:
         code |= main(["bench", name, *flags])

@@ -1,6 +1,8 @@
 """`sage-cp bench SCENARIO`: replay a benchmark scenario on the virtual clock and report.
 
-Writes `<out>/<scenario>.json`, `.md` and `.png` (`<scenario>_smoke.*` with `--smoke`).
+Writes `<out>/<scenario>.json`, `.md` and `.png` (`<scenario>_smoke.*` with `--smoke`), each
+stamped with the commit and whether the tree was dirty. `--out` defaults to `./bench-results`;
+the committed results are written only on purpose: `--out benchmarks/results`.
 """
 
 from __future__ import annotations
@@ -25,7 +27,12 @@ def register(sub: Any) -> None:
     p.add_argument("scenario", choices=[*NAMES, "all"], help="scenario to run")
     p.add_argument("--seeds", type=int, default=3, help="number of seeds (0..N-1), default 3")
     p.add_argument("--smoke", action="store_true", help="a small, fast run (CI)")
-    p.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="output folder")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("bench-results"),
+        help="output folder (default ./bench-results; the committed results: benchmarks/results)",
+    )
     p.set_defaults(func=run)
 
 

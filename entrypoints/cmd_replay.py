@@ -143,7 +143,7 @@ def _replay(args: argparse.Namespace) -> dict[str, Any]:
         with_baseline_ratios,
     )
     from sage_cp_plugin.virtual.fleet_file import context_tokens, load_fleet, preset_fleet
-    from sage_cp_plugin.virtual.replay_report import environment
+    from sage_cp_plugin.virtual.provenance import provenance
     from sage_cp_plugin.workloads.traces import read_trace
 
     if args.fleet is not None and (args.instances is not None or args.preset is not None):
@@ -227,5 +227,5 @@ def _replay(args: argparse.Namespace) -> dict[str, Any]:
         "slo_tpot_ms": args.slo_tpot_ms,
         "capacity_tolerance": DEFAULT_TOLERANCE if args.capacity else None,
         "wall_s": time.perf_counter() - t0,
-        "environment": environment(),
+        "environment": provenance(),
     }

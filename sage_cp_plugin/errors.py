@@ -101,5 +101,8 @@ class UpstreamError(ControlPlaneError):
         return code is not None and 400 <= code < 500 and code not in (408, 429)
 
 
-class RequestTimeoutError(ControlPlaneError):
+class RequestTimeoutError(ControlPlaneError, TimeoutError):
+    """A request did not finish in time: `wait(..., timeout=)` ran out, or the request
+    outlived `request_timeout_s` (its result then has error_type "timeout")."""
+
     status_code = 504

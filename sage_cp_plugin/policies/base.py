@@ -90,7 +90,10 @@ class SchedulingPolicy:
             target_instance_id=chosen.instance_id,
             estimated_latency_ms=chosen.predicted_service_s(item.input_tokens, item.output_tokens)
             * 1000,
-            estimated_cost=chosen.price_for(item.input_tokens + item.output_tokens, 0.0) or 0.0,
+            estimated_cost=chosen.price_for(
+                item.input_tokens + item.output_tokens, 0.0, request.billing_tier
+            )
+            or 0.0,
             tensor_parallel_size=chosen.instance.tensor_parallel_size,
             pipeline_parallel_size=chosen.instance.pipeline_parallel_size,
             policy=self.name,

@@ -1,47 +1,14 @@
-"""Reports of a replay comparison: the environment it ran in, a Markdown table, PNG plots."""
+"""Reports of a replay comparison: a Markdown table and PNG plots (the JSON carries the
+code version and machine from `provenance`)."""
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import platform
-import subprocess
 from pathlib import Path
 from typing import Any
 
-
-def _git(*args: str) -> str:
-    try:
-        out = subprocess.run(
-            ["git", *args], capture_output=True, text=True, check=False, timeout=10
-        )
-    except (OSError, subprocess.SubprocessError):
-        return ""
-    return out.stdout.strip() if out.returncode == 0 else ""
-
-
-def environment() -> dict[str, Any]:
-    """Machine, Python and the git commit (with a dirty flag) the numbers come from."""
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    commit = _git("rev-parse", "--short", "HEAD")
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "commit": commit or None,
-        "dirty": bool(_git("status", "--porcelain", "--untracked-files=no")) if commit else None,
-        # Other work on the machine slows the replay (wall time), never its virtual-time results.
-        "loadavg_1m": os.getloadavg()[0],
-    }
+from sage_cp_plugin.virtual.provenance import provenance_line
 
 
 def _num(v: Any, digits: int = 0) -> str:
@@ -67,8 +34,7 @@ def markdown(doc: dict[str, Any]) -> str:
         "it, in the same run). Figures are means over seeds; latency percentiles and throughput "
         "are over the steady state (requests arriving in the middle 80 % of the arrival span).",
         "",
-        f"Machine: {env.get('cpu')} ({env.get('cores')} cores, load {_num(env.get('loadavg_1m'), 1)}); "
-        f"commit {env.get('commit')}{' (dirty)' if env.get('dirty') else ''}.",
+        provenance_line(env),
         "",
     ]
     has_cap = any("capacity_rps" in v for v in doc["variants"])

@@ -46,12 +46,18 @@ def _workload(seed: int, n: int, load: float) -> list[Any]:
     return assign_classes(with_arrivals(base, times), DEFAULT_CLASSES, rng)
 
 
+# Smoke runs (CI) admit 4 instead of 16 requests per instance, so that a few dozen requests
+# still form a coordinator queue for the policy to order.
+SMOKE_SLOTS = 4
+
+
 def build(seed: int, smoke: bool) -> list[Variant]:
-    n = 40 if smoke else 400
-    loads = (0.9,) if smoke else LOADS
+    n = 60 if smoke else 400
+    loads = (0.8, 0.9) if smoke else LOADS
     policies = ("fifo", "slo_aware") if smoke else POLICIES
+    slots = SMOKE_SLOTS if smoke else 16
     members = [
-        MemberSpec(SimInstanceConfig(seed=seed * 10 + i), max_concurrent_requests=16)
+        MemberSpec(SimInstanceConfig(seed=seed * 10 + i), max_concurrent_requests=slots)
         for i in range(4)
     ]
     out = []

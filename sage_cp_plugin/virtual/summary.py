@@ -1,4 +1,4 @@
-"""Statistics of one replay, with the conventions of DESIGN.md §9.
+"""Statistics of one replay, with the conventions of docs/architecture.md §9.
 
 TTFT includes queueing; TPOT = (E2E - TTFT) / (output tokens - 1); SLO attainment is the share
 of requests carrying an SLO that met all of theirs, shed or failed ones counting as misses;
