@@ -64,7 +64,7 @@ from sage_cp_plugin.virtual.compare import (
 from sage_cp_plugin.virtual.fleet_file import preset_fleet
 from sage_cp_plugin.virtual.provenance import provenance, provenance_line
 from sage_cp_plugin.virtual.steady import saturated_throughput, steady_interval, steady_stats
-from sage_cp_plugin.workloads.format import WorkloadRecord
+from sage_cp_plugin.workloads.synthetic import evenly_spaced_windows
 from sage_cp_plugin.workloads.traces import read_trace
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -81,24 +81,9 @@ WIN_TTFT, LOSS_TTFT, MIN_GOODPUT = 0.97, 1.03, 0.98
 _SETUPS: dict[str, ReplaySetup] = {}
 
 
-def evenly_spaced_windows(records: list[WorkloadRecord], size: int, k: int) -> list[list[Any]]:
-    """`k` windows of `size` consecutive rows at evenly spaced offsets, arrivals from 0."""
-    size = min(size, len(records))
-    last = len(records) - size
-    offsets = [round(j * last / (k - 1)) if k > 1 else last // 2 for j in range(k)]
-    out = []
-    for off in offsets:
-        w = records[off : off + size]
-        t0 = w[0].arrival_s
-        out.append([r.model_copy(update={"arrival_s": r.arrival_s - t0}) for r in w])
-    return out
-
-
 def make_setup(trace: str, window: int, seeds: int) -> tuple[ReplaySetup, list[int]]:
     t = read_trace(trace, max_input_tokens=MAX_INPUT_TOKENS)
-    wins = evenly_spaced_windows(t.records, window, seeds)
-    size = len(wins[0])
-    offsets = [round(j * (len(t.records) - size) / max(1, seeds - 1)) for j in range(seeds)]
+    offsets, wins = evenly_spaced_windows(t.records, window, seeds)
     setup = ReplaySetup(
         windows=lambda seed: wins[seed],
         members=lambda seed: preset_fleet(

@@ -152,6 +152,18 @@ def test_saturated_throughput_counts_completions_while_requests_queue() -> None:
     assert saturated_throughput(outs[:15]) is None  # too few requests to saturate
 
 
+def test_windows_are_spread_evenly_over_the_whole_trace() -> None:
+    from sage_cp_plugin.workloads import WorkloadRecord
+    from sage_cp_plugin.workloads.synthetic import evenly_spaced_windows
+
+    recs = [WorkloadRecord(arrival_s=float(i), input_tokens=i + 1) for i in range(100)]
+    offsets, wins = evenly_spaced_windows(recs, 10, 3)
+    assert offsets == [0, 45, 90]
+    assert [w[0].input_tokens for w in wins] == [1, 46, 91]
+    assert all(w[0].arrival_s == 0.0 and len(w) == 10 for w in wins)
+    assert evenly_spaced_windows(recs, 10, 1)[0] == [45]
+
+
 def test_variants_share_one_baseline() -> None:
     vs = build_variants(["prefix_aware", "round_robin"], ["slo_aware", "fifo"])
     assert [v.name for v in vs] == [
