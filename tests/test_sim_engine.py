@@ -94,6 +94,19 @@ async def test_preemption_when_kv_is_exhausted() -> None:
     await eng.stop()
 
 
+async def test_prefix_queries_count_each_request_once_despite_preemption() -> None:
+    # Preempted victims re-hit their own blocks; vLLM counts those re-lookups apart
+    # (preempted_queries), so the exported hit rate stays a per-request figure.
+    eng = SimEngine(SimInstanceConfig(time_scale=0, num_kv_blocks=8))
+    seqs = [eng.submit(words(f"q{j}-", 40), 30) for j in range(4)]
+    await asyncio.gather(*(s.done for s in seqs))
+    c = eng.counters
+    assert c.preemptions > 0 and c.preempted_prefix_queries > 0
+    assert c.prefix_cache_queries == 4 * 40  # each prompt looked up once, at first admission
+    assert c.prefix_cache_hits <= c.prefix_cache_queries
+    await eng.stop()
+
+
 async def test_lru_eviction_keeps_recent_prefixes() -> None:
     kv = KVCache(num_blocks=4, block_size=2)
     a, b = kv.allocate(2), kv.allocate(2)
