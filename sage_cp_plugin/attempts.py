@@ -13,6 +13,7 @@ import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from sage_cp_plugin.concurrency_limit import ConcurrencyLimits
 from sage_cp_plugin.cost import GpuTimeMeter, price
 from sage_cp_plugin.errors import UpstreamError
 from sage_cp_plugin.executor import ExecutionCoordinator, Outcome
@@ -57,6 +58,7 @@ class Attempts:
         metrics: MetricsCollector,
         queue: PendingQueue,
         rules: RetryRules,
+        limits: ConcurrencyLimits | None = None,
         clock: Callable[[], float],
         is_running: Callable[[], bool],
         wake: Callable[[], None],
@@ -68,6 +70,7 @@ class Attempts:
         self.metrics = metrics
         self.queue = queue  # retries go back into it
         self.rules = rules
+        self.limits = limits  # adaptive per-instance limits, fed by each first token
         self.clock = clock
         self.is_running = is_running
         self.wake = wake
@@ -99,9 +102,15 @@ class Attempts:
         def first_token() -> None:
             item.first_token_seen = True
 
+        priority = st.scheduling_policy.engine_priority(item)
+
         async def attempt() -> tuple[Outcome, bool]:
             out = await executor.run(
-                item.request, state.instance, sink=sink, on_first_token=first_token
+                item.request,
+                state.instance,
+                sink=sink,
+                on_first_token=first_token,
+                priority=priority,
             )
             return out, True
 
@@ -126,10 +135,18 @@ class Attempts:
         def first_token() -> None:
             item.first_token_seen = True
 
+        priority = st.scheduling_policy.engine_priority(item)
+
         async def attempt() -> tuple[Outcome, bool]:
             try:
                 out, split = await st.disaggregator.run(
-                    executor, item, prefill, decode, sink, on_first_token=first_token
+                    executor,
+                    item,
+                    prefill,
+                    decode,
+                    sink,
+                    on_first_token=first_token,
+                    priority=priority,
                 )
             except UpstreamError:
                 item.no_split = True  # a retry runs whole, on any instance
@@ -330,6 +347,9 @@ class Attempts:
         result.slo_met = met
         if learn:
             self._learn(state, item, out)
+            if self.limits is not None and out.first_token_at is not None:
+                prompt = out.prompt_tokens or item.input_tokens
+                self.limits.observe(state, out.first_token_at - out.started_at, prompt)
         state.completed += 1
         self.metrics.on_finish(result, met, out.finished_at)
         self.strategies.scheduling_policy.observe(item, state, met)

@@ -150,7 +150,7 @@ def sim_instances(members: list[Any], **fields: Any) -> list[ExecutionInstance]:
             model_name=m.config.model_name,
             served_models=list(m.config.served_model_names),
             instance_type=m.config.instance_type,
-            **fields,
+            **{"scheduling_policy": m.config.scheduling_policy, **fields},
         )
         for m in members
     ]

@@ -125,6 +125,8 @@ class Dispatcher:
             return None
         pre_free = [s for s in pre if pools.has_room(s, item)]
         dec_free = [s for s in dec if pools.has_room(s, item)]
+        if st.disaggregator.predicted:
+            return self._predicted_pair(item, routable, pre_free, dec_free)
         if not dec_free:
             return "wait"
         decode = st.decode_router.select(item, dec_free, self.fleet)
@@ -134,6 +136,40 @@ class Dispatcher:
             return "wait"
         prefill = st.prefill_router.select(item, pre_free, self.fleet)
         return None if prefill is None else (prefill, decode)
+
+    def _predicted_pair(
+        self,
+        item: QueuedRequest,
+        routable: list[InstanceState],
+        pre_free: list[InstanceState],
+        dec_free: list[InstanceState],
+    ) -> tuple[InstanceState, InstanceState] | None:
+        """The `predicted` trigger: split only when it beats running the request whole on
+        the instance that could start it soonest; never wait for a pool (no "wait")."""
+        pools, st = self.pools, self.strategies
+        if not pre_free or not dec_free:
+            return None
+        decode = st.decode_router.select(item, dec_free, self.fleet)
+        prefill = st.prefill_router.select(item, pre_free, self.fleet)
+        if decode is None or prefill is None:
+            return None
+        whole = [s for s in routable if pools.has_room(s, item)]
+        whole_wait = min((self._wait_s(s) for s in whole), default=float("inf"))
+        limits = pools.limits
+        limit = limits.of(decode).current if limits is not None else decode.capacity
+        ok = st.disaggregator.split_pays(
+            item, prefill, decode, whole_wait_s=whole_wait, decode_limit=limit
+        )
+        return (prefill, decode) if ok else None
+
+    def _wait_s(self, s: InstanceState) -> float:
+        """Predicted wait before `s` starts a new request (local estimate until the
+        token-level load model's predicted TTFT lands): prompt tokens of split prefills
+        outstanding there, plus the engine queueing its limit last observed."""
+        wait = self.strategies.disaggregator.prefill_wait_s(s)
+        if self.pools.limits is not None:
+            wait += self.pools.limits.of(s).last_delay_s
+        return wait
 
     def dispatch_round(self) -> None:
         if not self.is_running():

@@ -196,17 +196,22 @@ class ExecutionCoordinator:
         extra: dict[str, Any] | None = None,
         stream: bool | None = None,
         on_first_token: Callable[[], None] | None = None,
+        priority: int | None = None,
     ) -> Outcome:
         """One attempt. `sink` receives each streamed chunk as it arrives (pass-through);
         `on_first_token` is called once when the first token arrives (streaming only).
 
         `extra` adds body fields (the PD protocol's `kv_transfer_params`, `max_tokens: 1`).
+        `priority` is vLLM's request priority (lower runs earlier), sent only to instances
+        that run `--scheduling-policy priority`.
         """
         kind = request.request_kind
         want_stream = kind != RequestKind.EMBEDDING and (
             sink is not None or (self.upstream_streaming if stream is None else stream)
         )
         body = build_body(request, instance, stream=want_stream)
+        if priority is not None and instance.scheduling_policy == "priority":
+            body["priority"] = priority
         if extra:
             body.update(extra)
             if not want_stream:

@@ -20,6 +20,7 @@ from typing import Any
 
 from sage_cp_plugin.admission import Admission
 from sage_cp_plugin.attempts import Attempts, RetryRules
+from sage_cp_plugin.concurrency_limit import ConcurrencyLimits
 from sage_cp_plugin.disaggregation import Disaggregator
 from sage_cp_plugin.dispatch import Dispatcher
 from sage_cp_plugin.embedding_parts import assemble, split_inputs
@@ -113,7 +114,10 @@ class ControlPlaneManager:
         self.request_timeout_s = o.request_timeout_s
         self.embedding_batch_size = o.embedding_batch_size
         self.fleet = FleetSnapshot()
-        self.pools = InstancePools(self.fleet, urgent_headroom=o.urgent_headroom)
+        self.limits = ConcurrencyLimits() if o.adaptive_concurrency else None
+        self.pools = InstancePools(
+            self.fleet, urgent_headroom=o.urgent_headroom, limits=self.limits
+        )
         self.queue = PendingQueue(o.max_pending_requests)
         self.metrics = MetricsCollector(max_tag_series=o.max_tag_series)
         self.results = ResultStore(
@@ -129,6 +133,7 @@ class ControlPlaneManager:
             metrics=self.metrics,
             queue=self.queue,
             rules=RetryRules(o.max_attempts, o.retry_backoff_s, o.request_timeout_s),
+            limits=self.limits,
             clock=self.now,
             is_running=lambda: self._running,
             wake=self._wake,
@@ -203,6 +208,8 @@ class ControlPlaneManager:
             raise KeyError(f"unknown instance {instance_id!r}")
         self.pools.invalidate()
         self.dispatcher.attempts.meter.forget(instance_id)
+        if self.limits is not None:
+            self.limits.forget(instance_id)
         self.router.on_instance_removed(instance_id)
         await self.executor.unregister_instance(instance_id)
         self._wake()

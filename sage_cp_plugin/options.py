@@ -43,6 +43,9 @@ class ControlPlaneOptions(BaseModel):
     # urgent = priority HIGH or above, or a TTFT objective <= urgent_ttft_ms.
     urgent_headroom: float = Field(0.0, ge=0)
     urgent_ttft_ms: float = Field(500.0, gt=0)
+    # Per-instance concurrency limit that adapts to the engine's queueing delay
+    # (concurrency_limit.py), so the backlog waits in the coordinator's queue.
+    adaptive_concurrency: bool = False
     upstream_streaming: bool = True  # stream from vLLM even for non-streaming callers (TTFT)
     result_retention: int = Field(10_000, gt=0)  # finished results kept for get_request_status
     # Distinct `tag=value` series counted in metrics; further ones count under "other".

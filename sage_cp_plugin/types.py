@@ -11,7 +11,7 @@ from __future__ import annotations
 import uuid
 from enum import IntEnum, StrEnum
 from functools import cached_property
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -149,7 +149,9 @@ class PDSeparationConfig(_Model):
     `routing_policy`: `threshold` (input length / ratio), `adaptive` (threshold plus
     priority and SLO), or `none`. `disaggregated` turns on vLLM's real two-step protocol
     (prefill on one instance, decode on another with `kv_transfer_params`); the trigger is
-    `always` or `threshold` (uncached prompt longer than `prefilling_threshold_input_tokens`).
+    `always`, `threshold` (uncached prompt longer than `prefilling_threshold_input_tokens`)
+    or `predicted` (per request, when the split beats serving it whole: `split_decision.py`;
+    use it with `routing_policy="none"` so whole requests may run on any instance).
     """
 
     enabled: bool = True
@@ -172,7 +174,7 @@ class PDSeparationConfig(_Model):
     @field_validator("disaggregation_trigger")
     @classmethod
     def _known_trigger(cls, v: str) -> str:
-        allowed = {"always", "threshold"}
+        allowed = {"always", "threshold", "predicted"}
         if v not in allowed:
             raise ValueError(f"disaggregation_trigger={v!r} is not one of {sorted(allowed)}")
         return v
@@ -217,6 +219,10 @@ class ExecutionInstance(_Model):
     prices_by_tier: dict[str, float] = Field(default_factory=dict)
     # Relative speed hint used before any observation exists (1.0 = reference instance).
     speed_hint: float = Field(default=1.0, gt=0)
+    # The server's `--scheduling-policy`. With "priority" the coordinator sends each
+    # request's engine priority (the policy's order) so vLLM's own queue follows it too;
+    # an fcfs server is sent none (vLLM documents that it may reject a non-zero one).
+    scheduling_policy: Literal["fcfs", "priority"] = "fcfs"
 
     prefilling_config: PrefillingConfig | None = None
     decoding_config: DecodingConfig | None = None
