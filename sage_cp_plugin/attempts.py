@@ -13,8 +13,9 @@ import random
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
-from sage_cp_plugin.errors import UpstreamError
+from sage_cp_plugin.errors import InvalidRequestBodyError, UpstreamError
 from sage_cp_plugin.executor import Outcome
+from sage_cp_plugin.log_once import OncePerKind
 from sage_cp_plugin.metrics import slo_met
 from sage_cp_plugin.pending import QueuedRequest
 from sage_cp_plugin.state import InstanceState
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from sage_cp_plugin.routing.base import Router
 
 logger = logging.getLogger(__name__)
+_crashes = OncePerKind(logger)
 
 
 class Attempts:
@@ -137,11 +139,22 @@ class Attempts:
             )
             raise
         except UpstreamError as exc:
-            # The instance answered a bad request correctly: not a sign of ill health.
+            # The instance answered a bad request correctly (4xx): that says nothing about
+            # its health either way, so the circuit is neither tripped nor reset by it.
             ok = exc.is_client_error
+            judged = not exc.is_client_error
             self._on_error(item, target, exc)
+        except InvalidRequestBodyError as exc:
+            # Nothing reached the instance: the request could not even be encoded.
+            judged = False
+            m.finish_failed(
+                item, str(exc), "invalid_request", instance_id=target.instance_id, status_code=400
+            )
         except Exception as exc:  # a bug must fail the request, never strand it
-            logger.exception("request %s crashed", item.request_id)
+            # Only transport failures, timeouts and the engine's 5xx say anything about the
+            # instance; a crash here is ours (or the request's), so health is not judged.
+            judged = False
+            _crashes.exception(exc, "request %s crashed", item.request_id)
             m.finish_failed(
                 item,
                 f"internal error: {type(exc).__name__}: {exc}",

@@ -19,6 +19,7 @@ from typing import Any
 
 from sage_cp_plugin.disaggregation import Disaggregator
 from sage_cp_plugin.dispatch import Dispatcher
+from sage_cp_plugin.embedding_parts import assemble, result_bytes, split_inputs
 from sage_cp_plugin.errors import (
     ConfigurationError,
     DuplicateInstanceError,
@@ -76,6 +77,7 @@ class ControlPlaneManager:
         transport_factory: TransportFactory | None = None,
         upstream_streaming: bool = True,
         result_retention: int = 10_000,
+        result_retention_bytes: int = 256 * 1024 * 1024,
     ) -> None:
         if enable_auto_scaling:
             raise ConfigurationError(
@@ -134,6 +136,10 @@ class ControlPlaneManager:
         self.dispatcher = Dispatcher(self)
         self._results: OrderedDict[str, RequestResult] = OrderedDict()
         self._result_retention = result_retention
+        # Bounded in bytes too: a few large embedding answers must not pin gigabytes.
+        self._result_retention_bytes = result_retention_bytes
+        self._result_sizes: dict[str, int] = {}
+        self._results_bytes = 0
         self._live: dict[str, QueuedRequest] = {}  # queued or running
         self._seq = 0
         self._pools: dict[tuple[str | None, bool], list[InstanceState]] = {}
@@ -377,31 +383,20 @@ class ControlPlaneManager:
         items = [inputs] if isinstance(inputs, str) else list(inputs)
         if not items:
             raise ValueError("inputs must hold at least one text")
-        size = batch_size or self.embedding_batch_size
-        if size <= 0:
-            raise ValueError(f"batch_size must be positive, got {size}")
-        parts = [items[i : i + size] for i in range(0, len(items), size)]
+        parts = split_inputs(items, batch_size or self.embedding_batch_size)
         ids = [
             await self.submit_request(RequestMetadata(input=part, model_name=model_name, **fields))
             for part in parts
         ]
         results = await asyncio.gather(*(self.wait(i) for i in ids))
-        data: list[dict[str, Any]] = []
-        prompt_tokens = 0
         for res in results:
             if res.state != RequestStatus.COMPLETED or res.embeddings is None:
                 raise UpstreamError(f"embedding part {res.request_id} failed: {res.error}")
-            for vec in res.embeddings:
-                data.append({"object": "embedding", "index": len(data), "embedding": vec})
-            prompt_tokens += res.prompt_tokens
-        model = model_name or (results[0].response or {}).get("model", "")
-        return {
-            "object": "list",
-            "data": data,
-            "model": model,
-            "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
-            "parts": [{"request_id": r.request_id, "instance_id": r.instance_id} for r in results],
-        }
+        response = assemble(results, model_name)
+        response["parts"] = [
+            {"request_id": r.request_id, "instance_id": r.instance_id} for r in results
+        ]
+        return response
 
     def cancel(self, request_id: str, reason: str = "cancelled by caller") -> bool:
         item = self._live.get(request_id)
@@ -416,8 +411,14 @@ class ControlPlaneManager:
     def store_result(self, item: QueuedRequest, result: RequestResult) -> None:
         self._live.pop(item.request_id, None)
         self._results[item.request_id] = result
-        while len(self._results) > self._result_retention:
-            self._results.popitem(last=False)
+        self._results_bytes -= self._result_sizes.get(item.request_id, 0)
+        self._result_sizes[item.request_id] = size = result_bytes(result)
+        self._results_bytes += size
+        while len(self._results) > self._result_retention or (
+            self._results_bytes > self._result_retention_bytes and len(self._results) > 1
+        ):
+            old, _ = self._results.popitem(last=False)
+            self._results_bytes -= self._result_sizes.pop(old, 0)
         if item.future is not None and not item.future.done():
             item.future.set_result(result)
         if item.chunks is not None:
