@@ -13,20 +13,19 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import numpy as np
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 
-from sage_cp_plugin.embedding_parts import assemble, split_inputs
+from sage_cp_plugin.embedding_parts import split_inputs
 from sage_cp_plugin.types import RequestMetadata, RequestResult, RequestStatus
 
 from .disconnect import ClientDisconnected, DisconnectWatcher
 from .errors import result_error
 from .runtime import Gateway
 
-# Answers with more vector values than this are serialised in a worker thread.
-THREAD_SERIALISE_VALUES = 200_000
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
@@ -38,12 +37,32 @@ def part_id(request_id: str, index: int) -> str:
     return f"{request_id}#{index}"
 
 
-def _serialise(body: dict[str, Any], base64_out: bool) -> bytes:
-    if base64_out:
-        for item in body["data"]:
-            vec = np.asarray(item["embedding"], dtype="<f4")
-            item["embedding"] = base64.b64encode(vec.tobytes()).decode()
-    return _dumps(body).encode()
+def _part_json(vectors: Sequence[Sequence[float]], first_index: int, base64_out: bool) -> bytes:
+    items = []
+    for i, vec in enumerate(vectors, start=first_index):
+        emb: Any = vec
+        if base64_out:
+            emb = base64.b64encode(np.asarray(vec, dtype="<f4").tobytes()).decode()
+        items.append(_dumps({"object": "embedding", "index": i, "embedding": emb}))
+    return ",".join(items).encode()
+
+
+async def _answer(
+    results: Sequence[RequestResult], model: str | None, base64_out: bool
+) -> AsyncIterator[bytes]:
+    """The OpenAI embeddings response, one part at a time, indices in input order."""
+    yield b'{"object":"list","data":['
+    index = 0
+    for res in results:
+        vectors = res.embeddings or []
+        if vectors:
+            yield (b"," if index else b"") + _part_json(vectors, index, base64_out)
+        index += len(vectors)
+        await asyncio.sleep(0)  # let other requests in between parts
+    tokens = sum(r.prompt_tokens for r in results)
+    name = model or (results[0].response or {}).get("model", "")
+    tail = {"model": name, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+    yield b"]," + _dumps(tail)[1:].encode()
 
 
 async def _known(gw: Gateway, request_id: str) -> bool:
@@ -86,16 +105,14 @@ async def complete_split_embedding(
     failed = next((r for r in results if r.state != RequestStatus.COMPLETED), None)
     if failed is not None:
         raise result_error(failed)
-    body = assemble(results, req.model_name)
-    values = sum(len(v) for r in results for v in r.embeddings or [])
-    if values > THREAD_SERIALISE_VALUES:
-        payload = await asyncio.to_thread(_serialise, body, base64_out)
-    else:
-        payload = _serialise(body, base64_out)
     headers = {
         "x-sage-request-id": req.request_id,
         "x-sage-instance": ",".join(sorted({r.instance_id or "" for r in results})),
         "x-sage-attempts": str(max(r.attempts for r in results)),
         "x-sage-parts": str(len(results)),
     }
-    return Response(payload, headers=headers, media_type="application/json")
+    return StreamingResponse(
+        _answer(results, req.model_name, base64_out),
+        headers=headers,
+        media_type="application/json",
+    )
