@@ -3,10 +3,10 @@
 Measured before: with the fleet down, every remaining line of a batch became an error
 record in 0.2 s. Now a request that fails the way a down fleet fails (503: no healthy
 instance or the coordinator unavailable; 500/502/504: engine error, unreachable, timed out) is
-retried after an exponential backoff, for at most `max_wait_s` per request. A failure is
-taken as the fleet's only when no other request succeeded while this one was in flight:
-if the fleet answered someone else meanwhile, the failure belongs to this request, and it
-is recorded at once. Each retry gets a fresh request id (the coordinator keeps ids of
+retried after an exponential backoff, for at most `max_wait_s` per request. A retry that
+fails again while other requests succeeded during it is taken as the request's own failure
+and recorded at once (the first failure is always retried: requests in flight when the
+fleet goes down fail just after others' last successes). Each retry gets a fresh request id (the coordinator keeps ids of
 finished requests, and a resent id would return the failed result).
 
 `clock` and `sleep` are injectable, so tests run a 30 s outage in virtual time.
@@ -71,8 +71,13 @@ class OutageBackoff:
             if record.ok:
                 self._succeeded()
                 return record
-            if not looks_like_outage(record) or self._last_success > sent:
-                return record  # the request's own failure: the fleet answered others
+            if not looks_like_outage(record):
+                return record
+            if n >= 1 and self._last_success > sent:
+                # Failed again while the fleet answered others: the request's own failure.
+                # (Not on the first failure: requests in flight when the fleet went down
+                # fail right after others' last successes.)
+                return record
             now = self.clock()
             if self._down_since is None:
                 self._down_since = now

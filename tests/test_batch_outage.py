@@ -142,3 +142,31 @@ def test_cli_exit_code_and_summary_when_lines_fail(tmp_path: Path, capsys: Any) 
     assert code == 0, captured.err
     assert "retried: 5 line(s)" in captured.out
     assert [o["error"] for o in results(out)] == [None] * 5
+
+
+def test_a_request_that_fails_again_while_others_succeed_is_not_waited_for() -> None:
+    from sage_cp_plugin.operators import ResultRecord
+
+    now = [0.0]
+
+    async def vsleep(seconds: float) -> None:
+        now[0] += seconds
+
+    backoff = OutageBackoff(max_wait_s=600.0, clock=lambda: now[0], sleep=vsleep)
+
+    async def fine(n: int) -> ResultRecord:
+        return ResultRecord(custom_id="fine")
+
+    tries = 0
+
+    async def poison(n: int) -> ResultRecord:
+        nonlocal tries
+        tries += 1
+        now[0] += 0.1
+        await backoff.run(fine)  # someone else is served while this one runs
+        now[0] += 0.1
+        return ResultRecord.failure("p", "upstream_error", "answered HTTP 500", status_code=500)
+
+    record = asyncio.run(backoff.run(poison))
+    assert not record.ok and tries == 2  # retried once (could be the outage's edge), then final
+    assert now[0] < 10  # not the 600 s a fleet outage may take
