@@ -354,6 +354,74 @@ def batch_outage(down_s: float = 30.0) -> dict[str, Any]:
         fleet.stop()
 
 
+# -- 5. sustained 2x overload (re-check of what held before) -----------------------------------
+async def _overload(url: str, pid: int, seconds: float) -> dict[str, Any]:
+    body = {**CHAT, "max_tokens": 128}
+    limits = httpx.Limits(max_connections=2000, max_keepalive_connections=2000)
+    async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as c:
+        # Service rate: closed loop with every instance slot (2 x 100) busy.
+        done = 0
+        end = time.monotonic() + 8.0
+
+        async def worker() -> None:
+            nonlocal done
+            while time.monotonic() < end:
+                r = await c.post("/v1/chat/completions", json=body)
+                done += r.status_code == 200
+
+        t0 = time.monotonic()
+        await asyncio.gather(*(worker() for _ in range(200)))
+        rate = done / (time.monotonic() - t0)
+        interval = 1.0 / (2 * rate)
+        rss: list[float] = []
+        outcomes: list[tuple[int, bool]] = []
+        lost = 0
+
+        async def one() -> None:
+            nonlocal lost
+            try:
+                r = await c.post("/v1/chat/completions", json=body)
+                outcomes.append((r.status_code, "retry-after" in r.headers))
+            except httpx.HTTPError:
+                lost += 1
+
+        tasks = []
+        start = time.monotonic()
+        next_rss = start
+        i = 0
+        while time.monotonic() - start < seconds:
+            tasks.append(asyncio.create_task(one()))
+            i += 1
+            if time.monotonic() >= next_rss:
+                rss.append(rss_mib(pid))
+                next_rss += 1.0
+            delay = start + i * interval - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        sent_rate = i / (time.monotonic() - start)
+        await asyncio.gather(*tasks)
+        rss.append(rss_mib(pid))
+    codes: dict[str, int] = {}
+    for code, _ in outcomes:
+        codes[str(code)] = codes.get(str(code), 0) + 1
+    shed = [ra for code, ra in outcomes if code == 429]
+    return {"seconds": seconds, "service_rate_per_s": rate, "offered_rate_per_s": sent_rate,
+            "requests": i, "status_counts": codes, "server_errors": sum(
+                1 for code, _ in outcomes if code >= 500), "lost": lost,
+            "shed_with_retry_after": sum(shed), "shed": len(shed),
+            "rss_first_mib": rss[0], "rss_max_mib": max(rss), "rss_last_mib": rss[-1]}  # fmt: skip
+
+
+def overload(seconds: float) -> dict[str, Any]:
+    proc, url = start_gateway("--max-pending", "64")
+    try:
+        time.sleep(1.0)
+        return asyncio.run(_overload(url, proc.pid, seconds))
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
 # -- report ----------------------------------------------------------------------------------
 def plot(data: dict[str, Any], path: Path) -> None:
     import matplotlib
@@ -452,6 +520,16 @@ def markdown(d: dict[str, Any]) -> str:
                   f"{bo['result_lines']}, distinct custom_ids {bo['distinct_ids']}, errors "
                   f"{bo['errors']}; outage retries {bo['outage_retries']}, longest outage seen "
                   f"{bo['longest_outage_s']:.1f} s.", ""]  # fmt: skip
+    if "overload" in d:
+        o = d["overload"]
+        lines += ["## Sustained 2x overload (re-check)", "",
+                  f"Service rate {o['service_rate_per_s']:.0f}/s (closed loop, 200 in flight); "
+                  f"offered {o['offered_rate_per_s']:.0f}/s open loop for {o['seconds']:g} s "
+                  f"(`--max-pending 64`): {o['requests']} requests, status counts "
+                  f"{o['status_counts']}, >= 500: {o['server_errors']}, lost (no answer): "
+                  f"{o['lost']}, 429 with Retry-After: {o['shed_with_retry_after']} of "
+                  f"{o['shed']}; gateway RSS first/max/last {o['rss_first_mib']:.0f}/"
+                  f"{o['rss_max_mib']:.0f}/{o['rss_last_mib']:.0f} MiB.", ""]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -459,6 +537,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--skip-batch", action="store_true")
     ap.add_argument("--slow-worker", metavar="URL", help=argparse.SUPPRESS)
+    ap.add_argument("--overload-s", type=float, default=60.0, help="0 skips the overload run")
     args = ap.parse_args()
     if args.slow_worker:
         print(json.dumps(asyncio.run(_slow_clients(args.slow_worker))))
@@ -499,6 +578,9 @@ def main() -> None:
     if not args.skip_batch:
         data["batch_outage"] = batch_outage()
         print("batch:", {k: v for k, v in data["batch_outage"].items() if k != "stderr_tail"})
+    if args.overload_s > 0:
+        data["overload"] = overload(args.overload_s)
+        print("overload:", data["overload"], flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
     plot(data, RESULTS / "hostile.png")
     write_results("hostile", data, markdown(data))
