@@ -65,14 +65,6 @@ async def _answer(
     yield b"]," + _dumps(tail)[1:].encode()
 
 
-async def _known(gw: Gateway, request_id: str) -> bool:
-    try:
-        await gw.manager.get_request_status(request_id)
-    except KeyError:
-        return False
-    return True
-
-
 async def complete_split_embedding(
     gw: Gateway, req: RequestMetadata, watcher: DisconnectWatcher, base64_out: bool
 ) -> Response:
@@ -83,7 +75,7 @@ async def complete_split_embedding(
     submitted: list[str] = []
     try:
         for rid, part in zip(ids, parts, strict=True):
-            if not await _known(gw, rid):
+            if not await gw.knows(rid):
                 await manager.submit_request(
                     req.model_copy(update={"input": part, "request_id": rid})
                 )

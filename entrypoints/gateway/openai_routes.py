@@ -86,7 +86,7 @@ async def _handle(request: Request, kind: RequestKind, endpoint: str) -> Respons
         watcher = DisconnectWatcher(request.receive)
         if req.stream and kind != RequestKind.EMBEDDING:
             include_usage = isinstance(stream_opts, dict) and bool(stream_opts.get("include_usage"))
-            if await _known(gw, req.request_id):
+            if await gw.knows(req.request_id):
                 response = await _rejoin_stream(gw, req, watcher, include_usage)
             else:
                 response = await _stream(gw, req, watcher, endpoint, include_usage)
@@ -146,20 +146,11 @@ def _to_base64(response: dict[str, Any]) -> dict[str, Any]:
     return {**response, "data": data}
 
 
-async def _known(gw: Gateway, request_id: str) -> bool:
-    """Whether a request with this id is in flight or its result is retained."""
-    try:
-        await gw.manager.get_request_status(request_id)
-    except KeyError:
-        return False
-    return True
-
-
 async def _complete(
     gw: Gateway, req: RequestMetadata, watcher: DisconnectWatcher, base64_out: bool = False
 ) -> Response:
     manager = gw.manager
-    rejoined = await _known(gw, req.request_id)
+    rejoined = await gw.knows(req.request_id)
     rid = req.request_id if rejoined else await manager.submit_request(req)
     try:
         result = await watcher.race(manager.wait(rid))
