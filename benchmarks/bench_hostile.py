@@ -56,11 +56,21 @@ def rss_mib(pid: int) -> float:
     return float("nan")
 
 
-def start_gateway(*extra: str) -> tuple[subprocess.Popen[str], str]:
-    args = [sys.executable, "-m", "sage_cp_plugin.entrypoints.cli", "serve", "--port", "0",
-            "--admin-key", ADMIN, "--header-timeout", str(TIMEOUTS["header"]),
-            "--body-timeout", str(TIMEOUTS["body"]), "--keep-alive", str(TIMEOUTS["idle"]),
-            *extra]  # fmt: skip
+def start_gateway(*extra: str, short_timeouts: bool = True) -> tuple[subprocess.Popen[str], str]:
+    args = [
+        sys.executable,
+        "-m",
+        "sage_cp_plugin.entrypoints.cli",
+        "serve",
+        "--port",
+        "0",
+        "--admin-key",
+        ADMIN,
+        *extra,
+    ]
+    if short_timeouts:
+        args += ["--header-timeout", str(TIMEOUTS["header"]), "--body-timeout",
+                 str(TIMEOUTS["body"]), "--keep-alive", str(TIMEOUTS["idle"])]  # fmt: skip
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert proc.stdout is not None
     for line in proc.stdout:
@@ -356,12 +366,13 @@ def batch_outage(down_s: float = 30.0) -> dict[str, Any]:
 
 # -- 5. sustained 2x overload (re-check of what held before) -----------------------------------
 async def _overload(url: str, pid: int, seconds: float) -> dict[str, Any]:
-    body = {**CHAT, "max_tokens": 128}
+    body = {**CHAT, "max_tokens": 32}
     limits = httpx.Limits(max_connections=2000, max_keepalive_connections=2000)
     async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as c:
-        # Service rate: closed loop with every instance slot (2 x 100) busy.
+        # Service rate: closed loop with every instance slot (2 x 100) busy, over a window
+        # many request latencies long.
         done = 0
-        end = time.monotonic() + 8.0
+        end = time.monotonic() + 20.0
 
         async def worker() -> None:
             nonlocal done
@@ -376,14 +387,20 @@ async def _overload(url: str, pid: int, seconds: float) -> dict[str, Any]:
         rss: list[float] = []
         outcomes: list[tuple[int, bool]] = []
         lost = 0
+        why: dict[str, int] = {}  # distinct error messages / exception types, counted
 
         async def one() -> None:
             nonlocal lost
             try:
                 r = await c.post("/v1/chat/completions", json=body)
                 outcomes.append((r.status_code, "retry-after" in r.headers))
-            except httpx.HTTPError:
+                if r.status_code != 200:
+                    msg = f"{r.status_code}: {r.json()['error']['message'][:120]}"
+                    why[msg] = why.get(msg, 0) + 1
+            except httpx.HTTPError as exc:
                 lost += 1
+                msg = f"client error: {type(exc).__name__}: {str(exc)[:80]}"
+                why[msg] = why.get(msg, 0) + 1
 
         tasks = []
         start = time.monotonic()
@@ -408,12 +425,14 @@ async def _overload(url: str, pid: int, seconds: float) -> dict[str, Any]:
     return {"seconds": seconds, "service_rate_per_s": rate, "offered_rate_per_s": sent_rate,
             "requests": i, "status_counts": codes, "server_errors": sum(
                 1 for code, _ in outcomes if code >= 500), "lost": lost,
-            "shed_with_retry_after": sum(shed), "shed": len(shed),
+            "shed_with_retry_after": sum(shed), "shed": len(shed), "why": why,
             "rss_first_mib": rss[0], "rss_max_mib": max(rss), "rss_last_mib": rss[-1]}  # fmt: skip
 
 
 def overload(seconds: float) -> dict[str, Any]:
-    proc, url = start_gateway("--max-pending", "64")
+    # Default connection timeouts (keep-alive 30 s), as a deployment would run: a 5 s
+    # keep-alive races a client pool that reuses a connection just as it is closed.
+    proc, url = start_gateway("--max-pending", "64", short_timeouts=False)
     try:
         time.sleep(1.0)
         return asyncio.run(_overload(url, proc.pid, seconds))
@@ -538,11 +557,15 @@ def main() -> None:
     ap.add_argument("--skip-batch", action="store_true")
     ap.add_argument("--slow-worker", metavar="URL", help=argparse.SUPPRESS)
     ap.add_argument("--overload-s", type=float, default=60.0, help="0 skips the overload run")
+    ap.add_argument("--only-overload", action="store_true", help="(diagnosis) print and exit")
     args = ap.parse_args()
     if args.slow_worker:
         print(json.dumps(asyncio.run(_slow_clients(args.slow_worker))))
         return
     data: dict[str, Any] = {"machine": machine(), "timeouts_s": TIMEOUTS}
+    if args.only_overload:
+        print(json.dumps(overload(args.overload_s), indent=1))
+        return
     proc, url = start_gateway()
     try:
         time.sleep(1.0)  # let the embedded fleet's first probes settle
