@@ -480,6 +480,16 @@ def plot(data: dict[str, Any], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def slim(data: dict[str, Any]) -> dict[str, Any]:
+    """The JSON without the raw time series (they are in the PNG; 1 MB otherwise)."""
+    out = json.loads(json.dumps(data))
+    for section in ("embeddings", "embeddings_external_fleet"):
+        for run in out.get(section, {}).get("runs", {}).values():
+            run.pop("series", None)
+    out.get("slow_connections", {}).pop("close_times", None)
+    return out
+
+
 def markdown(d: dict[str, Any]) -> str:
     h, e, s = d["hostile"], d["embeddings"], d["slow_connections"]
     lines = [
@@ -606,7 +616,7 @@ def main() -> None:
         print("overload:", data["overload"], flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
     plot(data, RESULTS / "hostile.png")
-    write_results("hostile", data, markdown(data))
+    write_results("hostile", slim(data), markdown(data))
     print((RESULTS / "hostile.md").read_text())
 
 
