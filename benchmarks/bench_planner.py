@@ -11,7 +11,6 @@ dominates). Writes ``benchmarks/results/planner.json``, ``planner.md`` and ``pla
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import statistics
@@ -35,6 +34,7 @@ from sage_cp_plugin.parallelism import (
     get_model_spec,
 )
 from sage_cp_plugin.parallelism.roofline import StepModel
+from sage_cp_plugin.virtual.provenance import write_stamped
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TIMING_RUNS = 5
@@ -136,7 +136,7 @@ BUILDKITE = (
     "/builds/9515): H200, 32 input / 128 output tokens, batch 8, mean end-to-end latency"
 )
 DESIGN_FITS = (
-    "published vLLM 0.8 step-time fits quoted in DESIGN.md §8 "
+    "published vLLM 0.8 step-time fits quoted in docs/architecture.md §8 "
     "(t = b0 + b1 x prefill tokens + b2 x decode seqs)"
 )
 
@@ -210,7 +210,7 @@ def machine() -> str:
     )
 
 
-def write_markdown(runs: list[dict[str, Any]], checks: list[dict[str, Any]], mach: str) -> None:
+def render_markdown(runs: list[dict[str, Any]], checks: list[dict[str, Any]], mach: str) -> str:
     lines = [
         "# Parallelism planner quality",
         "",
@@ -245,7 +245,7 @@ def write_markdown(runs: list[dict[str, Any]], checks: list[dict[str, Any]], mac
         "|---|---|---|---|---|",
     ]
     for c in checks:
-        src = "vLLM perf benchmark" if c["source"] == BUILDKITE else "DESIGN.md §8 fits"
+        src = "vLLM perf benchmark" if c["source"] == BUILDKITE else "docs/architecture.md §8 fits"
         lines.append(
             f"| {src} | {c['what']} | {c['published_ms']:.2f} | "
             f"{c['estimate_ms']:.2f} | {c['error_pct']:+.0f} % |"
@@ -260,7 +260,7 @@ def write_markdown(runs: list[dict[str, Any]], checks: list[dict[str, Any]], mac
         "overhead); it ranks layouts, it does not predict absolute latency to a few percent. "
         "Simulated goodput (sage_cp_plugin.sim) is not compared here.",
     ]
-    (RESULTS / "planner.md").write_text("\n".join(lines) + "\n")
+    return "\n".join(lines) + "\n"
 
 
 def plot(runs: list[dict[str, Any]], checks: list[dict[str, Any]]) -> None:
@@ -310,8 +310,7 @@ def main() -> None:
         "runs": runs,
         "published_checks": checks,
     }
-    (RESULTS / "planner.json").write_text(json.dumps(out, indent=2) + "\n")
-    write_markdown(runs, checks, mach)
+    write_stamped(RESULTS, "planner", out, render_markdown(runs, checks, mach))
     plot(runs, checks)
     print((RESULTS / "planner.md").read_text())
 

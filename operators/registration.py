@@ -1,6 +1,6 @@
 """`use_control_plane(env, ...)`: register the shared service and shield the job from SAGE bugs.
 
-What it does to the environment, and why (DESIGN.md §7, SAGE 0.3.2.4):
+What it does to the environment, and why (docs/architecture.md §7, SAGE 0.3.2.4):
 - registers `ControlPlaneService` under `name`;
 - adds an empty batch source, because a linear `from_batch -> map -> sink` job otherwise takes
   SAGE's fast path, whose context has no service access, which loads the whole source into

@@ -1,7 +1,7 @@
 """`ControlPlaneService`: the one coordinator every operator of a SAGE job shares.
 
 SAGE creates a service once per job and calls it by reference from its worker threads
-(DESIGN.md §7), never awaiting `async def` methods. So the service owns an event loop on a
+(docs/architecture.md §7), never awaiting `async def` methods. So the service owns an event loop on a
 dedicated daemon thread, its public methods are synchronous and thread-safe, and they hand
 work to that loop with `asyncio.run_coroutine_threadsafe`. One call may carry a whole batch:
 its requests run concurrently on the loop, which is where concurrency towards vLLM comes

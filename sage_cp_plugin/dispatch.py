@@ -10,27 +10,52 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 from sage_cp_plugin.attempts import Attempts
-from sage_cp_plugin.pending import QueuedRequest
+from sage_cp_plugin.health import HealthMonitor
+from sage_cp_plugin.pending import PendingQueue, QueuedRequest
+from sage_cp_plugin.pools import InstancePools
+from sage_cp_plugin.preferences import narrow
+from sage_cp_plugin.results import ResultStore
 from sage_cp_plugin.state import InstanceState
+from sage_cp_plugin.strategies import Strategies
 from sage_cp_plugin.types import (
     ExecutionInstanceType,
 )
-
-if TYPE_CHECKING:
-    from sage_cp_plugin.manager import ControlPlaneManager
 
 logger = logging.getLogger(__name__)
 
 
 class Dispatcher:
-    def __init__(self, manager: ControlPlaneManager) -> None:
-        self.m = manager
+    """Reads the queue, the pools and the strategies in force; ends requests that cannot
+    run through `results`; hands the others to `attempts`."""
+
+    def __init__(
+        self,
+        *,
+        queue: PendingQueue,
+        pools: InstancePools,
+        strategies: Strategies,
+        health: HealthMonitor,
+        results: ResultStore,
+        attempts: Attempts,
+        clock: Callable[[], float],
+        is_running: Callable[[], bool],
+        request_timeout_s: float,
+    ) -> None:
+        self.queue = queue
+        self.pools = pools
+        self.fleet = pools.fleet
+        self.strategies = strategies
+        self.health = health
+        self.results = results
+        self.clock = clock
+        self.is_running = is_running
+        self.request_timeout_s = request_timeout_s
         self._event = asyncio.Event()
         self._timer: asyncio.TimerHandle | None = None
-        self.attempts = Attempts(manager, self.wake)
+        self.attempts = attempts
         self._policy_seen: tuple[int, int] | None = None  # (id(policy), version) last keyed
 
     # -- waking ----------------------------------------------------------------------------
@@ -59,9 +84,9 @@ class Dispatcher:
     def candidates(self, item: QueuedRequest) -> tuple[list[InstanceState], bool]:
         """Eligible instances with capacity, and whether any eligible one is routable."""
         routable = self.routable(item)
-        room = self.m.has_room
+        room = self.pools.has_room
         free = [s for s in routable if room(s, item)]
-        pd = self.m.pd_router
+        pd = self.strategies.pd_router
         if pd is not None and item.phase is not None:
             tier = pd.filter_by_phase(free or routable, item.phase)
             free = [s for s in tier if room(s, item)]
@@ -69,16 +94,19 @@ class Dispatcher:
 
     def routable(self, item: QueuedRequest) -> list[InstanceState]:
         """Healthy instances that serve the request's model and kind (any capacity)."""
-        m = self.m
         routable: list[InstanceState] = []
         excluded = item.excluded
         kept_excluded: list[InstanceState] = []
-        for s in m.eligible(item.pool):
+        health, fleet = self.health, self.fleet
+        for s in self.pools.eligible(item.pool):
             # Inlined `InstanceState.routable`: this loop is the hot path of a decision.
             if not s.healthy or s.draining:
                 continue
-            if s.circuit_open and not m.health.maybe_half_open(s, m.fleet.now):
+            if s.circuit_open and not health.maybe_half_open(s, fleet.now):
                 continue
+            limit = s.instance.max_prompt_tokens
+            if limit is not None and item.input_tokens > limit:
+                continue  # chunked prefill off: vLLM cannot schedule a longer prompt
             if excluded and s.instance_id in excluded:
                 kept_excluded.append(s)
                 continue
@@ -89,100 +117,140 @@ class Dispatcher:
     def _pd_pair(self, item: QueuedRequest) -> tuple[InstanceState, InstanceState] | str | None:
         """(prefill, decode) for a split request; "wait" when both pools exist but one is
         full; None when the request is not split (no PD pools, or the trigger says no)."""
-        m = self.m
+        pools, st = self.pools, self.strategies
         routable = self.routable(item)
         pre = [s for s in routable if s.instance.instance_type is ExecutionInstanceType.PREFILLING]
         dec = [s for s in routable if s.instance.instance_type is ExecutionInstanceType.DECODING]
         if not pre or not dec:
             return None
-        pre_free = [s for s in pre if m.has_room(s, item)]
-        dec_free = [s for s in dec if m.has_room(s, item)]
+        pre_free = [s for s in pre if pools.has_room(s, item)]
+        dec_free = [s for s in dec if pools.has_room(s, item)]
+        if st.disaggregator.predicted:
+            return self._predicted_pair(item, routable, pre_free, dec_free)
         if not dec_free:
             return "wait"
-        decode = m.decode_router.select(item, dec_free, m.fleet)
-        if decode is None or not m.disaggregator.wants_split(item, decode):
+        decode = st.decode_router.select(item, dec_free, self.fleet)
+        if decode is None or not st.disaggregator.wants_split(item, decode):
             return None
         if not pre_free:
             return "wait"
-        prefill = m.prefill_router.select(item, pre_free, m.fleet)
+        prefill = st.prefill_router.select(item, pre_free, self.fleet)
         return None if prefill is None else (prefill, decode)
 
+    def _predicted_pair(
+        self,
+        item: QueuedRequest,
+        routable: list[InstanceState],
+        pre_free: list[InstanceState],
+        dec_free: list[InstanceState],
+    ) -> tuple[InstanceState, InstanceState] | None:
+        """The `predicted` trigger: split only when it beats running the request whole on
+        the instance that could start it soonest; never wait for a pool (no "wait")."""
+        pools, st = self.pools, self.strategies
+        if not pre_free or not dec_free:
+            return None
+        decode = st.decode_router.select(item, dec_free, self.fleet)
+        prefill = st.prefill_router.select(item, pre_free, self.fleet)
+        if decode is None or prefill is None:
+            return None
+        whole = [s for s in routable if pools.has_room(s, item)]
+        whole_wait = min((self._wait_s(s) for s in whole), default=float("inf"))
+        limits = pools.limits
+        limit = limits.of(decode).current if limits is not None else decode.capacity
+        ok = st.disaggregator.split_pays(
+            item, prefill, decode, whole_wait_s=whole_wait, decode_limit=limit
+        )
+        return (prefill, decode) if ok else None
+
+    def _wait_s(self, s: InstanceState) -> float:
+        """Predicted wait before `s` starts a new request (local estimate until the
+        token-level load model's predicted TTFT lands): prompt tokens of split prefills
+        outstanding there, plus the engine queueing its limit last observed."""
+        wait = self.strategies.disaggregator.prefill_wait_s(s)
+        if self.pools.limits is not None:
+            wait += self.pools.limits.of(s).last_delay_s
+        return wait
+
     def dispatch_round(self) -> None:
-        m = self.m
-        if not m.running:
+        if not self.is_running():
             return
-        now = m.now()
-        m.fleet.now = now
-        policy = m.scheduling_policy
-        policy.tick(m.fleet, len(m.queue), now)
+        queue, fleet, results, strategies = self.queue, self.fleet, self.results, self.strategies
+        timeout_s = self.request_timeout_s
+        now = self.clock()
+        fleet.now = now
+        policy = strategies.scheduling_policy
+        policy.tick(fleet, len(queue), now)
         seen = (id(policy), policy.version)
         if self._policy_seen is not None and seen != self._policy_seen:
-            m.queue.rekey(policy.key)  # the ordering changed (adaptive switch, update_policy)
+            queue.rekey(policy.key)  # the ordering changed (adaptive switch, update_policy)
         self._policy_seen = seen
-        for pool in m.queue.pools():
+        for pool in queue.pools():
             while True:
-                item = m.queue.peek(pool)
+                item = queue.peek(pool)
                 if item is None:
                     break
                 if item.not_before > now:
                     self._wake_at(item.not_before)
                     break
-                if now - item.arrival > m.request_timeout_s:
-                    m.queue.pop(pool)
+                if now - item.arrival > timeout_s:
+                    queue.pop(pool)
                     self._dequeued(item)
-                    m.finish_failed(
+                    results.finish_failed(
                         item,
-                        f"request timed out after {m.request_timeout_s:g}s without completing"
+                        f"request timed out after {timeout_s:g}s without completing"
                         + (f" (last error: {item.last_error})" if item.last_error else ""),
                         "timeout",
                     )
                     continue
-                if m.disaggregator.enabled and not item.pool[1] and not item.no_split:
+                if strategies.disaggregator.enabled and not item.pool[1] and not item.no_split:
                     pair = self._pd_pair(item)
                     if pair == "wait":
                         break
                     if isinstance(pair, tuple):
-                        m.queue.pop(pool)
+                        queue.pop(pool)
                         self._dequeued(item)
                         self.attempts.launch_pd(item, pair[0], pair[1], now)
                         continue
                 cands, any_routable = self.candidates(item)
                 if not any_routable:
-                    m.queue.pop(pool)
+                    queue.pop(pool)
                     self._dequeued(item)
                     why = self._no_instance_reason(item)
-                    m.finish_failed(item, why, "no_instance")
+                    results.finish_failed(item, why, "no_instance")
                     continue
                 if not cands:
                     break  # every eligible instance is busy: wait for a finish
-                state = policy.select_instance(item, cands, m.router, m.fleet)
+                state = policy.select_instance(item, narrow(item, cands), strategies.router, fleet)
                 if state is None:
                     break
                 reject = policy.check_dispatch(item, state, now)
-                m.queue.pop(pool)
+                queue.pop(pool)
                 self._dequeued(item)
                 if reject is not None:
-                    m.finish_failed(item, reject, "rejected")
+                    results.finish_failed(item, reject, "rejected")
                     continue
                 self.attempts.launch(item, state, now)
 
     def _dequeued(self, item: QueuedRequest) -> None:
-        hook = getattr(self.m.scheduling_policy, "on_dequeue", None)
+        hook = getattr(self.strategies.scheduling_policy, "on_dequeue", None)
         if hook is not None:
             hook(item)
 
     def _no_instance_reason(self, item: QueuedRequest) -> str:
-        m = self.m
-        eligible = m.eligible(item.pool)
+        eligible = self.pools.eligible(item.pool)
         if not eligible:
             return (
                 f"no instance serves model {item.request.model_name!r}; "
-                f"models served: {', '.join(m.list_models()) or 'none'}"
+                f"models served: {', '.join(self.pools.list_models()) or 'none'}"
             )
-        states = ", ".join(
-            f"{s.instance_id}({'draining' if s.draining else 'circuit open' if s.circuit_open else 'unhealthy'})"
-            for s in eligible
-        )
+
+        def why(s: InstanceState) -> str:
+            limit = s.instance.max_prompt_tokens
+            if limit is not None and item.input_tokens > limit:
+                return f"prompt of ~{item.input_tokens} tokens over its {limit} without chunked prefill"
+            return "draining" if s.draining else "circuit open" if s.circuit_open else "unhealthy"
+
+        states = ", ".join(f"{s.instance_id}({why(s)})" for s in eligible)
         extra = f"; last error: {item.last_error}" if item.last_error else ""
         return f"no healthy instance can serve the request: {states}{extra}"
 

@@ -109,5 +109,8 @@ class InvalidRequestBodyError(ControlPlaneError):
     status_code = 400
 
 
-class RequestTimeoutError(ControlPlaneError):
+class RequestTimeoutError(ControlPlaneError, TimeoutError):
+    """A request did not finish in time: `wait(..., timeout=)` ran out, or the request
+    outlived `request_timeout_s` (its result then has error_type "timeout")."""
+
     status_code = 504

@@ -203,16 +203,23 @@ class ExecutionCoordinator:
         sink: ChunkSink | None = None,
         extra: dict[str, Any] | None = None,
         stream: bool | None = None,
+        on_first_token: Callable[[], None] | None = None,
+        priority: int | None = None,
     ) -> Outcome:
-        """One attempt. `sink` receives each streamed chunk as it arrives (pass-through).
+        """One attempt. `sink` receives each streamed chunk as it arrives (pass-through);
+        `on_first_token` is called once when the first token arrives (streaming only).
 
         `extra` adds body fields (the PD protocol's `kv_transfer_params`, `max_tokens: 1`).
+        `priority` is vLLM's request priority (lower runs earlier), sent only to instances
+        that run `--scheduling-policy priority`.
         """
         kind = request.request_kind
         want_stream = kind != RequestKind.EMBEDDING and (
             sink is not None or (self.upstream_streaming if stream is None else stream)
         )
         body = build_body(request, instance, stream=want_stream)
+        if priority is not None and instance.scheduling_policy == "priority":
+            body["priority"] = priority
         if extra:
             body.update(extra)
             if not want_stream:
@@ -223,7 +230,9 @@ class ExecutionCoordinator:
         url = self._url(client, ENDPOINTS[kind])
         try:
             if want_stream:
-                await self._run_streaming(client, url, body, request, instance, out, sink)
+                await self._run_streaming(
+                    client, url, body, request, instance, out, sink, on_first_token
+                )
             else:
                 await self._run_plain(client, url, body, request, instance, out)
         except UpstreamError:
@@ -309,6 +318,7 @@ class ExecutionCoordinator:
         instance: ExecutionInstance,
         out: Outcome,
         sink: ChunkSink | None,
+        on_first_token: Callable[[], None] | None = None,
     ) -> None:
         loop = asyncio.get_running_loop()
         chunks: list[dict[str, Any]] = []
@@ -351,6 +361,8 @@ class ExecutionCoordinator:
                 if text:
                     if out.first_token_at is None:
                         out.first_token_at = now
+                        if on_first_token is not None:
+                            on_first_token()
                     out.token_times.append(now)
                     parts.append(text)
                 if chunk.get("usage"):

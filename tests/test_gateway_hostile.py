@@ -159,11 +159,11 @@ async def test_long_embedding_lists_are_split_across_instances_and_huge_ones_ref
 async def test_result_retention_is_bounded_in_bytes() -> None:
     async with gateway_over_sim([embed()]) as h:
         m = h.manager
-        m._result_retention_bytes = 200_000  # a few embedding answers
+        m.results.retention_bytes = 200_000  # a few embedding answers
         for i in range(30):
             await m.embed([f"t{i}-{j}" for j in range(8)], model_name="sim-embed")
-        assert 0 < m._results_bytes <= 200_000
-        assert len(m._results) < 30
+        assert 0 < m.results.retained_bytes <= 200_000
+        assert len(m.results) < 30
 
 
 @pytest.mark.parametrize("key", ["", "   ", " padded "])

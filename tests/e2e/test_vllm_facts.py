@@ -2,7 +2,7 @@
 
 Direct httpx calls, no control plane involved: when a vLLM upgrade changes an endpoint, a
 response shape, a metric name or prefix-caching behaviour, this module fails and names the fact,
-before the control-plane e2e tests fail in a confusing way. DESIGN.md §6 lists the facts.
+before the control-plane e2e tests fail in a confusing way. docs/architecture.md §6 lists the facts.
 The disaggregated-prefill facts are in ``test_vllm_pd_facts.py`` (its NIXL pair is started only
 for that module).
 """
@@ -361,7 +361,7 @@ def test_kv_pressure_is_visible_in_metrics(vllm_pressure_url: str, tiny_model_na
             seen["waiting"] = max(seen["waiting"], metric_sum(text, "vllm:num_requests_waiting"))
             seen["running"] = max(seen["running"], metric_sum(text, "vllm:num_requests_running"))
             seen["usage"] = max(seen["usage"], metric_sum(text, "vllm:kv_cache_usage_perc"))
-            time.sleep(0.1)
+            done.wait(0.1)  # a sampling interval that ends as soon as the load does
 
     def one(_: int) -> dict[str, Any]:
         return post(
