@@ -506,7 +506,7 @@ class RequestResult(_Model):
     error: str | None = None
     # Why it failed, for machines: "upstream" (with the instance's HTTP status in
     # `status_code`, None when unreachable), "timeout", "no_instance", "rejected",
-    # "cancelled", "stopped", "internal".
+    # "cancelled", "stopped", "invalid_request" (the body cannot be sent), "internal".
     error_type: str | None = None
     status_code: int | None = None
     instance_id: str | None = None

@@ -20,7 +20,7 @@ def test_schemathesis_finds_no_5xx_and_the_gateway_stays_up(tmp_path: Path) -> N
         out = subprocess.run(
             [
                 st, "run", f"{gp.url}/openapi.json",
-                "--checks", "not_a_server_error",
+                "--checks", "not_a_server_error,content_type_conformance",
                 "--max-examples", "25", "--seed", "7",
                 "--request-timeout", "20", "--workers", "2",
                 "--exclude-path", "/metrics",
