@@ -116,8 +116,14 @@ class StepScheduler:
         return self.kv.match_prefix(seq.hashes[: (num_tokens - 1) // self._bs])
 
     def _count_query(self, seq: SimSequence, hit_tokens: int) -> None:
-        # Counted once per admission that succeeds, in tokens (vLLM's unit).
+        # Counted once per request, at its first admission, in tokens (vLLM's unit). Like vLLM's
+        # PrefixCacheStats, a preempted request's re-lookup is counted apart (and not exported):
+        # a victim re-hitting its own blocks must not inflate the hit rate.
         if not self.kv.enable_prefix_caching or seq.pooling:
+            return
+        if seq.first_scheduled is not None:
+            self.counters.preempted_prefix_queries += seq.num_tokens
+            self.counters.preempted_prefix_hits += hit_tokens
             return
         self.counters.prefix_cache_queries += seq.num_tokens
         self.counters.prefix_cache_hits += hit_tokens

@@ -135,8 +135,10 @@ class EngineCounters:
     """Plain counters mirrored into Prometheus; cheap to read in tests and ``/sim/state``."""
 
     steps: int = 0
-    prefix_cache_queries: int = 0  # tokens, as vLLM counts
+    prefix_cache_queries: int = 0  # tokens, as vLLM counts; first admission of each request
     prefix_cache_hits: int = 0
+    preempted_prefix_queries: int = 0  # re-admissions after preemption (vLLM: preempted_queries)
+    preempted_prefix_hits: int = 0
     preemptions: int = 0
     prompt_tokens: int = 0
     prompt_tokens_computed: int = 0

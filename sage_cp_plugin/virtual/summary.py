@@ -79,6 +79,8 @@ def summarize(result: RunResult, group_by: str | None = "slo_class") -> dict[str
         out["split_share"] = len(paths.get("split", [])) / len(result.outcomes)
     eng = result.engine
     queries = eng.get("prefix_cache_queries", 0)
+    # Prompt tokens served from cache / prompt tokens, once per request (the simulator counts a
+    # preempted request's re-admission apart, as vLLM does).
     out["prefix_hit_rate"] = eng.get("prefix_cache_hits", 0) / queries if queries else 0.0
     computed, prompt = eng.get("prompt_tokens_computed", 0), eng.get("prompt_tokens", 0)
     out["prompt_tokens_computed_share"] = computed / prompt if prompt else 0.0
