@@ -12,13 +12,10 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sage_cp_plugin.cost import price
 from sage_cp_plugin.types import ExecutionInstance, ExecutionInstanceType
-
-if TYPE_CHECKING:
-    from sage_cp_plugin.routing.cache_view import PrefixCacheView
 
 
 @dataclass(slots=True)
@@ -156,8 +153,10 @@ class FleetSnapshot:
 
     states: dict[str, InstanceState] = field(default_factory=dict)
     now: float = 0.0
-    # What each instance's prefix cache holds (approximate or from KV events); None = unknown.
-    cache_view: PrefixCacheView | None = None
+    # What each instance's prefix cache holds (a `routing.cache_view.PrefixCacheView`:
+    # approximate or from KV events); None = unknown. Typed loosely: routing imports this
+    # module, so naming the protocol here would make an import cycle.
+    cache_view: Any = None
 
     def __iter__(self) -> Iterator[InstanceState]:
         return iter(self.states.values())
