@@ -83,11 +83,15 @@ class Attempts:
     def launch(self, item: QueuedRequest, state: InstanceState, now: float) -> None:
         st = self.strategies
         executor = self.executor
+        service_s = state.predicted_service_s(item.input_tokens, item.output_tokens)
+        estimate = state.price_for(
+            item.input_tokens + item.output_tokens, service_s, item.request.billing_tier
+        )
         decision = SchedulingDecision(
             request_id=item.request_id,
             target_instance_id=state.instance_id,
-            estimated_latency_ms=state.predicted_service_s(item.input_tokens, item.output_tokens)
-            * 1000,
+            estimated_latency_ms=service_s * 1000,
+            estimated_cost=estimate or 0.0,
             parallelism_strategy=layout_of(state.instance),
             tensor_parallel_size=state.instance.tensor_parallel_size,
             pipeline_parallel_size=state.instance.pipeline_parallel_size,
