@@ -15,9 +15,10 @@ from dataclasses import dataclass
 
 from sage_cp_plugin.concurrency_limit import ConcurrencyLimits
 from sage_cp_plugin.cost import GpuTimeMeter, price
-from sage_cp_plugin.errors import UpstreamError
+from sage_cp_plugin.errors import InvalidRequestBodyError, UpstreamError
 from sage_cp_plugin.executor import ExecutionCoordinator, Outcome
 from sage_cp_plugin.health import HealthMonitor
+from sage_cp_plugin.log_once import OncePerKind
 from sage_cp_plugin.metrics import MetricsCollector, slo_met
 from sage_cp_plugin.pending import PendingQueue, QueuedRequest
 from sage_cp_plugin.preferences import layout_of
@@ -34,6 +35,7 @@ from sage_cp_plugin.types import (
 )
 
 logger = logging.getLogger(__name__)
+_crashes = OncePerKind(logger)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,11 +83,15 @@ class Attempts:
     def launch(self, item: QueuedRequest, state: InstanceState, now: float) -> None:
         st = self.strategies
         executor = self.executor
+        service_s = state.predicted_service_s(item.input_tokens, item.output_tokens)
+        estimate = state.price_for(
+            item.input_tokens + item.output_tokens, service_s, item.request.billing_tier
+        )
         decision = SchedulingDecision(
             request_id=item.request_id,
             target_instance_id=state.instance_id,
-            estimated_latency_ms=state.predicted_service_s(item.input_tokens, item.output_tokens)
-            * 1000,
+            estimated_latency_ms=service_s * 1000,
+            estimated_cost=estimate or 0.0,
             parallelism_strategy=layout_of(state.instance),
             tensor_parallel_size=state.instance.tensor_parallel_size,
             pipeline_parallel_size=state.instance.pipeline_parallel_size,
@@ -223,12 +229,24 @@ class Attempts:
             )
             raise
         except UpstreamError as exc:
-            # The instance answered a bad request correctly: not a sign of ill health.
+            # The instance answered a bad request correctly (4xx): that says nothing about
+            # its health either way, so the circuit is neither tripped nor reset by it.
             ok = exc.is_client_error
+            judged = not exc.is_client_error
             self._charge(item, legs, starts, out)
             self._on_error(item, target, exc)
+        except InvalidRequestBodyError as exc:
+            # Nothing reached the instance: the request could not even be encoded.
+            judged = False
+            self._charge(item, legs, starts, out)
+            results.finish_failed(
+                item, str(exc), "invalid_request", instance_id=target.instance_id, status_code=400
+            )
         except Exception as exc:  # a bug must fail the request, never strand it
-            logger.exception("request %s crashed", item.request_id)
+            # Only transport failures, timeouts and the engine's 5xx say anything about the
+            # instance; a crash here is ours (or the request's), so health is not judged.
+            judged = False
+            _crashes.exception(exc, "request %s crashed", item.request_id)
             self._charge(item, legs, starts, out)
             results.finish_failed(
                 item,

@@ -25,7 +25,15 @@ import numpy as np
 from httpx_aiohttp import AiohttpTransport
 
 from sage_cp_plugin.errors import UpstreamError
-from sage_cp_plugin.openai_body import ENDPOINTS, assemble_response, build_body, delta_text, text_of
+from sage_cp_plugin.openai_body import (
+    ENDPOINTS,
+    JSON_HEADERS,
+    assemble_response,
+    build_body,
+    delta_text,
+    encode_body,
+    text_of,
+)
 from sage_cp_plugin.types import ExecutionInstance, RequestKind, RequestMetadata, SchedulingDecision
 
 logger = logging.getLogger(__name__)
@@ -270,7 +278,7 @@ class ExecutionCoordinator:
         instance: ExecutionInstance,
         out: Outcome,
     ) -> None:
-        resp = await client.post(url, json=body)
+        resp = await client.post(url, content=encode_body(body), headers=JSON_HEADERS)
         if resp.status_code != 200:
             raise self._status_error(resp, resp.content, instance)
         try:
@@ -317,7 +325,8 @@ class ExecutionCoordinator:
         parts: list[str] = []
         usage: dict[str, Any] | None = None
         done = False
-        async with client.stream("POST", url, json=body) as resp:
+        content = encode_body(body)
+        async with client.stream("POST", url, content=content, headers=JSON_HEADERS) as resp:
             if resp.status_code != 200:
                 raise self._status_error(resp, await resp.aread(), instance)
             async for line in resp.aiter_lines():

@@ -121,7 +121,10 @@ class ControlPlaneManager:
         self.queue = PendingQueue(o.max_pending_requests)
         self.metrics = MetricsCollector(max_tag_series=o.max_tag_series)
         self.results = ResultStore(
-            retention=o.result_retention, clock=self.now, metrics=self.metrics
+            retention=o.result_retention,
+            retention_bytes=o.result_retention_bytes,
+            clock=self.now,
+            metrics=self.metrics,
         )
         self.health = HealthMonitor(o.health, self.executor.health_check, self._wake)
         self.scraper = MetricsScraper(self.executor, o.scrape)

@@ -48,6 +48,9 @@ class ControlPlaneOptions(BaseModel):
     adaptive_concurrency: bool = False
     upstream_streaming: bool = True  # stream from vLLM even for non-streaming callers (TTFT)
     result_retention: int = Field(10_000, gt=0)  # finished results kept for get_request_status
+    # ... and at most about this many bytes of them: a few large embedding answers must not
+    # pin gigabytes (the size is an estimate, embedding_parts.result_bytes).
+    result_retention_bytes: int = Field(256 * 1024 * 1024, gt=0)
     # Distinct `tag=value` series counted in metrics; further ones count under "other".
     max_tag_series: int = Field(64, ge=0)
 

@@ -50,8 +50,8 @@ class InstancePools:
 
     def has_room(self, s: InstanceState, item: QueuedRequest) -> bool:
         """Whether `s` can take `item` now: its slots (or its adaptive limit, when lower),
-        plus the urgent headroom for urgent work; a decode instance slower per token than its `target_latency_ms` takes no
-        new request until it is idle."""
+        plus the urgent headroom for urgent work; a decode instance slower per token than
+        its `target_latency_ms` takes no new request until it is idle."""
         inst = s.instance
         cap = inst.slot_limit
         if self.limits is not None:
@@ -60,10 +60,10 @@ class InstancePools:
             cap += max(1, int(cap * self.urgent_headroom))
         if s.in_flight >= cap:
             return False
-        dec = inst.decoding_config
-        if dec is not None and s.in_flight > 0:
+        target = inst.decode_target_s
+        if target is not None and s.in_flight > 0:
             tpot_s = s.decode_s_per_token.value
-            if tpot_s is not None and tpot_s * 1000.0 > dec.target_latency_ms:
+            if tpot_s is not None and tpot_s > target:
                 return False
         return True
 

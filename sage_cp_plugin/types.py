@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import uuid
 from enum import IntEnum, StrEnum
+from functools import cached_property
 from typing import Any, Literal
 
 from pydantic import (
@@ -179,6 +180,9 @@ class PDSeparationConfig(_Model):
         return v
 
 
+_DERIVED_LIMITS = ("slot_limit", "max_prompt_tokens", "decode_target_s")
+
+
 class ExecutionInstance(_Model):
     """A vLLM server the control plane can send requests to.
 
@@ -268,7 +272,14 @@ class ExecutionInstance(_Model):
                     )
         return self
 
-    @property
+    # Derived limits are read on every dispatch decision, per instance: cached in the
+    # instance's __dict__ (a plain attribute read) and dropped whenever a field is assigned.
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, value)
+        for derived in _DERIVED_LIMITS:
+            self.__dict__.pop(derived, None)
+
+    @cached_property
     def slot_limit(self) -> int:
         """Requests the control plane keeps in flight here at most."""
         limit = self.max_concurrent_requests
@@ -278,13 +289,19 @@ class ExecutionInstance(_Model):
             limit = min(limit, self.decoding_config.max_parallel_requests)
         return limit
 
-    @property
+    @cached_property
     def max_prompt_tokens(self) -> int | None:
         """The longest prompt vLLM can schedule here (None: any)."""
         cfg = self.prefilling_config
         if cfg is not None and not cfg.enable_chunked_prefill:
             return cfg.max_chunk_size_tokens
         return None
+
+    @cached_property
+    def decode_target_s(self) -> float | None:
+        """`DecodingConfig.target_latency_ms` in seconds per output token (None: no target)."""
+        cfg = self.decoding_config
+        return None if cfg is None else cfg.target_latency_ms / 1000.0
 
     def price_per_1k_for(self, tier: str) -> float | None:
         return self.prices_by_tier.get(tier, self.price_per_1k_tokens)
@@ -489,7 +506,7 @@ class RequestResult(_Model):
     error: str | None = None
     # Why it failed, for machines: "upstream" (with the instance's HTTP status in
     # `status_code`, None when unreachable), "timeout", "no_instance", "rejected",
-    # "cancelled", "stopped", "internal".
+    # "cancelled", "stopped", "invalid_request" (the body cannot be sent), "internal".
     error_type: str | None = None
     status_code: int | None = None
     instance_id: str | None = None

@@ -119,6 +119,7 @@ def test_billing_tier_selects_the_price_and_unknown_tiers_are_refused() -> None:
         for r, per_1k in ((std, 2.0), (batch, 0.5)):
             tokens = r.prompt_tokens + r.completion_tokens
             assert r.cost == pytest.approx(per_1k * tokens / 1000)
+            assert r.decision is not None and r.decision.estimated_cost > 0  # a prediction
         assert m.get_metrics().total_cost == pytest.approx((std.cost or 0) + (batch.cost or 0))
         with pytest.raises(RequestRejectedError, match=r"billing_tier 'gold'.*'batch'"):
             await m.submit_request(req(billing_tier="gold"))

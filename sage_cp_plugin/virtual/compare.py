@@ -1,6 +1,6 @@
 """Compare routers and policies on one trace window through the real coordinator.
 
-What `sage-cp replay` and the benchmark matrix run. Rules (DESIGN.md section 9):
+What `sage-cp replay` and the benchmark matrix run. Rules (docs/architecture.md §9):
 - One baseline for every comparison: `round_robin` with `fifo`. Router variants run with the
   `fifo` policy, policy variants with the `round_robin` router, so each variant differs from
   the baseline in exactly one decision.
