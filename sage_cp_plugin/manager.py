@@ -27,6 +27,7 @@ from sage_cp_plugin.errors import (
 )
 from sage_cp_plugin.executor import ExecutionCoordinator, TransportFactory
 from sage_cp_plugin.health import HealthConfig, HealthMonitor
+from sage_cp_plugin.kvevents.tracker import KVEventTracker
 from sage_cp_plugin.metrics import MetricsCollector
 from sage_cp_plugin.pending import PendingQueue, QueuedRequest
 from sage_cp_plugin.plugins import get_registry
@@ -110,6 +111,9 @@ class ControlPlaneManager:
         self.retry_backoff_s = retry_backoff_s
         self.request_timeout_s = request_timeout_s
         self.fleet = FleetSnapshot()
+        # What each engine caches, from vLLM's KV-cache events (instances that publish them).
+        self.kv_events = KVEventTracker()
+        self.fleet.exact_cache = self.kv_events.view
         self.queue = PendingQueue(max_pending_requests)
         self.metrics = MetricsCollector()
         self.health = HealthMonitor(
@@ -149,6 +153,7 @@ class ControlPlaneManager:
                 f"(at {self.fleet.states[instance.instance_id].instance.base_url}); "
                 "ids must be unique"
             )
+        self.kv_events.add_instance(instance)
         self.fleet.states[instance.instance_id] = InstanceState(instance=instance)
         self._pools.clear()
         self.executor.register_instance(instance)
@@ -161,6 +166,7 @@ class ControlPlaneManager:
             raise KeyError(f"unknown instance {instance_id!r}")
         self._pools.clear()
         self.router.on_instance_removed(instance_id)
+        await self.kv_events.remove_instance(instance_id)
         await self.executor.unregister_instance(instance_id)
         self._wake()
 
@@ -189,6 +195,7 @@ class ControlPlaneManager:
             return
         self._running = True
         self._loop = asyncio.get_running_loop()
+        await self.kv_events.start()
         self._tasks.append(asyncio.create_task(self.dispatcher.run(), name="sage-cp-dispatch"))
         if self.enable_monitoring:
             self._tasks.append(
@@ -216,6 +223,7 @@ class ControlPlaneManager:
         for item in list(self.queue.items()):
             self.queue.remove(item.request_id)
             self.finish_failed(item, "control plane stopped before the request ran", "stopped")
+        await self.kv_events.stop()
         await self.executor.aclose()
 
     async def __aenter__(self) -> ControlPlaneManager:
@@ -262,6 +270,9 @@ class ControlPlaneManager:
         # Best-case service time over the pool; in large fleets over a rotating sample of 16,
         # so admission stays O(1) in fleet size (it was a visible cost at 256 instances).
         serving = self.eligible(item.pool)
+        if self.kv_events.enabled:
+            # Token ids for the KV-event index, here and not inside a routing decision.
+            self.kv_events.tokenize(item, serving)
         if len(serving) > 16:
             start = item.seq % len(serving)
             serving = (serving + serving)[start : start + 16]
@@ -515,6 +526,7 @@ class ControlPlaneManager:
                     "draining": s.draining,
                     "in_flight": s.in_flight,
                     "capacity": s.capacity,
+                    "kv_cache": self.kv_events.status(s.instance_id),
                 }
                 for s in self.fleet
             },

@@ -11,8 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from sage_cp_plugin.types import ExecutionInstance, ExecutionInstanceType
+
+if TYPE_CHECKING:
+    from sage_cp_plugin.kvevents.view import ExactPrefixView
 
 
 @dataclass(slots=True)
@@ -114,6 +118,8 @@ class FleetSnapshot:
 
     states: dict[str, InstanceState] = field(default_factory=dict)
     now: float = 0.0
+    # The KV-event index (exact for instances whose events are live; see its `is_exact`).
+    exact_cache: ExactPrefixView | None = None
 
     def __iter__(self) -> Iterator[InstanceState]:
         return iter(self.states.values())

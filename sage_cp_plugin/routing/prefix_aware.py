@@ -6,6 +6,9 @@ hot prefix piles onto it, its load term grows until another instance wins and th
 is replicated there, so one prefix never saturates one instance. When the load imbalance
 between candidates passes `balance_abs_threshold` in-flight requests the least-loaded one
 is taken outright (as SGLang's cache-aware router does).
+
+The matched fraction is exact for instances whose vLLM KV-cache events are live (the index
+follows their evictions) and approximate for the others (`prefix_overlap`).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from collections.abc import Sequence
 from sage_cp_plugin.pending import QueuedRequest
 from sage_cp_plugin.routing.base import Router, least_loaded
 from sage_cp_plugin.routing.prefix_index import PrefixIndex, chunk_hashes
+from sage_cp_plugin.routing.prefix_overlap import cached_fractions
 from sage_cp_plugin.state import FleetSnapshot, InstanceState
 
 
@@ -53,16 +57,15 @@ class PrefixAwareRouter(Router):
             return None
         hashes = self._hashes_of(item)
         loads = [c.in_flight for c in candidates]
-        if max(loads) - min(loads) > self.balance_abs_threshold or not hashes:
+        if max(loads) - min(loads) > self.balance_abs_threshold:
             return least_loaded(candidates, item.seq)
-        matched = self.index.match(hashes)
-        if not matched:
+        fractions = cached_fractions(item, candidates, fleet, self.index, hashes)
+        if not any(fractions):
             return least_loaded(candidates, item.seq)
-        n = len(hashes)
         best: InstanceState | None = None
         best_score = float("-inf")
-        for c in candidates:
-            score = matched.get(c.instance_id, 0) / n - self.load_weight * c.load
+        for c, f in zip(candidates, fractions, strict=True):
+            score = f - self.load_weight * c.load
             if score > best_score:
                 best, best_score = c, score
         return best
