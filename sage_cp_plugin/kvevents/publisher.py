@@ -19,6 +19,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 import zmq
 import zmq.asyncio
@@ -90,13 +91,23 @@ class ZmqEventPublisher:
         self._replay: zmq.asyncio.Socket | None = None
         self._task: asyncio.Task[None] | None = None
         try:
-            self._pub.bind(self.endpoint)
+            self.endpoint = self._bind(self._pub, self.endpoint)
             if self.replay_endpoint is not None:
                 self._replay = self._actx.socket(zmq.ROUTER)
-                self._replay.bind(self.replay_endpoint)
+                self.replay_endpoint = self._bind(self._replay, self.replay_endpoint)
         except zmq.ZMQError as exc:
             self.close()
             raise OSError(f"cannot bind KV-event endpoint {self.endpoint}: {exc}") from exc
+
+    @staticmethod
+    def _bind(sock: zmq.Socket[Any], endpoint: str) -> str:
+        """Bind; port 0 picks a free port. Returns the address actually bound."""
+        if endpoint.startswith("tcp://") and endpoint.endswith(":0"):
+            sock.bind(endpoint[:-2] + ":*")
+            bound = sock.getsockopt(zmq.LAST_ENDPOINT)
+            return bound.decode() if isinstance(bound, bytes) else str(bound)
+        sock.bind(endpoint)
+        return endpoint
 
     @property
     def published(self) -> int:
@@ -129,7 +140,9 @@ class ZmqEventPublisher:
             start = int.from_bytes(start_bytes, "big")
             for seq, payload in list(self._buffer):
                 if seq >= start:
-                    await self._replay.send_multipart((client, b"", seq.to_bytes(8, "big"), payload))
+                    await self._replay.send_multipart(
+                        (client, b"", seq.to_bytes(8, "big"), payload)
+                    )
             await self._replay.send_multipart((client, b"", END_SEQ, b""))
 
     async def aclose(self) -> None:

@@ -68,6 +68,12 @@ class KVEventSubscriber:
         sub.setsockopt(zmq.SUBSCRIBE, self.topic)
         sub.connect(offset_endpoint_port(self.endpoint, rank))
         try:
+            # What the engine cached before we connected: its replay buffer, from the start.
+            history = await self._replay(rank, 0)
+            if history:
+                stream.on_replay(0, history)
+                if self.on_batch is not None:
+                    self.on_batch(self.instance_id)
             while True:
                 frames = await sub.recv_multipart()
                 if len(frames) != 3:

@@ -51,6 +51,7 @@ class KVEventTracker:
         self._tokenizer_of: dict[str, PromptTokenizer] = {}  # by instance id
         self._ctx: zmq.asyncio.Context | None = None
         self._running = False
+        self._applied: asyncio.Event | None = None
 
     # -- fleet -----------------------------------------------------------------------------
     def add_instance(self, inst: ExecutionInstance) -> None:
@@ -76,11 +77,26 @@ class KVEventTracker:
             ),
             topic=inst.kv_events_topic,
             data_parallel_size=inst.data_parallel_size,
-            on_batch=self._live.add,
+            on_batch=self._on_batch,
         )
         self._subscribers[iid] = sub
         if self._running:
             self._start(iid)
+
+    def _on_batch(self, instance_id: str) -> None:
+        self._live.add(instance_id)
+        if self._applied is not None:
+            self._applied.set()
+
+    async def wait_for(self, predicate: Callable[[], bool], timeout: float) -> None:
+        """Wait until ``predicate()`` holds, re-checked after each applied batch (tests and
+        the end-to-end tier wait on the index this way instead of sleeping)."""
+        if self._applied is None:
+            self._applied = asyncio.Event()
+        async with asyncio.timeout(timeout):
+            while not predicate():
+                self._applied.clear()
+                await self._applied.wait()
 
     def in_process_feed(self, instance_id: str) -> Callable[[EventBatch], None]:
         """A callable taking an instance's batches directly (numbered here, in order)."""
@@ -91,7 +107,7 @@ class KVEventTracker:
             if instance_id not in self._streams:
                 return  # removed
             stream.on_live(next(seq), batch)
-            self._live.add(instance_id)
+            self._on_batch(instance_id)
 
         return feed
 
