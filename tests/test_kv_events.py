@@ -39,18 +39,25 @@ def stored(hashes: list[Any], parent: Any, tokens: list[int], bs: int = BS) -> B
 
 
 # -- wire format -------------------------------------------------------------------------------
-def test_batch_round_trips_in_vllms_array_layout() -> None:
+def test_batch_round_trips_in_vllms_layout() -> None:
     batch = EventBatch(
         1.5,
         [stored([b"h1", b"h2"], None, list(range(8))), BlockRemoved([b"h1"]), AllBlocksCleared()],
         data_parallel_rank=0,
     )
     raw = msgpack.unpackb(encode_batch(batch), raw=False)
-    # vLLM's msgspec array_like tagged union: [ts, [[tag, fields...], ...], dp_rank]
+    # vLLM 0.32: array-like batch [ts, events, dp_rank]; events are msgspec tagged maps.
     assert raw[0] == 1.5 and raw[2] == 0
-    assert raw[1][0][:5] == ["BlockStored", [b"h1", b"h2"], None, list(range(8)), BS]
-    assert raw[1][1][0] == "BlockRemoved" and raw[1][2] == ["AllBlocksCleared"]
+    assert raw[1][0]["type"] == "BlockStored" and raw[1][0]["token_ids"] == list(range(8))
+    assert raw[1][0]["block_hashes"] == [b"h1", b"h2"] and raw[1][0]["parent_block_hash"] is None
+    assert raw[1][1] == {"type": "BlockRemoved", "block_hashes": [b"h1"], "medium": "GPU"}
+    assert raw[1][2] == {"type": "AllBlocksCleared"}
     assert decode_batch(encode_batch(batch)) == batch
+
+
+def test_tagged_array_events_of_older_releases_are_read() -> None:
+    payload = msgpack.packb([3.0, [["BlockStored", [9], None, [1, 2, 3, 4], 4, None, "GPU"]]])
+    assert decode_batch(payload).events == [BlockStored([9], None, [1, 2, 3, 4], 4)]
 
 
 def test_map_encoded_batches_and_unknown_events_are_read() -> None:
@@ -72,7 +79,7 @@ def test_bad_payloads_raise_a_clear_error() -> None:
     with pytest.raises(EventDecodeError, match="not msgpack|not an event batch"):
         decode_batch(b"\xc1garbage")
     bad = msgpack.packb([0.0, [["BlockStored", [1], None, [1, 2], 4]]])
-    with pytest.raises(EventDecodeError, match="2 token ids for 1 blocks of 4"):
+    with pytest.raises(EventDecodeError, match=r"2 token ids for 1 blocks of 4"):
         decode_batch(bad)
 
 

@@ -1,13 +1,15 @@
 """vLLM's KV-cache events and their msgpack wire format.
 
 vLLM (`vllm/distributed/kv_events.py`) publishes `KVEventBatch(ts, events, data_parallel_rank)`
-encoded by msgspec as msgpack. Its structs are `array_like` tagged unions: a batch is the array
-`[ts, [event, ...], dp_rank]` and each event the array `["BlockStored", block_hashes,
-parent_block_hash, token_ids, block_size, lora_id, medium, lora_name, ...]`,
-`["BlockRemoved", block_hashes, medium, ...]` or `["AllBlocksCleared"]`; fields past the last
-non-default one are omitted (`omit_defaults`). Builds that encode structs as maps
-(`{"type": "BlockStored", ...}`) are read too. Fields this module does not know are ignored,
-so newer vLLM releases that append fields keep working.
+encoded by msgspec as msgpack. In vLLM 0.32 the batch is `array_like` -- the array
+`[ts, [event, ...], dp_rank]` -- and each event a tagged map:
+`{"type": "BlockStored", "block_hashes": [...], "parent_block_hash": ..., "token_ids": [...],
+"block_size": 16, "lora_id": null, "medium": "GPU", "lora_name": null, ...}`,
+`{"type": "BlockRemoved", "block_hashes": [...], "medium": "GPU"}` or
+`{"type": "AllBlocksCleared"}` (fields equal to their default are omitted). Older releases
+encoded events as tagged arrays `["BlockStored", block_hashes, parent, ...]` (what llm-d's
+indexer reads); both are decoded. Fields this module does not know are ignored, so releases
+that add fields keep working.
 
 Engine block hashes are opaque: `bytes` (vLLM's sha256 digests) or `int` (with
 `VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES`); they are only compared for equality.
@@ -155,28 +157,28 @@ def decode_batch(payload: bytes) -> EventBatch:
     return EventBatch(float(ts), decoded, rank if isinstance(rank, int) else None)
 
 
-def _encode_event(e: KVEvent) -> list[Any]:
+def _encode_event(e: KVEvent) -> dict[str, Any]:
     if isinstance(e, BlockStored):
-        out: list[Any] = [
-            "BlockStored",
-            e.block_hashes,
-            e.parent_block_hash,
-            e.token_ids,
-            e.block_size,
-            None,  # lora_id (deprecated upstream)
-            e.medium,
-            e.lora_name,
-        ]
+        out: dict[str, Any] = {
+            "type": "BlockStored",
+            "block_hashes": e.block_hashes,
+            "parent_block_hash": e.parent_block_hash,
+            "token_ids": e.token_ids,
+            "block_size": e.block_size,
+            "lora_id": None,  # deprecated upstream, still a required field
+            "medium": e.medium,
+            "lora_name": e.lora_name,
+        }
         if e.extra_keys is not None:
-            out.append(e.extra_keys)
+            out["extra_keys"] = e.extra_keys
         return out
     if isinstance(e, BlockRemoved):
-        return ["BlockRemoved", e.block_hashes, e.medium]
-    return ["AllBlocksCleared"]
+        return {"type": "BlockRemoved", "block_hashes": e.block_hashes, "medium": e.medium}
+    return {"type": "AllBlocksCleared"}
 
 
 def encode_batch(batch: EventBatch) -> bytes:
-    """`EventBatch` -> the payload vLLM would publish (array-like, as `decode_batch` reads)."""
+    """`EventBatch` -> the payload vLLM 0.32 publishes (array batch, tagged-map events)."""
     raw: list[Any] = [batch.ts, [_encode_event(e) for e in batch.events]]
     if batch.data_parallel_rank is not None:
         raw.append(batch.data_parallel_rank)
