@@ -389,3 +389,29 @@ def test_instance_rejects_a_non_zmq_endpoint() -> None:
 
 
 _ = InstanceState  # re-exported for type checkers of the helpers above
+
+
+async def test_in_process_fleet_feeds_the_same_index_without_sockets() -> None:
+    from sage_cp_plugin.virtual.fleet import InProcessFleet, MemberSpec
+
+    cfg = SimInstanceConfig(time_scale=0.0, block_size=16, num_kv_blocks=64)
+    fleet = InProcessFleet([MemberSpec(cfg, kv_events=True), MemberSpec(cfg.model_copy())])
+    manager = ControlPlaneManager(scheduling_policy="fifo", routing_strategy="prefix_aware",
+                                  enable_pd_separation=False,
+                                  transport_factory=fleet.transport_factory)  # fmt: skip
+    manager.register_instance(fleet.instances[0])  # alone at first: the prefix goes there
+    fleet.attach_kv_events(manager.kv_events)
+    await manager.start()
+    try:
+        text = _prompt(("doc", 100))
+        assert (await manager.generate(text, max_tokens=2)).instance_id == "sim-0"
+        manager.register_instance(fleet.instances[1])
+        assert manager.kv_events.mode("sim-0") == "events"
+        assert manager.kv_events.mode("sim-1") == "approximate"
+        assert manager.kv_events.index.blocks_of("sim-0") == 6  # 100 prompt + 1 output // 16
+        again = await manager.generate(text, max_tokens=2)
+        assert again.instance_id == "sim-0"
+        assert fleet.sim(0).engine.counters.prefix_cache_hits == 96
+    finally:
+        await manager.stop()
+        await fleet.aclose()
