@@ -78,15 +78,14 @@ class BlockIndex:
         # content hash -> instance id -> copies held (over all its sources)
         self._holders: dict[int, dict[str, int]] = {}
         self._sources: dict[SourceKey, SourceBlocks] = {}
+        # Per instance, so a routing decision looks it up in O(1) per candidate.
+        self._block_size: dict[str, int] = {}
         self.stats = IndexStats()
 
     # -- reading ---------------------------------------------------------------------------
     def block_size(self, instance_id: str) -> int | None:
         """Block size the instance's events announced (None before its first store)."""
-        for key, src in self._sources.items():
-            if key[0] == instance_id and src.block_size is not None:
-                return src.block_size
-        return None
+        return self._block_size.get(instance_id)
 
     def blocks_of(self, instance_id: str) -> int:
         return sum(
@@ -140,6 +139,7 @@ class BlockIndex:
             return
         src = self._source(source)
         src.block_size = ev.block_size
+        self._block_size[src.instance_id] = ev.block_size
         if ev.parent_block_hash is None:
             parent = ROOT_HASH
         else:
@@ -221,3 +221,4 @@ class BlockIndex:
         for key in [k for k in self._sources if k[0] == instance_id]:
             self.clear_source(key)
             del self._sources[key]
+        self._block_size.pop(instance_id, None)

@@ -155,4 +155,7 @@ async def test_index_matches_vllm_prefix_cache_hits(
     # The index predicted every request's prefix-cache hits exactly.
     assert all(p == h for *_, p, h in rows), rows
     assert any(h > 0 for *_, h in rows[3:]), rows  # hits after evictions began
+    # Request 5 repeats request 0 after two long prompts went through 8 blocks: vLLM evicted
+    # part of it, and the index knew (an index of what was sent where would predict 384).
+    assert rows[5][4] < rows[1][4], rows
     assert tracker.index.stats.removed > 0  # vLLM evicted, and the index saw it
