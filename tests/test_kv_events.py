@@ -423,7 +423,6 @@ async def test_sage_cp_sim_publishes_events_and_gateway_metrics_show_the_mode() 
     and the gateway's Prometheus text says which instance is in which mode."""
     import os
     import socket
-    import subprocess
     import sys
 
     from sage_cp_plugin.entrypoints.gateway.metrics import GatewayMetrics
@@ -437,45 +436,46 @@ async def test_sage_cp_sim_publishes_events_and_gateway_metrics_show_the_mode() 
     cmd = [sys.executable, "-m", "sage_cp_plugin.entrypoints.cli", "sim", "--port",
            str(http_port), "--time-scale", "0", "--kv-events-port", str(kv_port)]  # fmt: skip
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                          env=env) as proc:  # fmt: skip
+    proc = await asyncio.create_subprocess_exec(
+        *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL, env=env
+    )
+    try:
+        assert proc.stdout is not None
+        async for raw in proc.stdout:
+            line = raw.decode()
+            if "ready" in line:
+                break
+            assert f"kv_events=tcp://127.0.0.1:{kv_port}" in line
+        manager = ControlPlaneManager(scheduling_policy="fifo", enable_pd_separation=False)
+        manager.register_instance(ExecutionInstance(
+            instance_id="cli", port=http_port, host="127.0.0.1", model_name="sim-model",
+            kv_events_endpoint=f"tcp://127.0.0.1:{kv_port}",
+            kv_events_replay_endpoint=f"tcp://127.0.0.1:{kv_port + 1}", tokenizer="sim"))  # fmt: skip
+        manager.register_instance(ExecutionInstance(instance_id="plain", port=1,
+                                                    model_name="other"))  # fmt: skip
+        await manager.start()
         try:
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                if "ready" in line:
+            tracker = manager.kv_events
+            # A batch that beat the subscription comes back by replay once the next one
+            # shows the gap: send fresh 64-token prompts until the index holds 4 blocks.
+            for n in range(5):
+                await manager.generate(_prompt((f"q{n}_", 64)), max_tokens=2,
+                                       model_name="sim-model")  # fmt: skip
+                with contextlib.suppress(TimeoutError):
+                    await tracker.wait_for(lambda: tracker.index.blocks_of("cli") >= 4, 2)
                     break
-                assert f"kv_events=tcp://127.0.0.1:{kv_port}" in line
-            manager = ControlPlaneManager(scheduling_policy="fifo", enable_pd_separation=False)
-            manager.register_instance(ExecutionInstance(
-                instance_id="cli", port=http_port, host="127.0.0.1", model_name="sim-model",
-                kv_events_endpoint=f"tcp://127.0.0.1:{kv_port}",
-                kv_events_replay_endpoint=f"tcp://127.0.0.1:{kv_port + 1}", tokenizer="sim"))  # fmt: skip
-            manager.register_instance(ExecutionInstance(instance_id="plain", port=1,
-                                                        model_name="other"))  # fmt: skip
-            await manager.start()
-            try:
-                tracker = manager.kv_events
-                # A batch that beat the subscription comes back by replay once the next one
-                # shows the gap: send fresh 64-token prompts until the index holds 4 blocks.
-                for n in range(5):
-                    await manager.generate(_prompt((f"q{n}_", 64)), max_tokens=2,
-                                           model_name="sim-model")  # fmt: skip
-                    with contextlib.suppress(TimeoutError):
-                        await tracker.wait_for(lambda: tracker.index.blocks_of("cli") >= 4, 2)
-                        break
-                body = GatewayMetrics(manager).render().decode()
-                mode = "sage_cp_instance_kv_cache_mode"
-                assert f'{mode}{{instance="cli",mode="events",model="sim-model"' in body
-                assert f'{mode}{{instance="plain",mode="approximate",model="other"' in body
-                for line in body.splitlines():
-                    if line.startswith(mode):  # 1 for the instance's mode, 0 for the other
-                        on = ('"cli",mode="events"' in line) or (
-                            '"plain",mode="approximate"' in line
-                        )
-                        assert line.endswith(" 1.0" if on else " 0.0"), line
-                assert 'sage_cp_instance_kv_event_blocks{instance="cli"' in body
-            finally:
-                await manager.stop()
+            assert tracker.index.blocks_of("cli") >= 4
+            body = GatewayMetrics(manager).render().decode()
+            mode = "sage_cp_instance_kv_cache_mode"
+            assert f'{mode}{{instance="cli",mode="events",model="sim-model"' in body
+            assert f'{mode}{{instance="plain",mode="approximate",model="other"' in body
+            for line in body.splitlines():
+                if line.startswith(mode):  # 1 for the instance's mode, 0 for the other
+                    on = ('"cli",mode="events"' in line) or ('"plain",mode="approximate"' in line)
+                    assert line.endswith(" 1.0" if on else " 0.0"), line
+            assert 'sage_cp_instance_kv_event_blocks{instance="cli"' in body
         finally:
-            proc.terminate()
-            proc.wait(timeout=10)
+            await manager.stop()
+    finally:
+        proc.terminate()
+        await asyncio.wait_for(proc.wait(), 10)
