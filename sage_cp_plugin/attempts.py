@@ -104,6 +104,7 @@ class Attempts:
             st.in_flight += 1
             st.in_flight_tokens += item.input_tokens + item.output_tokens
             router.on_dispatch(item, st)
+            self.m.kv_events.view.on_dispatch(item, st.instance_id)
         task = asyncio.create_task(self._execute(item, decision, now, legs, attempt))
         self._running[item.request_id] = (task, legs[-1][0])
 
@@ -154,6 +155,7 @@ class Attempts:
                 st.in_flight -= 1
                 st.in_flight_tokens -= item.input_tokens + item.output_tokens
                 router.on_finish(item, st, ok)
+                m.kv_events.view.on_finish(item, st.instance_id)
             if judged:
                 m.health.record_result(target, ok, m.now())
             self.wake()

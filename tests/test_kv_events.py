@@ -479,3 +479,26 @@ async def test_sage_cp_sim_publishes_events_and_gateway_metrics_show_the_mode() 
     finally:
         proc.terminate()
         await asyncio.wait_for(proc.wait(), 10)
+
+
+def test_prompts_in_flight_count_as_held_until_they_finish() -> None:
+    """The engine reports blocks once computed; a request queued behind one still prefilling
+    the same prefix on that engine will hit it, so the view counts in-flight prompts."""
+    from sage_cp_plugin.kvevents.view import ExactPrefixView
+
+    idx = BlockIndex()
+    idx.apply(("a", 0), stored([1], None, [9, 9, 9, 9]))  # announces block size 4
+    view = ExactPrefixView(idx, lambda iid: True)
+    st = InstanceState(ExecutionInstance(instance_id="a"))
+
+    def item(seq: int) -> Any:
+        it = make_item(RequestMetadata(prompt="p", max_tokens=1), now=0.0, seq=seq)
+        it.prompt_token_ids = list(range(13))  # 3 full blocks usable
+        return it
+
+    first, second = item(1), item(2)
+    assert view.cached_tokens(second, [st]) == [0]
+    view.on_dispatch(first, "a")
+    assert view.cached_tokens(second, [st]) == [12]
+    view.on_finish(first, "a")  # finished without the engine reporting the blocks: not held
+    assert view.cached_tokens(second, [st]) == [0]

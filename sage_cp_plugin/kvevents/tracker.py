@@ -122,6 +122,7 @@ class KVEventTracker:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self.index.remove_instance(instance_id)
+        self.view.forget_instance(instance_id)
 
     # -- lifecycle -------------------------------------------------------------------------
     def _start(self, iid: str) -> None:

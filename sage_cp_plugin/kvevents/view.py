@@ -32,9 +32,21 @@ def hashes_for(item: QueuedRequest, block_size: int) -> list[int] | None:
 
 
 class ExactPrefixView:
+    """The index, plus the prompts in flight on each instance.
+
+    An engine reports a block once it has computed it; a request dispatched a moment ago
+    whose prefix is still being prefilled is not in the index yet, but a request sent behind it
+    to the same engine will hit it (the engine runs them in order). So the blocks of requests
+    in flight count as held from dispatch until they finish (`on_dispatch` / `on_finish`);
+    by then the engine has reported them (or has not kept them, and the index says so).
+    """
+
     def __init__(self, index: BlockIndex, is_live: Callable[[str], bool]) -> None:
         self.index = index
         self.is_exact = is_live
+        # instance -> content hash -> requests in flight that will hold it
+        self._pending: dict[str, dict[int, int]] = {}
+        self._by_request: dict[str, list[tuple[str, list[int]]]] = {}
 
     def cached_tokens(self, item: QueuedRequest, candidates: Sequence[InstanceState]) -> list[int]:
         ids = item.prompt_token_ids
@@ -56,8 +68,53 @@ class ExactPrefixView:
             usable = hashes[: (len(ids) - 1) // bs]
             depth = self.index.match(usable, [candidates[i].instance_id for i in positions])
             for i in positions:
-                out[i] = depth[candidates[i].instance_id] * bs
+                iid = candidates[i].instance_id
+                d = depth[iid]
+                pending = self._pending.get(iid)
+                if pending:
+                    d = self._with_pending(usable, iid, pending)
+                out[i] = d * bs
         return out
 
+    def _with_pending(self, hashes: Sequence[int], iid: str, pending: dict[int, int]) -> int:
+        holds = self.index.holds
+        d = 0
+        for h in hashes:
+            if not (pending.get(h) or holds(h, iid)):
+                break
+            d += 1
+        return d
+
     def on_dispatch(self, item: QueuedRequest, instance_id: str) -> None:
-        """Nothing to learn: the engine's events say what it caches."""
+        bs = self.index.block_size(instance_id)
+        if bs is None or not item.prompt_token_ids:
+            return
+        hashes = hashes_for(item, bs)
+        if not hashes:
+            return
+        pending = self._pending.setdefault(instance_id, {})
+        for h in hashes:
+            pending[h] = pending.get(h, 0) + 1
+        self._by_request.setdefault(item.request_id, []).append((instance_id, hashes))
+
+    def on_finish(self, item: QueuedRequest, instance_id: str) -> None:
+        legs = self._by_request.get(item.request_id)
+        if not legs:
+            return
+        for k, (iid, hashes) in enumerate(legs):
+            if iid != instance_id:
+                continue
+            del legs[k]
+            pending = self._pending.get(iid, {})
+            for h in hashes:
+                left = pending.get(h, 0) - 1
+                if left > 0:
+                    pending[h] = left
+                else:
+                    pending.pop(h, None)
+            break
+        if not legs:
+            del self._by_request[item.request_id]
+
+    def forget_instance(self, instance_id: str) -> None:
+        self._pending.pop(instance_id, None)
