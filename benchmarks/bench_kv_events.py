@@ -67,7 +67,7 @@ def run(requests: int, windows: int) -> dict[str, Any]:
             members = [
                 MemberSpec(
                     SimInstanceConfig(seed=w * 10 + i), max_concurrent_requests=64, kv_events=events
-                )  # fmt: skip
+                )
                 for i in range(INSTANCES)
             ]
             fleet = InProcessFleet(members)
