@@ -13,6 +13,7 @@ import random
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
+from sage_cp_plugin import load_model
 from sage_cp_plugin.errors import UpstreamError
 from sage_cp_plugin.executor import Outcome
 from sage_cp_plugin.metrics import slo_met
@@ -56,10 +57,15 @@ class Attempts:
         )
         sink = item.chunks.put_nowait if item.chunks is not None else None
 
-        async def attempt() -> tuple[Outcome, bool]:
-            return await m.executor.run(item.request, state.instance, sink=sink), True
+        bookings = self._book(item, [state], now)
 
-        self._start(item, decision, now, [(state, m.router)], attempt)
+        async def attempt() -> tuple[Outcome, bool]:
+            out = await m.executor.run(
+                item.request, state.instance, sink=sink, on_first_token=self._first(bookings)
+            )
+            return out, True
+
+        self._start(item, decision, now, [(state, m.router)], attempt, bookings)
 
     def launch_pd(
         self, item: QueuedRequest, prefill: InstanceState, decode: InstanceState, now: float
@@ -75,10 +81,13 @@ class Attempts:
             metadata={"prefill_instance_id": prefill.instance_id},
         )
         sink = item.chunks.put_nowait if item.chunks is not None else None
+        bookings = self._book(item, [prefill, decode], now)
 
         async def attempt() -> tuple[Outcome, bool]:
             try:
-                out, split = await m.disaggregator.run(m.executor, item, prefill, decode, sink)
+                out, split = await m.disaggregator.run(
+                    m.executor, item, prefill, decode, sink, self._first(bookings)
+                )
             except UpstreamError:
                 item.no_split = True  # a retry runs whole, on any instance
                 raise
@@ -87,7 +96,28 @@ class Attempts:
             return out, not split
 
         legs = [(prefill, m.prefill_router), (decode, m.decode_router)]
-        self._start(item, decision, now, legs, attempt)
+        self._start(item, decision, now, legs, attempt, bookings)
+
+    def _book(
+        self, item: QueuedRequest, states: list[InstanceState], now: float
+    ) -> list[load_model.Booking]:
+        """The request's load on each instance it occupies (uncached prefill, then KV), and
+        what the prefix-cache view learns from where it went."""
+        view = self.m.cache_view
+        out = []
+        for st in states:
+            cached = view.cached_tokens(item, [st])[0]
+            out.append(load_model.book(st, item.input_tokens, item.output_tokens, cached, now))
+            view.on_dispatch(item, st.instance_id)
+        return out
+
+    def _first(self, bookings: list[load_model.Booking]) -> Callable[[], None]:
+        def first_token() -> None:
+            now = self.m.now()
+            for b in bookings:
+                load_model.first_token(b, now)
+
+        return first_token
 
     def _start(
         self,
@@ -96,6 +126,7 @@ class Attempts:
         now: float,
         legs: list[tuple[InstanceState, Router]],
         attempt: Callable[[], Awaitable[tuple[Outcome, bool]]],
+        bookings: list[load_model.Booking],
     ) -> None:
         """Occupy every instance of the attempt and run it as a task. The last leg is the
         instance that answers the caller."""
@@ -104,8 +135,7 @@ class Attempts:
             st.in_flight += 1
             st.in_flight_tokens += item.input_tokens + item.output_tokens
             router.on_dispatch(item, st)
-            self.m.kv_events.view.on_dispatch(item, st.instance_id)
-        task = asyncio.create_task(self._execute(item, decision, now, legs, attempt))
+        task = asyncio.create_task(self._execute(item, decision, now, legs, attempt, bookings))
         self._running[item.request_id] = (task, legs[-1][0])
 
     async def _execute(
@@ -115,6 +145,7 @@ class Attempts:
         dispatched: float,
         legs: list[tuple[InstanceState, Router]],
         attempt: Callable[[], Awaitable[tuple[Outcome, bool]]],
+        bookings: list[load_model.Booking],
     ) -> None:
         """Whatever happens, the request ends (or is requeued once) and every instance it
         occupied is released."""
@@ -151,6 +182,9 @@ class Attempts:
             )
         finally:
             self._running.pop(item.request_id, None)
+            released_at = m.now()
+            for b in bookings:
+                load_model.release(b, released_at)
             for st, router in legs:
                 st.in_flight -= 1
                 st.in_flight_tokens -= item.input_tokens + item.output_tokens
@@ -239,15 +273,13 @@ class Attempts:
 
     @staticmethod
     def _learn(state: InstanceState, item: QueuedRequest, out: Outcome) -> None:
-        """Online per-instance speeds, from this request's own timings."""
+        """Decode step time from this request's TPOT (prefill speed is learnt at its first
+        token, against the work that was queued ahead of it: `load_model.first_token`)."""
         if out.first_token_at is None or not out.token_times:
             return
-        prompt = out.prompt_tokens or item.input_tokens
-        if prompt > 0:
-            state.prefill_s_per_token.add((out.first_token_at - out.started_at) / prompt)
         if out.completion_tokens > 1:
-            state.decode_s_per_token.add(
-                (out.finished_at - out.first_token_at) / (out.completion_tokens - 1)
+            load_model.observe_decode(
+                state, (out.finished_at - out.first_token_at) / (out.completion_tokens - 1)
             )
 
     # -- bookkeeping -----------------------------------------------------------------------

@@ -17,6 +17,7 @@ where they decode.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from sage_cp_plugin.errors import UpstreamError
@@ -73,6 +74,7 @@ class Disaggregator:
         prefill: InstanceState,
         decode: InstanceState,
         sink: ChunkSink | None,
+        on_first_token: Callable[[], None] | None = None,
     ) -> tuple[Outcome, bool]:
         """Both steps; returns the decode outcome and whether the prefill step was used."""
         self.split_requests += 1
@@ -101,8 +103,12 @@ class Disaggregator:
                 exc,
                 decode.instance_id,
             )
-            out = await executor.run(item.request, decode.instance, sink=sink)
+            out = await executor.run(
+                item.request, decode.instance, sink=sink, on_first_token=on_first_token
+            )
             return out, False
         extra = {"kv_transfer_params": params}
-        out = await executor.run(item.request, decode.instance, sink=sink, extra=extra)
+        out = await executor.run(
+            item.request, decode.instance, sink=sink, extra=extra, on_first_token=on_first_token
+        )
         return out, True

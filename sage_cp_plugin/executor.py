@@ -195,10 +195,13 @@ class ExecutionCoordinator:
         sink: ChunkSink | None = None,
         extra: dict[str, Any] | None = None,
         stream: bool | None = None,
+        on_first_token: Callable[[], None] | None = None,
     ) -> Outcome:
         """One attempt. `sink` receives each streamed chunk as it arrives (pass-through).
 
         `extra` adds body fields (the PD protocol's `kv_transfer_params`, `max_tokens: 1`).
+        `on_first_token` is called when the first token streams back (the load model's end of
+        this request's prefill).
         """
         kind = request.request_kind
         want_stream = kind != RequestKind.EMBEDDING and (
@@ -215,7 +218,9 @@ class ExecutionCoordinator:
         url = self._url(client, ENDPOINTS[kind])
         try:
             if want_stream:
-                await self._run_streaming(client, url, body, request, instance, out, sink)
+                await self._run_streaming(
+                    client, url, body, request, instance, out, sink, on_first_token
+                )
             else:
                 await self._run_plain(client, url, body, request, instance, out)
         except UpstreamError:
@@ -301,6 +306,7 @@ class ExecutionCoordinator:
         instance: ExecutionInstance,
         out: Outcome,
         sink: ChunkSink | None,
+        on_first_token: Callable[[], None] | None = None,
     ) -> None:
         loop = asyncio.get_running_loop()
         chunks: list[dict[str, Any]] = []
@@ -342,6 +348,8 @@ class ExecutionCoordinator:
                 if text:
                     if out.first_token_at is None:
                         out.first_token_at = now
+                        if on_first_token is not None:
+                            on_first_token()
                     out.token_times.append(now)
                     parts.append(text)
                 if chunk.get("usage"):

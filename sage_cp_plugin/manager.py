@@ -28,11 +28,13 @@ from sage_cp_plugin.errors import (
 from sage_cp_plugin.executor import ExecutionCoordinator, TransportFactory
 from sage_cp_plugin.health import HealthConfig, HealthMonitor
 from sage_cp_plugin.kvevents.tracker import KVEventTracker
+from sage_cp_plugin.kvevents.view import EventsOrApproximateView
 from sage_cp_plugin.metrics import MetricsCollector
 from sage_cp_plugin.pending import PendingQueue, QueuedRequest
 from sage_cp_plugin.plugins import get_registry
 from sage_cp_plugin.policies.base import SchedulingPolicy, make_item
 from sage_cp_plugin.routing.base import Router
+from sage_cp_plugin.routing.cache_view import ApproximatePrefixCache
 from sage_cp_plugin.routing.pd import PDRoutingStrategy
 from sage_cp_plugin.scrape import MetricsScraper, ScrapeConfig
 from sage_cp_plugin.state import FleetSnapshot, InstanceState
@@ -110,10 +112,12 @@ class ControlPlaneManager:
         self.max_attempts = max_attempts
         self.retry_backoff_s = retry_backoff_s
         self.request_timeout_s = request_timeout_s
-        self.fleet = FleetSnapshot()
-        # What each engine caches, from vLLM's KV-cache events (instances that publish them).
+        # What each engine's prefix cache holds; routers read it through the fleet snapshot:
+        # exact from vLLM's KV-cache events for instances that publish them (`kv_events`),
+        # approximate (what we sent where) for the others.
         self.kv_events = KVEventTracker()
-        self.fleet.exact_cache = self.kv_events.view
+        self.cache_view = EventsOrApproximateView(self.kv_events.view, ApproximatePrefixCache())
+        self.fleet = FleetSnapshot(cache_view=self.cache_view)
         self.queue = PendingQueue(max_pending_requests)
         self.metrics = MetricsCollector()
         self.health = HealthMonitor(
@@ -154,7 +158,14 @@ class ControlPlaneManager:
                 "ids must be unique"
             )
         self.kv_events.add_instance(instance)
-        self.fleet.states[instance.instance_id] = InstanceState(instance=instance)
+        state = InstanceState(instance=instance)
+        peer = next(
+            (s for s in self.fleet.states.values() if s.speed_class == state.speed_class), None
+        )
+        if peer is not None:
+            state.share_speeds(peer)
+        self.fleet.states[instance.instance_id] = state
+        self.cache_view.set_capacity(state)
         self._pools.clear()
         self.executor.register_instance(instance)
         logger.info("registered instance %s at %s", instance.instance_id, instance.base_url)
@@ -166,6 +177,7 @@ class ControlPlaneManager:
             raise KeyError(f"unknown instance {instance_id!r}")
         self._pools.clear()
         self.router.on_instance_removed(instance_id)
+        self.cache_view.on_instance_removed(instance_id)
         await self.kv_events.remove_instance(instance_id)
         await self.executor.unregister_instance(instance_id)
         self._wake()

@@ -290,7 +290,7 @@ async def test_index_predicts_the_simulators_prefix_hits_under_eviction() -> Non
                     await _caught_up(manager, fleet)
                     item = make_item(RequestMetadata(prompt=text, max_tokens=20), now=0.0, seq=i)
                     manager.kv_events.tokenize(item, [state])
-                    (predicted,) = manager.fleet.exact_cache.cached_tokens(item, [state])  # type: ignore[union-attr]
+                    (predicted,) = manager.kv_events.view.cached_tokens(item, [state])
                     before = sim.engine.counters.prefix_cache_hits
                     r = await client.post("/v1/completions",
                                           json={"prompt": text, "max_tokens": 20})  # fmt: skip

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 
 from sage_cp_plugin.kvevents.index import BlockIndex, prompt_block_hashes
 from sage_cp_plugin.pending import QueuedRequest
+from sage_cp_plugin.routing.cache_view import ApproximatePrefixCache
 from sage_cp_plugin.state import InstanceState
 
 
@@ -118,3 +119,45 @@ class ExactPrefixView:
 
     def forget_instance(self, instance_id: str) -> None:
         self._pending.pop(instance_id, None)
+
+
+class EventsOrApproximateView:
+    """The fleet's `PrefixCacheView`: exact for instances whose KV events are live, the
+    approximate view (what was sent where, with its eviction model) for the others, and for
+    every instance when the request's token ids are unknown (a chat request to real vLLM).
+
+    Exact counts are engine tokens; they are reported as the same share of the request's
+    ``input_tokens``, the unit the load model and the approximate view use.
+    """
+
+    def __init__(self, exact: ExactPrefixView, approx: ApproximatePrefixCache) -> None:
+        self.exact = exact
+        self.approx = approx
+
+    def cached_tokens(self, item: QueuedRequest, candidates: Sequence[InstanceState]) -> list[int]:
+        ids = item.prompt_token_ids
+        live = self.exact.is_exact
+        exact_at = [i for i, c in enumerate(candidates) if live(c.instance_id)] if ids else []
+        if not exact_at:
+            return self.approx.cached_tokens(item, candidates)
+        exact = self.exact.cached_tokens(item, candidates)
+        out = (
+            [0] * len(candidates)
+            if len(exact_at) == len(candidates)
+            else self.approx.cached_tokens(item, candidates)
+        )
+        assert ids is not None
+        scale = item.input_tokens / len(ids)
+        for i in exact_at:
+            out[i] = round(exact[i] * scale)
+        return out
+
+    def on_dispatch(self, item: QueuedRequest, instance_id: str) -> None:
+        self.approx.on_dispatch(item, instance_id)
+        self.exact.on_dispatch(item, instance_id)
+
+    def set_capacity(self, state: InstanceState) -> None:
+        self.approx.set_capacity(state)
+
+    def on_instance_removed(self, instance_id: str) -> None:
+        self.approx.on_instance_removed(instance_id)

@@ -107,12 +107,17 @@ class StepScheduler:
         # The last token is always recomputed, so a fully cached prompt still yields logits.
         return self.kv.match_prefix(seq.hashes[: (num_tokens - 1) // self._bs])
 
-    def _count_query(self, seq: SimSequence, hit_tokens: int) -> None:
-        # Counted once per admission that succeeds, in tokens (vLLM's unit).
+    def _count_query(self, seq: SimSequence, hit_tokens: int, first: bool) -> None:
+        # The Prometheus counters count every admission that succeeds, in tokens, as vLLM's
+        # do (a preempted request is queried again when re-admitted). The engine counters
+        # behind replay statistics count each request once, at its first admission: the
+        # share of prompt tokens served from cache (re-admissions would count a preempted
+        # request's own recomputed blocks as hits).
         if not self.kv.enable_prefix_caching or seq.pooling:
             return
-        self.counters.prefix_cache_queries += seq.num_tokens
-        self.counters.prefix_cache_hits += hit_tokens
+        if first:
+            self.counters.prefix_cache_queries += seq.num_tokens
+            self.counters.prefix_cache_hits += hit_tokens
         self.metrics.prefix_queries.inc(seq.num_tokens)
         self.metrics.prefix_hits.inc(hit_tokens)
 
@@ -132,7 +137,7 @@ class StepScheduler:
             seq.blocks = [*hit, *new]
             seq.num_computed = computed
             seq.num_registered = len(hit)
-            self._count_query(seq, computed)
+            self._count_query(seq, computed, seq.first_scheduled is None)
         else:
             seq.blocks.extend(new)
         if seq.first_scheduled is None:
@@ -155,7 +160,7 @@ class StepScheduler:
         seq.blocks = [*hit, *new]
         seq.num_registered = len(hit)
         seq.num_cached_tokens = len(hit) * self._bs
-        self._count_query(seq, seq.num_cached_tokens)
+        self._count_query(seq, seq.num_cached_tokens, True)
         seq.external_tokens = seq.num_tokens - seq.num_cached_tokens
         seq.first_scheduled = self._now()
         self.waiting.popleft()

@@ -72,7 +72,10 @@ def summarize(result: RunResult, group_by: str | None = "slo_class") -> dict[str
         out["groups"] = {k: summarize_outcomes(v) for k, v in sorted(groups.items())}
     eng = result.engine
     queries = eng.get("prefix_cache_queries", 0)
-    out["prefix_hit_rate"] = eng.get("prefix_cache_hits", 0) / queries if queries else 0.0
+    # Prompt tokens served from cache / prompt tokens, each request counted once (at its
+    # first admission; a preempted request re-admitted is not counted again).
+    out["cached_prompt_fraction"] = eng.get("prefix_cache_hits", 0) / queries if queries else 0.0
+    out["prefix_hit_rate"] = out["cached_prompt_fraction"]
     computed, prompt = eng.get("prompt_tokens_computed", 0), eng.get("prompt_tokens", 0)
     out["prompt_tokens_computed_share"] = computed / prompt if prompt else 0.0
     out["preemptions"] = eng.get("preemptions", 0)

@@ -89,7 +89,7 @@ async def test_index_matches_vllm_prefix_cache_hits(
     await manager.start()
     tracker = manager.kv_events
     state = manager.fleet.states["v0"]
-    view = manager.fleet.exact_cache
+    view = manager.kv_events.view
     assert view is not None
 
     def item_of(prompt: str, seq: int):  # type: ignore[no-untyped-def]
