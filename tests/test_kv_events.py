@@ -502,3 +502,26 @@ def test_prompts_in_flight_count_as_held_until_they_finish() -> None:
     assert view.cached_tokens(second, [st]) == [12]
     view.on_finish(first, "a")  # finished without the engine reporting the blocks: not held
     assert view.cached_tokens(second, [st]) == [0]
+
+
+def test_fleet_view_is_exact_where_events_are_live_and_approximate_elsewhere() -> None:
+    from sage_cp_plugin.kvevents.view import EventsOrApproximateView, ExactPrefixView
+    from sage_cp_plugin.routing.cache_view import ApproximatePrefixCache
+
+    idx = BlockIndex()
+    tokens = list(range(40))
+    idx.apply(("ev", 0), stored([1, 2], None, tokens[:8]))  # "ev" holds 8 of 40 tokens
+    approx = ApproximatePrefixCache(chunk_chars=8)
+    view = EventsOrApproximateView(ExactPrefixView(idx, lambda iid: iid == "ev"), approx)
+    ev, ap = (InstanceState(ExecutionInstance(instance_id=i)) for i in ("ev", "ap"))
+    req = RequestMetadata(prompt="x" * 80, max_tokens=1)
+    sent = make_item(req, now=0.0, seq=1)
+    view.on_dispatch(sent, "ap")  # the approximate view learns "ap" got this prompt
+    item = make_item(req.model_copy(update={"request_id": "again"}), now=0.0, seq=2)
+    item.prompt_token_ids = tokens
+    ev_tokens, ap_tokens = view.cached_tokens(item, [ev, ap])
+    assert ev_tokens == round(8 / 40 * item.input_tokens)  # exact share, in input_tokens units
+    assert ap_tokens > 0  # what was sent there
+    # Without token ids (a chat request to real vLLM) every instance is approximate.
+    item.prompt_token_ids = None
+    assert view.cached_tokens(item, [ev, ap])[0] == 0
