@@ -52,6 +52,7 @@ class KVEventTracker:
         self._ctx: zmq.asyncio.Context | None = None
         self._running = False
         self._applied: asyncio.Event | None = None
+        self._publishing: dict[str, ExecutionInstance] = {}  # instances with an endpoint
 
     # -- fleet -----------------------------------------------------------------------------
     def add_instance(self, inst: ExecutionInstance) -> None:
@@ -62,6 +63,11 @@ class KVEventTracker:
             self._tokenizer_of[inst.instance_id] = tok
         if inst.kv_events_endpoint is None:
             return
+        self._publishing[inst.instance_id] = inst
+        self._subscribe(inst)
+
+    def _subscribe(self, inst: ExecutionInstance) -> None:
+        assert inst.kv_events_endpoint is not None
         if self._ctx is None:
             self._ctx = zmq.asyncio.Context()
         iid = inst.instance_id
@@ -113,6 +119,7 @@ class KVEventTracker:
 
     async def remove_instance(self, instance_id: str) -> None:
         self._live.discard(instance_id)
+        self._publishing.pop(instance_id, None)
         self._subscribers.pop(instance_id, None)
         self._streams.pop(instance_id, None)
         self._tokenizer_of.pop(instance_id, None)
@@ -138,6 +145,9 @@ class KVEventTracker:
 
     async def start(self) -> None:
         self._running = True
+        if self._ctx is None:  # started again after `stop`: new sockets on a new context
+            for inst in self._publishing.values():
+                self._subscribe(inst)
         for iid in self._subscribers:
             if iid not in self._tasks:
                 self._start(iid)
@@ -148,6 +158,7 @@ class KVEventTracker:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        self._live.clear()
         if self._ctx is not None:
             self._ctx.term()
             self._ctx = None
