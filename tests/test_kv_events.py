@@ -525,3 +525,37 @@ def test_fleet_view_is_exact_where_events_are_live_and_approximate_elsewhere() -
     # Without token ids (a chat request to real vLLM) every instance is approximate.
     item.prompt_token_ids = None
     assert view.cached_tokens(item, [ev, ap])[0] == 0
+
+
+async def test_data_parallel_ranks_publish_apart_and_clear_apart(tmp_path: Any) -> None:
+    """vLLM offsets each data-parallel rank's endpoint; one subscriber per rank, one index."""
+    base = f"ipc://{tmp_path}/kv.sock"
+    pubs = [ZmqEventPublisher(base, data_parallel_rank=r) for r in (0, 1)]
+    assert pubs[1].endpoint == f"{base}_dp1"
+    tracker = KVEventTracker()
+    tracker.add_instance(
+        ExecutionInstance(instance_id="dp", kv_events_endpoint=base, data_parallel_size=2)
+    )
+    await tracker.start()
+    try:
+        req = prompt_block_hashes([1, 2, 3, 4, 5, 6, 7, 8, 0], BS)
+        r0 = _b(stored([10], None, [1, 2, 3, 4]))
+        r1 = _b(stored([20], None, [1, 2, 3, 4]), stored([21], 20, [5, 6, 7, 8]))
+
+        async def publish_until_applied() -> None:
+            # Subscriptions propagate asynchronously; a first batch lost to that comes back
+            # as a gap the next one shows (no replay endpoint here: the rank is cleared).
+            while tracker.index.blocks_of("dp") < 3:
+                for p, b in zip(pubs, (r0, r1), strict=True):
+                    p.publish(b)
+                with contextlib.suppress(TimeoutError):
+                    await tracker.wait_for(lambda: tracker.index.blocks_of("dp") >= 3, 0.5)
+
+        await asyncio.wait_for(publish_until_applied(), 10)
+        assert tracker.index.match(req, ["dp"]) == {"dp": 2}  # rank 1 holds both blocks
+        pubs[1].publish(_b(AllBlocksCleared()))
+        await tracker.wait_for(lambda: tracker.index.match(req, ["dp"])["dp"] == 1, 5)
+    finally:
+        await tracker.stop()
+        for p in pubs:
+            await p.aclose()
