@@ -5,9 +5,10 @@ prompt from cache, and what does that do to TTFT, against the index of what was 
 
 Same everything for every variant: 8 simulated Llama-3.1-8B/H100 instances (the preset's 8192
 KV blocks of 16 tokens, 64 requests in flight each), the same windows, the same arrival times.
-Variants: round_robin (the baseline), prefix_aware with the approximate index (no events),
-prefix_aware with the simulators publishing KV events (`MemberSpec(kv_events=True)`), and
-kv_aware likewise.
+Variants: round_robin (the baseline), prefix_aware with the approximate view (no events),
+prefix_aware with the simulators publishing KV events (`MemberSpec(kv_events=True)`), kv_aware
+likewise, and prefix_aware both ways when the instances' KV capacity is not stated to the
+coordinator (as in a plain vLLM instance list: the approximate view then cannot model evictions).
 
 Windows are chosen by rule: ``--windows`` windows of ``--requests`` rows spread evenly over the
 whole trace (first at row 0, last ending at the last row). Arrival rate, by rule too: 80 % of
@@ -37,12 +38,16 @@ from sage_cp_plugin.workloads import load_mooncake, time_scaled
 INSTANCES = 8
 LOAD = 0.8
 TRACE_ROWS = 3993  # rows in mooncake_synthetic.jsonl
-VARIANTS = [  # (label, router, kv events?)
-    ("round_robin", "round_robin", False),
-    ("prefix_aware (approximate)", "prefix_aware", False),
-    ("prefix_aware (events)", "prefix_aware", True),
-    ("kv_aware (no events)", "kv_aware", False),
-    ("kv_aware (events)", "kv_aware", True),
+VARIANTS = [  # (label, router, kv events?, KV capacity stated to the coordinator?)
+    ("round_robin", "round_robin", False, True),
+    ("prefix_aware (approximate)", "prefix_aware", False, True),
+    ("prefix_aware (events)", "prefix_aware", True, True),
+    ("kv_aware (approximate)", "kv_aware", False, True),
+    ("kv_aware (events)", "kv_aware", True, True),
+    # A vLLM server's KV size is not part of its usual description: without it the
+    # approximate view cannot model evictions at all; the events do not need it.
+    ("prefix_aware (approximate, capacity unknown)", "prefix_aware", False, False),
+    ("prefix_aware (events, capacity unknown)", "prefix_aware", True, False),
 ]
 COLUMNS = [
     ("ttft_ms_p50", "TTFT p50 ms"),
@@ -63,13 +68,19 @@ def run(requests: int, windows: int) -> dict[str, Any]:
         mean_in = float(np.mean([r.input_tokens for r in work]))
         rate = LOAD * INSTANCES / (mean_in * b1)
         work = time_scaled(work, rate)
-        for label, router, events in VARIANTS:
-            members = [
-                MemberSpec(
-                    SimInstanceConfig(seed=w * 10 + i), max_concurrent_requests=64, kv_events=events
+        for label, router, events, capacity_known in VARIANTS:
+            members = []
+            for i in range(INSTANCES):
+                cfg = SimInstanceConfig(seed=w * 10 + i)
+                hidden = {"metadata": {"max_num_batched_tokens": cfg.max_num_batched_tokens}}
+                members.append(
+                    MemberSpec(
+                        cfg,
+                        max_concurrent_requests=64,
+                        kv_events=events,
+                        extra={} if capacity_known else hidden,
+                    )  # fmt: skip
                 )
-                for i in range(INSTANCES)
-            ]
             fleet = InProcessFleet(members)
             t0 = time.perf_counter()
             result = run_replay(work, fleet, CoordinatorConfig(router=router), prompt_seed=w)
@@ -143,7 +154,7 @@ def plot(data: dict[str, Any]) -> None:
     import matplotlib.pyplot as plt
 
     labels = [v[0] for v in VARIANTS]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
     for ax, key, title in ((axes[0], "ttft_ms_p90", "P90 TTFT (ms)"),
                            (axes[1], "cached_share", "prompt tokens served from cache")):  # fmt: skip
         for w in data["workload"]["window_starts"]:
