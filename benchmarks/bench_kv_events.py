@@ -79,7 +79,7 @@ def run(requests: int, windows: int) -> dict[str, Any]:
                         max_concurrent_requests=64,
                         kv_events=events,
                         extra={} if capacity_known else hidden,
-                    )  # fmt: skip
+                    )
                 )
             fleet = InProcessFleet(members)
             t0 = time.perf_counter()
