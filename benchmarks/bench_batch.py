@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from sage_cp_plugin.virtual.provenance import write_stamped
+
 EXTRA: list[str] = os.environ.get("BENCH_EXTRA", "").split()
 RESULTS = Path(__file__).resolve().parent / "results"
 FLEET_SCRIPT = """
@@ -206,8 +208,6 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
                          "fleet": "2 x sim-model (Llama-3.1-8B/H100 timings) + 1 x sim-embed, own process",
                          "chat": "max_tokens 16, one user message", "embedding": "one input string"},
             "rows": rows, "summary": summary}  # fmt: skip
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "batch.json").write_text(json.dumps(data, indent=2))
     md = ["# sage-cp batch vs asyncio + httpx", "",
           f"Same simulated fleet (own process, loopback, time scale {args.time_scale}), "
           f"{args.concurrency} requests in flight for both. Throughput over each job's run; "
@@ -222,7 +222,7 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
     for kind, s in summary.items():
         md.append(f"| {kind} | {100 * s['throughput_ratio']:.0f} % | "
                   f"{'met' if s['goal_met'] else 'NOT met'} | {s['rss_growth_mib']:+.1f} MiB |")  # fmt: skip
-    (RESULTS / "batch.md").write_text("\n".join(md) + "\n")
+    write_stamped(RESULTS, "batch", data, "\n".join(md) + "\n")
     plot(rows, args)
 
 

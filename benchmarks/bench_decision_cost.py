@@ -6,7 +6,7 @@ choose, pop the request — plus pushing one new request (so the queue length st
 The real `Dispatcher.candidates` and the registered policy/router objects are used; no HTTP.
 Goal (issue 2): p50 under 50 us at 64 instances; growing with instances, not with the queue.
 
-Run: python benchmarks/bench_decision_cost.py [--decisions 2000]
+Run: python -m benchmarks.bench_decision_cost [--decisions 2000]
 """
 
 from __future__ import annotations

@@ -34,6 +34,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from sage_cp_plugin.virtual.provenance import write_stamped
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 ROUTER_VERSION = "0.1.17"
@@ -440,12 +442,9 @@ def main() -> int:
         "even for non-streaming requests (TTFT/TPOT are measured for every request)",
     }
     meta["verdict"] = verdict(rows)
-    RESULTS.mkdir(parents=True, exist_ok=True)
     stem = RESULTS / args.out
-    stem.with_suffix(".json").write_text(
-        json.dumps({"meta": meta, "runs": [asdict(r) for r in runs], "summary": rows}, indent=2)
-    )
-    stem.with_suffix(".md").write_text(markdown(meta, runs, rows))
+    data = {"meta": meta, "runs": [asdict(r) for r in runs], "summary": rows}
+    write_stamped(RESULTS, args.out, data, markdown(meta, runs, rows))
     plot(runs, stem.with_suffix(".png"))
     print(markdown(meta, runs, rows))
     return 0

@@ -11,7 +11,6 @@ dominates). Writes ``benchmarks/results/planner.json``, ``planner.md`` and ``pla
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import statistics
@@ -35,6 +34,7 @@ from sage_cp_plugin.parallelism import (
     get_model_spec,
 )
 from sage_cp_plugin.parallelism.roofline import StepModel
+from sage_cp_plugin.virtual.provenance import write_stamped
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TIMING_RUNS = 5
@@ -210,7 +210,7 @@ def machine() -> str:
     )
 
 
-def write_markdown(runs: list[dict[str, Any]], checks: list[dict[str, Any]], mach: str) -> None:
+def render_markdown(runs: list[dict[str, Any]], checks: list[dict[str, Any]], mach: str) -> str:
     lines = [
         "# Parallelism planner quality",
         "",
@@ -260,7 +260,7 @@ def write_markdown(runs: list[dict[str, Any]], checks: list[dict[str, Any]], mac
         "overhead); it ranks layouts, it does not predict absolute latency to a few percent. "
         "Simulated goodput (sage_cp_plugin.sim) is not compared here.",
     ]
-    (RESULTS / "planner.md").write_text("\n".join(lines) + "\n")
+    return "\n".join(lines) + "\n"
 
 
 def plot(runs: list[dict[str, Any]], checks: list[dict[str, Any]]) -> None:
@@ -310,8 +310,7 @@ def main() -> None:
         "runs": runs,
         "published_checks": checks,
     }
-    (RESULTS / "planner.json").write_text(json.dumps(out, indent=2) + "\n")
-    write_markdown(runs, checks, mach)
+    write_stamped(RESULTS, "planner", out, render_markdown(runs, checks, mach))
     plot(runs, checks)
     print((RESULTS / "planner.md").read_text())
 

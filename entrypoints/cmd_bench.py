@@ -1,6 +1,8 @@
 """`sage-cp bench SCENARIO`: replay a benchmark scenario on the virtual clock and report.
 
-Writes `<out>/<scenario>.json`, `.md` and `.png` (`<scenario>_smoke.*` with `--smoke`).
+Writes `<out>/<scenario>.json`, `.md` and `.png` (`<scenario>_smoke.*` with `--smoke`), each
+stamped with the commit and whether the tree was dirty. `--out` defaults to `./bench-results`;
+the committed results are written only on purpose: `--out benchmarks/results`.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from sage_cp_plugin.errors import ConfigurationError
 from sage_cp_plugin.virtual.bench import run_scenario
 from sage_cp_plugin.virtual.report import write_reports
 from sage_cp_plugin.virtual.scenarios import NAMES, get_scenario
@@ -24,7 +27,12 @@ def register(sub: Any) -> None:
     p.add_argument("scenario", choices=[*NAMES, "all"], help="scenario to run")
     p.add_argument("--seeds", type=int, default=3, help="number of seeds (0..N-1), default 3")
     p.add_argument("--smoke", action="store_true", help="a small, fast run (CI)")
-    p.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="output folder")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("bench-results"),
+        help="output folder (default ./bench-results; the committed results: benchmarks/results)",
+    )
     p.set_defaults(func=run)
 
 
@@ -32,7 +40,11 @@ def run(args: argparse.Namespace) -> int:
     names = list(NAMES) if args.scenario == "all" else [args.scenario]
     for name in names:
         scenario = get_scenario(name)
-        result = run_scenario(scenario, range(args.seeds), args.smoke)
+        try:
+            result = run_scenario(scenario, range(args.seeds), args.smoke)
+        except ConfigurationError as exc:  # a missing or malformed trace, for example
+            print(f"sage-cp bench: error: {exc}", file=sys.stderr)
+            return 2
         paths = write_reports(scenario, result, args.out)
         print(paths[1].read_text())
         for g in result["goals"]:

@@ -6,6 +6,20 @@ The public names of the sageLLM Control Plane document, plus ours (see DESIGN.md
 from __future__ import annotations
 
 from sage_cp_plugin.config import ControlPlaneConfig, open_control_plane
+from sage_cp_plugin.errors import (
+    AdmissionError,
+    ConfigurationError,
+    ControlPlaneError,
+    DuplicateInstanceError,
+    ModelNotServedError,
+    NoInstanceError,
+    PluginConflictError,
+    QueueFullError,
+    RequestRejectedError,
+    RequestTimeoutError,
+    UnknownPluginError,
+    UpstreamError,
+)
 from sage_cp_plugin.executor import ExecutionCoordinator
 from sage_cp_plugin.manager import ControlPlaneManager
 from sage_cp_plugin.parallelism import ParallelismOptimizer
@@ -40,31 +54,43 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AdaptivePolicy",
+    "AdmissionError",
+    "ConfigurationError",
     "ControlPlaneConfig",
+    "ControlPlaneError",
     "ControlPlaneManager",
     "CostOptimizedPolicy",
     "DecodingConfig",
+    "DuplicateInstanceError",
     "ExecutionCoordinator",
     "ExecutionInstance",
     "ExecutionInstanceType",
     "FIFOPolicy",
     "LoadBalancer",
+    "ModelNotServedError",
+    "NoInstanceError",
     "PDRoutingStrategy",
     "PDSeparationConfig",
     "ParallelismConfig",
     "ParallelismOptimizer",
     "ParallelismType",
     "PerformanceMetrics",
+    "PluginConflictError",
     "PrefillingConfig",
     "PriorityPolicy",
+    "QueueFullError",
     "RequestKind",
     "RequestMetadata",
     "RequestPriority",
+    "RequestRejectedError",
     "RequestResult",
     "RequestRouter",
     "RequestStatus",
+    "RequestTimeoutError",
     "SLOAwarePolicy",
     "SchedulingDecision",
     "SchedulingPolicy",
+    "UnknownPluginError",
+    "UpstreamError",
     "open_control_plane",
 ]

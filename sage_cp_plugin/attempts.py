@@ -11,14 +11,19 @@ import asyncio
 import logging
 import random
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 from sage_cp_plugin import load_model
 from sage_cp_plugin.errors import UpstreamError
-from sage_cp_plugin.executor import Outcome
-from sage_cp_plugin.metrics import slo_met
-from sage_cp_plugin.pending import QueuedRequest
+from sage_cp_plugin.executor import ExecutionCoordinator, Outcome
+from sage_cp_plugin.health import HealthMonitor
+from sage_cp_plugin.metrics import MetricsCollector, slo_met
+from sage_cp_plugin.pending import PendingQueue, QueuedRequest
+from sage_cp_plugin.results import ResultStore
+from sage_cp_plugin.routing.base import Router
+from sage_cp_plugin.routing.cache_view import PrefixCacheView
 from sage_cp_plugin.state import InstanceState
+from sage_cp_plugin.strategies import Strategies
 from sage_cp_plugin.types import (
     ExecutionInstanceType,
     RequestResult,
@@ -26,24 +31,57 @@ from sage_cp_plugin.types import (
     SchedulingDecision,
 )
 
-if TYPE_CHECKING:
-    from sage_cp_plugin.manager import ControlPlaneManager
-    from sage_cp_plugin.routing.base import Router
-
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class RetryRules:
+    """When a failed attempt is tried again, and after how long."""
+
+    max_attempts: int
+    backoff_s: float  # first retry's backoff; doubles per attempt, with jitter
+    request_timeout_s: float  # no retry once a request is this old
 
 
 class Attempts:
     """The attempts in flight, keyed by request id."""
 
-    def __init__(self, manager: ControlPlaneManager, wake: Callable[[], None]) -> None:
-        self.m = manager
+    def __init__(
+        self,
+        *,
+        executor: ExecutionCoordinator,
+        strategies: Strategies,
+        results: ResultStore,
+        health: HealthMonitor,
+        metrics: MetricsCollector,
+        queue: PendingQueue,
+        rules: RetryRules,
+        clock: Callable[[], float],
+        is_running: Callable[[], bool],
+        wake: Callable[[], None],
+        cache_view: PrefixCacheView,
+        on_release: Callable[[QueuedRequest, str], None] | None = None,
+    ) -> None:
+        self.executor = executor
+        self.cache_view = cache_view  # learns where each request went (prefix reuse)
+        # Told when a request leaves an instance (the KV-event view stops counting its
+        # prompt as being computed there).
+        self.on_release = on_release
+        self.strategies = strategies
+        self.results = results
+        self.health = health
+        self.metrics = metrics
+        self.queue = queue  # retries go back into it
+        self.rules = rules
+        self.clock = clock
+        self.is_running = is_running
         self.wake = wake
-        self._running: dict[str, tuple[asyncio.Task[None], InstanceState]] = {}
+        self._running: dict[str, tuple[asyncio.Task[None], InstanceState, QueuedRequest]] = {}
         self._rng = random.Random(0)
 
     def launch(self, item: QueuedRequest, state: InstanceState, now: float) -> None:
-        m = self.m
+        st = self.strategies
+        executor = self.executor
         decision = SchedulingDecision(
             request_id=item.request_id,
             target_instance_id=state.instance_id,
@@ -52,31 +90,32 @@ class Attempts:
             tensor_parallel_size=state.instance.tensor_parallel_size,
             pipeline_parallel_size=state.instance.pipeline_parallel_size,
             phase=item.phase,
-            policy=m.scheduling_policy.describe(),
-            router=m.routing_strategy,
+            policy=st.scheduling_policy.describe(),
+            router=st.routing_strategy,
         )
         sink = item.chunks.put_nowait if item.chunks is not None else None
 
         bookings = self._book(item, [state], now)
 
         async def attempt() -> tuple[Outcome, bool]:
-            out = await m.executor.run(
+            out = await executor.run(
                 item.request, state.instance, sink=sink, on_first_token=self._first(bookings)
             )
             return out, True
 
-        self._start(item, decision, now, [(state, m.router)], attempt, bookings)
+        self._start(item, decision, now, [(state, st.router)], attempt, bookings)
 
     def launch_pd(
         self, item: QueuedRequest, prefill: InstanceState, decode: InstanceState, now: float
     ) -> None:
-        m = self.m
+        st = self.strategies
+        executor = self.executor
         decision = SchedulingDecision(
             request_id=item.request_id,
             target_instance_id=decode.instance_id,
             phase=ExecutionInstanceType.DECODING,
-            policy=m.scheduling_policy.describe(),
-            router=m.pd_config.decode_router,
+            policy=st.scheduling_policy.describe(),
+            router=st.pd_config.decode_router,
             reason=f"disaggregated: prefill on {prefill.instance_id}, decode on {decode.instance_id}",
             metadata={"prefill_instance_id": prefill.instance_id},
         )
@@ -85,8 +124,8 @@ class Attempts:
 
         async def attempt() -> tuple[Outcome, bool]:
             try:
-                out, split = await m.disaggregator.run(
-                    m.executor, item, prefill, decode, sink, self._first(bookings)
+                out, split = await st.disaggregator.run(
+                    executor, item, prefill, decode, sink, self._first(bookings)
                 )
             except UpstreamError:
                 item.no_split = True  # a retry runs whole, on any instance
@@ -95,7 +134,7 @@ class Attempts:
             # The decode side skipped the prompt: its timings say nothing of prefill speed.
             return out, not split
 
-        legs = [(prefill, m.prefill_router), (decode, m.decode_router)]
+        legs = [(prefill, st.prefill_router), (decode, st.decode_router)]
         self._start(item, decision, now, legs, attempt, bookings)
 
     def _book(
@@ -103,7 +142,7 @@ class Attempts:
     ) -> list[load_model.Booking]:
         """The request's load on each instance it occupies (uncached prefill, then KV), and
         what the prefix-cache view learns from where it went."""
-        view = self.m.cache_view
+        view = self.cache_view
         out = []
         for st in states:
             cached = view.cached_tokens(item, [st])[0]
@@ -113,7 +152,7 @@ class Attempts:
 
     def _first(self, bookings: list[load_model.Booking]) -> Callable[[], None]:
         def first_token() -> None:
-            now = self.m.now()
+            now = self.clock()
             for b in bookings:
                 load_model.first_token(b, now)
 
@@ -136,7 +175,7 @@ class Attempts:
             st.in_flight_tokens += item.input_tokens + item.output_tokens
             router.on_dispatch(item, st)
         task = asyncio.create_task(self._execute(item, decision, now, legs, attempt, bookings))
-        self._running[item.request_id] = (task, legs[-1][0])
+        self._running[item.request_id] = (task, legs[-1][0], item)
 
     async def _execute(
         self,
@@ -149,7 +188,7 @@ class Attempts:
     ) -> None:
         """Whatever happens, the request ends (or is requeued once) and every instance it
         occupied is released."""
-        m = self.m
+        results = self.results
         target = legs[-1][0]
         ok = False
         judged = True  # a cancelled attempt says nothing about the instance's health
@@ -160,7 +199,7 @@ class Attempts:
         except asyncio.CancelledError:
             judged = False
             reason = item.cancel_reason or "control plane stopped while running"
-            m.finish_failed(
+            results.finish_failed(
                 item,
                 reason,
                 "cancelled",
@@ -174,7 +213,7 @@ class Attempts:
             self._on_error(item, target, exc)
         except Exception as exc:  # a bug must fail the request, never strand it
             logger.exception("request %s crashed", item.request_id)
-            m.finish_failed(
+            results.finish_failed(
                 item,
                 f"internal error: {type(exc).__name__}: {exc}",
                 "internal",
@@ -182,33 +221,34 @@ class Attempts:
             )
         finally:
             self._running.pop(item.request_id, None)
-            released_at = m.now()
+            released_at = self.clock()
             for b in bookings:
                 load_model.release(b, released_at)
             for st, router in legs:
                 st.in_flight -= 1
                 st.in_flight_tokens -= item.input_tokens + item.output_tokens
                 router.on_finish(item, st, ok)
-                m.kv_events.view.on_finish(item, st.instance_id)
+                if self.on_release is not None:
+                    self.on_release(item, st.instance_id)
             if judged:
-                m.health.record_result(target, ok, m.now())
+                self.health.record_result(target, ok, self.clock())
             self.wake()
 
     def _on_error(self, item: QueuedRequest, state: InstanceState, exc: UpstreamError) -> None:
-        m = self.m
+        rules = self.rules
         if not exc.is_client_error:
             state.failed += 1
         item.last_error = str(exc)
-        now = m.now()
+        now = self.clock()
         retry = (
             exc.retryable
             and not exc.body_started
-            and item.attempts < m.max_attempts
-            and now - item.arrival < m.request_timeout_s
-            and m.running
+            and item.attempts < rules.max_attempts
+            and now - item.arrival < rules.request_timeout_s
+            and self.is_running()
         )
         if not retry:
-            m.finish_failed(
+            self.results.finish_failed(
                 item,
                 str(exc),
                 "upstream",
@@ -217,17 +257,17 @@ class Attempts:
             )
             return
         item.excluded.add(state.instance_id)
-        backoff = m.retry_backoff_s * (2 ** (item.attempts - 1))
+        backoff = rules.backoff_s * (2 ** (item.attempts - 1))
         backoff = self._rng.uniform(0.5 * backoff, backoff)  # jitter: no synchronized retries
         if exc.retry_after_s is not None:
             backoff = max(backoff, exc.retry_after_s)
         item.not_before = now + backoff
-        m.metrics.retries += 1
-        m.metrics.failovers += 1
+        self.metrics.retries += 1
+        self.metrics.failovers += 1
         logger.info(
             "request %s: retry %d in %.3fs after: %s", item.request_id, item.attempts, backoff, exc
         )
-        m.queue.push(item)
+        self.queue.push(item)
 
     def _complete(
         self,
@@ -239,7 +279,6 @@ class Attempts:
         *,
         learn: bool = True,
     ) -> None:
-        m = self.m
         req = item.request
         result = RequestResult(
             request_id=item.request_id,
@@ -267,9 +306,9 @@ class Attempts:
         if learn:
             self._learn(state, item, out)
         state.completed += 1
-        m.metrics.on_finish(result, met, out.finished_at)
-        m.scheduling_policy.observe(item, state, met)
-        m.store_result(item, result)
+        self.metrics.on_finish(result, met, out.finished_at)
+        self.strategies.scheduling_policy.observe(item, state, met)
+        self.results.store(item, result)
 
     @staticmethod
     def _learn(state: InstanceState, item: QueuedRequest, out: Outcome) -> None:
@@ -294,17 +333,16 @@ class Attempts:
         entry = self._running.get(request_id)
         if entry is None:
             return False
-        item = self.m._live.get(request_id)
-        if item is not None:
-            item.cancel_reason = reason
-        entry[0].cancel()
+        task, _, item = entry
+        item.cancel_reason = reason
+        task.cancel()
         return True
 
     async def cancel_all(self) -> None:
-        tasks = [t for t, _ in self._running.values()]
+        tasks = [t for t, _, _ in self._running.values()]
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
     def describe(self) -> dict[str, str]:
-        return {rid: s.instance_id for rid, (_, s) in self._running.items()}
+        return {rid: s.instance_id for rid, (_, s, _) in self._running.items()}

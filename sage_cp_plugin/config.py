@@ -50,7 +50,7 @@ class ControlPlaneConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     scheduling_policy: str = "adaptive"
-    routing_strategy: str = "load_balanced"
+    routing_strategy: str = "prefix_aware"
     policy_options: dict[str, Any] = Field(default_factory=dict)
     router_options: dict[str, Any] = Field(default_factory=dict)
     enable_pd_separation: bool = False

@@ -1,5 +1,6 @@
 """The dispatcher: event-driven loop that moves requests from the queue onto instances
-(running them is `attempts.Attempts`' job).
+(what to do with each head is `planning.plan_head`'s pure decision; running them is
+`attempts.Attempts`' job).
 
 Woken by an asyncio.Event (submit, finish, health change, retry timer); a round pops, per
 pool, while the head request has an eligible instance with capacity. Cost per dispatched
@@ -10,27 +11,56 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 from sage_cp_plugin.attempts import Attempts
-from sage_cp_plugin.pending import QueuedRequest
-from sage_cp_plugin.state import InstanceState
-from sage_cp_plugin.types import (
-    ExecutionInstanceType,
+from sage_cp_plugin.health import HealthMonitor
+from sage_cp_plugin.pending import PendingQueue, QueuedRequest
+from sage_cp_plugin.planning import (
+    Launch,
+    LaunchSplit,
+    SplitRule,
+    WaitForCapacity,
+    WaitUntil,
+    plan_head,
 )
-
-if TYPE_CHECKING:
-    from sage_cp_plugin.manager import ControlPlaneManager
+from sage_cp_plugin.pools import InstancePools
+from sage_cp_plugin.results import ResultStore
+from sage_cp_plugin.state import InstanceState
+from sage_cp_plugin.strategies import Strategies
 
 logger = logging.getLogger(__name__)
 
 
 class Dispatcher:
-    def __init__(self, manager: ControlPlaneManager) -> None:
-        self.m = manager
+    """Reads the queue, the pools and the strategies in force; ends requests that cannot
+    run through `results`; hands the others to `attempts`."""
+
+    def __init__(
+        self,
+        *,
+        queue: PendingQueue,
+        pools: InstancePools,
+        strategies: Strategies,
+        health: HealthMonitor,
+        results: ResultStore,
+        attempts: Attempts,
+        clock: Callable[[], float],
+        is_running: Callable[[], bool],
+        request_timeout_s: float,
+    ) -> None:
+        self.queue = queue
+        self.pools = pools
+        self.fleet = pools.fleet
+        self.strategies = strategies
+        self.health = health
+        self.results = results
+        self.clock = clock
+        self.is_running = is_running
+        self.request_timeout_s = request_timeout_s
         self._event = asyncio.Event()
         self._timer: asyncio.TimerHandle | None = None
-        self.attempts = Attempts(manager, self.wake)
+        self.attempts = attempts
         self._policy_seen: tuple[int, int] | None = None  # (id(policy), version) last keyed
 
     # -- waking ----------------------------------------------------------------------------
@@ -55,29 +85,39 @@ class Dispatcher:
             self._event.clear()
             self.dispatch_round()
 
-    # -- one round -------------------------------------------------------------------------
+    # -- the fleet view a plan reads (planning.FleetView) ----------------------------------
+    def has_room(self, state: InstanceState, item: QueuedRequest) -> bool:
+        return self.pools.has_room(state, item)
+
+    def filter_by_phase(
+        self, candidates: list[InstanceState], item: QueuedRequest
+    ) -> list[InstanceState]:
+        pd = self.strategies.pd_router
+        return candidates if pd is None else pd.filter_by_phase(candidates, item.phase)
+
+    def no_instance_reason(self, item: QueuedRequest) -> str:
+        return self._no_instance_reason(item)
+
     def candidates(self, item: QueuedRequest) -> tuple[list[InstanceState], bool]:
         """Eligible instances with capacity, and whether any eligible one is routable."""
         routable = self.routable(item)
-        room = self.m.has_room
-        free = [s for s in routable if room(s, item)]
-        pd = self.m.pd_router
-        if pd is not None and item.phase is not None:
-            tier = pd.filter_by_phase(free or routable, item.phase)
-            free = [s for s in tier if room(s, item)]
+        free = [s for s in routable if self.has_room(s, item)]
+        if item.phase is not None:
+            tier = self.filter_by_phase(free or routable, item)
+            free = [s for s in tier if self.has_room(s, item)]
         return free, bool(routable)
 
     def routable(self, item: QueuedRequest) -> list[InstanceState]:
         """Healthy instances that serve the request's model and kind (any capacity)."""
-        m = self.m
         routable: list[InstanceState] = []
         excluded = item.excluded
         kept_excluded: list[InstanceState] = []
-        for s in m.eligible(item.pool):
+        health, fleet = self.health, self.fleet
+        for s in self.pools.eligible(item.pool):
             # Inlined `InstanceState.routable`: this loop is the hot path of a decision.
             if not s.healthy or s.draining:
                 continue
-            if s.circuit_open and not m.health.maybe_half_open(s, m.fleet.now):
+            if s.circuit_open and not health.maybe_half_open(s, fleet.now):
                 continue
             if excluded and s.instance_id in excluded:
                 kept_excluded.append(s)
@@ -86,98 +126,60 @@ class Dispatcher:
         # Retry elsewhere when possible; the excluded instances are the last resort.
         return routable or kept_excluded
 
-    def _pd_pair(self, item: QueuedRequest) -> tuple[InstanceState, InstanceState] | str | None:
-        """(prefill, decode) for a split request; "wait" when both pools exist but one is
-        full; None when the request is not split (no PD pools, or the trigger says no)."""
-        m = self.m
-        routable = self.routable(item)
-        pre = [s for s in routable if s.instance.instance_type is ExecutionInstanceType.PREFILLING]
-        dec = [s for s in routable if s.instance.instance_type is ExecutionInstanceType.DECODING]
-        if not pre or not dec:
-            return None
-        pre_free = [s for s in pre if m.has_room(s, item)]
-        dec_free = [s for s in dec if m.has_room(s, item)]
-        if not dec_free:
-            return "wait"
-        decode = m.decode_router.select(item, dec_free, m.fleet)
-        if decode is None or not m.disaggregator.wants_split(item, decode):
-            return None
-        if not pre_free:
-            return "wait"
-        prefill = m.prefill_router.select(item, pre_free, m.fleet)
-        return None if prefill is None else (prefill, decode)
-
+    # -- one round: plan the head of each pool, apply, repeat ------------------------------
     def dispatch_round(self) -> None:
-        m = self.m
-        if not m.running:
+        if not self.is_running():
             return
-        now = m.now()
-        m.fleet.now = now
-        policy = m.scheduling_policy
-        policy.tick(m.fleet, len(m.queue), now)
+        queue, fleet, results, strategies = self.queue, self.fleet, self.results, self.strategies
+        now = self.clock()
+        fleet.now = now
+        policy = strategies.scheduling_policy
+        policy.tick(fleet, len(queue), now)
         seen = (id(policy), policy.version)
         if self._policy_seen is not None and seen != self._policy_seen:
-            m.queue.rekey(policy.key)  # the ordering changed (adaptive switch, update_policy)
+            queue.rekey(policy.key)  # the ordering changed (adaptive switch, update_policy)
         self._policy_seen = seen
-        for pool in m.queue.pools():
+        split = (
+            SplitRule(
+                strategies.prefill_router,
+                strategies.decode_router,
+                strategies.disaggregator.wants_split,
+            )
+            if strategies.disaggregator.enabled
+            else None
+        )
+        router = strategies.router
+        for pool in queue.pools():
             while True:
-                item = m.queue.peek(pool)
+                item = queue.peek(pool)
                 if item is None:
                     break
-                if item.not_before > now:
-                    self._wake_at(item.not_before)
+                action = plan_head(item, self, policy, router, now, split)
+                if isinstance(action, WaitUntil):
+                    self._wake_at(action.when)
                     break
-                if now - item.arrival > m.request_timeout_s:
-                    m.queue.pop(pool)
-                    self._dequeued(item)
-                    m.finish_failed(
-                        item,
-                        f"request timed out after {m.request_timeout_s:g}s without completing"
-                        + (f" (last error: {item.last_error})" if item.last_error else ""),
-                        "timeout",
-                    )
-                    continue
-                if m.disaggregator.enabled and not item.pool[1] and not item.no_split:
-                    pair = self._pd_pair(item)
-                    if pair == "wait":
-                        break
-                    if isinstance(pair, tuple):
-                        m.queue.pop(pool)
-                        self._dequeued(item)
-                        self.attempts.launch_pd(item, pair[0], pair[1], now)
-                        continue
-                cands, any_routable = self.candidates(item)
-                if not any_routable:
-                    m.queue.pop(pool)
-                    self._dequeued(item)
-                    why = self._no_instance_reason(item)
-                    m.finish_failed(item, why, "no_instance")
-                    continue
-                if not cands:
+                if isinstance(action, WaitForCapacity):
                     break  # every eligible instance is busy: wait for a finish
-                state = policy.select_instance(item, cands, m.router, m.fleet)
-                if state is None:
-                    break
-                reject = policy.check_dispatch(item, state, now)
-                m.queue.pop(pool)
+                queue.pop(pool)
                 self._dequeued(item)
-                if reject is not None:
-                    m.finish_failed(item, reject, "rejected")
-                    continue
-                self.attempts.launch(item, state, now)
+                if isinstance(action, Launch):
+                    self.attempts.launch(item, action.state, now)
+                elif isinstance(action, LaunchSplit):
+                    self.attempts.launch_pd(item, action.prefill, action.decode, now)
+                else:
+                    results.finish_failed(item, action.reason, action.kind)
 
     def _dequeued(self, item: QueuedRequest) -> None:
-        hook = getattr(self.m.scheduling_policy, "on_dequeue", None)
+        hook = getattr(self.strategies.scheduling_policy, "on_dequeue", None)
         if hook is not None:
             hook(item)
 
     def _no_instance_reason(self, item: QueuedRequest) -> str:
-        m = self.m
-        eligible = m.eligible(item.pool)
+        eligible = self.pools.eligible(item.pool)
         if not eligible:
             return (
                 f"no instance serves model {item.request.model_name!r}; "
-                f"models served: {', '.join(m.list_models()) or 'none'}"
+                f"models served: {', '.join(self.pools.list_models()) or 'none'}"
             )
         states = ", ".join(
             f"{s.instance_id}({'draining' if s.draining else 'circuit open' if s.circuit_open else 'unhealthy'})"

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import inspect
+import time
+from collections.abc import Awaitable, Callable
+
 from sage_cp_plugin.pending import PendingQueue, QueuedRequest
 from sage_cp_plugin.policies.base import SchedulingPolicy, make_item
 from sage_cp_plugin.state import FleetSnapshot, InstanceState
@@ -41,3 +46,34 @@ def order(policy: SchedulingPolicy, items: list[QueuedRequest]) -> list[str]:
     while (nxt := q.pop(q.pools()[0] if q.pools() else (None, False, False))) is not None:
         out.append(nxt.request_id)
     return out
+
+
+async def wait_until(
+    condition: Callable[[], bool | Awaitable[bool]], what: str, timeout_s: float = 30.0
+) -> None:
+    """Wait for ``condition()`` (a bool, or an awaitable one such as an HTTP probe) to hold,
+    checked every few ms, or fail naming ``what``.
+
+    For state that offers no event to wait on (another server's queue, a fleet member's
+    counters). The timeout only bounds a hung test; it never decides a result.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not await _holds(condition):
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        await asyncio.sleep(0.002)
+
+
+async def _holds(condition: Callable[[], bool | Awaitable[bool]]) -> bool:
+    result = condition()
+    return bool(await result) if inspect.isawaitable(result) else bool(result)
+
+
+def wait_until_sync(condition: Callable[[], bool], what: str, timeout_s: float = 60.0) -> None:
+    """`wait_until` for a test thread (SAGE jobs, subprocesses) that has no event loop."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(0.005)

@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,8 @@ import pytest
 from sage_cp_plugin.entrypoints.batch import BatchJobOptions, run_batch_job
 from sage_cp_plugin.entrypoints.cli import main
 from sage_cp_plugin.operators.testing import inprocess_fleet
+
+from tests.helpers import wait_until_sync
 
 ROOT = Path(__file__).resolve().parents[1]
 MIXED = ROOT / "examples" / "data" / "batch_mixed.jsonl"
@@ -34,6 +35,10 @@ def chat(i: int, **body: Any) -> dict[str, Any]:
 def write_lines(path: Path, lines: list[Any]) -> Path:
     path.write_text("".join((x if isinstance(x, str) else json.dumps(x)) + "\n" for x in lines))
     return path
+
+
+def lines_written(path: Path) -> int:
+    return len(path.read_text().splitlines()) if path.exists() else 0
 
 
 def results(path: Path) -> list[dict[str, Any]]:
@@ -122,8 +127,7 @@ def test_instance_killed_mid_job_every_line_exactly_once(tmp_path: Path) -> None
         out_path = tmp_path / "out.jsonl"
 
         def killer() -> None:
-            while not out_path.exists() or len(out_path.read_text().splitlines()) < 30:
-                time.sleep(0.01)
+            wait_until_sync(lambda: lines_written(out_path) >= 30, "30 answered lines")
             fleet.kill(0)
 
         t = threading.Thread(target=killer, daemon=True)
@@ -181,11 +185,7 @@ def test_cli_interrupted_then_resumed_no_duplicates_no_gaps(tmp_path: Path) -> N
     cmd = [*CLI, str(src), "-o", str(out_path), "--config", str(cfg), "-c", "16"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if out_path.exists() and len(out_path.read_text().splitlines()) >= 40:
-            break
-        time.sleep(0.05)
+    wait_until_sync(lambda: lines_written(out_path) >= 40, "40 answered lines")
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err

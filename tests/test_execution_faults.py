@@ -11,6 +11,7 @@ import httpx
 from sage_cp_plugin import ExecutionCoordinator, RequestMetadata
 from sage_cp_plugin.health import HealthConfig
 from sage_cp_plugin.sim import SimFleet
+from tests.helpers import wait_until
 from tests.simfleet import gen, managed_fleet
 
 NO_PROBES = HealthConfig(interval_s=3600, failure_threshold=1000)
@@ -85,7 +86,7 @@ async def test_broken_streams_fail_over_before_bytes_reach_the_caller() -> None:
         except Exception as exc:
             error = exc
         assert got and error is not None
-        failed = [r for r in m._results.values() if r.state == "failed"]
+        failed = [r for r in m.results if r.state == "failed"]
         assert len(failed) == 1 and failed[0].attempts == 1
 
 
@@ -116,10 +117,9 @@ async def test_all_instances_down_fails_clearly_and_recovers() -> None:
         assert res.state == "failed"
         assert "unreachable" in (res.error or "") or "no healthy instance" in (res.error or "")
         await fleet.restart(0)
-        for _ in range(100):
-            if m.fleet.get("sim-0").healthy:  # type: ignore[union-attr]
-                break
-            await asyncio.sleep(0.02)
+        s0 = m.fleet.get("sim-0")
+        assert s0 is not None
+        await wait_until(lambda: s0.healthy, "sim-0 healthy again")
         assert (await m.generate("again", max_tokens=2)).state == "completed"
 
 
@@ -160,5 +160,5 @@ async def test_no_retry_once_a_role_only_chat_chunk_reached_the_caller() -> None
             error = exc
         assert error is not None and len(got) == 1
         assert got[0]["choices"][0]["delta"].get("content") in (None, "")
-        failed = [r for r in m._results.values() if r.state == "failed"]
+        failed = [r for r in m.results if r.state == "failed"]
         assert len(failed) == 1 and failed[0].attempts == 1

@@ -11,6 +11,7 @@ from sage_cp_plugin import RequestMetadata
 from sage_cp_plugin.health import HealthConfig
 from sage_cp_plugin.scrape import MetricsParseError, ScrapeConfig, parse_vllm_metrics
 from sage_cp_plugin.sim import SimFleet
+from tests.helpers import wait_until
 from tests.simfleet import gen, managed_fleet
 
 
@@ -19,27 +20,19 @@ async def faults(fleet: SimFleet, i: int, **f: object) -> None:
         (await c.post(f"{fleet[i].url}/sim/faults", json=f)).raise_for_status()
 
 
-async def until(cond: object, timeout: float = 5.0) -> bool:
-    for _ in range(int(timeout / 0.02)):
-        if cond():  # type: ignore[operator]
-            return True
-        await asyncio.sleep(0.02)
-    return bool(cond())  # type: ignore[operator]
-
-
 async def test_probe_thresholds_mark_unhealthy_and_healthy_again() -> None:
     cfg = HealthConfig(interval_s=0.05, jitter=0.1, unhealthy_threshold=3, healthy_threshold=2)
     async with managed_fleet(gen(2), health=cfg) as (m, fleet):
         s1 = m.fleet.get("sim-1")
         assert s1 is not None
         await faults(fleet, 1, health_status=503)
-        assert await until(lambda: not s1.healthy)
+        await wait_until(lambda: not s1.healthy, "sim-1 marked unhealthy")
         h = m.health.health["sim-1"]
         assert h.transitions[-1][1] == "unhealthy"
         placed = [(await m.generate("q", max_tokens=2)).instance_id for _ in range(5)]
         assert placed == ["sim-0"] * 5
         await faults(fleet, 1)
-        assert await until(lambda: s1.healthy)
+        await wait_until(lambda: s1.healthy, "sim-1 healthy again")
         assert h.probe_successes >= 2
 
 
@@ -58,7 +51,9 @@ async def test_consecutive_failures_open_the_circuit_then_half_open_probe_closes
         sent_while_open = [(await m.generate("x", max_tokens=2)).instance_id for _ in range(4)]
         assert set(sent_while_open) == {"sim-1"}
         await faults(fleet, 0)
-        await asyncio.sleep(0.35)  # cooldown over: the next round lets one trial through
+        opened_at = m.health.health["sim-0"].transitions[-1][0]
+        # Cooldown over (on the loop's clock the manager reads): the next round lets one trial through.
+        await wait_until(lambda: m.now() > opened_at + cfg.cooldown_s, "the circuit cooldown")
         results = [await m.generate(f"t{i}", max_tokens=2) for i in range(4)]
         assert "sim-0" in {r.instance_id for r in results}
         assert not s0.circuit_open
@@ -105,13 +100,15 @@ async def test_scrape_feeds_kv_aware_and_stale_or_garbage_data_is_not_trusted() 
                 )
                 for _ in range(6)
             ]
-            assert await until(lambda: s0.scraped.fresh and s0.scraped.running >= 6)
+            await wait_until(
+                lambda: s0.scraped.fresh and s0.scraped.running >= 6, "a fresh scrape of 6 running"
+            )
             assert s0.scraped.kv_usage > s1.scraped.kv_usage
             picks = {(await m.generate("q", max_tokens=1)).instance_id for _ in range(5)}
             assert picks == {"sim-1"}
             # Garbage from /metrics: the old reading goes stale and is not used.
             await faults(fleet, 0, metrics_garbage=True)
-            assert await until(lambda: not s0.scraped.fresh)
+            await wait_until(lambda: not s0.scraped.fresh, "the reading to go stale")
             assert "sim-0" in m.scraper.failures
             for t in hidden:
                 t.cancel()

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import httpx
 import pytest
 
 from sage_cp_plugin import RequestMetadata
 from sage_cp_plugin.errors import ModelNotServedError
 from sage_cp_plugin.sim import SimInstanceConfig
+from tests.helpers import wait_until
 from tests.simfleet import gen, managed_fleet
 
 
@@ -50,11 +49,7 @@ async def test_caller_that_stops_reading_cancels_upstream() -> None:
             rid = chunk.get("id")
             break
         await agen.aclose()
-        for _ in range(100):
-            if engine.state()["running"] == 0:
-                break
-            await asyncio.sleep(0.02)
-        assert engine.state()["running"] == 0
+        await wait_until(lambda: engine.state()["running"] == 0, "the upstream abort")
         assert engine.state()["counters"]["aborted"] == 1
         assert rid is not None
         assert m.get_metrics().completed_requests == 0

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 from sage_cp_plugin.sim import SimFleet
+from tests.helpers import wait_until
 from tests.test_gateway_support import gateway_over_sim, gen
 
 ADMIN = {"authorization": "Bearer adm"}
@@ -31,8 +31,8 @@ async def test_admin_instances_add_drain_remove() -> None:
             await c.put("/admin/router", json={"name": "round_robin"})
             slow = {**BODY, "max_tokens": 40}
             running = [asyncio.create_task(c.post("/v1/completions", json=slow)) for _ in range(4)]
-            await asyncio.sleep(0.1)
-            assert h.manager.fleet.states["extra"].in_flight > 0
+            extra_state = h.manager.fleet.states["extra"]
+            await wait_until(lambda: extra_state.in_flight > 0, "a request running on extra")
             resp = await c.post("/admin/instances/extra/drain")
             assert resp.status_code == 202 and resp.json()["draining"]
             # New requests avoid it while its in-flight ones finish.
@@ -40,10 +40,8 @@ async def test_admin_instances_add_drain_remove() -> None:
             assert {r.headers["x-sage-instance"] for r in fresh} == {"sim-0"}
             done = await asyncio.gather(*running)
             assert all(r.status_code == 200 for r in done)  # in-flight ones finished
-            deadline = time.monotonic() + 3
-            while "extra" in h.manager.fleet.states:  # removed once idle
-                assert time.monotonic() < deadline
-                await asyncio.sleep(0.02)
+            states = h.manager.fleet.states
+            await wait_until(lambda: "extra" not in states, "extra removed once idle")
             assert (await c.get("/admin/instances/extra")).status_code == 404
 
             # Immediate removal.
@@ -73,10 +71,7 @@ async def test_admin_policy_router_queue_and_status() -> None:
 
         slow = {**BODY, "max_tokens": 30}
         tasks = [asyncio.create_task(c.post("/v1/completions", json=slow)) for _ in range(3)]
-        deadline = time.monotonic() + 3
-        while len(h.manager.queue) < 2:
-            assert time.monotonic() < deadline, (await c.get("/admin/queue")).json()
-            await asyncio.sleep(0.01)
+        await wait_until(lambda: len(h.manager.queue) >= 2, "two queued requests")
         q = (await c.get("/admin/queue")).json()
         assert q["depth"] == 2 and q["running"] == 1 and len(q["items"]) == 2
         assert q["items"][0]["priority"] == "normal" and q["items"][0]["age_ms"] > 0

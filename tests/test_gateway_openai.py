@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 
+import httpx
 import openai
 import pytest
 
+from tests.helpers import wait_until
 from tests.test_gateway_support import gateway_over_sim, gen
 
 
@@ -92,24 +94,29 @@ async def test_openai_client_errors_are_typed() -> None:
 
 
 async def test_priority_header_changes_the_order_of_service() -> None:
-    """One slot: with the priority policy a `critical` request sent last runs first."""
-    configs = gen(1, time_scale=0.2)
+    """One slot, held busy: with the priority policy a `critical` request sent last runs first.
+
+    The instance hangs its first request until the fault is cleared, so the three `low`
+    requests and the `critical` one really wait in the coordinator's queue together.
+    """
     async with gateway_over_sim(
-        configs,
+        gen(1),
         scheduling_policy="priority",
         instance_fields={"max_concurrent_requests": 1},
     ) as h:
-        async with h.client() as c:
+        status = h.manager.get_status
+        async with h.client() as c, httpx.AsyncClient(base_url=h.fleet.urls[0]) as sim:
+            (await sim.post("/sim/faults", json={"hang": True})).raise_for_status()
             body = {"model": "sim-model", "prompt": "p", "max_tokens": 4}
             blocker = asyncio.create_task(c.post("/v1/completions", json=body))
-            await asyncio.sleep(0.05)
+            await wait_until(lambda: status()["running_requests"] == 1, "the blocker to run")
             low = [
                 asyncio.create_task(
                     c.post("/v1/completions", json=body, headers={"x-sage-priority": "low"})
                 )
                 for _ in range(3)
             ]
-            await asyncio.sleep(0.05)
+            await wait_until(lambda: status()["pending_requests"] == 3, "3 queued low requests")
             # Same meaning in the body; the header wins when both are given.
             crit = asyncio.create_task(
                 c.post(
@@ -118,6 +125,8 @@ async def test_priority_header_changes_the_order_of_service() -> None:
                     headers={"x-sage-priority": "critical", "x-sage-user": "alice"},
                 )
             )
+            await wait_until(lambda: status()["pending_requests"] == 4, "the critical request")
+            (await sim.post("/sim/faults", json={"hang": False})).raise_for_status()
             done = [await blocker, *[await t for t in low], await crit]
             assert all(r.status_code == 200 for r in done)
             queue_ms = {i: float(r.headers["x-sage-queue-ms"]) for i, r in enumerate(done)}

@@ -19,6 +19,7 @@ from sage_cp_plugin.errors import (
     QueueFullError,
 )
 from sage_cp_plugin.health import HealthConfig
+from tests.helpers import wait_until
 from tests.simfleet import gen, managed_fleet
 
 
@@ -45,7 +46,8 @@ async def _dispatch_order(policy: str) -> list[str]:
         gen(1), scheduling_policy=policy, instance_fields={"max_concurrent_requests": 1}
     ) as (m, _):
         blocker = await m.submit_request(RequestMetadata(prompt="block " * 20, max_tokens=64))
-        await asyncio.sleep(0.05)  # the blocker is now running; the rest queue behind it
+        # Submit the rest only once the blocker runs, so they all queue behind it.
+        await wait_until(lambda: m.dispatcher.in_flight_count() == 1, "the blocker to run")
         specs = [
             ("r1", RequestPriority.LOW, None),
             ("r2", RequestPriority.CRITICAL, 10_000.0),
@@ -175,7 +177,7 @@ async def test_full_queue_rejects_and_loses_nothing() -> None:
         instance_fields={"max_concurrent_requests": 1},
     ) as (m, _):
         admitted = [await m.submit_request(RequestMetadata(prompt="x", max_tokens=32))]
-        await asyncio.sleep(0.02)
+        await wait_until(lambda: m.dispatcher.in_flight_count() == 1, "the first to run")
         admitted += [
             await m.submit_request(RequestMetadata(prompt="x", max_tokens=4)) for _ in range(3)
         ]
@@ -215,19 +217,13 @@ async def test_health_checks_cover_instances_registered_before_start() -> None:
         gen(2), health=HealthConfig(interval_s=0.05, timeout_s=0.5, unhealthy_threshold=2)
     ) as (m, fleet):
         await fleet.kill(1)
-        for _ in range(200):
-            if not m.fleet.get("sim-1").healthy:  # type: ignore[union-attr]
-                break
-            await asyncio.sleep(0.02)
-        assert not m.fleet.get("sim-1").healthy  # type: ignore[union-attr]
+        s1 = m.fleet.get("sim-1")
+        assert s1 is not None
+        await wait_until(lambda: not s1.healthy, "sim-1 marked unhealthy")
         results = [await m.generate(f"q{i}", max_tokens=2) for i in range(4)]
         assert {r.instance_id for r in results} == {"sim-0"}
         await fleet.restart(1)
-        for _ in range(200):
-            if m.fleet.get("sim-1").healthy:  # type: ignore[union-attr]
-                break
-            await asyncio.sleep(0.02)
-        assert m.fleet.get("sim-1").healthy  # type: ignore[union-attr]
+        await wait_until(lambda: s1.healthy, "sim-1 healthy again")
 
 
 async def test_start_stop_idempotent_and_leave_no_tasks() -> None:
@@ -248,7 +244,7 @@ async def test_stop_fails_pending_requests_with_reason() -> None:
         gen(1, time_scale=0.5), instance_fields={"max_concurrent_requests": 1}
     ) as (m, _):
         running = await m.submit_request(RequestMetadata(prompt="x", max_tokens=200))
-        await asyncio.sleep(0.02)
+        await wait_until(lambda: m.dispatcher.in_flight_count() == 1, "the first to run")
         queued = await m.submit_request(RequestMetadata(prompt="y", max_tokens=2))
         await m.stop()
         q = await m.get_request_status(queued)
@@ -264,17 +260,17 @@ async def test_urgent_headroom_lets_interactive_work_past_a_full_instance() -> N
         busy = [
             await m.submit_request(RequestMetadata(prompt="x", max_tokens=100)) for _ in range(3)
         ]
-        await asyncio.sleep(0.05)
         state = m.fleet.get("sim-0")
-        assert state is not None and state.in_flight == 2  # the third normal request waits
+        assert state is not None
+        await wait_until(lambda: state.in_flight == 2 and len(m.queue) == 1, "two running")
         urgent = await m.submit_request(
             RequestMetadata(prompt="now", max_tokens=100, priority=RequestPriority.HIGH)
         )
         tight = await m.submit_request(
             RequestMetadata(prompt="now", max_tokens=100, ttft_slo_ms=200)
         )
-        await asyncio.sleep(0.05)
-        assert state.in_flight == 4  # both urgent ones went into the headroom at once
+        # Both urgent ones go into the headroom at once, past the waiting normal one.
+        await wait_until(lambda: state.in_flight == 4, "the urgent requests to run")
         assert (await m.get_request_status(busy[2])).state == "pending"
         for rid in (urgent, tight, *busy):
             assert (await m.wait(rid, timeout=60)).state == "completed"

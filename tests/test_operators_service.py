@@ -20,6 +20,7 @@ from sage_cp_plugin.operators.testing import EchoBackend, inprocess_fleet
 
 from sage_cp_plugin.config import ControlPlaneConfig
 from sage_cp_plugin.errors import ConfigurationError
+from tests.helpers import wait_until_sync
 
 FAST = {"embedded_fleet": {"time_scale": 0.0, "generation_instances": 1}}
 
@@ -29,10 +30,7 @@ def service_threads() -> list[threading.Thread]:
 
 
 def wait_no_service_threads(timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while service_threads() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert not service_threads()
+    wait_until_sync(lambda: not service_threads(), "the service threads to end", timeout)
 
 
 @pytest.mark.parametrize("form", ["object", "dict", "yaml", "toml"])
@@ -153,11 +151,9 @@ def test_service_closes_when_a_streaming_job_is_stopped() -> None:
     use_control_plane(env, backend=EchoBackend())
     env.from_source(Ticks).map(ChatMap).sink(_Append, out=seen)
     env.submit(autostop=False)
-    deadline = time.monotonic() + 10
-    while len(seen) < 20 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until_sync(lambda: len(seen) >= 20, "20 streamed results")
     env.stop()
-    assert len(seen) >= 20 and seen[0].output == "t1"
+    assert seen[0].output == "t1"
     wait_no_service_threads()
 
 

@@ -7,6 +7,7 @@ wheel's layout is checked to resolve under a type checker.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -57,8 +58,19 @@ def test_every_subpackage_is_listed_in_pyproject() -> None:
     assert on_disk <= listed, f"add to [tool.setuptools].packages: {sorted(on_disk - listed)}"
 
 
+def source_copy(dest: Path) -> Path:
+    """What the build reads, copied so that building leaves no build/ or egg-info in the tree."""
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", "build")
+    for name in ("sage_cp_plugin", "operators", "entrypoints"):
+        shutil.copytree(ROOT / name, dest / name, ignore=ignore)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, dest / name)
+    return dest
+
+
 def test_wheel_contains_and_imports_subpackages(tmp_path: Path) -> None:
     out = tmp_path / "dist"
+    src = source_copy(tmp_path / "src")
     build = subprocess.run(
         [
             sys.executable,
@@ -70,7 +82,7 @@ def test_wheel_contains_and_imports_subpackages(tmp_path: Path) -> None:
             "-q",
             "-w",
             str(out),
-            str(ROOT),
+            str(src),
         ],
         capture_output=True,
         text=True,
@@ -82,6 +94,9 @@ def test_wheel_contains_and_imports_subpackages(tmp_path: Path) -> None:
     assert "sage_cp_plugin/operators/__init__.py" in names
     assert "sage_cp_plugin/entrypoints/cli.py" in names
     assert not any(n.startswith(("operators/", "entrypoints/")) for n in names)
+    for trace in ("azure_conv_2023.csv", "azure_code_2023.csv", "mooncake_synthetic.jsonl"):
+        assert f"sage_cp_plugin/workloads/data/{trace}" in names
+    assert "sage_cp_plugin/workloads/data/README.md" in names  # their licences travel with them
     site = tmp_path / "site"
     inst = subprocess.run(
         [
@@ -107,6 +122,15 @@ def test_wheel_contains_and_imports_subpackages(tmp_path: Path) -> None:
     )
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip().startswith(str(site))
+    # The installed package finds its bundled traces from any working directory.
+    res = run(
+        "from sage_cp_plugin.workloads import load_trace, resolve_trace; "
+        "print(resolve_trace('azure_conv'), len(load_trace('mooncake', limit=7)))",
+        tmp_path,
+        env_path=str(site),
+    )
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith(str(site)) and res.stdout.split()[-1] == "7"
     # A type checker resolves the installed sub-packages (mypy reads the wheel's files).
     probe = tmp_path / "probe.py"
     probe.write_text(

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -14,7 +15,7 @@ from sage_cp_plugin.errors import PluginConflictError, UnknownPluginError
 from sage_cp_plugin.plugins import get_registry
 from sage_cp_plugin.policies import BUILTIN_POLICIES
 from sage_cp_plugin.routing import BUILTIN_ROUTERS
-from tests.conftest import console_script, pip, pip_install_fixture
+from tests.conftest import console_script, pip_install_target, plugins_on_path, subprocess_env
 from tests.helpers import item, order
 
 
@@ -54,18 +55,19 @@ def test_example_plugin_is_found_by_entry_point_and_selected_by_name(example_plu
 
 
 @pytest.fixture()
-def broken_and_clashing(example_plugin: str) -> Iterator[None]:
-    pip_install_fixture("broken_plugin")
-    pip_install_fixture("clashing_plugin")
-    get_registry(reload=True)
-    try:
-        yield
-    finally:
-        pip("uninstall", "-y", "sage-cp-broken-plugin", "sage-cp-clashing-plugin")
-        get_registry(reload=True)
+def broken_and_clashing(example_plugin_site: Path, tmp_path: Path) -> Iterator[list[Path]]:
+    sites = [
+        example_plugin_site,
+        pip_install_target("broken_plugin", tmp_path / "broken"),
+        pip_install_target("clashing_plugin", tmp_path / "clashing"),
+    ]
+    with plugins_on_path(*sites):
+        yield sites
 
 
-def test_broken_and_clashing_plugins_are_reported_and_isolated(broken_and_clashing: None) -> None:
+def test_broken_and_clashing_plugins_are_reported_and_isolated(
+    broken_and_clashing: list[Path],
+) -> None:
     reg = get_registry()
     failure = next(f for f in reg.failures if f.distribution == "sage-cp-broken-plugin")
     assert "a_module_that_does_not_exist" in failure.error
@@ -85,21 +87,25 @@ def test_broken_and_clashing_plugins_are_reported_and_isolated(broken_and_clashi
         text=True,
         timeout=60,
         check=True,
+        env=subprocess_env(*broken_and_clashing),
     ).stdout
     data = json.loads(out)
     assert any(f["distribution"] == "sage-cp-broken-plugin" for f in data["failures"])
     assert {r["status"] for r in data["plugins"] if r["name"] == "popular_policy"} == {"conflict"}
 
 
-def test_sage_cp_plugins_lists_names_with_distributions(example_plugin: str) -> None:
+def test_sage_cp_plugins_lists_names_with_distributions(example_plugin_site: Path) -> None:
     out = subprocess.run(
         [console_script("sage-cp"), "plugins"],
         capture_output=True,
         text=True,
         timeout=60,
         check=True,
+        env=subprocess_env(example_plugin_site),
     ).stdout
     lines = out.splitlines()
     for name in [*BUILTIN_POLICIES, *BUILTIN_ROUTERS]:
         assert any(line.split()[1:2] == [name] and "sage-cp-plugin" in line for line in lines), name
-    assert any("shortest_prompt_first" in line and example_plugin in line for line in lines)
+    assert any(
+        "shortest_prompt_first" in line and "sage-cp-example-plugin" in line for line in lines
+    )

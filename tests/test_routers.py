@@ -20,7 +20,13 @@ from tests.helpers import fleet, item, state
 def test_round_robin_cycles() -> None:
     cands = [state("a"), state("b"), state("c")]
     r = RoundRobinRouter()
-    picks = [r.select(item(i), cands, fleet(*cands)).instance_id for i in range(6)]  # type: ignore[union-attr]
+    picks = []
+    for i in range(6):
+        chosen = r.select(item(i), cands, fleet(*cands))
+        assert chosen is not None
+        assert r.select(item(i), cands, fleet(*cands)) is chosen  # asking again: same answer
+        r.on_dispatch(item(i), chosen)  # the cursor moves when the request is sent
+        picks.append(chosen.instance_id)
     assert picks == ["a", "b", "c", "a", "b", "c"]
 
 

@@ -19,6 +19,7 @@ from sage_cp_plugin.sim import (
 )
 from sage_cp_plugin.sim import tokens as tok
 from sage_cp_plugin.sim.sequence import RemotePrefill
+from tests.helpers import wait_until
 
 
 def words(prefix: str, n: int) -> list[str]:
@@ -27,20 +28,17 @@ def words(prefix: str, n: int) -> list[str]:
 
 async def test_continuous_batching_runs_requests_together() -> None:
     eng = SimEngine(SimInstanceConfig(time_scale=0.001))
-    loop = asyncio.get_running_loop()
-    t0 = loop.time()
     seqs = [eng.submit(words(f"r{j}-", 20), 20) for j in range(32)]
     await asyncio.gather(*(s.done for s in seqs))
-    batched = loop.time() - t0
+    batched = eng.counters.steps
     # Serially each request needs >= 20 steps; batched, all 32 share those steps.
     assert eng.counters.max_batch_seqs == 32
     assert eng.counters.steps <= 25 < 32 * 20
     assert all(s.num_output == 20 for s in seqs)
-    # Simulated time agrees: one request alone takes nearly as long as all 32 together.
-    t1 = loop.time()
+    # One request alone needs nearly as many steps as all 32 together.
     await eng.submit(words("alone", 20), 20).done
-    alone = loop.time() - t1
-    assert batched < 32 * alone / 4
+    alone = eng.counters.steps - batched
+    assert alone >= 20 and batched < 32 * alone / 4
     await eng.stop()
 
 
@@ -141,8 +139,8 @@ async def test_unfetched_pd_kv_is_freed_after_the_pin_timeout() -> None:
     prefill = SimEngine(SimInstanceConfig(role="prefill", time_scale=0, kv_pin_timeout_s=0.05))
     await prefill.submit(words("z", 40), 1, pin_for_remote_decode=True).done
     assert prefill.kv.num_used == 3
-    await asyncio.sleep(0.1)
-    assert prefill.kv.num_used == 0 and prefill.counters.pinned_expired == 1
+    await wait_until(lambda: prefill.kv.num_used == 0, "the pin timeout to free the KV")
+    assert prefill.counters.pinned_expired == 1
     await prefill.stop()
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import socket
@@ -20,18 +19,17 @@ from sage_cp_plugin.sim import (
     SimInstanceConfig,
     embedded_default_fleet,
 )
+from tests.helpers import wait_until
 
 
 async def wait_until_idle(m: SimFleetMember, timeout: float = 5.0) -> None:
-    """Poll the engine until nothing runs and no KV is held (bounded, for async cleanup)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while loop.time() < deadline:
+    """Wait until nothing runs and no KV is held (cleanup is asynchronous)."""
+
+    def idle() -> bool:
         st = m.sim.engine.state()
-        if st["running"] == 0 and st["waiting"] == 0 and st["kv_blocks_used"] == 0:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"engine still busy: {m.sim.engine.state()}")
+        return st["running"] == 0 and st["waiting"] == 0 and st["kv_blocks_used"] == 0
+
+    await wait_until(idle, f"an idle engine ({m.sim.engine.state()})", timeout)
 
 
 async def test_fleet_serves_over_loopback_and_streams() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -27,12 +28,8 @@ from sage_cp_plugin.workloads import (
     poisson_arrivals,
     save_workload,
     synthetic,
-    trace_dir,
 )
-
-TRACES = pytest.mark.skipif(
-    not (trace_dir() / "azure_conv_2023.csv").exists(), reason="shared traces not present"
-)
+from sage_cp_plugin.workloads.traces import TRACES_ENV, TraceError, load_trace, resolve_trace
 
 
 def test_jsonl_round_trip_and_errors(tmp_path: Path) -> None:
@@ -100,7 +97,6 @@ def test_synthetic_arrivals_and_mixes() -> None:
     assert mean_rate(ladder[1.0]) == pytest.approx(10.0, rel=1e-6)
 
 
-@TRACES
 def test_trace_loaders() -> None:
     conv = load_azure("azure_conv_2023.csv", limit=100)
     code = load_azure("azure_code_2023.csv", limit=100, start=10)
@@ -112,3 +108,62 @@ def test_trace_loaders() -> None:
     assert all(r.input_tokens <= 8192 for r in moon)
     ids = [h for r in moon for h in r.prefix_blocks]
     assert len(set(ids)) < len(ids)  # the trace really re-uses blocks
+
+
+def test_trace_windows_by_start_and_limit() -> None:
+    full = load_trace("azure_conv", limit=30)
+    window = load_trace("azure_conv_2023.csv", start=10, limit=5)
+    assert [r.input_tokens for r in window] == [r.input_tokens for r in full[10:15]]
+    assert window[0].arrival_s == 0.0  # re-based to the window's first arrival
+    gaps = [b.arrival_s - a.arrival_s for a, b in itertools.pairwise(full[10:15])]
+    assert [b.arrival_s - a.arrival_s for a, b in itertools.pairwise(window)] == pytest.approx(gaps)
+    moon = load_trace("mooncake", start=3, limit=2)
+    assert [r.prefix_blocks for r in moon] == [r.prefix_blocks for r in load_mooncake(limit=5)[3:]]
+    assert load_trace("azure_code", start=10**6) == []
+
+
+def test_users_trace_folder_is_searched_before_the_bundled_traces(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "azure_conv_2023.csv").write_text(
+        "arrived_at,num_prefill_tokens,num_decode_tokens\n5.0,7,3\n6.5,9,4\n"
+    )
+    (tmp_path / "mine.jsonl").write_text(
+        '{"timestamp": 1000, "input_length": 600, "output_length": 2, "hash_ids": [4, 5]}\n'
+    )
+    monkeypatch.setenv(TRACES_ENV, str(tmp_path))
+    own = load_trace("azure_conv")
+    assert [(r.arrival_s, r.input_tokens, r.output_tokens) for r in own] == [
+        (0.0, 7, 3),
+        (1.5, 9, 4),
+    ]
+    assert load_trace("mine.jsonl")[0].prefix_blocks == (4, 5)
+    # Names the user's folder lacks still come from the bundled data.
+    assert resolve_trace("mooncake").parent.name == "data"
+    assert len(load_trace("mooncake", limit=3)) == 3
+
+
+def test_trace_errors_are_one_clear_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cases: list[tuple[str | Path, str]] = [
+        ("nope.csv", "does not exist in .* or set SAGE_CP_TRACES"),
+        (tmp_path / "missing.csv", "does not exist"),
+    ]
+    bad = tmp_path / "bad.csv"
+    bad.write_text("arrived_at,num_prefill_tokens,num_decode_tokens\n0,5,5\n1,x,5\n")
+    cases.append((bad, r"bad.csv:3: not a trace row"))
+    cols = tmp_path / "cols.jsonl"
+    cols.write_text('{"timestamp": 0, "input_len": 5}\n')
+    cases.append((cols, r"cols.jsonl:1: .*expected columns timestamp"))
+    late = tmp_path / "late.csv"
+    late.write_text("arrived_at,num_prefill_tokens,num_decode_tokens\n2,5,5\n1,5,5\n")
+    cases.append((late, r"late.csv:3: arrival 1.0 precedes"))
+    other = tmp_path / "t.txt"
+    other.write_text("x")
+    cases.append((other, "unknown format"))
+    for name, message in cases:
+        with pytest.raises(TraceError, match=message) as info:
+            load_trace(name)
+        assert "\n" not in str(info.value)
+    monkeypatch.setenv(TRACES_ENV, str(tmp_path / "no-such-folder"))
+    with pytest.raises(ConfigurationError, match=r"SAGE_CP_TRACES=.* is not a directory"):
+        load_trace("azure_conv")

@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import zmq.asyncio
@@ -174,9 +174,11 @@ class KVEventTracker:
     def enabled(self) -> bool:
         return bool(self._subscribers or self._streams)
 
-    def tokenize(self, item: QueuedRequest, serving: Iterable[InstanceState]) -> None:
+    def tokenize(self, item: QueuedRequest, serving: Sequence[InstanceState]) -> None:
         """At admission: the prompt's token ids (tokenizer of the first serving instance that
         declares one) and its block hashes for the block sizes already announced."""
+        if not self._tokenizer_of:
+            return
         for s in serving:
             tok = self._tokenizer_of.get(s.instance_id)
             if tok is None:

@@ -2,14 +2,12 @@
 
 Lengths are kept as samples (numpy arrays) rather than a mean, because SLO attainment
 depends on the tail: a 4k-token prompt misses a TTFT SLO that the mean prompt meets.
-Traces live outside the project (``../shared/traces/``, see its README); they are read in
-place, never copied.
+Traces are read by the one trace loader, `sage_cp_plugin.workloads.traces` (bundled traces,
+or ``$SAGE_CP_TRACES``).
 """
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -29,15 +27,12 @@ from sage_cp_plugin.parallelism.errors import (
     UnknownPresetError,
     planning_error_from,
 )
+from sage_cp_plugin.workloads.traces import TRACE_NAMES, TraceError, load_trace, resolve_trace
 
 IntArray = npt.NDArray[np.int64]
 
-# Preset name -> file under the shared traces folder (origins are in its README).
-TRACE_PRESETS: dict[str, str] = {
-    "azure_conv": "azure_conv_2023.csv",
-    "azure_code": "azure_code_2023.csv",
-    "mooncake": "mooncake_synthetic.jsonl",
-}
+# Workload presets that name a trace (the trace loader's short names).
+TRACE_PRESETS: dict[str, str] = TRACE_NAMES
 # Enough samples for a stable attainment estimate (+-1 % at 95 % confidence needs ~10k; 2k
 # gives +-2 %, and keeps planning well under a second).
 MAX_SAMPLES = 2048
@@ -150,30 +145,18 @@ class WorkloadSpec(BaseModel):
         ttft_slo_ms: float | None = None,
         tpot_slo_ms: float | None = None,
     ) -> WorkloadSpec:
-        """Lengths from an Azure CSV or a Mooncake JSONL trace; rate from its arrivals."""
-        p = Path(path)
-        if not p.is_file():
-            raise PlanningError(f"workload trace {str(p)!r} does not exist")
-        if p.suffix == ".jsonl":
-            rows = [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
-            inputs = np.array([r["input_length"] for r in rows], dtype=np.int64)
-            outputs = np.array([r["output_length"] for r in rows], dtype=np.int64)
-            arrivals = np.array([r["timestamp"] for r in rows], dtype=np.float64) / 1000.0
-        else:
-            table = np.genfromtxt(p, delimiter=",", names=True)
-            try:
-                inputs = table["num_prefill_tokens"].astype(np.int64)
-                outputs = table["num_decode_tokens"].astype(np.int64)
-                arrivals = table["arrived_at"].astype(np.float64)
-            except ValueError as exc:
-                raise PlanningError(
-                    f"trace {str(p)!r} lacks the Azure columns arrived_at, num_prefill_tokens, "
-                    "num_decode_tokens"
-                ) from exc
-        keep = (inputs > 0) & (outputs > 0)
-        inputs, outputs, arrivals = inputs[keep], outputs[keep], arrivals[keep]
-        if inputs.size == 0:
-            raise PlanningError(f"trace {str(p)!r} holds no request with positive lengths")
+        """Lengths from an Azure CSV or a Mooncake JSONL trace (a path or a trace name);
+        rate from its arrivals."""
+        try:
+            trace = resolve_trace(path)
+            records = load_trace(trace)
+        except TraceError as exc:
+            raise PlanningError(str(exc)) from None
+        if not records:
+            raise PlanningError(f"trace {str(trace)!r} holds no request")
+        inputs = np.array([r.input_tokens for r in records], dtype=np.int64)
+        outputs = np.array([r.output_tokens for r in records], dtype=np.int64)
+        arrivals = np.array([r.arrival_s for r in records], dtype=np.float64)
         span = float(arrivals.max() - arrivals.min())
         trace_rate = inputs.size / span if span > 0 else None
         if inputs.size > MAX_SAMPLES:
@@ -181,7 +164,7 @@ class WorkloadSpec(BaseModel):
             inputs, outputs = inputs[idx], outputs[idx]
         rate = rate_rps or trace_rate
         return cls(
-            name=p.stem,
+            name=trace.stem,
             input_lengths=tuple(int(x) for x in inputs),
             output_lengths=tuple(int(x) for x in outputs),
             rate_rps=rate,
@@ -207,21 +190,6 @@ def check_slos(ttft_slo_ms: float | None, tpot_slo_ms: float | None) -> None:
             "costs at least one decode step, so TTFT >= TPOT on every layout; "
             "did you swap them?"
         )
-
-
-def traces_dir() -> Path:
-    """``$SAGE_CP_TRACES_DIR``, else ``../shared/traces`` from the working directory or
-    from the project root."""
-    env = os.environ.get("SAGE_CP_TRACES_DIR")
-    candidates = [Path(env)] if env else []
-    candidates += [
-        Path.cwd().parent / "shared" / "traces",
-        Path(__file__).resolve().parents[3] / "shared" / "traces",
-    ]
-    for c in candidates:
-        if c.is_dir():
-            return c
-    return candidates[0]
 
 
 def load_workload(
@@ -253,7 +221,7 @@ def _load_workload(
     text = spec.strip()
     if text in TRACE_PRESETS:
         return WorkloadSpec.from_trace(
-            traces_dir() / TRACE_PRESETS[text],
+            text,
             rate_rps=rate_rps,
             ttft_slo_ms=ttft_slo_ms,
             tpot_slo_ms=tpot_slo_ms,

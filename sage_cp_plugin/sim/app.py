@@ -76,6 +76,8 @@ class SimInstance:
         self._served = set(config.served_model_names)
         self._tp = PRESETS[config.preset].tp
         self._closed = asyncio.Event()
+        # Set (and replaced) when a `hang` fault is cleared: the hanging requests then go on.
+        self._hang_cleared = asyncio.Event()
         self.kv_publisher: ZmqEventPublisher | None = None
         if config.kv_events_endpoint is not None:
             self.kv_publisher = ZmqEventPublisher(
@@ -141,8 +143,19 @@ class SimInstance:
     async def _fault_gate(self) -> Response | None:
         f = self.faults
         if f.hang:
-            await self._closed.wait()  # "never": until the instance shuts down
-            return error_response(503, "instance shutting down")
+            # "Never": until the fault is cleared or the instance shuts down.
+            waits = [
+                asyncio.ensure_future(self._closed.wait()),
+                asyncio.ensure_future(self._hang_cleared.wait()),
+            ]
+            try:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waits:
+                    w.cancel()
+            if self._closed.is_set():
+                return error_response(503, "instance shutting down")
+            f = self.faults
         if f.slow_ms:
             await asyncio.sleep(f.slow_ms / 1000)
         if f.rate_limit_rate and self._rng.random() < f.rate_limit_rate:
@@ -377,7 +390,11 @@ class SimInstance:
         return _json(self.faults.model_dump())
 
     async def set_faults(self, request: Request) -> Response:
-        self.faults = await self._parse(request, FaultConfig)
+        faults = await self._parse(request, FaultConfig)
+        if self.faults.hang and not faults.hang:
+            self._hang_cleared.set()
+            self._hang_cleared = asyncio.Event()
+        self.faults = faults
         return _json(self.faults.model_dump())
 
     async def sim_state(self, request: Request) -> Response:

@@ -53,7 +53,9 @@ class FaultConfig(BaseModel):
     rate_limit_rate: float = Field(0.0, ge=0.0, le=1.0, description="fraction answered HTTP 429")
     retry_after_s: float = Field(1.0, ge=0.0, description="Retry-After of the 429 answers")
     slow_ms: float = Field(0.0, ge=0.0, description="extra delay before answering")
-    hang: bool = Field(False, description="accept requests and never answer")
+    hang: bool = Field(
+        False, description="accept requests and answer none until this fault is cleared"
+    )
     disconnect_after_chunks: int | None = Field(
         None, ge=0, description="drop the connection after this many SSE chunks"
     )

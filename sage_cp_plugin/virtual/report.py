@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
 
 from sage_cp_plugin.virtual.bench import Scenario
+from sage_cp_plugin.virtual.provenance import provenance, write_stamped
 
 
 def _fmt(stat: dict[str, float] | None) -> str:
@@ -80,8 +80,8 @@ def plot(scenario: Scenario, result: dict[str, Any], path: Path) -> None:
 def write_reports(scenario: Scenario, result: dict[str, Any], out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = scenario.name + ("_smoke" if result["smoke"] else "")
-    paths = [out_dir / f"{stem}.json", out_dir / f"{stem}.md", out_dir / f"{stem}.png"]
-    paths[0].write_text(json.dumps(result, indent=1, default=str) + "\n")
-    paths[1].write_text(markdown(scenario, result))
+    result.setdefault("provenance", provenance())
+    paths = [*write_stamped(out_dir, stem, result, markdown(scenario, result))]
+    paths.append(out_dir / f"{stem}.png")
     plot(scenario, result, paths[2])
     return paths

@@ -2,6 +2,9 @@
 
     from sage_cp_plugin.workloads import load_azure, load_mooncake, load_workload, PromptBuilder
 
+Real traces (Azure 2023, Mooncake) are bundled with the package and found by `resolve_trace`
+(``$SAGE_CP_TRACES`` first, then the bundled data; see `traces`).
+
 A workload is a list of `WorkloadRecord` (arrival time, lengths, optional shared prefix blocks,
 tenant, priority and SLOs); `PromptBuilder` turns a record into prompt text of exactly its
 token length, with real shared prefixes for shared blocks.
@@ -38,9 +41,14 @@ from sage_cp_plugin.workloads.traces import (
     AZURE_CODE,
     AZURE_CONV,
     MOONCAKE,
+    TRACE_NAMES,
+    TRACES_ENV,
+    TraceError,
     load_azure,
     load_mooncake,
-    trace_dir,
+    load_trace,
+    resolve_trace,
+    trace_dirs,
 )
 
 __all__ = [
@@ -52,8 +60,11 @@ __all__ = [
     "INTERACTIVE",
     "MOONCAKE",
     "STANDARD",
+    "TRACES_ENV",
+    "TRACE_NAMES",
     "PromptBuilder",
     "SLOClass",
+    "TraceError",
     "WorkloadRecord",
     "assign_classes",
     "assign_tenants",
@@ -61,14 +72,16 @@ __all__ = [
     "load_azure",
     "load_ladder",
     "load_mooncake",
+    "load_trace",
     "load_workload",
     "mean_rate",
     "parse_workload",
     "poisson_arrivals",
+    "resolve_trace",
     "save_workload",
     "synthetic",
     "tenant_prefixes",
     "time_scaled",
-    "trace_dir",
+    "trace_dirs",
     "with_arrivals",
 ]

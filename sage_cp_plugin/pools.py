@@ -1,0 +1,48 @@
+"""Which instances may serve a request, and whether one has room for it now.
+
+A pool is (model, embedding?). Membership is cached until the fleet's membership changes,
+so a decision does not rescan the fleet; health and capacity are checked per decision.
+"""
+
+from __future__ import annotations
+
+from sage_cp_plugin.pending import QueuedRequest
+from sage_cp_plugin.state import FleetSnapshot, InstanceState
+
+Pool = tuple[str | None, bool]
+
+
+class InstancePools:
+    def __init__(self, fleet: FleetSnapshot, *, urgent_headroom: float = 0.0) -> None:
+        self.fleet = fleet
+        # Slots beyond max_concurrent_requests (a fraction of it) that only urgent requests
+        # may use: interactive work then never waits behind a full instance for a free slot.
+        self.urgent_headroom = urgent_headroom
+        self._pools: dict[Pool, list[InstanceState]] = {}
+
+    def invalidate(self) -> None:
+        """The fleet's membership changed (an instance was added or removed)."""
+        self._pools.clear()
+
+    def eligible(self, pool: Pool) -> list[InstanceState]:
+        """Instances that serve a pool (model, embedding?), whatever their health."""
+        cached = self._pools.get(pool)
+        if cached is None:
+            model, embedding = pool
+            cached = [
+                s
+                for s in self.fleet.states.values()
+                if s.instance.is_embedding == embedding and s.instance.serves(model)
+            ]
+            self._pools[pool] = cached
+        return cached
+
+    def has_room(self, s: InstanceState, item: QueuedRequest) -> bool:
+        """Whether `s` can take `item` now: its cap, plus the urgent headroom for urgent work."""
+        cap = s.instance.max_concurrent_requests
+        if item.urgent:
+            cap += max(1, int(cap * self.urgent_headroom))
+        return s.in_flight < cap
+
+    def list_models(self) -> list[str]:
+        return self.fleet.models()

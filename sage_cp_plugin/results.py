@@ -1,0 +1,123 @@
+"""Requests the coordinator knows by id: live ones (queued or running) and the results of
+finished ones, kept for the last `retention` requests so memory stays flat in long runs.
+
+Every request ends here exactly once, through `store` (completed by an attempt) or
+`finish_failed` (timed out, rejected, no instance, cancelled, failed upstream).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+
+from sage_cp_plugin.metrics import MetricsCollector, slo_met
+from sage_cp_plugin.pending import QueuedRequest
+from sage_cp_plugin.types import RequestResult, RequestStatus
+
+logger = logging.getLogger(__name__)
+
+
+class ResultStore:
+    def __init__(
+        self, *, retention: int, clock: Callable[[], float], metrics: MetricsCollector
+    ) -> None:
+        self.retention = retention
+        self._clock = clock
+        self._metrics = metrics
+        self._results: OrderedDict[str, RequestResult] = OrderedDict()
+        self._live: dict[str, QueuedRequest] = {}
+
+    # -- ids -------------------------------------------------------------------------------
+    def in_use(self, request_id: str) -> bool:
+        return request_id in self._live or request_id in self._results
+
+    def track(self, item: QueuedRequest) -> None:
+        """A request was admitted: it is live until it ends."""
+        self._live[item.request_id] = item
+
+    def live(self, request_id: str) -> QueuedRequest | None:
+        return self._live.get(request_id)
+
+    def get(self, request_id: str) -> RequestResult | None:
+        return self._results.get(request_id)
+
+    def __len__(self) -> int:
+        """Finished results retained."""
+        return len(self._results)
+
+    def __iter__(self) -> Iterator[RequestResult]:
+        return iter(list(self._results.values()))
+
+    # -- ending ----------------------------------------------------------------------------
+    def store(self, item: QueuedRequest, result: RequestResult) -> None:
+        """Record a finished request and wake whoever waits on it."""
+        self._live.pop(item.request_id, None)
+        self._results[item.request_id] = result
+        while len(self._results) > self.retention:
+            self._results.popitem(last=False)
+        if item.future is not None and not item.future.done():
+            item.future.set_result(result)
+        if item.chunks is not None:
+            item.chunks.put_nowait(None)
+
+    def finish_failed(
+        self,
+        item: QueuedRequest,
+        error: str,
+        error_type: str,
+        *,
+        state: RequestStatus = RequestStatus.FAILED,
+        instance_id: str | None = None,
+        status_code: int | None = None,
+    ) -> None:
+        now = self._clock()
+        req = item.request
+        result = RequestResult(
+            request_id=item.request_id,
+            state=state,
+            error=error,
+            error_type=error_type,
+            status_code=status_code,
+            instance_id=instance_id,
+            attempts=item.attempts,
+            priority=req.priority,
+            model_name=req.model_name,
+        )
+        result.timings.e2e_ms = (now - item.arrival) * 1000
+        met = slo_met(result, req.ttft_slo_ms, req.tpot_slo_ms, req.slo_deadline_ms)
+        result.slo_met = met
+        self._metrics.on_finish(result, met, now)
+        self.store(item, result)
+        logger.info("request %s %s: %s", item.request_id, state.value, error)
+
+    # -- waiting ---------------------------------------------------------------------------
+    async def wait(self, request_id: str, timeout: float | None = None) -> RequestResult:
+        """The request's result once it ends (no polling)."""
+        done = self._results.get(request_id)
+        if done is not None:
+            return done
+        item = self._live.get(request_id)
+        if item is None or item.future is None:
+            raise KeyError(f"unknown request id {request_id!r}")
+        result: RequestResult = await asyncio.wait_for(asyncio.shield(item.future), timeout)
+        return result
+
+    def status(self, request_id: str, running_on: Callable[[str], str | None]) -> RequestResult:
+        """The result when finished, else a snapshot: running (on which instance) or pending."""
+        done = self._results.get(request_id)
+        if done is not None:
+            return done
+        item = self._live.get(request_id)
+        if item is None:
+            raise KeyError(f"unknown request id {request_id!r}")
+        running = running_on(request_id)
+        return RequestResult(
+            request_id=request_id,
+            state=RequestStatus.RUNNING if running else RequestStatus.PENDING,
+            instance_id=running,
+            attempts=item.attempts,
+            priority=item.request.priority,
+            model_name=item.request.model_name,
+        )
