@@ -112,6 +112,50 @@ def _p50(d: dict[str, Any]) -> float:
     return max(vals)[1] if vals else 0.0
 
 
+ROUTERS = ("round_robin", "load_balanced", "prefix_aware", "kv_aware")
+
+
+def report(rows: list[dict[str, Any]]) -> str:
+    """Every trace x load cell: per router, means over the seeds it ran and its ratios to
+    round_robin on the same seeds (paired)."""
+    cells: dict[tuple[str, float, int], dict[str, dict[str, Any]]] = {}
+    for r in rows:
+        cells.setdefault((r["trace"], r["load"], r["seed"]), {})[r["router"]] = r
+    out = [
+        "| trace | load | router | seeds | P50 TTFT ms | P90 TTFT ms | P90 TTFT vs RR "
+        "| worst seed vs RR | goodput vs RR | P90 TPOT ms | cached prompt |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    keys = sorted({(t, load) for t, load, _ in cells})
+    for t, load in keys:
+        seeds = [d for (tt, ll, _), d in sorted(cells.items()) if (tt, ll) == (t, load)]
+        for router in ROUTERS:
+            pairs = [
+                (d[router], d["round_robin"]) for d in seeds if router in d and "round_robin" in d
+            ]
+            if not pairs:
+                continue
+            m = {
+                k: float(np.mean([a[k] for a, _ in pairs]))
+                for k in (
+                    "ttft_p50",
+                    "ttft_p90",
+                    "tpot_p90",
+                    "goodput_rps",
+                    "cached_prompt_fraction",
+                )
+            }
+            p90 = m["ttft_p90"] / float(np.mean([b["ttft_p90"] for _, b in pairs]))
+            worst = max(a["ttft_p90"] / b["ttft_p90"] for a, b in pairs)
+            good = m["goodput_rps"] / float(np.mean([b["goodput_rps"] for _, b in pairs]))
+            out.append(
+                f"| {t} | {load:.0%} | {router} | {len(pairs)} | {m['ttft_p50']:.0f} | "
+                f"{m['ttft_p90']:.0f} | {p90:.3f}x | {worst:.2f}x | {good:.3f}x | "
+                f"{m['tpot_p90']:.1f} | {m['cached_prompt_fraction']:.3f} |"
+            )
+    return "\n".join(out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--traces", default="azure_conv,azure_code,mooncake")
@@ -120,7 +164,12 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--report", nargs="*", help="aggregate these JSON row files into a table")
     a = ap.parse_args()
+    if a.report:
+        rows = [r for f in a.report for r in json.load(open(f))]
+        print(report(rows))
+        return
     rows = []
     for trace in a.traces.split(","):
         for load in [float(x) for x in a.loads.split(",")]:

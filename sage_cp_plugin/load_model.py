@@ -25,9 +25,10 @@ Here it is seconds, so there is nothing to weight.
 
 Scraped `/metrics` corrects the model only for work that did not come through us: the
 residual is what vLLM reports (running + waiting) beyond our own requests at scrape time,
-clamped at zero (our own requests are never counted twice), converted to tokens at the mean
-prompt we have seen, and decayed to nothing over one scrape interval so a stale number can
-never draw or repel traffic between scrapes.
+clamped at zero (our own requests are never counted twice); its waiting part counts as
+prefill ahead (at the mean prompt we have seen), its running part as sequences the new
+prefill would delay. It fades linearly to nothing over two scrape intervals, so a number
+that is a scrape old weighs little and one that was not refreshed stops steering traffic.
 """
 
 from __future__ import annotations
@@ -88,22 +89,29 @@ def _drain_head(state: InstanceState, now: float) -> float:
     return min(float(head.prefill_tokens), elapsed / per_token)
 
 
-def residual_tokens(state: InstanceState, now: float) -> float:
-    """Prefill work vLLM reported beyond ours at the last scrape, fading over one interval."""
+def _foreign(state: InstanceState, now: float) -> tuple[float, float]:
+    """(waiting, running) requests vLLM reported beyond ours at the last scrape, weighted
+    down linearly as the scrape ages: full when fresh, nothing two intervals later (a late
+    scrape must not make the correction vanish before the next one refreshes it)."""
     s = state.scraped
     if not s.fresh:
-        return 0.0
+        return 0.0, 0.0
     foreign = s.running + s.waiting - s.ours_at_scrape
     if foreign <= 0:
-        return 0.0
-    age = now - s.scraped_at
-    span = s.interval_s if s.interval_s > 0 else 1.0
-    if age >= span:
-        return 0.0
-    # Work not sent by us: assume it waits like ours does (the mean prompt seen here).
-    mean_prompt = state.mean_prompt_tokens.get(1024.0)
-    waiting_share = min(foreign, s.waiting) if s.waiting > 0 else 0.0
-    return waiting_share * mean_prompt * (1.0 - age / span)
+        return 0.0, 0.0
+    span = 2.0 * (s.interval_s if s.interval_s > 0 else 1.0)
+    weight = 1.0 - (now - s.scraped_at) / span
+    if weight <= 0:
+        return 0.0, 0.0
+    waiting = min(foreign, s.waiting)
+    return waiting * weight, (foreign - waiting) * weight
+
+
+def residual_tokens(state: InstanceState, now: float) -> float:
+    """Prefill work waiting on the instance that did not come through us, in tokens."""
+    waiting, _ = _foreign(state, now)
+    # Work not sent by us: assume its prompts are like ours (the mean uncached prompt here).
+    return waiting * state.mean_prompt_tokens.get(1024.0) if waiting else 0.0
 
 
 def prefill_ahead(state: InstanceState, now: float) -> float:
@@ -125,11 +133,12 @@ def predicted_ttft_s(state: InstanceState, uncached_tokens: int, now: float) -> 
     return prefill_time_s(state, prefill_ahead(state, now) + max(1, uncached_tokens))
 
 
-def cost_to_running_s(state: InstanceState, uncached_tokens: int) -> float:
+def cost_to_running_s(state: InstanceState, uncached_tokens: int, now: float) -> float:
     """Delay the request's prefill adds to the requests running here, summed over them
     (those still prefilling are about to decode: they count, or a burst of short requests
-    would all pick the instance whose newest arrivals have not decoded yet)."""
-    seqs = state.decode_seqs + state.prefill_seqs
+    would all pick the instance whose newest arrivals have not decoded yet; so do requests
+    vLLM runs that did not come through us)."""
+    seqs = state.decode_seqs + state.prefill_seqs + _foreign(state, now)[1]
     return seqs * max(1, uncached_tokens) * prefill_s_per_token(state)
 
 

@@ -80,9 +80,9 @@ def test_scraped_queue_corrects_only_work_that_is_not_ours_and_fades() -> None:
     sc.waiting = 7
     extra = lm.prefill_ahead(s, 0.0) - base
     assert extra > 0
-    # ...less as the scrape ages, and not at all after one interval or when stale.
-    assert 0 < lm.residual_tokens(s, 0.5) < lm.residual_tokens(s, 0.0) == extra
-    assert lm.residual_tokens(s, 1.0) == 0
+    # ...less as the scrape ages, and not at all two intervals later or when stale.
+    assert 0 < lm.residual_tokens(s, 1.0) < lm.residual_tokens(s, 0.0) == extra
+    assert lm.residual_tokens(s, 2.0) == 0
     sc.fresh = False
     assert lm.residual_tokens(s, 0.0) == 0
 

@@ -37,14 +37,14 @@ def pick_lowest_ttft(
         t = predicted_ttft_s(c, own, now)
         if best is None:
             best, best_t, best_step = c, t, decode_step_s(c)
-            best_cost = cost_to_running_s(c, own)
+            best_cost = cost_to_running_s(c, own, now)
             continue
         step = decode_step_s(c)
         tol = step if step < best_step else best_step
         if t < best_t - tol:
-            best, best_t, best_step, best_cost = c, t, step, cost_to_running_s(c, own)
+            best, best_t, best_step, best_cost = c, t, step, cost_to_running_s(c, own, now)
         elif t <= best_t + tol:
-            cost = cost_to_running_s(c, own)
+            cost = cost_to_running_s(c, own, now)
             if cost < best_cost:
                 best, best_t, best_step, best_cost = c, t, step, cost
     return best
