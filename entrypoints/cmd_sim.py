@@ -44,6 +44,12 @@ def register(sub: Any) -> None:
             "P+2i+1 (replay), on --host"
         ),
     )
+    p.add_argument(
+        "--scheduling-policy",
+        choices=("fcfs", "priority"),
+        default="fcfs",
+        help="vLLM's --scheduling-policy: 'priority' orders by the request's priority field",
+    )
     p.add_argument("--list-presets", action="store_true", help="print engine presets and exit")
     p.set_defaults(func=run)
 
@@ -85,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
                 role=args.role,
                 time_scale=args.time_scale,
                 seed=args.seed + i,
+                scheduling_policy=args.scheduling_policy,
                 **overrides,
                 **_kv_events(args, i),
             )

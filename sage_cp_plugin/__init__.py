@@ -1,6 +1,6 @@
 """sage-cp-plugin: a control plane for fleets of vLLM inference servers.
 
-The public names of the sageLLM Control Plane document, plus ours (see DESIGN.md §4).
+The public names of the sageLLM Control Plane document, plus ours (see docs/architecture.md §4).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from sage_cp_plugin.errors import (
     ConfigurationError,
     ControlPlaneError,
     DuplicateInstanceError,
+    InvalidRequestBodyError,
     ModelNotServedError,
     NoInstanceError,
     PluginConflictError,
@@ -66,6 +67,7 @@ __all__ = [
     "ExecutionInstance",
     "ExecutionInstanceType",
     "FIFOPolicy",
+    "InvalidRequestBodyError",
     "LoadBalancer",
     "ModelNotServedError",
     "NoInstanceError",

@@ -16,18 +16,14 @@ from collections.abc import Callable
 from sage_cp_plugin.attempts import Attempts
 from sage_cp_plugin.health import HealthMonitor
 from sage_cp_plugin.pending import PendingQueue, QueuedRequest
-from sage_cp_plugin.planning import (
-    Launch,
-    LaunchSplit,
-    SplitRule,
-    WaitForCapacity,
-    WaitUntil,
-    plan_head,
-)
+from sage_cp_plugin.planning import Launch, LaunchSplit, WaitForCapacity, WaitUntil, plan_head
 from sage_cp_plugin.pools import InstancePools
 from sage_cp_plugin.results import ResultStore
 from sage_cp_plugin.state import InstanceState
 from sage_cp_plugin.strategies import Strategies
+from sage_cp_plugin.types import (
+    ExecutionInstanceType,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -85,26 +81,16 @@ class Dispatcher:
             self._event.clear()
             self.dispatch_round()
 
-    # -- the fleet view a plan reads (planning.FleetView) ----------------------------------
-    def has_room(self, state: InstanceState, item: QueuedRequest) -> bool:
-        return self.pools.has_room(state, item)
-
-    def filter_by_phase(
-        self, candidates: list[InstanceState], item: QueuedRequest
-    ) -> list[InstanceState]:
-        pd = self.strategies.pd_router
-        return candidates if pd is None else pd.filter_by_phase(candidates, item.phase)
-
-    def no_instance_reason(self, item: QueuedRequest) -> str:
-        return self._no_instance_reason(item)
-
+    # -- one round -------------------------------------------------------------------------
     def candidates(self, item: QueuedRequest) -> tuple[list[InstanceState], bool]:
         """Eligible instances with capacity, and whether any eligible one is routable."""
         routable = self.routable(item)
-        free = [s for s in routable if self.has_room(s, item)]
-        if item.phase is not None:
-            tier = self.filter_by_phase(free or routable, item)
-            free = [s for s in tier if self.has_room(s, item)]
+        room = self.pools.has_room
+        free = [s for s in routable if room(s, item)]
+        pd = self.strategies.pd_router
+        if pd is not None and item.phase is not None:
+            tier = pd.filter_by_phase(free or routable, item.phase)
+            free = [s for s in tier if room(s, item)]
         return free, bool(routable)
 
     def routable(self, item: QueuedRequest) -> list[InstanceState]:
@@ -119,6 +105,9 @@ class Dispatcher:
                 continue
             if s.circuit_open and not health.maybe_half_open(s, fleet.now):
                 continue
+            limit = s.instance.max_prompt_tokens
+            if limit is not None and item.input_tokens > limit:
+                continue  # chunked prefill off: vLLM cannot schedule a longer prompt
             if excluded and s.instance_id in excluded:
                 kept_excluded.append(s)
                 continue
@@ -126,7 +115,77 @@ class Dispatcher:
         # Retry elsewhere when possible; the excluded instances are the last resort.
         return routable or kept_excluded
 
-    # -- one round: plan the head of each pool, apply, repeat ------------------------------
+    def _pd_pair(self, item: QueuedRequest) -> tuple[InstanceState, InstanceState] | str | None:
+        """(prefill, decode) for a split request; "wait" when both pools exist but one is
+        full; None when the request is not split (no PD pools, or the trigger says no)."""
+        pools, st = self.pools, self.strategies
+        routable = self.routable(item)
+        pre = [s for s in routable if s.instance.instance_type is ExecutionInstanceType.PREFILLING]
+        dec = [s for s in routable if s.instance.instance_type is ExecutionInstanceType.DECODING]
+        if not pre or not dec:
+            return None
+        pre_free = [s for s in pre if pools.has_room(s, item)]
+        dec_free = [s for s in dec if pools.has_room(s, item)]
+        if st.disaggregator.predicted:
+            return self._predicted_pair(item, routable, pre_free, dec_free)
+        if not dec_free:
+            return "wait"
+        decode = st.decode_router.select(item, dec_free, self.fleet)
+        if decode is None or not st.disaggregator.wants_split(item, decode):
+            return None
+        if not pre_free:
+            return "wait"
+        prefill = st.prefill_router.select(item, pre_free, self.fleet)
+        return None if prefill is None else (prefill, decode)
+
+    def _predicted_pair(
+        self,
+        item: QueuedRequest,
+        routable: list[InstanceState],
+        pre_free: list[InstanceState],
+        dec_free: list[InstanceState],
+    ) -> tuple[InstanceState, InstanceState] | None:
+        """The `predicted` trigger: split only when it beats running the request whole on
+        the instance that could start it soonest; never wait for a pool (no "wait")."""
+        pools, st = self.pools, self.strategies
+        if not pre_free or not dec_free:
+            return None
+        decode = st.decode_router.select(item, dec_free, self.fleet)
+        prefill = st.prefill_router.select(item, pre_free, self.fleet)
+        if decode is None or prefill is None:
+            return None
+        whole = [s for s in routable if pools.has_room(s, item)]
+        whole_wait = min((self._wait_s(s) for s in whole), default=float("inf"))
+        limits = pools.limits
+        limit = limits.of(decode).current if limits is not None else decode.capacity
+        ok = st.disaggregator.split_pays(
+            item, prefill, decode, whole_wait_s=whole_wait, decode_limit=limit
+        )
+        return (prefill, decode) if ok else None
+
+    def _wait_s(self, s: InstanceState) -> float:
+        """Predicted wait before `s` starts a new request (local estimate until the
+        token-level load model's predicted TTFT lands): prompt tokens of split prefills
+        outstanding there, plus the engine queueing its limit last observed."""
+        wait = self.strategies.disaggregator.prefill_wait_s(s)
+        if self.pools.limits is not None:
+            wait += self.pools.limits.of(s).last_delay_s
+        return wait
+
+    # -- the fleet view a plan reads (planning.FleetView) ----------------------------------
+    def has_room(self, state: InstanceState, item: QueuedRequest) -> bool:
+        return self.pools.has_room(state, item)
+
+    def filter_by_phase(
+        self, candidates: list[InstanceState], item: QueuedRequest
+    ) -> list[InstanceState]:
+        pd = self.strategies.pd_router
+        return candidates if pd is None else pd.filter_by_phase(candidates, item.phase)
+
+    def no_instance_reason(self, item: QueuedRequest) -> str:
+        return self._no_instance_reason(item)
+
+    # -- one round: plan the head of each pool (planning.plan_head), apply, repeat ---------
     def dispatch_round(self) -> None:
         if not self.is_running():
             return
@@ -139,15 +198,7 @@ class Dispatcher:
         if self._policy_seen is not None and seen != self._policy_seen:
             queue.rekey(policy.key)  # the ordering changed (adaptive switch, update_policy)
         self._policy_seen = seen
-        split = (
-            SplitRule(
-                strategies.prefill_router,
-                strategies.decode_router,
-                strategies.disaggregator.wants_split,
-            )
-            if strategies.disaggregator.enabled
-            else None
-        )
+        split = self._pd_pair if strategies.disaggregator.enabled else None
         router = strategies.router
         for pool in queue.pools():
             while True:
@@ -181,10 +232,14 @@ class Dispatcher:
                 f"no instance serves model {item.request.model_name!r}; "
                 f"models served: {', '.join(self.pools.list_models()) or 'none'}"
             )
-        states = ", ".join(
-            f"{s.instance_id}({'draining' if s.draining else 'circuit open' if s.circuit_open else 'unhealthy'})"
-            for s in eligible
-        )
+
+        def why(s: InstanceState) -> str:
+            limit = s.instance.max_prompt_tokens
+            if limit is not None and item.input_tokens > limit:
+                return f"prompt of ~{item.input_tokens} tokens over its {limit} without chunked prefill"
+            return "draining" if s.draining else "circuit open" if s.circuit_open else "unhealthy"
+
+        states = ", ".join(f"{s.instance_id}({why(s)})" for s in eligible)
         extra = f"; last error: {item.last_error}" if item.last_error else ""
         return f"no healthy instance can serve the request: {states}{extra}"
 

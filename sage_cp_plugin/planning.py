@@ -16,9 +16,9 @@ from typing import Protocol
 
 from sage_cp_plugin.pending import QueuedRequest
 from sage_cp_plugin.policies.base import SchedulingPolicy
+from sage_cp_plugin.preferences import narrow
 from sage_cp_plugin.routing.base import Router
 from sage_cp_plugin.state import FleetSnapshot, InstanceState
-from sage_cp_plugin.types import ExecutionInstanceType
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,13 +84,9 @@ class FleetView(Protocol):
     def no_instance_reason(self, item: QueuedRequest) -> str: ...
 
 
-@dataclass(frozen=True, slots=True)
-class SplitRule:
-    """Disaggregated prefill, when configured: its routers and whether a request splits."""
-
-    prefill_router: Router
-    decode_router: Router
-    wants_split: Callable[[QueuedRequest, InstanceState], bool]
+# (prefill, decode) for a split request, "wait" when a pool it needs is full, None when the
+# request is not split. A decision over the fleet view (the dispatcher provides it).
+PairChoice = Callable[[QueuedRequest], "tuple[InstanceState, InstanceState] | str | None"]
 
 
 def timeout_reason(item: QueuedRequest, timeout_s: float) -> str:
@@ -99,44 +95,26 @@ def timeout_reason(item: QueuedRequest, timeout_s: float) -> str:
     )
 
 
-def _split(
-    item: QueuedRequest, view: FleetView, split: SplitRule, routable: list[InstanceState]
-) -> LaunchSplit | WaitForCapacity | None:
-    pre = [s for s in routable if s.instance.instance_type is ExecutionInstanceType.PREFILLING]
-    dec = [s for s in routable if s.instance.instance_type is ExecutionInstanceType.DECODING]
-    if not pre or not dec:
-        return None
-    dec_free = [s for s in dec if view.has_room(s, item)]
-    if not dec_free:
-        return WaitForCapacity()
-    decode = split.decode_router.select(item, dec_free, view.fleet)
-    if decode is None or not split.wants_split(item, decode):
-        return None
-    pre_free = [s for s in pre if view.has_room(s, item)]
-    if not pre_free:
-        return WaitForCapacity()
-    prefill = split.prefill_router.select(item, pre_free, view.fleet)
-    return None if prefill is None else LaunchSplit(item, prefill, decode)
-
-
 def plan_head(
     item: QueuedRequest,
     view: FleetView,
     policy: SchedulingPolicy,
     router: Router,
     now: float,
-    split: SplitRule | None = None,
+    split: PairChoice | None = None,
 ) -> Action:
     """The action for `item`, the head of its pool, at time `now`."""
     if item.not_before > now:
         return WaitUntil(item.not_before)
     if now - item.arrival > view.request_timeout_s:
         return Fail(item, timeout_reason(item, view.request_timeout_s), "timeout")
-    routable = view.routable(item)
     if split is not None and not item.pool[1] and not item.no_split:
-        pair = _split(item, view, split, routable)
-        if pair is not None:
-            return pair
+        pair = split(item)
+        if pair == "wait":
+            return WaitForCapacity()
+        if isinstance(pair, tuple):
+            return LaunchSplit(item, pair[0], pair[1])
+    routable = view.routable(item)
     if not routable:
         return Fail(item, view.no_instance_reason(item), "no_instance")
     free = [s for s in routable if view.has_room(s, item)]
@@ -144,7 +122,7 @@ def plan_head(
         free = [s for s in view.filter_by_phase(free or routable, item) if view.has_room(s, item)]
     if not free:
         return WaitForCapacity()
-    state = policy.select_instance(item, free, router, view.fleet)
+    state = policy.select_instance(item, narrow(item, free), router, view.fleet)
     if state is None:
         return WaitForCapacity()
     reject = policy.check_dispatch(item, state, now)

@@ -77,17 +77,29 @@ async def _submit_and_wait(manager: ControlPlaneManager, **fields: Any) -> Any:
 
 
 @pytest.mark.parametrize("sims_at_8000", ["meta-llama/Llama-2-7b"], indirect=True)
-def test_basic_config(sims_at_8000: SimFleetThread, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_basic_config(
+    sims_at_8000: SimFleetThread,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     ns, _ = run_example("basic_config.py", monkeypatch)
+    out = capsys.readouterr().out
+    assert "scheduling policy: fifo" in out
+    assert "registered vllm-1: general at http://localhost:8000" in out
     result = asyncio.run(_submit_and_wait(ns["manager"], prompt="hello", max_tokens=8))
     assert result.state == "completed" and result.instance_id == "vllm-1"
 
 
 @pytest.mark.parametrize("sims_at_8000", ["meta-llama/Llama-2-70b"], indirect=True)
 def test_pd_config_routes_by_phase(
-    sims_at_8000: SimFleetThread, monkeypatch: pytest.MonkeyPatch
+    sims_at_8000: SimFleetThread,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     ns, _ = run_example("pd_config.py", monkeypatch)
+    out = capsys.readouterr().out
+    assert "registered prefilling-1: prefilling at http://localhost:8000" in out
+    assert "registered decoding-1: decoding at http://localhost:8001" in out
     manager: ControlPlaneManager = ns["manager"]
     long_prompt = "context " * 3000  # ~3000 estimated tokens > 2048 threshold
 
@@ -109,9 +121,13 @@ def test_pd_config_routes_by_phase(
 
 @pytest.mark.parametrize("sims_at_8000", ["llama-3-70b"], indirect=True)
 def test_production_config_constructs_then_runs_on_loopback(
-    sims_at_8000: SimFleetThread, monkeypatch: pytest.MonkeyPatch
+    sims_at_8000: SimFleetThread,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     ns, _ = run_example("production_config.py", monkeypatch)
+    out = capsys.readouterr().out
+    assert out.count("registered vllm-") == 3 and "routing: affinity" in out
     manager: ControlPlaneManager = ns["manager"]
     assert [s.instance.host for s in manager.fleet] == [
         "192.168.1.100",

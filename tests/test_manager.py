@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import httpx
 import pytest
 
 from sage_cp_plugin import (
@@ -115,23 +116,22 @@ async def test_routers_change_where_requests_run() -> None:
 
 
 async def test_in_flight_limit_is_respected() -> None:
-    async with managed_fleet(gen(2), instance_fields={"max_concurrent_requests": 2}) as (m, _):
-        peak = 0
-
-        async def sample() -> None:
-            nonlocal peak
-            while True:
-                peak = max(peak, *(s.in_flight for s in m.fleet))
-                await asyncio.sleep(0.001)
-
-        sampler = asyncio.create_task(sample())
-        rids = [
-            await m.submit_request(RequestMetadata(prompt="x", max_tokens=16)) for _ in range(20)
-        ]
+    async with managed_fleet(gen(2), instance_fields={"max_concurrent_requests": 2}) as (m, fleet):
+        async with httpx.AsyncClient() as c:
+            for member in fleet:  # hold every request, so the limit is what stops dispatch
+                (await c.post(f"{member.url}/sim/faults", json={"hang": True})).raise_for_status()
+            rids = [
+                await m.submit_request(RequestMetadata(prompt="x", max_tokens=16))
+                for _ in range(20)
+            ]
+            await wait_until(lambda: len(m.queue) == 16, "16 queued behind 2 x 2 slots")
+            assert [s.in_flight for s in m.fleet] == [2, 2]
+            for member in fleet:
+                (await c.post(f"{member.url}/sim/faults", json={})).raise_for_status()
         results = [await m.wait(r, timeout=60) for r in rids]
-        sampler.cancel()
         assert all(r.state == "completed" for r in results)
-        assert peak == 2
+        # Never more than 2 at once on an engine, while the queue drained too.
+        assert max(member.sim.engine.counters.max_batch_seqs for member in fleet) <= 2
         assert max(r.timings.queue_ms or 0 for r in results) > 0  # later ones had to queue
 
 
@@ -271,6 +271,6 @@ async def test_urgent_headroom_lets_interactive_work_past_a_full_instance() -> N
         )
         # Both urgent ones go into the headroom at once, past the waiting normal one.
         await wait_until(lambda: state.in_flight == 4, "the urgent requests to run")
-        assert (await m.get_request_status(busy[2])).state == "pending"
+        assert (await m.get_request_status(busy[2])).state == "queued"
         for rid in (urgent, tight, *busy):
             assert (await m.wait(rid, timeout=60)).state == "completed"

@@ -53,3 +53,9 @@ decoding_instance = ExecutionInstance(
 
 manager.register_instance(prefilling_instance)
 manager.register_instance(decoding_instance)
+
+# -- Not in the document: say what was configured. --
+status = manager.get_status()
+print(f"scheduling policy: {status['scheduling_policy']}; routing: {status['routing_strategy']}")
+for iid, inst in status["instances"].items():
+    print(f"registered {iid}: {inst['type']} at {inst['url']}, serving {', '.join(inst['models'])}")

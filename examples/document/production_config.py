@@ -47,3 +47,9 @@ instances = [
 
 for instance in instances:
     manager.register_instance(instance)
+
+# -- Not in the document: say what was configured. --
+status = manager.get_status()
+print(f"scheduling policy: {status['scheduling_policy']}; routing: {status['routing_strategy']}")
+for iid, inst in status["instances"].items():
+    print(f"registered {iid}: {inst['type']} at {inst['url']}, serving {', '.join(inst['models'])}")

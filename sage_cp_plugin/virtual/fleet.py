@@ -56,6 +56,7 @@ def describe(spec: MemberSpec, index: int) -> ExecutionInstance:
         "tensor_parallel_size": tp,
         "gpu_count": tp,
         "max_concurrent_requests": spec.max_concurrent_requests,
+        "scheduling_policy": cfg.scheduling_policy,
         # What an operator knows of a vLLM server's engine (its KV cache size is logged at
         # start and shown in `vllm:cache_config_info`; the chunk budget is a flag).
         "metadata": {
