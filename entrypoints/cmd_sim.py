@@ -36,6 +36,15 @@ def register(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num-kv-blocks", type=int, default=None, help="override the preset's")
     p.add_argument(
+        "--kv-events-port",
+        type=int,
+        default=None,
+        help=(
+            "publish vLLM KV-cache events over ZeroMQ: instance i on port P+2i (PUB) and "
+            "P+2i+1 (replay), on --host"
+        ),
+    )
+    p.add_argument(
         "--scheduling-policy",
         choices=("fcfs", "priority"),
         default="fcfs",
@@ -64,6 +73,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: --port {args.port} leaves no room for {args.instances} instances",
               file=sys.stderr)  # fmt: skip
         return 2
+    if args.kv_events_port is not None and not (
+        1 <= args.kv_events_port <= 65535 - 2 * args.instances + 1
+    ):
+        print(f"error: --kv-events-port {args.kv_events_port} leaves no room for "
+              f"{args.instances} instances (2 ports each)", file=sys.stderr)  # fmt: skip
+        return 2
     overrides: dict[str, Any] = {}
     if args.preset is not None:
         overrides["preset"] = args.preset
@@ -78,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
                 seed=args.seed + i,
                 scheduling_policy=args.scheduling_policy,
                 **overrides,
+                **_kv_events(args, i),
             )
             for i in range(args.instances)
         ]
@@ -91,6 +107,16 @@ def run(args: argparse.Namespace) -> int:
         return 1
 
 
+def _kv_events(args: argparse.Namespace, i: int) -> dict[str, Any]:
+    if args.kv_events_port is None:
+        return {}
+    port = args.kv_events_port + 2 * i
+    return {
+        "kv_events_endpoint": f"tcp://{args.host}:{port}",
+        "kv_events_replay_endpoint": f"tcp://{args.host}:{port + 1}",
+    }
+
+
 async def _serve(configs: list[Any], host: str, port: int) -> int:
     from sage_cp_plugin.sim import SimFleet
 
@@ -102,7 +128,9 @@ async def _serve(configs: list[Any], host: str, port: int) -> int:
     async with SimFleet(configs, host=host, port=port) as fleet:
         for m in fleet.members:
             c = m.config
-            print(f"{m.url}  model={c.model_name} role={c.role} preset={c.preset}", flush=True)
+            events = f" kv_events={c.kv_events_endpoint}" if c.kv_events_endpoint else ""
+            print(f"{m.url}  model={c.model_name} role={c.role} preset={c.preset}{events}",
+                  flush=True)  # fmt: skip
         print(f"{len(fleet)} simulated instance(s) ready; Ctrl-C to stop", flush=True)
         await stop.wait()
     print("stopped", flush=True)

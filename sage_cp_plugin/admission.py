@@ -8,7 +8,7 @@ time over its pool, whether it is urgent, its prefill/decode phase, and the poli
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from sage_cp_plugin.errors import (
     ConfigurationError,
@@ -21,6 +21,7 @@ from sage_cp_plugin.pending import PendingQueue, QueuedRequest
 from sage_cp_plugin.policies.base import make_item
 from sage_cp_plugin.pools import InstancePools
 from sage_cp_plugin.results import ResultStore
+from sage_cp_plugin.state import InstanceState
 from sage_cp_plugin.strategies import Strategies
 from sage_cp_plugin.types import RequestKind, RequestMetadata, RequestPriority
 
@@ -37,8 +38,12 @@ class Admission:
         clock: Callable[[], float],
         wake: Callable[[], None],
         urgent_ttft_ms: float,
+        tokenize: Callable[[QueuedRequest, Sequence[InstanceState]], None] | None = None,
     ) -> None:
         self.queue = queue
+        # Token ids for the KV-event index (`KVEventTracker.tokenize`): computed here, once
+        # per request, never inside a routing decision.
+        self.tokenize = tokenize
         self.pools = pools
         self.results = results
         self.strategies = strategies
@@ -75,6 +80,8 @@ class Admission:
         # Best-case service time over the pool; in large fleets over a rotating sample of 16,
         # so admission stays O(1) in fleet size (it was a visible cost at 256 instances).
         serving = self.pools.eligible(item.pool)
+        if self.tokenize is not None:
+            self.tokenize(item, serving)
         if len(serving) > 16:
             start = item.seq % len(serving)
             serving = (serving + serving)[start : start + 16]

@@ -67,9 +67,13 @@ class Attempts:
         is_running: Callable[[], bool],
         wake: Callable[[], None],
         cache_view: PrefixCacheView | None = None,
+        on_release: Callable[[QueuedRequest, str], None] | None = None,
     ) -> None:
         self.executor = executor
         self.cache_view = cache_view  # learns where each request went (prefix reuse)
+        # Told when a request leaves an instance (the KV-event view stops counting its
+        # prompt as being computed there).
+        self.on_release = on_release
         # Each running request's share of its instances' token load (load_model).
         self._bookings: dict[str, list[load_model.Booking]] = {}
         self.strategies = strategies
@@ -273,6 +277,8 @@ class Attempts:
                 st.in_flight -= 1
                 st.in_flight_tokens -= item.input_tokens + item.output_tokens
                 router.on_finish(item, st, ok)
+                if self.on_release is not None:
+                    self.on_release(item, st.instance_id)
             if judged:
                 self.health.record_result(target, ok, self.clock())
             self.wake()

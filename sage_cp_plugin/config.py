@@ -150,10 +150,23 @@ def sim_instances(members: list[Any], **fields: Any) -> list[ExecutionInstance]:
             model_name=m.config.model_name,
             served_models=list(m.config.served_model_names),
             instance_type=m.config.instance_type,
-            **{"scheduling_policy": m.config.scheduling_policy, **fields},
+            **{"scheduling_policy": m.config.scheduling_policy, **_kv_event_fields(m), **fields},
         )
         for m in members
     ]
+
+
+def _kv_event_fields(member: Any) -> dict[str, Any]:
+    """Where a simulated instance publishes KV events (if it does), as instance fields."""
+    pub = member.sim.kv_publisher if getattr(member, "app", None) is not None else None
+    if pub is None:
+        return {}
+    return {
+        "kv_events_endpoint": pub.endpoint,
+        "kv_events_replay_endpoint": pub.replay_endpoint,
+        "kv_events_topic": member.config.kv_events_topic,
+        "tokenizer": "sim",
+    }
 
 
 @asynccontextmanager

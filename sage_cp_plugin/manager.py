@@ -31,6 +31,8 @@ from sage_cp_plugin.errors import (
 )
 from sage_cp_plugin.executor import ExecutionCoordinator, TransportFactory
 from sage_cp_plugin.health import HealthMonitor
+from sage_cp_plugin.kvevents.tracker import KVEventTracker
+from sage_cp_plugin.kvevents.view import EventsOrApproximateView
 from sage_cp_plugin.metrics import MetricsCollector
 from sage_cp_plugin.options import ControlPlaneOptions, build_options
 from sage_cp_plugin.pending import PendingQueue
@@ -114,8 +116,11 @@ class ControlPlaneManager:
         self.retry_backoff_s = o.retry_backoff_s
         self.request_timeout_s = o.request_timeout_s
         self.embedding_batch_size = o.embedding_batch_size
-        # What each engine's prefix cache holds; routers read it through the fleet snapshot.
-        self.cache_view = ApproximatePrefixCache()
+        # What each engine's prefix cache holds; routers read it through the fleet snapshot:
+        # exact from vLLM's KV-cache events for instances that publish them (`kv_events`),
+        # approximate (what we sent where) for the others.
+        self.kv_events = KVEventTracker()
+        self.cache_view = EventsOrApproximateView(self.kv_events.view, ApproximatePrefixCache())
         self.fleet = FleetSnapshot(cache_view=self.cache_view)
         self.limits = ConcurrencyLimits() if o.adaptive_concurrency else None
         self.pools = InstancePools(
@@ -144,6 +149,7 @@ class ControlPlaneManager:
             is_running=lambda: self._running,
             wake=self._wake,
             cache_view=self.cache_view,
+            on_release=self.kv_events.view.on_finish,
         )
         self.dispatcher = Dispatcher(
             queue=self.queue,
@@ -165,6 +171,7 @@ class ControlPlaneManager:
             clock=self.now,
             wake=self._wake,
             urgent_ttft_ms=o.urgent_ttft_ms,
+            tokenize=self.kv_events.tokenize,
         )
         self._tasks: list[asyncio.Task[Any]] = []
         self._running = False
@@ -199,6 +206,7 @@ class ControlPlaneManager:
                 f"(at {self.fleet.states[instance.instance_id].instance.base_url}); "
                 "ids must be unique"
             )
+        self.kv_events.add_instance(instance)
         # The document's status flags, as given at registration: an unavailable instance
         # joins drained, an unhealthy one waits for a passing probe.
         state = InstanceState(
@@ -226,6 +234,7 @@ class ControlPlaneManager:
             self.limits.forget(instance_id)
         self.router.on_instance_removed(instance_id)
         self.cache_view.on_instance_removed(instance_id)
+        await self.kv_events.remove_instance(instance_id)
         await self.executor.unregister_instance(instance_id)
         self._wake()
 
@@ -256,6 +265,7 @@ class ControlPlaneManager:
             return
         self._running = True
         self._loop = asyncio.get_running_loop()
+        await self.kv_events.start()
         self._tasks.append(asyncio.create_task(self.dispatcher.run(), name="sage-cp-dispatch"))
         if self.enable_monitoring:
             self._tasks.append(
@@ -285,6 +295,7 @@ class ControlPlaneManager:
             self.results.finish_failed(
                 item, "control plane stopped before the request ran", "stopped"
             )
+        await self.kv_events.stop()
         await self.executor.aclose()
 
     async def __aenter__(self) -> ControlPlaneManager:
@@ -411,4 +422,5 @@ class ControlPlaneManager:
             pending=len(self.queue),
             running_requests=self.dispatcher.in_flight_count(),
             fleet=self.fleet,
+            kv_cache=self.kv_events.status,
         )

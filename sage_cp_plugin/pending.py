@@ -47,6 +47,10 @@ class QueuedRequest:
     cost: float | None = None  # what its attempts cost so far (None: nothing priced)
     # Streaming callers receive chunks through this queue (None = not streaming).
     chunks: asyncio.Queue[Any] | None = None
+    # The prompt's token ids as the engines tokenize it (None = unknown) and its block
+    # content hashes per block size, computed at admission for the KV-event index.
+    prompt_token_ids: list[int] | None = None
+    block_hashes: dict[int, list[int]] | None = None
 
     @property
     def request_id(self) -> str:

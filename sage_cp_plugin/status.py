@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from sage_cp_plugin.state import FleetSnapshot, InstanceState
@@ -28,12 +29,18 @@ def control_plane_status(
     pending: int,
     running_requests: int,
     fleet: FleetSnapshot,
+    kv_cache: Callable[[str], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
+    """``kv_cache`` adds each instance's prefix-cache knowledge (`KVEventTracker.status`)."""
+    instances = {s.instance_id: instance_status(s) for s in fleet}
+    if kv_cache is not None:
+        for iid, st in instances.items():
+            st["kv_cache"] = kv_cache(iid)
     return {
         "running": running,
         "scheduling_policy": strategies.scheduling_policy.describe(),
         "routing_strategy": strategies.routing_strategy,
         "pending_requests": pending,
         "running_requests": running_requests,
-        "instances": {s.instance_id: instance_status(s) for s in fleet},
+        "instances": instances,
     }

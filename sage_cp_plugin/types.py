@@ -235,6 +235,23 @@ class ExecutionInstance(_Model):
     health_status: str = "healthy"
     metadata: dict[str, Any] = Field(default_factory=dict)
 
+    # vLLM's KV-cache events (`--kv-events-config`): where this instance publishes them and
+    # its replay endpoint, so the coordinator knows what it caches (docs/kv-events.md). A
+    # bind address such as tcp://*:5557 is dialled at `host`.
+    kv_events_endpoint: str | None = None
+    kv_events_replay_endpoint: str | None = None
+    kv_events_topic: str = ""
+    # How the coordinator computes a prompt's token ids for this instance's events: "sim"
+    # (the simulator's tokenizer) or a path to the served model's tokenizer.json.
+    tokenizer: str | None = None
+
+    @field_validator("kv_events_endpoint", "kv_events_replay_endpoint")
+    @classmethod
+    def _zmq_address(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("tcp://", "ipc://", "inproc://")):
+            raise ValueError(f"{v!r} is not a ZeroMQ address (tcp://host:port or ipc://path)")
+        return v
+
     @field_validator("scheme")
     @classmethod
     def _scheme(cls, v: str) -> str:

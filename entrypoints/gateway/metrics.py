@@ -104,6 +104,15 @@ class FleetCollector(Collector):
         waiting = fam("scraped_waiting", "vllm:num_requests_waiting at the last scrape")
         kv = fam("scraped_kv_cache_usage", "vllm:kv_cache_usage_perc (0..1) at the last scrape")
         fresh = fam("scrape_fresh", "1 when the last /metrics scrape is recent enough to trust")
+        # One series per instance and mode: 1 for the mode the prefix routers use for it.
+        cache_mode = GaugeMetricFamily(
+            f"{PREFIX}_instance_kv_cache_mode",
+            "1 for how the control plane knows the instance's prefix cache: 'events' (vLLM "
+            "KV-cache events) or 'approximate' (what was sent where; blind to evictions)",
+            labels=[*labels, "mode"],
+        )
+        blocks = fam("kv_event_blocks", "Blocks the KV-event index holds for the instance")
+        tracker = self.manager.kv_events
         for s in self.manager.fleet:
             inst = s.instance
             lv = [s.instance_id, ",".join(inst.served_models), inst.instance_type.value]
@@ -116,7 +125,12 @@ class FleetCollector(Collector):
             waiting.add_metric(lv, s.scraped.waiting)
             kv.add_metric(lv, s.scraped.kv_usage)
             fresh.add_metric(lv, float(s.scraped.fresh))
+            mode = tracker.mode(s.instance_id)
+            for m in ("events", "approximate"):
+                cache_mode.add_metric([*lv, m], float(m == mode))
+            blocks.add_metric(lv, tracker.index.blocks_of(s.instance_id))
         yield from (healthy, circuit, draining, in_flight, capacity, running, waiting, kv, fresh)
+        yield from (cache_mode, blocks)
 
 
 class GatewayMetrics:

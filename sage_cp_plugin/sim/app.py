@@ -23,6 +23,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from sage_cp_plugin.kvevents.events import EventBatch
+from sage_cp_plugin.kvevents.publisher import StepEvents, ZmqEventPublisher
 from sage_cp_plugin.sim import tokens as tok
 from sage_cp_plugin.sim.config import FaultConfig, SimInstanceConfig
 from sage_cp_plugin.sim.engine import PromptTooLongError, SimEngine
@@ -76,11 +78,35 @@ class SimInstance:
         self._closed = asyncio.Event()
         # Set (and replaced) when a `hang` fault is cleared: the hanging requests then go on.
         self._hang_cleared = asyncio.Event()
+        self.kv_publisher: ZmqEventPublisher | None = None
+        if config.kv_events_endpoint is not None:
+            self.kv_publisher = ZmqEventPublisher(
+                config.kv_events_endpoint,
+                config.kv_events_replay_endpoint,
+                topic=config.kv_events_topic,
+            )
+            self.attach_kv_events(self.kv_publisher.publish)
+            with contextlib.suppress(RuntimeError):  # no loop yet: started by the lifespan
+                self.kv_publisher.start()
+
+    def attach_kv_events(self, on_batch: Callable[[EventBatch], None]) -> None:
+        """Hand each engine step's KV-cache events to ``on_batch`` (in-process replays use
+        this directly; ``kv_events_endpoint`` publishes them over ZeroMQ)."""
+        self.engine.kv.on_event = StepEvents(on_batch).add
 
     async def aclose(self) -> None:
         """Stop the engine; every open stream ends and hanging requests return."""
         self._closed.set()
         await self.engine.stop()
+        if self.kv_publisher is not None:
+            await self.kv_publisher.aclose()
+            self.kv_publisher = None
+
+    async def reset_prefix_cache(self, request: Request) -> Response:
+        # vLLM's /reset_prefix_cache: refused while requests hold KV blocks.
+        if self.engine.kv.reset_prefix_cache():
+            return Response(status_code=200)
+        return _json({"error": "cannot reset the prefix cache while requests run"}, 503)
 
     def created(self) -> int:
         # OpenAI's ``created`` is a Unix timestamp. The simulator never reads the wall clock
@@ -398,10 +424,13 @@ def create_app(config: SimInstanceConfig) -> Starlette:
         Route("/sim/faults", sim.get_faults, methods=["GET"]),
         Route("/sim/faults", wrap(sim.set_faults), methods=["POST"]),
         Route("/sim/state", sim.sim_state, methods=["GET"]),
+        Route("/reset_prefix_cache", sim.reset_prefix_cache, methods=["POST"]),
     ]
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if sim.kv_publisher is not None:
+            sim.kv_publisher.start()
         yield
         await sim.aclose()
 

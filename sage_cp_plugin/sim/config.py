@@ -108,6 +108,14 @@ class SimInstanceConfig(BaseModel):
     )
     kv_host: str = "127.0.0.1"
     kv_port: int = Field(5600, ge=1, le=65535)
+    kv_events_endpoint: str | None = Field(
+        None,
+        description="publish vLLM KV-cache events on this ZeroMQ address (tcp://host:port)",
+    )
+    kv_events_replay_endpoint: str | None = Field(
+        None, description="serve replays of missed KV-event batches on this address"
+    )
+    kv_events_topic: str = ""
     default_max_tokens: int = Field(16, ge=1)
     engine_id: str | None = None
     faults: FaultConfig = Field(default_factory=FaultConfig)

@@ -11,7 +11,10 @@ order vLLM uses.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+
+from sage_cp_plugin.kvevents.events import AllBlocksCleared, BlockRemoved, BlockStored, KVEvent
+from sage_cp_plugin.sim.tokens import token_id
 
 
 def chain_hashes(
@@ -41,6 +44,9 @@ class KVCache:
         self._by_hash: dict[int, int] = {}
         # Evictable blocks (ref == 0), least recently freed first. Dict keys keep O(1) removal.
         self._free: OrderedDict[int, None] = OrderedDict.fromkeys(range(num_blocks))
+        # vLLM's KV events, when published: a block is "stored" when its hash becomes the
+        # one prefix lookups find, "removed" when that stops (eviction), as in vLLM's pool.
+        self.on_event: Callable[[KVEvent], None] | None = None
 
     @property
     def num_free(self) -> int:
@@ -93,6 +99,8 @@ class KVCache:
                 self._hash_of[b] = None
                 if self._by_hash.get(old) == b:
                     del self._by_hash[old]
+                    if self.on_event is not None:
+                        self.on_event(BlockRemoved([old]))
             self._ref[b] = 1
             out.append(b)
         return out
@@ -109,10 +117,35 @@ class KVCache:
                 else:
                     self._free[b] = None
 
-    def register(self, block: int, block_hash: int) -> None:
-        """Record that ``block`` is full and holds the chain ending in ``block_hash``."""
+    def register(
+        self,
+        block: int,
+        block_hash: int,
+        parent_hash: int | None = None,
+        tokens: Sequence[str] = (),
+    ) -> None:
+        """Record that ``block`` is full and holds the chain ending in ``block_hash``.
+
+        ``parent_hash`` (None for a first block) and the block's ``tokens`` only feed events.
+        """
         if not self.enable_prefix_caching or self._hash_of[block] is not None:
             return
         self._hash_of[block] = block_hash
         # A duplicate computed concurrently keeps the first copy as the canonical one.
-        self._by_hash.setdefault(block_hash, block)
+        if self._by_hash.setdefault(block_hash, block) == block and self.on_event is not None:
+            self.on_event(
+                BlockStored(
+                    [block_hash], parent_hash, [token_id(t) for t in tokens], self.block_size
+                )
+            )
+
+    def reset_prefix_cache(self) -> bool:
+        """Forget every cached hash, as vLLM's ``/reset_prefix_cache``; refused (False) while
+        a request holds blocks, as vLLM refuses it."""
+        if self.num_used:
+            return False
+        self._hash_of = [None] * self.num_blocks
+        self._by_hash.clear()
+        if self.on_event is not None:
+            self.on_event(AllBlocksCleared())
+        return True

@@ -234,8 +234,19 @@ class StepScheduler:
             seq.hashes.extend(
                 chain_hashes(seq.tokens_upto(full * self._bs), self._bs, len(seq.hashes), parent)
             )
-        for i in range(seq.num_registered, full):
-            self.kv.register(seq.blocks[i], seq.hashes[i])
+        if self.kv.on_event is None:
+            for i in range(seq.num_registered, full):
+                self.kv.register(seq.blocks[i], seq.hashes[i])
+        else:
+            bs = self._bs
+            tokens = seq.tokens_upto(full * bs)
+            for i in range(seq.num_registered, full):
+                self.kv.register(
+                    seq.blocks[i],
+                    seq.hashes[i],
+                    seq.hashes[i - 1] if i else None,
+                    tokens[i * bs : (i + 1) * bs],
+                )
         seq.num_registered = full
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 from starlette.applications import Starlette
 
+from sage_cp_plugin.kvevents.tracker import KVEventTracker
 from sage_cp_plugin.sim import SimInstance, SimInstanceConfig, create_app, instance_of
 from sage_cp_plugin.sim.presets import PRESETS
 from sage_cp_plugin.types import ExecutionInstance
@@ -36,6 +37,9 @@ class MemberSpec:
     max_concurrent_requests: int = 64
     instance_id: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # ExecutionInstance fields
+    # Feed the simulator's KV-cache events straight into the coordinator's index (no sockets,
+    # the same decode/apply code as a ZeroMQ subscriber): prefix routers then run "exact".
+    kv_events: bool = False
 
 
 def describe(spec: MemberSpec, index: int) -> ExecutionInstance:
@@ -60,6 +64,8 @@ def describe(spec: MemberSpec, index: int) -> ExecutionInstance:
             "max_num_batched_tokens": cfg.max_num_batched_tokens,
         },
     }
+    if spec.kv_events:
+        fields["tokenizer"] = "sim"
     fields.update(spec.extra)
     return ExecutionInstance(**fields)
 
@@ -79,6 +85,12 @@ class InProcessFleet:
 
     def __len__(self) -> int:
         return len(self.instances)
+
+    def attach_kv_events(self, tracker: KVEventTracker) -> None:
+        """Connect members with ``kv_events=True`` to ``tracker`` (a manager's `kv_events`)."""
+        for spec, inst, app in zip(self.specs, self.instances, self.apps, strict=True):
+            if spec.kv_events:
+                instance_of(app).attach_kv_events(tracker.in_process_feed(inst.instance_id))
 
     def transport_factory(self, instance: ExecutionInstance) -> httpx.AsyncBaseTransport:
         """Pass as `ControlPlaneManager(transport_factory=fleet.transport_factory)`."""

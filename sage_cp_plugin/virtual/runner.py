@@ -65,6 +65,9 @@ class CoordinatorConfig:
         )
         for inst in fleet.instances:
             manager.register_instance(inst)
+        attach = getattr(fleet, "attach_kv_events", None)
+        if attach is not None:  # an in-process fleet: its events feed the index directly
+            attach(manager.kv_events)
         return manager
 
 
