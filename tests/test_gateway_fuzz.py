@@ -21,12 +21,12 @@ def test_schemathesis_finds_no_5xx_and_the_gateway_stays_up(tmp_path: Path) -> N
             [
                 st, "run", f"{gp.url}/openapi.json",
                 "--checks", "not_a_server_error",
-                "--max-examples", "25", "--max-time", "25", "--seed", "7",
+                "--max-examples", "25", "--seed", "7",
                 "--request-timeout", "20", "--workers", "2",
                 "--exclude-path", "/metrics",
                 "--suppress-health-check", "all",
             ],
-            capture_output=True, text=True, timeout=120, cwd=tmp_path,
+            capture_output=True, text=True, timeout=600, cwd=tmp_path,
         )  # fmt: skip
         report = out.stdout[-12000:] + out.stderr[-2000:]
         assert out.returncode == 0, report

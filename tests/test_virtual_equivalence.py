@@ -1,8 +1,8 @@
 """The same scenario on the virtual clock (in-process) and in real time over loopback agrees.
 
 What holds on any machine, however loaded, is asserted here: every request completes in both
-runs, routing decisions of a timing-independent router (round_robin) are identical, and no
-request is faster in real time than on the virtual clock by more than two engine steps (real
+runs, round_robin spreads them over the instances alike (its exact order can differ when a
+loaded machine delays one real-time arrival past the next), and no request is faster in real time than on the virtual clock by more than two engine steps (real
 time only adds work: sleep overshoot, HTTP, a busy machine; a request arriving mid-step may join
 the next step in one run and the current one in the other, hence the step granularity). How
 close the two are (agreement of load_balanced's decisions, the median TTFT/E2E difference)
@@ -12,6 +12,7 @@ depends on the machine's load: `benchmarks/virtual_equivalence.py` measures and 
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -61,7 +62,9 @@ def test_virtual_and_loopback_agree(router: str) -> None:
     assert all(o.state == "completed" for o in virtual.outcomes)
     assert len(real) == len(workload) and all(x[2] > 0 for x in real)
     if router == "round_robin":
-        assert [o.instance_id for o in virtual.outcomes] == [x[0] for x in real]
+        virtual_counts = Counter(o.instance_id for o in virtual.outcomes)
+        assert virtual_counts == Counter(x[0] for x in real)
+        assert sorted(virtual_counts.values()) == [4, 5, 5]
     for k, name in ((1, "ttft_ms"), (2, "e2e_ms")):
         v = np.array([getattr(o, name) for o in virtual.outcomes])
         r = np.array([x[k] for x in real])
