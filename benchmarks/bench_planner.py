@@ -136,7 +136,7 @@ BUILDKITE = (
     "/builds/9515): H200, 32 input / 128 output tokens, batch 8, mean end-to-end latency"
 )
 DESIGN_FITS = (
-    "published vLLM 0.8 step-time fits quoted in DESIGN.md §8 "
+    "published vLLM 0.8 step-time fits quoted in docs/architecture.md §8 "
     "(t = b0 + b1 x prefill tokens + b2 x decode seqs)"
 )
 
@@ -245,7 +245,7 @@ def render_markdown(runs: list[dict[str, Any]], checks: list[dict[str, Any]], ma
         "|---|---|---|---|---|",
     ]
     for c in checks:
-        src = "vLLM perf benchmark" if c["source"] == BUILDKITE else "DESIGN.md §8 fits"
+        src = "vLLM perf benchmark" if c["source"] == BUILDKITE else "docs/architecture.md §8 fits"
         lines.append(
             f"| {src} | {c['what']} | {c['published_ms']:.2f} | "
             f"{c['estimate_ms']:.2f} | {c['error_pct']:+.0f} % |"

@@ -17,7 +17,9 @@ def register(sub: Any) -> None:
             "Send every line of INPUT (OpenAI batch format: custom_id, method, url, body; "
             "/v1/chat/completions, /v1/completions and /v1/embeddings may be mixed) through a "
             "SAGE pipeline and append one result line per input line to OUTPUT. Re-running "
-            "skips custom_ids already in OUTPUT. Without --config or --url it starts the "
+            "skips custom_ids already answered in OUTPUT and retries the failed ones (unless "
+            "--no-retry-failed). While the fleet is down, requests wait for it (--fleet-wait). "
+            "Exits 1 when any line finally failed. Without --config or --url it starts the "
             "embedded simulated fleet."
         ),
     )
@@ -35,6 +37,19 @@ def register(sub: Any) -> None:
         "--no-ttft",
         action="store_true",
         help="do not stream answers from the instances (less CPU; no TTFT/TTFT SLOs)",
+    )
+    p.add_argument(
+        "--retry-failed",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="rerun the requests of failed lines already in OUTPUT (default: on)",
+    )
+    p.add_argument(
+        "--fleet-wait",
+        type=float,
+        default=300.0,
+        help="seconds one request may wait, with backoff, for a down fleet (0: fail at "
+        "once; default 300)",
     )
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=run)
@@ -58,6 +73,8 @@ def run(args: argparse.Namespace) -> int:
             concurrency=args.concurrency,
             progress=not args.no_progress,
             measure_ttft=not args.no_ttft,
+            retry_failed=args.retry_failed,
+            fleet_wait_s=args.fleet_wait,
         )
     except (ValidationError, ValueError) as exc:
         print(f"error: {_first_error(exc)}", file=sys.stderr)
@@ -74,7 +91,16 @@ def run(args: argparse.Namespace) -> int:
         print(f"{result.input} -> {result.output} via {result.coordinator}")
         if result.already_done:
             print(f"resumed: {result.already_done} line(s) were already in the output")
+        if result.retried_failed:
+            print(f"retried: {result.retried_failed} line(s) that had failed")
         print(format_summary(result.summary))
+    failed = int(result.summary.get("failed", 0))
+    if failed:
+        print(
+            f"error: {failed} line(s) failed; run the same command again to retry them",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

@@ -12,6 +12,7 @@ ADMIN_KEY_ENV = "SAGE_CP_ADMIN_KEY"
 
 
 def register(sub: Any) -> None:
+    from .gateway.schemas import DEFAULT_MAX_EMBEDDING_CHARS, DEFAULT_MAX_EMBEDDING_INPUTS
     from .gateway.settings import DEFAULT_MAX_BODY_BYTES
 
     p: argparse.ArgumentParser = sub.add_parser(
@@ -43,6 +44,42 @@ def register(sub: Any) -> None:
         help=f"larger request bodies get 413 (default {DEFAULT_MAX_BODY_BYTES})",
     )
     p.add_argument(
+        "--max-embedding-inputs",
+        type=int,
+        default=DEFAULT_MAX_EMBEDDING_INPUTS,
+        help=f"most inputs in one embeddings request (default {DEFAULT_MAX_EMBEDDING_INPUTS})",
+    )
+    p.add_argument(
+        "--max-embedding-chars",
+        type=int,
+        default=DEFAULT_MAX_EMBEDDING_CHARS,
+        help=f"most characters in one embeddings request (default {DEFAULT_MAX_EMBEDDING_CHARS})",
+    )
+    p.add_argument(
+        "--header-timeout",
+        type=float,
+        default=10.0,
+        help="seconds a client has to send a request's headers (default 10)",
+    )
+    p.add_argument(
+        "--body-timeout",
+        type=float,
+        default=60.0,
+        help="seconds a client has to send a request's body after its headers (default 60)",
+    )
+    p.add_argument(
+        "--keep-alive",
+        type=float,
+        default=30.0,
+        help="seconds an idle keep-alive connection stays open (default 30)",
+    )
+    p.add_argument(
+        "--max-connections",
+        type=int,
+        default=4096,
+        help="open connections beyond this get 503 and are closed (default 4096)",
+    )
+    p.add_argument(
         "--max-pending",
         type=int,
         default=None,
@@ -64,6 +101,10 @@ def register(sub: Any) -> None:
     p.set_defaults(func=run)
 
 
+def _key(flag: str | None, env: str) -> str | None:
+    return flag if flag is not None else os.environ.get(env)
+
+
 def run(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
@@ -77,9 +118,17 @@ def run(args: argparse.Namespace) -> int:
         settings = GatewaySettings(
             host=args.host,
             port=args.port,
-            api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
-            admin_key=args.admin_key or os.environ.get(ADMIN_KEY_ENV) or None,
+            # A given-but-empty key (flag or variable) is refused by the settings, never
+            # taken as "no key": that would switch authentication off by accident.
+            api_key=_key(args.api_key, API_KEY_ENV),
+            admin_key=_key(args.admin_key, ADMIN_KEY_ENV),
             max_body_bytes=args.max_body_bytes,
+            max_embedding_inputs=args.max_embedding_inputs,
+            max_embedding_chars=args.max_embedding_chars,
+            header_timeout_s=args.header_timeout,
+            body_timeout_s=args.body_timeout,
+            keep_alive_s=args.keep_alive,
+            max_connections=args.max_connections,
             max_pending_requests=args.max_pending,
             shutdown_timeout_s=args.shutdown_timeout,
             log_level=args.log_level,

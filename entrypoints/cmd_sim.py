@@ -35,6 +35,12 @@ def register(sub: Any) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num-kv-blocks", type=int, default=None, help="override the preset's")
+    p.add_argument(
+        "--scheduling-policy",
+        choices=("fcfs", "priority"),
+        default="fcfs",
+        help="vLLM's --scheduling-policy: 'priority' orders by the request's priority field",
+    )
     p.add_argument("--list-presets", action="store_true", help="print engine presets and exit")
     p.set_defaults(func=run)
 
@@ -70,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
                 role=args.role,
                 time_scale=args.time_scale,
                 seed=args.seed + i,
+                scheduling_policy=args.scheduling_policy,
                 **overrides,
             )
             for i in range(args.instances)

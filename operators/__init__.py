@@ -14,10 +14,19 @@ from __future__ import annotations
 from .backends import LocalBackend, started_manager
 from .batcher import BatchFlatMap, RequestBatch, RequestBatcher
 from .inputs import PreparedRequest, SourceLine, prepare
-from .jsonl import JsonlSink, JsonlSource, ResultWriter, completed_ids, count_lines, parse_shard
+from .jsonl import (
+    JsonlSink,
+    JsonlSource,
+    ResultWriter,
+    completed_ids,
+    count_lines,
+    drop_failed_results,
+    parse_shard,
+)
 from .maps import BatchMap, ChatMap, CompletionMap, ControlPlaneMap, EmbeddingMap
 from .markers import EndOfStream, Heartbeat, with_end_marker
 from .metrics_sink import MetricsSink
+from .outage import OutageBackoff
 from .records import ErrorInfo, ResultRecord, Timings
 from .registration import DEFAULT_SERVICE_NAME, ControlPlaneHandle, use_control_plane
 from .remote import RemoteBackend
@@ -43,6 +52,7 @@ __all__ = [
     "JsonlSource",
     "LocalBackend",
     "MetricsSink",
+    "OutageBackoff",
     "PreparedRequest",
     "RecordStats",
     "RemoteBackend",
@@ -56,6 +66,7 @@ __all__ = [
     "close_services",
     "completed_ids",
     "count_lines",
+    "drop_failed_results",
     "format_summary",
     "parse_shard",
     "prepare",

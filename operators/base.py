@@ -2,7 +2,7 @@
 
 Through `ctx.get_service(name)`, the object itself, called directly: SAGE's
 `call_service` hands every call to a thread pool and polls its future in 10 ms sleeps
-(DESIGN.md §7 bug 2), and inside a `from_source` job it re-enters the source and grows
+(docs/architecture.md §7 bug 2), and inside a `from_source` job it re-enters the source and grows
 the stack per item. The object is cached per replica after the first lookup.
 """
 

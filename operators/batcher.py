@@ -1,6 +1,6 @@
 """`RequestBatcher` and `BatchFlatMap`: group a stream into batches, and run a batch.
 
-SAGE has no window operator and no end-of-stream signal (DESIGN.md §7), so the batcher is
+SAGE has no window operator and no end-of-stream signal (docs/architecture.md §7), so the batcher is
 a stateful flat-map that flushes on size, on age (checked when an item or a `Heartbeat`
 arrives), and on the source's `EndOfStream`. On SAGE's fast path it is called from 8
 threads at once: every state change happens under one lock, so no item is lost or

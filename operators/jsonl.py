@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 from collections.abc import Callable, Collection
 from pathlib import Path
@@ -71,6 +72,44 @@ def completed_ids(path: str | Path) -> set[str]:
         if f.seek(0, os.SEEK_END) != good_end:
             f.truncate(good_end)
     return done
+
+
+_INPUT_LINE_ID = re.compile(r"line-\d+")
+
+
+def drop_failed_results(path: str | Path) -> int:
+    """Remove failed result lines so a rerun retries their requests; returns how many.
+
+    Lines that failed as input (invalid JSON, duplicate custom_id: `line-N` ids) stay:
+    they would fail the same way again. The file is rewritten atomically (temp + rename),
+    so an interruption leaves either the old or the new file, never a torn one.
+    """
+    p = Path(path)
+    if not p.exists():
+        return 0
+    kept: list[bytes] = []
+    dropped = 0
+    with open(p, "rb") as f:
+        for raw in f:
+            try:
+                data = json.loads(raw)
+            except ValueError:
+                kept.append(raw)  # a torn last line: completed_ids cuts it
+                continue
+            cid = str(data.get("custom_id")) if isinstance(data, dict) else ""
+            failed = isinstance(data, dict) and data.get("error") is not None
+            if failed and not _INPUT_LINE_ID.fullmatch(cid):
+                dropped += 1
+            else:
+                kept.append(raw)
+    if dropped:
+        tmp = p.with_name(p.name + ".retry-tmp")
+        with open(tmp, "wb") as out:
+            out.writelines(kept)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, p)
+    return dropped
 
 
 class JsonlSource(BatchFunction):  # type: ignore[misc]

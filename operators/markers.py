@@ -1,6 +1,6 @@
 """Stream markers: the end-of-stream sentinel and the idle heartbeat.
 
-SAGE 0.3.2.4 gives operators no end-of-stream signal (DESIGN.md §7), so a stateful operator
+SAGE 0.3.2.4 gives operators no end-of-stream signal (docs/architecture.md §7), so a stateful operator
 (the batcher, the in-flight window) cannot know when to flush its last partial batch. Our
 sources emit `EndOfStream` as their last item. On SAGE's fast path the stages run on an
 8-thread pool, so the marker may overtake items emitted before it: it carries how many items

@@ -1,6 +1,6 @@
 """`use_control_plane(env, ...)`: register the shared service and shield the job from SAGE bugs.
 
-What it does to the environment, and why (DESIGN.md §7, SAGE 0.3.2.4):
+What it does to the environment, and why (docs/architecture.md §7, SAGE 0.3.2.4):
 - registers `ControlPlaneService` under `name`;
 - adds an empty batch source, because a linear `from_batch -> map -> sink` job otherwise takes
   SAGE's fast path, whose context has no service access, which loads the whole source into
@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .backends import Backend, ManagerFactory
+from .outage import OutageBackoff
 from .service import ConfigSource, ControlPlaneService, close_services
 
 DEFAULT_SERVICE_NAME = "control_plane"
@@ -42,10 +43,13 @@ def use_control_plane(
     manager_factory: ManagerFactory | None = None,
     backend: Backend | None = None,
     manager_options: dict[str, Any] | None = None,
+    outage: OutageBackoff | None = None,
 ) -> ControlPlaneHandle:
     """Register the control-plane service on a SAGE environment (see the module doc)."""
     token = uuid.uuid4().hex
     kwargs: dict[str, Any] = {"job_token": token}
+    if outage is not None:
+        kwargs["outage"] = outage
     if url is not None:
         kwargs["url"] = url
     else:

@@ -1,6 +1,6 @@
 """`RemoteBackend`: send the service's requests to a shared coordinator (`sage-cp serve`).
 
-SAGE 0.3.2.4 runs every operator in the driver process (DESIGN.md §7), so pipelines in
+SAGE 0.3.2.4 runs every operator in the driver process (docs/architecture.md §7), so pipelines in
 several processes or hosts share one coordinator over its OpenAI-compatible HTTP API. The
 scheduling fields travel as `x-sage-*` headers, so the body stays a plain OpenAI body.
 """

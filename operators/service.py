@@ -1,7 +1,7 @@
 """`ControlPlaneService`: the one coordinator every operator of a SAGE job shares.
 
 SAGE creates a service once per job and calls it by reference from its worker threads
-(DESIGN.md §7), never awaiting `async def` methods. So the service owns an event loop on a
+(docs/architecture.md §7), never awaiting `async def` methods. So the service owns an event loop on a
 dedicated daemon thread, its public methods are synchronous and thread-safe, and they hand
 work to that loop with `asyncio.run_coroutine_threadsafe`. One call may carry a whole batch:
 its requests run concurrently on the loop, which is where concurrency towards vLLM comes
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import threading
 import weakref
 from collections.abc import Callable, Coroutine, Iterable
@@ -26,6 +27,7 @@ from sage_cp_plugin.types import RequestKind
 
 from .backends import Backend, LocalBackend, ManagerFactory
 from .inputs import PreparedRequest, prepare
+from .outage import OutageBackoff
 from .records import ResultRecord
 from .remote import RemoteBackend
 
@@ -62,9 +64,12 @@ class ControlPlaneService(BaseService):  # type: ignore[misc]
         backend: Backend | None = None,
         manager_options: dict[str, Any] | None = None,
         job_token: str | None = None,
+        outage: OutageBackoff | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        # When given, requests failing as a down fleet fails are retried with backoff.
+        self.outage = outage
         if url is not None and (config is not None or manager_factory is not None):
             raise ValueError("give either url= (a remote coordinator) or a config, not both")
         self._custom_backend = backend
@@ -213,6 +218,19 @@ class ControlPlaneService(BaseService):  # type: ignore[misc]
         return self._on_loop(self._backend.metrics()).result(_STOP_TIMEOUT_S)
 
     async def _run_one(self, prepared: PreparedRequest) -> ResultRecord:
+        if self.outage is None:
+            return await self._run_once(prepared)
+        rid = prepared.request.request_id
+
+        async def attempt(n: int) -> ResultRecord:
+            if n == 0:
+                return await self._run_once(prepared)
+            fresh = prepared.request.model_copy(update={"request_id": f"{rid}-retry{n}"})
+            return await self._run_once(dataclasses.replace(prepared, request=fresh))
+
+        return await self.outage.run(attempt)
+
+    async def _run_once(self, prepared: PreparedRequest) -> ResultRecord:
         assert self._backend is not None
         try:
             return await self._backend.run(prepared)

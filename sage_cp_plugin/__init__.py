@@ -1,6 +1,6 @@
 """sage-cp-plugin: a control plane for fleets of vLLM inference servers.
 
-The public names of the sageLLM Control Plane document, plus ours (see DESIGN.md §4).
+The public names of the sageLLM Control Plane document, plus ours (see docs/architecture.md §4).
 """
 
 from __future__ import annotations

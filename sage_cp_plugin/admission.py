@@ -10,7 +10,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from sage_cp_plugin.errors import ConfigurationError, ModelNotServedError, QueueFullError
+from sage_cp_plugin.errors import (
+    ConfigurationError,
+    ModelNotServedError,
+    QueueFullError,
+    RequestRejectedError,
+)
 from sage_cp_plugin.metrics import MetricsCollector
 from sage_cp_plugin.pending import PendingQueue, QueuedRequest
 from sage_cp_plugin.policies.base import make_item
@@ -54,6 +59,7 @@ class Admission:
                 f"request_id {rid!r} is already in use; leave it empty to have one generated"
             )
         self.check_model(request)
+        self.check_preferences(request)
         if self.queue.full():
             # Tell the client when a slot is likely free: the queue drains at the recent
             # completion rate (1 s when unknown, at most a minute).
@@ -103,3 +109,28 @@ class Admission:
                 raise ModelNotServedError(f"<any {kind} model>", self.pools.list_models())
             return  # no instances yet: the request waits for the dispatcher's verdict
         raise ModelNotServedError(request.model_name, self.pools.list_models())
+
+    def check_preferences(self, request: RequestMetadata) -> None:
+        """A preferred instance must exist and serve the request; a billing tier other than
+        "standard" must have a price on some instance that serves it."""
+        pool = self.pools.eligible((request.model_name, request.kind == RequestKind.EMBEDDING))
+        wanted = request.preferred_instance_id
+        if wanted is not None and all(s.instance_id != wanted for s in pool):
+            fleet = self.pools.fleet
+            if wanted not in fleet.states:
+                raise RequestRejectedError(
+                    f"preferred_instance_id {wanted!r} is not registered; "
+                    f"registered: {sorted(fleet.states)}"
+                )
+            raise RequestRejectedError(
+                f"preferred_instance_id {wanted!r} does not serve this request "
+                f"(model {request.model_name!r}, kind {request.request_kind.value}); "
+                f"instances that do: {sorted(s.instance_id for s in pool)}"
+            )
+        tier = request.billing_tier
+        if tier != "standard" and pool and all(tier not in s.instance.prices_by_tier for s in pool):
+            priced = sorted({t for s in pool for t in s.instance.prices_by_tier})
+            raise RequestRejectedError(
+                f"billing_tier {tier!r} has no price on any instance serving this request; "
+                f"tiers priced: {priced or 'none'} (or use 'standard')"
+            )

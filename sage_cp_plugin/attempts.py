@@ -13,23 +13,29 @@ import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from sage_cp_plugin.errors import UpstreamError
+from sage_cp_plugin.concurrency_limit import ConcurrencyLimits
+from sage_cp_plugin.cost import GpuTimeMeter, price
+from sage_cp_plugin.errors import InvalidRequestBodyError, UpstreamError
 from sage_cp_plugin.executor import ExecutionCoordinator, Outcome
 from sage_cp_plugin.health import HealthMonitor
+from sage_cp_plugin.log_once import OncePerKind
 from sage_cp_plugin.metrics import MetricsCollector, slo_met
 from sage_cp_plugin.pending import PendingQueue, QueuedRequest
+from sage_cp_plugin.preferences import layout_of
 from sage_cp_plugin.results import ResultStore
 from sage_cp_plugin.routing.base import Router
 from sage_cp_plugin.state import InstanceState
 from sage_cp_plugin.strategies import Strategies
 from sage_cp_plugin.types import (
     ExecutionInstanceType,
+    RequestKind,
     RequestResult,
     RequestStatus,
     SchedulingDecision,
 )
 
 logger = logging.getLogger(__name__)
+_crashes = OncePerKind(logger)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +60,7 @@ class Attempts:
         metrics: MetricsCollector,
         queue: PendingQueue,
         rules: RetryRules,
+        limits: ConcurrencyLimits | None = None,
         clock: Callable[[], float],
         is_running: Callable[[], bool],
         wake: Callable[[], None],
@@ -65,20 +72,27 @@ class Attempts:
         self.metrics = metrics
         self.queue = queue  # retries go back into it
         self.rules = rules
+        self.limits = limits  # adaptive per-instance limits, fed by each first token
         self.clock = clock
         self.is_running = is_running
         self.wake = wake
         self._running: dict[str, tuple[asyncio.Task[None], InstanceState, QueuedRequest]] = {}
+        self.meter = GpuTimeMeter()
         self._rng = random.Random(0)
 
     def launch(self, item: QueuedRequest, state: InstanceState, now: float) -> None:
         st = self.strategies
         executor = self.executor
+        service_s = state.predicted_service_s(item.input_tokens, item.output_tokens)
+        estimate = state.price_for(
+            item.input_tokens + item.output_tokens, service_s, item.request.billing_tier
+        )
         decision = SchedulingDecision(
             request_id=item.request_id,
             target_instance_id=state.instance_id,
-            estimated_latency_ms=state.predicted_service_s(item.input_tokens, item.output_tokens)
-            * 1000,
+            estimated_latency_ms=service_s * 1000,
+            estimated_cost=estimate or 0.0,
+            parallelism_strategy=layout_of(state.instance),
             tensor_parallel_size=state.instance.tensor_parallel_size,
             pipeline_parallel_size=state.instance.pipeline_parallel_size,
             phase=item.phase,
@@ -87,8 +101,20 @@ class Attempts:
         )
         sink = item.chunks.put_nowait if item.chunks is not None else None
 
+        def first_token() -> None:
+            item.first_token_seen = True
+
+        priority = st.scheduling_policy.engine_priority(item)
+
         async def attempt() -> tuple[Outcome, bool]:
-            return await executor.run(item.request, state.instance, sink=sink), True
+            out = await executor.run(
+                item.request,
+                state.instance,
+                sink=sink,
+                on_first_token=first_token,
+                priority=priority,
+            )
+            return out, True
 
         self._start(item, decision, now, [(state, st.router)], attempt)
 
@@ -108,9 +134,22 @@ class Attempts:
         )
         sink = item.chunks.put_nowait if item.chunks is not None else None
 
+        def first_token() -> None:
+            item.first_token_seen = True
+
+        priority = st.scheduling_policy.engine_priority(item)
+
         async def attempt() -> tuple[Outcome, bool]:
             try:
-                out, split = await st.disaggregator.run(executor, item, prefill, decode, sink)
+                out, split = await st.disaggregator.run(
+                    executor,
+                    item,
+                    prefill,
+                    decode,
+                    sink,
+                    on_first_token=first_token,
+                    priority=priority,
+                )
             except UpstreamError:
                 item.no_split = True  # a retry runs whole, on any instance
                 raise
@@ -132,11 +171,17 @@ class Attempts:
         """Occupy every instance of the attempt and run it as a task. The last leg is the
         instance that answers the caller."""
         item.attempts += 1
+        item.first_token_seen = False
+        if item.failed_on is not None and legs[-1][0].instance_id != item.failed_on:
+            self.metrics.failovers += 1  # moved off the instance that failed it
+        item.failed_on = None
         for st, router in legs:
+            self.meter.mark(st.instance_id, st.in_flight, now)
             st.in_flight += 1
             st.in_flight_tokens += item.input_tokens + item.output_tokens
             router.on_dispatch(item, st)
-        task = asyncio.create_task(self._execute(item, decision, now, legs, attempt))
+        starts = [self.meter.mark(st.instance_id, st.in_flight, now) for st, _ in legs]
+        task = asyncio.create_task(self._execute(item, decision, now, legs, starts, attempt))
         self._running[item.request_id] = (task, legs[-1][0], item)
 
     async def _execute(
@@ -145,6 +190,7 @@ class Attempts:
         decision: SchedulingDecision,
         dispatched: float,
         legs: list[tuple[InstanceState, Router]],
+        starts: list[float],
         attempt: Callable[[], Awaitable[tuple[Outcome, bool]]],
     ) -> None:
         """Whatever happens, the request ends (or is requeued once) and every instance it
@@ -153,12 +199,26 @@ class Attempts:
         target = legs[-1][0]
         ok = False
         judged = True  # a cancelled attempt says nothing about the instance's health
+        out: Outcome | None = None
         try:
-            out, learn = await attempt()
+            async with asyncio.timeout_at(item.arrival + self.rules.request_timeout_s):
+                out, learn = await attempt()
             ok = True
+            self._charge(item, legs, starts, out)
             self._complete(item, target, decision, dispatched, out, learn=learn)
+        except TimeoutError:
+            judged = False  # the request's own deadline, not the instance's fault
+            self._charge(item, legs, starts, out)
+            results.finish_failed(
+                item,
+                f"request timed out after {self.rules.request_timeout_s:g}s without completing "
+                f"(running on {target.instance_id})",
+                "timeout",
+                instance_id=target.instance_id,
+            )
         except asyncio.CancelledError:
             judged = False
+            self._charge(item, legs, starts, out)
             reason = item.cancel_reason or "control plane stopped while running"
             results.finish_failed(
                 item,
@@ -169,11 +229,25 @@ class Attempts:
             )
             raise
         except UpstreamError as exc:
-            # The instance answered a bad request correctly: not a sign of ill health.
+            # The instance answered a bad request correctly (4xx): that says nothing about
+            # its health either way, so the circuit is neither tripped nor reset by it.
             ok = exc.is_client_error
+            judged = not exc.is_client_error
+            self._charge(item, legs, starts, out)
             self._on_error(item, target, exc)
+        except InvalidRequestBodyError as exc:
+            # Nothing reached the instance: the request could not even be encoded.
+            judged = False
+            self._charge(item, legs, starts, out)
+            results.finish_failed(
+                item, str(exc), "invalid_request", instance_id=target.instance_id, status_code=400
+            )
         except Exception as exc:  # a bug must fail the request, never strand it
-            logger.exception("request %s crashed", item.request_id)
+            # Only transport failures, timeouts and the engine's 5xx say anything about the
+            # instance; a crash here is ours (or the request's), so health is not judged.
+            judged = False
+            _crashes.exception(exc, "request %s crashed", item.request_id)
+            self._charge(item, legs, starts, out)
             results.finish_failed(
                 item,
                 f"internal error: {type(exc).__name__}: {exc}",
@@ -183,12 +257,35 @@ class Attempts:
         finally:
             self._running.pop(item.request_id, None)
             for st, router in legs:
+                self.meter.mark(st.instance_id, st.in_flight, self.clock())
                 st.in_flight -= 1
                 st.in_flight_tokens -= item.input_tokens + item.output_tokens
                 router.on_finish(item, st, ok)
             if judged:
                 self.health.record_result(target, ok, self.clock())
             self.wake()
+
+    def _charge(
+        self,
+        item: QueuedRequest,
+        legs: list[tuple[InstanceState, Router]],
+        starts: list[float],
+        out: Outcome | None,
+    ) -> None:
+        """Add this attempt's cost to the request's: tokens it processed on token-priced
+        instances (the prompt on a prefill leg), its GPU time share on hour-priced ones."""
+        now = self.clock()
+        tier = item.request.billing_tier
+        answering = len(legs) - 1
+        for i, ((st, _), start) in enumerate(zip(legs, starts, strict=True)):
+            share_s = self.meter.mark(st.instance_id, st.in_flight, now) - start
+            tokens = 0
+            if out is not None:
+                prompt = out.prompt_tokens or item.input_tokens
+                tokens = prompt + out.completion_tokens if i == answering else prompt
+            cost = price(st.instance, tokens=tokens, gpu_seconds=share_s, tier=tier)
+            if cost is not None:
+                item.cost = (item.cost or 0.0) + cost
 
     def _on_error(self, item: QueuedRequest, state: InstanceState, exc: UpstreamError) -> None:
         rules = self.rules
@@ -218,8 +315,8 @@ class Attempts:
         if exc.retry_after_s is not None:
             backoff = max(backoff, exc.retry_after_s)
         item.not_before = now + backoff
+        item.failed_on = state.instance_id
         self.metrics.retries += 1
-        self.metrics.failovers += 1
         logger.info(
             "request %s: retry %d in %.3fs after: %s", item.request_id, item.attempts, backoff, exc
         )
@@ -249,11 +346,14 @@ class Attempts:
             attempts=item.attempts,
             priority=req.priority,
             model_name=req.model_name,
+            tags=req.tags,
+            cost=item.cost,
         )
         t = result.timings
         t.queue_ms = (dispatched - item.arrival) * 1000
         t.e2e_ms = (out.finished_at - item.arrival) * 1000
-        if out.first_token_at is not None:
+        if out.first_token_at is not None and req.kind != RequestKind.EMBEDDING:
+            t.prefill_ms = (out.first_token_at - dispatched) * 1000
             t.ttft_ms = (out.first_token_at - item.arrival) * 1000
             if out.completion_tokens > 1:
                 t.tpot_ms = (t.e2e_ms - t.ttft_ms) / (out.completion_tokens - 1)
@@ -261,6 +361,9 @@ class Attempts:
         result.slo_met = met
         if learn:
             self._learn(state, item, out)
+            if self.limits is not None and out.first_token_at is not None:
+                prompt = out.prompt_tokens or item.input_tokens
+                self.limits.observe(state, out.first_token_at - out.started_at, prompt)
         state.completed += 1
         self.metrics.on_finish(result, met, out.finished_at)
         self.strategies.scheduling_policy.observe(item, state, met)

@@ -2,7 +2,7 @@
 
 Given as an object, a dict, or a YAML/TOML file; used by the gateway (`sage-cp serve`), the
 batch job (`sage-cp batch`) and the SAGE service. With no instances it describes the
-embedded simulated fleet (DESIGN.md §8), so every entry point runs on a fresh machine.
+embedded simulated fleet (docs/architecture.md §8), so every entry point runs on a fresh machine.
 """
 
 from __future__ import annotations
@@ -17,23 +17,14 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from sage_cp_plugin.errors import ConfigurationError
+from sage_cp_plugin.executor import ExecutionCoordinator, TransportFactory
 from sage_cp_plugin.health import HealthConfig
 from sage_cp_plugin.manager import ControlPlaneManager
-from sage_cp_plugin.types import ExecutionInstance, PDSeparationConfig
+from sage_cp_plugin.options import ControlPlaneOptions, build_options, validation_message
+from sage_cp_plugin.types import ExecutionInstance
 
-
-class HealthSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    interval_s: float = Field(5.0, gt=0)
-    timeout_s: float = Field(2.0, gt=0)
-    unhealthy_threshold: int = Field(2, ge=1)
-    healthy_threshold: int = Field(1, ge=1)
-    failure_threshold: int = Field(3, ge=1)
-    cooldown_s: float = Field(10.0, ge=0)
-
-    def to_health_config(self) -> HealthConfig:
-        return HealthConfig(**self.model_dump())
+# The health settings of a file are the manager's own model (one definition, one default).
+HealthSettings = HealthConfig
 
 
 class EmbeddedFleetSettings(BaseModel):
@@ -46,22 +37,13 @@ class EmbeddedFleetSettings(BaseModel):
     embedding_instances: int = Field(1, ge=0)
 
 
-class ControlPlaneConfig(BaseModel):
+class ControlPlaneConfig(ControlPlaneOptions):
+    """Every `ControlPlaneOptions` setting, plus the fleet: `instances`, or the embedded
+    simulated fleet when there are none."""
+
     model_config = ConfigDict(extra="forbid")
 
-    scheduling_policy: str = "adaptive"
-    routing_strategy: str = "load_balanced"
-    policy_options: dict[str, Any] = Field(default_factory=dict)
-    router_options: dict[str, Any] = Field(default_factory=dict)
-    enable_pd_separation: bool = False
-    pd: PDSeparationConfig | None = None
-    enable_monitoring: bool = True
     instances: list[ExecutionInstance] = Field(default_factory=list)
-    max_pending_requests: int = Field(10_000, gt=0)
-    max_attempts: int = Field(3, gt=0)
-    retry_backoff_s: float = Field(0.05, ge=0)
-    request_timeout_s: float = Field(600.0, gt=0)
-    health: HealthSettings = Field(default_factory=HealthSettings)
     embedded_fleet: EmbeddedFleetSettings = Field(default_factory=EmbeddedFleetSettings)
 
     @model_validator(mode="after")
@@ -118,32 +100,27 @@ class ControlPlaneConfig(BaseModel):
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']} (got {e.get('input')!r})"
-                for e in exc.errors()
-            )
-            raise ConfigurationError(f"{where} is invalid: {problems}") from exc
+            raise ConfigurationError(f"{where} is invalid: {validation_message(exc)}") from exc
 
     # -- building --------------------------------------------------------------------------
-    def build_manager(self, **overrides: Any) -> ControlPlaneManager:
+    def options(self, **overrides: Any) -> ControlPlaneOptions:
+        """The coordinator's settings of this configuration, with `overrides` applied."""
+        mine = {name: getattr(self, name) for name in ControlPlaneOptions.model_fields}
+        return build_options("ControlPlaneConfig overrides", **{**mine, **overrides})
+
+    def build_manager(
+        self,
+        *,
+        executor: ExecutionCoordinator | None = None,
+        transport_factory: TransportFactory | None = None,
+        **overrides: Any,
+    ) -> ControlPlaneManager:
         """A manager with this configuration and its instances registered (not started)."""
-        pd = self.pd or PDSeparationConfig(enabled=self.enable_pd_separation)
-        kwargs: dict[str, Any] = {
-            "scheduling_policy": self.scheduling_policy,
-            "routing_strategy": self.routing_strategy,
-            "enable_pd_separation": self.enable_pd_separation,
-            "enable_monitoring": self.enable_monitoring,
-            "pd_config": pd,
-            "policy_options": self.policy_options,
-            "router_options": self.router_options,
-            "max_pending_requests": self.max_pending_requests,
-            "max_attempts": self.max_attempts,
-            "retry_backoff_s": self.retry_backoff_s,
-            "request_timeout_s": self.request_timeout_s,
-            "health": self.health.to_health_config(),
-        }
-        kwargs.update(overrides)
-        manager = ControlPlaneManager(**kwargs)
+        manager = ControlPlaneManager(
+            executor=executor,
+            transport_factory=transport_factory,
+            options=self.options(**overrides),
+        )
         for inst in self.instances:
             manager.register_instance(inst.model_copy())
         return manager
@@ -173,7 +150,7 @@ def sim_instances(members: list[Any], **fields: Any) -> list[ExecutionInstance]:
             model_name=m.config.model_name,
             served_models=list(m.config.served_model_names),
             instance_type=m.config.instance_type,
-            **fields,
+            **{"scheduling_policy": m.config.scheduling_policy, **fields},
         )
         for m in members
     ]

@@ -16,6 +16,7 @@ from sage_cp_plugin.attempts import Attempts
 from sage_cp_plugin.health import HealthMonitor
 from sage_cp_plugin.pending import PendingQueue, QueuedRequest
 from sage_cp_plugin.pools import InstancePools
+from sage_cp_plugin.preferences import narrow
 from sage_cp_plugin.results import ResultStore
 from sage_cp_plugin.state import InstanceState
 from sage_cp_plugin.strategies import Strategies
@@ -103,6 +104,9 @@ class Dispatcher:
                 continue
             if s.circuit_open and not health.maybe_half_open(s, fleet.now):
                 continue
+            limit = s.instance.max_prompt_tokens
+            if limit is not None and item.input_tokens > limit:
+                continue  # chunked prefill off: vLLM cannot schedule a longer prompt
             if excluded and s.instance_id in excluded:
                 kept_excluded.append(s)
                 continue
@@ -121,6 +125,8 @@ class Dispatcher:
             return None
         pre_free = [s for s in pre if pools.has_room(s, item)]
         dec_free = [s for s in dec if pools.has_room(s, item)]
+        if st.disaggregator.predicted:
+            return self._predicted_pair(item, routable, pre_free, dec_free)
         if not dec_free:
             return "wait"
         decode = st.decode_router.select(item, dec_free, self.fleet)
@@ -130,6 +136,40 @@ class Dispatcher:
             return "wait"
         prefill = st.prefill_router.select(item, pre_free, self.fleet)
         return None if prefill is None else (prefill, decode)
+
+    def _predicted_pair(
+        self,
+        item: QueuedRequest,
+        routable: list[InstanceState],
+        pre_free: list[InstanceState],
+        dec_free: list[InstanceState],
+    ) -> tuple[InstanceState, InstanceState] | None:
+        """The `predicted` trigger: split only when it beats running the request whole on
+        the instance that could start it soonest; never wait for a pool (no "wait")."""
+        pools, st = self.pools, self.strategies
+        if not pre_free or not dec_free:
+            return None
+        decode = st.decode_router.select(item, dec_free, self.fleet)
+        prefill = st.prefill_router.select(item, pre_free, self.fleet)
+        if decode is None or prefill is None:
+            return None
+        whole = [s for s in routable if pools.has_room(s, item)]
+        whole_wait = min((self._wait_s(s) for s in whole), default=float("inf"))
+        limits = pools.limits
+        limit = limits.of(decode).current if limits is not None else decode.capacity
+        ok = st.disaggregator.split_pays(
+            item, prefill, decode, whole_wait_s=whole_wait, decode_limit=limit
+        )
+        return (prefill, decode) if ok else None
+
+    def _wait_s(self, s: InstanceState) -> float:
+        """Predicted wait before `s` starts a new request (local estimate until the
+        token-level load model's predicted TTFT lands): prompt tokens of split prefills
+        outstanding there, plus the engine queueing its limit last observed."""
+        wait = self.strategies.disaggregator.prefill_wait_s(s)
+        if self.pools.limits is not None:
+            wait += self.pools.limits.of(s).last_delay_s
+        return wait
 
     def dispatch_round(self) -> None:
         if not self.is_running():
@@ -180,7 +220,7 @@ class Dispatcher:
                     continue
                 if not cands:
                     break  # every eligible instance is busy: wait for a finish
-                state = policy.select_instance(item, cands, strategies.router, fleet)
+                state = policy.select_instance(item, narrow(item, cands), strategies.router, fleet)
                 if state is None:
                     break
                 reject = policy.check_dispatch(item, state, now)
@@ -203,10 +243,14 @@ class Dispatcher:
                 f"no instance serves model {item.request.model_name!r}; "
                 f"models served: {', '.join(self.pools.list_models()) or 'none'}"
             )
-        states = ", ".join(
-            f"{s.instance_id}({'draining' if s.draining else 'circuit open' if s.circuit_open else 'unhealthy'})"
-            for s in eligible
-        )
+
+        def why(s: InstanceState) -> str:
+            limit = s.instance.max_prompt_tokens
+            if limit is not None and item.input_tokens > limit:
+                return f"prompt of ~{item.input_tokens} tokens over its {limit} without chunked prefill"
+            return "draining" if s.draining else "circuit open" if s.circuit_open else "unhealthy"
+
+        states = ", ".join(f"{s.instance_id}({why(s)})" for s in eligible)
         extra = f"; last error: {item.last_error}" if item.last_error else ""
         return f"no healthy instance can serve the request: {states}{extra}"
 

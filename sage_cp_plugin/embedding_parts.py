@@ -38,3 +38,16 @@ def assemble(results: list[RequestResult], model_name: str | None) -> dict[str, 
         "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
         "parts": [{"request_id": r.request_id, "instance_id": r.instance_id} for r in results],
     }
+
+
+# A retained result's vectors are held twice (the OpenAI response and `embeddings`): a float
+# object (24 bytes, shared) plus a list slot in each (8 + 8).
+BYTES_PER_VECTOR_VALUE = 40
+
+
+def result_bytes(result: RequestResult) -> int:
+    """An estimate of the memory a retained result holds (for the retention byte bound)."""
+    size = 1024 + len(result.output or "")
+    if result.embeddings:
+        size += BYTES_PER_VECTOR_VALUE * sum(len(v) for v in result.embeddings)
+    return size

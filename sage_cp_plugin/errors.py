@@ -101,5 +101,16 @@ class UpstreamError(ControlPlaneError):
         return code is not None and 400 <= code < 500 and code not in (408, 429)
 
 
-class RequestTimeoutError(ControlPlaneError):
+class InvalidRequestBodyError(ControlPlaneError):
+    """The request itself cannot be sent to an instance (a field of the wrong shape, text
+    that is not valid Unicode, NaN, nesting too deep). The request is at fault: it is not
+    retried and never counts against an instance's health."""
+
+    status_code = 400
+
+
+class RequestTimeoutError(ControlPlaneError, TimeoutError):
+    """A request did not finish in time: `wait(..., timeout=)` ran out, or the request
+    outlived `request_timeout_s` (its result then has error_type "timeout")."""
+
     status_code = 504

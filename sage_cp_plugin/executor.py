@@ -25,7 +25,15 @@ import numpy as np
 from httpx_aiohttp import AiohttpTransport
 
 from sage_cp_plugin.errors import UpstreamError
-from sage_cp_plugin.openai_body import ENDPOINTS, assemble_response, build_body, delta_text, text_of
+from sage_cp_plugin.openai_body import (
+    ENDPOINTS,
+    JSON_HEADERS,
+    assemble_response,
+    build_body,
+    delta_text,
+    encode_body,
+    text_of,
+)
 from sage_cp_plugin.types import ExecutionInstance, RequestKind, RequestMetadata, SchedulingDecision
 
 logger = logging.getLogger(__name__)
@@ -195,16 +203,23 @@ class ExecutionCoordinator:
         sink: ChunkSink | None = None,
         extra: dict[str, Any] | None = None,
         stream: bool | None = None,
+        on_first_token: Callable[[], None] | None = None,
+        priority: int | None = None,
     ) -> Outcome:
-        """One attempt. `sink` receives each streamed chunk as it arrives (pass-through).
+        """One attempt. `sink` receives each streamed chunk as it arrives (pass-through);
+        `on_first_token` is called once when the first token arrives (streaming only).
 
         `extra` adds body fields (the PD protocol's `kv_transfer_params`, `max_tokens: 1`).
+        `priority` is vLLM's request priority (lower runs earlier), sent only to instances
+        that run `--scheduling-policy priority`.
         """
         kind = request.request_kind
         want_stream = kind != RequestKind.EMBEDDING and (
             sink is not None or (self.upstream_streaming if stream is None else stream)
         )
         body = build_body(request, instance, stream=want_stream)
+        if priority is not None and instance.scheduling_policy == "priority":
+            body["priority"] = priority
         if extra:
             body.update(extra)
             if not want_stream:
@@ -215,7 +230,9 @@ class ExecutionCoordinator:
         url = self._url(client, ENDPOINTS[kind])
         try:
             if want_stream:
-                await self._run_streaming(client, url, body, request, instance, out, sink)
+                await self._run_streaming(
+                    client, url, body, request, instance, out, sink, on_first_token
+                )
             else:
                 await self._run_plain(client, url, body, request, instance, out)
         except UpstreamError:
@@ -261,7 +278,7 @@ class ExecutionCoordinator:
         instance: ExecutionInstance,
         out: Outcome,
     ) -> None:
-        resp = await client.post(url, json=body)
+        resp = await client.post(url, content=encode_body(body), headers=JSON_HEADERS)
         if resp.status_code != 200:
             raise self._status_error(resp, resp.content, instance)
         try:
@@ -301,13 +318,15 @@ class ExecutionCoordinator:
         instance: ExecutionInstance,
         out: Outcome,
         sink: ChunkSink | None,
+        on_first_token: Callable[[], None] | None = None,
     ) -> None:
         loop = asyncio.get_running_loop()
         chunks: list[dict[str, Any]] = []
         parts: list[str] = []
         usage: dict[str, Any] | None = None
         done = False
-        async with client.stream("POST", url, json=body) as resp:
+        content = encode_body(body)
+        async with client.stream("POST", url, content=content, headers=JSON_HEADERS) as resp:
             if resp.status_code != 200:
                 raise self._status_error(resp, await resp.aread(), instance)
             async for line in resp.aiter_lines():
@@ -342,6 +361,8 @@ class ExecutionCoordinator:
                 if text:
                     if out.first_token_at is None:
                         out.first_token_at = now
+                        if on_first_token is not None:
+                            on_first_token()
                     out.token_times.append(now)
                     parts.append(text)
                 if chunk.get("usage"):

@@ -17,20 +17,25 @@ import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from sage_cp_plugin.state import InstanceState
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass
-class HealthConfig:
-    interval_s: float = 5.0
-    timeout_s: float = 2.0
-    jitter: float = 0.2  # fraction of the interval
-    unhealthy_threshold: int = 2
-    healthy_threshold: int = 1
-    failure_threshold: int = 3
-    cooldown_s: float = 10.0
+class HealthConfig(BaseModel):
+    """Active probing and the circuit breaker (see the module docstring)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    interval_s: float = Field(5.0, gt=0)
+    timeout_s: float = Field(2.0, gt=0)
+    jitter: float = Field(0.2, ge=0, le=1)  # fraction of the interval
+    unhealthy_threshold: int = Field(2, ge=1)
+    healthy_threshold: int = Field(1, ge=1)
+    failure_threshold: int = Field(3, ge=1)
+    cooldown_s: float = Field(10.0, ge=0)
 
 
 @dataclass

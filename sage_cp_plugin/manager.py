@@ -1,12 +1,13 @@
-"""`ControlPlaneManager`: admission, the pending queue, event-driven dispatch, results.
+"""`ControlPlaneManager`: the coordinator's public face; it wires the parts and owns their
+lifecycle (docs/architecture.md §2-3).
 
-The way of one request: validated `RequestMetadata` -> admission (policy gate, bounded
-queue) -> the policy's heap -> the dispatcher, woken by events (a submit, a finished
-request, a health change, a retry timer) and never by polling, pops the next request of
-each pool while an eligible instance has capacity -> the router (or the policy) picks the
-instance -> the executor runs it -> the result, timings and SLO outcome are recorded and
-the caller's future resolves. Every timestamp comes from the event loop's clock, so the
-same code runs on a virtual clock in benchmarks.
+The way of one request: validated `RequestMetadata` -> admission (`admission.py`: checks,
+bounded queue) -> the policy's heap (`pending.py`) -> the dispatcher (`dispatch.py`), woken
+by events (a submit, a finished request, a health change, a retry timer) and never by
+polling -> the router or policy picks the instance -> an attempt (`attempts.py`) runs it
+through the executor -> the result, timings, cost and SLO outcome land in the result store
+(`results.py`) and the caller's future resolves. Every timestamp comes from the event loop's
+clock, so the same code runs on a virtual clock in benchmarks.
 """
 
 from __future__ import annotations
@@ -19,19 +20,25 @@ from typing import Any
 
 from sage_cp_plugin.admission import Admission
 from sage_cp_plugin.attempts import Attempts, RetryRules
+from sage_cp_plugin.concurrency_limit import ConcurrencyLimits
 from sage_cp_plugin.disaggregation import Disaggregator
 from sage_cp_plugin.dispatch import Dispatcher
 from sage_cp_plugin.embedding_parts import assemble, split_inputs
-from sage_cp_plugin.errors import ConfigurationError, DuplicateInstanceError
+from sage_cp_plugin.errors import (
+    ConfigurationError,
+    DuplicateInstanceError,
+    RequestTimeoutError,
+)
 from sage_cp_plugin.executor import ExecutionCoordinator, TransportFactory
-from sage_cp_plugin.health import HealthConfig, HealthMonitor
+from sage_cp_plugin.health import HealthMonitor
 from sage_cp_plugin.metrics import MetricsCollector
+from sage_cp_plugin.options import ControlPlaneOptions, build_options
 from sage_cp_plugin.pending import PendingQueue
 from sage_cp_plugin.policies.base import SchedulingPolicy
 from sage_cp_plugin.pools import InstancePools
 from sage_cp_plugin.results import ResultStore
 from sage_cp_plugin.routing.base import Router
-from sage_cp_plugin.scrape import MetricsScraper, ScrapeConfig
+from sage_cp_plugin.scrape import MetricsScraper
 from sage_cp_plugin.state import FleetSnapshot, InstanceState
 from sage_cp_plugin.status import control_plane_status
 from sage_cp_plugin.strategies import Strategies
@@ -66,68 +73,61 @@ class ControlPlaneManager:
         enable_monitoring: bool = True,
         pd_config: PDSeparationConfig | None = None,
         *,
-        enable_auto_scaling: bool = False,
-        policy_options: dict[str, Any] | None = None,
-        router_options: dict[str, Any] | None = None,
-        max_pending_requests: int = 10_000,
-        max_attempts: int = 3,
-        retry_backoff_s: float = 0.05,
-        request_timeout_s: float = 600.0,
-        health: HealthConfig | None = None,
-        scrape: ScrapeConfig | None = None,
-        embedding_batch_size: int = 64,
-        urgent_headroom: float = 0.0,
-        urgent_ttft_ms: float = 500.0,
         executor: ExecutionCoordinator | None = None,
         transport_factory: TransportFactory | None = None,
-        upstream_streaming: bool = True,
-        result_retention: int = 10_000,
+        options: ControlPlaneOptions | None = None,
+        **settings: Any,
     ) -> None:
-        if enable_auto_scaling:
-            raise ConfigurationError(
-                "enable_auto_scaling=True is not supported: the control plane routes over the "
-                "instances you register; scale the fleet with your orchestrator"
+        """The document's five arguments, then any field of `ControlPlaneOptions` by name
+        (`max_pending_requests=...`, `health=HealthConfig(...)`, ...), or `options=` whole."""
+        if options is None:
+            options = build_options(
+                "ControlPlaneManager",
+                scheduling_policy=scheduling_policy,
+                routing_strategy=routing_strategy,
+                enable_pd_separation=enable_pd_separation,
+                enable_monitoring=enable_monitoring,
+                pd=pd_config,
+                **settings,
             )
-        if max_pending_requests <= 0:
+        elif settings:
             raise ConfigurationError(
-                f"max_pending_requests must be positive, got {max_pending_requests}"
+                f"pass settings either in options= or by name, not both: {sorted(settings)}"
             )
-        if max_attempts <= 0:
-            raise ConfigurationError(f"max_attempts must be positive, got {max_attempts}")
-        if embedding_batch_size <= 0:
-            raise ConfigurationError(
-                f"embedding_batch_size must be positive, got {embedding_batch_size}"
-            )
-        if urgent_headroom < 0:
-            raise ConfigurationError(f"urgent_headroom must be >= 0, got {urgent_headroom}")
-        self.enable_pd_separation = enable_pd_separation
-        self.enable_monitoring = enable_monitoring
-        self.pd_config = pd_config or PDSeparationConfig(enabled=enable_pd_separation)
+        self.options = o = options
+        self.enable_pd_separation = o.enable_pd_separation
+        self.enable_monitoring = o.enable_monitoring
+        self.pd_config = o.pd_config()
         self.strategies = Strategies(
-            policy_name=scheduling_policy,
-            policy_options=policy_options,
-            routing_strategy=routing_strategy,
-            router_options=router_options,
+            policy_name=o.scheduling_policy,
+            policy_options=o.policy_options,
+            routing_strategy=o.routing_strategy,
+            router_options=o.router_options,
             pd_config=self.pd_config,
-            enable_pd_separation=enable_pd_separation,
+            enable_pd_separation=o.enable_pd_separation,
         )
         self.executor = executor or ExecutionCoordinator(
-            transport_factory=transport_factory, upstream_streaming=upstream_streaming
+            transport_factory=transport_factory, upstream_streaming=o.upstream_streaming
         )
-        self.max_attempts = max_attempts
-        self.retry_backoff_s = retry_backoff_s
-        self.request_timeout_s = request_timeout_s
-        self.embedding_batch_size = embedding_batch_size
-        self.urgent_ttft_ms = urgent_ttft_ms
+        self.max_attempts = o.max_attempts
+        self.retry_backoff_s = o.retry_backoff_s
+        self.request_timeout_s = o.request_timeout_s
+        self.embedding_batch_size = o.embedding_batch_size
         self.fleet = FleetSnapshot()
-        self.pools = InstancePools(self.fleet, urgent_headroom=urgent_headroom)
-        self.queue = PendingQueue(max_pending_requests)
-        self.metrics = MetricsCollector()
-        self.results = ResultStore(retention=result_retention, clock=self.now, metrics=self.metrics)
-        self.health = HealthMonitor(
-            health or HealthConfig(), self.executor.health_check, self._wake
+        self.limits = ConcurrencyLimits() if o.adaptive_concurrency else None
+        self.pools = InstancePools(
+            self.fleet, urgent_headroom=o.urgent_headroom, limits=self.limits
         )
-        self.scraper = MetricsScraper(self.executor, scrape or ScrapeConfig())
+        self.queue = PendingQueue(o.max_pending_requests)
+        self.metrics = MetricsCollector(max_tag_series=o.max_tag_series)
+        self.results = ResultStore(
+            retention=o.result_retention,
+            retention_bytes=o.result_retention_bytes,
+            clock=self.now,
+            metrics=self.metrics,
+        )
+        self.health = HealthMonitor(o.health, self.executor.health_check, self._wake)
+        self.scraper = MetricsScraper(self.executor, o.scrape)
         attempts = Attempts(
             executor=self.executor,
             strategies=self.strategies,
@@ -135,7 +135,8 @@ class ControlPlaneManager:
             health=self.health,
             metrics=self.metrics,
             queue=self.queue,
-            rules=RetryRules(max_attempts, retry_backoff_s, request_timeout_s),
+            rules=RetryRules(o.max_attempts, o.retry_backoff_s, o.request_timeout_s),
+            limits=self.limits,
             clock=self.now,
             is_running=lambda: self._running,
             wake=self._wake,
@@ -149,7 +150,7 @@ class ControlPlaneManager:
             attempts=attempts,
             clock=self.now,
             is_running=lambda: self._running,
-            request_timeout_s=request_timeout_s,
+            request_timeout_s=o.request_timeout_s,
         )
         self.admission = Admission(
             queue=self.queue,
@@ -159,7 +160,7 @@ class ControlPlaneManager:
             metrics=self.metrics,
             clock=self.now,
             wake=self._wake,
-            urgent_ttft_ms=urgent_ttft_ms,
+            urgent_ttft_ms=o.urgent_ttft_ms,
         )
         self._tasks: list[asyncio.Task[Any]] = []
         self._running = False
@@ -194,7 +195,11 @@ class ControlPlaneManager:
                 f"(at {self.fleet.states[instance.instance_id].instance.base_url}); "
                 "ids must be unique"
             )
-        self.fleet.states[instance.instance_id] = InstanceState(instance=instance)
+        # The document's status flags, as given at registration: an unavailable instance
+        # joins drained, an unhealthy one waits for a passing probe.
+        self.fleet.states[instance.instance_id] = InstanceState(
+            instance=instance, healthy=instance.is_healthy, draining=not instance.is_available
+        )
         self.pools.invalidate()
         self.executor.register_instance(instance)
         logger.info("registered instance %s at %s", instance.instance_id, instance.base_url)
@@ -205,13 +210,18 @@ class ControlPlaneManager:
         if state is None:
             raise KeyError(f"unknown instance {instance_id!r}")
         self.pools.invalidate()
+        self.dispatcher.attempts.meter.forget(instance_id)
+        if self.limits is not None:
+            self.limits.forget(instance_id)
         self.router.on_instance_removed(instance_id)
         await self.executor.unregister_instance(instance_id)
         self._wake()
 
     def drain_instance(self, instance_id: str) -> None:
         """Stop sending new requests to an instance; in-flight ones finish."""
-        self._state(instance_id).draining = True
+        state = self._state(instance_id)
+        state.draining = True
+        state.instance.is_available = False
 
     def _state(self, instance_id: str) -> InstanceState:
         try:
@@ -286,8 +296,15 @@ class ControlPlaneManager:
         return item.request_id
 
     async def wait(self, request_id: str, timeout: float | None = None) -> RequestResult:
-        """Wait for a request to finish and return its result (no polling)."""
-        return await self.results.wait(request_id, timeout)
+        """Wait for a request to finish and return its result (no polling). Raises
+        `RequestTimeoutError` when `timeout` seconds pass first (the request goes on)."""
+        try:
+            return await self.results.wait(request_id, timeout)
+        except TimeoutError:
+            raise RequestTimeoutError(
+                f"request {request_id} did not finish within {timeout:g}s; it is still "
+                "running: wait again, or cancel it"
+            ) from None
 
     async def generate(self, prompt: str | None = None, **fields: Any) -> RequestResult:
         """Submit and wait: `await manager.generate("Hello", max_tokens=32)`."""
@@ -342,7 +359,12 @@ class ControlPlaneManager:
 
     # -- results ---------------------------------------------------------------------------
     async def get_request_status(self, request_id: str) -> RequestResult:
-        return self.results.status(request_id, self.dispatcher.instance_of)
+        return self.results.status(
+            request_id,
+            self.dispatcher.instance_of,
+            dispatching=self._running,
+            now=self.now() if self._loop is not None else 0.0,
+        )
 
     # -- policy / router at run time -------------------------------------------------------
     def update_policy(self, name: str, **options: Any) -> None:
@@ -359,13 +381,15 @@ class ControlPlaneManager:
         now = self.now() if self._loop is not None else 0.0
         switches = getattr(self.scheduling_policy, "switches", [])
         cap = self.fleet.total_capacity()
+        kv = [s.scraped.kv_usage for s in self.fleet if s.scraped.fresh]
         return self.metrics.snapshot(
             now,
             active=self.dispatcher.in_flight_count(),
             queued=len(self.queue),
             policy=self.scheduling_policy.describe(),
             policy_switches=len(switches),
-            gpu_utilization=(self.fleet.total_in_flight() / cap) if cap else 0.0,
+            slot_occupancy=(self.fleet.total_in_flight() / cap) if cap else 0.0,
+            kv_cache_usage=sum(kv) / len(kv) if kv else None,
         )
 
     def get_status(self) -> dict[str, Any]:

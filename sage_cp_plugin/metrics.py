@@ -1,6 +1,6 @@
 """Measurements of finished requests: percentiles, throughput, SLO attainment, goodput.
 
-Conventions (DESIGN.md §9): TTFT includes queueing; TPOT = (E2E - TTFT) / (output - 1);
+Conventions (docs/architecture.md §9): TTFT includes queueing; TPOT = (E2E - TTFT) / (output - 1);
 SLO attainment = share of finished requests meeting every SLO they carry (failed requests
 count as misses); goodput = requests per second that completed within their SLOs.
 Samples are kept in bounded windows so memory stays flat in long runs.
@@ -10,10 +10,14 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from sage_cp_plugin.types import PerformanceMetrics, RequestPriority, RequestResult, RequestStatus
+
+OTHER_TAGS = "other"
+_TAG_SERIES_CHARS = 128
 
 
 def slo_met(
@@ -55,9 +59,15 @@ class MetricsCollector:
     slo_violations: int = 0
     good: int = 0
     output_tokens: int = 0
-    retries: int = 0
-    failovers: int = 0
-    total_cost: float = 0.0
+    retries: int = 0  # attempts started again after a failed one (same or other instance)
+    failovers: int = 0  # of those, attempts that moved off an instance that had failed
+    total_cost: float = 0.0  # in the instances' price unit (see cost.py)
+    # Bounded cardinality: at most `max_tag_series` distinct "key=value" series; requests
+    # whose tags would open more are counted under OTHER_TAGS.
+    max_tag_series: int = 64
+    by_tag: dict[str, list[int]] = field(
+        default_factory=dict
+    )  # [completed, failed, slo met, slo total]
     e2e: deque[float] = field(default_factory=deque)
     ttft: deque[float] = field(default_factory=deque)
     tpot: deque[float] = field(default_factory=deque)
@@ -84,6 +94,14 @@ class MetricsCollector:
     def on_finish(self, result: RequestResult, met: bool | None, now: float) -> None:
         self.last_finish = now
         self.recent_finishes.append(now)
+        if result.cost is not None:
+            self.total_cost += result.cost
+        for series in self._tag_series(result.tags):
+            counts = self.by_tag.setdefault(series, [0, 0, 0, 0])
+            counts[0 if result.state == RequestStatus.COMPLETED else 1] += 1
+            if met is not None:
+                counts[2] += int(met)
+                counts[3] += 1
         t = result.timings
         if result.state == RequestStatus.COMPLETED:
             self.completed += 1
@@ -110,6 +128,22 @@ class MetricsCollector:
         if result.state == RequestStatus.COMPLETED and met is not False:
             self.good += 1
 
+    def _tag_series(self, tags: dict[str, Any]) -> list[str]:
+        out: list[str] = []
+        for key, value in tags.items():
+            series = f"{key}={value}"[:_TAG_SERIES_CHARS]
+            if series not in self.by_tag and len(self.by_tag) >= self.max_tag_series:
+                series = OTHER_TAGS
+            if series not in out:
+                out.append(series)
+        return out
+
+    def tag_counts(self) -> dict[str, dict[str, int]]:
+        return {
+            k: {"completed": v[0], "failed": v[1], "slo_met": v[2], "slo_total": v[3]}
+            for k, v in sorted(self.by_tag.items())
+        }
+
     def snapshot(
         self,
         now: float,
@@ -118,7 +152,8 @@ class MetricsCollector:
         queued: int,
         policy: str = "",
         policy_switches: int = 0,
-        gpu_utilization: float = 0.0,
+        slot_occupancy: float = 0.0,
+        kv_cache_usage: float | None = None,
     ) -> PerformanceMetrics:
         elapsed = (now - self.started_at) if self.started_at is not None else 0.0
         elapsed = max(elapsed, 1e-9)
@@ -151,9 +186,11 @@ class MetricsCollector:
                 k: (v[0] / v[1] if v[1] else 1.0) for k, v in sorted(self.slo_by_priority.items())
             },
             goodput_rps=self.good / elapsed if finished else 0.0,
-            gpu_utilization=gpu_utilization,
-            avg_gpu_utilization=gpu_utilization,
+            slot_occupancy=slot_occupancy,
+            kv_cache_usage=kv_cache_usage,
+            gpu_utilization=None,  # vLLM's /metrics reports no GPU compute utilisation
             total_cost=self.total_cost,
+            requests_by_tag=self.tag_counts(),
             policy=policy,
             policy_switches=policy_switches,
             retries=self.retries,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+from sage_cp_plugin.errors import InvalidRequestBodyError
 from sage_cp_plugin.types import ExecutionInstance, RequestKind, RequestMetadata
 
 ENDPOINTS: dict[RequestKind, str] = {
@@ -43,13 +45,34 @@ def build_body(
     body.update(request.extra_body)
     if stream:
         body["stream"] = True
-        opts = dict(body.get("stream_options") or {})
+        raw_opts = body.get("stream_options")
+        if raw_opts is not None and not isinstance(raw_opts, dict):
+            raise InvalidRequestBodyError(
+                f"'stream_options' must be an object, got {type(raw_opts).__name__}"
+            )
+        opts = dict(raw_opts or {})
         opts["include_usage"] = True
         body["stream_options"] = opts
     else:
         body.pop("stream", None)
         body.pop("stream_options", None)
     return body
+
+
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+JSON_HEADERS = {"content-type": "application/json"}
+
+
+def encode_body(body: dict[str, Any]) -> bytes:
+    """The body as UTF-8 JSON bytes, or InvalidRequestBodyError when the request's own
+    content cannot be encoded (a lone surrogate, NaN, nesting deeper than Python's stack)."""
+    try:
+        return _encode(body).encode("utf-8")
+    except (ValueError, TypeError, RecursionError) as exc:  # UnicodeEncodeError is a ValueError
+        reason = "nesting too deep" if isinstance(exc, RecursionError) else str(exc)
+        raise InvalidRequestBodyError(
+            f"the request body cannot be sent as JSON: {reason}"
+        ) from None
 
 
 def text_of(response: dict[str, Any]) -> str:

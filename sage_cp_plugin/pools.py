@@ -6,6 +6,7 @@ so a decision does not rescan the fleet; health and capacity are checked per dec
 
 from __future__ import annotations
 
+from sage_cp_plugin.concurrency_limit import ConcurrencyLimits
 from sage_cp_plugin.pending import QueuedRequest
 from sage_cp_plugin.state import FleetSnapshot, InstanceState
 
@@ -13,9 +14,19 @@ Pool = tuple[str | None, bool]
 
 
 class InstancePools:
-    def __init__(self, fleet: FleetSnapshot, *, urgent_headroom: float = 0.0) -> None:
+    def __init__(
+        self,
+        fleet: FleetSnapshot,
+        *,
+        urgent_headroom: float = 0.0,
+        limits: ConcurrencyLimits | None = None,
+    ) -> None:
         self.fleet = fleet
-        # Slots beyond max_concurrent_requests (a fraction of it) that only urgent requests
+        # Below the slot limit, as many requests per instance as its engine starts without
+        # queueing them (concurrency_limit.py): the backlog then waits in the coordinator's
+        # queue, where the policy orders it, instead of in the engine's own queue.
+        self.limits = limits
+        # Slots beyond an instance's slot limit (a fraction of it) that only urgent requests
         # may use: interactive work then never waits behind a full instance for a free slot.
         self.urgent_headroom = urgent_headroom
         self._pools: dict[Pool, list[InstanceState]] = {}
@@ -38,11 +49,23 @@ class InstancePools:
         return cached
 
     def has_room(self, s: InstanceState, item: QueuedRequest) -> bool:
-        """Whether `s` can take `item` now: its cap, plus the urgent headroom for urgent work."""
-        cap = s.instance.max_concurrent_requests
+        """Whether `s` can take `item` now: its slots (or its adaptive limit, when lower),
+        plus the urgent headroom for urgent work; a decode instance slower per token than
+        its `target_latency_ms` takes no new request until it is idle."""
+        inst = s.instance
+        cap = inst.slot_limit
+        if self.limits is not None:
+            cap = min(cap, self.limits.of(s).current)
         if item.urgent:
             cap += max(1, int(cap * self.urgent_headroom))
-        return s.in_flight < cap
+        if s.in_flight >= cap:
+            return False
+        target = inst.decode_target_s
+        if target is not None and s.in_flight > 0:
+            tpot_s = s.decode_s_per_token.value
+            if tpot_s is not None and tpot_s > target:
+                return False
+        return True
 
     def list_models(self) -> list[str]:
         return self.fleet.models()

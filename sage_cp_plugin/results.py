@@ -1,5 +1,6 @@
 """Requests the coordinator knows by id: live ones (queued or running) and the results of
-finished ones, kept for the last `retention` requests so memory stays flat in long runs.
+finished ones, kept for the last `retention` requests (and at most about `retention_bytes` of
+them: embedding answers are large) so memory stays flat in long runs.
 
 Every request ends here exactly once, through `store` (completed by an attempt) or
 `finish_failed` (timed out, rejected, no instance, cancelled, failed upstream).
@@ -12,6 +13,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 
+from sage_cp_plugin.embedding_parts import result_bytes
 from sage_cp_plugin.metrics import MetricsCollector, slo_met
 from sage_cp_plugin.pending import QueuedRequest
 from sage_cp_plugin.types import RequestResult, RequestStatus
@@ -21,9 +23,17 @@ logger = logging.getLogger(__name__)
 
 class ResultStore:
     def __init__(
-        self, *, retention: int, clock: Callable[[], float], metrics: MetricsCollector
+        self,
+        *,
+        retention: int,
+        clock: Callable[[], float],
+        metrics: MetricsCollector,
+        retention_bytes: int = 256 * 1024 * 1024,
     ) -> None:
         self.retention = retention
+        self.retention_bytes = retention_bytes
+        self._sizes: dict[str, int] = {}
+        self.retained_bytes = 0
         self._clock = clock
         self._metrics = metrics
         self._results: OrderedDict[str, RequestResult] = OrderedDict()
@@ -55,8 +65,14 @@ class ResultStore:
         """Record a finished request and wake whoever waits on it."""
         self._live.pop(item.request_id, None)
         self._results[item.request_id] = result
-        while len(self._results) > self.retention:
-            self._results.popitem(last=False)
+        self.retained_bytes -= self._sizes.get(item.request_id, 0)
+        self._sizes[item.request_id] = size = result_bytes(result)
+        self.retained_bytes += size
+        while len(self._results) > self.retention or (
+            self.retained_bytes > self.retention_bytes and len(self._results) > 1
+        ):
+            old, _ = self._results.popitem(last=False)
+            self.retained_bytes -= self._sizes.pop(old, 0)
         if item.future is not None and not item.future.done():
             item.future.set_result(result)
         if item.chunks is not None:
@@ -84,6 +100,8 @@ class ResultStore:
             attempts=item.attempts,
             priority=req.priority,
             model_name=req.model_name,
+            tags=req.tags,
+            cost=item.cost,
         )
         result.timings.e2e_ms = (now - item.arrival) * 1000
         met = slo_met(result, req.ttft_slo_ms, req.tpot_slo_ms, req.slo_deadline_ms)
@@ -104,8 +122,16 @@ class ResultStore:
         result: RequestResult = await asyncio.wait_for(asyncio.shield(item.future), timeout)
         return result
 
-    def status(self, request_id: str, running_on: Callable[[str], str | None]) -> RequestResult:
-        """The result when finished, else a snapshot: running (on which instance) or pending."""
+    def status(
+        self,
+        request_id: str,
+        running_on: Callable[[str], str | None],
+        *,
+        dispatching: bool,
+        now: float,
+    ) -> RequestResult:
+        """The result when finished, else where it is (see `RequestStatus`): pending (not
+        dispatchable yet), queued, scheduled (sent, no token yet) or running."""
         done = self._results.get(request_id)
         if done is not None:
             return done
@@ -113,11 +139,19 @@ class ResultStore:
         if item is None:
             raise KeyError(f"unknown request id {request_id!r}")
         running = running_on(request_id)
+        if running is not None:
+            state = RequestStatus.RUNNING if item.first_token_seen else RequestStatus.SCHEDULED
+        elif not dispatching or item.not_before > now:
+            state = RequestStatus.PENDING
+        else:
+            state = RequestStatus.QUEUED
         return RequestResult(
             request_id=request_id,
-            state=RequestStatus.RUNNING if running else RequestStatus.PENDING,
+            state=state,
             instance_id=running,
             attempts=item.attempts,
             priority=item.request.priority,
             model_name=item.request.model_name,
+            tags=item.request.tags,
+            cost=item.cost,
         )

@@ -14,9 +14,9 @@ import asyncio
 import logging
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from prometheus_client.parser import text_string_to_metric_families
+from pydantic import BaseModel, ConfigDict, Field
 
 from sage_cp_plugin.executor import ExecutionCoordinator
 from sage_cp_plugin.state import InstanceState, ScrapedLoad
@@ -60,11 +60,14 @@ def parse_vllm_metrics(text: str) -> dict[str, float]:
     return out
 
 
-@dataclass
-class ScrapeConfig:
-    interval_s: float = 1.0
-    timeout_s: float = 1.0
-    stale_after_s: float = 5.0
+class ScrapeConfig(BaseModel):
+    """How often each instance's `/metrics` is read, and when the last reading is stale."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    interval_s: float = Field(1.0, gt=0)
+    timeout_s: float = Field(1.0, gt=0)
+    stale_after_s: float = Field(5.0, gt=0)
 
 
 class MetricsScraper:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
+from sage_cp_plugin.cost import price
 from sage_cp_plugin.types import ExecutionInstance, ExecutionInstanceType
 
 
@@ -58,7 +59,6 @@ class InstanceState:
     # Learnt online from completed requests (seconds per token).
     prefill_s_per_token: Ewma = field(default_factory=Ewma)
     decode_s_per_token: Ewma = field(default_factory=Ewma)
-    overhead_s: Ewma = field(default_factory=Ewma)
     completed: int = 0
     failed: int = 0
     consecutive_failures: int = 0
@@ -69,11 +69,12 @@ class InstanceState:
 
     @property
     def capacity(self) -> int:
-        return self.instance.max_concurrent_requests
+        """Slots: `max_concurrent_requests`, lowered by the prefill/decode configs."""
+        return self.instance.slot_limit
 
     @property
     def has_capacity(self) -> bool:
-        return self.in_flight < self.instance.max_concurrent_requests
+        return self.in_flight < self.instance.slot_limit
 
     @property
     def routable(self) -> bool:
@@ -83,7 +84,7 @@ class InstanceState:
     def load(self) -> float:
         """Outstanding work as a fraction of capacity, counting vLLM's own queue when known."""
         queued = self.scraped.waiting if self.scraped.fresh else 0.0
-        return (self.in_flight + queued) / self.instance.max_concurrent_requests
+        return (self.in_flight + queued) / self.instance.slot_limit
 
     def predicted_service_s(self, input_tokens: int, output_tokens: int) -> float:
         """Predicted time to serve a request alone on this instance, from observed speeds.
@@ -94,18 +95,13 @@ class InstanceState:
         speed = self.instance.speed_hint
         prefill = self.prefill_s_per_token.get(1e-4 / speed)
         decode = self.decode_s_per_token.get(0.02 / speed)
-        return self.overhead_s.get(0.0) + prefill * input_tokens + decode * output_tokens
+        return prefill * input_tokens + decode * output_tokens
 
-    def price_for(self, tokens: int, service_s: float) -> float | None:
-        """Cost of a request here, in the instance's currency; None when unpriced."""
-        inst = self.instance
-        if inst.price_per_1k_tokens is not None:
-            return inst.price_per_1k_tokens * tokens / 1000.0
-        if inst.price_per_gpu_hour is not None:
-            # A request shares the instance with others: charge its time share of the GPUs.
-            share = 1.0 / max(1, min(inst.max_concurrent_requests, 8))
-            return inst.price_per_gpu_hour * inst.gpu_count * service_s / 3600.0 * share
-        return None
+    def price_for(self, tokens: int, service_s: float, tier: str = "standard") -> float | None:
+        """Predicted cost of a request here, in the instance's currency; None when unpriced."""
+        # A request shares the instance with others: predict its time share of the GPUs.
+        share = 1.0 / max(1, min(self.instance.slot_limit, 8))
+        return price(self.instance, tokens=tokens, gpu_seconds=service_s * share, tier=tier)
 
 
 @dataclass(slots=True)

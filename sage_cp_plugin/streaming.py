@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
-from sage_cp_plugin.errors import UpstreamError
+from sage_cp_plugin.errors import RequestTimeoutError, UpstreamError
 from sage_cp_plugin.pending import QueuedRequest
 from sage_cp_plugin.types import RequestResult, RequestStatus
 
@@ -26,6 +26,8 @@ async def relay_chunks(
                 break
             yield chunk
         result: RequestResult = await item.future
+        if result.error_type == "timeout":
+            raise RequestTimeoutError(result.error or "request timed out")
         if result.state != RequestStatus.COMPLETED:
             raise UpstreamError(result.error or "request failed")
     finally:

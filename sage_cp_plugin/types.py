@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import uuid
 from enum import IntEnum, StrEnum
-from typing import Any
+from functools import cached_property
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -47,7 +48,14 @@ class RequestPriority(_LenientEnumMixin, IntEnum):
 
 
 class RequestStatus(_LenientEnumMixin, StrEnum):
-    """Lifecycle of a request. A str enum, so `status.state == "completed"` holds."""
+    """Lifecycle of a request. A str enum, so `status.state == "completed"` holds.
+
+    PENDING: admitted, not yet dispatchable (the control plane is not started, or the
+    request waits out a retry backoff). QUEUED: in the queue, waiting for an instance.
+    SCHEDULED: sent to an instance, no output token yet (its prompt is being processed).
+    RUNNING: the instance has sent its first token (seen when the upstream streams, the
+    default). Then one of COMPLETED, FAILED, CANCELLED.
+    """
 
     PENDING = "pending"
     QUEUED = "queued"
@@ -98,22 +106,41 @@ class _Model(BaseModel):
 
 
 class PrefillingConfig(_Model):
-    """Tuning of a prefill-specialised instance (document names)."""
+    """How a prefill-capable instance is run (document names), and what the control plane
+    does with it:
+
+    - `target_batch_size`: at most this many requests are in flight on the instance at
+      once (with `max_concurrent_requests`, the lower bound wins).
+    - `enable_chunked_prefill=False`: vLLM then cannot schedule a prompt longer than its
+      token budget, `max_chunk_size_tokens` (`--max-num-batched-tokens`), so longer prompts
+      are not sent to this instance. With chunked prefill on, any prompt length is served
+      in chunks of `max_chunk_size_tokens`; the control plane does not need the size.
+    - `tensor_parallel_size` / `pipeline_parallel_size`: None = the instance's own; when
+      given they must equal it (one server has one layout).
+    """
 
     target_batch_size: int = Field(default=64, gt=0)
-    tensor_parallel_size: int = Field(default=1, gt=0)
-    pipeline_parallel_size: int = Field(default=1, gt=0)
+    tensor_parallel_size: int | None = Field(default=None, gt=0)
+    pipeline_parallel_size: int | None = Field(default=None, gt=0)
     enable_chunked_prefill: bool = True
     max_chunk_size_tokens: int = Field(default=8192, gt=0)
 
 
 class DecodingConfig(_Model):
-    """Tuning of a decode-specialised instance (document names)."""
+    """How a decode-capable instance is run (document names), and what the control plane
+    does with it:
+
+    - `max_parallel_requests`: at most this many requests in flight on the instance at
+      once (vLLM's `--max-num-seqs`; with `max_concurrent_requests`, the lower wins).
+    - `target_latency_ms`: the time per output token to keep; while the instance's
+      measured time per output token exceeds it, it takes no new request unless idle.
+    - `tensor_parallel_size` / `pipeline_parallel_size`: as in `PrefillingConfig`.
+    """
 
     target_latency_ms: float = Field(default=50.0, gt=0)
     max_parallel_requests: int = Field(default=200, gt=0)
-    tensor_parallel_size: int = Field(default=1, gt=0)
-    pipeline_parallel_size: int = Field(default=1, gt=0)
+    tensor_parallel_size: int | None = Field(default=None, gt=0)
+    pipeline_parallel_size: int | None = Field(default=None, gt=0)
 
 
 class PDSeparationConfig(_Model):
@@ -122,7 +149,9 @@ class PDSeparationConfig(_Model):
     `routing_policy`: `threshold` (input length / ratio), `adaptive` (threshold plus
     priority and SLO), or `none`. `disaggregated` turns on vLLM's real two-step protocol
     (prefill on one instance, decode on another with `kv_transfer_params`); the trigger is
-    `always` or `threshold` (uncached prompt longer than `prefilling_threshold_input_tokens`).
+    `always`, `threshold` (uncached prompt longer than `prefilling_threshold_input_tokens`)
+    or `predicted` (per request, when the split beats serving it whole: `split_decision.py`;
+    use it with `routing_policy="none"` so whole requests may run on any instance).
     """
 
     enabled: bool = True
@@ -145,10 +174,13 @@ class PDSeparationConfig(_Model):
     @field_validator("disaggregation_trigger")
     @classmethod
     def _known_trigger(cls, v: str) -> str:
-        allowed = {"always", "threshold"}
+        allowed = {"always", "threshold", "predicted"}
         if v not in allowed:
             raise ValueError(f"disaggregation_trigger={v!r} is not one of {sorted(allowed)}")
         return v
+
+
+_DERIVED_LIMITS = ("slot_limit", "max_prompt_tokens", "decode_target_s")
 
 
 class ExecutionInstance(_Model):
@@ -156,10 +188,13 @@ class ExecutionInstance(_Model):
 
     Static description only: live state (in-flight requests, scraped metrics, health)
     lives in `InstanceState` snapshots so policies and routers see consistent values.
-    `price_per_1k_tokens` / `price_per_gpu_hour` feed the cost-optimized policy.
+    Prices (`price_per_1k_tokens`, or `price_per_gpu_hour` x `gpu_count` x the request's
+    share of GPU time; `prices_by_tier` per billing tier) feed the cost-optimized policy,
+    `RequestResult.cost` and `PerformanceMetrics.total_cost`. Unknown fields are refused;
+    free-form data goes in `metadata`.
     """
 
-    model_config = ConfigDict(extra="allow", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     instance_id: str = Field(min_length=1)
     host: str = Field(default="localhost", min_length=1)
@@ -179,14 +214,22 @@ class ExecutionInstance(_Model):
     max_concurrent_requests: int = Field(default=100, gt=0)
     price_per_1k_tokens: float | None = Field(default=None, ge=0)
     price_per_gpu_hour: float | None = Field(default=None, ge=0)
+    # Billing tier -> price per 1k tokens for requests of that tier (`billing_tier`);
+    # a tier not listed pays `price_per_1k_tokens` / `price_per_gpu_hour`.
+    prices_by_tier: dict[str, float] = Field(default_factory=dict)
     # Relative speed hint used before any observation exists (1.0 = reference instance).
     speed_hint: float = Field(default=1.0, gt=0)
+    # The server's `--scheduling-policy`. With "priority" the coordinator sends each
+    # request's engine priority (the policy's order) so vLLM's own queue follows it too;
+    # an fcfs server is sent none (vLLM documents that it may reject a non-zero one).
+    scheduling_policy: Literal["fcfs", "priority"] = "fcfs"
 
     prefilling_config: PrefillingConfig | None = None
     decoding_config: DecodingConfig | None = None
 
-    # Document compatibility: mutable status flags. The coordinator owns the truth and
-    # keeps them in sync for callers that read them.
+    # Document compatibility: mutable status flags. `is_available=False` at registration
+    # registers the instance drained; `is_healthy=False` registers it unhealthy until a
+    # probe passes. Afterwards the coordinator owns the truth and keeps them in sync.
     is_available: bool = True
     is_healthy: bool = True
     health_status: str = "healthy"
@@ -199,11 +242,69 @@ class ExecutionInstance(_Model):
             raise ValueError(f"scheme={v!r} must be 'http' or 'https'")
         return v
 
+    @field_validator("prices_by_tier")
+    @classmethod
+    def _tier_prices(cls, v: dict[str, float]) -> dict[str, float]:
+        bad = {k: p for k, p in v.items() if not p >= 0}
+        if bad:
+            raise ValueError(f"prices_by_tier must hold prices >= 0, got {bad}")
+        return v
+
     @model_validator(mode="after")
     def _models(self) -> ExecutionInstance:
         if not self.served_models and self.model_name:
             object.__setattr__(self, "served_models", [self.model_name])
+        t = self.instance_type
+        for name, cfg, wrong in (
+            ("prefilling_config", self.prefilling_config, ExecutionInstanceType.DECODING),
+            ("decoding_config", self.decoding_config, ExecutionInstanceType.PREFILLING),
+        ):
+            if cfg is None:
+                continue
+            if t in (wrong, ExecutionInstanceType.EMBEDDING):
+                raise ValueError(f"{name} does not apply to a {t.value} instance")
+            for dim in ("tensor_parallel_size", "pipeline_parallel_size"):
+                given = getattr(cfg, dim)
+                if given is not None and given != getattr(self, dim):
+                    raise ValueError(
+                        f"{name}.{dim}={given} differs from the instance's {dim}="
+                        f"{getattr(self, dim)}; one server has one layout: set them equal"
+                    )
         return self
+
+    # Derived limits are read on every dispatch decision, per instance: cached in the
+    # instance's __dict__ (a plain attribute read) and dropped whenever a field is assigned.
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, value)
+        for derived in _DERIVED_LIMITS:
+            self.__dict__.pop(derived, None)
+
+    @cached_property
+    def slot_limit(self) -> int:
+        """Requests the control plane keeps in flight here at most."""
+        limit = self.max_concurrent_requests
+        if self.prefilling_config is not None:
+            limit = min(limit, self.prefilling_config.target_batch_size)
+        if self.decoding_config is not None:
+            limit = min(limit, self.decoding_config.max_parallel_requests)
+        return limit
+
+    @cached_property
+    def max_prompt_tokens(self) -> int | None:
+        """The longest prompt vLLM can schedule here (None: any)."""
+        cfg = self.prefilling_config
+        if cfg is not None and not cfg.enable_chunked_prefill:
+            return cfg.max_chunk_size_tokens
+        return None
+
+    @cached_property
+    def decode_target_s(self) -> float | None:
+        """`DecodingConfig.target_latency_ms` in seconds per output token (None: no target)."""
+        cfg = self.decoding_config
+        return None if cfg is None else cfg.target_latency_ms / 1000.0
+
+    def price_per_1k_for(self, tier: str) -> float | None:
+        return self.prices_by_tier.get(tier, self.price_per_1k_tokens)
 
     @property
     def base_url(self) -> str:
@@ -381,7 +482,9 @@ class ParallelismConfig(_Model):
 
 
 class RequestTimings(_Model):
-    """Milliseconds since arrival, measured on the coordinator's clock."""
+    """Milliseconds, measured on the coordinator's clock: `queue_ms` arrival to dispatch
+    of the attempt that answered, `prefill_ms` that dispatch to its first token, `ttft_ms`
+    and `e2e_ms` from arrival."""
 
     queue_ms: float | None = None
     ttft_ms: float | None = None
@@ -403,7 +506,7 @@ class RequestResult(_Model):
     error: str | None = None
     # Why it failed, for machines: "upstream" (with the instance's HTTP status in
     # `status_code`, None when unreachable), "timeout", "no_instance", "rejected",
-    # "cancelled", "stopped", "internal".
+    # "cancelled", "stopped", "invalid_request" (the body cannot be sent), "internal".
     error_type: str | None = None
     status_code: int | None = None
     instance_id: str | None = None
@@ -415,6 +518,10 @@ class RequestResult(_Model):
     slo_met: bool | None = None
     priority: RequestPriority = RequestPriority.NORMAL
     model_name: str | None = None
+    tags: dict[str, Any] = Field(default_factory=dict)  # the request's own tags
+    # What the attempts cost at the instances' prices (billing tier applied); None when
+    # no instance it ran on has a price.
+    cost: float | None = None
 
     @property
     def status(self) -> RequestStatus:
@@ -449,10 +556,18 @@ class PerformanceMetrics(_Model):
     slo_compliance_rate: float = 1.0
     slo_attainment_by_priority: dict[str, float] = Field(default_factory=dict)
     goodput_rps: float = 0.0
-    gpu_utilization: float = 0.0
-    avg_gpu_utilization: float = 0.0
+    # Requests in flight / slots (the instances' slot limits), now.
+    slot_occupancy: float = 0.0
+    # Mean KV-cache usage (0..1) reported by the instances' fresh /metrics; None if none.
+    kv_cache_usage: float | None = None
+    # GPU compute utilisation as the instances report it. vLLM's /metrics has no such
+    # metric, so it is None; slot_occupancy and kv_cache_usage are what is measured.
+    gpu_utilization: float | None = None
     total_cost: float = 0.0
+    # "key=value" of request tags -> completed, failed, slo_met, slo_total (bounded
+    # cardinality: see ControlPlaneOptions.max_tag_series).
+    requests_by_tag: dict[str, dict[str, int]] = Field(default_factory=dict)
     policy: str = ""
     policy_switches: int = 0
-    retries: int = 0
-    failovers: int = 0
+    retries: int = 0  # attempts started again after a failed attempt
+    failovers: int = 0  # retries that moved to another instance after an instance failed

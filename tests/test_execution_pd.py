@@ -78,3 +78,24 @@ async def test_failed_prefill_falls_back_to_whole_request_without_hanging() -> N
         dec = fleet[1].sim.engine.state()["counters"]
         assert dec["kv_transfers"] == 0 and dec["prompt_tokens_computed"] >= 300
         assert m.disaggregator.prefill_failures == 1
+
+
+async def test_predicted_trigger_splits_long_prompts_and_runs_short_ones_whole() -> None:
+    predicted = {
+        "enable_pd_separation": True,
+        "pd_config": PDSeparationConfig(
+            routing_policy="none", disaggregated=True, disaggregation_trigger="predicted"
+        ),
+    }
+    async with managed_fleet(pd_fleet(), **predicted) as (m, fleet):
+        # Idle fleet, 3000 uncached tokens (~300 ms at the prior 0.1 ms/token, more than a
+        # 20 ms decode step): the split pays.
+        long = await m.generate(" ".join(f"w{i}" for i in range(3000)), max_tokens=4)
+        assert long.decision is not None
+        assert long.decision.metadata.get("prefill_used") is True
+        assert fleet[1].sim.engine.state()["counters"]["kv_transfers"] == 1
+        # A 5-token prompt prefills within a step: it runs whole, on either instance.
+        short = await m.generate("short " * 5, max_tokens=4)
+        assert short.decision is not None
+        assert "prefill_used" not in short.decision.metadata
+        assert fleet[1].sim.engine.state()["counters"]["kv_transfers"] == 1

@@ -44,7 +44,7 @@ async def test_bad_bodies_get_400_naming_the_problem() -> None:
             ("/v1/completions", {"model": "sim-model", "prompt": "x", "temperature": -1}, "temperature"),
             ("/v1/completions", {"model": "sim-model", "prompt": "x", "stream": "yes please"}, "stream"),
             ("/v1/chat/completions", {"model": "sim-model", "messages": "hi"}, "messages"),
-            ("/v1/chat/completions", {"model": "sim-model", "messages": [{"content": "x"}]}, "messages"),
+            ("/v1/chat/completions", {"model": "sim-model", "messages": [{"content": "x"}]}, "messages[0].role"),
             ("/v1/embeddings", {"model": "sim-embed", "input": [1, 2, 3]}, "input"),
             ("/v1/embeddings", {"model": "sim-embed", "input": "x", "encoding_format": "hex"}, "encoding_format"),
             ("/v1/completions", {"model": "sim-model", "prompt": "x", "priority": "urgent"}, "priority"),

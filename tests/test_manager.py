@@ -271,6 +271,6 @@ async def test_urgent_headroom_lets_interactive_work_past_a_full_instance() -> N
         )
         # Both urgent ones go into the headroom at once, past the waiting normal one.
         await wait_until(lambda: state.in_flight == 4, "the urgent requests to run")
-        assert (await m.get_request_status(busy[2])).state == "pending"
+        assert (await m.get_request_status(busy[2])).state == "queued"
         for rid in (urgent, tight, *busy):
             assert (await m.wait(rid, timeout=60)).state == "completed"

@@ -1,4 +1,4 @@
-"""The SAGE 0.3.2.4 bugs of DESIGN.md §7, each shown shielded.
+"""The SAGE 0.3.2.4 bugs of docs/architecture.md §7, each shown shielded.
 
 1. plain from_batch -> map -> sink: no service on the fast path; from_source recursion;
 2. call_service polls in 10 ms sleeps: our operators never use it;

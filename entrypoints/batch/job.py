@@ -4,8 +4,12 @@
     through the shared ControlPlaneService) -> JsonlSink (append + flush per result)
 
 Resuming reads the output's `custom_id`s first and skips them; results are appended as they
-finish, so an interrupted job loses only requests that were still in flight. The service
-is closed in a `finally` because SAGE skips its stop hooks when an operator raises.
+finish, so an interrupted job loses only requests that were still in flight. With
+`retry_failed` (the default) failed result lines are removed first, so their requests run
+again: a rerun retries exactly the lines that failed. While the fleet is down, requests wait
+with backoff (at most `fleet_wait_s` each; operators/outage.py) instead of failing, and the
+progress bar says why it is waiting. The service is closed in a `finally` because SAGE
+skips its stop hooks when an operator raises.
 """
 
 from __future__ import annotations
@@ -23,9 +27,11 @@ from ._ops import (
     JsonlSink,
     JsonlSource,
     ManagerFactory,
+    OutageBackoff,
     ResultWriter,
     completed_ids,
     count_lines,
+    drop_failed_results,
     parse_shard,
     use_control_plane,
 )
@@ -44,7 +50,13 @@ class BatchJobOptions(BaseModel):
     progress: bool = True
     # Stream answers from the instances to measure TTFT (costs CPU per token).
     measure_ttft: bool = True
+    # Rerun the requests of failed result lines (they are removed from the output first).
+    retry_failed: bool = True
+    # How long one request may wait for a down fleet to come back (0: fail at once).
+    fleet_wait_s: float = Field(300.0, ge=0)
     manager_factory: ManagerFactory | None = None
+    # Tests: a backoff with a virtual clock (its max_wait_s wins over fleet_wait_s).
+    outage_backoff: OutageBackoff | None = None
 
     @field_validator("shard", mode="before")
     @classmethod
@@ -59,6 +71,7 @@ class BatchJobResult(BaseModel):
     output: str
     lines_in_shard: int
     already_done: int
+    retried_failed: int = 0
     written: int
     summary: dict[str, Any]
     coordinator: str
@@ -71,10 +84,13 @@ def run_batch_job(opts: BatchJobOptions) -> BatchJobResult:
     if not opts.input.is_file():
         raise FileNotFoundError(f"input file {str(opts.input)!r} does not exist")
     config = None if opts.url is not None else ControlPlaneConfig.load(opts.config)
+    retried = drop_failed_results(opts.output) if opts.retry_failed else 0
     done = completed_ids(opts.output)
     total = count_lines(opts.input, opts.shard)
     progress = JobProgress(total, enabled=opts.progress)
     writer = ResultWriter(opts.output)
+    outage = opts.outage_backoff or OutageBackoff(max_wait_s=opts.fleet_wait_s)
+    outage.on_wait = progress.on_wait
 
     env = LocalEnvironment(f"sage-cp-batch-{int(time.time())}")
     # SAGE logs every stage at INFO on the console, through its "sage" logger.
@@ -86,6 +102,7 @@ def run_batch_job(opts: BatchJobOptions) -> BatchJobResult:
         manager_factory=opts.manager_factory,
         manager_options=None if opts.measure_ttft else {"upstream_streaming": False},
         name="control_plane",
+        outage=outage if outage.max_wait_s > 0 else None,
     )
     (
         env.from_batch(
@@ -109,8 +126,13 @@ def run_batch_job(opts: BatchJobOptions) -> BatchJobResult:
         output=str(opts.output),
         lines_in_shard=total,
         already_done=progress.skipped,
+        retried_failed=retried,
         written=writer.written,
-        summary=progress.stats.summary(),
+        summary={
+            **progress.stats.summary(),
+            "outage_retries": outage.retries,
+            "longest_outage_s": outage.waited_s,
+        },
         coordinator=opts.url or "in-process (embedded simulated fleet)"
         if config is None or config.uses_embedded_fleet
         else "in-process (configured fleet)",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -10,21 +11,50 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from sage_cp_plugin.log_once import OncePerKind
+
 from .admin import admin_routes
+from .availability import model_availability
 from .errors import error_response
-from .openai_routes import chat_completions, completions, embeddings, models, sage_metrics
+from .openai_routes import (
+    chat_completions,
+    completions,
+    embeddings,
+    model_detail,
+    models,
+    sage_metrics,
+)
 from .openapi import build_openapi
 from .runtime import Gateway
 
+_crashes = OncePerKind(logging.getLogger(__name__))
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 async def health(request: Request) -> Response:
+    """200 while every model can be served; 200 "degraded" naming the models that cannot;
+    503 when none can (or while shutting down). `?model=NAME` asks about one model: 503
+    when it cannot be served now, 404 when the fleet does not serve it."""
     gw: Gateway = request.app.state.gateway
-    states = list(gw.manager.fleet)
-    healthy = [s.instance_id for s in states if s.routable]
     if gw.shutting_down:
         return error_response(503, "the gateway is shutting down", code="shutting_down")
+    states = list(gw.manager.fleet)
+    models = model_availability(states)
+    wanted = request.query_params.get("model")
+    if wanted is not None:
+        entry = models.get(wanted)
+        if entry is None:
+            return error_response(
+                404, f"no instance serves model {wanted!r}", param="model", code="model_not_found"
+            )
+        if not entry.available:
+            return error_response(
+                503,
+                f"model {wanted!r} cannot be served now ({entry.reason(states)})",
+                param="model",
+                code="model_unavailable",
+            )
+    healthy = [s.instance_id for s in states if s.routable]
     if not healthy:
         why = ", ".join(
             f"{s.instance_id}: {'draining' if s.draining else 'circuit open' if s.circuit_open else 'unhealthy'}"
@@ -35,7 +65,14 @@ async def health(request: Request) -> Response:
             f"no healthy instance ({why or 'no instances registered'})",
             code="no_healthy_instance",
         )
-    body = {"status": "ok", "healthy_instances": len(healthy), "instances": len(states)}
+    unavailable = [m for m in models.values() if not m.available]
+    body = {
+        "status": "degraded" if unavailable else "ok",
+        "healthy_instances": len(healthy),
+        "instances": len(states),
+        "models": {m.name: m.available for m in models.values()},
+        "unavailable_models": {m.name: m.reason(states) for m in unavailable},
+    }
     return Response(json.dumps(body), media_type="application/json")
 
 
@@ -67,6 +104,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 async def _server_error(request: Request, exc: Exception) -> Response:
+    _crashes.exception(exc, "unhandled error on %s %s", request.method, request.url.path)
     return error_response(500, f"internal error: {type(exc).__name__}: {exc}", code="internal")
 
 
@@ -76,6 +114,7 @@ def create_app(gateway: Gateway) -> Starlette:
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         Route("/v1/embeddings", embeddings, methods=["POST"]),
         Route("/v1/models", models, methods=["GET"]),
+        Route("/v1/models/{model:path}", model_detail, methods=["GET"]),
         Route("/v1/sage/metrics", sage_metrics, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),

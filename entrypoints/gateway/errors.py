@@ -18,6 +18,7 @@ from starlette.responses import Response
 from sage_cp_plugin.errors import (
     ConfigurationError,
     ControlPlaneError,
+    InvalidRequestBodyError,
     QueueFullError,
     RequestTimeoutError,
     UpstreamError,
@@ -135,7 +136,7 @@ def exception_to_error(exc: Exception) -> GatewayError:
         return upstream_error(str(exc), exc.status_code, exc.retry_after_s)
     if isinstance(exc, RequestTimeoutError):
         return GatewayError(504, str(exc), code="timeout")
-    if isinstance(exc, ConfigurationError):
+    if isinstance(exc, ConfigurationError | InvalidRequestBodyError):
         return GatewayError(400, str(exc), code="invalid_request")
     if isinstance(exc, ControlPlaneError):
         status = int(getattr(exc, "status_code", 503))
@@ -178,6 +179,8 @@ def result_error(result: RequestResult) -> GatewayError:
         )
     if kind == "timeout":
         return GatewayError(504, msg, code="timeout")
+    if kind == "invalid_request":
+        return GatewayError(400, msg, code="invalid_request")
     if kind == "rejected":
         return GatewayError(422, msg, code="rejected_by_policy")
     if kind in ("stopped", "cancelled"):

@@ -53,6 +53,20 @@ class FleetCollector(Collector):
         yield CounterMetricFamily(
             f"{PREFIX}_failovers", "Retries sent to a different instance", m.metrics.failovers
         )
+        yield CounterMetricFamily(
+            f"{PREFIX}_cost",
+            "What finished requests cost at the instances' prices (RequestResult.cost)",
+            m.metrics.total_cost,
+        )
+        by_tag = CounterMetricFamily(
+            f"{PREFIX}_requests_by_tag",
+            "Finished requests per request tag key=value (bounded: max_tag_series, then 'other')",
+            labels=["tag", "outcome"],
+        )
+        for tag, counts in m.metrics.tag_counts().items():
+            by_tag.add_metric([tag, "completed"], counts["completed"])
+            by_tag.add_metric([tag, "failed"], counts["failed"])
+        yield by_tag
         yield from self._slo()
         yield from self._instances()
 
@@ -83,7 +97,9 @@ class FleetCollector(Collector):
         circuit = fam("circuit_open", "1 while the instance's circuit breaker is open")
         draining = fam("draining", "1 while the instance is drained (no new requests)")
         in_flight = fam("in_flight", "Requests the control plane has running on the instance")
-        capacity = fam("capacity", "max_concurrent_requests of the instance")
+        capacity = fam(
+            "capacity", "Slots of the instance (max_concurrent_requests, prefill/decode limits)"
+        )
         running = fam("scraped_running", "vllm:num_requests_running at the last scrape")
         waiting = fam("scraped_waiting", "vllm:num_requests_waiting at the last scrape")
         kv = fam("scraped_kv_cache_usage", "vllm:kv_cache_usage_perc (0..1) at the last scrape")

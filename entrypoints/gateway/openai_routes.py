@@ -1,9 +1,15 @@
 """The OpenAI-compatible endpoints: completions, chat completions, embeddings, models.
 
-Each handler: key check -> bounded body read -> `RequestMetadata` (the only validation) ->
-submit to the coordinator -> await the result (or relay the stream) while watching for the
-client going away -> the instance's OpenAI answer, plus `x-sage-*` headers with the
-scheduling outcome (request id, instance, attempts, queue/TTFT/E2E milliseconds).
+Each handler: key check -> bounded body read -> full validation of the body (schemas.py)
+and of the scheduling fields (`RequestMetadata`) -> submit to the coordinator -> await the
+result (or relay the stream) while watching for the client going away -> the instance's
+OpenAI answer, plus `x-sage-*` headers with the scheduling outcome (request id, instance,
+attempts, queue/TTFT/E2E milliseconds).
+
+`x-request-id` is idempotent: a request resent with the id of one that is still in flight
+joins it, and one whose result is still retained gets that result, instead of running twice
+(clients and proxies resend the same id on retry). Long embedding lists are split into
+parts run concurrently across the embedding instances (see embeddings.py).
 """
 
 from __future__ import annotations
@@ -15,17 +21,20 @@ from collections.abc import AsyncGenerator
 from typing import Any, cast
 
 import numpy as np
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from sage_cp_plugin.types import RequestKind, RequestMetadata, RequestPriority, RequestStatus
 
 from .auth import check_client_key
+from .availability import ModelAvailability, model_availability
 from .body import read_json_object
 from .disconnect import ClientDisconnected, DisconnectWatcher
+from .embeddings import complete_split_embedding, needs_split
 from .errors import GatewayError, error_response, exception_to_error, result_error
 from .runtime import Gateway
-from .sse import SSERelay
+from .schemas import check_embedding_size, validate_body
+from .sse import SSERelay, replay_as_sse
 from .translate import to_request
 
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
@@ -66,6 +75,10 @@ async def _handle(request: Request, kind: RequestKind, endpoint: str) -> Respons
             raise GatewayError(503, "the gateway is shutting down", code="shutting_down")
         body = await read_json_object(request, gw.settings.max_body_bytes)
         model = body.get("model")
+        if kind == RequestKind.EMBEDDING:
+            s = gw.settings
+            check_embedding_size(body, s.max_embedding_inputs, s.max_embedding_chars)
+        validate_body(kind, body)
         stream_opts = body.get("stream_options")
         if stream_opts is not None and not isinstance(stream_opts, dict):
             raise GatewayError(
@@ -80,14 +93,20 @@ async def _handle(request: Request, kind: RequestKind, endpoint: str) -> Respons
         watcher = DisconnectWatcher(request.receive)
         if req.stream and kind != RequestKind.EMBEDDING:
             include_usage = isinstance(stream_opts, dict) and bool(stream_opts.get("include_usage"))
-            response = await _stream(gw, req, watcher, endpoint, include_usage)
-            watcher = None  # the relay owns it now, and records the request when it ends
-            streamed = True
+            if await gw.knows(req.request_id):
+                response = await _rejoin_stream(gw, req, watcher, include_usage)
+            else:
+                response = await _stream(gw, req, watcher, endpoint, include_usage)
+                watcher = None  # the relay owns it now, and records the request when it ends
+                streamed = True
             return response
-        response = await _complete(gw, req, watcher, base64_out)
+        if kind == RequestKind.EMBEDDING and needs_split(gw, req):
+            response = await complete_split_embedding(gw, req, watcher, base64_out)
+        else:
+            response = await _complete(gw, req, watcher, base64_out)
         status = 200
         return response
-    except ClientDisconnected:
+    except (ClientDisconnected, ClientDisconnect):
         status = CLIENT_CLOSED
         return Response(status_code=CLIENT_CLOSED)
     except Exception as exc:
@@ -101,21 +120,6 @@ async def _handle(request: Request, kind: RequestKind, endpoint: str) -> Respons
             watcher.close()
         if not streamed:
             gw.metrics.observe_request(endpoint, model, status, priority)
-
-
-def _client_fault_is_not_instance_fault(gw: Gateway, result: Any, err: GatewayError) -> None:
-    """An instance that answered 4xx to a bad request is alive and well.
-
-    The core's passive health check counts every failed attempt against the instance, so a
-    few malformed requests (fuzzers, buggy clients) would open the circuit of every instance
-    and turn a client's 400 into everyone's 503. Until the dispatcher tells client errors
-    apart (see report), record the answer as a success for the instance's health.
-    """
-    if err.code != "upstream_rejected" or not result.instance_id:
-        return
-    state = gw.manager.fleet.get(result.instance_id)
-    if state is not None:
-        gw.manager.health.record_result(state, True, gw.manager.now())
 
 
 def _wants_base64(body: dict[str, Any]) -> bool:
@@ -138,28 +142,32 @@ def _wants_base64(body: dict[str, Any]) -> bool:
 
 
 def _to_base64(response: dict[str, Any]) -> dict[str, Any]:
+    """A copy with base64 vectors; the retained result keeps its float lists."""
+    data = []
     for item in response.get("data") or []:
         vec = item.get("embedding")
         if isinstance(vec, list):
-            item["embedding"] = base64.b64encode(np.asarray(vec, dtype="<f4").tobytes()).decode()
-    return response
+            raw = np.asarray(vec, dtype="<f4").tobytes()
+            item = {**item, "embedding": base64.b64encode(raw).decode()}
+        data.append(item)
+    return {**response, "data": data}
 
 
 async def _complete(
     gw: Gateway, req: RequestMetadata, watcher: DisconnectWatcher, base64_out: bool = False
 ) -> Response:
     manager = gw.manager
-    rid = await manager.submit_request(req)
+    rejoined = await gw.knows(req.request_id)
+    rid = req.request_id if rejoined else await manager.submit_request(req)
     try:
         result = await watcher.race(manager.wait(rid))
     except ClientDisconnected:
-        manager.cancel(rid, "the client disconnected")
+        if not rejoined:  # the first caller (or its resend) may still be waiting for it
+            manager.cancel(rid, "the client disconnected")
         raise
     gw.metrics.observe_result(result)
     if result.state != RequestStatus.COMPLETED:
-        err = result_error(result)
-        _client_fault_is_not_instance_fault(gw, result, err)
-        raise err
+        raise result_error(result)
     t = result.timings
     headers = {
         "x-sage-request-id": rid,
@@ -173,6 +181,23 @@ async def _complete(
     if base64_out:
         body = _to_base64(body)
     return Response(_dumps(body), headers=headers, media_type="application/json")
+
+
+async def _rejoin_stream(
+    gw: Gateway, req: RequestMetadata, watcher: DisconnectWatcher, include_usage: bool
+) -> Response:
+    """A streamed request resent with a known id: its chunks cannot be replayed, so the
+    finished answer is sent as one SSE chunk (then [DONE]) once the original completes."""
+    result = await watcher.race(gw.manager.wait(req.request_id))
+    if result.state != RequestStatus.COMPLETED:
+        raise result_error(result)
+    headers = {
+        "x-sage-request-id": result.request_id,
+        "x-sage-instance": result.instance_id or "",
+        "x-sage-attempts": str(result.attempts),
+        "cache-control": "no-cache",
+    }
+    return replay_as_sse(result, include_usage=include_usage, headers=headers)
 
 
 async def _stream(
@@ -191,7 +216,9 @@ async def _stream(
         if isinstance(exc, Exception):
             with contextlib.suppress(KeyError):
                 result = await manager.get_request_status(req.request_id)
-                _client_fault_is_not_instance_fault(gw, result, exception_to_error(exc))
+                if result.state in (RequestStatus.FAILED, RequestStatus.CANCELLED):
+                    # The request's own outcome says why (the stream only says "failed").
+                    raise result_error(result) from None
         raise
     rid = req.request_id
 
@@ -222,19 +249,46 @@ def _client_key_error(request: Request, gw: Gateway) -> Response | None:
 
 
 async def models(request: Request) -> Response:
+    """The models the fleet serves; `available` says whether one can be served right now."""
     gw = _gateway(request)
     denied = _client_key_error(request, gw)
     if denied is not None:
         return denied
-    owners: dict[str, str] = {}
-    for s in gw.manager.fleet:
-        for name in s.instance.served_models:
-            owners.setdefault(name, "embedding" if s.instance.is_embedding else "generation")
-    data = [
-        {"id": name, "object": "model", "created": 0, "owned_by": "sage-cp", "kind": kind}
-        for name, kind in sorted(owners.items())
-    ]
+    data = [_model_entry(m) for m in model_availability(gw.manager.fleet).values()]
     return Response(_dumps({"object": "list", "data": data}), media_type="application/json")
+
+
+def _model_entry(m: ModelAvailability) -> dict[str, Any]:
+    return {"id": m.name, "object": "model", "created": 0, "owned_by": "sage-cp",
+            "kind": m.kind, "available": m.available}  # fmt: skip
+
+
+async def model_detail(request: Request) -> Response:
+    """OpenAI's `GET /v1/models/{model}`: 404 when not served, 503 when it cannot be now."""
+    gw = _gateway(request)
+    denied = _client_key_error(request, gw)
+    if denied is not None:
+        return denied
+    name = request.path_params["model"]
+    states = list(gw.manager.fleet)
+    entry = model_availability(states).get(name)
+    if entry is None:
+        served = ", ".join(gw.manager.list_models()) or "none"
+        return error_response(
+            404,
+            f"no instance serves model {name!r}; models served by this fleet: {served}",
+            param="model",
+            code="model_not_found",
+        )
+    if not entry.available:
+        return error_response(
+            503,
+            f"model {name!r} cannot be served now ({entry.reason(states)})",
+            param="model",
+            code="model_unavailable",
+            headers={"Retry-After": "1"},
+        )
+    return Response(_dumps(_model_entry(entry)), media_type="application/json")
 
 
 async def sage_metrics(request: Request) -> Response:

@@ -116,7 +116,21 @@ _HEADER_SCHEMAS: dict[str, Any] = {
 }  # fmt: skip
 
 
+_REQUEST_ID = {
+    "name": "x-request-id",
+    "in": "header",
+    "required": False,
+    "description": "idempotency key: a resend joins the request in flight, or gets its "
+    "retained result",
+    "schema": {"type": "string", "minLength": 1, "maxLength": 128},
+}
+
+
 def _header_params() -> list[dict[str, Any]]:
+    return [_REQUEST_ID, *_sage_header_params()]
+
+
+def _sage_header_params() -> list[dict[str, Any]]:
     return [
         {
             "name": name,
@@ -146,7 +160,7 @@ def _post(summary: str, body: str, ok: str) -> dict[str, Any]:
             "responses": {
                 "200": {"description": ok, "content": {"application/json": {"schema": {"type": "object"}},
                                                        "text/event-stream": {"schema": {"type": "string"}}}},
-                **_errors(400, 401, 404, 413, 422, 429, 502, 503, 504),
+                **_errors(400, 401, 404, 408, 413, 415, 422, 429, 431, 502, 503, 504),
             },
         }
     }  # fmt: skip

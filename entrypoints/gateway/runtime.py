@@ -27,6 +27,15 @@ class Gateway:
     def __post_init__(self) -> None:
         self.metrics = GatewayMetrics(self.manager)
 
+    async def knows(self, request_id: str) -> bool:
+        """Whether a request with this id is in flight or its result is still retained
+        (`x-request-id` is idempotent: such a resend joins it)."""
+        try:
+            await self.manager.get_request_status(request_id)
+        except KeyError:
+            return False
+        return True
+
     # -- drain then remove -----------------------------------------------------------------
     def drain_and_remove(self, instance_id: str) -> None:
         """Stop routing to the instance now; unregister it once its in-flight requests end."""

@@ -23,6 +23,7 @@ from sage_cp_plugin.config import ControlPlaneConfig, open_control_plane
 from sage_cp_plugin.manager import ControlPlaneManager
 
 from .app import create_app
+from .connections import guarded_protocol
 from .runtime import Gateway
 from .settings import GatewaySettings
 
@@ -66,7 +67,8 @@ def _uvicorn_config(app: Any, settings: GatewaySettings) -> uvicorn.Config:
         access_log=False,  # one log line per request would cost more than the routing
         lifespan="off",
         timeout_graceful_shutdown=math.ceil(settings.shutdown_timeout_s),
-        timeout_keep_alive=30,
+        timeout_keep_alive=max(1, math.ceil(settings.keep_alive_s)),
+        http=guarded_protocol(settings.connection_limits()),
     )
 
 
@@ -120,6 +122,7 @@ async def serve(
     cfg = ControlPlaneConfig.load(config)
     overrides: dict[str, Any] = {
         "result_retention": settings.result_retention,
+        "result_retention_bytes": settings.result_retention_bytes,
         "upstream_streaming": settings.upstream_streaming,
     }
     if settings.max_pending_requests is not None:
@@ -147,7 +150,7 @@ async def _announce(
     port = bound_port(server, settings.port)
     print(
         f"sage-cp gateway listening on http://{settings.host}:{port} "
-        f"(models: {', '.join(model_names) or 'none'})",
+        f"(models: {', '.join(model_names) or 'none'}); {settings.auth_summary()}",
         flush=True,
     )
     if ready is not None:

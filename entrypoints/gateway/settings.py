@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from .connections import ConnectionLimits
+from .schemas import DEFAULT_MAX_EMBEDDING_CHARS, DEFAULT_MAX_EMBEDDING_INPUTS
+
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
 
 
@@ -19,6 +22,17 @@ class GatewaySettings(BaseModel):
     # The gateway awaits each result directly; the manager needs to keep only a few finished
     # results around (for /admin lookups), so memory stays flat under sustained load.
     result_retention: int = Field(4096, gt=0)
+    # ... and in bytes: embedding answers are large (a vector value costs ~40 bytes here).
+    result_retention_bytes: int = Field(64 * 1024 * 1024, gt=0)
+    # One embeddings request: at most this many inputs and characters (OpenAI's limits).
+    max_embedding_inputs: int = Field(DEFAULT_MAX_EMBEDDING_INPUTS, gt=0)
+    max_embedding_chars: int = Field(DEFAULT_MAX_EMBEDDING_CHARS, gt=0)
+    # Connection limits (see connections.py).
+    header_timeout_s: float = Field(10.0, gt=0)
+    body_timeout_s: float = Field(60.0, gt=0)
+    keep_alive_s: float = Field(30.0, gt=0)
+    max_header_bytes: int = Field(32 * 1024, ge=1024)
+    max_connections: int = Field(4096, gt=0)
     max_pending_requests: int | None = Field(None, gt=0)
     drain_check_interval_s: float = Field(0.05, gt=0)
     # False: a client asking for one answer gets it from one non-streamed upstream call
@@ -30,6 +44,24 @@ class GatewaySettings(BaseModel):
     @field_validator("api_key", "admin_key")
     @classmethod
     def _non_empty(cls, v: str | None) -> str | None:
-        if v is not None and not v.strip():
-            raise ValueError("an API key must not be empty")
+        if v is not None and (not v.strip() or v != v.strip()):
+            raise ValueError(
+                "an API key must not be empty or start/end with whitespace (an empty key "
+                "would silently turn authentication off); omit the option to run without one"
+            )
         return v
+
+    def connection_limits(self) -> ConnectionLimits:
+        return ConnectionLimits(
+            header_timeout_s=self.header_timeout_s,
+            body_timeout_s=self.body_timeout_s,
+            keep_alive_s=self.keep_alive_s,
+            max_header_bytes=self.max_header_bytes,
+            max_connections=self.max_connections,
+        )
+
+    def auth_summary(self) -> str:
+        """One line for the start-up banner: what is protected and what is open."""
+        v1 = "/v1 requires an API key" if self.api_key else "/v1 is OPEN (no --api-key)"
+        admin = "/admin requires the admin key" if self.admin_key else "/admin is disabled"
+        return f"auth: {v1}; {admin}"

@@ -19,6 +19,8 @@ from typing import Any
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from sage_cp_plugin.types import RequestResult
+
 from .disconnect import ClientDisconnected, DisconnectWatcher
 from .errors import exception_to_error
 
@@ -105,3 +107,30 @@ class SSERelay(Response):
             )  # fmt: skip
         await send({"type": "http.response.body", "body": DONE, "more_body": False})
         return ok
+
+
+def replay_as_sse(
+    result: RequestResult, *, include_usage: bool, headers: dict[str, str]
+) -> Response:
+    """A finished answer as a short SSE stream: one chunk with the whole text, the usage
+    chunk when asked for, then [DONE] (for a resent streamed request; see openai_routes)."""
+    resp = result.response or {}
+    chat = resp.get("object") == "chat.completion"
+    choice: dict[str, Any] = {"index": 0, "finish_reason": None}
+    first = (resp.get("choices") or [{}])[0]
+    choice["finish_reason"] = first.get("finish_reason")
+    if chat:
+        choice["delta"] = {"role": "assistant", "content": result.output or ""}
+    else:
+        choice["text"] = result.output or ""
+    base = {
+        "id": resp.get("id", ""),
+        "object": "chat.completion.chunk" if chat else "text_completion",
+        "created": resp.get("created", 0),
+        "model": resp.get("model", ""),
+    }
+    parts = [event({**base, "choices": [choice]})]
+    if include_usage and resp.get("usage"):
+        parts.append(event({**base, "choices": [], "usage": resp["usage"]}))
+    parts.append(DONE)
+    return Response(b"".join(parts), headers=headers, media_type="text/event-stream")

@@ -3,7 +3,7 @@
     python examples/pipelines/pd_fleet.py
 
 Starts a simulated prefill instance and a simulated decode instance on loopback (swap in
-your vLLM servers started with NixlConnector, DESIGN.md §6), and configures the control
+your vLLM servers started with NixlConnector, docs/architecture.md §6), and configures the control
 plane to run every chat request with vLLM's two-step protocol: the prefill instance
 computes the KV cache (`max_tokens: 1`, `kv_transfer_params`), the decode one streams.
 """

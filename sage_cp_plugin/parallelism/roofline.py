@@ -6,7 +6,7 @@ fixed per-step cost of vLLM's scheduler, sampler and kernel launches. Decode rea
 weight once per step and every cached token's KV, so it is memory-bound at small batch;
 prefill multiplies weights by thousands of tokens and is compute-bound. Efficiencies are
 the fractions of peak vLLM reaches (MFU/MBU), calibrated against the published vLLM step fits
-quoted in DESIGN.md §8 (Llama-3.1-8B on H100 TP1: 5.75 ms fixed + 6.0 us per decode seq).
+quoted in docs/architecture.md §8 (Llama-3.1-8B on H100 TP1: 5.75 ms fixed + 6.0 us per decode seq).
 """
 
 from __future__ import annotations

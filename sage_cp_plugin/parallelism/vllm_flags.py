@@ -3,7 +3,7 @@
 Flags are vLLM's (0.32): ``--tensor-parallel-size``, ``--pipeline-parallel-size``,
 ``--data-parallel-size``, ``--enable-expert-parallel``; disaggregated pools add
 ``--kv-transfer-config`` with the NixlConnector and the role (kv_producer for prefill,
-kv_consumer for decode), as DESIGN.md §6 runs it.
+kv_consumer for decode), as docs/architecture.md §6 runs it.
 """
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ MAX_SAMPLES = 2048
 class WorkloadSpec(BaseModel):
     """Request length samples plus the service targets.
 
-    SLOs follow DESIGN.md §9: TTFT includes queueing; TPOT = (E2E - TTFT) / (output - 1).
+    SLOs follow docs/architecture.md §9: TTFT includes queueing; TPOT = (E2E - TTFT) / (output - 1).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)

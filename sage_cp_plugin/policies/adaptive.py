@@ -78,6 +78,9 @@ class AdaptivePolicy(SchedulingPolicy):
     def key(self, item: QueuedRequest) -> tuple[float, ...]:
         return self.active.key(item)
 
+    def engine_priority(self, item: QueuedRequest) -> int:
+        return self.active.engine_priority(item)
+
     def admit(self, item: QueuedRequest, fleet: FleetSnapshot) -> None:
         # Budgets are a promise whatever the current mode: always enforce them.
         self.policies["cost_optimized"].admit(item, fleet)

@@ -36,6 +36,16 @@ class SchedulingPolicy:
         """Static sort key; lower runs first. Must not depend on the current time."""
         return (float(item.seq),)
 
+    def engine_priority(self, item: QueuedRequest) -> int:
+        """vLLM's integer request priority (lower runs earlier) for an engine started with
+        `--scheduling-policy priority`, so the engine's own queue (and its choice of whom
+        to preempt when KV runs out) follows this policy's order too.
+
+        vLLM breaks ties by arrival at the engine, which is our dispatch order; so the
+        default, 0 for everyone, keeps exactly the order this policy dispatched in. Policies
+        whose order is not arrival override it with their key, as an integer."""
+        return 0
+
     # -- admission and dispatch gates ------------------------------------------------------
     def admit(self, item: QueuedRequest, fleet: FleetSnapshot) -> None:
         """Raise `RequestRejectedError` to refuse a request before it is queued."""
@@ -90,7 +100,10 @@ class SchedulingPolicy:
             target_instance_id=chosen.instance_id,
             estimated_latency_ms=chosen.predicted_service_s(item.input_tokens, item.output_tokens)
             * 1000,
-            estimated_cost=chosen.price_for(item.input_tokens + item.output_tokens, 0.0) or 0.0,
+            estimated_cost=chosen.price_for(
+                item.input_tokens + item.output_tokens, 0.0, request.billing_tier
+            )
+            or 0.0,
             tensor_parallel_size=chosen.instance.tensor_parallel_size,
             pipeline_parallel_size=chosen.instance.pipeline_parallel_size,
             policy=self.name,
@@ -99,6 +112,11 @@ class SchedulingPolicy:
 
 
 DEFAULT_OUTPUT_TOKENS = 128
+
+
+def key_ms(seconds: float) -> int:
+    """A time-valued sort key (loop-clock seconds) as vLLM's integer priority."""
+    return round(seconds * 1000.0)
 
 
 def make_item(request: RequestMetadata, *, now: float, seq: int) -> QueuedRequest:

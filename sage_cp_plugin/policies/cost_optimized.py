@@ -32,12 +32,14 @@ def predicted_finish_s(state: InstanceState, item: QueuedRequest) -> float:
 def request_cost(state: InstanceState, item: QueuedRequest) -> float:
     inst = state.instance
     tokens = item.input_tokens + item.output_tokens
-    if inst.price_per_1k_tokens is not None:  # fast path: no service-time prediction needed
-        return inst.price_per_1k_tokens * tokens / 1000.0
+    tier = item.request.billing_tier
+    per_1k = inst.price_per_1k_for(tier)
+    if per_1k is not None:  # fast path: no service-time prediction needed
+        return per_1k * tokens / 1000.0
     if inst.price_per_gpu_hour is None:
         return 0.0
     service = state.predicted_service_s(item.input_tokens, item.output_tokens)
-    price = state.price_for(tokens, service)
+    price = state.price_for(tokens, service, tier)
     return 0.0 if price is None else price
 
 

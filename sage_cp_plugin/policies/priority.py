@@ -9,7 +9,7 @@ A request of priority p (0 = CRITICAL ... 4 = BACKGROUND) that arrived at time t
 from __future__ import annotations
 
 from sage_cp_plugin.pending import QueuedRequest
-from sage_cp_plugin.policies.base import SchedulingPolicy
+from sage_cp_plugin.policies.base import SchedulingPolicy, key_ms
 
 
 class PriorityPolicy(SchedulingPolicy):
@@ -26,3 +26,8 @@ class PriorityPolicy(SchedulingPolicy):
         if self.aging_s is None:
             return (p, item.arrival, float(item.seq))
         return (item.arrival + p * self.aging_s, float(item.seq))
+
+    def engine_priority(self, item: QueuedRequest) -> int:
+        if self.aging_s is None:
+            return int(item.request.priority)
+        return key_ms(self.key(item)[0])  # aged arrival, in milliseconds

@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Literal
 
 from sage_cp_plugin.pending import QueuedRequest
-from sage_cp_plugin.policies.base import SchedulingPolicy
+from sage_cp_plugin.policies.base import SchedulingPolicy, key_ms
 from sage_cp_plugin.state import InstanceState
 
 LateAction = Literal["run", "reject"]
@@ -36,6 +36,10 @@ class SLOAwarePolicy(SchedulingPolicy):
     def key(self, item: QueuedRequest) -> tuple[float, ...]:
         target = self._target(item)
         return (target - item.predicted_s, float(item.seq))
+
+    def engine_priority(self, item: QueuedRequest) -> int:
+        # Least slack first inside the engine too: the key's time in milliseconds.
+        return key_ms(self.key(item)[0])
 
     def _target(self, item: QueuedRequest) -> float:
         """The time by which the request should be done (explicit or implied)."""

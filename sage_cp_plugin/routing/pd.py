@@ -87,14 +87,16 @@ class PDRoutingStrategy:
         if phase == _PREFILL and instance.prefilling_config is not None:
             cfg_p = instance.prefilling_config
             return {
-                "tensor_parallel_size": cfg_p.tensor_parallel_size,
-                "pipeline_parallel_size": cfg_p.pipeline_parallel_size,
+                "tensor_parallel_size": cfg_p.tensor_parallel_size or instance.tensor_parallel_size,
+                "pipeline_parallel_size": cfg_p.pipeline_parallel_size
+                or instance.pipeline_parallel_size,
             }
         if phase == _DECODE and instance.decoding_config is not None:
             cfg_d = instance.decoding_config
             return {
-                "tensor_parallel_size": cfg_d.tensor_parallel_size,
-                "pipeline_parallel_size": cfg_d.pipeline_parallel_size,
+                "tensor_parallel_size": cfg_d.tensor_parallel_size or instance.tensor_parallel_size,
+                "pipeline_parallel_size": cfg_d.pipeline_parallel_size
+                or instance.pipeline_parallel_size,
             }
         return {
             "tensor_parallel_size": instance.tensor_parallel_size,

@@ -214,6 +214,7 @@ class SimInstance:
                         remote=remote,
                         pin_for_remote_decode=pin,
                         request_id=self._next_id("chatcmpl" if chat else "cmpl"),
+                        priority=req.priority,
                     )
                 )
         except SimHTTPError:

@@ -90,6 +90,11 @@ class SimInstanceConfig(BaseModel):
         None, ge=1, description="longest prompt+output; default: min(KV capacity, 131072)"
     )
     enable_prefix_caching: bool = True
+    scheduling_policy: Literal["fcfs", "priority"] = Field(
+        "fcfs",
+        description="vLLM's --scheduling-policy: 'priority' orders the waiting queue by the "
+        "request's integer priority (lower first), then arrival",
+    )
     time_scale: float = Field(
         1.0, ge=0.0, description="multiplies every simulated duration; 0 = zero latency"
     )

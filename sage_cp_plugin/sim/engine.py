@@ -68,6 +68,7 @@ class SimEngine:
             metrics=self.metrics,
             now=self._now,
             on_transfer=self._start_transfer_timer,
+            policy=config.scheduling_policy,
         )
         self.pinned: dict[str, tuple[SimSequence, asyncio.TimerHandle]] = {}
         self._ids = itertools.count()
@@ -120,6 +121,7 @@ class SimEngine:
         remote: RemotePrefill | None = None,
         pin_for_remote_decode: bool = False,
         request_id: str | None = None,
+        priority: int = 0,
     ) -> SimSequence:
         """Queue a request; await ``seq.done`` or iterate ``seq.stream()`` for its output."""
         if not prompt:
@@ -144,8 +146,9 @@ class SimEngine:
             pooling=pooling,
             remote=remote,
             pin_for_remote_decode=pin_for_remote_decode,
+            priority=priority,
         )
-        self.scheduler.waiting.append(seq)
+        self.scheduler.waiting.add(seq)
         self._wake()
         return seq
 

@@ -1,6 +1,6 @@
 """Engine presets: published step-time fits per model/GPU pair, and derived TP degrees.
 
-The base fits (DESIGN.md §8) are linear models of one vLLM engine step:
+The base fits (docs/architecture.md §8) are linear models of one vLLM engine step:
 ``t = b0 + b1 * prefill_tokens_in_step + b2 * decode_seqs_in_step``.
 
 Scaling rule for derived tensor-parallel degrees (from a measured base at ``tp_base``):

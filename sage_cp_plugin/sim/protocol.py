@@ -72,6 +72,9 @@ class _GenerationRequest(BaseModel):
     stream_options: StreamOptions | None = None
     n: int = Field(1, ge=1, le=1, description="the simulator samples one choice")
     kv_transfer_params: dict[str, Any] | None = None
+    # vLLM: lower runs earlier; only an engine started with --scheduling-policy priority
+    # orders by it (the fcfs engine ignores it).
+    priority: int = Field(0, ge=-(2**63), le=2**63 - 1)
 
 
 class CompletionRequest(_GenerationRequest):

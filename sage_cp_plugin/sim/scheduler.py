@@ -2,20 +2,23 @@
 
 Running sequences go first, each taking its next tokens within the step's token budget
 (``max_num_batched_tokens``; a long prompt is prefilled in chunks). When a running sequence
-needs a KV block and none is free, the most recently admitted running sequence is preempted
-(recompute: its KV is dropped and it returns to the head of the queue). Waiting sequences are
-admitted in arrival order while sequence slots, budget and KV last, reusing cached prefix
-blocks; a step that preempted admits nobody, as in vLLM.
+needs a KV block and none is free, a running sequence is preempted (recompute: its KV is
+dropped and it returns to the waiting queue): under ``fcfs`` the most recently admitted one,
+under ``priority`` the one with the largest ``(priority, arrival)`` (vLLM 0.32's victim rule;
+a victim already batched this step gives its tokens back). Waiting sequences are admitted in
+the queue's order (`WaitingQueue`: arrival, or priority then arrival) while sequence slots,
+budget and KV last, reusing cached prefix blocks; a step that preempted admits nobody, as in
+vLLM.
 """
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable
 
 from sage_cp_plugin.sim.kv_cache import KVCache, chain_hashes
 from sage_cp_plugin.sim.metrics import SimMetrics
 from sage_cp_plugin.sim.sequence import EngineCounters, SeqStatus, SimSequence
+from sage_cp_plugin.sim.waiting_queue import SchedulingPolicyName, WaitingQueue
 
 Batch = list[tuple[SimSequence, int]]
 
@@ -33,11 +36,13 @@ class StepScheduler:
         metrics: SimMetrics,
         now: Callable[[], float],
         on_transfer: Callable[[SimSequence], None],
+        policy: SchedulingPolicyName = "fcfs",
     ) -> None:
         self.kv = kv
         self.counters = counters
         self.metrics = metrics
-        self.waiting: deque[SimSequence] = deque()
+        self.policy = policy
+        self.waiting = WaitingQueue(policy)
         self.running: list[SimSequence] = []
         self.transferring: set[SimSequence] = set()
         self._bs = kv.block_size
@@ -59,7 +64,10 @@ class StepScheduler:
             if need > 0:
                 new = self.kv.allocate(need)
                 while new is None:
-                    victim = self.running[-1]
+                    victim = self._victim()
+                    if self.running.index(victim) < i:  # batched already: take it back
+                        budget += _unbatch(batch, victim)
+                        i -= 1
                     self._preempt(victim)
                     preempted = True
                     if victim is seq:
@@ -73,7 +81,7 @@ class StepScheduler:
             i += 1
         # Like vLLM, a step that had to preempt admits nobody new.
         while not preempted and self.waiting and budget > 0 and len(self.running) < self._max_seqs:
-            seq = self.waiting[0]
+            seq = self.waiting.peek()
             if seq.remote is not None and not seq.remote_done:
                 if not self._start_transfer(seq):
                     break
@@ -108,8 +116,14 @@ class StepScheduler:
         return self.kv.match_prefix(seq.hashes[: (num_tokens - 1) // self._bs])
 
     def _count_query(self, seq: SimSequence, hit_tokens: int) -> None:
-        # Counted once per admission that succeeds, in tokens (vLLM's unit).
+        # Counted once per request, at its first admission, in tokens (vLLM's unit). Like vLLM's
+        # PrefixCacheStats, a preempted request's re-lookup is counted apart (and not exported):
+        # a victim re-hitting its own blocks must not inflate the hit rate.
         if not self.kv.enable_prefix_caching or seq.pooling:
+            return
+        if seq.first_scheduled is not None:
+            self.counters.preempted_prefix_queries += seq.num_tokens
+            self.counters.preempted_prefix_hits += hit_tokens
             return
         self.counters.prefix_cache_queries += seq.num_tokens
         self.counters.prefix_cache_hits += hit_tokens
@@ -138,7 +152,7 @@ class StepScheduler:
         if seq.first_scheduled is None:
             seq.first_scheduled = self._now()
             seq.num_cached_tokens = computed
-        self.waiting.popleft()
+        self.waiting.pop()
         seq.status = SeqStatus.RUNNING
         self.running.append(seq)
         return n
@@ -158,7 +172,7 @@ class StepScheduler:
         self._count_query(seq, seq.num_cached_tokens)
         seq.external_tokens = seq.num_tokens - seq.num_cached_tokens
         seq.first_scheduled = self._now()
-        self.waiting.popleft()
+        self.waiting.pop()
         seq.status = SeqStatus.TRANSFERRING
         self.transferring.add(seq)
         self._on_transfer(seq)
@@ -173,7 +187,7 @@ class StepScheduler:
         seq.num_computed = seq.num_tokens - 1
         self.register_blocks(seq)
         seq.status = SeqStatus.WAITING
-        self.waiting.appendleft(seq)
+        self.waiting.prepend_kv_holder(seq)
 
     def remove(self, seq: SimSequence) -> None:
         """Forget ``seq`` wherever it is queued and free its KV (abort)."""
@@ -191,6 +205,12 @@ class StepScheduler:
     def drop_finished(self) -> None:
         self.running = [s for s in self.running if s.status is SeqStatus.RUNNING]
 
+    def _victim(self) -> SimSequence:
+        """The running sequence vLLM preempts when KV runs out."""
+        if self.policy == "priority":
+            return max(self.running, key=lambda r: (r.priority, r.arrival))
+        return self.running[-1]
+
     def _preempt(self, seq: SimSequence) -> None:
         # Recompute preemption: the KV is dropped; cached full blocks may still be reused.
         self.running.remove(seq)
@@ -201,7 +221,7 @@ class StepScheduler:
         seq.remote = None  # a recompute is local; the transferred KV is gone
         seq.remote_done = False
         seq.status = SeqStatus.WAITING
-        self.waiting.appendleft(seq)
+        self.waiting.prepend_preempted(seq)
         self.counters.preemptions += 1
         self.metrics.preemptions.inc()
 
@@ -217,3 +237,12 @@ class StepScheduler:
         for i in range(seq.num_registered, full):
             self.kv.register(seq.blocks[i], seq.hashes[i])
         seq.num_registered = full
+
+
+def _unbatch(batch: Batch, seq: SimSequence) -> int:
+    """Remove ``seq`` from this step's batch; returns the tokens it had been given."""
+    for k, (s, n) in enumerate(batch):
+        if s is seq:
+            del batch[k]
+            return n
+    return 0

@@ -51,6 +51,7 @@ class SimSequence:
         "pin_for_remote_decode",
         "pinned_blocks",
         "pooling",
+        "priority",
         "prompt",
         "queue",
         "remote",
@@ -71,6 +72,7 @@ class SimSequence:
         pooling: bool = False,
         remote: RemotePrefill | None = None,
         pin_for_remote_decode: bool = False,
+        priority: int = 0,
     ) -> None:
         loop = asyncio.get_running_loop()
         self.request_id = request_id
@@ -78,6 +80,7 @@ class SimSequence:
         self.output = output
         self.max_tokens = len(output)
         self.arrival = arrival
+        self.priority = priority  # vLLM request priority: lower runs earlier
         self.pooling = pooling
         self.remote = remote
         self.remote_done = False
@@ -132,8 +135,10 @@ class EngineCounters:
     """Plain counters mirrored into Prometheus; cheap to read in tests and ``/sim/state``."""
 
     steps: int = 0
-    prefix_cache_queries: int = 0  # tokens, as vLLM counts
+    prefix_cache_queries: int = 0  # tokens, as vLLM counts; first admission of each request
     prefix_cache_hits: int = 0
+    preempted_prefix_queries: int = 0  # re-admissions after preemption (vLLM: preempted_queries)
+    preempted_prefix_hits: int = 0
     preemptions: int = 0
     prompt_tokens: int = 0
     prompt_tokens_computed: int = 0

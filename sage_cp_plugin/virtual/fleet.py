@@ -52,6 +52,7 @@ def describe(spec: MemberSpec, index: int) -> ExecutionInstance:
         "tensor_parallel_size": tp,
         "gpu_count": tp,
         "max_concurrent_requests": spec.max_concurrent_requests,
+        "scheduling_policy": cfg.scheduling_policy,
     }
     fields.update(spec.extra)
     return ExecutionInstance(**fields)

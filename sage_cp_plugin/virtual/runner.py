@@ -91,6 +91,7 @@ class RequestOutcome:
     finished_s: float | None = None
     slo_met: bool | None = None
     attempts: int = 0
+    path: str | None = None  # PD fleets: "split" (two-step) or "whole"; None elsewhere
 
 
 @dataclass
@@ -218,6 +219,10 @@ async def _replay(
             o.finished_s = o.arrival_s + (t.e2e_ms or 0.0) / 1000.0
             o.slo_met = res.slo_met
             o.attempts = res.attempts
+            if res.decision is not None and "prefill_used" in res.decision.metadata:
+                o.path = "split" if res.decision.metadata["prefill_used"] else "whole"
+            elif res.decision is not None and config.enable_pd_separation:
+                o.path = "whole"
         metrics = manager.get_metrics().model_dump(mode="json")
     finally:
         await manager.stop()

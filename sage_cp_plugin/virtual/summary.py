@@ -1,4 +1,4 @@
-"""Statistics of one replay, with the conventions of DESIGN.md §9.
+"""Statistics of one replay, with the conventions of docs/architecture.md §9.
 
 TTFT includes queueing; TPOT = (E2E - TTFT) / (output tokens - 1); SLO attainment is the share
 of requests carrying an SLO that met all of theirs, shed or failed ones counting as misses;
@@ -70,8 +70,17 @@ def summarize(result: RunResult, group_by: str | None = "slo_class") -> dict[str
             if key is not None:
                 groups.setdefault(str(key), []).append(o)
         out["groups"] = {k: summarize_outcomes(v) for k, v in sorted(groups.items())}
+    paths: dict[str, list[RequestOutcome]] = {}
+    for o in result.outcomes:
+        if o.path is not None:
+            paths.setdefault(o.path, []).append(o)
+    if paths:  # PD fleets: split (two-step) vs whole requests
+        out["paths"] = {k: summarize_outcomes(v) for k, v in sorted(paths.items())}
+        out["split_share"] = len(paths.get("split", [])) / len(result.outcomes)
     eng = result.engine
     queries = eng.get("prefix_cache_queries", 0)
+    # Prompt tokens served from cache / prompt tokens, once per request (the simulator counts a
+    # preempted request's re-admission apart, as vLLM does).
     out["prefix_hit_rate"] = eng.get("prefix_cache_hits", 0) / queries if queries else 0.0
     computed, prompt = eng.get("prompt_tokens_computed", 0), eng.get("prompt_tokens", 0)
     out["prompt_tokens_computed_share"] = computed / prompt if prompt else 0.0

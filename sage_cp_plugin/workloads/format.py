@@ -76,7 +76,15 @@ def parse_workload(lines: Iterable[str], source: str = "<workload>") -> list[Wor
             continue
         try:
             out.append(WorkloadRecord.model_validate(json.loads(line)))
-        except (ValueError, ValidationError) as exc:
+        except ValidationError as exc:
+            # One line naming the field: pydantic's own message spans several.
+            e = exc.errors()[0]
+            field = ".".join(str(p) for p in e["loc"]) or "<record>"
+            raise ConfigurationError(
+                f"{source}:{n}: invalid workload record: field {field!r}: {e['msg']}"
+                + (f" (got {e['input']!r:.60})" if e["loc"] else "")
+            ) from None
+        except ValueError as exc:
             raise ConfigurationError(f"{source}:{n}: invalid workload record: {exc}") from None
     out.sort(key=lambda r: r.arrival_s)
     return out

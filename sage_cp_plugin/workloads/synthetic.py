@@ -134,6 +134,25 @@ def time_scaled(records: Sequence[WorkloadRecord], rate: float) -> list[Workload
     return [r.model_copy(update={"arrival_s": (r.arrival_s - t0) * k}) for r in records]
 
 
+def evenly_spaced_windows(
+    records: Sequence[WorkloadRecord], size: int, k: int
+) -> tuple[list[int], list[list[WorkloadRecord]]]:
+    """`k` windows of `size` consecutive records at offsets spread evenly over the whole
+    sequence (the first and last window touch its ends; one window sits in the middle), each
+    with arrivals re-based to 0: windows chosen by rule, never by hand."""
+    if k < 1 or size < 1 or not records:
+        raise ValueError(f"need k >= 1, size >= 1 and records, got k={k}, size={size}")
+    size = min(size, len(records))
+    last = len(records) - size
+    offsets = [round(j * last / (k - 1)) if k > 1 else last // 2 for j in range(k)]
+    windows = []
+    for off in offsets:
+        w = records[off : off + size]
+        t0 = w[0].arrival_s
+        windows.append([r.model_copy(update={"arrival_s": r.arrival_s - t0}) for r in w])
+    return offsets, windows
+
+
 def load_ladder(
     records: Sequence[WorkloadRecord], capacity_rps: float, levels: Sequence[float]
 ) -> dict[float, list[WorkloadRecord]]:

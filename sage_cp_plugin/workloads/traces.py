@@ -10,10 +10,17 @@ A trace is named by a path, a file name (``azure_conv_2023.csv``) or a short nam
 user's own traces, or larger copies), then in the bundled data, so every command works from
 any working directory.
 
-Formats, told apart by suffix:
-- ``.csv``: Azure columns ``arrived_at`` (s), ``num_prefill_tokens``, ``num_decode_tokens``.
-- ``.jsonl``: Mooncake rows ``timestamp`` (ms), ``input_length``, ``output_length``,
-  ``hash_ids`` (512-token prefix blocks; equal leading ids are a shareable KV prefix).
+Formats (`format="auto"` tells them apart by suffix and first line):
+- ``azure`` (``.csv``): Azure-style columns, a prompt length ``num_prefill_tokens`` or
+  ``ContextTokens``, an output length ``num_decode_tokens`` or ``GeneratedTokens``, and
+  optionally an arrival ``arrived_at`` (s) or ``TIMESTAMP`` (seconds, or a date-time string as
+  in Azure's 2023/2024 public CSVs). A file without arrival times is lengths only
+  (`Trace.timed` is False): the caller gives it arrivals (e.g. Poisson at a rate).
+- ``mooncake`` (``.jsonl`` rows with ``input_length``): ``timestamp`` (ms), ``input_length``,
+  ``output_length``, ``hash_ids`` (512-token prefix blocks; equal leading ids are a shareable
+  KV prefix).
+- ``jsonl``: the project's workload format (`sage_cp_plugin.workloads.format`).
+A bad row fails with one line naming the file, the line and the field.
 """
 
 from __future__ import annotations
@@ -21,13 +28,15 @@ from __future__ import annotations
 import csv
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from itertools import islice
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from sage_cp_plugin.errors import ConfigurationError
-from sage_cp_plugin.workloads.format import WorkloadRecord
+from sage_cp_plugin.workloads.format import WorkloadRecord, parse_workload
 
 AZURE_CONV = "azure_conv_2023.csv"
 AZURE_CODE = "azure_code_2023.csv"
@@ -79,6 +88,70 @@ def resolve_trace(name_or_path: str | Path) -> Path:
     )
 
 
+TRACE_FORMATS = ("auto", "mooncake", "azure", "jsonl")
+# Azure-style column names: vidur's processed traces, then Azure's own public CSVs.
+_PROMPT_COLUMNS = ("num_prefill_tokens", "ContextTokens")
+_OUTPUT_COLUMNS = ("num_decode_tokens", "GeneratedTokens")
+_TIME_COLUMNS = ("arrived_at", "TIMESTAMP")
+_EXPECTED = {
+    ".csv": ("arrived_at", "num_prefill_tokens", "num_decode_tokens"),
+    ".jsonl": ("timestamp", "input_length", "output_length", "hash_ids"),
+}
+
+
+@dataclass(frozen=True)
+class Trace:
+    """A window of a trace file: its records (arrivals re-based to 0) and what it carried."""
+
+    path: Path
+    format: str
+    records: list[WorkloadRecord]
+    timed: bool  # False: a lengths-only file, every arrival 0 until the caller sets them
+
+
+def detect_format(path: Path) -> str:
+    """``azure`` for ``.csv``; for ``.jsonl``: ``mooncake`` when rows carry ``input_length`` or
+    ``timestamp``, else the project's ``jsonl`` workload format."""
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        return "azure"
+    if suffix not in (".jsonl", ".json", ".ndjson"):
+        raise TraceError(
+            f"trace {str(path)!r}: unknown format; use .csv (Azure) or .jsonl (Mooncake or "
+            "the workload format), or name the format"
+        )
+    with path.open(encoding="utf-8") as f:
+        first = next((ln.strip() for ln in f if ln.strip() and not ln.lstrip().startswith("#")), "")
+    try:
+        row = json.loads(first) if first else None
+    except ValueError:
+        raise TraceError(f"{path}:1: not a trace row (invalid JSON)") from None
+    mooncake = isinstance(row, dict) and ("input_length" in row or "timestamp" in row)
+    return "mooncake" if mooncake else "jsonl"
+
+
+def read_trace(
+    name_or_path: str | Path,
+    *,
+    format: str = "auto",
+    start: int = 0,
+    limit: int | None = None,
+    max_input_tokens: int | None = None,
+) -> Trace:
+    """Rows ``start..start+limit`` of a trace in any supported format (see the module doc)."""
+    if format not in TRACE_FORMATS:
+        raise TraceError(f"unknown trace format {format!r}; use one of {', '.join(TRACE_FORMATS)}")
+    path = resolve_trace(name_or_path)
+    fmt = detect_format(path) if format == "auto" else format
+    if fmt == "mooncake":
+        recs = load_mooncake(path, start=start, limit=limit, max_input_tokens=max_input_tokens)
+        return Trace(path, fmt, recs, timed=True)
+    if fmt == "azure":
+        recs, timed = _read_azure(path, start, limit, max_input_tokens, None)
+        return Trace(path, fmt, recs, timed)
+    return Trace(path, fmt, _read_jsonl(path, start, limit, max_input_tokens), timed=True)
+
+
 def load_trace(
     name_or_path: str | Path,
     *,
@@ -86,13 +159,9 @@ def load_trace(
     limit: int | None = None,
     max_input_tokens: int | None = None,
 ) -> list[WorkloadRecord]:
-    """Rows ``start..start+limit`` of an Azure CSV or Mooncake JSONL trace, arrivals re-based to 0."""
-    path = resolve_trace(name_or_path)
-    if path.suffix == ".jsonl":
-        return load_mooncake(path, start=start, limit=limit, max_input_tokens=max_input_tokens)
-    if path.suffix == ".csv":
-        return load_azure(path, start=start, limit=limit, max_input_tokens=max_input_tokens)
-    raise TraceError(f"trace {str(path)!r}: unknown format; use .csv (Azure) or .jsonl (Mooncake)")
+    """Rows ``start..start+limit`` of a trace (format told by suffix), arrivals re-based to 0."""
+    trace = read_trace(name_or_path, start=start, limit=limit, max_input_tokens=max_input_tokens)
+    return trace.records
 
 
 def load_azure(
@@ -107,22 +176,34 @@ def load_azure(
 
     ``max_input_tokens`` clips prompt lengths (to fit a simulated model's context).
     """
-    path = resolve_trace(name_or_path)
+    return _read_azure(resolve_trace(name_or_path), start, limit, max_input_tokens, slo_class)[0]
+
+
+def _read_azure(
+    path: Path,
+    start: int,
+    limit: int | None,
+    max_input_tokens: int | None,
+    slo_class: str | None,
+) -> tuple[list[WorkloadRecord], bool]:
     out: list[WorkloadRecord] = []
     t0: float | None = None
     with path.open(newline="", encoding="utf-8") as f:
-        for line_no, row in _window(enumerate(csv.DictReader(f), start=2), start, limit):
-            try:
-                t = float(row["arrived_at"])
-                n_in = int(row["num_prefill_tokens"])
-                n_out = int(row["num_decode_tokens"])
-            except (KeyError, TypeError, ValueError) as exc:
-                raise _bad_row(
-                    path, line_no, exc, "arrived_at, num_prefill_tokens, num_decode_tokens"
-                ) from None
+        reader = csv.DictReader(f)
+        header = list(reader.fieldnames or [])
+        prompt_col = _column(path, header, _PROMPT_COLUMNS, "prompt length")
+        output_col = _column(path, header, _OUTPUT_COLUMNS, "output length")
+        time_col = next((c for c in _TIME_COLUMNS if c in header), None)
+        for line_no, row in _window(enumerate(reader, start=2), start, limit):
+            n_in = _int_field(path, line_no, row, prompt_col)
+            n_out = _int_field(path, line_no, row, output_col)
+            if time_col is None:
+                out.append(_record(0.0, n_in, n_out, max_input_tokens, slo_class=slo_class))
+                continue
+            t = _time_field(path, line_no, row, time_col)
             t0 = _check_order(path, line_no, t, t0)
             out.append(_record(t - t0, n_in, n_out, max_input_tokens, slo_class=slo_class))
-    return out
+    return out, time_col is not None
 
 
 def load_mooncake(
@@ -141,16 +222,98 @@ def load_mooncake(
         for line_no, line in _window(rows, start, limit):
             try:
                 row = json.loads(line)
-                t = float(row["timestamp"]) / 1000.0
-                n_in, n_out = int(row["input_length"]), int(row["output_length"])
-                blocks = tuple(int(h) for h in row.get("hash_ids", ()))
-            except (KeyError, TypeError, ValueError) as exc:
-                raise _bad_row(
-                    path, line_no, exc, "timestamp, input_length, output_length"
+            except ValueError as exc:
+                raise TraceError(
+                    f"{path}:{line_no}: not a trace row (invalid JSON: {exc})"
                 ) from None
+            if not isinstance(row, dict):
+                raise TraceError(f"{path}:{line_no}: not a trace row (not a JSON object)")
+            t = _number(path, line_no, row, "timestamp") / 1000.0
+            n_in = _int_field(path, line_no, row, "input_length")
+            n_out = _int_field(path, line_no, row, "output_length")
+            ids = row.get("hash_ids", [])
+            if not isinstance(ids, list) or not all(isinstance(h, int) for h in ids):
+                raise TraceError(
+                    f"{path}:{line_no}: not a trace row (field 'hash_ids': expected a list of "
+                    f"integers, got {ids!r:.60})"
+                )
             t0 = _check_order(path, line_no, t, t0)
-            out.append(_record(t - t0, n_in, n_out, max_input_tokens, prefix_blocks=blocks))
+            out.append(_record(t - t0, n_in, n_out, max_input_tokens, prefix_blocks=tuple(ids)))
     return out
+
+
+def _read_jsonl(
+    path: Path, start: int, limit: int | None, max_input_tokens: int | None
+) -> list[WorkloadRecord]:
+    with path.open(encoding="utf-8") as f:
+        records = parse_workload(f, str(path))
+    window = list(_window(enumerate(records), start, limit))
+    if not window:
+        return []
+    t0 = window[0][1].arrival_s
+    out = []
+    for _, r in window:
+        update: dict[str, Any] = {"arrival_s": r.arrival_s - t0}
+        if max_input_tokens is not None and r.prompt is None:
+            update["input_tokens"] = min(r.input_tokens, max_input_tokens)
+        out.append(r.model_copy(update=update))
+    return out
+
+
+def _column(path: Path, header: Sequence[str], names: Sequence[str], what: str) -> str:
+    for name in names:
+        if name in header:
+            return name
+    raise TraceError(
+        f"{path}:1: no {what} column; expected one of {', '.join(names)} "
+        f"(columns are {', '.join(header) or 'none'})"
+    )
+
+
+def _missing(path: Path, line_no: int, field: str) -> TraceError:
+    return TraceError(
+        f"{path}:{line_no}: not a trace row (field {field!r} is missing); expected columns "
+        + ", ".join(_EXPECTED.get(path.suffix.lower(), (field,)))
+    )
+
+
+def _number(path: Path, line_no: int, row: dict[str, Any], field: str) -> float:
+    value = row.get(field)
+    if value is None or value == "":
+        raise _missing(path, line_no, field)
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise TraceError(
+            f"{path}:{line_no}: not a trace row (field {field!r}: {value!r:.40} is not a number)"
+        ) from None
+
+
+def _int_field(path: Path, line_no: int, row: dict[str, Any], field: str) -> int:
+    value = _number(path, line_no, row, field)
+    if value != int(value) or value < 0:
+        raise TraceError(
+            f"{path}:{line_no}: not a trace row (field {field!r}: {value!r} is not a token "
+            "count >= 0)"
+        )
+    return int(value)
+
+
+def _time_field(path: Path, line_no: int, row: dict[str, Any], field: str) -> float:
+    """Seconds, or a date-time string (Azure's 2023/2024 CSVs) as seconds since the epoch."""
+    value = row.get(field)
+    try:
+        return _number(path, line_no, row, field)
+    except TraceError:
+        if not isinstance(value, str) or not value.strip():
+            raise
+    try:
+        return datetime.fromisoformat(value.strip()).timestamp()
+    except ValueError:
+        raise TraceError(
+            f"{path}:{line_no}: not a trace row (field {field!r}: {value!r:.40} is neither "
+            "seconds nor a date-time)"
+        ) from None
 
 
 def _window(
@@ -191,7 +354,3 @@ def _check_order(path: Path, line_no: int, t: float, t0: float | None) -> float:
     if t < t0:
         raise TraceError(f"{path}:{line_no}: arrival {t} precedes the window's first ({t0})")
     return t0
-
-
-def _bad_row(path: Path, line_no: int, exc: Exception, columns: str) -> TraceError:
-    return TraceError(f"{path}:{line_no}: not a trace row ({exc!r}); expected columns {columns}")

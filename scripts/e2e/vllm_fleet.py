@@ -2,7 +2,7 @@
 
 Runs in the *project* venv (standard library only); each server runs in the cached vLLM venv
 made by ``scripts/e2e/setup_vllm.sh``, on the models that ``scripts/e2e/build_tiny_model.py``
-built (found through its ``manifest.json``). Flags and environment are those DESIGN.md §6 saw
+built (found through its ``manifest.json``). Flags and environment are those docs/architecture.md §6 saw
 working on this 2-core CPU.
 
 Library use (what ``tests/e2e/conftest.py`` does)::
@@ -69,7 +69,7 @@ EMBED_MODEL_NAME = "all-MiniLM-L6-v2"
 SETUP_HINT = "run scripts/e2e/setup_vllm.sh (and scripts/e2e/build_tiny_model.py with its python)"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
-# DESIGN.md §6 low-memory start: ~1.4 GB and ~35 s per generation instance on this CPU.
+# docs/architecture.md §6 low-memory start: ~1.4 GB and ~35 s per generation instance on this CPU.
 COMMON_FLAGS: tuple[str, ...] = (
     "--distributed-executor-backend",
     "uni",

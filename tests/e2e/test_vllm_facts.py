@@ -2,7 +2,7 @@
 
 Direct httpx calls, no control plane involved: when a vLLM upgrade changes an endpoint, a
 response shape, a metric name or prefix-caching behaviour, this module fails and names the fact,
-before the control-plane e2e tests fail in a confusing way. DESIGN.md §6 lists the facts.
+before the control-plane e2e tests fail in a confusing way. docs/architecture.md §6 lists the facts.
 The disaggregated-prefill facts are in ``test_vllm_pd_facts.py`` (its NIXL pair is started only
 for that module).
 """

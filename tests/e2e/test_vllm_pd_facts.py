@@ -1,4 +1,4 @@
-"""Pin vLLM's disaggregated-prefill protocol with NixlConnector (DESIGN.md §6), raw httpx.
+"""Pin vLLM's disaggregated-prefill protocol with NixlConnector (docs/architecture.md §6), raw httpx.
 
 Step 1 goes to the prefill instance (kv_producer) with ``max_tokens: 1`` and
 ``kv_transfer_params.do_remote_decode``; step 2 sends the original request plus the returned

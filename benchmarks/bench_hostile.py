@@ -1,0 +1,625 @@
+"""Hostile clients against `sage-cp serve` (issue 11), measured in real time on loopback.
+
+Target: `sage-cp serve` with the embedded simulated fleet (2 generation + 1 embedding
+instance, in the gateway's process), connection timeouts set short so the run is quick:
+`--header-timeout 5 --body-timeout 5 --keep-alive 5`. Sections:
+
+1. the 75 hand-made hostile requests (benchmarks/hostile_cases.py): status counts, >= 500,
+   plain-text errors, and the instances' circuits afterwards (admin API);
+2. large embedding requests: 100k inputs, the largest accepted (2,048), and 8 of those at
+   once; peak gateway RSS over idle (sampled every 10 ms from /proc) and `/health` latency
+   (polled every 20 ms on one keep-alive connection) while they run;
+3. 1,000 slow or idle connections (400 idle, 300 dribbling headers, 300 dribbling bodies):
+   when each is closed, against the configured timeouts, and the latency of normal chat
+   requests (sequential, one client) before and during;
+4. a batch job (`sage-cp batch`, 400 lines) whose only generation instance is down (health
+   503, every request 500) for 30 s in the middle: lines answered, errors, exit code.
+
+    python benchmarks/bench_hostile.py [--skip-batch]
+
+Writes benchmarks/results/hostile.{json,md,png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import RESULTS, machine, write_results  # noqa: E402
+from benchmarks.hostile_cases import CASES, run_cases  # noqa: E402
+
+ADMIN = "bench-admin"
+TIMEOUTS = {"header": 5.0, "body": 5.0, "idle": 5.0}
+CHAT = {"model": "sim-model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def start_gateway(*extra: str, short_timeouts: bool = True) -> tuple[subprocess.Popen[str], str]:
+    args = [
+        sys.executable,
+        "-m",
+        "sage_cp_plugin.entrypoints.cli",
+        "serve",
+        "--port",
+        "0",
+        "--admin-key",
+        ADMIN,
+        *extra,
+    ]
+    if short_timeouts:
+        args += ["--header-timeout", str(TIMEOUTS["header"]), "--body-timeout",
+                 str(TIMEOUTS["body"]), "--keep-alive", str(TIMEOUTS["idle"])]  # fmt: skip
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        m = re.search(r"listening on (http://\S+)", line)
+        if m:
+            threading.Thread(target=proc.stdout.read, daemon=True).start()  # drain
+            return proc, m.group(1)
+    raise RuntimeError("gateway did not start")
+
+
+def free_port_pair() -> int:
+    import socket
+
+    while True:
+        with socket.socket() as a:
+            a.bind(("127.0.0.1", 0))
+            port = int(a.getsockname()[1])
+        try:
+            with socket.socket() as b:
+                b.bind(("127.0.0.1", port + 1))
+            return port
+        except OSError:
+            continue
+
+
+def external_fleet() -> tuple[list[subprocess.Popen[str]], Path]:
+    """2 embedding + 1 generation simulators in processes of their own, and a config."""
+    cli = [sys.executable, "-m", "sage_cp_plugin.entrypoints.cli", "sim"]
+    emb, gen = free_port_pair(), free_port_pair()
+    procs = [
+        subprocess.Popen([*cli, "-n", "2", "--port", str(emb), "--role", "embedding",
+                          "--model", "sim-embed", "--time-scale", "0.02"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True),
+        subprocess.Popen([*cli, "-n", "1", "--port", str(gen), "--model", "sim-model",
+                          "--time-scale", "0.02"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True),
+    ]  # fmt: skip
+    for port in (emb, emb + 1, gen):
+        for _ in range(300):
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+    cfg = Path(tempfile.mkdtemp(prefix="sage-cp-hostile-")) / "fleet.yaml"
+    rows = [("e0", emb, "sim-embed", "embedding"), ("e1", emb + 1, "sim-embed", "embedding"),
+            ("g0", gen, "sim-model", "general")]  # fmt: skip
+    cfg.write_text("scheduling_policy: fifo\ninstances:\n" + "".join(
+        f"  - {{instance_id: {i}, host: 127.0.0.1, port: {port}, model_name: {m}, "
+        f"instance_type: {t}}}\n" for i, port, m, t in rows))  # fmt: skip
+    return procs, cfg
+
+
+def circuits(url: str) -> dict[str, bool]:
+    r = httpx.get(f"{url}/admin/instances", headers={"authorization": f"Bearer {ADMIN}"})
+    data = r.json()
+    rows = data if isinstance(data, list) else data.get("instances", data)
+    items = rows.values() if isinstance(rows, dict) else rows
+    return {i["instance_id"]: bool(i["circuit_open"]) for i in items}
+
+
+# -- 1. the 75 cases ---------------------------------------------------------------------
+def hostile(url: str) -> dict[str, Any]:
+    outcomes = asyncio.run(run_cases(url))
+    counts: dict[str, int] = {}
+    for o in outcomes:
+        counts[str(o.status)] = counts.get(str(o.status), 0) + 1
+    return {
+        "cases": len(CASES),
+        "status_counts": dict(sorted(counts.items())),
+        "server_errors": [o.case for o in outcomes if o.status >= 500],
+        "plain_text_errors": [o.case for o in outcomes if not o.json_error],
+        "circuit_open_after": circuits(url),
+        "normal_chat_after": httpx.post(f"{url}/v1/chat/completions", json=CHAT).status_code,
+        "rows": [{"case": o.case, "status": o.status} for o in outcomes],
+    }
+
+
+# -- 2. large embedding requests -----------------------------------------------------------
+class Sampler:
+    """RSS every 10 ms and /health latency every 20 ms, each from its own thread (so the
+    load generator's own JSON work does not show up as gateway latency)."""
+
+    def __init__(self, pid: int, url: str) -> None:
+        self.pid, self.url = pid, url
+        self.rss: list[tuple[float, float]] = []
+        self.health: list[tuple[float, float, int]] = []
+        self._stop = threading.Event()
+        self.t0 = time.monotonic()
+
+    def _rss_loop(self) -> None:
+        while not self._stop.is_set():
+            self.rss.append((time.monotonic() - self.t0, rss_mib(self.pid)))
+            self._stop.wait(0.01)
+
+    def _health_loop(self) -> None:
+        with httpx.Client(base_url=self.url, timeout=60) as c:
+            while not self._stop.is_set():
+                t = time.monotonic()
+                r = c.get("/health")
+                self.health.append((t - self.t0, (time.monotonic() - t) * 1000, r.status_code))
+                self._stop.wait(0.02)
+
+    async def during(self, work: Any) -> Any:
+        threads = [
+            threading.Thread(target=f, daemon=True) for f in (self._rss_loop, self._health_loop)
+        ]
+        for th in threads:
+            th.start()
+        await asyncio.sleep(0.3)  # a baseline before the request
+        try:
+            return await work
+        finally:
+            await asyncio.sleep(0.3)
+            self._stop.set()
+            for th in threads:
+                th.join()
+
+
+async def _embed(url: str, n: int, copies: int = 1) -> dict[str, Any]:
+    texts = [f"input number {i} with a few words of text" for i in range(n)]
+    async with httpx.AsyncClient(base_url=url, timeout=300) as c:
+        t = time.monotonic()
+        rs = await asyncio.gather(*(
+            c.post("/v1/embeddings", json={"model": "sim-embed", "input": texts})
+            for _ in range(copies)
+        ))  # fmt: skip
+        elapsed = time.monotonic() - t
+    return {"status": sorted({r.status_code for r in rs}), "seconds": elapsed,
+            "request_bytes": len(json.dumps({"input": texts})),
+            "response_bytes": len(rs[0].content),
+            "error": rs[0].json().get("error", {}).get("message") if rs[0].status_code != 200 else None}  # fmt: skip
+
+
+def embeddings(pid: int, url: str) -> dict[str, Any]:
+    idle = rss_mib(pid)
+    out: dict[str, Any] = {"idle_rss_mib": idle, "runs": {}}
+    for name, n, copies in (("100k inputs", 100_000, 1), ("2048 inputs", 2048, 1),
+                            ("8 x 2048 inputs", 2048, 8)):  # fmt: skip
+        s = Sampler(pid, url)
+        before = rss_mib(pid)
+        res = asyncio.run(s.during(_embed(url, n, copies)))
+        lat = np.array([h[1] for h in s.health])
+        res.update(
+            rss_before_mib=before,
+            peak_rss_mib=max(r[1] for r in s.rss),
+            peak_over_idle_mib=max(r[1] for r in s.rss) - idle,
+            health_polls=len(lat),
+            health_p50_ms=float(np.percentile(lat, 50)),
+            health_p99_ms=float(np.percentile(lat, 99)),
+            health_max_ms=float(lat.max()),
+            health_non_200=sum(1 for h in s.health if h[2] != 200),
+            series={"rss": s.rss, "health": s.health},
+        )
+        out["runs"][name] = res
+    return out
+
+
+# -- 3. slow and idle connections ----------------------------------------------------------
+async def _latencies(url: str, seconds: float) -> list[float]:
+    out: list[float] = []
+    async with httpx.AsyncClient(base_url=url, timeout=60) as c:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            t = time.monotonic()
+            r = await c.post("/v1/chat/completions", json=CHAT)
+            assert r.status_code == 200, r.text
+            out.append((time.monotonic() - t) * 1000)
+    return out
+
+
+async def _slow_client(
+    host: str, port: int, kind: str, limit_s: float
+) -> tuple[str, float, bool, float]:
+    """(kind, seconds from connected to closed, closed by the server?, connect seconds).
+    Connecting 1,000 at once queues in this client, so the server's timer may start up to
+    the connect time before ours: the true close time lies between the two figures."""
+    start = time.monotonic()
+    reader, writer = await asyncio.open_connection(host, port)
+    t0 = time.monotonic()
+    if kind == "header":
+        writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n")
+    elif kind == "body":
+        writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n"
+                     b"content-type: application/json\r\ncontent-length: 1000\r\n\r\n{")  # fmt: skip
+    closed = asyncio.create_task(reader.read())
+    while not closed.done() and time.monotonic() - t0 < limit_s:
+        if kind != "idle":
+            writer.write(b"a")  # one byte a second: slowloris
+        await asyncio.wait({closed}, timeout=1.0)
+    ok = closed.done()
+    if not ok:
+        closed.cancel()
+    writer.close()
+    return kind, time.monotonic() - t0, ok, t0 - start
+
+
+async def _slow_clients(url: str) -> list[tuple[str, float, bool, float]]:
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    kinds = ["idle"] * 400 + ["header"] * 300 + ["body"] * 300
+    limit = 4 * max(TIMEOUTS.values())
+    return list(await asyncio.gather(*(_slow_client(host, int(port), k, limit) for k in kinds)))
+
+
+async def _slow_run(url: str) -> dict[str, Any]:
+    before = await _latencies(url, 5.0)
+    # The 1,000 clients run in a process of their own, so their work does not show up as
+    # latency of the normal requests measured here.
+    worker = await asyncio.create_subprocess_exec(
+        sys.executable, __file__, "--slow-worker", url, stdout=asyncio.subprocess.PIPE
+    )
+    during = await _latencies(url, 8.0)
+    out, _ = await worker.communicate()
+    results = [tuple(r) for r in json.loads(out)]
+    by_kind: dict[str, Any] = {}
+    for kind in ("idle", "header", "body"):
+        times = np.array([t for k, t, _, _ in results if k == kind])
+        with_connect = np.array([t + c for k, t, _, c in results if k == kind])
+        closed = sum(1 for k, _, ok, _ in results if k == kind and ok)
+        by_kind[kind] = {"connections": len(times), "closed_by_server": closed,
+                         "close_after_s_p50": float(np.percentile(times, 50)),
+                         "close_after_s_max": float(times.max()),
+                         "close_after_s_max_incl_connect": float(with_connect.max()),
+                         "timeout_s": TIMEOUTS["idle" if kind == "idle" else "header"
+                                               if kind == "header" else "body"]}  # fmt: skip
+    # An idle connection is timed by the header timeout (no request ever started).
+    by_kind["idle"]["timeout_s"] = TIMEOUTS["header"]
+    by_kind["body"]["timeout_s"] = TIMEOUTS["body"]
+    return {
+        "by_kind": by_kind,
+        "close_times": [[k, t] for k, t, _, _ in results],
+        "chat_latency_before_ms": {"p50": float(np.percentile(before, 50)),
+                                   "p99": float(np.percentile(before, 99)), "n": len(before)},
+        "chat_latency_during_ms": {"p50": float(np.percentile(during, 50)),
+                                   "p99": float(np.percentile(during, 99)), "n": len(during)},
+    }  # fmt: skip
+
+
+# -- 4. batch with the fleet down for 30 s -----------------------------------------------------
+def batch_outage(down_s: float = 30.0) -> dict[str, Any]:
+    from sage_cp_plugin.sim import SimFleetThread, SimInstanceConfig
+
+    fleet = SimFleetThread([SimInstanceConfig(time_scale=0.05, seed=1)])
+    (sim_url,) = fleet.start()
+    tmp = Path(tempfile.mkdtemp(prefix="sage-cp-outage-"))
+    try:
+        cfg = tmp / "fleet.yaml"
+        port = int(sim_url.rsplit(":", 1)[1])
+        cfg.write_text(
+            "scheduling_policy: fifo\nhealth: {interval_s: 0.5, timeout_s: 0.5}\n"
+            f"instances:\n  - {{instance_id: g0, host: 127.0.0.1, port: {port}, "
+            "model_name: sim-model}\n"
+        )
+        src = tmp / "in.jsonl"
+        src.write_text("".join(json.dumps({
+            "custom_id": f"c{i}", "method": "POST", "url": "/v1/chat/completions",
+            "body": {**CHAT, "max_tokens": 16}}) + "\n" for i in range(400)))  # fmt: skip
+        out = tmp / "out.jsonl"
+        t0 = time.monotonic()
+        job = subprocess.Popen(
+            [sys.executable, "-m", "sage_cp_plugin.entrypoints.cli", "batch", str(src), "-o",
+             str(out), "--config", str(cfg), "--concurrency", "8", "--no-progress", "--json"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        while not out.exists() or len(out.read_text().splitlines()) < 100:
+            time.sleep(0.05)
+        down = {"error_rate": 1.0, "health_status": 503}
+        httpx.post(f"{sim_url}/sim/faults", json=down)
+        went_down = time.monotonic() - t0
+        lines_at_down = len(out.read_text().splitlines())
+        time.sleep(down_s)
+        httpx.post(f"{sim_url}/sim/faults", json={})
+        came_back = time.monotonic() - t0
+        stdout, stderr = job.communicate(timeout=600)
+        elapsed = time.monotonic() - t0
+        rows = [json.loads(x) for x in out.read_text().splitlines()]
+        ids = [r["custom_id"] for r in rows]
+        summary = json.loads(stdout)["summary"]
+        return {
+            "lines": 400, "down_s": down_s, "went_down_at_s": went_down,
+            "came_back_at_s": came_back, "lines_done_when_down": lines_at_down,
+            "elapsed_s": elapsed, "exit_code": job.returncode,
+            "result_lines": len(rows), "distinct_ids": len(set(ids)),
+            "errors": sum(1 for r in rows if r["error"] is not None),
+            "outage_retries": summary.get("outage_retries"),
+            "longest_outage_s": summary.get("longest_outage_s"),
+            "stderr_tail": stderr[-500:],
+        }  # fmt: skip
+    finally:
+        fleet.stop()
+
+
+# -- 5. sustained 2x overload (re-check of what held before) -----------------------------------
+async def _overload(url: str, pid: int, seconds: float) -> dict[str, Any]:
+    body = {**CHAT, "max_tokens": 32}
+    limits = httpx.Limits(max_connections=2000, max_keepalive_connections=2000)
+    async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as c:
+        # Service rate: closed loop with every instance slot (2 x 100) busy, over a window
+        # many request latencies long.
+        done = 0
+        end = time.monotonic() + 20.0
+
+        async def worker() -> None:
+            nonlocal done
+            while time.monotonic() < end:
+                r = await c.post("/v1/chat/completions", json=body)
+                done += r.status_code == 200
+
+        t0 = time.monotonic()
+        await asyncio.gather(*(worker() for _ in range(200)))
+        rate = done / (time.monotonic() - t0)
+        interval = 1.0 / (2 * rate)
+        rss: list[float] = []
+        outcomes: list[tuple[int, bool]] = []
+        lost = 0
+        why: dict[str, int] = {}  # distinct error messages / exception types, counted
+
+        async def one() -> None:
+            nonlocal lost
+            try:
+                r = await c.post("/v1/chat/completions", json=body)
+                outcomes.append((r.status_code, "retry-after" in r.headers))
+                if r.status_code != 200:
+                    msg = f"{r.status_code}: {r.json()['error']['message'][:120]}"
+                    why[msg] = why.get(msg, 0) + 1
+            except httpx.HTTPError as exc:
+                lost += 1
+                msg = f"client error: {type(exc).__name__}: {str(exc)[:80]}"
+                why[msg] = why.get(msg, 0) + 1
+
+        tasks = []
+        start = time.monotonic()
+        next_rss = start
+        i = 0
+        while time.monotonic() - start < seconds:
+            tasks.append(asyncio.create_task(one()))
+            i += 1
+            if time.monotonic() >= next_rss:
+                rss.append(rss_mib(pid))
+                next_rss += 1.0
+            delay = start + i * interval - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        sent_rate = i / (time.monotonic() - start)
+        await asyncio.gather(*tasks)
+        rss.append(rss_mib(pid))
+    codes: dict[str, int] = {}
+    for code, _ in outcomes:
+        codes[str(code)] = codes.get(str(code), 0) + 1
+    shed = [ra for code, ra in outcomes if code == 429]
+    return {"seconds": seconds, "service_rate_per_s": rate, "offered_rate_per_s": sent_rate,
+            "requests": i, "status_counts": codes, "server_errors": sum(
+                1 for code, _ in outcomes if code >= 500), "lost": lost,
+            "shed_with_retry_after": sum(shed), "shed": len(shed), "why": why,
+            "rss_first_mib": rss[0], "rss_max_mib": max(rss), "rss_last_mib": rss[-1]}  # fmt: skip
+
+
+def overload(seconds: float) -> dict[str, Any]:
+    # Default connection timeouts (keep-alive 30 s), as a deployment would run: a 5 s
+    # keep-alive races a client pool that reuses a connection just as it is closed.
+    proc, url = start_gateway("--max-pending", "64", short_timeouts=False)
+    try:
+        time.sleep(1.0)
+        return asyncio.run(_overload(url, proc.pid, seconds))
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+# -- report ----------------------------------------------------------------------------------
+def plot(data: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(1, 3, figsize=(16, 4.5))
+    counts = data["hostile"]["status_counts"]
+    ax[0].bar(list(counts), list(counts.values()), color="tab:blue")
+    ax[0].set_title(
+        f"75 hostile requests: status codes ({len(data['hostile']['server_errors'])} >= 500)"
+    )
+    ax[0].set_xlabel("HTTP status")
+    run = data["embeddings"]["runs"]["100k inputs"]
+    big = data["embeddings"]["runs"]["8 x 2048 inputs"]
+    for name, r, color in (("100k (refused)", run, "tab:red"), ("8 x 2048", big, "tab:green")):
+        h = np.array([[t, ms] for t, ms, _ in r["series"]["health"]])
+        ax[1].plot(h[:, 0], h[:, 1], color=color, label=f"/health latency, {name}")
+    ax[1].set_xlabel("s")
+    ax[1].set_ylabel("/health latency (ms)")
+    ax2 = ax[1].twinx()
+    for name, r, color in (("100k", run, "tab:red"), ("8 x 2048", big, "tab:green")):
+        rs = np.array(r["series"]["rss"])
+        ax2.plot(rs[:, 0], rs[:, 1], color=color, linestyle=":", label=f"RSS {name}")
+    ax2.set_ylabel("gateway RSS (MiB)")
+    ax[1].legend(loc="upper left", fontsize=7)
+    ax[1].set_title("large embedding requests")
+    slow = data["slow_connections"]
+    for kind, color in (("idle", "tab:gray"), ("header", "tab:orange"), ("body", "tab:purple")):
+        ts = [t for k, t in slow["close_times"] if k == kind]
+        ax[2].hist(ts, bins=30, alpha=0.6, color=color, label=f"{kind} ({len(ts)})")
+    ax[2].set_xlabel("seconds until the gateway closed the connection")
+    ax[2].set_title("1,000 slow/idle connections (timeouts 5 s)")
+    ax[2].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def slim(data: dict[str, Any]) -> dict[str, Any]:
+    """The JSON without the raw time series (they are in the PNG; 1 MB otherwise)."""
+    out = json.loads(json.dumps(data))
+    for section in ("embeddings", "embeddings_external_fleet"):
+        for run in out.get(section, {}).get("runs", {}).values():
+            run.pop("series", None)
+    out.get("slow_connections", {}).pop("close_times", None)
+    return out
+
+
+def markdown(d: dict[str, Any]) -> str:
+    h, e, s = d["hostile"], d["embeddings"], d["slow_connections"]
+    lines = [
+        "# Hostile clients against `sage-cp serve` (issue 11)", "",
+        f"Machine: {d['machine']['cpu']}, {d['machine']['cores']} cores, load "
+        f"{d['machine']['loadavg_1m']:.1f} at start; commit {d['machine']['commit']}. "
+        "Target: `sage-cp serve`, embedded simulated fleet, timeouts header/body/idle "
+        f"{TIMEOUTS['header']:g}/{TIMEOUTS['body']:g}/{TIMEOUTS['idle']:g} s.", "",
+        "## 75 hostile requests", "",
+        f"Status counts: {h['status_counts']}; responses >= 500: {len(h['server_errors'])}; "
+        f"plain-text errors: {len(h['plain_text_errors'])}; circuits open afterwards: "
+        f"{sum(h['circuit_open_after'].values())} of {len(h['circuit_open_after'])}; "
+        f"a normal chat request afterwards: {h['normal_chat_after']}.", "",
+        "## Large embedding requests", "",
+        f"Idle gateway RSS: {e['idle_rss_mib']:.0f} MiB.", "",
+        "| request | status | seconds | request bytes | peak RSS over idle (MiB) | /health p50 / p99 / max (ms) | /health non-200 |",
+        "|---|---|---|---|---|---|---|",
+    ]  # fmt: skip
+    for name, r in e["runs"].items():
+        lines.append(
+            f"| {name} | {r['status']} | {r['seconds']:.2f} | {r['request_bytes']} | "
+            f"{r['peak_over_idle_mib']:.0f} | {r['health_p50_ms']:.1f} / {r['health_p99_ms']:.1f}"
+            f" / {r['health_max_ms']:.1f} | {r['health_non_200']} |"
+        )
+    if "embeddings_external_fleet" in d:
+        x = d["embeddings_external_fleet"]
+        lines += ["", "Same requests, simulators in processes of their own (the gateway's own "
+                  f"cost); idle RSS {x['idle_rss_mib']:.0f} MiB:", "",
+                  "| request | status | seconds | peak RSS over idle (MiB) | /health p50 / p99 / max (ms) | /health non-200 |",
+                  "|---|---|---|---|---|---|"]  # fmt: skip
+        for name, r in x["runs"].items():
+            lines.append(
+                f"| {name} | {r['status']} | {r['seconds']:.2f} | {r['peak_over_idle_mib']:.0f} | "
+                f"{r['health_p50_ms']:.1f} / {r['health_p99_ms']:.1f} / {r['health_max_ms']:.1f} | "
+                f"{r['health_non_200']} |"
+            )
+    lines += ["", "## 1,000 slow or idle connections", "",
+              "| kind | connections | closed by the gateway | closed after p50 / max (s) | max incl. connect (s) | timeout (s) |",
+              "|---|---|---|---|---|---|"]  # fmt: skip
+    for kind, r in s["by_kind"].items():
+        lines.append(
+            f"| {kind} | {r['connections']} | {r['closed_by_server']} | "
+            f"{r['close_after_s_p50']:.2f} / {r['close_after_s_max']:.2f} | "
+            f"{r['close_after_s_max_incl_connect']:.2f} | {r['timeout_s']:g} |"
+        )
+    b, du = s["chat_latency_before_ms"], s["chat_latency_during_ms"]
+    lines += ["", f"Normal chat latency (sequential): before p50 {b['p50']:.1f} ms / p99 "
+              f"{b['p99']:.1f} ms (n={b['n']}); during p50 {du['p50']:.1f} ms / p99 "
+              f"{du['p99']:.1f} ms (n={du['n']}).", ""]  # fmt: skip
+    if "batch_outage" in d:
+        bo = d["batch_outage"]
+        lines += ["## Batch job, fleet down 30 s in the middle", "",
+                  f"{bo['lines']} lines; the instance went down (health 503, every request 500) "
+                  f"at {bo['went_down_at_s']:.1f} s with {bo['lines_done_when_down']} lines done "
+                  f"and came back at {bo['came_back_at_s']:.1f} s. Job ended at "
+                  f"{bo['elapsed_s']:.1f} s, exit code {bo['exit_code']}; result lines "
+                  f"{bo['result_lines']}, distinct custom_ids {bo['distinct_ids']}, errors "
+                  f"{bo['errors']}; outage retries {bo['outage_retries']}, longest outage seen "
+                  f"{bo['longest_outage_s']:.1f} s.", ""]  # fmt: skip
+    if "overload" in d:
+        o = d["overload"]
+        lines += ["## Sustained 2x overload (re-check)", "",
+                  f"Service rate {o['service_rate_per_s']:.0f}/s (closed loop, 200 in flight); "
+                  f"offered {o['offered_rate_per_s']:.0f}/s open loop for {o['seconds']:g} s "
+                  f"(`--max-pending 64`): {o['requests']} requests, status counts "
+                  f"{o['status_counts']}, >= 500: {o['server_errors']}, lost (no answer): "
+                  f"{o['lost']}, 429 with Retry-After: {o['shed_with_retry_after']} of "
+                  f"{o['shed']}; gateway RSS first/max/last {o['rss_first_mib']:.0f}/"
+                  f"{o['rss_max_mib']:.0f}/{o['rss_last_mib']:.0f} MiB.", ""]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--skip-batch", action="store_true")
+    ap.add_argument("--slow-worker", metavar="URL", help=argparse.SUPPRESS)
+    ap.add_argument("--overload-s", type=float, default=60.0, help="0 skips the overload run")
+    ap.add_argument("--only-overload", action="store_true", help="(diagnosis) print and exit")
+    args = ap.parse_args()
+    if args.slow_worker:
+        print(json.dumps(asyncio.run(_slow_clients(args.slow_worker))))
+        return
+    data: dict[str, Any] = {"machine": machine(), "timeouts_s": TIMEOUTS}
+    if args.only_overload:
+        print(json.dumps(overload(args.overload_s), indent=1))
+        return
+    proc, url = start_gateway()
+    try:
+        time.sleep(1.0)  # let the embedded fleet's first probes settle
+        data["hostile"] = hostile(url)
+        print("75 cases:", data["hostile"]["status_counts"], flush=True)
+        data["embeddings"] = embeddings(proc.pid, url)
+        print("embeddings:", {k: (v["status"], round(v["peak_over_idle_mib"]), round(v["health_max_ms"], 1))
+                              for k, v in data["embeddings"]["runs"].items()}, flush=True)  # fmt: skip
+        data["slow_connections"] = asyncio.run(_slow_run(url))
+        print("slow:", {k: (v["closed_by_server"], round(v["close_after_s_max"], 2))
+                        for k, v in data["slow_connections"]["by_kind"].items()}, flush=True)  # fmt: skip
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    # The same embedding requests with the simulators in processes of their own: what the
+    # gateway itself costs (the embedded fleet shares the gateway's event loop).
+    sims, cfg = external_fleet()
+    try:
+        proc, url = start_gateway("--config", str(cfg))
+        try:
+            time.sleep(1.0)
+            data["embeddings_external_fleet"] = embeddings(proc.pid, url)
+            print("embeddings, external fleet:", {k: (v["status"], round(v["peak_over_idle_mib"]),
+                  round(v["health_max_ms"], 1)) for k, v in
+                  data["embeddings_external_fleet"]["runs"].items()}, flush=True)  # fmt: skip
+        finally:
+            proc.terminate()
+            proc.wait(30)
+    finally:
+        for sp in sims:
+            sp.terminate()
+            sp.wait(30)
+    if not args.skip_batch:
+        data["batch_outage"] = batch_outage()
+        print("batch:", {k: v for k, v in data["batch_outage"].items() if k != "stderr_tail"})
+    if args.overload_s > 0:
+        data["overload"] = overload(args.overload_s)
+        print("overload:", data["overload"], flush=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    plot(data, RESULTS / "hostile.png")
+    write_results("hostile", slim(data), markdown(data))
+    print((RESULTS / "hostile.md").read_text())
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    main()

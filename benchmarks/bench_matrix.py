@@ -1,0 +1,353 @@
+"""Benchmark matrix: every bundled trace x load x seed, for every built-in router and policy.
+
+Replaces showcase windows (issue 10, item 7). Everything is chosen by rule, the same for every
+trace; nothing is tuned to a window.
+- Traces: azure_conv, azure_code, mooncake (bundled; origin and licences in
+  sage_cp_plugin/workloads/data/README.md).
+- Windows: one per seed, `--window` requests each, at offsets spread evenly over the whole trace
+  (offset_j = round(j * (rows - window) / (seeds - 1)): the first, middle and last part for 3
+  seeds). Prompts are clipped at 16,384 tokens (only Mooncake has longer ones).
+- Fleet: 8 x Llama-3.1-8B/H100 simulated (published step-time fit), 8192 KV blocks, 64 requests
+  in flight each (as prefix_multi_tenant); coordinator defaults otherwise.
+- SLO: P90 TTFT <= 1000 ms and P90 TPOT <= 100 ms (the repository's `standard` class).
+- Load: fractions of the fleet's sustainable throughput per trace, measured first: each seed's
+  window offered at once (10,000 req/s) to round_robin+fifo; the completion rate from the first
+  10 % of completions until the coordinator's queue empties (every slot busy all along), mean
+  over seeds. Loads are 50/70/90/110 % of it (110 % is overload).
+- Capacity at SLO per variant (`--capacity all`; `baseline` for the baseline only): the highest
+  mean arrival rate (the trace's own arrival pattern time-scaled) with P90 TTFT and P90 TPOT over
+  the steady-state requests of all seeds within the SLO and nothing lost. Bracketing from the
+  sustainable throughput (steps of x1.25), then geometric bisection to `--tolerance`. A finite
+  window lets the fleet's 512 slots absorb part of a burst, so this can exceed the sustainable
+  throughput; it is a comparison between variants on the same windows.
+- Variants: the baseline round_robin+fifo; every other router with fifo; every other policy
+  with round_robin. Ratios are to the baseline of the same trace, load and seeds.
+- A cell is a win when P90 TTFT <= 0.97x and goodput >= 0.98x the baseline's, a loss when
+  P90 TTFT > 1.03x or goodput < 0.98x, else a tie.
+
+Sizes: windows of 1,000 requests (more than the fleet's 512 slots, so a queue can form and the
+sustainable throughput can be measured). Replay speed bounds the matrix: about 7,000 streamed
+tokens per CPU-second, i.e. ~10 s of CPU per 1,000-request window of Azure code, ~30 s for Azure
+conversation and Mooncake. The full default matrix (3 traces x 3 seeds x 4 loads x 10 variants
+plus capacities) therefore takes hours on 2 cores; `--seeds 1 --loads 0.9 --capacity none`
+(~15 min of CPU) is the quick form. The result files record what was run.
+
+Run: ``python benchmarks/bench_matrix.py [--seeds N] [--loads ...] [--capacity ...]``.
+Writes benchmarks/results/<name>.{json,md,png} (`--name`, default matrix).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing as mp
+import sys
+import time
+from concurrent.futures import Executor, ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sage_cp_plugin.plugins.registry import get_registry
+from sage_cp_plugin.virtual.capacity import find_capacity
+from sage_cp_plugin.virtual.compare import (
+    BASELINE,
+    ReplaySetup,
+    ReplayVariant,
+    build_variants,
+    run_variant,
+    variant_entry,
+    with_baseline_ratios,
+)
+from sage_cp_plugin.virtual.fleet_file import preset_fleet
+from sage_cp_plugin.virtual.provenance import provenance, provenance_line
+from sage_cp_plugin.virtual.steady import saturated_throughput, steady_interval, steady_stats
+from sage_cp_plugin.workloads.synthetic import evenly_spaced_windows
+from sage_cp_plugin.workloads.traces import read_trace
+
+RESULTS = Path(__file__).resolve().parent / "results"
+TRACES = ("azure_conv", "azure_code", "mooncake")
+LOADS = (0.5, 0.7, 0.9, 1.1)
+PRESET = "llama-3.1-8b-h100-tp1"
+INSTANCES, KV_BLOCKS, IN_FLIGHT = 8, 8192, 64
+MAX_INPUT_TOKENS = 16384
+SLO_TTFT_MS, SLO_TPOT_MS = 1000.0, 100.0
+SATURATING_RPS = 10_000.0
+WIN_TTFT, LOSS_TTFT, MIN_GOODPUT = 0.97, 1.03, 0.98
+
+# Set in the parent before the worker pool forks: workers read the setups from here.
+_SETUPS: dict[str, ReplaySetup] = {}
+
+
+def make_setup(trace: str, window: int, seeds: int) -> tuple[ReplaySetup, list[int]]:
+    t = read_trace(trace, max_input_tokens=MAX_INPUT_TOKENS)
+    offsets, wins = evenly_spaced_windows(t.records, window, seeds)
+    setup = ReplaySetup(
+        windows=lambda seed: wins[seed],
+        members=lambda seed: preset_fleet(
+            INSTANCES, PRESET, seed=seed, max_concurrent_requests=IN_FLIGHT, num_kv_blocks=KV_BLOCKS
+        ),
+        timed=t.timed,
+        slo_ttft_ms=SLO_TTFT_MS,
+        slo_tpot_ms=SLO_TPOT_MS,
+    )
+    return setup, offsets
+
+
+def _job(args: tuple[str, ReplayVariant, int, float]) -> dict[str, Any]:
+    """One replay in a worker: its steady stats plus the raw steady-state latencies."""
+    trace, variant, seed, rate = args
+    r = run_variant(_SETUPS[trace], variant, seed, rate)
+    stats = steady_stats(r)
+    stats["seed"] = seed
+    stats["wall_s"] = r.wall_s
+    a, b = steady_interval(r.outcomes)
+    mid = [o for o in r.outcomes if a <= o.arrival_s <= b and o.state == "completed"]
+    return {
+        "stats": stats,
+        "saturated_rps": saturated_throughput(r.outcomes),
+        "ttft": [o.ttft_ms for o in mid if o.ttft_ms is not None],
+        "tpot": [o.tpot_ms for o in mid if o.tpot_ms is not None],
+        "all_completed": stats["failed"] == 0,
+    }
+
+
+def _meets(pool: Executor, trace: str, v: ReplayVariant, seeds: list[int], rate: float) -> bool:
+    res = list(pool.map(_job, [(trace, v, s, rate) for s in seeds]))
+    if not all(r["all_completed"] for r in res):
+        return False
+    ttft = [x for r in res for x in r["ttft"]]
+    tpot = [x for r in res for x in r["tpot"]]
+    if not ttft:
+        return False
+    ok_ttft = float(np.percentile(ttft, 90)) <= SLO_TTFT_MS
+    ok_tpot = not tpot or float(np.percentile(tpot, 90)) <= SLO_TPOT_MS
+    return ok_ttft and ok_tpot
+
+
+def _log(msg: str, t0: float) -> None:
+    print(f"[{time.perf_counter() - t0:6.0f}s] {msg}", file=sys.stderr, flush=True)
+
+
+def capacity_of(
+    pool: Executor,
+    trace: str,
+    v: ReplayVariant,
+    seeds: list[int],
+    guess: float,
+    growth: float,
+    tol: float,
+    t0: float,
+) -> dict[str, Any]:
+    def meets(rate: float) -> bool:
+        ok = _meets(pool, trace, v, seeds, rate)
+        _log(f"{trace} capacity {v.name}: {rate:.3g} req/s {'meets' if ok else 'misses'}", t0)
+        return ok
+
+    res = find_capacity(meets, guess, tolerance=tol, growth=growth)
+    lo, hi = res.bracket
+    return {
+        "capacity_rps": res.capacity_rps,
+        "bracket": [lo, None if math.isinf(hi) else hi],
+        "probes": [[r, ok] for r, ok in res.probes],
+    }
+
+
+def verdict(r: dict[str, Any]) -> str:
+    t, g = r.get("ttft_ms_p90"), r.get("goodput_rps")
+    if t is None or g is None:
+        return "n/a"
+    if t > LOSS_TTFT or g < MIN_GOODPUT:
+        return "loss"
+    return "win" if t <= WIN_TTFT else "tie"
+
+
+def run_matrix(args: argparse.Namespace) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    registry = get_registry()
+    routers = [n for n in registry.names("router") if n != "round_robin"]
+    policies = [n for n in registry.names("policy") if n != "fifo"]
+    routers = [r for r in routers if r in args.routers] if args.routers else routers
+    policies = [p for p in policies if p in args.policies] if args.policies else policies
+    variants = build_variants(routers, policies)
+    seeds = list(range(args.seeds))
+    offsets: dict[str, list[int]] = {}
+    for trace in args.traces:
+        _SETUPS[trace], offsets[trace] = make_setup(trace, args.window, args.seeds)
+    ctx = mp.get_context("fork")
+    doc: dict[str, Any] = {
+        "description": __doc__,
+        "traces": {},
+        "window": args.window,
+        "seeds": seeds,
+        "loads": list(args.loads),
+        "capacity_tolerance": args.tolerance,
+        "slo_ttft_ms": SLO_TTFT_MS,
+        "slo_tpot_ms": SLO_TPOT_MS,
+        "fleet": f"{INSTANCES} x {PRESET}, {KV_BLOCKS} KV blocks, {IN_FLIGHT} in flight each",
+        "baseline": BASELINE.name,
+        "variants": [v.name for v in variants],
+    }
+    with ProcessPoolExecutor(max_workers=args.jobs, mp_context=ctx) as pool:
+        for trace in args.traces:
+            tdoc: dict[str, Any] = {"window_offsets": offsets[trace], "cells": {}}
+            sat = list(pool.map(_job, [(trace, BASELINE, sd, SATURATING_RPS) for sd in seeds]))
+            rates = [r["saturated_rps"] for r in sat if r["saturated_rps"] is not None]
+            cap = float(np.mean(rates)) if len(rates) == len(seeds) else 0.0
+            tdoc["sustainable_rps"] = cap
+            tdoc["sustainable_rps_per_seed"] = [r["saturated_rps"] for r in sat]
+            tdoc["capacity"] = {}
+            _log(f"{trace}: sustainable throughput (round_robin+fifo) {cap:.3g} req/s", t0)
+            if cap <= 0:
+                tdoc["error"] = "no queue formed: the window is smaller than the fleet's slots"
+                doc["traces"][trace] = tdoc
+                continue
+            for load in args.loads:
+                rate = load * cap
+                jobs = [(trace, v, s, rate) for v in variants for s in seeds]
+                results = list(pool.map(_job, jobs))
+                entries = []
+                for i, v in enumerate(variants):
+                    runs = [r["stats"] for r in results[i * len(seeds) : (i + 1) * len(seeds)]]
+                    entries.append(variant_entry(v, runs))
+                with_baseline_ratios(entries)
+                for e in entries:
+                    e["verdict"] = verdict(e["vs_baseline"])
+                    del e["runs"]
+                tdoc["cells"][f"{load:.2f}"] = {"rate_rps": rate, "variants": entries}
+                summary = ", ".join(
+                    f"{e['name']} {e['vs_baseline']['ttft_ms_p90'] or float('nan'):.2f}x"
+                    for e in entries
+                )
+                _log(f"{trace} load {load:.0%} ({rate:.3g} req/s): P90 TTFT {summary}", t0)
+            for v in variants if args.capacity == "all" else [BASELINE] * (args.capacity != "none"):
+                tdoc["capacity"][v.name] = capacity_of(
+                    pool, trace, v, seeds, cap, 1.25, args.tolerance, t0
+                )
+            doc["traces"][trace] = tdoc
+    doc["wall_s"] = time.perf_counter() - t0
+    doc["environment"] = provenance()
+    return doc
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    env = doc["environment"]
+    desc = (doc["description"] or "").split("Run:")[0].strip()
+    lines = [
+        "# Benchmark matrix: traces x loads x seeds, every router and policy",
+        "",
+        desc,
+        "",
+        f"This run: windows of {doc['window']} requests, seeds {doc['seeds']}, loads "
+        f"{', '.join(f'{x:.0%}' for x in doc['loads'])}, capacity tolerance "
+        f"{doc['capacity_tolerance']:.0%}; {doc['wall_s'] / 60:.0f} min wall. "
+        + provenance_line(env),
+        "",
+    ]
+    tally: dict[str, dict[str, int]] = {}
+    for trace, tdoc in doc["traces"].items():
+        caps = tdoc.get("capacity", {})
+        base_cap = caps.get(BASELINE.name, {}).get("capacity_rps", 0.0)
+        lines += [
+            f"## {trace}",
+            "",
+            f"Windows at rows {tdoc['window_offsets']}; sustainable throughput (100 % load) "
+            f"{tdoc.get('sustainable_rps', 0.0):.3g} req/s; round_robin+fifo capacity at SLO "
+            + (f"{base_cap:.3g} req/s." if base_cap else "not measured."),
+            "",
+        ]
+        if "error" in tdoc:
+            lines += [tdoc["error"], ""]
+            continue
+        loads = list(tdoc["cells"])
+        head = ["variant"] + [f"{float(x):.0%} load: P90 TTFT ms (x), goodput x" for x in loads]
+        head += ["capacity at SLO req/s (x)"]
+        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for name in doc["variants"]:
+            cells = [f"`{name}`"]
+            for load in loads:
+                e = next(v for v in tdoc["cells"][load]["variants"] if v["name"] == name)
+                r = e["vs_baseline"]
+                p90 = e["ttft_ms"]["p90"]
+                mark = {"win": " **win**", "loss": " *loss*"}.get(e["verdict"], "")
+                cells.append(
+                    f"{p90:.0f} ({r['ttft_ms_p90']:.2f}x), {r['goodput_rps']:.2f}x{mark}"
+                    if p90 is not None and r["ttft_ms_p90"] is not None
+                    else "-"
+                )
+                if name != BASELINE.name:
+                    t = tally.setdefault(name, {"win": 0, "tie": 0, "loss": 0, "n/a": 0})
+                    t[e["verdict"]] += 1
+            c = caps.get(name, {}).get("capacity_rps")
+            cells.append(
+                "-" if c is None else f"{c:.3g} ({c / base_cap:.2f}x)" if base_cap else f"{c:.3g}"
+            )
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += ["## Wins and losses (cells, all traces and loads)", ""]
+    lines += ["| variant | wins | ties | losses |", "|---|---|---|---|"]
+    for name, t in tally.items():
+        lines.append(f"| `{name}` | {t['win']} | {t['tie']} | {t['loss']} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(doc: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    traces = [t for t, d in doc["traces"].items() if d.get("cells")]
+    fig, axes = plt.subplots(1, max(1, len(traces)), figsize=(5 * max(1, len(traces)), 4.2))
+    axes = np.atleast_1d(axes)
+    for ax, trace in zip(axes, traces, strict=False):
+        cells = doc["traces"][trace]["cells"]
+        loads = [float(x) for x in cells]
+        for name in doc["variants"]:
+            ys = []
+            for key in cells:
+                e = next(v for v in cells[key]["variants"] if v["name"] == name)
+                ys.append(e["vs_baseline"]["ttft_ms_p90"] or float("nan"))
+            style = "k--" if name == BASELINE.name else "-o"
+            ax.plot([100 * x for x in loads], ys, style, label=name, markersize=3)
+        ax.set_title(f"{trace}: P90 TTFT / round_robin+fifo", fontsize=9)
+        ax.set_xlabel("load (% of sustainable throughput)")
+        ax.set_yscale("log")
+    axes[0].legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--traces", nargs="+", default=list(TRACES), choices=TRACES)
+    p.add_argument("--window", type=int, default=1000, help="requests per window (default 1000)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds = windows per trace (default 3)")
+    p.add_argument("--loads", type=float, nargs="+", default=list(LOADS))
+    p.add_argument("--tolerance", type=float, default=0.10, help="capacity bisection tolerance")
+    p.add_argument("--routers", nargs="*", help="subset of routers (default: every built-in)")
+    p.add_argument("--policies", nargs="*", help="subset of policies (default: every built-in)")
+    p.add_argument(
+        "--capacity",
+        choices=("all", "baseline", "none"),
+        default="all",
+        help="capacity at SLO for every variant (default), the baseline only, or none",
+    )
+    p.add_argument("--jobs", type=int, default=2, help="worker processes (default 2)")
+    p.add_argument("--name", default="matrix", help="result file stem (default matrix)")
+    args = p.parse_args(argv)
+    doc = run_matrix(args)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(doc, indent=1) + "\n")
+    md = markdown(doc)
+    (RESULTS / f"{args.name}.md").write_text(md)
+    plot(doc, RESULTS / f"{args.name}.png")
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""`ControlPlaneOptions`: every setting of the coordinator, validated, with its one default.
+
+`ControlPlaneManager(...)` builds one from its keyword arguments and `ControlPlaneConfig`
+(files, the gateway, the batch job, the SAGE service) extends it with the fleet, so a
+setting reachable from code is reachable from a file and no default differs between them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from sage_cp_plugin.errors import ConfigurationError
+from sage_cp_plugin.health import HealthConfig
+from sage_cp_plugin.scrape import ScrapeConfig
+from sage_cp_plugin.types import PDSeparationConfig
+
+
+class ControlPlaneOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    scheduling_policy: str = "adaptive"
+    routing_strategy: str = "load_balanced"
+    policy_options: dict[str, Any] = Field(default_factory=dict)
+    router_options: dict[str, Any] = Field(default_factory=dict)
+    # Tag requests by phase and prefer prefill/decode-specialised instances accordingly
+    # (a no-op on a fleet of general instances). `pd` refines it; None: defaults.
+    enable_pd_separation: bool = True
+    pd: PDSeparationConfig | None = None
+    enable_monitoring: bool = True  # active health probes and /metrics scraping
+    enable_auto_scaling: bool = False  # accepted for the document's signature; True is refused
+    max_pending_requests: int = Field(10_000, gt=0)
+    max_attempts: int = Field(3, gt=0)
+    retry_backoff_s: float = Field(0.05, ge=0)  # first retry; doubles per attempt, jittered
+    # A request still unfinished this long after arrival fails with error_type "timeout",
+    # whether it is queued or running.
+    request_timeout_s: float = Field(600.0, gt=0)
+    health: HealthConfig = Field(default_factory=HealthConfig)
+    scrape: ScrapeConfig = Field(default_factory=ScrapeConfig)
+    embedding_batch_size: int = Field(64, gt=0)
+    # Extra slots (a fraction of max_concurrent_requests) only urgent requests may use;
+    # urgent = priority HIGH or above, or a TTFT objective <= urgent_ttft_ms.
+    urgent_headroom: float = Field(0.0, ge=0)
+    urgent_ttft_ms: float = Field(500.0, gt=0)
+    # Per-instance concurrency limit that adapts to the engine's queueing delay
+    # (concurrency_limit.py), so the backlog waits in the coordinator's queue.
+    adaptive_concurrency: bool = False
+    upstream_streaming: bool = True  # stream from vLLM even for non-streaming callers (TTFT)
+    result_retention: int = Field(10_000, gt=0)  # finished results kept for get_request_status
+    # ... and at most about this many bytes of them: a few large embedding answers must not
+    # pin gigabytes (the size is an estimate, embedding_parts.result_bytes).
+    result_retention_bytes: int = Field(256 * 1024 * 1024, gt=0)
+    # Distinct `tag=value` series counted in metrics; further ones count under "other".
+    max_tag_series: int = Field(64, ge=0)
+
+    @field_validator("enable_auto_scaling")
+    @classmethod
+    def _no_auto_scaling(cls, v: bool) -> bool:
+        if v:
+            raise ValueError(
+                "enable_auto_scaling=True is not supported: the control plane routes over the "
+                "instances you register; scale the fleet with your orchestrator"
+            )
+        return v
+
+    def pd_config(self) -> PDSeparationConfig:
+        return self.pd or PDSeparationConfig(enabled=self.enable_pd_separation)
+
+
+def validation_message(exc: ValidationError) -> str:
+    """One line naming each bad field, what is wrong and the value given."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']} (got {e.get('input')!r})"
+        for e in exc.errors()
+    )
+
+
+def build_options(where: str, **settings: Any) -> ControlPlaneOptions:
+    """Options from keyword settings (None = the default); a bad one is a ConfigurationError."""
+    given = {k: v for k, v in settings.items() if v is not None}
+    try:
+        return ControlPlaneOptions.model_validate(given)
+    except ValidationError as exc:
+        raise ConfigurationError(f"{where}: {validation_message(exc)}") from exc

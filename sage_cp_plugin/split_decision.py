@@ -1,0 +1,52 @@
+"""Whether one request should take the two-step disaggregated path (prefill on a prefill
+instance, KV transfer, decode on a decode instance) or run whole on one instance.
+
+The split's gain is the decode side's TPOT: a long prefill run on the instance that decodes
+stalls every sequence decoding there. Its costs are the transfer, one extra hop, and, when
+the prefill pool is busy, the wait for it; a split that waits for a busy prefill pool while
+another instance could start the request now turns the fleet into two half-size pools,
+which is how a static split loses goodput near saturation. So a request is split only when
+all of these hold (`split_pays`, a pure function of the numbers in `SplitView`):
+
+1. decode slack: the decode instance can take one more sequence (below its limit) and its
+   current step time is within the request's TPOT objective, if it has one;
+2. the uncached prompt is long enough to hurt co-running decodes: prefilling it takes at
+   least one decode step of the instance it would otherwise run on;
+3. the split does not make the request wait: predicted prefill-pool wait plus the KV
+   transfer is within one decode step of the wait of the best instance that could serve it
+   whole now.
+Otherwise the request runs whole on any instance, prefill and decode ones included, so the
+fleet is never worse than a general pool of the same GPUs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class SplitView:
+    """What the decision looks at, all in seconds and tokens (measured or predicted)."""
+
+    uncached_tokens: int  # prompt tokens the decode instance would have to compute
+    prefill_s_per_token: float  # prefill speed of the prefill instance
+    transfer_s_per_token: float  # KV transfer cost per token
+    prefill_wait_s: float  # predicted wait before the prefill instance starts it
+    whole_wait_s: float  # predicted wait on the best instance that could run it whole now
+    decode_step_s: float  # the decode instance's current step (inter-token) time
+    decode_in_flight: int
+    decode_limit: int
+    tpot_slo_s: float | None = None
+
+
+def split_pays(v: SplitView) -> bool:
+    """True when the two-step path beats serving the request whole (see module doc)."""
+    if v.decode_in_flight >= v.decode_limit:
+        return False
+    if v.tpot_slo_s is not None and v.decode_step_s > v.tpot_slo_s:
+        return False  # the decode instance already misses the objective: adding hurts
+    prefill_s = v.uncached_tokens * v.prefill_s_per_token
+    if prefill_s < v.decode_step_s:
+        return False  # fits in a step's slack: co-runners barely notice it
+    split_wait = v.prefill_wait_s + v.uncached_tokens * v.transfer_s_per_token
+    return split_wait <= v.whole_wait_s + v.decode_step_s

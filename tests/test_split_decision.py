@@ -1,0 +1,62 @@
+"""The per-request PD decision: split only when the two-step path beats serving it whole."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from sage_cp_plugin.split_decision import SplitView, split_pays
+from sage_cp_plugin.types import PDSeparationConfig
+
+STEP = 0.02
+# A 2000-token uncached prompt at 17 us/token takes 34 ms to prefill: more than a step.
+PAYS = SplitView(
+    uncached_tokens=2000,
+    prefill_s_per_token=17e-6,
+    transfer_s_per_token=2e-6,
+    prefill_wait_s=0.0,
+    whole_wait_s=0.0,
+    decode_step_s=STEP,
+    decode_in_flight=10,
+    decode_limit=64,
+    tpot_slo_s=0.1,
+)
+
+
+def test_long_uncached_prompt_with_an_idle_prefill_pool_is_split() -> None:
+    assert split_pays(PAYS)
+
+
+def test_short_prompt_runs_whole() -> None:
+    # 500 tokens = 8.5 ms of prefill: less than one decode step.
+    assert not split_pays(dataclasses.replace(PAYS, uncached_tokens=500))
+
+
+def test_busy_prefill_pool_means_whole() -> None:
+    # 4 steps of prefill queue against an instance that can start it now: whole wins.
+    assert not split_pays(dataclasses.replace(PAYS, prefill_wait_s=4 * STEP))
+    # ... unless every whole instance is at least as backed up.
+    assert split_pays(dataclasses.replace(PAYS, prefill_wait_s=4 * STEP, whole_wait_s=4 * STEP))
+
+
+def test_transfer_cost_counts_against_the_split() -> None:
+    slow_link = dataclasses.replace(PAYS, transfer_s_per_token=30e-6)  # 60 ms for 2000 tokens
+    assert not split_pays(slow_link)
+
+
+def test_no_decode_slack_means_whole() -> None:
+    assert not split_pays(dataclasses.replace(PAYS, decode_in_flight=64))
+    assert not split_pays(dataclasses.replace(PAYS, decode_step_s=0.15))  # misses TPOT 100 ms
+    # Without a TPOT objective a slow decode step alone does not forbid it.
+    assert split_pays(
+        dataclasses.replace(PAYS, decode_step_s=0.03, tpot_slo_s=None, uncached_tokens=4000)
+    )
+
+
+def test_predicted_is_a_known_trigger_and_unknown_ones_are_named() -> None:
+    assert PDSeparationConfig(disaggregation_trigger="predicted").disaggregation_trigger == (
+        "predicted"
+    )
+    with pytest.raises(ValueError, match="disaggregation_trigger='sometimes'"):
+        PDSeparationConfig(disaggregation_trigger="sometimes")
