@@ -81,14 +81,22 @@ WIN_TTFT, LOSS_TTFT, MIN_GOODPUT = 0.97, 1.03, 0.98
 _SETUPS: dict[str, ReplaySetup] = {}
 
 
-def make_setup(trace: str, window: int, seeds: int) -> tuple[ReplaySetup, list[int]]:
+def make_setup(
+    trace: str, window: int, seeds: int, engine: dict[str, Any], coordinator: dict[str, Any]
+) -> tuple[ReplaySetup, list[int]]:
     t = read_trace(trace, max_input_tokens=MAX_INPUT_TOKENS)
     offsets, wins = evenly_spaced_windows(t.records, window, seeds)
     setup = ReplaySetup(
         windows=lambda seed: wins[seed],
         members=lambda seed: preset_fleet(
-            INSTANCES, PRESET, seed=seed, max_concurrent_requests=IN_FLIGHT, num_kv_blocks=KV_BLOCKS
+            INSTANCES,
+            PRESET,
+            seed=seed,
+            max_concurrent_requests=IN_FLIGHT,
+            num_kv_blocks=KV_BLOCKS,
+            **engine,
         ),
+        coordinator={"extra": coordinator} if coordinator else {},
         timed=t.timed,
         slo_ttft_ms=SLO_TTFT_MS,
         slo_tpot_ms=SLO_TPOT_MS,
@@ -174,8 +182,13 @@ def run_matrix(args: argparse.Namespace) -> dict[str, Any]:
     variants = build_variants(routers, policies)
     seeds = list(range(args.seeds))
     offsets: dict[str, list[int]] = {}
+    # Options given to every variant alike (the baseline too).
+    engine = {"scheduling_policy": "priority"} if args.engine_priority else {}
+    coordinator = {"adaptive_concurrency": True} if args.adaptive_concurrency else {}
     for trace in args.traces:
-        _SETUPS[trace], offsets[trace] = make_setup(trace, args.window, args.seeds)
+        _SETUPS[trace], offsets[trace] = make_setup(
+            trace, args.window, args.seeds, engine, coordinator
+        )
     ctx = mp.get_context("fork")
     doc: dict[str, Any] = {
         "description": __doc__,
@@ -189,6 +202,8 @@ def run_matrix(args: argparse.Namespace) -> dict[str, Any]:
         "fleet": f"{INSTANCES} x {PRESET}, {KV_BLOCKS} KV blocks, {IN_FLIGHT} in flight each",
         "baseline": BASELINE.name,
         "variants": [v.name for v in variants],
+        "engine_options": engine,
+        "coordinator_options": coordinator,
     }
     with ProcessPoolExecutor(max_workers=args.jobs, mp_context=ctx) as pool:
         for trace in args.traces:
@@ -244,6 +259,9 @@ def markdown(doc: dict[str, Any]) -> str:
         f"{', '.join(f'{x:.0%}' for x in doc['loads'])}, capacity tolerance "
         f"{doc['capacity_tolerance']:.0%}; {doc['wall_s'] / 60:.0f} min wall. "
         + provenance_line(env),
+        "",
+        f"Options for every variant: engines {doc.get('engine_options') or 'defaults'}, "
+        f"coordinator {doc.get('coordinator_options') or 'defaults'}.",
         "",
     ]
     tally: dict[str, dict[str, int]] = {}
@@ -335,6 +353,16 @@ def main(argv: list[str] | None = None) -> int:
         choices=("all", "baseline", "none"),
         default="all",
         help="capacity at SLO for every variant (default), the baseline only, or none",
+    )
+    p.add_argument(
+        "--adaptive-concurrency",
+        action="store_true",
+        help="coordinator option adaptive_concurrency=True for every variant",
+    )
+    p.add_argument(
+        "--engine-priority",
+        action="store_true",
+        help="engines run vLLM's --scheduling-policy priority, for every variant",
     )
     p.add_argument("--jobs", type=int, default=2, help="worker processes (default 2)")
     p.add_argument("--name", default="matrix", help="result file stem (default matrix)")

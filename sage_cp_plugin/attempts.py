@@ -13,6 +13,7 @@ import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from sage_cp_plugin import load_model
 from sage_cp_plugin.concurrency_limit import ConcurrencyLimits
 from sage_cp_plugin.cost import GpuTimeMeter, price
 from sage_cp_plugin.errors import InvalidRequestBodyError, UpstreamError
@@ -24,6 +25,7 @@ from sage_cp_plugin.pending import PendingQueue, QueuedRequest
 from sage_cp_plugin.preferences import layout_of
 from sage_cp_plugin.results import ResultStore
 from sage_cp_plugin.routing.base import Router
+from sage_cp_plugin.routing.cache_view import PrefixCacheView
 from sage_cp_plugin.state import InstanceState
 from sage_cp_plugin.strategies import Strategies
 from sage_cp_plugin.types import (
@@ -64,8 +66,12 @@ class Attempts:
         clock: Callable[[], float],
         is_running: Callable[[], bool],
         wake: Callable[[], None],
+        cache_view: PrefixCacheView | None = None,
     ) -> None:
         self.executor = executor
+        self.cache_view = cache_view  # learns where each request went (prefix reuse)
+        # Each running request's share of its instances' token load (load_model).
+        self._bookings: dict[str, list[load_model.Booking]] = {}
         self.strategies = strategies
         self.results = results
         self.health = health
@@ -103,6 +109,7 @@ class Attempts:
 
         def first_token() -> None:
             item.first_token_seen = True
+            self._first_token(item)
 
         priority = st.scheduling_policy.engine_priority(item)
 
@@ -136,6 +143,7 @@ class Attempts:
 
         def first_token() -> None:
             item.first_token_seen = True
+            self._first_token(item)
 
         priority = st.scheduling_policy.engine_priority(item)
 
@@ -175,6 +183,7 @@ class Attempts:
         if item.failed_on is not None and legs[-1][0].instance_id != item.failed_on:
             self.metrics.failovers += 1  # moved off the instance that failed it
         item.failed_on = None
+        self._bookings[item.request_id] = self._book(item, [st for st, _ in legs], now)
         for st, router in legs:
             self.meter.mark(st.instance_id, st.in_flight, now)
             st.in_flight += 1
@@ -256,6 +265,9 @@ class Attempts:
             )
         finally:
             self._running.pop(item.request_id, None)
+            released_at = self.clock()
+            for b in self._bookings.pop(item.request_id, ()):
+                load_model.release(b, released_at)
             for st, router in legs:
                 self.meter.mark(st.instance_id, st.in_flight, self.clock())
                 st.in_flight -= 1
@@ -369,17 +381,34 @@ class Attempts:
         self.strategies.scheduling_policy.observe(item, state, met)
         self.results.store(item, result)
 
+    def _book(
+        self, item: QueuedRequest, states: list[InstanceState], now: float
+    ) -> list[load_model.Booking]:
+        """The request's load on each instance it occupies (uncached prefill, then KV), and
+        what the prefix-cache view learns from where it went."""
+        view = self.cache_view
+        out = []
+        for st in states:
+            cached = view.cached_tokens(item, [st])[0] if view is not None else 0
+            out.append(load_model.book(st, item.input_tokens, item.output_tokens, cached, now))
+            if view is not None:
+                view.on_dispatch(item, st.instance_id)
+        return out
+
+    def _first_token(self, item: QueuedRequest) -> None:
+        now = self.clock()
+        for b in self._bookings.get(item.request_id, ()):
+            load_model.first_token(b, now)
+
     @staticmethod
     def _learn(state: InstanceState, item: QueuedRequest, out: Outcome) -> None:
-        """Online per-instance speeds, from this request's own timings."""
+        """Decode step time from this request's TPOT (prefill speed is learnt at its first
+        token, against the work that was queued ahead of it: `load_model.first_token`)."""
         if out.first_token_at is None or not out.token_times:
             return
-        prompt = out.prompt_tokens or item.input_tokens
-        if prompt > 0:
-            state.prefill_s_per_token.add((out.first_token_at - out.started_at) / prompt)
         if out.completion_tokens > 1:
-            state.decode_s_per_token.add(
-                (out.finished_at - out.first_token_at) / (out.completion_tokens - 1)
+            load_model.observe_decode(
+                state, (out.finished_at - out.first_token_at) / (out.completion_tokens - 1)
             )
 
     # -- bookkeeping -----------------------------------------------------------------------

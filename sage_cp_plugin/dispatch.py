@@ -1,5 +1,6 @@
 """The dispatcher: event-driven loop that moves requests from the queue onto instances
-(running them is `attempts.Attempts`' job).
+(what to do with each head is `planning.plan_head`'s pure decision; running them is
+`attempts.Attempts`' job).
 
 Woken by an asyncio.Event (submit, finish, health change, retry timer); a round pops, per
 pool, while the head request has an eligible instance with capacity. Cost per dispatched
@@ -15,8 +16,8 @@ from collections.abc import Callable
 from sage_cp_plugin.attempts import Attempts
 from sage_cp_plugin.health import HealthMonitor
 from sage_cp_plugin.pending import PendingQueue, QueuedRequest
+from sage_cp_plugin.planning import Launch, LaunchSplit, WaitForCapacity, WaitUntil, plan_head
 from sage_cp_plugin.pools import InstancePools
-from sage_cp_plugin.preferences import narrow
 from sage_cp_plugin.results import ResultStore
 from sage_cp_plugin.state import InstanceState
 from sage_cp_plugin.strategies import Strategies
@@ -171,11 +172,24 @@ class Dispatcher:
             wait += self.pools.limits.of(s).last_delay_s
         return wait
 
+    # -- the fleet view a plan reads (planning.FleetView) ----------------------------------
+    def has_room(self, state: InstanceState, item: QueuedRequest) -> bool:
+        return self.pools.has_room(state, item)
+
+    def filter_by_phase(
+        self, candidates: list[InstanceState], item: QueuedRequest
+    ) -> list[InstanceState]:
+        pd = self.strategies.pd_router
+        return candidates if pd is None else pd.filter_by_phase(candidates, item.phase)
+
+    def no_instance_reason(self, item: QueuedRequest) -> str:
+        return self._no_instance_reason(item)
+
+    # -- one round: plan the head of each pool (planning.plan_head), apply, repeat ---------
     def dispatch_round(self) -> None:
         if not self.is_running():
             return
         queue, fleet, results, strategies = self.queue, self.fleet, self.results, self.strategies
-        timeout_s = self.request_timeout_s
         now = self.clock()
         fleet.now = now
         policy = strategies.scheduling_policy
@@ -184,52 +198,27 @@ class Dispatcher:
         if self._policy_seen is not None and seen != self._policy_seen:
             queue.rekey(policy.key)  # the ordering changed (adaptive switch, update_policy)
         self._policy_seen = seen
+        split = self._pd_pair if strategies.disaggregator.enabled else None
+        router = strategies.router
         for pool in queue.pools():
             while True:
                 item = queue.peek(pool)
                 if item is None:
                     break
-                if item.not_before > now:
-                    self._wake_at(item.not_before)
+                action = plan_head(item, self, policy, router, now, split)
+                if isinstance(action, WaitUntil):
+                    self._wake_at(action.when)
                     break
-                if now - item.arrival > timeout_s:
-                    queue.pop(pool)
-                    self._dequeued(item)
-                    results.finish_failed(
-                        item,
-                        f"request timed out after {timeout_s:g}s without completing"
-                        + (f" (last error: {item.last_error})" if item.last_error else ""),
-                        "timeout",
-                    )
-                    continue
-                if strategies.disaggregator.enabled and not item.pool[1] and not item.no_split:
-                    pair = self._pd_pair(item)
-                    if pair == "wait":
-                        break
-                    if isinstance(pair, tuple):
-                        queue.pop(pool)
-                        self._dequeued(item)
-                        self.attempts.launch_pd(item, pair[0], pair[1], now)
-                        continue
-                cands, any_routable = self.candidates(item)
-                if not any_routable:
-                    queue.pop(pool)
-                    self._dequeued(item)
-                    why = self._no_instance_reason(item)
-                    results.finish_failed(item, why, "no_instance")
-                    continue
-                if not cands:
+                if isinstance(action, WaitForCapacity):
                     break  # every eligible instance is busy: wait for a finish
-                state = policy.select_instance(item, narrow(item, cands), strategies.router, fleet)
-                if state is None:
-                    break
-                reject = policy.check_dispatch(item, state, now)
                 queue.pop(pool)
                 self._dequeued(item)
-                if reject is not None:
-                    results.finish_failed(item, reject, "rejected")
-                    continue
-                self.attempts.launch(item, state, now)
+                if isinstance(action, Launch):
+                    self.attempts.launch(item, action.state, now)
+                elif isinstance(action, LaunchSplit):
+                    self.attempts.launch_pd(item, action.prefill, action.decode, now)
+                else:
+                    results.finish_failed(item, action.reason, action.kind)
 
     def _dequeued(self, item: QueuedRequest) -> None:
         hook = getattr(self.strategies.scheduling_policy, "on_dequeue", None)

@@ -38,6 +38,7 @@ from sage_cp_plugin.policies.base import SchedulingPolicy
 from sage_cp_plugin.pools import InstancePools
 from sage_cp_plugin.results import ResultStore
 from sage_cp_plugin.routing.base import Router
+from sage_cp_plugin.routing.cache_view import ApproximatePrefixCache
 from sage_cp_plugin.scrape import MetricsScraper
 from sage_cp_plugin.state import FleetSnapshot, InstanceState
 from sage_cp_plugin.status import control_plane_status
@@ -68,7 +69,7 @@ class ControlPlaneManager:
     def __init__(
         self,
         scheduling_policy: str = "adaptive",
-        routing_strategy: str = "load_balanced",
+        routing_strategy: str = "prefix_aware",
         enable_pd_separation: bool = True,
         enable_monitoring: bool = True,
         pd_config: PDSeparationConfig | None = None,
@@ -113,7 +114,9 @@ class ControlPlaneManager:
         self.retry_backoff_s = o.retry_backoff_s
         self.request_timeout_s = o.request_timeout_s
         self.embedding_batch_size = o.embedding_batch_size
-        self.fleet = FleetSnapshot()
+        # What each engine's prefix cache holds; routers read it through the fleet snapshot.
+        self.cache_view = ApproximatePrefixCache()
+        self.fleet = FleetSnapshot(cache_view=self.cache_view)
         self.limits = ConcurrencyLimits() if o.adaptive_concurrency else None
         self.pools = InstancePools(
             self.fleet, urgent_headroom=o.urgent_headroom, limits=self.limits
@@ -140,6 +143,7 @@ class ControlPlaneManager:
             clock=self.now,
             is_running=lambda: self._running,
             wake=self._wake,
+            cache_view=self.cache_view,
         )
         self.dispatcher = Dispatcher(
             queue=self.queue,
@@ -197,9 +201,16 @@ class ControlPlaneManager:
             )
         # The document's status flags, as given at registration: an unavailable instance
         # joins drained, an unhealthy one waits for a passing probe.
-        self.fleet.states[instance.instance_id] = InstanceState(
+        state = InstanceState(
             instance=instance, healthy=instance.is_healthy, draining=not instance.is_available
         )
+        peer = next(
+            (s for s in self.fleet.states.values() if s.speed_class == state.speed_class), None
+        )
+        if peer is not None:
+            state.share_speeds(peer)
+        self.fleet.states[instance.instance_id] = state
+        self.cache_view.set_capacity(state)
         self.pools.invalidate()
         self.executor.register_instance(instance)
         logger.info("registered instance %s at %s", instance.instance_id, instance.base_url)
@@ -214,6 +225,7 @@ class ControlPlaneManager:
         if self.limits is not None:
             self.limits.forget(instance_id)
         self.router.on_instance_removed(instance_id)
+        self.cache_view.on_instance_removed(instance_id)
         await self.executor.unregister_instance(instance_id)
         self._wake()
 

@@ -21,7 +21,7 @@ class ControlPlaneOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     scheduling_policy: str = "adaptive"
-    routing_strategy: str = "load_balanced"
+    routing_strategy: str = "prefix_aware"
     policy_options: dict[str, Any] = Field(default_factory=dict)
     router_options: dict[str, Any] = Field(default_factory=dict)
     # Tag requests by phase and prefer prefill/decode-specialised instances accordingly

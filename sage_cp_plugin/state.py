@@ -9,11 +9,16 @@ O(instances) allocations per request, which the decision-cost budget does not al
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from sage_cp_plugin.cost import price
 from sage_cp_plugin.types import ExecutionInstance, ExecutionInstanceType
+
+if TYPE_CHECKING:
+    from sage_cp_plugin.routing.cache_view import PrefixCacheView
 
 
 @dataclass(slots=True)
@@ -27,6 +32,10 @@ class ScrapedLoad:
     prefix_cache_hits: float = 0.0
     scraped_at: float = 0.0  # loop clock
     fresh: bool = False  # False when the scrape is older than the staleness bound or failed
+    # Our own requests on the instance when the scrape answered: vLLM's counts beyond this
+    # are work that did not come through us (never count ours twice).
+    ours_at_scrape: int = 0
+    interval_s: float = 1.0  # the scrape period: a residual fades to nothing over it
 
 
 @dataclass(slots=True)
@@ -56,9 +65,24 @@ class InstanceState:
     in_flight: int = 0
     in_flight_tokens: int = 0  # prompt + expected output tokens of requests in flight
     scraped: ScrapedLoad = field(default_factory=ScrapedLoad)
-    # Learnt online from completed requests (seconds per token).
+    # Token-level load, kept exactly by `load_model` from what we sent and what came back.
+    prefill_tokens_queued: int = 0  # uncached prompt tokens of requests before first token
+    prefill_seqs: int = 0  # requests waiting for their first token
+    decode_seqs: int = 0  # requests past their first token
+    decode_kv_tokens: int = 0  # their KV footprint (prompt + expected output tokens)
+    prefill_queue: deque[Any] = field(default_factory=deque)  # load_model.Booking, FCFS
+    prefill_head_since: float = 0.0  # when the engine started on the head of that queue
+    mean_prompt_tokens: Ewma = field(default_factory=Ewma)  # uncached tokens per request
+    # Learnt online from streamed timings: seconds per prefill token (the ratio of the
+    # two sums below), decode step (TPOT). The coordinator shares these objects among
+    # instances of one speed class (`speed_class`): identical engines run at one speed, and a
+    # per-instance estimate that one bad sample inflates would steer traffic away from that
+    # instance and never get the samples to recover (measured: 40x off, a quarter of the
+    # fleet starved).
     prefill_s_per_token: Ewma = field(default_factory=Ewma)
     decode_s_per_token: Ewma = field(default_factory=Ewma)
+    prefill_busy_s: Ewma = field(default_factory=lambda: Ewma(alpha=0.05))
+    prefill_work_tokens: Ewma = field(default_factory=lambda: Ewma(alpha=0.05))
     completed: int = 0
     failed: int = 0
     consecutive_failures: int = 0
@@ -66,6 +90,26 @@ class InstanceState:
     @property
     def instance_id(self) -> str:
         return self.instance.instance_id
+
+    @property
+    def speed_class(self) -> tuple[object, ...]:
+        """Instances with equal keys are assumed to run at the same speed."""
+        i = self.instance
+        return (
+            i.model_name,
+            i.instance_type,
+            i.tensor_parallel_size,
+            i.pipeline_parallel_size,
+            i.gpu_count,
+            i.speed_hint,
+        )
+
+    def share_speeds(self, other: InstanceState) -> None:
+        """Learn speeds into `other`'s estimates (same speed class)."""
+        self.prefill_s_per_token = other.prefill_s_per_token
+        self.decode_s_per_token = other.decode_s_per_token
+        self.prefill_busy_s = other.prefill_busy_s
+        self.prefill_work_tokens = other.prefill_work_tokens
 
     @property
     def capacity(self) -> int:
@@ -82,9 +126,11 @@ class InstanceState:
 
     @property
     def load(self) -> float:
-        """Outstanding work as a fraction of capacity, counting vLLM's own queue when known."""
-        queued = self.scraped.waiting if self.scraped.fresh else 0.0
-        return (self.in_flight + queued) / self.instance.slot_limit
+        """Requests outstanding as a fraction of capacity: ours, plus what vLLM reported
+        beyond ours at the last scrape (ours are never counted twice)."""
+        s = self.scraped
+        foreign = max(0.0, s.running + s.waiting - s.ours_at_scrape) if s.fresh else 0.0
+        return (self.in_flight + foreign) / self.instance.slot_limit
 
     def predicted_service_s(self, input_tokens: int, output_tokens: int) -> float:
         """Predicted time to serve a request alone on this instance, from observed speeds.
@@ -110,6 +156,8 @@ class FleetSnapshot:
 
     states: dict[str, InstanceState] = field(default_factory=dict)
     now: float = 0.0
+    # What each instance's prefix cache holds (approximate or from KV events); None = unknown.
+    cache_view: PrefixCacheView | None = None
 
     def __iter__(self) -> Iterator[InstanceState]:
         return iter(self.states.values())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from sage_cp_plugin import load_model as lm
 from sage_cp_plugin.routing import (
     AffinityRouter,
     KVAwareRouter,
@@ -11,6 +12,7 @@ from sage_cp_plugin.routing import (
     PrefixAwareRouter,
     RoundRobinRouter,
 )
+from sage_cp_plugin.routing.cache_view import ApproximatePrefixCache
 from sage_cp_plugin.types import ExecutionInstanceType, PDSeparationConfig, RequestMetadata
 from tests.helpers import fleet, item, state
 
@@ -18,27 +20,56 @@ from tests.helpers import fleet, item, state
 def test_round_robin_cycles() -> None:
     cands = [state("a"), state("b"), state("c")]
     r = RoundRobinRouter()
-    picks = [r.select(item(i), cands, fleet(*cands)).instance_id for i in range(6)]  # type: ignore[union-attr]
+    picks = []
+    for i in range(6):
+        chosen = r.select(item(i), cands, fleet(*cands))
+        assert chosen is not None
+        assert r.select(item(i), cands, fleet(*cands)) is chosen  # asking again: same answer
+        r.on_dispatch(item(i), chosen)  # the cursor moves when the request is sent
+        picks.append(chosen.instance_id)
     assert picks == ["a", "b", "c", "a", "b", "c"]
 
 
-def test_load_balanced_uses_in_flight_and_scraped_queue() -> None:
-    a, b, c = state("a", in_flight=5), state("b", in_flight=1), state("c", in_flight=3)
+def test_load_balanced_counts_prefill_tokens_not_requests() -> None:
+    a, b, c = state("a"), state("b"), state("c")
+    lm.book(a, 8000, 10, 0, now=0.0)  # one long prompt still prefilling
+    for _ in range(3):
+        lm.book(b, 50, 10, 0, now=0.0)  # three short ones
+    lm.book(c, 2000, 10, 0, now=0.0)
     r = LoadBalancedRouter()
-    assert r.select(item(1), [a, b, c], fleet(a, b, c)) is b
-    # vLLM reports 9 waiting on b: its real load is higher than our in-flight count.
-    b.scraped.waiting, b.scraped.fresh = 9, True
-    assert r.select(item(2), [a, b, c], fleet(a, b, c)) is c
+    assert r.select(item(1, prompt="x" * 400), [a, b, c], fleet(a, b, c)) is b
+    # vLLM reports a long queue on b that is not ours: the residual moves traffic away.
+    b.scraped.running, b.scraped.waiting, b.scraped.fresh = 3, 40, True
+    b.scraped.ours_at_scrape, b.scraped.interval_s = 3, 1.0
+    assert r.select(item(2, prompt="x" * 400), [a, b, c], fleet(a, b, c)) is c
     # Stale scrapes are not trusted.
     b.scraped.fresh = False
-    assert r.select(item(3), [a, b, c], fleet(a, b, c)) is b
+    assert r.select(item(3, prompt="x" * 400), [a, b, c], fleet(a, b, c)) is b
+
+
+def test_load_balanced_spreads_a_burst_of_equal_requests() -> None:
+    cands = [state(f"i{k}") for k in range(4)]
+    r = LoadBalancedRouter()
+    f = fleet(*cands)
+    counts = dict.fromkeys((c.instance_id for c in cands), 0)
+    for k in range(12):
+        it = item(k, prompt="short question " * 4)
+        chosen = r.select(it, cands, f)
+        assert chosen is not None
+        lm.book(chosen, it.input_tokens, it.output_tokens, 0, now=0.0)
+        counts[chosen.instance_id] += 1
+    assert set(counts.values()) == {3}  # no herd onto one instance
 
 
 def test_power_of_two_never_picks_the_most_loaded() -> None:
-    cands = [state("a", in_flight=0), state("b", in_flight=1), state("hot", in_flight=9)]
+    cands = [state("a"), state("b"), state("hot")]
+    lm.book(cands[1], 500, 10, 0, now=0.0)
+    lm.book(cands[2], 16000, 10, 0, now=0.0)
     r = LoadBalancedRouter(power_of_two=True, seed=1)
     picks = {r.select(item(i), cands, fleet(*cands)).instance_id for i in range(200)}  # type: ignore[union-attr]
     assert "hot" not in picks and picks == {"a", "b"}
+    # A pure decision: the same request in the same state gets the same answer.
+    assert r.select(item(7), cands, fleet(*cands)) is r.select(item(7), cands, fleet(*cands))
 
 
 def test_affinity_is_sticky_per_user_and_bounded() -> None:
@@ -73,39 +104,46 @@ def test_locality_follows_the_prompt_prefix() -> None:
     assert len(spread) > 1
 
 
-def test_prefix_aware_routes_to_cached_prefix_until_overloaded() -> None:
+def test_prefix_aware_routes_to_cached_prefix_until_its_queue_costs_more() -> None:
     cands = [state("a"), state("b"), state("c")]
+    view = ApproximatePrefixCache(chunk_chars=32)
     f = fleet(*cands)
-    r = PrefixAwareRouter(chunk_chars=32, balance_abs_threshold=6)
-    doc = "".join(f"line {k} of a long shared system prompt. " for k in range(40))
+    f.cache_view = view
+    r = PrefixAwareRouter()
+    doc = "".join(f"line {k} of a long shared system prompt. " for k in range(400))
     first_item = item(1, prompt=doc + "Q1")
     home = r.select(first_item, cands, f)
     assert home is not None
-    r.on_dispatch(first_item, home)
-    home.in_flight = 1
+    assert r.select(first_item, cands, f) is home  # select has no side effect...
+    assert view.cached_tokens(first_item, cands) == [0, 0, 0]  # ...and taught the view nothing
+    view.on_dispatch(first_item, home.instance_id)  # the dispatch hook does
+    lm.first_token(lm.book(home, first_item.input_tokens, 10, 0, now=0.0), now=0.0)
+    lm.book(home, 300, 10, 0, now=0.0)  # a short prompt queued there
     again = item(2, prompt=doc + "a different question")
-    assert r.select(again, cands, f) is home  # cache hit beats a slightly higher load
-    # A new prefix goes to the least loaded, not the cache holder.
-    other = r.select(item(3, prompt="completely different text " * 20), cands, f)
-    assert other is not home
-    # Hot prefix: when the holder is far busier than the rest, load wins.
-    home.in_flight = 9
+    # A cache hit beats waiting behind a short queue...
+    assert r.select(again, cands, f) is home
+    # ...a new prefix goes where nothing is queued...
+    assert r.select(item(3, prompt="completely different text " * 20), cands, f) is not home
+    # ...and a hot prefix moves on when the queue there costs more than recomputing it.
+    for _ in range(4):
+        lm.book(home, 4000, 10, 0, now=0.0)
     assert r.select(item(4, prompt=doc + "Q4"), cands, f) is not home
 
 
-def test_kv_aware_prefers_free_kv_and_short_queue() -> None:
-    a, b = state("a", in_flight=2), state("b", in_flight=2)
-    for s, kv, waiting in ((a, 0.95, 4), (b, 0.20, 0)):
-        s.scraped.kv_usage, s.scraped.waiting, s.scraped.fresh = kv, waiting, True
+def test_kv_aware_avoids_an_instance_whose_kv_would_overflow() -> None:
+    a = state("a", metadata={"kv_capacity_tokens": 10_000})
+    b = state("b", metadata={"kv_capacity_tokens": 10_000})
     r = KVAwareRouter()
-    assert r.select(item(1), [a, b], fleet(a, b)) is b
-    assert r.select(item(2), [b, a], fleet(a, b)) is b
-    # Stale scrapes are not trusted: b's old low KV reading no longer attracts traffic,
-    # our own in-flight counts decide.
-    a.scraped.fresh = b.scraped.fresh = False
-    b.in_flight = 5
-    assert r.select(item(3), [a, b], fleet(a, b)) is a
-    assert r.select(item(4), [b, a], fleet(a, b)) is a
+    lm.book(b, 500, 10, 0, now=0.0)  # b has a short queue, a none
+    assert r.select(item(1), [a, b], fleet(a, b)) is a
+    # vLLM reports a nearly full KV cache on a: a request of 1k tokens does not fit there.
+    a.scraped.kv_usage, a.scraped.fresh = 0.95, True
+    big = item(2, prompt="word " * 800)
+    assert r.select(big, [a, b], fleet(a, b)) is b
+    assert r.select(big, [b, a], fleet(a, b)) is b
+    # Stale scrapes are not trusted: our own (empty) view of a decides again.
+    a.scraped.fresh = False
+    assert r.select(big, [a, b], fleet(a, b)) is a
 
 
 def test_pd_phase_from_estimated_input_tokens() -> None:

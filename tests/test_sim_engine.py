@@ -91,6 +91,10 @@ async def test_preemption_when_kv_is_exhausted() -> None:
     # Outputs are unaffected by recomputation.
     assert seqs[0].output == tok.generate(0, words("q0-", 30), 30)
     assert eng.kv.num_used == 0
+    # Each request's prompt is counted once for the cache statistics, however often it was
+    # preempted and re-admitted (its own recomputed blocks are no cache hits)...
+    assert eng.counters.prefix_cache_queries == 4 * 30
+    assert eng.counters.prefix_cache_hits == 0
     await eng.stop()
 
 

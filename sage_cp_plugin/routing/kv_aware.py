@@ -1,53 +1,54 @@
-"""KV-aware routing: prefer instances with free KV cache and a short vLLM waiting queue.
+"""KV-aware routing: predicted TTFT with the cached prompt free, and KV room respected.
 
-Uses the scraped `vllm:kv_cache_usage_perc` and `vllm:num_requests_waiting`; when a scrape
-is stale or missing it falls back to the coordinator's own in-flight count, so a silent
-`/metrics` never steers traffic with old numbers.
+Like `prefix_aware` (least predicted TTFT, cached tokens from the fleet's `PrefixCacheView`,
+exact when the engines publish KV events), plus the engine's KV cache: a candidate whose
+KV would overflow with this request (our decodes' footprint, or vLLM's reported
+`kv_cache_usage_perc` when fresh and higher) would have to wait for running requests to
+finish or preempt one, so it is taken only when every candidate would overflow.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from sage_cp_plugin.pending import QueuedRequest
 from sage_cp_plugin.routing.base import Router
+from sage_cp_plugin.routing.cache_view import kv_capacity_tokens
+from sage_cp_plugin.routing.predicted import pick_lowest_ttft
 from sage_cp_plugin.state import FleetSnapshot, InstanceState
+
+_RETIRED = frozenset({"kv_weight", "waiting_weight", "inflight_weight"})
+
+
+def kv_room(state: InstanceState, tokens: int) -> bool:
+    """Whether `tokens` more fit in the instance's KV cache (unknown capacity: yes)."""
+    cap = kv_capacity_tokens(state)
+    if cap is None:
+        return not (state.scraped.fresh and state.scraped.kv_usage >= 1.0)
+    used: float = state.decode_kv_tokens + state.prefill_tokens_queued
+    if state.scraped.fresh:
+        used = max(used, state.scraped.kv_usage * cap)
+    return used + tokens <= cap
 
 
 class KVAwareRouter(Router):
     name = "kv_aware"
 
-    def __init__(
-        self, kv_weight: float = 1.0, waiting_weight: float = 1.0, inflight_weight: float = 0.5
-    ) -> None:
+    def __init__(self, **options: Any) -> None:
+        unknown = sorted(set(options) - _RETIRED)
+        if unknown:
+            raise TypeError(f"unexpected options for router {self.name!r}: {unknown}")
         super().__init__()
-        self.kv_weight = kv_weight
-        self.waiting_weight = waiting_weight
-        self.inflight_weight = inflight_weight
-
-    def score(self, s: InstanceState) -> float:
-        cap = max(1, s.capacity)
-        own = s.in_flight / cap
-        if not s.scraped.fresh:
-            return own * (self.inflight_weight + self.waiting_weight)
-        return (
-            self.kv_weight * s.scraped.kv_usage
-            + self.waiting_weight * s.scraped.waiting / cap
-            + self.inflight_weight * own
-        )
 
     def select(
         self, item: QueuedRequest, candidates: Sequence[InstanceState], fleet: FleetSnapshot
     ) -> InstanceState | None:
         if not candidates:
             return None
-        n = len(candidates)
-        start = item.seq % n
-        best = candidates[start]
-        best_score = self.score(best)
-        for i in range(1, n):
-            c = candidates[(start + i) % n]
-            sc = self.score(c)
-            if sc < best_score:
-                best, best_score = c, sc
-        return best
+        need = item.input_tokens + item.output_tokens
+        fits = [c for c in candidates if kv_room(c, need)]
+        pool = fits if fits else list(candidates)
+        view = fleet.cache_view
+        cached = view.cached_tokens(item, pool) if view is not None else None
+        return pick_lowest_ttft(item, pool, cached, fleet.now)

@@ -1,7 +1,9 @@
-"""Least outstanding work: in-flight requests plus the queue vLLM itself reports.
+"""Least predicted time to first token, cache-blind (the prompt is prefilled in full).
 
-`power_of_two=True` samples two candidates and takes the less loaded (Mitzenmacher): near
-least-loaded quality at O(1) cost, and no herd onto one instance when load signals lag.
+The load is the prefill work queued on each instance, in tokens, plus the decode steps that
+share its chunks (`load_model`): what sets TTFT, where counting requests does not.
+`power_of_two=True` samples two candidates and takes the better (Mitzenmacher): O(1) per
+decision at any fleet size, and no herd even if every signal lagged.
 """
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ import random
 from collections.abc import Sequence
 
 from sage_cp_plugin.pending import QueuedRequest
-from sage_cp_plugin.routing.base import Router, least_loaded
+from sage_cp_plugin.routing.base import Router
+from sage_cp_plugin.routing.predicted import pick_lowest_ttft
 from sage_cp_plugin.state import FleetSnapshot, InstanceState
 
 
@@ -20,8 +23,7 @@ class LoadBalancedRouter(Router):
     def __init__(self, power_of_two: bool = False, seed: int | None = 0) -> None:
         super().__init__()
         self.power_of_two = power_of_two
-        self._rng = random.Random(seed)
-        self._rotate = 0
+        self._seed = seed
 
     def select(
         self, item: QueuedRequest, candidates: Sequence[InstanceState], fleet: FleetSnapshot
@@ -29,8 +31,9 @@ class LoadBalancedRouter(Router):
         if not candidates:
             return None
         if self.power_of_two and len(candidates) > 2:
-            a, b = self._rng.sample(range(len(candidates)), 2)
-            x, y = candidates[a], candidates[b]
-            return x if x.load <= y.load else y
-        self._rotate += 1
-        return least_loaded(candidates, self._rotate)
+            # Seeded by the request, so the same request in the same state gets the same pair
+            # (a decision is a pure function; no generator state advances in `select`).
+            rng = random.Random(hash((self._seed, item.seq)))
+            a, b = rng.sample(range(len(candidates)), 2)
+            candidates = [candidates[a], candidates[b]]
+        return pick_lowest_ttft(item, candidates, None, fleet.now)

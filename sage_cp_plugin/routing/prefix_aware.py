@@ -1,77 +1,45 @@
-"""Prefix-cache-aware routing, scored against load.
+"""Prefix-cache-aware routing: least predicted TTFT with the cached part of the prompt free.
 
-score(instance) = matched_prefix_fraction - load_weight * load. The instance that already
-holds most of the prompt's prefix wins while it is not much busier than the others; as a
-hot prefix piles onto it, its load term grows until another instance wins and the prefix
-is replicated there, so one prefix never saturates one instance. When the load imbalance
-between candidates passes `balance_abs_threshold` in-flight requests the least-loaded one
-is taken outright (as SGLang's cache-aware router does).
+Each candidate's predicted TTFT (`load_model`) counts only the prompt tokens it does not
+already hold (`PrefixCacheView.cached_tokens`: approximate from what we sent, or exact from
+vLLM's KV events). The instance holding a hot prefix wins while the prefill queued on it
+costs less than recomputing the prefix elsewhere; once it costs more, another instance wins
+and the prefix is replicated there, so one prefix never saturates one instance. Both sides
+of that trade are seconds: no weight or threshold to tune (SGLang's cache-aware router
+needs two balance thresholds for the same decision).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from sage_cp_plugin.pending import QueuedRequest
-from sage_cp_plugin.routing.base import Router, least_loaded
-from sage_cp_plugin.routing.prefix_index import PrefixIndex, chunk_hashes
+from sage_cp_plugin.routing.base import Router
+from sage_cp_plugin.routing.predicted import pick_lowest_ttft
 from sage_cp_plugin.state import FleetSnapshot, InstanceState
+
+# Options of the former score (`matched - load_weight * load`), accepted so existing
+# configuration files keep loading; the predicted-TTFT score has no use for them.
+_RETIRED = frozenset(
+    {"chunk_chars", "max_chunks", "load_weight", "balance_abs_threshold", "max_entries"}
+)
 
 
 class PrefixAwareRouter(Router):
     name = "prefix_aware"
 
-    def __init__(
-        self,
-        chunk_chars: int = 256,
-        max_chunks: int = 512,
-        load_weight: float = 1.0,
-        balance_abs_threshold: int = 32,
-        max_entries: int = 200_000,
-    ) -> None:
+    def __init__(self, **options: Any) -> None:
+        unknown = sorted(set(options) - _RETIRED)
+        if unknown:
+            raise TypeError(f"unexpected options for router {self.name!r}: {unknown}")
         super().__init__()
-        if chunk_chars <= 0:
-            raise ValueError(f"chunk_chars must be positive, got {chunk_chars!r}")
-        self.chunk_chars = chunk_chars
-        self.max_chunks = max_chunks
-        self.load_weight = load_weight
-        self.balance_abs_threshold = balance_abs_threshold
-        self.index = PrefixIndex(max_entries)
-        self._hashes: dict[str, list[bytes]] = {}
-
-    def _hashes_of(self, item: QueuedRequest) -> list[bytes]:
-        h = self._hashes.get(item.request_id)
-        if h is None:
-            h = chunk_hashes(item.request.prompt_text(), self.chunk_chars, self.max_chunks)
-            self._hashes[item.request_id] = h
-        return h
 
     def select(
         self, item: QueuedRequest, candidates: Sequence[InstanceState], fleet: FleetSnapshot
     ) -> InstanceState | None:
         if not candidates:
             return None
-        hashes = self._hashes_of(item)
-        loads = [c.in_flight for c in candidates]
-        if max(loads) - min(loads) > self.balance_abs_threshold or not hashes:
-            return least_loaded(candidates, item.seq)
-        matched = self.index.match(hashes)
-        if not matched:
-            return least_loaded(candidates, item.seq)
-        n = len(hashes)
-        best: InstanceState | None = None
-        best_score = float("-inf")
-        for c in candidates:
-            score = matched.get(c.instance_id, 0) / n - self.load_weight * c.load
-            if score > best_score:
-                best, best_score = c, score
-        return best
-
-    def on_dispatch(self, item: QueuedRequest, state: InstanceState) -> None:
-        hashes = self._hashes.pop(item.request_id, None)
-        if hashes is None:
-            hashes = chunk_hashes(item.request.prompt_text(), self.chunk_chars, self.max_chunks)
-        self.index.insert(hashes, state.instance_id)
-
-    def on_instance_removed(self, instance_id: str) -> None:
-        self.index.remove_instance(instance_id)
+        view = fleet.cache_view
+        cached = view.cached_tokens(item, candidates) if view is not None else None
+        return pick_lowest_ttft(item, candidates, cached, fleet.now)

@@ -5,6 +5,11 @@ one, so equal hashes mean equal prefixes (like vLLM's block hashes). The index m
 chunk hash to the instances it was sent to, bounded by an LRU over chunk hashes so memory
 stays flat however many prompts pass. Matching walks the prompt's chunks from the start
 and stops at the first chunk nobody has: cost grows with the prompt, not with the fleet.
+
+Eviction model: an engine's prefix cache holds only what fits in its KV cache, evicting the
+least recently used blocks. `insert(..., capacity=...)` keeps, per instance, an LRU of the
+chunks it holds weighed in tokens, and forgets the oldest beyond that instance's capacity,
+so the index stops pointing at prefixes the engine has long evicted.
 """
 
 from __future__ import annotations
@@ -30,6 +35,9 @@ class PrefixIndex:
     def __init__(self, max_entries: int = 200_000) -> None:
         self.max_entries = max_entries
         self._owners: OrderedDict[bytes, set[str]] = OrderedDict()
+        # Per instance with a capacity: chunk hash -> tokens, least recently used first.
+        self._held: dict[str, OrderedDict[bytes, float]] = {}
+        self._held_tokens: dict[str, float] = {}
 
     def __len__(self) -> int:
         return len(self._owners)
@@ -50,7 +58,16 @@ class PrefixIndex:
                 break
         return matched
 
-    def insert(self, hashes: list[bytes], instance_id: str) -> None:
+    def insert(
+        self,
+        hashes: list[bytes],
+        instance_id: str,
+        *,
+        capacity: float | None = None,
+        tokens_per_chunk: float = 0.0,
+    ) -> None:
+        """`instance_id` now holds these chunks. With `capacity` (tokens), its least recently
+        used chunks beyond it are forgotten, as the engine's LRU would evict them."""
         owners_map = self._owners
         for h in hashes:
             owners = owners_map.get(h)
@@ -60,9 +77,41 @@ class PrefixIndex:
                 owners.add(instance_id)
                 owners_map.move_to_end(h)
         while len(owners_map) > self.max_entries:
-            owners_map.popitem(last=False)
+            oldest, gone = owners_map.popitem(last=False)
+            for inst in gone:
+                self._drop_held(inst, oldest)
+        if capacity is not None:
+            self._hold(hashes, instance_id, capacity, tokens_per_chunk)
+
+    def _hold(self, hashes: list[bytes], instance_id: str, capacity: float, weight: float) -> None:
+        held = self._held.setdefault(instance_id, OrderedDict())
+        total = self._held_tokens.get(instance_id, 0.0)
+        for h in hashes:
+            old = held.pop(h, None)
+            if old is not None:
+                total -= old
+            held[h] = weight
+            total += weight
+        while total > capacity and held:
+            h, w = held.popitem(last=False)
+            total -= w
+            owners = self._owners.get(h)
+            if owners is not None:
+                owners.discard(instance_id)
+                if not owners:
+                    del self._owners[h]
+        self._held_tokens[instance_id] = total
+
+    def _drop_held(self, instance_id: str, h: bytes) -> None:
+        held = self._held.get(instance_id)
+        if held is not None:
+            w = held.pop(h, None)
+            if w is not None:
+                self._held_tokens[instance_id] -= w
 
     def remove_instance(self, instance_id: str) -> None:
+        self._held.pop(instance_id, None)
+        self._held_tokens.pop(instance_id, None)
         for h in [h for h, o in self._owners.items() if instance_id in o]:
             owners = self._owners[h]
             owners.discard(instance_id)

@@ -1,4 +1,7 @@
-"""Round robin over the candidates, in registration order."""
+"""Round robin over the candidates, in registration order.
+
+The cursor advances when a request is dispatched (`on_dispatch`), not when one is merely
+considered: `select` is a pure decision, so a choice that is not taken moves nothing."""
 
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ class RoundRobinRouter(Router):
     ) -> InstanceState | None:
         if not candidates:
             return None
-        chosen = candidates[self._next % len(candidates)]
+        return candidates[self._next % len(candidates)]
+
+    def on_dispatch(self, item: QueuedRequest, state: InstanceState) -> None:
         self._next += 1
-        return chosen

@@ -53,6 +53,12 @@ def describe(spec: MemberSpec, index: int) -> ExecutionInstance:
         "gpu_count": tp,
         "max_concurrent_requests": spec.max_concurrent_requests,
         "scheduling_policy": cfg.scheduling_policy,
+        # What an operator knows of a vLLM server's engine (its KV cache size is logged at
+        # start and shown in `vllm:cache_config_info`; the chunk budget is a flag).
+        "metadata": {
+            "kv_capacity_tokens": cfg.num_kv_blocks * cfg.block_size,
+            "max_num_batched_tokens": cfg.max_num_batched_tokens,
+        },
     }
     fields.update(spec.extra)
     return ExecutionInstance(**fields)

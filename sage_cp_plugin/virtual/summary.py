@@ -82,6 +82,7 @@ def summarize(result: RunResult, group_by: str | None = "slo_class") -> dict[str
     # Prompt tokens served from cache / prompt tokens, once per request (the simulator counts a
     # preempted request's re-admission apart, as vLLM does).
     out["prefix_hit_rate"] = eng.get("prefix_cache_hits", 0) / queries if queries else 0.0
+    out["cached_prompt_fraction"] = out["prefix_hit_rate"]
     computed, prompt = eng.get("prompt_tokens_computed", 0), eng.get("prompt_tokens", 0)
     out["prompt_tokens_computed_share"] = computed / prompt if prompt else 0.0
     out["preemptions"] = eng.get("preemptions", 0)

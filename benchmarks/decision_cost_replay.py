@@ -1,0 +1,65 @@
+"""Decision cost inside a real replay (not a micro-benchmark), per router and fleet size.
+
+The whole coordinator runs on the virtual clock against in-process simulators (Llama-3.1-8B
+/H100 sims, 64 in flight each); `DecisionCostProbe` times every dispatch round in wall time
+and divides by the requests it dispatched. Workload: Azure 2023 code trace lengths (its first
+`n` rows) at 70 % of the fleet's step-model capacity, SLO-free.
+Goal (issue 10): p50 <= 50 us at 64 instances and <= 100 us at 256.
+
+usage: python -m benchmarks.decision_cost_replay --instances 64,256 --n 3000 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+from benchmarks.routing_quick import SLOTS, at_load, capacity_rps
+from sage_cp_plugin.sim import SimInstanceConfig
+from sage_cp_plugin.virtual.fleet import InProcessFleet, MemberSpec
+from sage_cp_plugin.virtual.runner import CoordinatorConfig, run_replay
+from sage_cp_plugin.workloads import AZURE_CODE, load_azure
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--instances", default="64,256")
+    ap.add_argument("--routers", default="round_robin,prefix_aware")
+    ap.add_argument("--n", type=int, default=3000)
+    ap.add_argument("--json", default=None)
+    a = ap.parse_args()
+    rows = []
+    for n_inst in (int(x) for x in a.instances.split(",")):
+        w = load_azure(AZURE_CODE, limit=a.n, max_input_tokens=16384)
+        w = at_load(w, 0.7 * capacity_rps(w) * n_inst / 8)
+        w = [r.model_copy(update={"ttft_slo_ms": None, "tpot_slo_ms": None}) for r in w]
+        for router in a.routers.split(","):
+            members = [
+                MemberSpec(
+                    SimInstanceConfig(seed=i, num_kv_blocks=8192), max_concurrent_requests=SLOTS
+                )
+                for i in range(n_inst)
+            ]
+            t = time.time()
+            res = run_replay(w, InProcessFleet(members), CoordinatorConfig(router=router))
+            d = res.decision
+            row = {
+                "instances": n_inst,
+                "router": router,
+                "requests": a.n,
+                "us_per_decision_mean": d["us_per_decision"],
+                "by_queue_length": d["by_queue_length"],
+                "wall_s": time.time() - t,
+                "loadavg_1m": os.getloadavg()[0],
+            }
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            if a.json:
+                with open(a.json, "w") as f:
+                    json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

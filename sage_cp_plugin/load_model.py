@@ -1,0 +1,212 @@
+"""The load of an instance in tokens, and the TTFT a new request would see there.
+
+TTFT on a vLLM engine is set by the prefill work queued ahead of a request, not by how many
+requests it holds: ten short chats cost less than one 16k-token document. So the coordinator
+keeps, per instance, exactly what it sent and what came back (`InstanceState` holds the
+numbers, this module changes them and predicts from them):
+
+- outstanding prefill: the uncached prompt tokens of its requests still waiting for their
+  first token (booked at dispatch with the cache view's estimate of cached tokens, released
+  at the first streamed token, on failure or on cancellation);
+- active decodes: requests past their first token, and their KV footprint in tokens;
+- speeds, learned from what streams back (EWMA, priors from the instance's `speed_hint`):
+  seconds per prefill token (from the TTFT of each request against the work that was ahead
+  of it) and the decode step time (its TPOT).
+
+The engine serves its waiting queue in arrival order and has been prefilling since the last
+first token it produced, so the head request is partly done: the estimate drains the head at
+the learned speed (never below zero, never past the head's own tokens).
+
+`predicted_ttft_s` = time to prefill the work ahead plus the request's own uncached tokens,
+where each chunked-prefill step also carries a decode step for the running sequences. Peers
+do the same in their units: Dynamo's KV router cost (prefill blocks weighted by overlap plus
+active decode blocks), llm-d's queue and KV-utilisation scorers, Llumnix's virtual usage.
+Here it is seconds, so there is nothing to weight.
+
+Scraped `/metrics` corrects the model only for work that did not come through us: the
+residual is what vLLM reports (running + waiting) beyond our own requests at scrape time,
+clamped at zero (our own requests are never counted twice); its waiting part counts as
+prefill ahead (at the mean prompt we have seen), its running part as sequences the new
+prefill would delay. It fades linearly to nothing over two scrape intervals, so a number
+that is a scrape old weighs little and one that was not refreshed stops steering traffic.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+
+from sage_cp_plugin.state import InstanceState
+
+# Priors before any observation, scaled by `speed_hint` (1.0 ~ an 8B model on one A100).
+PRIOR_PREFILL_S_PER_TOKEN = 5e-5
+PRIOR_DECODE_STEP_S = 0.02
+# vLLM's default chunked-prefill token budget per step; an instance may state its own as
+# `metadata["max_num_batched_tokens"]`.
+DEFAULT_CHUNK_TOKENS = 8192
+
+
+@dataclass(slots=True, eq=False)
+class Booking:
+    """One request's share of an instance's load, from dispatch until it ends."""
+
+    state: InstanceState
+    prefill_tokens: int  # uncached prompt tokens still to prefill
+    kv_tokens: int  # prompt + expected output: its KV footprint while decoding
+    booked_at: float
+    work_ahead: float  # prefill tokens ahead of it plus its own, at dispatch
+    prefilling: bool = True
+    released: bool = False
+
+
+def chunk_tokens(state: InstanceState) -> int:
+    meta = state.instance.metadata
+    value = meta.get("max_num_batched_tokens") if meta else None
+    return int(value) if isinstance(value, int | float) and value > 0 else DEFAULT_CHUNK_TOKENS
+
+
+def prefill_s_per_token(state: InstanceState) -> float:
+    return state.prefill_s_per_token.get(PRIOR_PREFILL_S_PER_TOKEN / state.instance.speed_hint)
+
+
+def decode_step_s(state: InstanceState) -> float:
+    return state.decode_s_per_token.get(PRIOR_DECODE_STEP_S / state.instance.speed_hint)
+
+
+def _drain_head(state: InstanceState, now: float) -> float:
+    """Tokens of the head request the engine has prefilled since it became the head."""
+    queue: deque[Booking] = state.prefill_queue
+    while queue and not queue[0].prefilling:
+        queue.popleft()
+    if not queue:
+        return 0.0
+    head = queue[0]
+    elapsed = now - max(state.prefill_head_since, head.booked_at)
+    if elapsed <= 0:
+        return 0.0
+    per_token = prefill_s_per_token(state) + decode_step_s(state) / chunk_tokens(state)
+    return min(float(head.prefill_tokens), elapsed / per_token)
+
+
+def _foreign(state: InstanceState, now: float) -> tuple[float, float]:
+    """(waiting, running) requests vLLM reported beyond ours at the last scrape, weighted
+    down linearly as the scrape ages: full when fresh, nothing two intervals later (a late
+    scrape must not make the correction vanish before the next one refreshes it)."""
+    s = state.scraped
+    if not s.fresh:
+        return 0.0, 0.0
+    foreign = s.running + s.waiting - s.ours_at_scrape
+    if foreign <= 0:
+        return 0.0, 0.0
+    span = 2.0 * (s.interval_s if s.interval_s > 0 else 1.0)
+    weight = 1.0 - (now - s.scraped_at) / span
+    if weight <= 0:
+        return 0.0, 0.0
+    waiting = min(foreign, s.waiting)
+    return waiting * weight, (foreign - waiting) * weight
+
+
+def residual_tokens(state: InstanceState, now: float) -> float:
+    """Prefill work waiting on the instance that did not come through us, in tokens."""
+    waiting, _ = _foreign(state, now)
+    # Work not sent by us: assume its prompts are like ours (the mean uncached prompt here).
+    return waiting * state.mean_prompt_tokens.get(1024.0) if waiting else 0.0
+
+
+def prefill_ahead(state: InstanceState, now: float) -> float:
+    """Prefill tokens a request dispatched now would wait behind."""
+    ahead = state.prefill_tokens_queued - _drain_head(state, now)
+    return max(0.0, ahead) + residual_tokens(state, now)
+
+
+def prefill_time_s(state: InstanceState, tokens: float) -> float:
+    """Seconds to prefill `tokens`: chunked steps, each also paying one decode step."""
+    if tokens <= 0:
+        return 0.0
+    steps = math.ceil(tokens / chunk_tokens(state))
+    return tokens * prefill_s_per_token(state) + steps * decode_step_s(state)
+
+
+def predicted_ttft_s(state: InstanceState, uncached_tokens: int, now: float) -> float:
+    """Time to first token of a request with `uncached_tokens` to prefill, sent here now."""
+    return prefill_time_s(state, prefill_ahead(state, now) + max(1, uncached_tokens))
+
+
+def cost_to_running_s(state: InstanceState, uncached_tokens: int, now: float) -> float:
+    """Delay the request's prefill adds to the requests running here, summed over them
+    (those still prefilling are about to decode: they count, or a burst of short requests
+    would all pick the instance whose newest arrivals have not decoded yet; so do requests
+    vLLM runs that did not come through us)."""
+    seqs = state.decode_seqs + state.prefill_seqs + _foreign(state, now)[1]
+    return seqs * max(1, uncached_tokens) * prefill_s_per_token(state)
+
+
+# -- bookkeeping (the coordinator's shell calls these; decisions only read) ----------------
+def book(
+    state: InstanceState, input_tokens: int, output_tokens: int, cached_tokens: int, now: float
+) -> Booking:
+    own = max(1, input_tokens - max(0, cached_tokens))
+    ahead = prefill_ahead(state, now)
+    b = Booking(state, own, input_tokens + output_tokens, now, ahead + own)
+    if not state.prefill_queue:
+        state.prefill_head_since = now
+    state.prefill_queue.append(b)
+    state.prefill_tokens_queued += own
+    state.prefill_seqs += 1
+    state.mean_prompt_tokens.add(float(own))
+    return b
+
+
+def _leave_prefill(b: Booking, now: float) -> None:
+    st = b.state
+    b.prefilling = False
+    st.prefill_tokens_queued -= b.prefill_tokens
+    st.prefill_seqs -= 1
+    queue = st.prefill_queue
+    was_head = bool(queue) and queue[0] is b
+    while queue and not queue[0].prefilling:
+        queue.popleft()
+    if was_head:
+        st.prefill_head_since = now
+
+
+def first_token(b: Booking, now: float) -> None:
+    """The request's first token arrived: its prefill is done, it decodes from now on."""
+    if b.released or not b.prefilling:
+        return
+    st = b.state
+    _leave_prefill(b, now)
+    st.decode_seqs += 1
+    st.decode_kv_tokens += b.kv_tokens
+    # Prefill speed from this request: its TTFT against the work that was ahead of it.
+    ttft = now - b.booked_at
+    steps = math.ceil(b.work_ahead / chunk_tokens(st))
+    busy = ttft - steps * decode_step_s(st)
+    if busy <= 0:
+        return
+    # Ratio of sums, not a mean of ratios: a short prompt that waited out a step of someone
+    # else's says little about speed and must not weigh like a long one.
+    st.prefill_busy_s.add(busy)
+    st.prefill_work_tokens.add(b.work_ahead)
+    rate = st.prefill_s_per_token
+    rate.value = st.prefill_busy_s.get(0.0) / st.prefill_work_tokens.get(1.0)
+    rate.count += 1
+
+
+def observe_decode(state: InstanceState, tpot_s: float) -> None:
+    if tpot_s > 0:
+        state.decode_s_per_token.add(tpot_s)
+
+
+def release(b: Booking, now: float) -> None:
+    """The request ended (completed, failed or cancelled): its load leaves the instance."""
+    if b.released:
+        return
+    b.released = True
+    st = b.state
+    if b.prefilling:
+        _leave_prefill(b, now)
+    else:
+        st.decode_seqs -= 1
+        st.decode_kv_tokens -= b.kv_tokens

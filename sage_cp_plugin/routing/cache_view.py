@@ -1,0 +1,89 @@
+"""What each instance's prefix cache holds, as routers and the load model ask it.
+
+`PrefixCacheView` is the protocol: how many of a request's prompt tokens each candidate
+would serve from its cache. Two implementations share it: `ApproximatePrefixCache` here
+(what we sent where, with an eviction model bounded by each instance's KV capacity) and an
+exact one fed by vLLM's KV-cache events. Views that learn from our own dispatches get
+`on_dispatch`; reading (`cached_tokens`) never changes a view, so a decision that is
+computed and then not taken leaves no trace.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from sage_cp_plugin.pending import QueuedRequest
+from sage_cp_plugin.routing.prefix_index import PrefixIndex, chunk_hashes
+from sage_cp_plugin.state import InstanceState
+
+
+class PrefixCacheView(Protocol):
+    def cached_tokens(
+        self, item: QueuedRequest, candidates: Sequence[InstanceState]
+    ) -> list[int]: ...
+
+    def on_dispatch(self, item: QueuedRequest, instance_id: str) -> None: ...
+
+
+def kv_capacity_tokens(state: InstanceState) -> float | None:
+    """The instance's KV cache in tokens, when its description states it."""
+    value = state.instance.metadata.get("kv_capacity_tokens") if state.instance.metadata else None
+    return float(value) if isinstance(value, int | float) and value > 0 else None
+
+
+class ApproximatePrefixCache:
+    """Prefix cache contents inferred from what the coordinator sent where.
+
+    Prompts are cut into chained character chunks (`prefix_index.chunk_hashes`); a chunk is
+    counted as `chunk_chars * input_tokens / len(prompt)` tokens. Each instance is assumed
+    to keep the most recently sent chunks up to its KV capacity (`kv_capacity_tokens` in the
+    instance's metadata; unbounded when unknown).
+    """
+
+    def __init__(self, chunk_chars: int = 256, max_chunks: int = 512, max_entries: int = 200_000):
+        if chunk_chars <= 0:
+            raise ValueError(f"chunk_chars must be positive, got {chunk_chars!r}")
+        self.chunk_chars = chunk_chars
+        self.max_chunks = max_chunks
+        self.index = PrefixIndex(max_entries)
+        self.capacities: dict[str, float | None] = {}
+        # One-entry memo: a request is hashed once for its decision and its dispatch.
+        self._memo: tuple[QueuedRequest | None, list[bytes], float] = (None, [], 0.0)
+
+    def _hashes(self, item: QueuedRequest) -> tuple[list[bytes], float]:
+        memo_item, hashes, per_chunk = self._memo
+        if memo_item is item:
+            return hashes, per_chunk
+        text = item.request.prompt_text()
+        hashes = chunk_hashes(text, self.chunk_chars, self.max_chunks)
+        per_chunk = self.chunk_chars * item.input_tokens / len(text) if text else 0.0
+        self._memo = (item, hashes, per_chunk)
+        return hashes, per_chunk
+
+    def cached_tokens(self, item: QueuedRequest, candidates: Sequence[InstanceState]) -> list[int]:
+        hashes, per_chunk = self._hashes(item)
+        if not hashes:
+            return [0] * len(candidates)
+        matched = self.index.match(hashes)
+        if not matched:
+            return [0] * len(candidates)
+        cap = item.input_tokens
+        return [min(cap, int(matched.get(c.instance_id, 0) * per_chunk)) for c in candidates]
+
+    def on_dispatch(self, item: QueuedRequest, instance_id: str) -> None:
+        hashes, per_chunk = self._hashes(item)
+        if hashes:
+            self.index.insert(
+                hashes,
+                instance_id,
+                capacity=self.capacities.get(instance_id),
+                tokens_per_chunk=per_chunk,
+            )
+
+    def set_capacity(self, state: InstanceState) -> None:
+        self.capacities[state.instance_id] = kv_capacity_tokens(state)
+
+    def on_instance_removed(self, instance_id: str) -> None:
+        self.capacities.pop(instance_id, None)
+        self.index.remove_instance(instance_id)
