@@ -49,6 +49,7 @@ async def test_bad_bodies_get_400_naming_the_problem() -> None:
             ("/v1/embeddings", {"model": "sim-embed", "input": "x", "encoding_format": "hex"}, "encoding_format"),
             ("/v1/completions", {"model": "sim-model", "prompt": "x", "priority": "urgent"}, "priority"),
             ("/v1/completions", {"model": "sim-model", "prompt": "x", "ttft_slo_ms": -5}, "ttft_slo_ms"),
+            ("/v1/completions", {"model": "sim-model", "prompt": "x", "stream_options": [None]}, "stream_options"),
         ]  # fmt: skip
         for path, body, param in cases:
             err = _err(await post(path, json=body), 400)

@@ -1,7 +1,7 @@
 """The same scenario on the virtual clock (in-process) and in real time over loopback agrees.
 
 What the test pins does not depend on how busy the machine is: the same requests complete with
-the same number of tokens, a timing-independent router makes identical decisions, and no request
+the same number of tokens, a timing-independent router spreads them alike, and no request
 is served faster in real time than the virtual clock says (the simulated engine's steps are a
 floor; real time can only add the event loop's overshoot and HTTP work, less one engine step for
 a request that joins a step in one run and the next step in the other). How much slower real
@@ -12,6 +12,7 @@ measured by `benchmarks/virtual_equivalence.py` and reported in docs/benchmarks.
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -65,9 +66,11 @@ def test_virtual_and_loopback_agree(router: str) -> None:
     assert all(o.state == "completed" for o in virtual.outcomes)
     for o, r in zip(virtual.outcomes, real, strict=True):
         assert o.completion_tokens == r[3], (o.index, o.completion_tokens, r[3])
-    same = sum(o.instance_id == r[0] for o, r in zip(virtual.outcomes, real, strict=True))
     if router == "round_robin":
-        assert same == len(workload)
+        # Same spread over the instances; the exact order moved by one request once on a 2-core
+        # machine at load average 18 (a delayed real-time arrival dispatched after the next).
+        counts = Counter(o.instance_id for o in virtual.outcomes)
+        assert counts == Counter(x[0] for x in real) and sorted(counts.values()) == [4, 5, 5]
     # Where both runs placed a request on the same instance, real time is never faster.
     placed_alike = [
         (o, r) for o, r in zip(virtual.outcomes, real, strict=True) if o.instance_id == r[0]

@@ -80,6 +80,13 @@ async def _handle(request: Request, kind: RequestKind, endpoint: str) -> Respons
             check_embedding_size(body, s.max_embedding_inputs, s.max_embedding_chars)
         validate_body(kind, body)
         stream_opts = body.get("stream_options")
+        if stream_opts is not None and not isinstance(stream_opts, dict):
+            raise GatewayError(
+                400,
+                f"stream_options must be an object such as {{'include_usage': true}}, "
+                f"got {type(stream_opts).__name__}",
+                param="stream_options",
+            )
         base64_out = kind == RequestKind.EMBEDDING and _wants_base64(body)
         req = to_request(body, request.headers, kind, endpoint)
         priority = req.priority
