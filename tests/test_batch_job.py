@@ -180,18 +180,23 @@ def test_cli_interrupted_then_resumed_no_duplicates_no_gaps(tmp_path: Path) -> N
     """Ctrl-C in the middle of a real `sage-cp batch` process, then the same command again."""
     src = write_lines(tmp_path / "in.jsonl", [chat(i, max_tokens=32) for i in range(400)])
     out_path = tmp_path / "out.jsonl"
-    cfg = tmp_path / "fleet.yaml"
-    cfg.write_text("embedded_fleet:\n  time_scale: 0.5\n")
-    cmd = [*CLI, str(src), "-o", str(out_path), "--config", str(cfg), "-c", "16"]
+    # The interrupted run is slow enough (~100 s for all 400) that the interrupt always lands
+    # mid-job, however fast the machine; the resumed run uses a faster fleet.
+    slow, fast = tmp_path / "slow.yaml", tmp_path / "fleet.yaml"
+    slow.write_text("embedded_fleet:\n  time_scale: 5.0\n")
+    fast.write_text("embedded_fleet:\n  time_scale: 0.5\n")
+    cmd = [*CLI, str(src), "-o", str(out_path), "-c", "16", "--config"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    proc = subprocess.Popen(
+        [*cmd, str(slow)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+    )
     wait_until_sync(lambda: lines_written(out_path) >= 40, "40 answered lines")
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     partial = len(results(out_path))
     assert 40 <= partial < 400
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+    done = subprocess.run([*cmd, str(fast)], capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr
     assert f"resumed: {partial} line(s)" in done.stdout
     ids = [o["custom_id"] for o in results(out_path)]
