@@ -130,6 +130,28 @@ def test_prefix_aware_routes_to_cached_prefix_until_its_queue_costs_more() -> No
     assert r.select(item(4, prompt=doc + "Q4"), cands, f) is not home
 
 
+def test_prefix_aware_keeps_a_short_cached_prefix_when_the_saving_is_below_a_step() -> None:
+    # On a fast engine a cached prefix may save less TTFT than one decode step (a tie by
+    # time); the fleet still skips recomputing it, so the cache holder takes the tie.
+    cands = [state("a"), state("b")]
+    view = ApproximatePrefixCache(chunk_chars=32)
+    f = fleet(*cands)
+    f.cache_view = view
+    r = PrefixAwareRouter()
+    doc = "".join(f"short shared line {k}. " for k in range(12))
+    placed = []
+    for k in range(6):
+        it = item(k, prompt=doc + f"question {k}")
+        chosen = r.select(it, cands, f)
+        assert chosen is not None
+        view.on_dispatch(it, chosen.instance_id)
+        placed.append(chosen.instance_id)
+    assert len(set(placed)) == 1, placed
+    # Without a shared prefix, the same sequence of requests takes turns (no herd).
+    other = [r.select(item(10 + k, prompt=f"unrelated text {k} " * 8), cands, f) for k in range(4)]
+    assert {c.instance_id for c in other if c is not None} == {"a", "b"}
+
+
 def test_kv_aware_avoids_an_instance_whose_kv_would_overflow() -> None:
     a = state("a", metadata={"kv_capacity_tokens": 10_000})
     b = state("b", metadata={"kv_capacity_tokens": 10_000})
