@@ -180,10 +180,11 @@ def test_cli_interrupted_then_resumed_no_duplicates_no_gaps(tmp_path: Path) -> N
     """Ctrl-C in the middle of a real `sage-cp batch` process, then the same command again."""
     src = write_lines(tmp_path / "in.jsonl", [chat(i, max_tokens=32) for i in range(400)])
     out_path = tmp_path / "out.jsonl"
-    # The interrupted run is slow enough (~100 s for all 400) that the interrupt always lands
-    # mid-job, however fast the machine; the resumed run uses a faster fleet.
+    # The interrupted run's fleet is slow enough (each request ~3 s of simulated engine time,
+    # minutes for all 400) that the interrupt always lands mid-job, however fast the machine;
+    # the resumed run uses a faster fleet.
     slow, fast = tmp_path / "slow.yaml", tmp_path / "fleet.yaml"
-    slow.write_text("embedded_fleet:\n  time_scale: 5.0\n")
+    slow.write_text("embedded_fleet:\n  time_scale: 20.0\n")
     fast.write_text("embedded_fleet:\n  time_scale: 0.5\n")
     cmd = [*CLI, str(src), "-o", str(out_path), "-c", "16", "--config"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
