@@ -15,7 +15,7 @@ whole trace (first at row 0, last ending at the last row). Arrival rate, by rule
 the fleet's cache-blind prefill capacity, ``0.8 * instances / (mean prompt tokens * b1)``, with
 b1 the preset's prefill cost per token.
 
-Run: SAGE_CP_TRACES=../shared/traces python benchmarks/bench_kv_events.py [--requests 600]
+Run: python benchmarks/bench_kv_events.py [--requests 600]   (the bundled traces; SAGE_CP_TRACES for your own)
 Writes benchmarks/results/kv_events.{json,md,png}.
 """
 

@@ -9,7 +9,7 @@
 # Idempotent: a stamp file inside the venv records the pinned versions; when it matches, the
 # script only verifies the imports (a few seconds) and exits. A half-finished install leaves no
 # stamp, so the next run redoes the pip steps (pip itself skips what is already there).
-# Facts behind each step: ../shared/DESIGN.md §6 (vLLM on this CPU, NIXL, the embedding model).
+# Facts behind each step: docs/architecture.md §6 (vLLM on this CPU, NIXL, the embedding model).
 set -euo pipefail
 
 VENV="${SAGE_CP_E2E_VENV:-$HOME/.cache/sage-cp/vllm-venv}"
