@@ -6,7 +6,10 @@ instance or the coordinator unavailable; 500/502/504: engine error, unreachable,
 retried after an exponential backoff, for at most `max_wait_s` per request. A retry that
 fails again while other requests succeeded during it is taken as the request's own failure
 and recorded at once (the first failure is always retried: requests in flight when the
-fleet goes down fail just after others' last successes). Each retry gets a fresh request id (the coordinator keeps ids of
+fleet goes down fail just after others' last successes). "No healthy instance" is never a
+request's own failure: it describes the fleet, and a retry sent just before the fleet came
+back fails that way while requests sent just after it succeed (a CI run lost two lines of a
+batch to that race), so it is retried until the fleet answers or `max_wait_s` runs out. Each retry gets a fresh request id (the coordinator keeps ids of
 finished requests, and a resent id would return the failed result).
 
 `clock` and `sleep` are injectable, so tests run a 30 s outage in virtual time.
@@ -30,7 +33,14 @@ _FINAL_CODES = frozenset(
      "invalid_request_error", "cancelled_error"}
 )  # fmt: skip
 
+_FLEET_DOWN_CODES = frozenset({"no_instance_error", "no_instance"})
+
 OnWait = Callable[[str, float, float], None]  # (reason, outage so far s, next retry in s)
+
+
+def says_fleet_is_down(record: ResultRecord) -> bool:
+    """The coordinator found no instance to route to: a statement about the fleet."""
+    return record.error is not None and record.error.code in _FLEET_DOWN_CODES
 
 
 def looks_like_outage(record: ResultRecord) -> bool:
@@ -73,7 +83,7 @@ class OutageBackoff:
                 return record
             if not looks_like_outage(record):
                 return record
-            if n >= 1 and self._last_success > sent:
+            if n >= 1 and self._last_success > sent and not says_fleet_is_down(record):
                 # Failed again while the fleet answered others: the request's own failure.
                 # (Not on the first failure: requests in flight when the fleet went down
                 # fail right after others' last successes.)

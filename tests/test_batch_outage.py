@@ -170,3 +170,38 @@ def test_a_request_that_fails_again_while_others_succeed_is_not_waited_for() -> 
     record = asyncio.run(backoff.run(poison))
     assert not record.ok and tries == 2  # retried once (could be the outage's edge), then final
     assert now[0] < 10  # not the 600 s a fleet outage may take
+
+
+def test_no_healthy_instance_is_retried_even_when_others_succeed_during_the_retry() -> None:
+    """The race a CI run hit: a retry sent while the fleet was still down fails with "no
+    healthy instance" after requests sent just after the fleet returned have succeeded. That
+    failure describes the fleet, not the request, so the request is retried and served."""
+    from sage_cp_plugin.operators import ResultRecord
+
+    now = [0.0]
+
+    async def vsleep(seconds: float) -> None:
+        now[0] += seconds
+
+    backoff = OutageBackoff(max_wait_s=600.0, clock=lambda: now[0], sleep=vsleep)
+
+    async def fine(n: int) -> ResultRecord:
+        return ResultRecord(custom_id="fine")
+
+    tries = 0
+
+    async def caught_in_the_outage(n: int) -> ResultRecord:
+        nonlocal tries
+        tries += 1
+        if tries <= 2:
+            now[0] += 0.1
+            await backoff.run(fine)  # the fleet is back for requests sent after this one
+            now[0] += 0.1
+            return ResultRecord.failure(
+                "late", "no_instance_error", "no healthy instance can serve the request",
+                status_code=503,
+            )  # fmt: skip
+        return ResultRecord(custom_id="late")
+
+    record = asyncio.run(backoff.run(caught_in_the_outage))
+    assert record.ok and tries == 3
