@@ -12,7 +12,6 @@ only behaviour is asserted.
 
 from __future__ import annotations
 
-import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -209,13 +208,11 @@ def test_unreachable_prefill_fails_fast_and_decode_survives(
     params["remote_engine_id"] = str(uuid.uuid4())  # an engine nobody has shaken hands with
     params["remote_port"] = 9  # discard port: nothing listens there
     before = scrape(vllm_pd_pair.decode_url)
-    started = time.monotonic()
+    # An answer, not a hang: a hang ends in httpx.ReadTimeout (the client's 120 s read timeout)
+    # and fails the test. ~5-10 s on a quiet machine.
     r = post(vllm_pd_pair.decode_url, {**request, "kv_transfer_params": params})
-    elapsed = time.monotonic() - started
     assert r.status_code >= 500, r.text[:300]
     assert "error" in r.json()
-    # ~5-10 s on a quiet machine; the bound only tells "an error" from "a hang" on a loaded one.
-    assert elapsed < 90, f"a failed transfer took {elapsed:.1f} s"
     after = scrape(vllm_pd_pair.decode_url)
     failed = "vllm:nixl_num_failed_transfers_total"
     assert metric_sum(after, failed) > metric_sum(before, failed)
