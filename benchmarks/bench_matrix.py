@@ -43,13 +43,15 @@ import json
 import math
 import multiprocessing as mp
 import sys
+import threading
 import time
-from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from sage_cp_plugin.options import ControlPlaneOptions
 from sage_cp_plugin.plugins.registry import get_registry
 from sage_cp_plugin.virtual.capacity import find_capacity
 from sage_cp_plugin.virtual.compare import (
@@ -116,14 +118,67 @@ def _job(args: tuple[str, ReplayVariant, int, float]) -> dict[str, Any]:
     return {
         "stats": stats,
         "saturated_rps": saturated_throughput(r.outcomes),
-        "ttft": [o.ttft_ms for o in mid if o.ttft_ms is not None],
-        "tpot": [o.tpot_ms for o in mid if o.tpot_ms is not None],
+        "ttft": [round(o.ttft_ms, 2) for o in mid if o.ttft_ms is not None],
+        "tpot": [round(o.tpot_ms, 3) for o in mid if o.tpot_ms is not None],
         "all_completed": stats["failed"] == 0,
     }
 
 
-def _meets(pool: Executor, trace: str, v: ReplayVariant, seeds: list[int], rate: float) -> bool:
-    res = list(pool.map(_job, [(trace, v, s, rate) for s in seeds]))
+Job = tuple[str, ReplayVariant, int, float]
+
+
+class Missing(Exception):
+    """A replay the report needs is not in the cell cache (`--report-only`)."""
+
+
+class CellCache:
+    """Every finished replay, appended to a JSON-lines file as it finishes, so a killed run
+    resumes where it stopped (the virtual clock makes a replay a function of its inputs: the
+    same trace, window, variant, seed, rate and options give the same result)."""
+
+    def __init__(self, path: Path, tag: str, report_only: bool) -> None:
+        self.path, self.tag, self.report_only = path, tag, report_only
+        self.done: dict[str, dict[str, Any]] = {}
+        if path.exists():
+            for line in path.read_text().splitlines():
+                if line.strip():
+                    row = json.loads(line)
+                    self.done[row["key"]] = row["result"]
+        self.lock = threading.Lock()
+        self.finished = 0
+        self.t0 = time.perf_counter()
+
+    def key(self, job: Job) -> str:
+        trace, v, seed, rate = job
+        return f"{self.tag}|{trace}|{v.name}|{seed}|{rate:.6g}"
+
+    def run(self, pool: Executor, jobs: list[Job]) -> list[dict[str, Any]]:
+        """Results of `jobs` in order; the cached ones are not replayed again."""
+        todo = [j for j in dict.fromkeys(jobs) if self.key(j) not in self.done]
+        if todo and self.report_only:
+            raise Missing(f"{len(todo)} replays not in the cache")
+        futures = {pool.submit(_job, j): j for j in todo}
+        for f in as_completed(futures):
+            j, res = futures[f], f.result()
+            with self.lock:
+                self.done[self.key(j)] = res
+                with self.path.open("a") as fh:
+                    fh.write(json.dumps({"key": self.key(j), "result": res}) + "\n")
+                self.finished += 1
+                p90 = res["stats"].get("ttft_ms", {}).get("p90")
+                _log(
+                    f"[{self.finished} replayed, {len(self.done)} cached] {j[0]} {j[1].name} "
+                    f"seed {j[2]} at {j[3]:.4g} req/s: P90 TTFT "
+                    f"{'-' if p90 is None else f'{p90:.0f} ms'}, {res['stats']['wall_s']:.0f}s wall",
+                    self.t0,
+                )
+        return [self.done[self.key(j)] for j in jobs]
+
+
+def _meets(
+    cache: CellCache, pool: Executor, trace: str, v: ReplayVariant, seeds: list[int], rate: float
+) -> bool:
+    res = cache.run(pool, [(trace, v, s, rate) for s in seeds])
     if not all(r["all_completed"] for r in res):
         return False
     ttft = [x for r in res for x in r["ttft"]]
@@ -140,6 +195,7 @@ def _log(msg: str, t0: float) -> None:
 
 
 def capacity_of(
+    cache: CellCache,
     pool: Executor,
     trace: str,
     v: ReplayVariant,
@@ -147,14 +203,16 @@ def capacity_of(
     guess: float,
     growth: float,
     tol: float,
-    t0: float,
 ) -> dict[str, Any]:
     def meets(rate: float) -> bool:
-        ok = _meets(pool, trace, v, seeds, rate)
-        _log(f"{trace} capacity {v.name}: {rate:.3g} req/s {'meets' if ok else 'misses'}", t0)
+        ok = _meets(cache, pool, trace, v, seeds, rate)
+        _log(f"{trace} capacity {v.name}: {rate:.3g} req/s {'meets' if ok else 'misses'}", cache.t0)
         return ok
 
-    res = find_capacity(meets, guess, tolerance=tol, growth=growth)
+    try:
+        res = find_capacity(meets, guess, tolerance=tol, growth=growth)
+    except Missing as e:
+        return {"capacity_rps": None, "incomplete": str(e)}
     lo, hi = res.bracket
     return {
         "capacity_rps": res.capacity_rps,
@@ -170,6 +228,36 @@ def verdict(r: dict[str, Any]) -> str:
     if t > LOSS_TTFT or g < MIN_GOODPUT:
         return "loss"
     return "win" if t <= WIN_TTFT else "tie"
+
+
+def _tiers(variants: list[ReplayVariant], default_router: str) -> list[list[ReplayVariant]]:
+    """Run order, most needed first: the baseline and the default router, the other routers,
+    the policies. Every tier covers every trace and load before the next starts, so a run cut
+    short still has whole cells of the comparisons that matter most."""
+    first = [
+        v
+        for v in variants
+        if v == BASELINE or (v.router == default_router and v.policy == BASELINE.policy)
+    ]
+    routers = [v for v in variants if v.compares == "router" and v not in first]
+    policies = [v for v in variants if v.compares == "policy"]
+    return [t for t in (first, routers, policies) if t]
+
+
+def _cell(
+    cache: CellCache, trace: str, variants: list[ReplayVariant], seeds: list[int], rate: float
+) -> list[dict[str, Any]]:
+    """The entries of one trace x load cell from the cache (variants not replayed yet left out)."""
+    entries = []
+    for v in variants:
+        keys = [cache.key((trace, v, s, rate)) for s in seeds]
+        if all(k in cache.done for k in keys):
+            entries.append(variant_entry(v, [cache.done[k]["stats"] for k in keys]))
+    with_baseline_ratios(entries)
+    for e in entries:
+        e["verdict"] = verdict(e.get("vs_baseline", {}))
+        del e["runs"]
+    return entries
 
 
 def run_matrix(args: argparse.Namespace) -> dict[str, Any]:
@@ -189,6 +277,11 @@ def run_matrix(args: argparse.Namespace) -> dict[str, Any]:
         _SETUPS[trace], offsets[trace] = make_setup(
             trace, args.window, args.seeds, engine, coordinator
         )
+    tag = f"w{args.window}|{json.dumps(engine, sort_keys=True)}|{json.dumps(coordinator, sort_keys=True)}"
+    cache = CellCache(
+        Path(args.cache or RESULTS / f"{args.name}.cells.jsonl"), tag, args.report_only
+    )
+    _log(f"{len(cache.done)} replays cached in {cache.path}", t0)
     ctx = mp.get_context("fork")
     doc: dict[str, Any] = {
         "description": __doc__,
@@ -205,46 +298,106 @@ def run_matrix(args: argparse.Namespace) -> dict[str, Any]:
         "engine_options": engine,
         "coordinator_options": coordinator,
     }
+
+    def write(final: bool) -> None:
+        doc["wall_s"] = time.perf_counter() - t0
+        doc["environment"] = provenance()
+        doc["complete"] = final
+        write_outputs(doc, args.name)
+
     with ProcessPoolExecutor(max_workers=args.jobs, mp_context=ctx) as pool:
-        for trace in args.traces:
-            tdoc: dict[str, Any] = {"window_offsets": offsets[trace], "cells": {}}
-            sat = list(pool.map(_job, [(trace, BASELINE, sd, SATURATING_RPS) for sd in seeds]))
-            rates = [r["saturated_rps"] for r in sat if r["saturated_rps"] is not None]
+        # 1. The sustainable throughput of every trace (it sets the loads), all traces at once.
+        sat_jobs = [(t, BASELINE, sd, SATURATING_RPS) for t in args.traces for sd in seeds]
+        try:
+            sat = cache.run(pool, sat_jobs)
+        except Missing:
+            sat = [cache.done.get(cache.key(j)) or {"saturated_rps": None} for j in sat_jobs]
+        caps: dict[str, float] = {}
+        for i, trace in enumerate(args.traces):
+            mine = sat[i * len(seeds) : (i + 1) * len(seeds)]
+            rates = [r["saturated_rps"] for r in mine if r["saturated_rps"] is not None]
             cap = float(np.mean(rates)) if len(rates) == len(seeds) else 0.0
-            tdoc["sustainable_rps"] = cap
-            tdoc["sustainable_rps_per_seed"] = [r["saturated_rps"] for r in sat]
-            tdoc["capacity"] = {}
-            _log(f"{trace}: sustainable throughput (round_robin+fifo) {cap:.3g} req/s", t0)
+            caps[trace] = cap
+            tdoc: dict[str, Any] = {
+                "window_offsets": offsets[trace],
+                "sustainable_rps": cap,
+                "sustainable_rps_per_seed": [r["saturated_rps"] for r in mine],
+                "cells": {},
+                "capacity": {},
+            }
             if cap <= 0:
                 tdoc["error"] = "no queue formed: the window is smaller than the fleet's slots"
-                doc["traces"][trace] = tdoc
-                continue
-            for load in args.loads:
-                rate = load * cap
-                jobs = [(trace, v, s, rate) for v in variants for s in seeds]
-                results = list(pool.map(_job, jobs))
-                entries = []
-                for i, v in enumerate(variants):
-                    runs = [r["stats"] for r in results[i * len(seeds) : (i + 1) * len(seeds)]]
-                    entries.append(variant_entry(v, runs))
-                with_baseline_ratios(entries)
-                for e in entries:
-                    e["verdict"] = verdict(e["vs_baseline"])
-                    del e["runs"]
-                tdoc["cells"][f"{load:.2f}"] = {"rate_rps": rate, "variants": entries}
-                summary = ", ".join(
-                    f"{e['name']} {e['vs_baseline']['ttft_ms_p90'] or float('nan'):.2f}x"
-                    for e in entries
-                )
-                _log(f"{trace} load {load:.0%} ({rate:.3g} req/s): P90 TTFT {summary}", t0)
-            for v in variants if args.capacity == "all" else [BASELINE] * (args.capacity != "none"):
-                tdoc["capacity"][v.name] = capacity_of(
-                    pool, trace, v, seeds, cap, 1.25, args.tolerance, t0
-                )
             doc["traces"][trace] = tdoc
-    doc["wall_s"] = time.perf_counter() - t0
-    doc["environment"] = provenance()
+            _log(f"{trace}: sustainable throughput (round_robin+fifo) {cap:.3g} req/s", t0)
+        live = [t for t in args.traces if caps[t] > 0]
+
+        def refresh() -> None:
+            for trace in live:
+                for load in args.loads:
+                    rate = load * caps[trace]
+                    entries = _cell(cache, trace, variants, seeds, rate)
+                    doc["traces"][trace]["cells"][f"{load:.2f}"] = {
+                        "rate_rps": rate,
+                        "variants": entries,
+                    }
+
+        # 2. Every trace x load cell, tier by tier.
+        for tier in _tiers(variants, args.default_router):
+            jobs = [
+                (t, v, s, load * caps[t])
+                for t in live
+                for load in args.loads
+                for v in tier
+                for s in seeds
+            ]
+            try:
+                cache.run(pool, jobs)
+            except Missing:
+                pass
+            refresh()
+            write(False)
+            for trace in live:
+                for key, cell in doc["traces"][trace]["cells"].items():
+                    summary = ", ".join(
+                        f"{e['name']} {e['vs_baseline']['ttft_ms_p90'] or float('nan'):.2f}x"
+                        for e in cell["variants"]
+                        if "vs_baseline" in e
+                    )
+                    _log(f"{trace} load {float(key):.0%}: P90 TTFT {summary}", t0)
+        # 3. Capacity at SLO: one bisection per trace x variant, several at once so the
+        # worker processes stay busy (each probe replays every seed).
+        cap_variants = (
+            variants if args.capacity == "all" else [BASELINE] * (args.capacity != "none")
+        )
+        tasks = [(t, v) for t in live for v in cap_variants]
+        with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as threads:
+            found = threads.map(
+                lambda tv: capacity_of(
+                    cache, pool, tv[0], tv[1], seeds, caps[tv[0]], 1.25, args.tolerance
+                ),
+                tasks,
+            )
+            for (trace, v), res in zip(tasks, found, strict=True):
+                doc["traces"][trace]["capacity"][v.name] = res
+    refresh()
+    complete = all(
+        len(c["variants"]) == len(variants)
+        for t in live
+        for c in doc["traces"][t]["cells"].values()
+    ) and all(
+        r.get("capacity_rps") is not None
+        for t in live
+        for r in doc["traces"][t]["capacity"].values()
+    )
+    write(complete and len(live) == len(args.traces))
     return doc
+
+
+def write_outputs(doc: dict[str, Any], name: str) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(doc, indent=1) + "\n")
+    (RESULTS / f"{name}.md").write_text(markdown(doc))
+    plot(doc, RESULTS / f"{name}.png")
 
 
 def markdown(doc: dict[str, Any]) -> str:
@@ -255,7 +408,8 @@ def markdown(doc: dict[str, Any]) -> str:
         "",
         desc,
         "",
-        f"This run: windows of {doc['window']} requests, seeds {doc['seeds']}, loads "
+        ("" if doc.get("complete") else "**Partial run: cells marked 'not run' are missing.** ")
+        + f"This run: windows of {doc['window']} requests, seeds {doc['seeds']}, loads "
         f"{', '.join(f'{x:.0%}' for x in doc['loads'])}, capacity tolerance "
         f"{doc['capacity_tolerance']:.0%}; {doc['wall_s'] / 60:.0f} min wall. "
         + provenance_line(env),
@@ -286,7 +440,10 @@ def markdown(doc: dict[str, Any]) -> str:
         for name in doc["variants"]:
             cells = [f"`{name}`"]
             for load in loads:
-                e = next(v for v in tdoc["cells"][load]["variants"] if v["name"] == name)
+                e = next((v for v in tdoc["cells"][load]["variants"] if v["name"] == name), None)
+                if e is None or "vs_baseline" not in e:
+                    cells.append("not run")
+                    continue
                 r = e["vs_baseline"]
                 p90 = e["ttft_ms"]["p90"]
                 mark = {"win": " **win**", "loss": " *loss*"}.get(e["verdict"], "")
@@ -299,6 +456,7 @@ def markdown(doc: dict[str, Any]) -> str:
                     t = tally.setdefault(name, {"win": 0, "tie": 0, "loss": 0, "n/a": 0})
                     t[e["verdict"]] += 1
             c = caps.get(name, {}).get("capacity_rps")
+            c = None if c is None or not base_cap else c
             cells.append(
                 "-" if c is None else f"{c:.3g} ({c / base_cap:.2f}x)" if base_cap else f"{c:.3g}"
             )
@@ -326,8 +484,9 @@ def plot(doc: dict[str, Any], path: Path) -> None:
         for name in doc["variants"]:
             ys = []
             for key in cells:
-                e = next(v for v in cells[key]["variants"] if v["name"] == name)
-                ys.append(e["vs_baseline"]["ttft_ms_p90"] or float("nan"))
+                e = next((v for v in cells[key]["variants"] if v["name"] == name), None)
+                r = (e or {}).get("vs_baseline", {})
+                ys.append(r.get("ttft_ms_p90") or float("nan"))
             style = "k--" if name == BASELINE.name else "-o"
             ax.plot([100 * x for x in loads], ys, style, label=name, markersize=3)
         ax.set_title(f"{trace}: P90 TTFT / round_robin+fifo", fontsize=9)
@@ -342,7 +501,7 @@ def plot(doc: dict[str, Any], path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--traces", nargs="+", default=list(TRACES), choices=TRACES)
-    p.add_argument("--window", type=int, default=1000, help="requests per window (default 1000)")
+    p.add_argument("--window", type=int, default=2000, help="requests per window (default 2000)")
     p.add_argument("--seeds", type=int, default=3, help="seeds = windows per trace (default 3)")
     p.add_argument("--loads", type=float, nargs="+", default=list(LOADS))
     p.add_argument("--tolerance", type=float, default=0.10, help="capacity bisection tolerance")
@@ -366,14 +525,26 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--jobs", type=int, default=2, help="worker processes (default 2)")
     p.add_argument("--name", default="matrix", help="result file stem (default matrix)")
+    p.add_argument(
+        "--cache",
+        help="JSON-lines file of finished replays; a re-run resumes from it "
+        "(default benchmarks/results/<name>.cells.jsonl)",
+    )
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="replay nothing: write the result files from the cache (missing cells marked)",
+    )
+    p.add_argument(
+        "--default-router",
+        default=ControlPlaneOptions().routing_strategy,
+        help="router run first, with the baseline (default: the coordinator's default)",
+    )
     args = p.parse_args(argv)
+    if args.window < 1 or args.seeds < 1 or args.jobs < 1:
+        p.error("--window, --seeds and --jobs must be at least 1")
     doc = run_matrix(args)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{args.name}.json").write_text(json.dumps(doc, indent=1) + "\n")
-    md = markdown(doc)
-    (RESULTS / f"{args.name}.md").write_text(md)
-    plot(doc, RESULTS / f"{args.name}.png")
-    print(md)
+    print(markdown(doc))
     return 0
 
 
