@@ -151,6 +151,13 @@ class Attempts:
 
         priority = st.scheduling_policy.engine_priority(item)
 
+        def prefill_done() -> None:
+            # The prefill leg's booking is the first: it teaches the load model the prefill
+            # instance's speed and leaves that instance with the KV.
+            bookings = self._bookings.get(item.request_id)
+            if bookings:
+                load_model.prefill_done(bookings[0], self.clock())
+
         async def attempt() -> tuple[Outcome, bool]:
             try:
                 out, split = await st.disaggregator.run(
@@ -161,6 +168,7 @@ class Attempts:
                     sink,
                     on_first_token=first_token,
                     priority=priority,
+                    on_prefill_done=prefill_done,
                 )
             except UpstreamError:
                 item.no_split = True  # a retry runs whole, on any instance
@@ -170,7 +178,7 @@ class Attempts:
             return out, not split
 
         legs = [(prefill, st.prefill_router), (decode, st.decode_router)]
-        self._start(item, decision, now, legs, attempt)
+        self._start(item, decision, now, legs, attempt, split=True)
 
     def _start(
         self,
@@ -179,15 +187,17 @@ class Attempts:
         now: float,
         legs: list[tuple[InstanceState, Router]],
         attempt: Callable[[], Awaitable[tuple[Outcome, bool]]],
+        *,
+        split: bool = False,
     ) -> None:
         """Occupy every instance of the attempt and run it as a task. The last leg is the
-        instance that answers the caller."""
+        instance that answers the caller; with `split` the first leg prefills for it."""
         item.attempts += 1
         item.first_token_seen = False
         if item.failed_on is not None and legs[-1][0].instance_id != item.failed_on:
             self.metrics.failovers += 1  # moved off the instance that failed it
         item.failed_on = None
-        self._bookings[item.request_id] = self._book(item, [st for st, _ in legs], now)
+        self._bookings[item.request_id] = self._book(item, [st for st, _ in legs], now, split)
         for st, router in legs:
             self.meter.mark(st.instance_id, st.in_flight, now)
             st.in_flight += 1
@@ -388,15 +398,25 @@ class Attempts:
         self.results.store(item, result)
 
     def _book(
-        self, item: QueuedRequest, states: list[InstanceState], now: float
+        self, item: QueuedRequest, states: list[InstanceState], now: float, split: bool = False
     ) -> list[load_model.Booking]:
         """The request's load on each instance it occupies (uncached prefill, then KV), and
-        what the prefix-cache view learns from where it went."""
+        what the prefix-cache view learns from where it went. The decode leg of a split
+        prefills nothing (its KV arrives from the prefill leg; if that fails and it runs
+        whole, the booking underestimates its prefill until its first token) and learns no
+        prefill speed from a first token that waited for another instance."""
         view = self.cache_view
         out = []
-        for st in states:
+        for i, st in enumerate(states):
+            pulled = split and i == len(states) - 1
             cached = view.cached_tokens(item, [st])[0] if view is not None else 0
-            out.append(load_model.book(st, item.input_tokens, item.output_tokens, cached, now))
+            if pulled:
+                cached = item.input_tokens
+            out.append(
+                load_model.book(
+                    st, item.input_tokens, item.output_tokens, cached, now, learns=not pulled
+                )
+            )
             if view is not None:
                 view.on_dispatch(item, st.instance_id)
         return out
@@ -405,6 +425,8 @@ class Attempts:
         now = self.clock()
         for b in self._bookings.get(item.request_id, ()):
             load_model.first_token(b, now)
+        if self.limits is not None:
+            self.wake()  # its prefill left the queue: a request held by `prefill_fits` may go
 
     @staticmethod
     def _learn(state: InstanceState, item: QueuedRequest, out: Outcome) -> None:

@@ -9,8 +9,9 @@ where the policy decides what runs next.
 How (a gradient controller in the style of Netflix concurrency-limits' Gradient2 and Envoy's
 adaptive concurrency filter, with the engine's queueing delay as the signal):
 - each finished request gives a sample of the delay it spent waiting in the engine before
-  its prefill started: its engine-side TTFT minus the TTFT it would have had alone
-  (`unloaded_ttft_s`: one step plus its prompt at the fastest prefill rate seen);
+  its prefill started: its engine-side TTFT minus the TTFT it would have had alone (the
+  token-level load model's `unloaded_ttft_s`: its prompt at the instance's learnt prefill
+  speed, at least one step; the one prefill-speed estimator of the coordinator);
 - the tolerated delay is `tolerance_steps` engine steps (one step to be admitted, one for the
   step in progress), with the step time measured on that instance (its inter-token time);
 - gradient = clamp(tolerated / sample, 0.5, 1); new limit = limit * gradient + sqrt(limit),
@@ -19,9 +20,15 @@ adaptive concurrency filter, with the engine's queueing delay as the signal):
   it. It never exceeds the instance's `max_concurrent_requests` nor drops below 1.
 Nothing here is fitted to a workload: the only scale is the instance's own step time.
 
-The signal is observed, one TTFT late. The token-level load model's predicted TTFT (issue 10
-item 1) can later gate each admission as well; `unloaded_ttft_s` is the one place that
-estimates a request's TTFT here.
+The limit counts requests and learns one TTFT late, so a burst that arrives while it is high
+(grown during a quiet spell) would all be forwarded at once and queue inside the engines,
+where the policy cannot reorder it. So admission is also gated on the load model's
+prediction, at once: an instance takes a new request only while the prefill already queued
+on it would start within the same tolerated delay (`prefill_fits`; an instance with nothing
+queued always may). Prediction gates now; observation corrects the limit afterwards.
+
+The signal is observed, one TTFT late; the load model's prediction is the reference it is
+measured against.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from sage_cp_plugin.sliding_min import SlidingMin
+from sage_cp_plugin import load_model
 from sage_cp_plugin.state import InstanceState
 
 
@@ -55,7 +62,6 @@ class AdaptiveLimit:
     max_limit: int
     config: LimitConfig = field(default_factory=LimitConfig)
     limit: float = 0.0  # set to max_limit on creation
-    prefill_rate: SlidingMin = field(default_factory=SlidingMin)  # s/token, best seen
     samples: int = 0
     last_delay_s: float = 0.0
 
@@ -73,19 +79,15 @@ class AdaptiveLimit:
     def allows(self, in_flight: int) -> bool:
         return in_flight < self.current
 
-    def unloaded_ttft_s(self, prompt_tokens: int, step_s: float) -> float:
-        return step_s + prompt_tokens * self.prefill_rate.get(0.0)
-
     def observe(
-        self, engine_ttft_s: float, prompt_tokens: int, step_s: float, in_flight: int
+        self, engine_ttft_s: float, unloaded_ttft_s: float, step_s: float, in_flight: int
     ) -> None:
         """One finished request: `engine_ttft_s` from sending it to its first token,
-        `step_s` the instance's current step time, `in_flight` its requests when it ended."""
-        if prompt_tokens > 0 and engine_ttft_s > 0:
-            self.prefill_rate.add(engine_ttft_s / prompt_tokens)
+        `unloaded_ttft_s` the load model's TTFT for it with nothing ahead, `step_s` the
+        instance's current step time, `in_flight` its requests when it ended."""
         if step_s <= 0:
             return  # no decode observed yet: no scale to judge a delay by
-        delay = max(0.0, engine_ttft_s - self.unloaded_ttft_s(prompt_tokens, step_s))
+        delay = max(0.0, engine_ttft_s - unloaded_ttft_s)
         self.samples += 1
         self.last_delay_s = delay
         tolerated = self.config.tolerance_steps * step_s
@@ -116,9 +118,21 @@ class ConcurrencyLimits:
     def allows(self, state: InstanceState) -> bool:
         return self.of(state).allows(state.in_flight)
 
+    def prefill_fits(self, state: InstanceState, now: float) -> bool:
+        """The load model's predicted wait before a new request's prefill starts on `state`
+        is within `tolerance_steps` of its step time (always true with nothing queued there
+        or before a step time is known)."""
+        if state.prefill_seqs <= 0:
+            return True
+        step_s = state.decode_s_per_token.get(0.0)
+        if step_s <= 0:
+            return True
+        return load_model.queue_wait_s(state, now) <= self.config.tolerance_steps * step_s
+
     def observe(self, state: InstanceState, engine_ttft_s: float, prompt_tokens: int) -> None:
         step_s = state.decode_s_per_token.get(0.0)
-        self.of(state).observe(engine_ttft_s, prompt_tokens, step_s, state.in_flight)
+        unloaded = load_model.unloaded_ttft_s(state, prompt_tokens)
+        self.of(state).observe(engine_ttft_s, unloaded, step_s, state.in_flight)
 
     def forget(self, instance_id: str) -> None:
         self._limits.pop(instance_id, None)

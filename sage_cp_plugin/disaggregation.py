@@ -13,9 +13,10 @@ broken prefill pool costs one failed call, never a hang. The trigger decides per
 `prefilling_threshold_input_tokens`: short or mostly cached prompts are cheaper to prefill
 where they decode — or `predicted`: per request, from the predicted prefill-pool wait, the
 decode instance's slack and the uncached prompt (`split_decision.split_pays`).
-For `predicted` the disaggregator keeps what the decision needs and nobody else tracks: the
-prompt tokens outstanding on each prefill instance, and the KV transfer cost per token
-learnt from decode legs.
+For `predicted` the prefill pool's wait and the prefill speed come from the token-level load
+model (`load_model`: the one estimator of prefill speed; the prefill leg is booked there and
+teaches it when it answers); the disaggregator keeps only what nobody else tracks, the KV
+transfer cost per token learnt from decode legs.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from sage_cp_plugin import load_model
 from sage_cp_plugin.errors import UpstreamError
 from sage_cp_plugin.executor import ChunkSink, ExecutionCoordinator, Outcome
 from sage_cp_plugin.pending import QueuedRequest
@@ -56,7 +58,6 @@ class Disaggregator:
         self.decode_prefixes = PrefixIndex()
         self.prefill_failures = 0
         self.split_requests = 0
-        self.prefill_backlog: dict[str, int] = {}  # prefill instance -> prompt tokens sent
         # Best case seen: a decode leg's first token also waits for the decode engine.
         self.transfer_s_per_token = SlidingMin()
 
@@ -80,11 +81,10 @@ class Disaggregator:
     def predicted(self) -> bool:
         return self.config.disaggregation_trigger == "predicted"
 
-    def prefill_wait_s(self, prefill: InstanceState) -> float:
-        """Local estimate of the prefill pool's queue: prompt tokens outstanding there at
-        its observed prefill speed (the token-level load model will replace it)."""
-        backlog = self.prefill_backlog.get(prefill.instance_id, 0)
-        return backlog * prefill_speed(prefill)
+    @staticmethod
+    def prefill_wait_s(prefill: InstanceState, now: float) -> float:
+        """The load model's predicted wait before `prefill` starts a new prompt."""
+        return load_model.queue_wait_s(prefill, now)
 
     def split_pays(
         self,
@@ -94,6 +94,7 @@ class Disaggregator:
         *,
         whole_wait_s: float,
         decode_limit: int,
+        now: float,
     ) -> bool:
         """The `predicted` trigger for one request and one (prefill, decode) pair."""
         if not self.enabled or item.request.kind == RequestKind.EMBEDDING:
@@ -101,11 +102,11 @@ class Disaggregator:
         slo = item.request.tpot_slo_ms
         view = SplitView(
             uncached_tokens=self.uncached_tokens(item, decode),
-            prefill_s_per_token=prefill_speed(prefill),
+            prefill_s_per_token=load_model.prefill_s_per_token(prefill),
             transfer_s_per_token=self.transfer_s_per_token.get(0.0),
-            prefill_wait_s=self.prefill_wait_s(prefill),
+            prefill_wait_s=self.prefill_wait_s(prefill, now),
             whole_wait_s=whole_wait_s,
-            decode_step_s=decode_step(decode),
+            decode_step_s=load_model.decode_step_s(decode),
             decode_in_flight=decode.in_flight,
             decode_limit=decode_limit,
             tpot_slo_s=None if slo is None else slo / 1000.0,
@@ -122,15 +123,15 @@ class Disaggregator:
         on_first_token: Callable[[], None] | None = None,
         *,
         priority: int | None = None,
+        on_prefill_done: Callable[[], None] | None = None,
     ) -> tuple[Outcome, bool]:
-        """Both steps; returns the decode outcome and whether the prefill step was used."""
+        """Both steps; returns the decode outcome and whether the prefill step was used.
+        `on_prefill_done` is called when the prefill step ends (answered or failed)."""
         self.split_requests += 1
         self.decode_prefixes.insert(
             chunk_hashes(item.request.prompt_text(), _CHUNK_CHARS, 1024), decode.instance_id
         )
         params: dict[str, Any] | None
-        pid = prefill.instance_id
-        self.prefill_backlog[pid] = self.prefill_backlog.get(pid, 0) + item.input_tokens
         try:
             try:
                 first = await executor.run(
@@ -145,7 +146,8 @@ class Disaggregator:
                     priority=priority,
                 )
             finally:
-                self.prefill_backlog[pid] -= item.input_tokens
+                if on_prefill_done is not None:
+                    on_prefill_done()
             params = first.kv_transfer_params
         except UpstreamError as exc:
             self.prefill_failures += 1
@@ -165,8 +167,6 @@ class Disaggregator:
             )
             return out, False
         prompt = first.prompt_tokens or item.input_tokens
-        if first.first_token_at is not None and prompt > 0:
-            prefill.prefill_s_per_token.add((first.first_token_at - first.started_at) / prompt)
         extra = {"kv_transfer_params": params}
         out = await executor.run(
             item.request,
@@ -178,17 +178,7 @@ class Disaggregator:
         )
         if out.first_token_at is not None and prompt > 0:
             # The decode leg's first token: the KV pull plus about one decode step.
-            step = decode.decode_s_per_token.get(0.0)
+            step = load_model.decode_step_s(decode)
             pull = max(0.0, out.first_token_at - out.started_at - step)
             self.transfer_s_per_token.add(pull / prompt)
         return out, True
-
-
-def prefill_speed(s: InstanceState) -> float:
-    """Observed seconds per prompt token, else the instance's prior (state.py)."""
-    return s.prefill_s_per_token.get(1e-4 / s.instance.speed_hint)
-
-
-def decode_step(s: InstanceState) -> float:
-    """Observed inter-token time, else the instance's prior (state.py)."""
-    return s.decode_s_per_token.get(0.02 / s.instance.speed_hint)

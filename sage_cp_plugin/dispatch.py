@@ -13,6 +13,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 
+from sage_cp_plugin import load_model
 from sage_cp_plugin.attempts import Attempts
 from sage_cp_plugin.health import HealthMonitor
 from sage_cp_plugin.pending import PendingQueue, QueuedRequest
@@ -154,23 +155,21 @@ class Dispatcher:
         prefill = st.prefill_router.select(item, pre_free, self.fleet)
         if decode is None or prefill is None:
             return None
+        now = self.fleet.now  # the round's time: one plan, one clock reading
         whole = [s for s in routable if pools.has_room(s, item)]
-        whole_wait = min((self._wait_s(s) for s in whole), default=float("inf"))
+        whole_wait = min((self._wait_s(s, now) for s in whole), default=float("inf"))
         limits = pools.limits
         limit = limits.of(decode).current if limits is not None else decode.capacity
         ok = st.disaggregator.split_pays(
-            item, prefill, decode, whole_wait_s=whole_wait, decode_limit=limit
+            item, prefill, decode, whole_wait_s=whole_wait, decode_limit=limit, now=now
         )
         return (prefill, decode) if ok else None
 
-    def _wait_s(self, s: InstanceState) -> float:
-        """Predicted wait before `s` starts a new request (local estimate until the
-        token-level load model's predicted TTFT lands): prompt tokens of split prefills
-        outstanding there, plus the engine queueing its limit last observed."""
-        wait = self.strategies.disaggregator.prefill_wait_s(s)
-        if self.pools.limits is not None:
-            wait += self.pools.limits.of(s).last_delay_s
-        return wait
+    @staticmethod
+    def _wait_s(s: InstanceState, now: float) -> float:
+        """Predicted wait before `s` starts a new request: the load model's prefill ahead
+        of it (the same estimate the split decision uses for the prefill pool)."""
+        return load_model.queue_wait_s(s, now)
 
     # -- the fleet view a plan reads (planning.FleetView) ----------------------------------
     def has_room(self, state: InstanceState, item: QueuedRequest) -> bool:

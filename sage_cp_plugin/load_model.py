@@ -56,6 +56,9 @@ class Booking:
     kv_tokens: int  # prompt + expected output: its KV footprint while decoding
     booked_at: float
     work_ahead: float  # prefill tokens ahead of it plus its own, at dispatch
+    # False for the decode leg of a disaggregated request: its first token comes after
+    # another instance's prefill and the KV pull, so it says nothing of this one's speed.
+    learns: bool = True
     prefilling: bool = True
     released: bool = False
 
@@ -128,6 +131,19 @@ def prefill_time_s(state: InstanceState, tokens: float) -> float:
     return tokens * prefill_s_per_token(state) + steps * decode_step_s(state)
 
 
+def queue_wait_s(state: InstanceState, now: float) -> float:
+    """Predicted wait before a request dispatched here now starts its own prefill: the
+    prefill ahead of it. What the dispatcher compares instances by and what the split
+    decision calls the prefill pool's wait."""
+    return prefill_time_s(state, prefill_ahead(state, now))
+
+
+def unloaded_ttft_s(state: InstanceState, uncached_tokens: int) -> float:
+    """TTFT of a request with nothing ahead of it: its own prefill at the learnt speed (at
+    least one step). The adaptive concurrency limit's reference: TTFT beyond it is queueing."""
+    return prefill_time_s(state, max(1, uncached_tokens))
+
+
 def predicted_ttft_s(state: InstanceState, uncached_tokens: int, now: float) -> float:
     """Time to first token of a request with `uncached_tokens` to prefill, sent here now."""
     return prefill_time_s(state, prefill_ahead(state, now) + max(1, uncached_tokens))
@@ -144,11 +160,17 @@ def cost_to_running_s(state: InstanceState, uncached_tokens: int, now: float) ->
 
 # -- bookkeeping (the coordinator's shell calls these; decisions only read) ----------------
 def book(
-    state: InstanceState, input_tokens: int, output_tokens: int, cached_tokens: int, now: float
+    state: InstanceState,
+    input_tokens: int,
+    output_tokens: int,
+    cached_tokens: int,
+    now: float,
+    *,
+    learns: bool = True,
 ) -> Booking:
     own = max(1, input_tokens - max(0, cached_tokens))
     ahead = prefill_ahead(state, now)
-    b = Booking(state, own, input_tokens + output_tokens, now, ahead + own)
+    b = Booking(state, own, input_tokens + output_tokens, now, ahead + own, learns)
     if not state.prefill_queue:
         state.prefill_head_since = now
     state.prefill_queue.append(b)
@@ -179,6 +201,8 @@ def first_token(b: Booking, now: float) -> None:
     _leave_prefill(b, now)
     st.decode_seqs += 1
     st.decode_kv_tokens += b.kv_tokens
+    if not b.learns:
+        return
     # Prefill speed from this request: its TTFT against the work that was ahead of it.
     ttft = now - b.booked_at
     steps = math.ceil(b.work_ahead / chunk_tokens(st))
@@ -192,6 +216,14 @@ def first_token(b: Booking, now: float) -> None:
     rate = st.prefill_s_per_token
     rate.value = st.prefill_busy_s.get(0.0) / st.prefill_work_tokens.get(1.0)
     rate.count += 1
+
+
+def prefill_done(b: Booking, now: float) -> None:
+    """The prefill leg of a disaggregated request answered: its prompt is prefilled there
+    (the speed is learnt from it) and, the KV having left with the answer, its load leaves
+    that instance."""
+    first_token(b, now)
+    release(b, now)
 
 
 def observe_decode(state: InstanceState, tpot_s: float) -> None:

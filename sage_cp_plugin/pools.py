@@ -49,8 +49,9 @@ class InstancePools:
         return cached
 
     def has_room(self, s: InstanceState, item: QueuedRequest) -> bool:
-        """Whether `s` can take `item` now: its slots (or its adaptive limit, when lower),
-        plus the urgent headroom for urgent work; a decode instance slower per token than
+        """Whether `s` can take `item` now: its slots (or its adaptive limit, when lower, and
+        then only while its predicted prefill queue is short), plus the urgent headroom for
+        urgent work; a decode instance slower per token than
         its `target_latency_ms` takes no new request until it is idle."""
         inst = s.instance
         cap = inst.slot_limit
@@ -59,6 +60,12 @@ class InstancePools:
         if item.urgent:
             cap += max(1, int(cap * self.urgent_headroom))
         if s.in_flight >= cap:
+            return False
+        if (
+            self.limits is not None
+            and not item.urgent
+            and not self.limits.prefill_fits(s, self.fleet.now)
+        ):
             return False
         target = inst.decode_target_s
         if target is not None and s.in_flight > 0:

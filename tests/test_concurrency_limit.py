@@ -8,7 +8,11 @@ import itertools
 import pytest
 
 from sage_cp_plugin import ControlPlaneManager
+from sage_cp_plugin import load_model as lm
 from sage_cp_plugin.concurrency_limit import AdaptiveLimit, ConcurrencyLimits, LimitConfig
+from sage_cp_plugin.disaggregation import Disaggregator
+from sage_cp_plugin.dispatch import Dispatcher
+from sage_cp_plugin.types import PDSeparationConfig
 
 from .helpers import item, state
 
@@ -23,17 +27,17 @@ def alone(prompt: int) -> float:
 def test_no_queueing_keeps_the_limit_at_the_cap() -> None:
     lim = AdaptiveLimit(64)
     for _ in range(50):
-        lim.observe(alone(1000), 1000, STEP, in_flight=64)
+        lim.observe(alone(1000), alone(1000), STEP, in_flight=64)
     assert lim.current == 64
     assert lim.last_delay_s == pytest.approx(0.0, abs=1e-9)
 
 
 def test_queueing_beyond_the_tolerance_shrinks_the_limit_monotonically() -> None:
     lim = AdaptiveLimit(64)
-    lim.observe(alone(1000), 1000, STEP, in_flight=64)  # learns the unloaded prefill rate
+    lim.observe(alone(1000), alone(1000), STEP, in_flight=64)
     seen = [lim.limit]
     for _ in range(40):
-        lim.observe(alone(1000) + 10 * STEP, 1000, STEP, in_flight=64)  # waited 10 steps
+        lim.observe(alone(1000) + 10 * STEP, alone(1000), STEP, in_flight=64)  # waited 10 steps
         seen.append(lim.limit)
     assert all(b <= a for a, b in itertools.pairwise(seen))
     # Equilibrium where the sqrt(limit) allowance balances the gradient (0.5 here): small.
@@ -43,35 +47,81 @@ def test_queueing_beyond_the_tolerance_shrinks_the_limit_monotonically() -> None
 
 def test_delay_within_the_tolerance_does_not_shrink() -> None:
     lim = AdaptiveLimit(32)
-    lim.observe(alone(500), 500, STEP, in_flight=32)
+    lim.observe(alone(500), alone(500), STEP, in_flight=32)
     for _ in range(20):
-        lim.observe(alone(500) + 1.5 * STEP, 500, STEP, in_flight=32)  # under 2 steps
+        lim.observe(alone(500) + 1.5 * STEP, alone(500), STEP, in_flight=32)  # under 2 steps
     assert lim.current == 32
 
 
 def test_the_limit_grows_back_only_while_it_is_used() -> None:
     lim = AdaptiveLimit(64, limit=8.0)
-    lim.observe(alone(200), 200, STEP, in_flight=8)
+    lim.observe(alone(200), alone(200), STEP, in_flight=8)
     for _ in range(10):
-        lim.observe(alone(200), 200, STEP, in_flight=2)  # app-limited: below half the limit
+        lim.observe(alone(200), alone(200), STEP, in_flight=2)  # app-limited: below half the limit
     assert lim.current == 8
     for _ in range(30):
-        lim.observe(alone(200), 200, STEP, in_flight=lim.current)
+        lim.observe(alone(200), alone(200), STEP, in_flight=lim.current)
     assert lim.current > 16
     assert lim.current <= 64
 
 
-def test_unloaded_ttft_follows_the_fastest_prefill_rate_seen() -> None:
-    lim = AdaptiveLimit(16)
-    lim.observe(2000 * RATE * 3, 2000, STEP, in_flight=1)  # slow sample first
-    lim.observe(2000 * RATE, 2000, STEP, in_flight=1)
-    assert lim.prefill_rate.get(0.0) == pytest.approx(RATE)
-    assert lim.unloaded_ttft_s(1000, STEP) == pytest.approx(STEP + 1000 * RATE)
+def test_unloaded_ttft_is_the_load_models_prediction_with_nothing_ahead() -> None:
+    # One prefill-speed estimator: the limit judges delay against the speed the load model
+    # learnt from first tokens, not a rate of its own.
+    s = state("a", cap=16)
+    s.decode_s_per_token.add(STEP)
+    for k in range(30):
+        b = lm.book(s, 2000, 10, 0, now=float(k))
+        lm.first_token(b, now=k + STEP + 2000 * RATE)  # alone: one step plus its prompt
+        lm.release(b, now=k + 0.5)
+    assert lm.unloaded_ttft_s(s, 1000) == pytest.approx(STEP + 1000 * RATE, rel=0.05)
+    limits = ConcurrencyLimits()
+    s.in_flight = 16
+    limits.observe(s, alone(1000), 1000)
+    assert limits.of(s).last_delay_s == pytest.approx(0.0, abs=0.1 * STEP)
+    limits.observe(s, alone(1000) + 10 * STEP, 1000)  # waited ten steps in the engine
+    assert limits.of(s).last_delay_s == pytest.approx(10 * STEP, rel=0.05)
+    assert limits.of(s).current < 16
+
+
+def test_admission_is_gated_on_the_predicted_prefill_wait() -> None:
+    # A burst would otherwise all be forwarded while the (request-counted) limit is high;
+    # the predicted wait holds it back at once, and the first token lets the next one go.
+    limits = ConcurrencyLimits()
+    s = state("a", cap=64)
+    assert limits.prefill_fits(s, 0.0)  # nothing queued: always
+    s.decode_s_per_token.add(STEP)
+    first = lm.book(s, 300, 10, 0, now=0.0)  # ~ one step of prefill ahead: fits
+    assert lm.queue_wait_s(s, 0.0) <= 2 * STEP
+    assert limits.prefill_fits(s, 0.0)
+    lm.book(s, 4000, 10, 0, now=0.0)  # far more than two steps of prefill queued
+    assert not limits.prefill_fits(s, 0.0)
+    assert limits.of(s).allows(s.in_flight)  # the request-counted limit alone would admit
+    lm.first_token(first, now=0.05)
+    assert not limits.prefill_fits(s, 0.05)  # the long prompt is still ahead
+    m = ControlPlaneManager(scheduling_policy="fifo", adaptive_concurrency=True)
+    assert not m.pools.has_room(s, item(1))
+    off = ControlPlaneManager(scheduling_policy="fifo")  # without the option: slots only
+    assert off.pools.has_room(s, item(2))
+
+
+def test_dispatcher_and_disaggregator_read_the_same_predicted_wait() -> None:
+    s = state("p", cap=8)
+    lm.book(s, 6000, 10, 0, now=0.0)
+    lm.book(s, 3000, 10, 0, now=0.0)
+    expected = lm.prefill_time_s(s, lm.prefill_ahead(s, 0.1))
+    assert expected > 0
+    assert Dispatcher._wait_s(s, 0.1) == pytest.approx(expected)
+    assert Disaggregator.prefill_wait_s(s, 0.1) == pytest.approx(expected)
+    # More prefill queued means a longer predicted wait.
+    lm.book(s, 3000, 10, 0, now=0.1)
+    assert Dispatcher._wait_s(s, 0.1) > expected
+    assert Disaggregator(PDSeparationConfig()).prefill_wait_s(s, 0.1) > expected
 
 
 def test_no_step_time_yet_means_no_judgement() -> None:
     lim = AdaptiveLimit(16)
-    lim.observe(5.0, 100, 0.0, in_flight=16)
+    lim.observe(5.0, alone(100), 0.0, in_flight=16)
     assert lim.current == 16 and lim.samples == 0
 
 

@@ -116,3 +116,24 @@ def test_approximate_cache_reads_without_learning_and_evicts_by_capacity() -> No
         view.on_dispatch(other, "a")
     hit_a, hit_b = view.cached_tokens(again, [a, b])
     assert hit_a == 0 and hit_b > 0
+
+
+def test_a_split_request_teaches_the_prefill_instance_only() -> None:
+    # Disaggregated: the prefill leg's answer is its first token there (the speed is learnt
+    # from it and its load leaves with the KV); the decode leg prefills nothing and its first
+    # token, which waited for another instance, teaches no prefill speed.
+    pre, dec = state("prefill"), state("decode")
+    pre.decode_s_per_token.add(0.0)
+    dec.decode_s_per_token.add(0.0)
+    bp = lm.book(pre, 2000, 50, 0, now=0.0)
+    bd = lm.book(dec, 2000, 50, cached_tokens=2000, now=0.0, learns=False)
+    assert dec.prefill_tokens_queued == 1  # at least one token: the first is computed there
+    lm.prefill_done(bp, now=0.04)  # 2000 tokens in 40 ms
+    assert (pre.prefill_tokens_queued, pre.prefill_seqs, pre.decode_seqs) == (0, 0, 0)
+    assert lm.prefill_s_per_token(pre) == pytest.approx(2e-5)
+    prior = lm.prefill_s_per_token(dec)
+    lm.first_token(bd, now=0.3)  # transfer and a step later
+    assert (dec.decode_seqs, dec.decode_kv_tokens) == (1, 2050)
+    assert lm.prefill_s_per_token(dec) == prior
+    lm.release(bd, now=1.0)
+    assert (dec.decode_seqs, dec.prefill_seqs) == (0, 0)
