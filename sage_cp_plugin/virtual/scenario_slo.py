@@ -9,10 +9,11 @@ clipped to 4000 tokens, outputs to 256. Two classes drawn per request: 30 % inte
 Fleet, the same for every policy: 4 x Llama-3.1-8B/H100 (simulated) whose engines run
 `--scheduling-policy priority`; 64 slots per instance; the coordinator's adaptive
 concurrency limit on (the engines' own queues stay short, so the backlog waits where the
-policy orders it); no urgent headroom. Load: fractions of the fleet's measured capacity on
-each trace (`CAPACITY_RPS`: steady-state completions/s under a smooth 200 requests/s
-overload, fifo, 3 windows). Baseline: fifo. 400 requests per window (a window lasts
-5-7 s of trace time at these rates: bursts, not a long steady state).
+policy orders it); no urgent headroom. Load: fractions of the fleet's capacity on each
+window, measured at run time (`measured_capacity_rps`: the window offered at once to this
+fleet with fifo and the same options, completions/s while it is saturated). Baseline: fifo.
+400 requests per window (a window lasts a few seconds of trace time at these rates: bursts,
+not a long steady state).
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ import numpy as np
 from sage_cp_plugin.sim import SimInstanceConfig
 from sage_cp_plugin.types import RequestPriority
 from sage_cp_plugin.virtual.bench import Scenario, Variant, goal, mean_of, ratio
-from sage_cp_plugin.virtual.fleet import MemberSpec
-from sage_cp_plugin.virtual.runner import CoordinatorConfig
+from sage_cp_plugin.virtual.fleet import InProcessFleet, MemberSpec
+from sage_cp_plugin.virtual.runner import CoordinatorConfig, run_replay
+from sage_cp_plugin.virtual.steady import saturated_throughput
 from sage_cp_plugin.workloads import (
     AZURE_CODE,
     AZURE_CONV,
@@ -38,9 +40,8 @@ from sage_cp_plugin.workloads import (
 )
 from sage_cp_plugin.workloads.traces import resolve_trace
 
-# Steady-state completions/s of this fleet per trace under a smooth 200 requests/s overload
-# (fifo, limit on, 1000 requests, windows 0-2; measured, see docs/benchmarks.md).
-CAPACITY_RPS = {AZURE_CONV: 78.0, AZURE_CODE: 114.0}
+TRACES = (AZURE_CONV, AZURE_CODE)
+SATURATING_RPS = 10_000.0  # "all at once": far above what any fleet here completes
 TRACE_LABEL = {AZURE_CONV: "conv", AZURE_CODE: "code"}
 LOADS = (0.9, 1.0)
 POLICIES = ("fifo", "slo_aware")
@@ -86,20 +87,42 @@ def members(seed: int, engine_policy: str = "priority", slots: int = SLOTS) -> l
     ]
 
 
+def coordinator(policy: str) -> CoordinatorConfig:
+    """The same options for every policy (and for the capacity measurement)."""
+    return CoordinatorConfig(policy=policy, extra={"adaptive_concurrency": True})
+
+
+@cache
+def measured_capacity_rps(trace: str, seed: int, n: int, slots: int) -> float:
+    """Requests/s this fleet completes on this window while saturated: the window offered at
+    once, fifo, the options every variant gets (`steady.saturated_throughput`)."""
+    w = workload(seed, n, SATURATING_RPS, trace)
+    fleet = InProcessFleet(members(seed, slots=slots))
+    res = run_replay(w, fleet, coordinator("fifo"), prompt_seed=seed)
+    rate = saturated_throughput(res.outcomes)
+    if rate is None:
+        raise RuntimeError(
+            f"slo_classes: no queue formed measuring the capacity of {trace} window {seed} "
+            f"({n} requests on {len(fleet)} x {slots} slots)"
+        )
+    return rate
+
+
 def build(seed: int, smoke: bool) -> list[Variant]:
     n = 60 if smoke else 400
     loads = (1.0,) if smoke else LOADS
-    traces = (AZURE_CODE,) if smoke else tuple(CAPACITY_RPS)
+    traces = (AZURE_CODE,) if smoke else TRACES
     policies = ("fifo", "slo_aware") if smoke else POLICIES
+    slots = SMOKE_SLOTS if smoke else SLOTS
     out = []
     for trace in traces:
+        capacity = measured_capacity_rps(trace, seed, n, slots)
         for load in loads:
-            w = workload(seed, n, load * CAPACITY_RPS[trace], trace)
+            w = workload(seed, n, load * capacity, trace)
             group = f"{TRACE_LABEL[trace]} {load:.0%}"
-            fleet = members(seed, slots=SMOKE_SLOTS if smoke else SLOTS)
+            fleet = members(seed, slots=slots)
             for p in policies:
-                cfg = CoordinatorConfig(policy=p, extra={"adaptive_concurrency": True})
-                out.append(Variant(p, cfg, fleet, w, group))
+                out.append(Variant(p, coordinator(p), fleet, w, group))
     return out
 
 
