@@ -59,6 +59,9 @@ class Dispatcher:
         self._timer: asyncio.TimerHandle | None = None
         self.attempts = attempts
         self._policy_seen: tuple[int, int] | None = None  # (id(policy), version) last keyed
+        # The pure decision, an attribute so a probe can time it on one dispatcher
+        # (virtual/decision_cost.py) without touching the module.
+        self.plan_head = plan_head
 
     # -- waking ----------------------------------------------------------------------------
     def wake(self) -> None:
@@ -204,7 +207,7 @@ class Dispatcher:
                 item = queue.peek(pool)
                 if item is None:
                     break
-                action = plan_head(item, self, policy, router, now, split)
+                action = self.plan_head(item, self, policy, router, now, split)
                 if isinstance(action, WaitUntil):
                     self._wake_at(action.when)
                     break

@@ -232,6 +232,8 @@ def test_replay_smoke_json_shape_queue_and_directions(tmp_path: Path) -> None:
         assert keys <= set(v) and set(v["ttft_ms"]) == {"p50", "p90", "p99"}
         assert v["completed"] == 150 and v["failed"] == 0 and v["seeds"] == 1
         assert _finite_numbers(v) and v["ttft_ms"]["p90"] is not None
+        # The pure decision is timed inside the replay (wall time: only its presence here).
+        assert v["decision_us_p50"] > 0
     assert _variant(doc, "round_robin+fifo")["vs_baseline"]["ttft_ms_p90"] == 1.0
     slow, fast = _variant(runs[2.0], "round_robin+fifo"), _variant(doc, "round_robin+fifo")
     # 150 requests at once on 64 slots: the rest wait in the coordinator's queue.
@@ -252,3 +254,20 @@ def test_replay_capacity_and_out_dir(tmp_path: Path) -> None:
     assert doc["environment"]["commit"] and isinstance(doc["environment"]["dirty"], bool)
     assert "| `round_robin+fifo` |" in (tmp_path / "replay.md").read_text()
     assert (tmp_path / "replay.png").stat().st_size > 1000
+
+
+def test_decision_cost_probe_times_one_plan_per_dispatched_request() -> None:
+    from sage_cp_plugin.sim import SimInstanceConfig
+    from sage_cp_plugin.virtual.fleet import InProcessFleet, MemberSpec
+    from sage_cp_plugin.virtual.runner import CoordinatorConfig, run_replay
+    from sage_cp_plugin.workloads import AZURE_CODE, load_azure, time_scaled
+
+    w = time_scaled(load_azure(AZURE_CODE, limit=40, start=100), 200.0)
+    fleet = InProcessFleet([MemberSpec(SimInstanceConfig(seed=i), 4) for i in range(2)])
+    res = run_replay(w, fleet, CoordinatorConfig(router="prefix_aware"))
+    d = res.decision
+    done = sum(1 for o in res.outcomes if o.state == "completed")
+    assert done == 40
+    # 40 requests on 8 slots: many plans find no room (not counted), 40 dispatch.
+    assert d["plan_decisions"] == 40
+    assert 0 < d["plan_us_p50"] <= d["plan_us_p99"]

@@ -54,6 +54,7 @@ def markdown(doc: dict[str, Any]) -> str:
         "P90 TTFT vs base",
         "tok/s vs base",
         "goodput vs base",
+        "decision p50 us",
     ]
     if has_cap:
         head += ["capacity req/s", "capacity vs base"]
@@ -77,10 +78,16 @@ def markdown(doc: dict[str, Any]) -> str:
             _x(r.get("ttft_ms_p90")),
             _x(r.get("output_tokens_per_s")),
             _x(r.get("goodput_rps")),
+            _num(v.get("decision_us_p50"), 1),
         ]
         if has_cap:
             cells += [_num(v.get("capacity_rps"), 2), _x(r.get("capacity_rps"))]
         lines.append("| " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Decision p50: wall time of the pure decision (`planning.plan_head`) per dispatched "
+        "request, median, mean over seeds; meaningful only on a quiet machine.",
+    ]
     if has_cap:
         lines += [
             "",

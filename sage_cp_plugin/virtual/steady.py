@@ -90,6 +90,7 @@ def steady_stats(result: RunResult) -> dict[str, Any]:
         "slo_attainment": met / len(with_slo) if with_slo else None,
         "preemptions": eng.get("preemptions", 0),
         "decision_us_mean": result.decision.get("us_per_decision"),
+        "decision_us_p50": result.decision.get("plan_us_p50"),
     }
     return stats
 
