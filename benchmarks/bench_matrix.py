@@ -25,12 +25,17 @@ trace; nothing is tuned to a window.
 - A cell is a win when P90 TTFT <= 0.97x and goodput >= 0.98x the baseline's, a loss when
   P90 TTFT > 1.03x or goodput < 0.98x, else a tie.
 
-Sizes: windows of 1,000 requests (more than the fleet's 512 slots, so a queue can form and the
-sustainable throughput can be measured). Replay speed bounds the matrix: about 7,000 streamed
-tokens per CPU-second, i.e. ~10 s of CPU per 1,000-request window of Azure code, ~30 s for Azure
-conversation and Mooncake. The full default matrix (3 traces x 3 seeds x 4 loads x 10 variants
-plus capacities) therefore takes hours on 2 cores; `--seeds 1 --loads 0.9 --capacity none`
-(~15 min of CPU) is the quick form. The result files record what was run.
+Sizes: windows of 2,000 requests (well above the fleet's 512 slots, so a queue can form and
+the sustainable throughput can be measured). Replay speed bounds the matrix: about 7,000
+streamed tokens per CPU-second, i.e. ~20 s of CPU per 2,000-request window of Azure code,
+~60 s for Azure conversation and Mooncake on a quiet core (several times that on a loaded
+one). The full default matrix (3 traces x 3 seeds x 4 loads x 10 variants plus capacities)
+therefore takes many hours on 2 cores; `--seeds 1 --loads 0.9 --capacity none` is the quick
+form. Resumable: finished replays are appended to `<name>.cells.jsonl` and a re-run with the
+same arguments replays only what is missing; `--report-only` writes the result files from it
+(missing cells marked). Run order: the baseline and the default router over every trace and
+load, then the other routers, then the policies, then the capacities. The result files
+record what was run.
 
 Run: ``python benchmarks/bench_matrix.py [--seeds N] [--loads ...] [--capacity ...]``.
 Writes benchmarks/results/<name>.{json,md,png} (`--name`, default matrix).
