@@ -34,7 +34,8 @@ therefore takes many hours on 2 cores; `--seeds 1 --loads 0.9 --capacity none` i
 form. Resumable: finished replays are appended to `<name>.cells.jsonl` and a re-run with the
 same arguments replays only what is missing; `--report-only` writes the result files from it
 (missing cells marked). Run order: the baseline and the default router over every trace and
-load, then the other routers, then the policies, then the capacities. The result files
+load (loads in the order given), then the other routers, then the policies, then the
+capacities. The result files
 record what was run.
 
 Run: ``python benchmarks/bench_matrix.py [--seeds N] [--loads ...] [--capacity ...]``.
@@ -293,7 +294,7 @@ def run_matrix(args: argparse.Namespace) -> dict[str, Any]:
         "traces": {},
         "window": args.window,
         "seeds": seeds,
-        "loads": list(args.loads),
+        "loads": sorted(args.loads),
         "capacity_tolerance": args.tolerance,
         "slo_ttft_ms": SLO_TTFT_MS,
         "slo_tpot_ms": SLO_TPOT_MS,
@@ -338,7 +339,7 @@ def run_matrix(args: argparse.Namespace) -> dict[str, Any]:
 
         def refresh() -> None:
             for trace in live:
-                for load in args.loads:
+                for load in sorted(args.loads):
                     rate = load * caps[trace]
                     entries = _cell(cache, trace, variants, seeds, rate)
                     doc["traces"][trace]["cells"][f"{load:.2f}"] = {
@@ -350,8 +351,8 @@ def run_matrix(args: argparse.Namespace) -> dict[str, Any]:
         for tier in _tiers(variants, args.default_router):
             jobs = [
                 (t, v, s, load * caps[t])
+                for load in args.loads  # their order on the command line is the run order
                 for t in live
-                for load in args.loads
                 for v in tier
                 for s in seeds
             ]
@@ -508,7 +509,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--traces", nargs="+", default=list(TRACES), choices=TRACES)
     p.add_argument("--window", type=int, default=2000, help="requests per window (default 2000)")
     p.add_argument("--seeds", type=int, default=3, help="seeds = windows per trace (default 3)")
-    p.add_argument("--loads", type=float, nargs="+", default=list(LOADS))
+    p.add_argument(
+        "--loads",
+        type=float,
+        nargs="+",
+        default=list(LOADS),
+        help="fractions of the sustainable throughput; their order is the run order",
+    )
     p.add_argument("--tolerance", type=float, default=0.10, help="capacity bisection tolerance")
     p.add_argument("--routers", nargs="*", help="subset of routers (default: every built-in)")
     p.add_argument("--policies", nargs="*", help="subset of policies (default: every built-in)")
