@@ -259,6 +259,18 @@ def _replay(args: argparse.Namespace) -> dict[str, Any]:
         "arrival_span_s": span,
         "prompts_clipped": clipped,
     }
+
+    def common() -> dict[str, Any]:
+        return {
+            "workload": workload,
+            "seeds": seeds,
+            "slo_ttft_ms": args.slo_ttft_ms,
+            "slo_tpot_ms": args.slo_tpot_ms,
+            "capacity_tolerance": DEFAULT_TOLERANCE if args.capacity else None,
+            "wall_s": time.perf_counter() - t0,
+            "environment": provenance(),
+        }
+
     if whatif:
         from sage_cp_plugin.virtual.whatif import compare_fleets
 
@@ -269,13 +281,7 @@ def _replay(args: argparse.Namespace) -> dict[str, Any]:
             ),
             "router": chosen.router,
             "policy": chosen.policy,
-            "workload": workload,
-            "seeds": seeds,
-            "slo_ttft_ms": args.slo_ttft_ms,
-            "slo_tpot_ms": args.slo_tpot_ms,
-            "capacity_tolerance": DEFAULT_TOLERANCE if args.capacity else None,
-            "wall_s": time.perf_counter() - t0,
-            "environment": provenance(),
+            **common(),
         }
     entries = compare(setup, variants, seeds, progress)
     if args.capacity:
@@ -293,14 +299,8 @@ def _replay(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "variants": entries,
         "baseline": BASELINE.name,
-        "workload": workload,
         "fleet": str(fleets[0]) if fleets else f"{instances} x {preset}",
-        "seeds": seeds,
-        "slo_ttft_ms": args.slo_ttft_ms,
-        "slo_tpot_ms": args.slo_tpot_ms,
-        "capacity_tolerance": DEFAULT_TOLERANCE if args.capacity else None,
-        "wall_s": time.perf_counter() - t0,
-        "environment": provenance(),
+        **common(),
     }
 
 
