@@ -58,6 +58,21 @@ class FleetCollector(Collector):
             "What finished requests cost at the instances' prices (RequestResult.cost)",
             m.metrics.total_cost,
         )
+        by_model = CounterMetricFamily(
+            f"{PREFIX}_cost_by_model", "sage_cp_cost of the requests of each model", labels=["model"]
+        )
+        for model, cost in sorted(m.metrics.cost_by_model.items()):
+            by_model.add_metric([model], cost)
+        yield by_model
+        cost_by_tag = CounterMetricFamily(
+            f"{PREFIX}_cost_by_tag",
+            "sage_cp_cost per request tag key=value (an A/B arm, a tenant; bounded as "
+            "requests_by_tag)",
+            labels=["tag"],
+        )
+        for tag, cost in sorted(m.metrics.cost_by_tag.items()):
+            cost_by_tag.add_metric([tag], cost)
+        yield cost_by_tag
         by_tag = CounterMetricFamily(
             f"{PREFIX}_requests_by_tag",
             "Finished requests per request tag key=value (bounded: max_tag_series, then 'other')",
