@@ -59,7 +59,9 @@ class FleetCollector(Collector):
             m.metrics.total_cost,
         )
         by_model = CounterMetricFamily(
-            f"{PREFIX}_cost_by_model", "sage_cp_cost of the requests of each model", labels=["model"]
+            f"{PREFIX}_cost_by_model",
+            "sage_cp_cost of the requests of each model",
+            labels=["model"],
         )
         for model, cost in sorted(m.metrics.cost_by_model.items()):
             by_model.add_metric([model], cost)
