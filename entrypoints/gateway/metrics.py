@@ -8,7 +8,7 @@ no per-request cost, and the values cannot drift from the coordinator's own.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -192,6 +192,8 @@ class GatewayMetrics:
         )
         r.register(FleetCollector(manager))
         self._known_models: frozenset[str] = frozenset()
+        # Also told of every finished request (e.g. the A/B experiment's per-arm series).
+        self.result_hooks: list[Callable[[RequestResult], None]] = []
 
     def model_label(self, model: object) -> str:
         # Unknown model names come from clients: never let them create label series.
@@ -210,6 +212,8 @@ class GatewayMetrics:
         self.requests.labels(endpoint, self.model_label(model), str(status), prio).inc()
 
     def observe_result(self, result: RequestResult) -> None:
+        for hook in self.result_hooks:
+            hook(result)
         t = result.timings
         model = self.model_label(result.model_name)
         if t.queue_ms is not None:
