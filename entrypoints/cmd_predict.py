@@ -77,6 +77,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> dict[str, Any]:
+    import numpy as np
+
     from sage_cp_plugin.errors import ConfigurationError
     from sage_cp_plugin.virtual.fleet_file import load_fleet, preset_fleet
     from sage_cp_plugin.virtual.forecast import FleetModel, backtest, cut_periods, forecast_next
@@ -138,6 +140,7 @@ def _predict(args: argparse.Namespace) -> dict[str, Any]:
         "backtest": rows,
         "backtest_gpu_hours_mape": sum(errors) / len(errors) if errors else None,
         "backtest_gpu_hours_max_error": max(errors) if errors else None,
+        "backtest_gpu_hours_median_error": float(np.median(errors)) if errors else None,
         "next_period": nxt,
     }
 
@@ -167,6 +170,7 @@ def report(doc: dict[str, Any]) -> str:
         lines += [
             "",
             f"Backtest error of the next period's GPU-hours: mean {100 * mape:.1f} %, "
+            f"median {100 * doc['backtest_gpu_hours_median_error']:.1f} %, "
             f"worst {100 * worst:.1f} %.",
         ]
     n = doc["next_period"]

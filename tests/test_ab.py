@@ -249,3 +249,47 @@ def test_live_ab_of_two_routers_agrees_with_the_offline_replay(tmp_path: Path) -
     # The ranking is not a coin flip: the live differences themselves are significant.
     for metric in ("ttft_ms_p50", "e2e_ms_p50"):
         assert live_doc["differences"]["lb"][metric]["significant"], live_doc["differences"]
+
+
+# -- the gateway: arm tags, per-arm series, the admin API ------------------------------------
+async def test_gateway_tags_arms_and_admin_changes_and_stops_them(tmp_path: Path) -> None:
+    from tests.test_gateway_support import gateway_over_sim, gen
+
+    log = tmp_path / "ab.jsonl"
+    options = {"experiment": "e", "sticky_by": "user", "arms": ARMS, "log": str(log)}
+    admin = {"authorization": "Bearer adm"}
+    body = {"model": "sim-model", "prompt": "hello there", "max_tokens": 3}
+    async with gateway_over_sim(
+        gen(2, time_scale=0.05),
+        settings={"admin_key": "adm"},
+        routing_strategy="experiment",
+        router_options=options,
+    ) as h:
+        async with h.client() as c:
+            users = [f"u{i}" for i in range(24)]
+            for u in users:
+                r = await c.post("/v1/completions", json=body, headers={"x-sage-user": u})
+                assert r.status_code == 200
+            metrics = (await c.get("/metrics")).text
+            assert 'sage_cp_ab_requests_total{arm="rr",outcome="completed"}' in metrics
+            assert 'sage_cp_ab_requests_total{arm="lb",outcome="completed"}' in metrics
+            exp = (await c.get("/admin/experiment", headers=admin)).json()
+            assert [a["name"] for a in exp["arms"]] == ["rr", "lb"]
+            r = await c.put("/admin/experiment/arms/lb", json={"share": -1}, headers=admin)
+            assert r.status_code == 400
+            r = await c.put("/admin/experiment/arms/nope", json={"share": 1}, headers=admin)
+            assert r.status_code == 404
+            r = await c.put(
+                "/admin/experiment/arms/lb", json={"router": "least_loaded_typo"}, headers=admin
+            )
+            assert r.status_code == 400 and "least_loaded_typo" in r.text
+            r = await c.post("/admin/experiment/arms/lb/stop", headers=admin)
+            assert r.status_code == 200
+            assert [a["share"] for a in r.json()["arms"]] == [1.0, 0.0]
+            for u in users:  # the same users again: all in rr now
+                await c.post("/v1/completions", json=body, headers={"x-sage-user": u})
+    rows = read_outcomes(log)  # closed and flushed when the gateway stopped
+    assert len(rows) == 48
+    first, second = rows[:24], rows[24:]
+    assert {r["arm"] for r in first} == {"rr", "lb"} and {r["arm"] for r in second} == {"rr"}
+    assert all(r["experiment"] == "e" and r["state"] == "completed" for r in rows)

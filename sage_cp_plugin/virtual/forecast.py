@@ -94,9 +94,12 @@ def ewma(values: Sequence[float], alpha: float = DEFAULT_ALPHA) -> float:
 
 
 def evenly_spaced(records: Sequence[WorkloadRecord], n: int) -> list[WorkloadRecord]:
-    """`n` records spread evenly over `records` (all of them when fewer)."""
+    """`n` records spread evenly over `records`; fewer are repeated in turn up to `n` (a
+    quiet period's mix, offered in the volume a capacity measurement needs)."""
+    if not records:
+        return []
     if len(records) <= n:
-        return list(records)
+        return [records[i % len(records)] for i in range(n)]
     idx = np.linspace(0, len(records) - 1, n).round().astype(int)
     return [records[i] for i in idx]
 
@@ -136,6 +139,12 @@ class FleetModel:
         out = []
         for m in self.members:
             k = (m.config.preset, key)
+            if k not in self._cache and not period.records:
+                # An empty period has no mix: take the newest one measured before it.
+                older = [c for (p, j), c in sorted(self._cache.items()) if p == k[0] and j < key]
+                if not older:
+                    raise ConfigurationError(f"period {key} has no requests to measure")
+                self._cache[k] = older[-1]
             if k not in self._cache:
                 self._cache[k] = instance_capacity(period.records, m, sample=self.sample)
                 self.progress(
