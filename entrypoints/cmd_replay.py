@@ -55,7 +55,18 @@ def register(sub: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("trace", metavar="TRACE", help="trace file, or a bundled trace name")
-    p.add_argument("--format", choices=("auto", "mooncake", "azure", "jsonl"), default="auto")
+    p.add_argument(
+        "--format",
+        choices=("auto", "mooncake", "azure", "jsonl", "log", "openai_batch"),
+        default="auto",
+        help="trace format (auto: by suffix and first row; a folder is a request log)",
+    )
+    p.add_argument(
+        "--tokenizer",
+        default="estimate",
+        help="how an OpenAI batch file's prompts are measured: estimate (4 characters per "
+        "token, the default), words (the simulator's tokenizer) or a Hugging Face name",
+    )
     p.add_argument("--window", type=_window, metavar="START:COUNT", help="rows to replay")
     arrivals = p.add_mutually_exclusive_group(required=True)
     arrivals.add_argument(
@@ -160,7 +171,11 @@ def _replay(args: argparse.Namespace) -> dict[str, Any]:
         return preset_fleet(instances, preset, seed=seed)
 
     start, count = args.window or (0, None)
-    trace = read_trace(args.trace, format=args.format, start=start, limit=count)
+    trace = read_trace(
+        args.trace, format=args.format, start=start, limit=count, tokenizer=args.tokenizer
+    )
+    for note in trace.notes:
+        print(f"note: {note}", file=sys.stderr)
     if not trace.records:
         raise ConfigurationError(f"trace {str(trace.path)!r} has no rows in window {args.window}")
     context = context_tokens(members(0))

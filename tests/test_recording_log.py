@@ -121,3 +121,49 @@ def test_a_full_queue_drops_and_counts_instead_of_blocking(tmp_path: Path) -> No
     gate.set()
     w.close()
     assert w.written == 1 + results.count(True)
+
+
+def test_batch_job_and_gateway_flag_record_with_their_source(tmp_path: Path) -> None:
+    from sage_cp_plugin.entrypoints.batch import BatchJobOptions, run_batch_job
+
+    from sage_cp_plugin.recording.config import request_log_for
+
+    src = tmp_path / "in.jsonl"
+    src.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "custom_id": f"c{i}",
+                    "url": "/v1/chat/completions",
+                    "body": {
+                        "model": "sim-model",
+                        "messages": [{"role": "user", "content": f"q{i}"}],
+                        "max_tokens": 3,
+                    },
+                }
+            )
+            + "\n"
+            for i in range(5)
+        )
+    )
+    cfg = tmp_path / "fleet.yaml"
+    cfg.write_text("embedded_fleet:\n  time_scale: 0.05\n")  # real simulator servers
+    res = run_batch_job(
+        BatchJobOptions(
+            input=src,
+            output=tmp_path / "out.jsonl",
+            config=cfg,
+            progress=False,
+            request_log=tmp_path / "log",
+        )
+    )
+    assert res.summary["failed"] == 0
+    recs = _read(tmp_path / "log")
+    assert len(recs) == 5 and {r.source for r in recs} == {"batch"}
+    assert all(r.output_tokens == 3 and r.decision.instance_id for r in recs)
+    # The gateway's flag: its path wins, its source applies unless the file named one.
+    filed = RequestLogConfig(path="a", source="api")
+    assert request_log_for(None, None, "gateway") is None
+    assert request_log_for(None, "d", "gateway") == RequestLogConfig(path="d", source="gateway")
+    assert request_log_for(filed, "d", "gateway") == RequestLogConfig(path="d", source="api")
+    assert request_log_for(RequestLogConfig(path="a"), None, "gateway").source == "gateway"  # type: ignore[union-attr]

@@ -31,3 +31,20 @@ class RequestLogConfig(BaseModel):
     text: bool = False
     salt: str | None = None
     source: RecordSource = "api"
+
+
+def request_log_for(
+    current: RequestLogConfig | None, path: str | None, source: RecordSource
+) -> RequestLogConfig | None:
+    """The log an entry point runs with: a `--request-log DIR` flag wins over the
+    configuration file's `request_log.path`; the source is the entry point's unless the file
+    names one."""
+    if path is None and current is None:
+        return None
+    base = current or RequestLogConfig(path=str(path))
+    update: dict[str, object] = {}
+    if path is not None:
+        update["path"] = str(path)
+    if "source" not in base.model_fields_set:
+        update["source"] = source
+    return base.model_copy(update=update)
