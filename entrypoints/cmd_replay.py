@@ -111,6 +111,14 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--policies", type=_names, metavar="a,b,...", default=["fifo"], help="comma-separated"
     )
+    p.add_argument(
+        "--transport",
+        choices=("direct", "asgi"),
+        default="direct",
+        help="how the executor reaches the simulators: direct (completions call the "
+        "simulator's handlers without ASGI framing; default) or asgi (the full app); "
+        "equivalence: tests/test_virtual_direct.py",
+    )
     p.add_argument("--seeds", type=int, default=1, metavar="N", help="seeds 0..N-1 (default 1)")
     p.add_argument("--slo-ttft-ms", type=_positive, metavar="X")
     p.add_argument("--slo-tpot-ms", type=_positive, metavar="Y")
@@ -199,6 +207,7 @@ def _replay(args: argparse.Namespace) -> dict[str, Any]:
         time_scale=args.time_scale,
         slo_ttft_ms=args.slo_ttft_ms,
         slo_tpot_ms=args.slo_tpot_ms,
+        direct=args.transport == "direct",
     )
     seeds = list(range(args.seeds))
     setup.workload(0)  # fail fast on a missing --rate or a bad combination
@@ -236,6 +245,7 @@ def _replay(args: argparse.Namespace) -> dict[str, Any]:
             "arrival_span_s": span,
             "prompts_clipped": clipped,
         },
+        "transport": args.transport,
         "fleet": str(args.fleet) if args.fleet else f"{instances} x {preset}",
         "seeds": seeds,
         "slo_ttft_ms": args.slo_ttft_ms,
