@@ -59,7 +59,18 @@ def register(sub: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("trace", metavar="TRACE", help="trace file, or a bundled trace name")
-    p.add_argument("--format", choices=("auto", "mooncake", "azure", "jsonl"), default="auto")
+    p.add_argument(
+        "--format",
+        choices=("auto", "mooncake", "azure", "jsonl", "log", "openai_batch"),
+        default="auto",
+        help="trace format (auto: by suffix and first row; a folder is a request log)",
+    )
+    p.add_argument(
+        "--tokenizer",
+        default="estimate",
+        help="how an OpenAI batch file's prompts are measured: estimate (4 characters per "
+        "token, the default), words (the simulator's tokenizer) or a Hugging Face name",
+    )
     p.add_argument("--window", type=_window, metavar="START:COUNT", help="rows to replay")
     arrivals = p.add_mutually_exclusive_group(required=True)
     arrivals.add_argument(
@@ -103,6 +114,14 @@ def register(sub: Any) -> None:
         metavar="a,b,...",
         default=None,
         help="comma-separated (with several --fleet: one policy, default fifo)",
+    )
+    p.add_argument(
+        "--transport",
+        choices=("direct", "asgi"),
+        default="direct",
+        help="how the executor reaches the simulators: direct (completions call the "
+        "simulator's handlers without ASGI framing; default) or asgi (the full app); "
+        "equivalence: tests/test_virtual_direct.py",
     )
     p.add_argument("--seeds", type=int, default=1, metavar="N", help="seeds 0..N-1 (default 1)")
     p.add_argument("--slo-ttft-ms", type=_positive, metavar="X")
@@ -206,7 +225,11 @@ def _replay(args: argparse.Namespace) -> dict[str, Any]:
         return preset_fleet(instances, preset, seed=seed)
 
     start, count = args.window or (0, None)
-    trace = read_trace(args.trace, format=args.format, start=start, limit=count)
+    trace = read_trace(
+        args.trace, format=args.format, start=start, limit=count, tokenizer=args.tokenizer
+    )
+    for note in trace.notes:
+        print(f"note: {note}", file=sys.stderr)
     if not trace.records:
         raise ConfigurationError(f"trace {str(trace.path)!r} has no rows in window {args.window}")
     whatif_fleets = _fleet_variants(fleets) if whatif else []
@@ -232,6 +255,7 @@ def _replay(args: argparse.Namespace) -> dict[str, Any]:
         time_scale=args.time_scale,
         slo_ttft_ms=args.slo_ttft_ms,
         slo_tpot_ms=args.slo_tpot_ms,
+        direct=args.transport == "direct",
     )
     if len(fleets) == 1:  # a fleet with prefill/decode pools runs with PD separation
         from sage_cp_plugin.virtual.fleet_file import pd_config, read_fleet_file
@@ -269,6 +293,7 @@ def _replay(args: argparse.Namespace) -> dict[str, Any]:
             "capacity_tolerance": DEFAULT_TOLERANCE if args.capacity else None,
             "wall_s": time.perf_counter() - t0,
             "environment": provenance(),
+            "transport": args.transport,
         }
 
     if whatif:

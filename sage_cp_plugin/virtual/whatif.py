@@ -167,6 +167,7 @@ def _fleet_setup(setup: ReplaySetup, variant: ReplayVariant, fleet: FleetVariant
         slo_ttft_ms=setup.slo_ttft_ms,
         slo_tpot_ms=setup.slo_tpot_ms,
         coordinator=_config(variant, fleet, setup),
+        direct=setup.direct,
     )
 
 
