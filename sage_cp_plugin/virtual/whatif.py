@@ -94,9 +94,8 @@ def run_fleet(
     config = CoordinatorConfig(
         router=variant.router, policy=variant.policy, **_config(variant, fleet, setup)
     )
-    result = run_replay(
-        setup.workload(seed, rate), InProcessFleet(members), config, prompt_seed=seed
-    )
+    target = InProcessFleet(members, direct=setup.direct)
+    result = run_replay(setup.workload(seed, rate), target, config, prompt_seed=seed)
     return result, members
 
 
