@@ -264,6 +264,7 @@ async def test_gateway_tags_arms_and_admin_changes_and_stops_them(tmp_path: Path
         settings={"admin_key": "adm"},
         routing_strategy="experiment",
         router_options=options,
+        request_log={"path": str(tmp_path / "requests")},
     ) as h:
         async with h.client() as c:
             users = [f"u{i}" for i in range(24)]
@@ -293,3 +294,9 @@ async def test_gateway_tags_arms_and_admin_changes_and_stops_them(tmp_path: Path
     first, second = rows[:24], rows[24:]
     assert {r["arm"] for r in first} == {"rr", "lb"} and {r["arm"] for r in second} == {"rr"}
     assert all(r["experiment"] == "e" and r["state"] == "completed" for r in rows)
+    # The coordinator's request log (recording/) carries the arm too; the report reads it.
+    from_request_log = read_outcomes(tmp_path / "requests")
+    assert sorted((r["request_id"], r["arm"]) for r in from_request_log) == sorted(
+        (r["request_id"], r["arm"]) for r in rows
+    )
+    assert set(ab_report(from_request_log)["arms"]) == {"rr", "lb"}

@@ -27,8 +27,12 @@ Stat = Callable[[np.ndarray], np.ndarray]  # (resamples, n) -> (resamples,)
 
 
 def read_outcomes(path: str | Path) -> list[dict[str, Any]]:
-    """The lines of an outcome log (its rotated `.1` file first, when present)."""
+    """Outcome rows of an experiment's outcome log (its rotated `.1` file first, when
+    present), or of the coordinator's request log (`recording/`: a folder, or a file of
+    `RequestLogRecord` lines; its `arm` field is the experiment's arm)."""
     p = Path(path)
+    if p.is_dir() or _is_request_log(p):
+        return _from_request_log(p)
     files = [q for q in (p.with_name(p.name + ".1"), p) if q.exists()]
     if not files:
         raise ConfigurationError(f"no experiment log at {str(p)!r}")
@@ -44,6 +48,40 @@ def read_outcomes(path: str | Path) -> list[dict[str, Any]]:
             if not isinstance(row, dict) or "state" not in row:
                 raise ConfigurationError(f"{f}:{n}: not an outcome line (no 'state')")
             rows.append(row)
+    return rows
+
+
+def _is_request_log(p: Path) -> bool:
+    if not p.is_file():
+        return False
+    with p.open(encoding="utf-8") as f:
+        first = f.readline()
+    try:
+        row = json.loads(first)
+    except json.JSONDecodeError:
+        return False
+    return isinstance(row, dict) and "schema_version" in row and "timings" in row
+
+
+def _from_request_log(p: Path) -> list[dict[str, Any]]:
+    from sage_cp_plugin.recording.importer import read_request_log
+
+    rows = []
+    for rec in read_request_log(p):
+        t = rec.timings
+        rows.append(
+            {
+                "arm": rec.arm,
+                "request_id": rec.request_id,
+                "state": rec.state.value,
+                "ttft_ms": t.ttft_ms,
+                "tpot_ms": t.tpot_ms,
+                "e2e_ms": t.e2e_ms,
+                "queue_ms": t.queue_ms,
+                "slo_met": rec.slo_met,
+                "cost": rec.cost,
+            }
+        )
     return rows
 
 
