@@ -82,6 +82,7 @@ def _predict(args: argparse.Namespace) -> dict[str, Any]:
     from sage_cp_plugin.errors import ConfigurationError
     from sage_cp_plugin.virtual.fleet_file import load_fleet, preset_fleet
     from sage_cp_plugin.virtual.forecast import FleetModel, backtest, cut_periods, forecast_next
+    from sage_cp_plugin.virtual.provenance import provenance
     from sage_cp_plugin.workloads.traces import read_trace
 
     if args.fleet is not None and (args.instances is not None or args.preset is not None):
@@ -142,6 +143,7 @@ def _predict(args: argparse.Namespace) -> dict[str, Any]:
         "backtest_gpu_hours_max_error": max(errors) if errors else None,
         "backtest_gpu_hours_median_error": float(np.median(errors)) if errors else None,
         "next_period": nxt,
+        "environment": provenance(),
     }
 
 
