@@ -266,6 +266,7 @@ async def test_gateway_tags_arms_and_admin_changes_and_stops_them(tmp_path: Path
         routing_strategy="experiment",
         router_options=options,
         request_log={"path": str(tmp_path / "requests")},
+        instance_fields={"price_per_1k_tokens": 1.0},
     ) as h:
         async with h.client() as c:
             users = [f"u{i}" for i in range(24)]
@@ -275,8 +276,11 @@ async def test_gateway_tags_arms_and_admin_changes_and_stops_them(tmp_path: Path
             metrics = (await c.get("/metrics")).text
             assert 'sage_cp_ab_requests_total{arm="rr",outcome="completed"}' in metrics
             assert 'sage_cp_ab_requests_total{arm="lb",outcome="completed"}' in metrics
+            assert 'sage_cp_cost_by_tag_total{tag="arm=rr"}' in metrics
+            assert 'sage_cp_cost_by_model_total{model="sim-model"}' in metrics
             exp = (await c.get("/admin/experiment", headers=admin)).json()
             assert [a["name"] for a in exp["arms"]] == ["rr", "lb"]
+            assert set(exp["cost_by_arm"]) == {"rr", "lb"}
             r = await c.put("/admin/experiment/arms/lb", json={"share": -1}, headers=admin)
             assert r.status_code == 400
             r = await c.put("/admin/experiment/arms/nope", json={"share": 1}, headers=admin)

@@ -95,3 +95,19 @@ def test_whatif_refuses_several_routers_and_duplicate_names(
     assert "give one name to --routers" in capsys.readouterr().err
     assert main([*argv, "--fleet", str(a), "--fleet", str(a)]) == 2
     assert "fleet names must differ" in capsys.readouterr().err
+
+
+def test_whatif_runs_a_pd_fleet_split_per_request(tmp_path: Path) -> None:
+    """Two GPUs as one general pool or as a prefill and a decode instance (PD pools turn PD
+    separation on): both fleets serve every request; GPU counts and names are reported."""
+    general = _fleet(tmp_path, "general", "  - {count: 2}\n")
+    pd = _fleet(tmp_path, "pd", "  - {count: 1, role: prefill}\n  - {count: 1, role: decode}\n")
+    out = tmp_path / "w.json"
+    argv = ["replay", "azure_code", "--window", "300:40", "--rate", "4"]
+    argv += ["--fleet", str(general), "--fleet", str(pd), "--slo-ttft-ms", "2000"]
+    assert main([*argv, "--json", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    g, p = doc["fleets"]
+    assert (g["pd"], p["pd"]) == (False, True) and g["gpus"] == p["gpus"] == 2
+    assert g["completed"] == p["completed"] == 40
+    assert g["cost"] is None and g["pareto"] is not None  # unpriced: GPU-hours is the axis
