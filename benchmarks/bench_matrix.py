@@ -269,7 +269,7 @@ def _cell(
 def run_matrix(args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.perf_counter()
     registry = get_registry()
-    routers = [n for n in registry.names("router") if n != "round_robin"]
+    routers = [n for n in registry.names("router") if n not in ("round_robin", "experiment")]
     policies = [n for n in registry.names("policy") if n != "fifo"]
     routers = [r for r in routers if r in args.routers] if args.routers else routers
     policies = [p for p in policies if p in args.policies] if args.policies else policies

@@ -20,6 +20,8 @@ _COMMAND_MODULES = [
     "sage_cp_plugin.entrypoints.cmd_batch",
     "sage_cp_plugin.entrypoints.cmd_bench",
     "sage_cp_plugin.entrypoints.cmd_replay",
+    "sage_cp_plugin.entrypoints.cmd_predict",
+    "sage_cp_plugin.entrypoints.cmd_ab",
 ]
 
 

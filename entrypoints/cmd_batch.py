@@ -51,6 +51,13 @@ def register(sub: Any) -> None:
         help="seconds one request may wait, with backoff, for a down fleet (0: fail at "
         "once; default 300)",
     )
+    p.add_argument(
+        "--request-log",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="record every finished request into rotated JSONL files in DIR (with --config)",
+    )
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=run)
 
@@ -75,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
             measure_ttft=not args.no_ttft,
             retry_failed=args.retry_failed,
             fleet_wait_s=args.fleet_wait,
+            request_log=args.request_log,
         )
     except (ValidationError, ValueError) as exc:
         print(f"error: {_first_error(exc)}", file=sys.stderr)

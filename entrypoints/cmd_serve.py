@@ -97,6 +97,13 @@ def register(sub: Any) -> None:
         help="fetch non-streaming answers in one upstream call (faster; TTFT/TPOT then not "
         "measured for them)",
     )
+    p.add_argument(
+        "--request-log",
+        default=None,
+        metavar="DIR",
+        help="record every finished request into rotated JSONL files in DIR (no prompt text; "
+        "see docs/policy-lab.md)",
+    )
     p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=run)
 
@@ -110,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
 
     from sage_cp_plugin.config import ControlPlaneConfig
     from sage_cp_plugin.errors import ConfigurationError
+    from sage_cp_plugin.recording.config import request_log_for
 
     from .gateway import GatewaySettings
     from .gateway import run as run_gateway
@@ -135,6 +143,7 @@ def run(args: argparse.Namespace) -> int:
             upstream_streaming=not args.no_upstream_streaming,
         )
         config = ControlPlaneConfig.load(args.config)
+        config.request_log = request_log_for(config.request_log, args.request_log, "gateway")
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()

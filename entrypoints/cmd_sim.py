@@ -52,6 +52,9 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--list-presets", action="store_true", help="print engine presets and exit")
     p.set_defaults(func=run)
+    from . import cmd_calibrate  # `sage-cp sim calibrate LOG` (its own module)
+
+    cmd_calibrate.register(p.add_subparsers(dest="sim_command", metavar="{calibrate}"))
 
 
 def run(args: argparse.Namespace) -> int:

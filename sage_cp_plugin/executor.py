@@ -39,6 +39,18 @@ from sage_cp_plugin.types import ExecutionInstance, RequestKind, RequestMetadata
 logger = logging.getLogger(__name__)
 
 TransportFactory = Callable[[ExecutionInstance], httpx.AsyncBaseTransport]
+
+
+class _NoCookieJar(httpx.Cookies):
+    """A cookie store that keeps nothing. httpx parses every response into its jar (it
+    builds urllib request and response objects per response: 2.6 % of the gateway's CPU in
+    a profile, benchmarks/results/gateway_cpu.md); an instance's cookies are never wanted
+    (nothing the coordinator sends depends on them), so they are not stored or sent back."""
+
+    def extract_cookies(self, response: httpx.Response) -> None:
+        return None
+
+
 ChunkSink = Callable[[dict[str, Any]], None]
 
 
@@ -161,6 +173,7 @@ class ExecutionCoordinator:
                 limits=self.limits,
                 transport=transport,
             )
+            c._cookies = _NoCookieJar()  # httpx has no public switch to turn cookies off
             self._clients[instance.instance_id] = c
         return c
 
@@ -329,13 +342,31 @@ class ExecutionCoordinator:
         async with client.stream("POST", url, content=content, headers=JSON_HEADERS) as resp:
             if resp.status_code != 200:
                 raise self._status_error(resp, await resp.aread(), instance)
-            async for line in resp.aiter_lines():
-                if not line.startswith("data:"):
+            # Lines split from the raw bytes here: httpx's aiter_lines stacks a text
+            # decoder and a line decoder (three generators per network chunk), measured at
+            # about a tenth of the gateway's CPU; json.loads reads UTF-8 bytes itself.
+            received = resp.aiter_bytes()
+            pending = b""
+            lines: list[bytes] = []
+            while True:
+                if not lines:
+                    data = await anext(received, None)
+                    if data is None:
+                        if not pending:
+                            break
+                        lines, pending = [pending], b""
+                    else:
+                        lines = (pending + data).split(b"\n") if pending else data.split(b"\n")
+                        pending = lines.pop()
+                        lines.reverse()
+                        continue
+                line = lines.pop()
+                if not line.startswith(b"data:"):
                     continue
                 payload = line[5:].strip()
                 if done:
                     continue  # read to the end so the connection goes back to the pool
-                if payload == "[DONE]":
+                if payload == b"[DONE]":
                     done = True
                     continue
                 try:

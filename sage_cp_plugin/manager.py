@@ -38,6 +38,7 @@ from sage_cp_plugin.options import ControlPlaneOptions, build_options
 from sage_cp_plugin.pending import PendingQueue
 from sage_cp_plugin.policies.base import SchedulingPolicy
 from sage_cp_plugin.pools import InstancePools
+from sage_cp_plugin.recording.recorder import RequestRecorder
 from sage_cp_plugin.results import ResultStore
 from sage_cp_plugin.routing.base import Router
 from sage_cp_plugin.routing.cache_view import ApproximatePrefixCache
@@ -134,6 +135,10 @@ class ControlPlaneManager:
             clock=self.now,
             metrics=self.metrics,
         )
+        # The opt-in request log (recording/): sees every request as it ends.
+        self.recorder = RequestRecorder(o.request_log, self.now) if o.request_log else None
+        if self.recorder is not None:
+            self.results.observers.append(self.recorder.observe)
         self.health = HealthMonitor(o.health, self.executor.health_check, self._wake)
         self.scraper = MetricsScraper(self.executor, o.scrape)
         attempts = Attempts(
@@ -297,6 +302,8 @@ class ControlPlaneManager:
             )
         await self.kv_events.stop()
         await self.executor.aclose()
+        if self.recorder is not None:
+            await asyncio.to_thread(self.recorder.close)  # every record of this run on disk
 
     async def __aenter__(self) -> ControlPlaneManager:
         await self.start()

@@ -73,6 +73,10 @@ class MetricsCollector:
     tpot: deque[float] = field(default_factory=deque)
     queue: deque[float] = field(default_factory=deque)
     slo_by_priority: dict[str, list[int]] = field(default_factory=dict)  # name -> [met, total]
+    # Cost per model and per tag series (the same bounded series as `by_tag`: `arm=...` of
+    # an A/B experiment, `tenant=...`): who spends what.
+    cost_by_model: dict[str, float] = field(default_factory=dict)
+    cost_by_tag: dict[str, float] = field(default_factory=dict)
     recent_finishes: deque[float] = field(default_factory=lambda: deque(maxlen=256))
 
     def __post_init__(self) -> None:
@@ -94,9 +98,14 @@ class MetricsCollector:
     def on_finish(self, result: RequestResult, met: bool | None, now: float) -> None:
         self.last_finish = now
         self.recent_finishes.append(now)
-        if result.cost is not None:
-            self.total_cost += result.cost
+        cost = result.cost
+        if cost is not None:
+            self.total_cost += cost
+            model = result.model_name or "none"
+            self.cost_by_model[model] = self.cost_by_model.get(model, 0.0) + cost
         for series in self._tag_series(result.tags):
+            if cost is not None:
+                self.cost_by_tag[series] = self.cost_by_tag.get(series, 0.0) + cost
             counts = self.by_tag.setdefault(series, [0, 0, 0, 0])
             counts[0 if result.state == RequestStatus.COMPLETED else 1] += 1
             if met is not None:
@@ -190,6 +199,8 @@ class MetricsCollector:
             kv_cache_usage=kv_cache_usage,
             gpu_utilization=None,  # vLLM's /metrics reports no GPU compute utilisation
             total_cost=self.total_cost,
+            cost_by_model=dict(sorted(self.cost_by_model.items())),
+            cost_by_tag=dict(sorted(self.cost_by_tag.items())),
             requests_by_tag=self.tag_counts(),
             policy=policy,
             policy_switches=policy_switches,

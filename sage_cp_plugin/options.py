@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from sage_cp_plugin.errors import ConfigurationError
 from sage_cp_plugin.health import HealthConfig
+from sage_cp_plugin.recording.config import RequestLogConfig
 from sage_cp_plugin.scrape import ScrapeConfig
 from sage_cp_plugin.types import PDSeparationConfig
 
@@ -53,6 +54,9 @@ class ControlPlaneOptions(BaseModel):
     result_retention_bytes: int = Field(256 * 1024 * 1024, gt=0)
     # Distinct `tag=value` series counted in metrics; further ones count under "other".
     max_tag_series: int = Field(64, ge=0)
+    # Opt-in request log (recording/): one JSONL record per finished request, written off the
+    # event loop into rotated, bounded files. None = nothing is recorded.
+    request_log: RequestLogConfig | None = None
 
     @field_validator("enable_auto_scaling")
     @classmethod

@@ -38,6 +38,8 @@ class ResultStore:
         self._metrics = metrics
         self._results: OrderedDict[str, RequestResult] = OrderedDict()
         self._live: dict[str, QueuedRequest] = {}
+        # Called once per finished request (the request log); must not block or raise.
+        self.observers: list[Callable[[QueuedRequest, RequestResult], None]] = []
 
     # -- ids -------------------------------------------------------------------------------
     def in_use(self, request_id: str) -> bool:
@@ -65,6 +67,8 @@ class ResultStore:
         """Record a finished request and wake whoever waits on it."""
         self._live.pop(item.request_id, None)
         self._results[item.request_id] = result
+        for observe in self.observers:
+            observe(item, result)
         self.retained_bytes -= self._sizes.get(item.request_id, 0)
         self._sizes[item.request_id] = size = result_bytes(result)
         self.retained_bytes += size

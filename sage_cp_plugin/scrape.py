@@ -1,4 +1,9 @@
-"""Periodic `/metrics` scraping of vLLM instances, with a real Prometheus text parser.
+"""Periodic `/metrics` scraping of vLLM instances.
+
+The parser reads only the samples of the few metrics it needs (a line scan): a full
+Prometheus parser (prometheus_client's, used before) spent about 5 % of the gateway's CPU
+in a profile against zero-latency instances on vLLM-sized `/metrics` bodies (histograms
+of many buckets), every second, for nothing it kept.
 
 Reads vLLM 0.32's names and tolerates the old ones (`vllm:gpu_cache_usage_perc` before it
 became `vllm:kv_cache_usage_perc`): a router that reads only one spelling breaks when vLLM
@@ -15,7 +20,6 @@ import logging
 import random
 from collections.abc import Callable
 
-from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel, ConfigDict, Field
 
 from sage_cp_plugin.executor import ExecutionCoordinator
@@ -32,6 +36,7 @@ METRIC_NAMES: dict[str, tuple[str, ...]] = {
     "prefix_cache_queries": ("vllm:prefix_cache_queries", "vllm:gpu_prefix_cache_queries"),
     "prefix_cache_hits": ("vllm:prefix_cache_hits", "vllm:gpu_prefix_cache_hits"),
 }
+_WANTED = frozenset(name for names in METRIC_NAMES.values() for name in names)
 
 
 class MetricsParseError(ValueError):
@@ -41,14 +46,33 @@ class MetricsParseError(ValueError):
 def parse_vllm_metrics(text: str) -> dict[str, float]:
     """Field -> value for the load metrics found in a `/metrics` body."""
     sums: dict[str, float] = {}
-    try:
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                # Counters appear as `<name>_total` samples of family `<name>`.
-                name = sample.name[:-6] if sample.name.endswith("_total") else sample.name
-                sums[name] = sums.get(name, 0.0) + float(sample.value)
-    except (ValueError, TypeError, IndexError, KeyError) as exc:
-        raise MetricsParseError(f"not Prometheus text: {exc}") from exc
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line.startswith("vllm:"):
+            continue  # comments, blank lines and other metrics
+        brace = line.find("{")
+        space = line.find(" ")
+        end = brace if brace != -1 and (space == -1 or brace < space) else space
+        if end == -1:
+            raise MetricsParseError(f"not Prometheus text: no value in {raw[:80]!r}")
+        name = line[:end]
+        # Counters appear as `<name>_total` samples of family `<name>`.
+        if name.endswith("_total"):
+            name = name[:-6]
+        if name not in _WANTED:
+            continue
+        rest = line[end:]
+        if brace == end:
+            close = rest.rfind("}")
+            if close == -1:
+                raise MetricsParseError(f"not Prometheus text: unclosed labels in {raw[:80]!r}")
+            rest = rest[close + 1 :]
+        fields = rest.split()
+        try:
+            value = float(fields[0])  # an optional timestamp may follow
+        except (IndexError, ValueError) as exc:
+            raise MetricsParseError(f"not Prometheus text: bad value in {raw[:80]!r}") from exc
+        sums[name] = sums.get(name, 0.0) + value
     out: dict[str, float] = {}
     for field, names in METRIC_NAMES.items():
         for name in names:

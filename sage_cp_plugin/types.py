@@ -581,6 +581,10 @@ class PerformanceMetrics(_Model):
     # metric, so it is None; slot_occupancy and kv_cache_usage are what is measured.
     gpu_utilization: float | None = None
     total_cost: float = 0.0
+    # total_cost split per model and per request tag "key=value" (e.g. `arm=b`, `tenant=x`;
+    # the same bounded series as requests_by_tag).
+    cost_by_model: dict[str, float] = Field(default_factory=dict)
+    cost_by_tag: dict[str, float] = Field(default_factory=dict)
     # "key=value" of request tags -> completed, failed, slo_met, slo_total (bounded
     # cardinality: see ControlPlaneOptions.max_tag_series).
     requests_by_tag: dict[str, dict[str, int]] = Field(default_factory=dict)

@@ -21,6 +21,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from sage_cp_plugin.config import ControlPlaneConfig
+from sage_cp_plugin.errors import ConfigurationError
+from sage_cp_plugin.recording.config import request_log_for
 
 from ._ops import (
     ConcurrentFlatMap,
@@ -57,6 +59,8 @@ class BatchJobOptions(BaseModel):
     manager_factory: ManagerFactory | None = None
     # Tests: a backoff with a virtual clock (its max_wait_s wins over fleet_wait_s).
     outage_backoff: OutageBackoff | None = None
+    # Record every finished request (the coordinator's request log) into this folder.
+    request_log: Path | None = None
 
     @field_validator("shard", mode="before")
     @classmethod
@@ -84,6 +88,15 @@ def run_batch_job(opts: BatchJobOptions) -> BatchJobResult:
     if not opts.input.is_file():
         raise FileNotFoundError(f"input file {str(opts.input)!r} does not exist")
     config = None if opts.url is not None else ControlPlaneConfig.load(opts.config)
+    if config is not None:
+        path = str(opts.request_log) if opts.request_log is not None else None
+        log = request_log_for(config.request_log, path, "batch")
+        config = config.model_copy(update={"request_log": log})  # never the caller's object
+    elif opts.request_log is not None:
+        raise ConfigurationError(
+            "--request-log needs a local coordinator (--config); with --url the remote "
+            "gateway records (sage-cp serve --request-log)"
+        )
     retried = drop_failed_results(opts.output) if opts.retry_failed else 0
     done = completed_ids(opts.output)
     total = count_lines(opts.input, opts.shard)

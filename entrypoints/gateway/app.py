@@ -16,6 +16,7 @@ from sage_cp_plugin.log_once import OncePerKind
 from .admin import admin_routes
 from .availability import model_availability
 from .errors import error_response
+from .experiment import experiment_routes
 from .openai_routes import (
     chat_completions,
     completions,
@@ -120,6 +121,7 @@ def create_app(gateway: Gateway) -> Starlette:
         Route("/metrics", metrics, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
         *admin_routes(),
+        *experiment_routes(),
     ]
     app = Starlette(
         routes=routes,

@@ -8,7 +8,7 @@ no per-request cost, and the values cannot drift from the coordinator's own.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -58,6 +58,23 @@ class FleetCollector(Collector):
             "What finished requests cost at the instances' prices (RequestResult.cost)",
             m.metrics.total_cost,
         )
+        by_model = CounterMetricFamily(
+            f"{PREFIX}_cost_by_model",
+            "sage_cp_cost of the requests of each model",
+            labels=["model"],
+        )
+        for model, cost in sorted(m.metrics.cost_by_model.items()):
+            by_model.add_metric([model], cost)
+        yield by_model
+        cost_by_tag = CounterMetricFamily(
+            f"{PREFIX}_cost_by_tag",
+            "sage_cp_cost per request tag key=value (an A/B arm, a tenant; bounded as "
+            "requests_by_tag)",
+            labels=["tag"],
+        )
+        for tag, cost in sorted(m.metrics.cost_by_tag.items()):
+            cost_by_tag.add_metric([tag], cost)
+        yield cost_by_tag
         by_tag = CounterMetricFamily(
             f"{PREFIX}_requests_by_tag",
             "Finished requests per request tag key=value (bounded: max_tag_series, then 'other')",
@@ -175,6 +192,8 @@ class GatewayMetrics:
         )
         r.register(FleetCollector(manager))
         self._known_models: frozenset[str] = frozenset()
+        # Also told of every finished request (e.g. the A/B experiment's per-arm series).
+        self.result_hooks: list[Callable[[RequestResult], None]] = []
 
     def model_label(self, model: object) -> str:
         # Unknown model names come from clients: never let them create label series.
@@ -193,6 +212,8 @@ class GatewayMetrics:
         self.requests.labels(endpoint, self.model_label(model), str(status), prio).inc()
 
     def observe_result(self, result: RequestResult) -> None:
+        for hook in self.result_hooks:
+            hook(result)
         t = result.timings
         model = self.model_label(result.model_name)
         if t.queue_ms is not None:

@@ -88,7 +88,7 @@ async def _handle(request: Request, kind: RequestKind, endpoint: str) -> Respons
                 param="stream_options",
             )
         base64_out = kind == RequestKind.EMBEDDING and _wants_base64(body)
-        req = to_request(body, request.headers, kind, endpoint)
+        req = gw.experiment.tag(to_request(body, request.headers, kind, endpoint))
         priority = req.priority
         watcher = DisconnectWatcher(request.receive)
         if req.stream and kind != RequestKind.EMBEDDING:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from sage_cp_plugin.manager import ControlPlaneManager
 
+from .experiment import GatewayExperiment
 from .metrics import GatewayMetrics
 from .settings import GatewaySettings
 
@@ -21,11 +22,14 @@ class Gateway:
     manager: ControlPlaneManager
     settings: GatewaySettings
     metrics: GatewayMetrics = field(init=False)
+    experiment: GatewayExperiment = field(init=False)  # A/B arms (experiment.py)
     shutting_down: bool = False
     _drains: dict[str, asyncio.Task[None]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.metrics = GatewayMetrics(self.manager)
+        self.experiment = GatewayExperiment(self)
+        self.metrics.result_hooks.append(self.experiment.observe)
 
     async def knows(self, request_id: str) -> bool:
         """Whether a request with this id is in flight or its result is still retained
@@ -67,6 +71,7 @@ class Gateway:
             self._drains.pop(instance_id, None)
 
     async def aclose(self) -> None:
+        await self.experiment.aclose()
         tasks = list(self._drains.values())
         for t in tasks:
             t.cancel()

@@ -19,6 +19,9 @@ def sage_cp_register_routers(register: Register) -> None:
 
     for name, factory in BUILTIN_ROUTERS.items():
         register(name, factory)
+    from sage_cp_plugin.experiments.router import ExperimentRouter
+
+    register(ExperimentRouter.name, ExperimentRouter)  # A/B experiments (experiments/)
 
 
 @hookimpl

@@ -86,6 +86,7 @@ class ReplaySetup:
     slo_ttft_ms: float | None = None
     slo_tpot_ms: float | None = None
     coordinator: dict[str, Any] = field(default_factory=dict)  # extra CoordinatorConfig fields
+    direct: bool = False  # the direct replay transport (virtual/direct.py)
 
     def workload(self, seed: int, rate: float | None = None) -> list[WorkloadRecord]:
         records = self.windows(seed)
@@ -132,7 +133,7 @@ def run_variant(
 ) -> RunResult:
     """One replay of one variant and seed on the virtual clock."""
     config = CoordinatorConfig(router=variant.router, policy=variant.policy, **setup.coordinator)
-    fleet = InProcessFleet(setup.members(seed))
+    fleet = InProcessFleet(setup.members(seed), direct=setup.direct)
     return run_replay(setup.workload(seed, rate), fleet, config, prompt_seed=seed)
 
 

@@ -19,6 +19,7 @@ from sage_cp_plugin.kvevents.tracker import KVEventTracker
 from sage_cp_plugin.sim import SimInstance, SimInstanceConfig, create_app, instance_of
 from sage_cp_plugin.sim.presets import PRESETS
 from sage_cp_plugin.types import ExecutionInstance
+from sage_cp_plugin.virtual.direct import DirectSimTransport
 from sage_cp_plugin.virtual.transport import StreamingASGITransport
 
 # Base URLs are never dialled (the transport short-circuits them); ports only keep them unique.
@@ -73,12 +74,19 @@ def describe(spec: MemberSpec, index: int) -> ExecutionInstance:
 class InProcessFleet:
     """N in-process simulators plus the coordinator-side view of them."""
 
-    def __init__(self, members: Sequence[MemberSpec | SimInstanceConfig]) -> None:
+    def __init__(
+        self, members: Sequence[MemberSpec | SimInstanceConfig], *, direct: bool = False
+    ) -> None:
+        """`direct=True`: completions skip the ASGI framing (`virtual/direct.py`, for fast
+        replays; same handlers, engine and coordinator code path)."""
         specs = [m if isinstance(m, MemberSpec) else MemberSpec(m) for m in members]
         self.specs = specs
         self.instances = [describe(s, i) for i, s in enumerate(specs)]
         self.apps: list[Starlette] = [create_app(s.config) for s in specs]
-        self.transports = [StreamingASGITransport(app) for app in self.apps]
+        self.transports: list[StreamingASGITransport] = [
+            DirectSimTransport(app, instance_of(app)) if direct else StreamingASGITransport(app)
+            for app in self.apps
+        ]
         self._index = {inst.instance_id: i for i, inst in enumerate(self.instances)}
         if len(self._index) != len(self.instances):
             raise ValueError("instance ids of an InProcessFleet must be unique")

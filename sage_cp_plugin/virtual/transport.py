@@ -148,8 +148,11 @@ class StreamingASGITransport(httpx.AsyncBaseTransport):
         )
 
     async def _serve(self, scope: dict[str, Any], x: _Exchange) -> None:
+        await self._serve_app(self.app, scope, x)
+
+    async def _serve_app(self, app: ASGIApp, scope: dict[str, Any], x: _Exchange) -> None:
         try:
-            await self.app(scope, x.receive, x.send)
+            await app(scope, x.receive, x.send)
         except asyncio.CancelledError:
             x.fail(httpx.ReadError("the response was cancelled"))
             raise

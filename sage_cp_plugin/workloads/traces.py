@@ -36,6 +36,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from sage_cp_plugin.errors import ConfigurationError
+from sage_cp_plugin.recording.importer import (
+    import_openai_batch,
+    import_request_log,
+    is_openai_batch_row,
+    is_request_log_row,
+)
 from sage_cp_plugin.workloads.format import WorkloadRecord, parse_workload
 
 AZURE_CONV = "azure_conv_2023.csv"
@@ -70,7 +76,7 @@ def trace_dirs() -> list[Path]:
 def resolve_trace(name_or_path: str | Path) -> Path:
     """The file a trace name or path refers to, or a `TraceError` saying where it looked."""
     given = Path(name_or_path).expanduser()
-    if given.is_file():
+    if given.is_file() or given.is_dir():  # a folder is a request log (recording/)
         return given
     text = str(name_or_path)
     if len(given.parts) > 1 or given.is_absolute():
@@ -88,7 +94,7 @@ def resolve_trace(name_or_path: str | Path) -> Path:
     )
 
 
-TRACE_FORMATS = ("auto", "mooncake", "azure", "jsonl")
+TRACE_FORMATS = ("auto", "mooncake", "azure", "jsonl", "log", "openai_batch")
 # Azure-style column names: vidur's processed traces, then Azure's own public CSVs.
 _PROMPT_COLUMNS = ("num_prefill_tokens", "ContextTokens")
 _OUTPUT_COLUMNS = ("num_decode_tokens", "GeneratedTokens")
@@ -107,12 +113,15 @@ class Trace:
     format: str
     records: list[WorkloadRecord]
     timed: bool  # False: a lengths-only file, every arrival 0 until the caller sets them
+    notes: tuple[str, ...] = ()  # what an import assumed (tokenizer, defaults, rows left out)
 
 
 def detect_format(path: Path) -> str:
     """``azure`` for ``.csv``; for ``.jsonl``: ``mooncake`` when rows carry ``input_length`` or
     ``timestamp``, else the project's ``jsonl`` workload format."""
     suffix = path.suffix.lower()
+    if path.is_dir():
+        return "log"  # a request-log folder (recording/)
     if suffix == ".csv":
         return "azure"
     if suffix not in (".jsonl", ".json", ".ndjson"):
@@ -127,6 +136,10 @@ def detect_format(path: Path) -> str:
     except ValueError:
         raise TraceError(f"{path}:1: not a trace row (invalid JSON)") from None
     mooncake = isinstance(row, dict) and ("input_length" in row or "timestamp" in row)
+    if is_request_log_row(row):
+        return "log"
+    if is_openai_batch_row(row):
+        return "openai_batch"
     return "mooncake" if mooncake else "jsonl"
 
 
@@ -137,8 +150,10 @@ def read_trace(
     start: int = 0,
     limit: int | None = None,
     max_input_tokens: int | None = None,
+    tokenizer: str = "estimate",
 ) -> Trace:
-    """Rows ``start..start+limit`` of a trace in any supported format (see the module doc)."""
+    """Rows ``start..start+limit`` of a trace in any supported format (see the module doc);
+    `tokenizer` measures the prompts of an OpenAI batch file (`recording.importer`)."""
     if format not in TRACE_FORMATS:
         raise TraceError(f"unknown trace format {format!r}; use one of {', '.join(TRACE_FORMATS)}")
     path = resolve_trace(name_or_path)
@@ -149,6 +164,15 @@ def read_trace(
     if fmt == "azure":
         recs, timed = _read_azure(path, start, limit, max_input_tokens, None)
         return Trace(path, fmt, recs, timed)
+    if fmt in ("log", "openai_batch"):
+        got = import_request_log(path) if fmt == "log" else import_openai_batch(path, tokenizer)
+        notes = list(got.notes) + [
+            f"{n} {what} request(s) left out" for what, n in got.skipped.items()
+        ]
+        recs = _rebased(
+            [r for _, r in _window(enumerate(got.records), start, limit)], max_input_tokens
+        )
+        return Trace(path, fmt, recs, got.timed, tuple(notes))
     return Trace(path, fmt, _read_jsonl(path, start, limit, max_input_tokens), timed=True)
 
 
@@ -247,12 +271,16 @@ def _read_jsonl(
 ) -> list[WorkloadRecord]:
     with path.open(encoding="utf-8") as f:
         records = parse_workload(f, str(path))
-    window = list(_window(enumerate(records), start, limit))
+    return _rebased([r for _, r in _window(enumerate(records), start, limit)], max_input_tokens)
+
+
+def _rebased(window: list[WorkloadRecord], max_input_tokens: int | None) -> list[WorkloadRecord]:
+    """Arrivals re-based to the window's first; prompt lengths clipped."""
     if not window:
         return []
-    t0 = window[0][1].arrival_s
+    t0 = window[0].arrival_s
     out = []
-    for _, r in window:
+    for r in window:
         update: dict[str, Any] = {"arrival_s": r.arrival_s - t0}
         if max_input_tokens is not None and r.prompt is None:
             update["input_tokens"] = min(r.input_tokens, max_input_tokens)

@@ -1,0 +1,350 @@
+"""Gateway CPU per request: `sage-cp serve` vs PyPI vllm-router 0.1.17 (Rust), in one run.
+
+What it measures (issue 16, "Less CPU per request"): the CPU time (user + system, from
+/proc, summed over every process of the target's session, so `--workers N` and its children
+count) that a gateway spends per request it served, against 2 zero-latency simulated
+instances (`sage-cp sim --time-scale 0`), for non-streamed and streamed `/v1/completions`
+(16 tokens), at closed-loop concurrency 1, 16 and 64, a fixed number of requests per point.
+CPU time ratios measured in one run hold on a loaded machine; wall latency and req/s do not,
+so they are reported but only mean something on a quiet machine.
+
+The load generator (this process, asyncio + uvloop, raw-socket HTTP/1.1 keep-alive, one
+connection per user; `bench_gateway.py`'s client) reports its own CPU time separately.
+`direct` (the client talks to the instances itself) is the baseline for added latency.
+
+    python benchmarks/bench_gateway_cpu.py [--requests 3000] [--concurrency 1 16 64]
+        [--targets sage-cp vllm-router] [--workers 2]
+
+Writes benchmarks/results/gateway_cpu.{json,md,png} (stem set by --out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.bench_gateway import (
+    ROUTER_VERSION,
+    Procs,
+    _read_response,
+    consecutive_free_ports,
+    free_port,
+    machine,
+    router_binary,
+    wait_http,
+)
+from sage_cp_plugin.virtual.provenance import write_stamped
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def session_cpu_s(sid: int) -> float:
+    """User + system CPU seconds of every live process in session `sid` (plus what they
+    collected from children that exited)."""
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            raw = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = raw[raw.rindex(")") + 2 :].split()
+        # fields[0] is field 3 (state): session is field 6, utime..cstime fields 14..17
+        if int(fields[3]) != sid:
+            continue
+        total += sum(int(x) for x in fields[11:15])
+    return total / CLK_TCK
+
+
+def body(stream: bool) -> bytes:
+    return json.dumps(
+        {"model": "sim-model", "prompt": "hello world", "max_tokens": 16, "stream": stream}
+    ).encode()
+
+
+@dataclass
+class Point:
+    target: str
+    streamed: bool
+    concurrency: int
+    requests: int
+    errors: int
+    wall_s: float
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    target_cpu_s: float
+    cpu_ms_per_request: float
+    client_cpu_ms_per_request: float
+
+
+async def _user(
+    endpoint: tuple[str, int], req: bytes, left: list[int], lat: list[float], errs: list[int]
+) -> None:
+    reader, writer = await asyncio.open_connection(*endpoint)
+    clock = time.perf_counter
+    try:
+        while left[0] > 0:
+            left[0] -= 1
+            t0 = clock()
+            writer.write(req)
+            status = await _read_response(reader)
+            if status == 200:
+                lat.append(clock() - t0)
+            else:
+                errs[0] += 1
+    finally:
+        writer.close()
+
+
+async def drive(eps: list[tuple[str, int]], stream: bool, conc: int, n: int) -> tuple:
+    data = body(stream)
+    reqs = [
+        (
+            f"POST /v1/completions HTTP/1.1\r\nHost: {h}:{p}\r\nContent-Type: application/json"
+            f"\r\nContent-Length: {len(data)}\r\n\r\n"
+        ).encode()
+        + data
+        for h, p in eps
+    ]
+    left, lat, errs = [n], [], [0]
+    t0 = time.perf_counter()
+    await asyncio.gather(
+        *(_user(eps[i % len(eps)], reqs[i % len(eps)], left, lat, errs) for i in range(conc))
+    )
+    return lat, errs[0], time.perf_counter() - t0
+
+
+def measure(target: str, eps: list[tuple[str, int]], sid: int | None, stream: bool, conc: int,
+            n: int) -> Point:  # fmt: skip
+    try:
+        import uvloop
+
+        runner: Any = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    runner(drive(eps, stream, conc, max(conc * 20, n // 10)))  # warm-up, not counted
+    cpu0 = session_cpu_s(sid) if sid is not None else 0.0
+    me0 = time.process_time()
+    lat, errors, wall = runner(drive(eps, stream, conc, n))
+    me = time.process_time() - me0
+    cpu = (session_cpu_s(sid) - cpu0) if sid is not None else 0.0
+    lat.sort()
+    k = len(lat)
+    return Point(
+        target=target,
+        streamed=stream,
+        concurrency=conc,
+        requests=k,
+        errors=errors,
+        wall_s=wall,
+        rps=k / wall,
+        p50_ms=lat[k // 2] * 1000 if k else float("nan"),
+        p99_ms=lat[min(k - 1, int(0.99 * k))] * 1000 if k else float("nan"),
+        target_cpu_s=cpu,
+        cpu_ms_per_request=cpu / max(k, 1) * 1000,
+        client_cpu_ms_per_request=me / max(k, 1) * 1000,
+    )
+
+
+def summarize(points: list[Point]) -> list[dict[str, Any]]:
+    by = {(p.target, p.streamed, p.concurrency): p for p in points}
+    rows = []
+    for p in points:
+        if p.target in ("direct", "vllm-router"):
+            continue
+        r = by.get(("vllm-router", p.streamed, p.concurrency))
+        d = by.get(("direct", p.streamed, p.concurrency))
+        rows.append(
+            {
+                "target": p.target,
+                "streamed": p.streamed,
+                "concurrency": p.concurrency,
+                "cpu_ms_per_request": p.cpu_ms_per_request,
+                "router_cpu_ms_per_request": r.cpu_ms_per_request if r else None,
+                "cpu_vs_router": p.cpu_ms_per_request / r.cpu_ms_per_request if r else None,
+                "added_p50_ms": p.p50_ms - d.p50_ms if d else None,
+                "router_added_p50_ms": r.p50_ms - d.p50_ms if (r and d) else None,
+            }
+        )
+    return rows
+
+
+def markdown(meta: dict[str, Any], points: list[Point], rows: list[dict[str, Any]]) -> str:
+    m = meta["machine"]
+    out = [
+        "# Gateway CPU per request: `sage-cp serve` vs vllm-router, same run",
+        "",
+        f"Machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}; load average at start "
+        f"{meta['loadavg']} (CPU-time ratios hold under load, wall latency and req/s do not).",
+        f"Workload: {meta['workload']}",
+        f"Targets: {meta['targets']}",
+        "",
+        "| target | streamed | conc. | requests | errors | req/s | p50 ms | p99 ms "
+        "| gateway CPU ms/req | client CPU ms/req |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for p in points:
+        cpu = f"{p.cpu_ms_per_request:.3f}" if p.target != "direct" else "-"
+        out.append(
+            f"| {p.target} | {'yes' if p.streamed else 'no'} | {p.concurrency} | {p.requests} "
+            f"| {p.errors} | {p.rps:.0f} | {p.p50_ms:.2f} | {p.p99_ms:.2f} | {cpu} "
+            f"| {p.client_cpu_ms_per_request:.3f} |"
+        )
+    out += [
+        "",
+        "## Ratios to vllm-router (goal: CPU <= 3x, stretch 2x; added p50 at c=1 <= 0.6 ms)",
+        "",
+        "| target | streamed | conc. | CPU ms/req | router CPU ms/req | ratio | added p50 ms "
+        "| router added p50 ms |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+
+    def f(x: float | None, fmt: str) -> str:
+        return "-" if x is None else format(x, fmt)
+
+    for r in rows:
+        out.append(
+            f"| {r['target']} | {'yes' if r['streamed'] else 'no'} | {r['concurrency']} "
+            f"| {r['cpu_ms_per_request']:.3f} | {f(r['router_cpu_ms_per_request'], '.3f')} "
+            f"| {f(r['cpu_vs_router'], '.2f')} | {f(r['added_p50_ms'], '.2f')} "
+            f"| {f(r['router_added_p50_ms'], '.2f')} |"
+        )
+    out += ["", f"Re-run on a quiet machine: `{meta['command']}`", ""]
+    return "\n".join(out)
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 4))
+    labels = [
+        f"{r['target']}\n{'stream' if r['streamed'] else 'plain'} c={r['concurrency']}"
+        for r in rows
+    ]
+    xs = range(len(rows))
+    ax.bar([x - 0.2 for x in xs], [r["cpu_ms_per_request"] for r in rows], 0.4, label="sage-cp")
+    ax.bar(
+        [x + 0.2 for x in xs],
+        [r["router_cpu_ms_per_request"] or 0 for r in rows],
+        0.4,
+        label=f"vllm-router {ROUTER_VERSION}",
+    )
+    ax.set_xticks(list(xs), labels, fontsize=7)
+    ax.set_ylabel("gateway CPU ms per request")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--requests", type=int, default=3000, help="requests measured per point")
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
+    ap.add_argument("--targets", nargs="+", default=["direct", "sage-cp", "vllm-router"],
+                    choices=["direct", "sage-cp", "sage-cp-workers", "vllm-router"])  # fmt: skip
+    ap.add_argument("--workers", type=int, default=2, help="for the sage-cp-workers target")
+    ap.add_argument("--streamed", choices=["both", "no", "yes"], default="both")
+    ap.add_argument("--out", default="gateway_cpu")
+    args = ap.parse_args()
+    if args.requests < 1 or any(c < 1 for c in args.concurrency):
+        ap.error("--requests and --concurrency must be positive")
+
+    procs = Procs()
+    tmp = Path(tempfile.mkdtemp(prefix="bench-gwcpu-"))
+    loadavg = Path("/proc/loadavg").read_text().split()[:3]
+    points: list[Point] = []
+    try:
+        sim_port = consecutive_free_ports(2)
+        cli = [sys.executable, "-m", "sage_cp_plugin.entrypoints.cli"]
+        procs.start([*cli, "sim", "-n", "2", "--port", str(sim_port), "--time-scale", "0"])
+        sims = [("127.0.0.1", sim_port + i) for i in range(2)]
+        for h, p in sims:
+            wait_http(f"http://{h}:{p}/health")
+        cfg = tmp / "fleet.yaml"
+        inst = "\n".join(
+            f"  - {{instance_id: sim-{i}, host: {h}, port: {p}, model_name: sim-model, "
+            "max_concurrent_requests: 256}"
+            for i, (h, p) in enumerate(sims)
+        )
+        cfg.write_text(
+            "scheduling_policy: fifo\nrouting_strategy: round_robin\n"
+            f"enable_pd_separation: false\ninstances:\n{inst}\n"
+        )
+        targets: dict[str, tuple[list[tuple[str, int]], int | None]] = {}
+        for name in args.targets:
+            if name == "direct":
+                targets[name] = (sims, None)
+                continue
+            port = free_port()
+            if name == "vllm-router":
+                argv = [str(router_binary()), "--host", "127.0.0.1", "--port", str(port),
+                        "--worker-urls", *[f"http://{h}:{p}" for h, p in sims],
+                        "--policy", "round_robin", "--log-level", "error"]  # fmt: skip
+            else:
+                argv = [*cli, "serve", "--config", str(cfg), "--port", str(port)]
+                if name == "sage-cp-workers":
+                    argv += ["--workers", str(args.workers)]
+            proc = procs.start(argv)
+            wait_http(f"http://127.0.0.1:{port}/health")
+            targets[name] = ([("127.0.0.1", port)], proc.pid)  # session id = its pid
+        modes = {"both": [False, True], "no": [False], "yes": [True]}[args.streamed]
+        for stream in modes:
+            for c in args.concurrency:
+                for name, (eps, sid) in targets.items():
+                    pt = measure(name, eps, sid, stream, c, args.requests)
+                    points.append(pt)
+                    print(
+                        f"{name:<16} stream={stream!s:<5} c={c:<3} {pt.rps:7.0f} req/s "
+                        f"p50 {pt.p50_ms:6.2f} ms  cpu {pt.cpu_ms_per_request:.3f} ms/req  "
+                        f"client {pt.client_cpu_ms_per_request:.3f}  errors {pt.errors}",
+                        flush=True,
+                    )
+    finally:
+        procs.stop_all()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    rows = summarize(points)
+    meta = {
+        "machine": machine(),
+        "loadavg": " ".join(loadavg),
+        "workload": f"{args.requests} requests per point (after an uncounted warm-up), "
+        "POST /v1/completions 'hello world' max_tokens 16, streamed and not, 2 zero-latency "
+        "simulated instances (one `sage-cp sim --time-scale 0` process)",
+        "targets": "sage-cp serve (fifo, round_robin, defaults otherwise); vllm-router "
+        f"{ROUTER_VERSION} (PyPI, --policy round_robin); direct = client to the instances",
+        "command": "python benchmarks/bench_gateway_cpu.py " + " ".join(sys.argv[1:]),
+    }
+    write_stamped(
+        RESULTS,
+        args.out,
+        {"meta": meta, "points": [asdict(p) for p in points], "summary": rows},
+        markdown(meta, points, rows),
+    )
+    if any(r["router_cpu_ms_per_request"] for r in rows):
+        plot(rows, RESULTS / f"{args.out}.png")
+    print(markdown(meta, points, rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

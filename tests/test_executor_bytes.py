@@ -1,0 +1,73 @@
+"""The executor's own SSE line splitting and its cookie-free clients (issue 16, less CPU).
+
+The upstream here is an httpx.MockTransport because the point is the byte boundaries a
+real network can produce (a line cut anywhere, CRLF endings, no final newline), which a
+real server on loopback does not produce on demand.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+import httpx
+
+from sage_cp_plugin.executor import ExecutionCoordinator
+from sage_cp_plugin.types import ExecutionInstance, RequestMetadata
+
+WORDS = ["Hello", " wörld", " ✓", " end"]
+
+
+def sse_body(crlf: bool, final_newline: bool) -> bytes:
+    nl = "\r\n" if crlf else "\n"
+    out = ""
+    for i, w in enumerate(WORDS):
+        chunk = {"id": "c", "object": "text_completion", "model": "m",
+                 "choices": [{"index": 0, "text": w, "finish_reason": None}]}  # fmt: skip
+        if i == len(WORDS) - 1:
+            chunk["usage"] = {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}
+        out += f"data: {json.dumps(chunk, ensure_ascii=False)}{nl}{nl}"
+    out += "data: [DONE]" + (nl if final_newline else "")
+    return out.encode()
+
+
+def upstream(piece: int, crlf: bool, final_newline: bool, seen: list[httpx.Request]):
+    body = sse_body(crlf, final_newline)
+
+    async def pieces() -> AsyncIterator[bytes]:
+        for i in range(0, len(body), piece):
+            yield body[i : i + piece]  # cuts lines and multi-byte characters anywhere
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(
+            200,
+            headers={"content-type": "text/event-stream", "set-cookie": "s=1; Path=/"},
+            content=pieces(),
+        )
+
+    return handler
+
+
+async def test_stream_lines_cut_at_any_byte_are_assembled() -> None:
+    for piece in (1, 3, 7, 64, 10_000):
+        for crlf in (False, True):
+            for final_newline in (False, True):
+                seen: list[httpx.Request] = []
+                handler = upstream(piece, crlf, final_newline, seen)
+                ex = ExecutionCoordinator(
+                    transport_factory=lambda _i, h=handler: httpx.MockTransport(h)
+                )
+                inst = ExecutionInstance(instance_id="i", host="127.0.0.1", port=1, model_name="m")
+                req = RequestMetadata(request_id="r", prompt="p", model_name="m",
+                                      max_tokens=4)  # fmt: skip
+                try:
+                    out = await ex.run(req, inst)
+                    assert out.text == "".join(WORDS), (piece, crlf, final_newline)
+                    assert out.completion_tokens == 4 and out.prompt_tokens == 3
+                    assert len(out.token_times) == 4
+                    # A second request: the instance's Set-Cookie is not sent back.
+                    await ex.run(req.model_copy(update={"request_id": "r2"}), inst)
+                    assert "cookie" not in seen[-1].headers
+                finally:
+                    await ex.aclose()
