@@ -11,6 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from sage_cp_plugin.elastic.discovery import DiscoveryConfig
 from sage_cp_plugin.errors import ConfigurationError
 from sage_cp_plugin.health import HealthConfig
 from sage_cp_plugin.scrape import ScrapeConfig
@@ -53,6 +54,11 @@ class ControlPlaneOptions(BaseModel):
     result_retention_bytes: int = Field(256 * 1024 * 1024, gt=0)
     # Distinct `tag=value` series counted in metrics; further ones count under "other".
     max_tag_series: int = Field(64, ge=0)
+    # Elastic fleet (docs/elastic-fleet.md): discovery sources whose instances join the fleet
+    # once `/v1/models` answers and drain when they vanish; how often pending ones are
+    # re-probed and drained ones collected.
+    discovery: list[DiscoveryConfig] = Field(default_factory=list)
+    discovery_interval_s: float = Field(2.0, gt=0)
 
     @field_validator("enable_auto_scaling")
     @classmethod
