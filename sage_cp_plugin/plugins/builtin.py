@@ -37,3 +37,11 @@ def sage_cp_register_discovery_sources(register: Register) -> None:
     register("static", StaticSource)
     register("file", FileSource)
     register("kubernetes", KubernetesPodSource)
+
+
+@hookimpl
+def sage_cp_register_actuators(register: Register) -> None:
+    from sage_cp_plugin.elastic.actuators import BUILTIN_ACTUATORS
+
+    for name, factory in BUILTIN_ACTUATORS.items():
+        register(name, factory)
