@@ -7,11 +7,15 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from sage_cp_plugin.manager import ControlPlaneManager
 
 from .metrics import GatewayMetrics
 from .settings import GatewaySettings
+
+if TYPE_CHECKING:
+    from sage_cp_plugin.fleetshare.sync import FleetShare
 
 logger = logging.getLogger(__name__)
 
@@ -22,6 +26,7 @@ class Gateway:
     settings: GatewaySettings
     metrics: GatewayMetrics = field(init=False)
     shutting_down: bool = False
+    share: FleetShare | None = None  # state shared with other replicas (--redis-url)
     _drains: dict[str, asyncio.Task[None]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
