@@ -50,6 +50,18 @@ async def three_replicas(
         yield reps, st
 
 
+def published_in_flight(gw: Gateway, n: int) -> Any:
+    """A condition: the replica's load as Redis holds it counts `n` requests in flight."""
+
+    async def holds() -> bool:
+        assert gw.share is not None
+        loads = await gw.share.store.get_loads()
+        mine = loads.get(gw.share.replica_id, {})
+        return sum(int(v[0]) for v in mine.values()) == n
+
+    return holds
+
+
 def connected(gw: Gateway) -> bool:
     return gw.share is not None and gw.share.status.connected
 
@@ -172,6 +184,7 @@ async def test_restarted_replica_starts_from_shared_state(tmp_path: Path) -> Non
                     await wait_until(
                         lambda: gw0.manager.fleet.total_in_flight() == 3, "3 in flight"
                     )
+                    await wait_until(published_in_flight(gw0, 3), "r0 published its bookings")
                     # A replica that starts now routes with r0's router choice, load and
                     # prefixes before it has served anything.
                     async with replica(fleet, redis.url, "r1") as (url1, gw1):

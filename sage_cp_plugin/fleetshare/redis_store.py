@@ -26,7 +26,7 @@ except ImportError as exc:  # pragma: no cover - the extra is part of .[dev]
         "sharing state through Redis needs the 'redis' package: pip install 'sage-cp-plugin[redis]'"
     ) from exc
 
-from .store import StoreUnavailable
+from .store import IDLE_TICK_S, StoreUnavailable
 
 
 class RedisFleetStateStore:
@@ -112,9 +112,11 @@ class RedisFleetStateStore:
         try:
             await self._do(pubsub.subscribe(self._k("events")))
             while True:
-                msg = await self._do(pubsub.get_message(timeout=1.0))
+                msg = await self._do(pubsub.get_message(timeout=IDLE_TICK_S))
                 if msg is not None and msg.get("type") == "message":
                     yield json.loads(msg["data"])
+                else:
+                    yield {}  # idle tick: the listener regains control (see FleetStateStore)
         finally:
             try:
                 await pubsub.aclose()  # type: ignore[no-untyped-call]

@@ -22,6 +22,11 @@ from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
+# `subscribe` yields `{}` after this long without a message: redis-py's pub/sub reconnects
+# by itself, so a listener that only woke on messages would never learn that a restarted
+# Redis lost the state it must resynchronise.
+IDLE_TICK_S = 0.25
+
 
 class StoreUnavailable(Exception):
     """The shared store cannot be reached; callers keep their own view and retry later."""
@@ -136,7 +141,10 @@ class InMemoryFleetStateStore:
         self._subscribers.append(q)
         try:
             while True:
-                yield await q.get()
+                try:
+                    yield await asyncio.wait_for(q.get(), IDLE_TICK_S)
+                except TimeoutError:
+                    yield {}
         finally:
             self._subscribers.remove(q)
 

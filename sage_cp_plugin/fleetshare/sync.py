@@ -214,11 +214,11 @@ class FleetShare:
                 await asyncio.sleep(self.resync_interval_s)
                 continue
             try:
-                subscribed = False
                 async for msg in self.store.subscribe():
-                    if not subscribed:
-                        subscribed = True
-                    self._on_message(msg)
+                    if not self.status.connected:
+                        break  # the publisher lost the store meanwhile: resync first
+                    if msg:
+                        self._on_message(msg)
             except StoreUnavailable as exc:
                 self._lost(exc)
             # A subscription that ended or failed may have missed messages: resync first.
