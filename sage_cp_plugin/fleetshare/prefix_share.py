@@ -5,6 +5,7 @@ state needs no sync at all."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from sage_cp_plugin.kvevents.view import EventsOrApproximateView
@@ -23,9 +24,13 @@ class SharedApproximatePrefixCache(ApproximatePrefixCache):
         self.capacities = base.capacities
         self._view = view
         self.outbox: list[list[Any]] = []
+        # Called on every dispatch: a new booking is what peers must hear at once (two
+        # replicas placing requests on one stale view pile them onto the same instance).
+        self.on_change: Callable[[], None] = lambda: None
 
     def on_dispatch(self, item: QueuedRequest, instance_id: str) -> None:
         super().on_dispatch(item, instance_id)
+        self.on_change()
         if self._view.exact.is_exact(instance_id):
             return
         hashes, per_chunk = self._hashes(item)

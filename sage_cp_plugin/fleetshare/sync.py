@@ -2,7 +2,7 @@
 `FleetStateStore` (Redis across hosts).
 
 Loops (all on the coordinator's event loop, on its clock):
-- publish: every `publish_interval_s`, this replica's load per instance goes to the store
+- publish: at each dispatch (coalesced) and every `publish_interval_s`, this replica's load per instance goes to the store
   (key with TTL) and to every peer (message) when it changed, at least every TTL/3
   otherwise; so do the prefix dispatches of instances without KV events;
 - listen: messages from peers (load, prefix, admin) are applied as they come;
@@ -82,6 +82,8 @@ class FleetShare:
         self.on_drain: DrainHook = on_drain or (lambda iid, _remove: manager.drain_instance(iid))
         self.peers = PeerLoads(self.replica_id, load_ttl_s)
         self.prefix: SharedApproximatePrefixCache = install(manager.cache_view)
+        self._dirty = asyncio.Event()
+        self.prefix.on_change = self._dirty.set
         self.status = ShareStatus()
         # Admin state as this replica knows it; `_admin_dirty`: a local change the store
         # has not taken yet (it was down), written on reconnect instead of read.
@@ -195,7 +197,11 @@ class FleetShare:
 
     async def _publish_loop(self) -> None:
         while True:
-            await asyncio.sleep(self.publish_interval_s)
+            # A dispatch wakes it at once; releases and prefill progress ride on the tick.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._dirty.wait(), self.publish_interval_s)
+            await asyncio.sleep(0)  # coalesce the dispatches of this loop iteration
+            self._dirty.clear()
             now = self.manager.now()
             if self.peers.expire(now) or not self.status.connected:
                 self.peers.apply(self.manager.fleet)
