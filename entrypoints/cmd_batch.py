@@ -28,7 +28,9 @@ def register(sub: Any) -> None:
     where = p.add_mutually_exclusive_group()
     where.add_argument("--config", type=Path, help="fleet configuration (YAML/TOML)")
     where.add_argument(
-        "--url", help="a shared coordinator (sage-cp serve), e.g. http://127.0.0.1:8080"
+        "--url",
+        help="a shared coordinator (sage-cp serve), e.g. http://127.0.0.1:8080, or several "
+        "replicas comma-separated (spread over, failover when one dies)",
     )
     p.add_argument("--shard", default=None, help="run only lines i, i+n, ... (i/n, from 0/n)")
     p.add_argument("--concurrency", "-c", type=int, default=64, help="requests in flight")

@@ -104,6 +104,14 @@ def register(sub: Any) -> None:
         help="record every finished request into rotated JSONL files in DIR (no prompt text; "
         "see docs/policy-lab.md)",
     )
+    p.add_argument(
+        "--redis-url",
+        default=None,
+        help="share fleet state (load, admin changes, prefixes) with other replicas through "
+        "Redis, e.g. redis://10.0.0.5:6379/0 (docs/scale-out.md)",
+    )
+    p.add_argument("--redis-namespace", default="sagecp", help="key prefix in Redis")
+    p.add_argument("--replica-id", default=None, help="this replica's name (default: host-pid)")
     p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=run)
 
@@ -141,6 +149,9 @@ def run(args: argparse.Namespace) -> int:
             shutdown_timeout_s=args.shutdown_timeout,
             log_level=args.log_level,
             upstream_streaming=not args.no_upstream_streaming,
+            redis_url=args.redis_url,
+            redis_namespace=args.redis_namespace,
+            replica_id=args.replica_id,
         )
         config = ControlPlaneConfig.load(args.config)
         config.request_log = request_log_for(config.request_log, args.request_log, "gateway")

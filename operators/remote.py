@@ -65,16 +65,27 @@ def parse_prometheus(text: str) -> dict[str, float]:
 
 
 class RemoteBackend:
+    """`sage-cp serve` at `url`, or at several replicas (`url` a comma-separated list, e.g.
+    replicas sharing state through Redis): requests are spread over them in turn, and a
+    request whose replica cannot be reached is resent to the next one (docs/scale-out.md)."""
+
     def __init__(self, url: str, *, timeout_s: float = 600.0, max_connections: int = 512) -> None:
-        self.url = url.rstrip("/")
-        self.description = f"remote coordinator at {self.url}"
+        self.urls = [u.strip().rstrip("/") for u in url.split(",") if u.strip()]
+        if not self.urls:
+            raise ValueError(f"no coordinator URL in {url!r}")
+        self.url = ",".join(self.urls)
+        self.description = (
+            f"remote coordinator at {self.url}"
+            if len(self.urls) == 1
+            else f"{len(self.urls)} coordinator replicas ({self.url})"
+        )
         self._timeout_s = timeout_s
         self._max_connections = max_connections
         self._client: httpx.AsyncClient | None = None
+        self._turn = 0
 
     async def start(self) -> None:
         self._client = httpx.AsyncClient(
-            base_url=self.url,
             timeout=httpx.Timeout(self._timeout_s, connect=5.0),
             limits=httpx.Limits(
                 max_connections=self._max_connections,
@@ -87,27 +98,39 @@ class RemoteBackend:
         if client is not None:
             await client.aclose()
 
+    def _first_replica(self) -> int:
+        self._turn += 1
+        return self._turn % len(self.urls)
+
     async def run(self, prepared: PreparedRequest) -> ResultRecord:
         req = prepared.request
         kind = req.request_kind
         loop = asyncio.get_running_loop()
         started = loop.time()
         last_error = "not sent"
-        for attempt in range(_RETRIES):
+        replica = self._first_replica()
+        # The request id goes along: a resend to a replica still running it joins that run.
+        headers = {**scheduling_headers(req), "x-request-id": req.request_id}
+        for attempt in range(_RETRIES + len(self.urls) - 1):
             client = self._client
             if client is None:
                 last_error = "the service is closed"
                 break
+            base = self.urls[replica]
             try:
                 resp = await client.post(
-                    ENDPOINTS[kind], json=openai_body(req), headers=scheduling_headers(req)
+                    base + ENDPOINTS[kind], json=openai_body(req), headers=headers
                 )
             except httpx.TransportError as exc:
-                last_error = f"coordinator {self.url} unreachable: {type(exc).__name__}: {exc}"
-                await asyncio.sleep(0.2 * 2**attempt)
+                last_error = f"coordinator {base} unreachable: {type(exc).__name__}: {exc}"
+                replica = (replica + 1) % len(self.urls)  # the next replica, if any
+                await asyncio.sleep(0.2 * 2 ** min(attempt, 4) / len(self.urls))
                 continue
             if resp.status_code in (429, 503) and attempt < _RETRIES - 1:
-                # The coordinator sheds load with 429 + Retry-After: wait, do not fail.
+                # The coordinator sheds load with 429 + Retry-After: wait, do not fail. A
+                # replica shutting down answers 503: the next one takes the request.
+                if resp.status_code == 503:
+                    replica = (replica + 1) % len(self.urls)
                 await asyncio.sleep(_retry_after(resp, 0.2 * 2**attempt))
                 continue
             return self._record(prepared, kind, resp, (loop.time() - started) * 1000)
@@ -166,7 +189,7 @@ class RemoteBackend:
     async def metrics(self) -> dict[str, Any]:
         if self._client is None:
             return {}
-        resp = await self._client.get("/metrics")
+        resp = await self._client.get(self.urls[0] + "/metrics")
         resp.raise_for_status()
         return {"url": self.url, "samples": parse_prometheus(resp.text)}
 

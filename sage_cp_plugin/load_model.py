@@ -117,10 +117,16 @@ def residual_tokens(state: InstanceState, now: float) -> float:
     return waiting * state.mean_prompt_tokens.get(1024.0) if waiting else 0.0
 
 
+def own_prefill_ahead(state: InstanceState, now: float) -> float:
+    """Prefill tokens this coordinator sent that the instance has not prefilled yet (what a
+    replica publishes to its peers, `fleetshare`)."""
+    return max(0.0, state.prefill_tokens_queued - _drain_head(state, now))
+
+
 def prefill_ahead(state: InstanceState, now: float) -> float:
     """Prefill tokens a request dispatched now would wait behind."""
     ahead = state.prefill_tokens_queued - _drain_head(state, now)
-    return max(0.0, ahead) + residual_tokens(state, now)
+    return max(0.0, ahead) + state.peer_prefill_tokens + residual_tokens(state, now)
 
 
 def prefill_time_s(state: InstanceState, tokens: float) -> float:
@@ -154,7 +160,7 @@ def cost_to_running_s(state: InstanceState, uncached_tokens: int, now: float) ->
     (those still prefilling are about to decode: they count, or a burst of short requests
     would all pick the instance whose newest arrivals have not decoded yet; so do requests
     vLLM runs that did not come through us)."""
-    seqs = state.decode_seqs + state.prefill_seqs + _foreign(state, now)[1]
+    seqs = state.decode_seqs + state.prefill_seqs + state.peer_seqs + _foreign(state, now)[1]
     return seqs * max(1, uncached_tokens) * prefill_s_per_token(state)
 
 

@@ -59,7 +59,7 @@ class InstancePools:
             cap = min(cap, self.limits.of(s).current)
         if item.urgent:
             cap += max(1, int(cap * self.urgent_headroom))
-        if s.in_flight >= cap:
+        if s.in_flight + s.peer_in_flight >= cap:  # slots are shared with peer replicas
             return False
         if (
             self.limits is not None

@@ -122,7 +122,7 @@ class MetricsScraper:
         s.prefix_cache_queries = values.get("prefix_cache_queries", s.prefix_cache_queries)
         s.prefix_cache_hits = values.get("prefix_cache_hits", s.prefix_cache_hits)
         s.scraped_at = loop.time()
-        s.ours_at_scrape = state.in_flight
+        s.ours_at_scrape = state.in_flight + state.peer_in_flight  # peer replicas' too
         s.interval_s = self.config.interval_s
         s.fresh = True
         return True

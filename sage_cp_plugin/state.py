@@ -83,6 +83,11 @@ class InstanceState:
     completed: int = 0
     failed: int = 0
     consecutive_failures: int = 0
+    # Load other replicas of the control plane put here, as they last published it
+    # (`fleetshare`): requests, uncached prefill tokens not yet prefilled, sequences running.
+    peer_in_flight: int = 0
+    peer_prefill_tokens: float = 0.0
+    peer_seqs: int = 0
 
     @property
     def instance_id(self) -> str:
@@ -115,7 +120,7 @@ class InstanceState:
 
     @property
     def has_capacity(self) -> bool:
-        return self.in_flight < self.instance.slot_limit
+        return self.in_flight + self.peer_in_flight < self.instance.slot_limit
 
     @property
     def routable(self) -> bool:
@@ -127,7 +132,7 @@ class InstanceState:
         beyond ours at the last scrape (ours are never counted twice)."""
         s = self.scraped
         foreign = max(0.0, s.running + s.waiting - s.ours_at_scrape) if s.fresh else 0.0
-        return (self.in_flight + foreign) / self.instance.slot_limit
+        return (self.in_flight + self.peer_in_flight + foreign) / self.instance.slot_limit
 
     def predicted_service_s(self, input_tokens: int, output_tokens: int) -> float:
         """Predicted time to serve a request alone on this instance, from observed speeds.

@@ -24,6 +24,7 @@ from .auth import check_admin_key
 from .body import read_json_object
 from .errors import GatewayError, error_response, validation_error
 from .runtime import Gateway
+from .shared import announce
 
 Handler = Callable[[Request, Gateway], Awaitable[Any]]
 _QUEUE_LISTING = 100  # items shown by GET /admin/queue; the depth is always exact
@@ -125,6 +126,7 @@ async def drain_instance(request: Request, gw: Gateway) -> Any:
         gw.drain_and_remove(iid)
     else:
         gw.manager.drain_instance(iid)
+    await announce(gw, drain=(iid, remove))
     return _json(describe_instance(state, gw), status=202)
 
 
@@ -188,6 +190,7 @@ async def set_policy(request: Request, gw: Gateway) -> Any:
         await read_json_object(request, gw.settings.max_body_bytes)
     )
     gw.manager.update_policy(choice.name, **choice.options)
+    await announce(gw, policy=(choice.name, choice.options))
     return _plugin_state(gw)
 
 
@@ -196,6 +199,7 @@ async def set_router(request: Request, gw: Gateway) -> Any:
         await read_json_object(request, gw.settings.max_body_bytes)
     )
     gw.manager.update_router(choice.name, **choice.options)
+    await announce(gw, router=(choice.name, choice.options))
     return _plugin_state(gw)
 
 

@@ -28,6 +28,7 @@ from .openai_routes import (
 )
 from .openapi import build_openapi
 from .runtime import Gateway
+from .shared import health_fields, prometheus_lines
 
 _crashes = OncePerKind(logging.getLogger(__name__))
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -74,13 +75,14 @@ async def health(request: Request) -> Response:
         "instances": len(states),
         "models": {m.name: m.available for m in models.values()},
         "unavailable_models": {m.name: m.reason(states) for m in unavailable},
+        **health_fields(gw),
     }
     return Response(json.dumps(body), media_type="application/json")
 
 
 async def metrics(request: Request) -> Response:
     gw: Gateway = request.app.state.gateway
-    return Response(gw.metrics.render(), media_type=PROMETHEUS_CONTENT_TYPE)
+    return Response(gw.metrics.render() + prometheus_lines(gw), media_type=PROMETHEUS_CONTENT_TYPE)
 
 
 async def openapi(request: Request) -> Response:

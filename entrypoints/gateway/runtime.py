@@ -7,12 +7,16 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from sage_cp_plugin.manager import ControlPlaneManager
 
 from .experiment import GatewayExperiment
 from .metrics import GatewayMetrics
 from .settings import GatewaySettings
+
+if TYPE_CHECKING:
+    from sage_cp_plugin.fleetshare.sync import FleetShare
 
 logger = logging.getLogger(__name__)
 
@@ -24,6 +28,7 @@ class Gateway:
     metrics: GatewayMetrics = field(init=False)
     experiment: GatewayExperiment = field(init=False)  # A/B arms (experiment.py)
     shutting_down: bool = False
+    share: FleetShare | None = None  # state shared with other replicas (--redis-url)
     _drains: dict[str, asyncio.Task[None]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

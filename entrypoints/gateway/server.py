@@ -26,6 +26,7 @@ from .app import create_app
 from .connections import guarded_protocol
 from .runtime import Gateway
 from .settings import GatewaySettings
+from .shared import sharing
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +92,15 @@ async def serving(
     settings = settings or GatewaySettings(port=0)
     gateway = Gateway(manager, settings)
     server = _EmbeddedServer(_uvicorn_config(create_app(gateway), settings), gateway)
+    async with sharing(gateway):
+        async with _embedded(server, gateway, settings) as url:
+            yield url, gateway
+
+
+@asynccontextmanager
+async def _embedded(
+    server: _EmbeddedServer, gateway: Gateway, settings: GatewaySettings
+) -> AsyncIterator[str]:
     task = asyncio.create_task(server.serve())
     try:
         while not server.started:
@@ -99,7 +109,7 @@ async def serving(
                 raise RuntimeError("the gateway stopped during startup")
             await asyncio.sleep(0.005)
         host = settings.host if ":" not in settings.host else f"[{settings.host}]"
-        yield f"http://{host}:{bound_port(server, settings.port)}", gateway
+        yield f"http://{host}:{bound_port(server, settings.port)}"
     finally:
         gateway.shutting_down = True
         server.should_exit = True
@@ -133,7 +143,8 @@ async def serve(
         server = _Server(_uvicorn_config(app, settings), gateway)
         watcher = asyncio.create_task(_announce(server, settings, manager.list_models(), ready))
         try:
-            await server.serve()
+            async with sharing(gateway):
+                await server.serve()
         finally:
             watcher.cancel()
             await gateway.aclose()

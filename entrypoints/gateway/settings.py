@@ -40,6 +40,10 @@ class GatewaySettings(BaseModel):
     # measured and the SLO policies learn only from streamed ones.
     upstream_streaming: bool = True
     log_level: str = "warning"
+    # Replicas on several hosts share fleet state through Redis (`fleetshare`); None: alone.
+    redis_url: str | None = None
+    redis_namespace: str = Field("sagecp", min_length=1)
+    replica_id: str | None = Field(None, min_length=1)
 
     @field_validator("api_key", "admin_key")
     @classmethod
