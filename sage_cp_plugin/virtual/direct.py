@@ -27,7 +27,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from sage_cp_plugin.sim.app import SimInstance
 from sage_cp_plugin.sim.protocol import SimHTTPError, error_response
 from sage_cp_plugin.sim.streaming import SSEResponse
-from sage_cp_plugin.virtual.transport import StreamingASGITransport, _Exchange, _StreamBody
+from sage_cp_plugin.virtual.transport import StreamingASGITransport
 
 
 class DirectSimTransport(StreamingASGITransport):
@@ -84,23 +84,9 @@ class DirectSimTransport(StreamingASGITransport):
         self, resp: SSEResponse, request: httpx.Request, body: bytes
     ) -> httpx.Response:
         """Run the handler's SSE response through the exchange, as the full app would."""
-        x = _Exchange(body)
 
         async def app(scope: Scope, receive: Receive, send: Send) -> None:
             await resp(scope, receive, send)
 
         scope: dict[str, Any] = {"type": "http", "method": "POST", "headers": []}
-        x.task = asyncio.create_task(self._serve_app(app, scope, x))
-        self.open.add(x)
-        try:
-            start = await x.started
-        except BaseException:
-            self.open.discard(x)
-            x.close()
-            raise
-        return httpx.Response(
-            status_code=start["status"],
-            headers=start.get("headers", []),
-            stream=_StreamBody(x, self),
-            request=request,
-        )
+        return await self._exchange(app, scope, body, request)

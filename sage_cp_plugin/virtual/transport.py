@@ -131,8 +131,15 @@ class StreamingASGITransport(httpx.AsyncBaseTransport):
             "server": (url.host, url.port),
             "state": {},
         }
+        return await self._exchange(self.app, scope, body, request)
+
+    async def _exchange(
+        self, app: ASGIApp, scope: dict[str, Any], body: bytes, request: httpx.Request
+    ) -> httpx.Response:
+        """Run `app` for one request as a task; answer once its response has started, with
+        the body streamed from the exchange."""
         x = _Exchange(body)
-        x.task = asyncio.create_task(self._serve(scope, x))
+        x.task = asyncio.create_task(self._serve_app(app, scope, x))
         self.open.add(x)
         try:
             start = await x.started
@@ -146,9 +153,6 @@ class StreamingASGITransport(httpx.AsyncBaseTransport):
             stream=_StreamBody(x, self),
             request=request,
         )
-
-    async def _serve(self, scope: dict[str, Any], x: _Exchange) -> None:
-        await self._serve_app(self.app, scope, x)
 
     async def _serve_app(self, app: ASGIApp, scope: dict[str, Any], x: _Exchange) -> None:
         try:
