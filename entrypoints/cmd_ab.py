@@ -5,10 +5,11 @@ the control arm are significant (see sage_cp_plugin/experiments/report.py)."""
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
+
+from .output import write_json
 
 
 def register(sub: Any) -> None:
@@ -42,7 +43,6 @@ def run_report(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(doc, indent=1) + "\n")
+        write_json(args.json, doc)
     print(markdown(doc))
     return 0

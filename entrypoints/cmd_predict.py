@@ -9,12 +9,12 @@ of lengths; GPU-hours = fleet GPUs x requests / fleet capacity.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
 from .cmd_replay import DEFAULT_PRESET, _positive
+from .output import write_json
 
 
 def register(sub: Any) -> None:
@@ -69,8 +69,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(doc, indent=1) + "\n")
+        write_json(args.json, doc)
         print(f"wrote {args.json}", file=sys.stderr)
     print(report(doc))
     return 0

@@ -15,11 +15,12 @@ SLO with `--capacity`), with a Pareto chart of cost against SLO attainment under
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from .output import write_json
 
 DEFAULT_PRESET = "llama-3.1-8b-h100-tp1"
 
@@ -142,12 +143,11 @@ def run(args: argparse.Namespace) -> int:
         return 2
     from sage_cp_plugin.virtual.replay_report import markdown, write_out_dir
 
+    if args.json is not None:
+        write_json(args.json, doc)
+        print(f"wrote {args.json}", file=sys.stderr)
     if "fleets" in doc:
         return _write_whatif(args, doc)
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(doc, indent=1) + "\n")
-        print(f"wrote {args.json}", file=sys.stderr)
     if args.out is not None:
         paths = write_out_dir(doc, args.out)
         print("wrote " + ", ".join(str(p) for p in paths), file=sys.stderr)
@@ -166,18 +166,11 @@ DEFAULT_ROUTERS = [
 
 
 def _write_whatif(args: argparse.Namespace, doc: dict[str, Any]) -> int:
+    from sage_cp_plugin.virtual.replay_report import write_out_dir
     from sage_cp_plugin.virtual.whatif import markdown, pareto_plot
 
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(doc, indent=1) + "\n")
-        print(f"wrote {args.json}", file=sys.stderr)
     if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
-        paths = [args.out / "whatif.json", args.out / "whatif.md", args.out / "whatif.png"]
-        paths[0].write_text(json.dumps(doc, indent=1) + "\n")
-        paths[1].write_text(markdown(doc))
-        pareto_plot(doc, paths[2])
+        paths = write_out_dir(doc, args.out, "whatif", render=markdown, draw=pareto_plot)
         print("wrote " + ", ".join(str(p) for p in paths), file=sys.stderr)
     print(markdown(doc))
     return 0

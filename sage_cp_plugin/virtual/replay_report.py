@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -129,10 +130,19 @@ def plot(doc: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def write_out_dir(doc: dict[str, Any], out_dir: Path, stem: str = "replay") -> list[Path]:
+def write_out_dir(
+    doc: dict[str, Any],
+    out_dir: Path,
+    stem: str = "replay",
+    *,
+    render: Callable[[dict[str, Any]], str] = markdown,
+    draw: Callable[[dict[str, Any], Path], None] = plot,
+) -> list[Path]:
+    """`stem`.json, .md (`render`) and .png (`draw`) in `out_dir`: a replay's by default,
+    the what-if report's with its own renderers."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f"{stem}.json", out_dir / f"{stem}.md", out_dir / f"{stem}.png"]
     paths[0].write_text(json.dumps(doc, indent=1) + "\n")
-    paths[1].write_text(markdown(doc))
-    plot(doc, paths[2])
+    paths[1].write_text(render(doc))
+    draw(doc, paths[2])
     return paths
