@@ -17,7 +17,7 @@ from typing import Any
 
 from sage_cp_plugin.entrypoints.batch import BatchJobOptions, run_batch_job
 from sage_cp_plugin.entrypoints.cli import main
-from sage_cp_plugin.operators import OutageBackoff
+from sage_cp_plugin.operators import OutageBackoff, ResultRecord
 from sage_cp_plugin.operators.testing import inprocess_fleet
 
 from sage_cp_plugin.manager import ControlPlaneManager
@@ -144,18 +144,23 @@ def test_cli_exit_code_and_summary_when_lines_fail(tmp_path: Path, capsys: Any) 
     assert [o["error"] for o in results(out)] == [None] * 5
 
 
-def test_a_request_that_fails_again_while_others_succeed_is_not_waited_for() -> None:
-    from sage_cp_plugin.operators import ResultRecord
-
+def virtual_backoff() -> tuple[list[float], OutageBackoff]:
+    """A backoff whose clock is `now[0]`, advanced only by its own sleeps and by the test."""
     now = [0.0]
 
     async def vsleep(seconds: float) -> None:
         now[0] += seconds
 
-    backoff = OutageBackoff(max_wait_s=600.0, clock=lambda: now[0], sleep=vsleep)
+    return now, OutageBackoff(max_wait_s=600.0, clock=lambda: now[0], sleep=vsleep)
 
-    async def fine(n: int) -> ResultRecord:
-        return ResultRecord(custom_id="fine")
+
+async def fine(n: int) -> ResultRecord:
+    """Another request of the job, served while the one under test runs."""
+    return ResultRecord(custom_id="fine")
+
+
+def test_a_request_that_fails_again_while_others_succeed_is_not_waited_for() -> None:
+    now, backoff = virtual_backoff()
 
     tries = 0
 
@@ -176,17 +181,7 @@ def test_no_healthy_instance_is_retried_even_when_others_succeed_during_the_retr
     """The race a CI run hit: a retry sent while the fleet was still down fails with "no
     healthy instance" after requests sent just after the fleet returned have succeeded. That
     failure describes the fleet, not the request, so the request is retried and served."""
-    from sage_cp_plugin.operators import ResultRecord
-
-    now = [0.0]
-
-    async def vsleep(seconds: float) -> None:
-        now[0] += seconds
-
-    backoff = OutageBackoff(max_wait_s=600.0, clock=lambda: now[0], sleep=vsleep)
-
-    async def fine(n: int) -> ResultRecord:
-        return ResultRecord(custom_id="fine")
+    now, backoff = virtual_backoff()
 
     tries = 0
 
