@@ -8,7 +8,7 @@ no per-request cost, and the values cannot drift from the coordinator's own.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -26,6 +26,14 @@ _LATENCY_BUCKETS = (
 )  # fmt: skip
 _TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0)
 _PRIORITY_LABELS = {p: p.name.lower() for p in RequestPriority}
+
+
+def _counter_by(name: str, doc: str, label: str, values: Mapping[str, float]) -> Metric:
+    """One counter family with a sample per key of `values`, in key order."""
+    family = CounterMetricFamily(name, doc, labels=[label])
+    for key, value in sorted(values.items()):
+        family.add_metric([key], value)
+    return family
 
 
 class FleetCollector(Collector):
@@ -58,23 +66,19 @@ class FleetCollector(Collector):
             "What finished requests cost at the instances' prices (RequestResult.cost)",
             m.metrics.total_cost,
         )
-        by_model = CounterMetricFamily(
+        yield _counter_by(
             f"{PREFIX}_cost_by_model",
             "sage_cp_cost of the requests of each model",
-            labels=["model"],
+            "model",
+            m.metrics.cost_by_model,
         )
-        for model, cost in sorted(m.metrics.cost_by_model.items()):
-            by_model.add_metric([model], cost)
-        yield by_model
-        cost_by_tag = CounterMetricFamily(
+        yield _counter_by(
             f"{PREFIX}_cost_by_tag",
             "sage_cp_cost per request tag key=value (an A/B arm, a tenant; bounded as "
             "requests_by_tag)",
-            labels=["tag"],
+            "tag",
+            m.metrics.cost_by_tag,
         )
-        for tag, cost in sorted(m.metrics.cost_by_tag.items()):
-            cost_by_tag.add_metric([tag], cost)
-        yield cost_by_tag
         by_tag = CounterMetricFamily(
             f"{PREFIX}_requests_by_tag",
             "Finished requests per request tag key=value (bounded: max_tag_series, then 'other')",
