@@ -358,6 +358,38 @@ def plot(runs: list[Run], path: Path) -> None:
 
 
 # -- main ----------------------------------------------------------------------------------
+
+CLI = [sys.executable, "-m", "sage_cp_plugin.entrypoints.cli"]
+
+
+def start_sim_fleet(procs: Procs, n: int, tmp: Path) -> tuple[list[tuple[str, int]], Path]:
+    """`n` zero-latency simulated instances in one `sage-cp sim` process, waited for, and a
+    fleet file listing them (fifo, round_robin, 256 slots each) for `sage-cp serve`."""
+    sim_port = consecutive_free_ports(n)
+    procs.start([*CLI, "sim", "-n", str(n), "--port", str(sim_port), "--time-scale", "0"])
+    sims = [("127.0.0.1", sim_port + i) for i in range(n)]
+    for h, p in sims:
+        wait_http(f"http://{h}:{p}/health")
+    cfg = tmp / "fleet.yaml"
+    inst = "\n".join(
+        f"  - {{instance_id: sim-{i}, host: {h}, port: {p}, model_name: sim-model, "
+        "max_concurrent_requests: 256}"
+        for i, (h, p) in enumerate(sims)
+    )
+    cfg.write_text(
+        "scheduling_policy: fifo\nrouting_strategy: round_robin\n"
+        f"enable_pd_separation: false\ninstances:\n{inst}\n"
+    )
+    return sims, cfg
+
+
+def router_argv(sims: list[tuple[str, int]], port: int) -> list[str]:
+    """vllm-router in front of `sims`, round-robin, on `port`."""
+    return [str(router_binary()), "--host", "127.0.0.1", "--port", str(port),
+            "--worker-urls", *[f"http://{h}:{p}" for h, p in sims],
+            "--policy", "round_robin", "--log-level", "error"]  # fmt: skip
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -373,36 +405,16 @@ def main() -> int:
     procs = Procs()
     tmp = Path(tempfile.mkdtemp(prefix="bench-gateway-"))
     try:
-        sim_port = consecutive_free_ports(args.instances)
-        python = sys.executable
-        cli = [python, "-m", "sage_cp_plugin.entrypoints.cli"]
-        procs.start([*cli, "sim", "-n", str(args.instances), "--port", str(sim_port),
-                     "--time-scale", "0"])  # fmt: skip
-        sims = [("127.0.0.1", sim_port + i) for i in range(args.instances)]
-        for h, p in sims:
-            wait_http(f"http://{h}:{p}/health")
-
-        cfg = tmp / "fleet.yaml"
-        inst = "\n".join(
-            f"  - {{instance_id: sim-{i}, host: {h}, port: {p}, model_name: sim-model, "
-            "max_concurrent_requests: 256}"
-            for i, (h, p) in enumerate(sims)
-        )
-        cfg.write_text(
-            "scheduling_policy: fifo\nrouting_strategy: round_robin\n"
-            f"enable_pd_separation: false\ninstances:\n{inst}\n"
-        )
+        sims, cfg = start_sim_fleet(procs, args.instances, tmp)
         targets: dict[str, list[tuple[str, int]]] = {"direct": sims}
         for name, extra in GATEWAYS.items():
             gw_port = free_port()
-            procs.start([*cli, "serve", "--config", str(cfg), "--port", str(gw_port), *extra])
+            procs.start([*CLI, "serve", "--config", str(cfg), "--port", str(gw_port), *extra])
             wait_http(f"http://127.0.0.1:{gw_port}/health")
             targets[name] = [("127.0.0.1", gw_port)]
         if not args.no_router:
             rt_port = free_port()
-            procs.start([str(router_binary()), "--host", "127.0.0.1", "--port", str(rt_port),
-                         "--worker-urls", *[f"http://{h}:{p}" for h, p in sims],
-                         "--policy", "round_robin", "--log-level", "error"])  # fmt: skip
+            procs.start(router_argv(sims, rt_port))
             wait_http(f"http://127.0.0.1:{rt_port}/health")
             targets["vllm-router"] = [("127.0.0.1", rt_port)]
 

@@ -35,13 +35,14 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.bench_gateway import (
+    CLI,
     ROUTER_VERSION,
     Procs,
     _read_response,
-    consecutive_free_ports,
     free_port,
     machine,
-    router_binary,
+    router_argv,
+    start_sim_fleet,
     wait_http,
 )
 from sage_cp_plugin.virtual.provenance import write_stamped
@@ -274,22 +275,7 @@ def main() -> int:
     loadavg = Path("/proc/loadavg").read_text().split()[:3]
     points: list[Point] = []
     try:
-        sim_port = consecutive_free_ports(2)
-        cli = [sys.executable, "-m", "sage_cp_plugin.entrypoints.cli"]
-        procs.start([*cli, "sim", "-n", "2", "--port", str(sim_port), "--time-scale", "0"])
-        sims = [("127.0.0.1", sim_port + i) for i in range(2)]
-        for h, p in sims:
-            wait_http(f"http://{h}:{p}/health")
-        cfg = tmp / "fleet.yaml"
-        inst = "\n".join(
-            f"  - {{instance_id: sim-{i}, host: {h}, port: {p}, model_name: sim-model, "
-            "max_concurrent_requests: 256}"
-            for i, (h, p) in enumerate(sims)
-        )
-        cfg.write_text(
-            "scheduling_policy: fifo\nrouting_strategy: round_robin\n"
-            f"enable_pd_separation: false\ninstances:\n{inst}\n"
-        )
+        sims, cfg = start_sim_fleet(procs, 2, tmp)
         targets: dict[str, tuple[list[tuple[str, int]], int | None]] = {}
         for name in args.targets:
             if name == "direct":
@@ -297,11 +283,9 @@ def main() -> int:
                 continue
             port = free_port()
             if name == "vllm-router":
-                argv = [str(router_binary()), "--host", "127.0.0.1", "--port", str(port),
-                        "--worker-urls", *[f"http://{h}:{p}" for h, p in sims],
-                        "--policy", "round_robin", "--log-level", "error"]  # fmt: skip
+                argv = router_argv(sims, port)
             else:
-                argv = [*cli, "serve", "--config", str(cfg), "--port", str(port)]
+                argv = [*CLI, "serve", "--config", str(cfg), "--port", str(port)]
                 if name == "sage-cp-workers":
                     argv += ["--workers", str(args.workers)]
             proc = procs.start(argv)
