@@ -1,7 +1,7 @@
 """Gateway CPU per request: `sage-cp serve` vs PyPI vllm-router 0.1.17 (Rust), in one run.
 
 What it measures (issue 16, "Less CPU per request"): the CPU time (user + system, from
-/proc, summed over every process of the target's session, so `--workers N` and its children
+/proc, summed over every process of the target's session, so child processes would
 count) that a gateway spends per request it served, against 2 zero-latency simulated
 instances (`sage-cp sim --time-scale 0`), for non-streamed and streamed `/v1/completions`
 (16 tokens), at closed-loop concurrency 1, 16 and 64, a fixed number of requests per point.
@@ -13,7 +13,7 @@ connection per user; `bench_gateway.py`'s client) reports its own CPU time separ
 `direct` (the client talks to the instances itself) is the baseline for added latency.
 
     python benchmarks/bench_gateway_cpu.py [--requests 3000] [--concurrency 1 16 64]
-        [--targets sage-cp vllm-router] [--workers 2]
+        [--targets sage-cp vllm-router]
 
 Writes benchmarks/results/gateway_cpu.{json,md,png} (stem set by --out).
 """
@@ -262,8 +262,7 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=3000, help="requests measured per point")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
     ap.add_argument("--targets", nargs="+", default=["direct", "sage-cp", "vllm-router"],
-                    choices=["direct", "sage-cp", "sage-cp-workers", "vllm-router"])  # fmt: skip
-    ap.add_argument("--workers", type=int, default=2, help="for the sage-cp-workers target")
+                    choices=["direct", "sage-cp", "vllm-router"])  # fmt: skip
     ap.add_argument("--streamed", choices=["both", "no", "yes"], default="both")
     ap.add_argument("--out", default="gateway_cpu")
     args = ap.parse_args()
@@ -286,8 +285,6 @@ def main() -> int:
                 argv = router_argv(sims, port)
             else:
                 argv = [*CLI, "serve", "--config", str(cfg), "--port", str(port)]
-                if name == "sage-cp-workers":
-                    argv += ["--workers", str(args.workers)]
             proc = procs.start(argv)
             wait_http(f"http://127.0.0.1:{port}/health")
             targets[name] = ([("127.0.0.1", port)], proc.pid)  # session id = its pid
