@@ -33,14 +33,15 @@ _FINAL_CODES = frozenset(
      "invalid_request_error", "cancelled_error"}
 )  # fmt: skip
 
-_FLEET_DOWN_CODES = frozenset({"no_instance_error", "no_instance"})
+# The record code of a request the coordinator could route nowhere (records.py: "<type>_error").
+_FLEET_DOWN_CODE = "no_instance_error"
 
 OnWait = Callable[[str, float, float], None]  # (reason, outage so far s, next retry in s)
 
 
 def says_fleet_is_down(record: ResultRecord) -> bool:
     """The coordinator found no instance to route to: a statement about the fleet."""
-    return record.error is not None and record.error.code in _FLEET_DOWN_CODES
+    return record.error is not None and record.error.code == _FLEET_DOWN_CODE
 
 
 def looks_like_outage(record: ResultRecord) -> bool:
