@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from sage_cp_plugin.disaggregation import Disaggregator
+from sage_cp_plugin.pending import QueuedRequest
 from sage_cp_plugin.plugins import get_registry
 from sage_cp_plugin.policies.base import SchedulingPolicy
 from sage_cp_plugin.routing.base import Router
@@ -42,6 +43,24 @@ class Strategies:
         self.disaggregator = Disaggregator(pd_config)
         self.prefill_router: Router = registry.create("router", pd_config.prefill_router)
         self.decode_router: Router = registry.create("router", pd_config.decode_router)
+
+    # -- which policy orders a request ----------------------------------------------------
+    def policy_for(self, item: QueuedRequest) -> SchedulingPolicy:
+        """The policy of the request's lane when the router gives it one (a split-fleet
+        experiment's arm), else the coordinator's."""
+        if item.lane is not None:
+            own = self.router.lane_policies().get(item.lane)
+            if own is not None:
+                return own
+        return self.scheduling_policy
+
+    def queue_key(self, item: QueuedRequest) -> tuple[float, ...]:
+        """The request's place in its queue, by the policy that orders its lane."""
+        return self.policy_for(item).key(item)
+
+    def policies(self) -> list[SchedulingPolicy]:
+        """Every policy in use: the coordinator's, then the lanes' own."""
+        return [self.scheduling_policy, *self.router.lane_policies().values()]
 
     def update_policy(self, name: str, **options: Any) -> SchedulingPolicy:
         self.scheduling_policy = get_registry().create("policy", name, **options)
