@@ -98,7 +98,7 @@ class Admission:
             item.phase = strategies.pd_router.determine_request_phase(request)
         fleet = self.pools.fleet
         fleet.now = now
-        item.lane = strategies.router.lane_of(request)
+        item.lane = strategies.lane_of(request)
         policy = strategies.policy_for(item)
         policy.admit(item, fleet)
         item.key = policy.key(item)

@@ -201,7 +201,7 @@ class Dispatcher:
         fleet.now = now
         policy = strategies.scheduling_policy
         policy.tick(fleet, len(queue), now)
-        lane_policies = strategies.router.lane_policies()
+        lane_policies = strategies.lane_policies()
         for lane, lane_policy in lane_policies.items():
             lane_policy.tick(fleet, queue.lane_depth(lane), now)
         seen = self._policies_in_use()

@@ -7,16 +7,11 @@ capacity. A router is a pure decision over them (no I/O, no awaits). `on_dispatc
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from types import MappingProxyType
+from collections.abc import Sequence
 from typing import Any
 
 from sage_cp_plugin.pending import QueuedRequest
-from sage_cp_plugin.policies.base import SchedulingPolicy
 from sage_cp_plugin.state import FleetSnapshot, InstanceState
-from sage_cp_plugin.types import RequestMetadata
-
-_NO_LANE_POLICIES: Mapping[str, SchedulingPolicy] = MappingProxyType({})
 
 
 class Router:
@@ -39,18 +34,6 @@ class Router:
 
     def on_instance_removed(self, instance_id: str) -> None:
         """Forget an instance (deregistered)."""
-
-    # Lanes: a router that gives parts of the traffic their own instances (a split-fleet
-    # experiment) may give each part its own queue, so one part's busy instances never hold
-    # the other parts' requests back, and its own scheduling policy. Plain routers have none.
-    def lane_of(self, request: RequestMetadata) -> str | None:
-        """The lane (its own queue per pool) a request waits in; None: the shared one."""
-        return None
-
-    def lane_policies(self) -> Mapping[str, SchedulingPolicy]:
-        """Lanes ordered by a policy of their own; every other lane (and the shared queue)
-        is ordered by the coordinator's policy."""
-        return _NO_LANE_POLICIES
 
 
 def least_loaded(candidates: Sequence[InstanceState], start: int = 0) -> InstanceState:
