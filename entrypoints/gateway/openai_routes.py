@@ -32,6 +32,7 @@ from .body import read_json_object
 from .disconnect import ClientDisconnected, DisconnectWatcher
 from .embeddings import complete_split_embedding, needs_split
 from .errors import GatewayError, error_response, exception_to_error, result_error
+from .inflight import Reservation
 from .runtime import Gateway
 from .schemas import check_embedding_size, validate_body
 from .sse import SSERelay, replay_as_sse
@@ -69,15 +70,20 @@ async def _handle(request: Request, kind: RequestKind, endpoint: str) -> Respons
     status = 500
     streamed = False
     watcher: DisconnectWatcher | None = None
+    held: Reservation | None = None
     try:
         check_client_key(request.headers, gw.settings.api_key)
         if gw.shutting_down:
             raise GatewayError(503, "the gateway is shutting down", code="shutting_down")
+        held = gw.inflight.reserve(_declared_size(request, gw.settings.max_body_bytes))
         body = await read_json_object(request, gw.settings.max_body_bytes)
         model = body.get("model")
         if kind == RequestKind.EMBEDDING:
             s = gw.settings
             check_embedding_size(body, s.max_embedding_inputs, s.max_embedding_chars)
+            inputs = body.get("input")
+            count = len(inputs) if isinstance(inputs, list) else 1
+            held.grow(gw.inflight.embedding_answer_bytes(model, count))
         validate_body(kind, body)
         stream_opts = body.get("stream_options")
         if stream_opts is not None and not isinstance(stream_opts, dict):
@@ -101,7 +107,8 @@ async def _handle(request: Request, kind: RequestKind, endpoint: str) -> Respons
                 streamed = True
             return response
         if kind == RequestKind.EMBEDDING and needs_split(gw, req):
-            response = await complete_split_embedding(gw, req, watcher, base64_out)
+            response = await complete_split_embedding(gw, req, watcher, base64_out, held)
+            held = None  # the streamed answer releases it when it ends
         else:
             response = await _complete(gw, req, watcher, base64_out)
         status = 200
@@ -116,10 +123,21 @@ async def _handle(request: Request, kind: RequestKind, endpoint: str) -> Respons
             err.status, err.message, param=err.param, code=err.code, headers=err.headers
         )
     finally:
+        if held is not None:
+            held.release()
         if watcher is not None:
             watcher.close()
         if not streamed:
             gw.metrics.observe_request(endpoint, model, status, priority)
+
+
+def _declared_size(request: Request, max_bytes: int) -> int:
+    """The body size the client announced (what reading it will hold), 0 if none or bad
+    (read_body refuses a bad Content-Length; a chunked body is bounded by max_bytes)."""
+    try:
+        return min(max(int(request.headers.get("content-length") or 0), 0), max_bytes)
+    except ValueError:
+        return 0
 
 
 def _wants_base64(body: dict[str, Any]) -> bool:
@@ -168,6 +186,8 @@ async def _complete(
     gw.metrics.observe_result(result)
     if result.state != RequestStatus.COMPLETED:
         raise result_error(result)
+    if result.embeddings:
+        gw.inflight.learn_dimensions(req.model_name, len(result.embeddings[0]))
     t = result.timings
     headers = {
         "x-sage-request-id": rid,

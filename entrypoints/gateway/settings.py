@@ -8,6 +8,8 @@ from .connections import ConnectionLimits
 from .schemas import DEFAULT_MAX_EMBEDDING_CHARS, DEFAULT_MAX_EMBEDDING_INPUTS
 
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
+# What all requests in flight may hold (bodies, embedding answers): see inflight.py.
+DEFAULT_MAX_INFLIGHT_BYTES = 64 * 1024 * 1024
 
 
 class GatewaySettings(BaseModel):
@@ -27,6 +29,7 @@ class GatewaySettings(BaseModel):
     # One embeddings request: at most this many inputs and characters (OpenAI's limits).
     max_embedding_inputs: int = Field(DEFAULT_MAX_EMBEDDING_INPUTS, gt=0)
     max_embedding_chars: int = Field(DEFAULT_MAX_EMBEDDING_CHARS, gt=0)
+    max_inflight_bytes: int = Field(DEFAULT_MAX_INFLIGHT_BYTES, gt=0)
     # Connection limits (see connections.py).
     header_timeout_s: float = Field(10.0, gt=0)
     body_timeout_s: float = Field(60.0, gt=0)
