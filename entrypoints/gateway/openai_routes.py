@@ -34,7 +34,7 @@ from .embeddings import complete_split_embedding, needs_split
 from .errors import GatewayError, error_response, exception_to_error, result_error
 from .inflight import Reservation
 from .runtime import Gateway
-from .schemas import check_embedding_size, validate_body
+from .schemas import check_embedding_size, too_many_inputs, validate_body
 from .sse import SSERelay, replay_as_sse
 from .translate import to_request
 
@@ -76,7 +76,7 @@ async def _handle(request: Request, kind: RequestKind, endpoint: str) -> Respons
         if gw.shutting_down:
             raise GatewayError(503, "the gateway is shutting down", code="shutting_down")
         held = gw.inflight.reserve(_declared_size(request, gw.settings.max_body_bytes))
-        body = await read_json_object(request, gw.settings.max_body_bytes)
+        body = await _read_body(request, gw, kind)
         model = body.get("model")
         if kind == RequestKind.EMBEDDING:
             s = gw.settings
@@ -129,6 +129,18 @@ async def _handle(request: Request, kind: RequestKind, endpoint: str) -> Respons
             watcher.close()
         if not streamed:
             gw.metrics.observe_request(endpoint, model, status, priority)
+
+
+async def _read_body(request: Request, gw: Gateway, kind: RequestKind) -> dict[str, Any]:
+    if kind != RequestKind.EMBEDDING:
+        return await read_json_object(request, gw.settings.max_body_bytes)
+    most = gw.settings.max_embedding_inputs
+    return await read_json_object(
+        request,
+        gw.settings.max_body_bytes,
+        item_limits={"input": most},
+        too_many=lambda _: too_many_inputs(f"more than {most} items", most),
+    )
 
 
 def _declared_size(request: Request, max_bytes: int) -> int:
