@@ -47,7 +47,7 @@ from benchmarks.hostile_cases import CASES, run_cases  # noqa: E402
 
 ADMIN = "bench-admin"
 TIMEOUTS = {"header": 5.0, "body": 5.0, "idle": 5.0}
-SLOTS = 200  # the embedded fleet's generation slots (2 instances x 100)
+SLOTS = 16  # the generation instance's slots in the overload run
 MAX_PENDING = 64  # the gateway's pending bound in the overload run
 CHAT = {"model": "sim-model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
 
@@ -99,8 +99,11 @@ def free_port_pair() -> int:
             continue
 
 
-def external_fleet() -> tuple[list[subprocess.Popen[str]], Path]:
-    """2 embedding + 1 generation simulators in processes of their own, and a config."""
+def external_fleet(
+    gen_slots: int = 100, gen_time_scale: float = 0.02
+) -> tuple[list[subprocess.Popen[str]], Path]:
+    """2 embedding + 1 generation simulators in processes of their own, and a config (the
+    generation instance with `gen_slots` slots, its engine time scaled by `gen_time_scale`)."""
     cli = [sys.executable, "-m", "sage_cp_plugin.entrypoints.cli", "sim"]
     emb, gen = free_port_pair(), free_port_pair()
     procs = [
@@ -108,7 +111,7 @@ def external_fleet() -> tuple[list[subprocess.Popen[str]], Path]:
                           "--model", "sim-embed", "--time-scale", "0.02"],
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True),
         subprocess.Popen([*cli, "-n", "1", "--port", str(gen), "--model", "sim-model",
-                          "--time-scale", "0.02"],
+                          "--time-scale", str(gen_time_scale)],
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True),
     ]  # fmt: skip
     for port in (emb, emb + 1, gen):
@@ -124,7 +127,8 @@ def external_fleet() -> tuple[list[subprocess.Popen[str]], Path]:
             ("g0", gen, "sim-model", "general")]  # fmt: skip
     cfg.write_text("scheduling_policy: fifo\ninstances:\n" + "".join(
         f"  - {{instance_id: {i}, host: 127.0.0.1, port: {port}, model_name: {m}, "
-        f"instance_type: {t}}}\n" for i, port, m, t in rows))  # fmt: skip
+        f"instance_type: {t}, max_concurrent_requests: {gen_slots if i == 'g0' else 100}}}\n"
+        for i, port, m, t in rows))  # fmt: skip
     return procs, cfg
 
 
@@ -411,7 +415,7 @@ async def _overload(url: str, pid: int, seconds: float) -> dict[str, Any]:
     body = {**CHAT, "max_tokens": 32}
     limits = httpx.Limits(max_connections=2000, max_keepalive_connections=2000)
     async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as c:
-        # Service rate: closed loop with every instance slot (2 x 100) busy and half the
+        # Service rate: closed loop with every instance slot busy and half the
         # pending bound queued behind them, so the gateway's queue is never empty (the rate
         # is the fleet's, not the client's) and never full (no 429 during the measurement);
         # over a window many request latencies long.
@@ -462,6 +466,18 @@ async def _overload(url: str, pid: int, seconds: float) -> dict[str, Any]:
         sent_rate = i / (time.monotonic() - start)
         await asyncio.gather(*tasks)
         rss.append(rss_mib(pid))
+        # The shedding path for certain, whatever the rates above did: more requests at once
+        # than slots plus the pending bound.
+        burst = await asyncio.gather(
+            *(c.post("/v1/chat/completions", json=body) for _ in range(4 * (SLOTS + MAX_PENDING))),
+            return_exceptions=True,
+        )
+        burst_codes: dict[str, int] = {}
+        for r in burst:
+            key = str(r.status_code) if isinstance(r, httpx.Response) else "lost"
+            burst_codes[key] = burst_codes.get(key, 0) + 1
+        burst_ra = sum(1 for r in burst if isinstance(r, httpx.Response)
+                       and r.status_code == 429 and "retry-after" in r.headers)  # fmt: skip
     codes: dict[str, int] = {}
     for code, _ in outcomes:
         codes[str(code)] = codes.get(str(code), 0) + 1
@@ -470,19 +486,32 @@ async def _overload(url: str, pid: int, seconds: float) -> dict[str, Any]:
             "requests": i, "status_counts": codes, "server_errors": sum(
                 1 for code, _ in outcomes if code >= 500), "lost": lost,
             "shed_with_retry_after": sum(shed), "shed": len(shed), "why": why,
-            "rss_first_mib": rss[0], "rss_max_mib": max(rss), "rss_last_mib": rss[-1]}  # fmt: skip
+            "rss_first_mib": rss[0], "rss_max_mib": max(rss), "rss_last_mib": rss[-1],
+            "burst_requests": len(burst), "burst_status_counts": burst_codes,
+            "burst_429_with_retry_after": burst_ra}  # fmt: skip
 
 
 def overload(seconds: float) -> dict[str, Any]:
-    # Default connection timeouts (keep-alive 30 s), as a deployment would run: a 5 s
-    # keep-alive races a client pool that reuses a connection just as it is closed.
-    proc, url = start_gateway("--max-pending", str(MAX_PENDING), short_timeouts=False)
+    # The instance, not the gateway's or the client's CPU, must be the bottleneck, or the
+    # overload shows as latency and never reaches the pending bound: one simulator in a
+    # process of its own with SLOTS slots and a real-time engine (time scale 1), whose
+    # capacity is far below what this client can send. Default connection timeouts
+    # (keep-alive 30 s), as a deployment would run: a 5 s keep-alive races a client pool
+    # that reuses a connection just as it is closed.
+    sims, cfg = external_fleet(gen_slots=SLOTS, gen_time_scale=1.0)
     try:
-        time.sleep(1.0)
-        return asyncio.run(_overload(url, proc.pid, seconds))
+        proc, url = start_gateway("--config", str(cfg), "--max-pending", str(MAX_PENDING),
+                                  short_timeouts=False)  # fmt: skip
+        try:
+            time.sleep(1.0)
+            return asyncio.run(_overload(url, proc.pid, seconds))
+        finally:
+            proc.terminate()
+            proc.wait(30)
     finally:
-        proc.terminate()
-        proc.wait(30)
+        for sp in sims:
+            sp.terminate()
+            sp.wait(30)
 
 
 # -- report ----------------------------------------------------------------------------------
@@ -605,7 +634,10 @@ def markdown(d: dict[str, Any]) -> str:
                   f"{o['status_counts']}, >= 500: {o['server_errors']}, lost (no answer): "
                   f"{o['lost']}, 429 with Retry-After: {o['shed_with_retry_after']} of "
                   f"{o['shed']}; gateway RSS first/max/last {o['rss_first_mib']:.0f}/"
-                  f"{o['rss_max_mib']:.0f}/{o['rss_last_mib']:.0f} MiB.", ""]  # fmt: skip
+                  f"{o['rss_max_mib']:.0f}/{o['rss_last_mib']:.0f} MiB. Then a burst of "
+                  f"{o['burst_requests']} at once (4 x slots + pending bound): status counts "
+                  f"{o['burst_status_counts']}, 429 with Retry-After: "
+                  f"{o['burst_429_with_retry_after']}.", ""]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
