@@ -17,11 +17,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import numpy as np
 from starlette.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from sage_cp_plugin.embedding_parts import split_inputs
 from sage_cp_plugin.types import RequestMetadata, RequestResult, RequestStatus
@@ -75,7 +76,6 @@ async def _answer(
     """The OpenAI embeddings response, streamed part by part in input order as the parts
     complete: a part's vectors are encoded, sent and dropped, so the gateway holds only the
     parts that finished before an earlier one (plus what the result store retains)."""
-    manager = gw.manager
     finished = False
     try:
         yield b'{"object":"list","data":['
@@ -110,10 +110,32 @@ async def _answer(
         finished = True
     finally:
         if not finished:  # a failed part, or the client went away: stop the rest
-            _release(waits)
-            for rid in submitted:
-                manager.cancel(rid, "the embeddings request ended early")
+            _stop(gw, waits, submitted, "the embeddings request ended early")
         held.release()
+
+
+def _stop(
+    gw: Gateway, waits: list[asyncio.Future[RequestResult] | None], ids: list[str], why: str
+) -> None:
+    _release(waits)
+    for rid in ids:
+        gw.manager.cancel(rid, why)
+
+
+class _PartsResponse(StreamingResponse):
+    """A StreamingResponse that cleans up even when its body never starts: starlette cancels
+    the send when the client is already gone, and a generator never started runs no
+    `finally` (the parts would run on and the bytes stay reserved)."""
+
+    def __init__(self, body: AsyncIterator[bytes], on_close: Callable[[], None], **kw: Any):
+        super().__init__(body, **kw)
+        self._on_close = on_close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._on_close()
 
 
 async def complete_split_embedding(
@@ -174,8 +196,15 @@ async def complete_split_embedding(
         "x-sage-instance": ",".join(sorted(i for i in running if i)),
         "x-sage-parts": str(len(ids)),
     }
-    return StreamingResponse(
+
+    def on_close() -> None:  # after the body ended (then a no-op) or never started
+        if not held.released:
+            _stop(gw, waits, submitted, "the client went away before the answer")
+            held.release()
+
+    return _PartsResponse(
         _answer(gw, req, waits, submitted, held, base64_out),
+        on_close,
         headers=headers,
         media_type="application/json",
     )
