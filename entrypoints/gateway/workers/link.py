@@ -1,0 +1,184 @@
+"""A worker's connection to the scheduling process: it submits its clients' requests, runs
+the attempts the scheduler hands it (the upstream HTTP call, with the ordinary
+`ExecutionCoordinator`), relays streamed chunks straight to its client, and receives each
+request's final result."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass, field
+from typing import Any
+
+from sage_cp_plugin.errors import UpstreamError
+from sage_cp_plugin.executor import ExecutionCoordinator
+from sage_cp_plugin.types import (
+    ExecutionInstance,
+    RequestMetadata,
+    RequestPriority,
+    RequestResult,
+    RequestStatus,
+)
+
+from ..errors import GatewayError, result_error
+from .forwarding import error_fields, outcome_fields
+from .wire import Channel
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class Submitted:
+    """One of this worker's requests, from submission to its result."""
+
+    token: int
+    request: RequestMetadata
+    done: asyncio.Future[tuple[RequestResult, bool]]  # (result, joined an earlier request)
+    chunks: asyncio.Queue[dict[str, Any] | None] | None  # streamed chunks; None ends them
+    instance_id: str = ""  # where its current attempt runs
+    attempt: asyncio.Task[None] | None = None
+    attempt_number: int = 0
+    relayed: int = field(default=0)
+
+    async def stream(self) -> AsyncGenerator[dict[str, Any], None]:
+        """The chunks as they arrive; then the request's error if it failed."""
+        assert self.chunks is not None
+        while (chunk := await self.chunks.get()) is not None:
+            yield chunk
+        result, _ = await self.done
+        if result.state != RequestStatus.COMPLETED:
+            raise result_error(result)
+
+
+class SchedulerLink:
+    def __init__(self, channel: Channel, *, upstream_streaming: bool) -> None:
+        self.channel = channel
+        self.executor = ExecutionCoordinator(upstream_streaming=upstream_streaming)
+        self._instances: dict[str, ExecutionInstance] = {}
+        self._submitted: dict[int, Submitted] = {}
+        self._tokens = 0
+        self.alive = True
+        self._loop = asyncio.get_running_loop()
+
+    # -- requests of this worker's clients ----------------------------------------------
+    def submit(self, request: RequestMetadata, *, stream: bool) -> Submitted:
+        if not self.alive:
+            raise GatewayError(503, "the scheduling process is gone", code="shutting_down")
+        self._tokens += 1
+        token = self._tokens
+        sub = Submitted(token, request, self._loop.create_future(),
+                        asyncio.Queue() if stream else None)  # fmt: skip
+        self._submitted[token] = sub
+        self.channel.send(("submit", token, request, stream))
+        return sub
+
+    def cancel(self, sub: Submitted, reason: str) -> None:
+        if not sub.done.done():
+            self.channel.send(("cancel", sub.token, reason))
+
+    def observe(
+        self, endpoint: str, model: object, status: int, priority: RequestPriority | None
+    ) -> None:
+        self.channel.send(("observe", endpoint, model, status, priority))
+
+    # -- from the scheduler ---------------------------------------------------------------
+    async def listen(self) -> None:
+        receive = self.channel.receive
+        try:
+            while (msg := await receive()) is not None:
+                op = msg[0]
+                if op == "run":
+                    self._start(*msg[1:])
+                elif op == "result":
+                    self._end(msg[1], (msg[2], msg[3]), None)
+                elif op == "abort":
+                    sub = self._submitted.get(msg[1])
+                    if sub is not None and sub.attempt_number == msg[2] and sub.attempt:
+                        sub.attempt.cancel()
+                elif op == "rejected":
+                    _, token, status, message, param, code, headers = msg
+                    self._end(token, None, GatewayError(status, message, param=param,
+                                                        code=code, headers=headers))  # fmt: skip
+        finally:
+            self.alive = False
+            gone = GatewayError(503, "the scheduling process is gone", code="shutting_down")
+            for token in list(self._submitted):
+                self._end(token, None, gone)
+            await self.executor.aclose()
+
+    def _end(
+        self, token: int, outcome: tuple[RequestResult, bool] | None, error: Exception | None
+    ) -> None:
+        sub = self._submitted.pop(token, None)
+        if sub is None:
+            return
+        if not sub.done.done():
+            if error is not None:
+                sub.done.set_exception(error)
+                sub.done.exception()  # retrieved: a client gone before it must not log it
+            else:
+                assert outcome is not None
+                sub.done.set_result(outcome)
+        if sub.attempt is not None and not sub.attempt.done():
+            sub.attempt.cancel()
+        if sub.chunks is not None:
+            sub.chunks.put_nowait(None)
+
+    def _start(
+        self,
+        token: int,
+        number: int,
+        instance: ExecutionInstance | None,
+        instance_id: str,
+        extra: dict[str, Any] | None,
+        stream: bool | None,
+        relay: bool,
+        priority: int | None,
+    ) -> None:
+        if instance is not None:
+            self._instances[instance_id] = instance
+        sub = self._submitted.get(token)
+        if sub is None:  # its result already came (it was cancelled meanwhile)
+            self.channel.send(("failed", token, number, error_fields(
+                UpstreamError("the request is gone from the worker", retryable=False))))  # fmt: skip
+            return
+        sub.instance_id = instance_id
+        sub.attempt_number = number
+        sub.attempt = asyncio.create_task(
+            self._attempt(sub, number, self._instances[instance_id], extra, stream, relay, priority)
+        )
+
+    async def _attempt(
+        self,
+        sub: Submitted,
+        number: int,
+        instance: ExecutionInstance,
+        extra: dict[str, Any] | None,
+        stream: bool | None,
+        relay: bool,
+        priority: int | None,
+    ) -> None:
+        send = self.channel.send
+        token = sub.token
+        sink = sub.chunks.put_nowait if relay and sub.chunks is not None else None
+        try:
+            out = await self.executor.run(
+                sub.request, instance, sink=sink, extra=extra, stream=stream,
+                on_first_token=lambda: send(("first", token)), priority=priority,
+            )  # fmt: skip
+        except asyncio.CancelledError:
+            raise  # aborted by the scheduler, which expects no answer
+        except Exception as exc:
+            send(("failed", token, number, error_fields(exc)))
+        else:
+            send(("outcome", token, number, outcome_fields(out, self._loop.time())))
+
+    async def aclose(self) -> None:
+        for sub in list(self._submitted.values()):
+            if sub.attempt is not None:
+                sub.attempt.cancel()
+        with contextlib.suppress(Exception):
+            self.channel.close()
+        await self.executor.aclose()

@@ -1,0 +1,53 @@
+"""Messages between the scheduling process and its workers: length-prefixed pickles over a
+Unix socket both ends own (a private 0700 directory, same user), so nothing untrusted is
+ever unpickled. pickle is the cheapest encoding of the request objects both sides already
+hold (a tuple of builtins and one pydantic model), measured against JSON of the same model.
+
+Worker -> scheduler: ("hello", index, pid), ("submit", token, request, stream),
+("first", token), ("outcome", token, run, fields), ("failed", token, run, fields),
+("cancel", token, reason), ("observe", endpoint, model, status, priority).
+Scheduler -> worker: ("run", token, run, instance|None, instance_id, extra, stream, relay,
+priority), ("abort", token, run), ("result", token, result, joined),
+("rejected", token, status, message, param, code, headers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import pickle
+import struct
+from typing import Any
+
+_HEADER = struct.Struct("!I")
+MAX_MESSAGE = 256 * 1024 * 1024  # one embeddings answer can be large; anything more is a bug
+
+
+class Channel:
+    """One end of the local socket: whole messages in, whole messages out."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    def send(self, message: tuple[Any, ...]) -> None:
+        """Queue a message; never blocks (the transport buffers). A closed peer is ignored
+        here and noticed by the reading side."""
+        if self.writer.is_closing():
+            return
+        data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+        self.writer.write(_HEADER.pack(len(data)) + data)
+
+    async def receive(self) -> tuple[Any, ...] | None:
+        """The next message, or None when the peer closed the connection."""
+        try:
+            head = await self.reader.readexactly(_HEADER.size)
+            (size,) = _HEADER.unpack(head)
+            if size > MAX_MESSAGE:
+                raise ConnectionError(f"message of {size} bytes from the peer: protocol error")
+            message: tuple[Any, ...] = pickle.loads(await self.reader.readexactly(size))
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return None
+        return message
+
+    def close(self) -> None:
+        self.writer.close()
