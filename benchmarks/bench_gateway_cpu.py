@@ -1,8 +1,8 @@
 """Gateway CPU per request: `sage-cp serve` vs PyPI vllm-router 0.1.17 (Rust), in one run.
 
 What it measures (issue 16, "Less CPU per request"): the CPU time (user + system, from
-/proc, summed over every process of the target's session, so child processes would
-count) that a gateway spends per request it served, against 2 zero-latency simulated
+/proc, summed over every process of the target's session, so `--workers N`'s scheduling
+process and workers count) that a gateway spends per request it served, against 2 zero-latency simulated
 instances (`sage-cp sim --time-scale 0`), for non-streamed and streamed `/v1/completions`
 (16 tokens), at closed-loop concurrency 1, 16 and 64, a fixed number of requests per point.
 CPU time ratios measured in one run hold on a loaded machine; wall latency and req/s do not,
@@ -13,7 +13,10 @@ connection per user; `bench_gateway.py`'s client) reports its own CPU time separ
 `direct` (the client talks to the instances itself) is the baseline for added latency.
 
     python benchmarks/bench_gateway_cpu.py [--requests 3000] [--concurrency 1 16 64]
-        [--targets sage-cp vllm-router]
+        [--targets direct sage-cp sage-cp-workers vllm-router] [--workers 2]
+
+`sage-cp-workers` is `sage-cp serve --workers N` (docs/scale-out.md); with both `sage-cp`
+and `sage-cp-workers` the report compares their throughput and CPU per request.
 
 Writes benchmarks/results/gateway_cpu.{json,md,png} (stem set by --out).
 """
@@ -225,8 +228,33 @@ def markdown(meta: dict[str, Any], points: list[Point], rows: list[dict[str, Any
             f"| {f(r['cpu_vs_router'], '.2f')} | {f(r['added_p50_ms'], '.2f')} "
             f"| {f(r['router_added_p50_ms'], '.2f')} |"
         )
+    out += workers_table(points)
     out += ["", f"Re-run on a quiet machine: `{meta['command']}`", ""]
     return "\n".join(out)
+
+
+def workers_table(points: list[Point]) -> list[str]:
+    """`--workers N` against one process, same run: throughput and CPU per request."""
+    by = {(p.target, p.streamed, p.concurrency): p for p in points}
+    pairs = [(by[("sage-cp", p.streamed, p.concurrency)], p) for p in points
+             if p.target == "sage-cp-workers" and ("sage-cp", p.streamed, p.concurrency) in by]  # fmt: skip
+    if not pairs:
+        return []
+    out = [
+        "",
+        "## `--workers N` vs one process (goal: throughput >= 1.7x with 2 workers on 2 cores)",
+        "",
+        "| streamed | conc. | req/s 1 process | req/s workers | throughput ratio "
+        "| CPU ms/req 1 process | CPU ms/req workers | client CPU ms/req (workers run) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for one, many in pairs:
+        out.append(
+            f"| {'yes' if one.streamed else 'no'} | {one.concurrency} | {one.rps:.0f} "
+            f"| {many.rps:.0f} | {many.rps / one.rps:.2f} | {one.cpu_ms_per_request:.3f} "
+            f"| {many.cpu_ms_per_request:.3f} | {many.client_cpu_ms_per_request:.3f} |"
+        )
+    return out
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
@@ -262,12 +290,15 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=3000, help="requests measured per point")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
     ap.add_argument("--targets", nargs="+", default=["direct", "sage-cp", "vllm-router"],
-                    choices=["direct", "sage-cp", "vllm-router"])  # fmt: skip
+                    choices=["direct", "sage-cp", "sage-cp-workers", "vllm-router"])  # fmt: skip
+    ap.add_argument("--workers", type=int, default=2, help="for the sage-cp-workers target")
     ap.add_argument("--streamed", choices=["both", "no", "yes"], default="both")
     ap.add_argument("--out", default="gateway_cpu")
     args = ap.parse_args()
     if args.requests < 1 or any(c < 1 for c in args.concurrency):
         ap.error("--requests and --concurrency must be positive")
+    if args.workers < 2:
+        ap.error("--workers must be 2 or more (1 is the sage-cp target)")
 
     procs = Procs()
     tmp = Path(tempfile.mkdtemp(prefix="bench-gwcpu-"))
@@ -285,6 +316,8 @@ def main() -> int:
                 argv = router_argv(sims, port)
             else:
                 argv = [*CLI, "serve", "--config", str(cfg), "--port", str(port)]
+                if name == "sage-cp-workers":
+                    argv += ["--workers", str(args.workers)]
             proc = procs.start(argv)
             wait_http(f"http://127.0.0.1:{port}/health")
             targets[name] = ([("127.0.0.1", port)], proc.pid)  # session id = its pid
@@ -311,7 +344,8 @@ def main() -> int:
         "workload": f"{args.requests} requests per point (after an uncounted warm-up), "
         "POST /v1/completions 'hello world' max_tokens 16, streamed and not, 2 zero-latency "
         "simulated instances (one `sage-cp sim --time-scale 0` process)",
-        "targets": "sage-cp serve (fifo, round_robin, defaults otherwise); vllm-router "
+        "targets": "sage-cp serve (fifo, round_robin, defaults otherwise; sage-cp-workers: "
+        f"the same with --workers {args.workers}); vllm-router "
         f"{ROUTER_VERSION} (PyPI, --policy round_robin); direct = client to the instances",
         "command": "python benchmarks/bench_gateway_cpu.py " + " ".join(sys.argv[1:]),
     }

@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncGenerator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from sage_cp_plugin.errors import UpstreamError
@@ -30,26 +30,54 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
+class Answer:
+    """How a request ended, as the worker's response needs it. `result` is the whole
+    `RequestResult` unless it completed here (then `response` is this worker's own)."""
+
+    request_id: str
+    instance_id: str
+    attempts: int
+    queue_ms: float | None
+    ttft_ms: float | None
+    e2e_ms: float | None
+    response: dict[str, Any] | None
+    result: RequestResult | None = None
+    joined: bool = False  # a resend that joined an earlier request with its id
+    counted: bool = False  # the scheduler already counted its 200 in /metrics
+
+    @property
+    def completed(self) -> bool:
+        return self.result is None or self.result.state == RequestStatus.COMPLETED
+
+    @classmethod
+    def of(cls, result: RequestResult, joined: bool) -> Answer:
+        t = result.timings
+        return cls(result.request_id, result.instance_id or "", result.attempts, t.queue_ms,
+                   t.ttft_ms, t.e2e_ms, result.response, result, joined)  # fmt: skip
+
+
+@dataclass(slots=True)
 class Submitted:
     """One of this worker's requests, from submission to its result."""
 
     token: int
     request: RequestMetadata
-    done: asyncio.Future[tuple[RequestResult, bool]]  # (result, joined an earlier request)
+    done: asyncio.Future[Answer]
     chunks: asyncio.Queue[dict[str, Any] | None] | None  # streamed chunks; None ends them
     instance_id: str = ""  # where its current attempt runs
     attempt: asyncio.Task[None] | None = None
     attempt_number: int = 0
-    relayed: int = field(default=0)
+    answer: dict[str, Any] | None = None  # the last attempt's response
+    counted: bool = False  # its answer was counted in /metrics by the scheduler
 
     async def stream(self) -> AsyncGenerator[dict[str, Any], None]:
         """The chunks as they arrive; then the request's error if it failed."""
         assert self.chunks is not None
         while (chunk := await self.chunks.get()) is not None:
             yield chunk
-        result, _ = await self.done
-        if result.state != RequestStatus.COMPLETED:
-            raise result_error(result)
+        answer = await self.done
+        if answer.result is not None and not answer.completed:
+            raise result_error(answer.result)
 
 
 class SchedulerLink:
@@ -91,8 +119,16 @@ class SchedulerLink:
                 op = msg[0]
                 if op == "run":
                     self._start(*msg[1:])
+                elif op == "done":
+                    _, token, instance_id, attempts, queue_ms, ttft_ms, e2e_ms = msg
+                    sub = self._submitted.get(token)
+                    if sub is not None:
+                        answer = Answer(sub.request.request_id, instance_id, attempts, queue_ms,
+                                        ttft_ms, e2e_ms, sub.answer,
+                                        counted=sub.chunks is None)  # fmt: skip
+                        self._end(token, answer, None)
                 elif op == "result":
-                    self._end(msg[1], (msg[2], msg[3]), None)
+                    self._end(msg[1], Answer.of(msg[2], msg[3]), None)
                 elif op == "abort":
                     sub = self._submitted.get(msg[1])
                     if sub is not None and sub.attempt_number == msg[2] and sub.attempt:
@@ -108,9 +144,7 @@ class SchedulerLink:
                 self._end(token, None, gone)
             await self.executor.aclose()
 
-    def _end(
-        self, token: int, outcome: tuple[RequestResult, bool] | None, error: Exception | None
-    ) -> None:
+    def _end(self, token: int, outcome: Answer | None, error: Exception | None) -> None:
         sub = self._submitted.pop(token, None)
         if sub is None:
             return
@@ -173,6 +207,7 @@ class SchedulerLink:
         except Exception as exc:
             send(("failed", token, number, error_fields(exc)))
         else:
+            sub.answer = out.response
             send(("outcome", token, number, outcome_fields(out, self._loop.time())))
 
     async def aclose(self) -> None:

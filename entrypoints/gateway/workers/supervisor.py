@@ -73,7 +73,7 @@ class Supervisor:
         argv = [sys.executable, "-m", "sage_cp_plugin.entrypoints.gateway.workers.child", role,
                 str(self.run_dir), str(os.getpid()), str(theirs.fileno()), str(index)]  # fmt: skip
         process = await asyncio.create_subprocess_exec(
-            *argv, env=env, pass_fds=(theirs.fileno(),), start_new_session=True
+            *argv, env=env, pass_fds=(theirs.fileno(),), process_group=0
         )
         theirs.close()
         ours.setblocking(False)

@@ -7,7 +7,9 @@ Worker -> scheduler: ("hello", index, pid), ("submit", token, request, stream),
 ("first", token), ("outcome", token, run, fields), ("failed", token, run, fields),
 ("cancel", token, reason), ("observe", endpoint, model, status, priority).
 Scheduler -> worker: ("run", token, run, instance|None, instance_id, extra, stream, relay,
-priority), ("abort", token, run), ("result", token, result, joined),
+priority), ("abort", token, run), ("done", token, instance_id, attempts, queue_ms, ttft_ms,
+e2e_ms) (completed: the worker holds the answer its attempt produced), ("result", token,
+result, joined) (anything else, or a resend that joined another request),
 ("rejected", token, status, message, param, code, headers).
 """
 
@@ -28,14 +30,22 @@ class Channel:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
         self.writer = writer
+        self._out: list[bytes] = []
+        self._loop = asyncio.get_running_loop()
 
     def send(self, message: tuple[Any, ...]) -> None:
-        """Queue a message; never blocks (the transport buffers). A closed peer is ignored
-        here and noticed by the reading side."""
-        if self.writer.is_closing():
-            return
+        """Queue a message; never blocks. Messages of one event-loop turn leave in one write
+        (one system call for many requests under load). A closed peer is ignored here and
+        noticed by the reading side."""
         data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-        self.writer.write(_HEADER.pack(len(data)) + data)
+        if not self._out:
+            self._loop.call_soon(self._flush)
+        self._out += (_HEADER.pack(len(data)), data)
+
+    def _flush(self) -> None:
+        out, self._out = self._out, []
+        if not self.writer.is_closing():
+            self.writer.writelines(out)
 
     async def receive(self) -> tuple[Any, ...] | None:
         """The next message, or None when the peer closed the connection."""

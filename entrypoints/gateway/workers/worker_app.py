@@ -15,7 +15,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
-from sage_cp_plugin.types import RequestKind, RequestPriority, RequestStatus
+from sage_cp_plugin.types import RequestKind, RequestPriority
 
 from ..auth import check_client_key
 from ..body import read_json_object
@@ -73,6 +73,7 @@ class WorkerApp:
         status = 500
         streamed = False
         watcher: DisconnectWatcher | None = None
+        sub: Submitted | None = None
         try:
             check_client_key(request.headers, self.settings.api_key)
             if self.shutting_down:
@@ -115,27 +116,27 @@ class WorkerApp:
         finally:
             if watcher is not None:
                 watcher.close()
-            if not streamed and link.alive:
+            if not streamed and link.alive and not (sub is not None and sub.counted):
                 link.observe(endpoint, model, status, priority)
 
     async def _complete(self, sub: Submitted, watcher: DisconnectWatcher) -> Response:
         try:
-            result, _ = await watcher.race(sub.done)
+            answer = await watcher.race(sub.done)
         except ClientDisconnected:
             self.link.cancel(sub, "the client disconnected")
             raise
-        if result.state != RequestStatus.COMPLETED:
-            raise result_error(result)
-        t = result.timings
+        if answer.result is not None and not answer.completed:
+            raise result_error(answer.result)
+        sub.counted = answer.counted
         headers = {
-            "x-sage-request-id": result.request_id,
-            "x-sage-instance": result.instance_id or "",
-            "x-sage-attempts": str(result.attempts),
-            "x-sage-queue-ms": _ms(t.queue_ms),
-            "x-sage-ttft-ms": _ms(t.ttft_ms),
-            "x-sage-e2e-ms": _ms(t.e2e_ms),
+            "x-sage-request-id": answer.request_id,
+            "x-sage-instance": answer.instance_id,
+            "x-sage-attempts": str(answer.attempts),
+            "x-sage-queue-ms": _ms(answer.queue_ms),
+            "x-sage-ttft-ms": _ms(answer.ttft_ms),
+            "x-sage-e2e-ms": _ms(answer.e2e_ms),
         }
-        return Response(_dumps(result.response or {}), headers=headers,
+        return Response(_dumps(answer.response or {}), headers=headers,
                         media_type="application/json")  # fmt: skip
 
     async def _stream(
@@ -148,7 +149,11 @@ class WorkerApp:
         except StopAsyncIteration:
             # No chunk: a resend that joined a finished or running request (its chunks
             # cannot be replayed), or an answer of no chunks: sent as one SSE chunk.
-            result, _ = sub.done.result()
+            answer = sub.done.result()
+            result = answer.result
+            if result is None:  # completed here without a chunk: nothing to replay from
+                raise GatewayError(502, "the instance's stream ended without a chunk",
+                                   code="upstream_error") from None  # fmt: skip
             headers = {"x-sage-request-id": result.request_id,
                        "x-sage-instance": result.instance_id or "",
                        "x-sage-attempts": str(result.attempts), "cache-control": "no-cache"}  # fmt: skip
