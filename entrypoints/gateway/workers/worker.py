@@ -85,7 +85,7 @@ async def serve_worker(
     reader, writer = await asyncio.open_unix_connection(control_path)
     link = SchedulerLink(Channel(reader, writer), upstream_streaming=settings.upstream_streaming)
     link.channel.send(("hello", index, os.getpid()))
-    app = WorkerApp(link, settings, http_path)
+    app = WorkerApp(index, link, settings, http_path)
     server = _HandedConnectionsServer(_uvicorn_config(app, settings), app, handoff)
     listening = asyncio.create_task(link.listen())
 

@@ -38,7 +38,10 @@ _HOP = frozenset((b"connection", b"keep-alive", b"transfer-encoding", b"te", b"u
 
 
 class WorkerApp:
-    def __init__(self, link: SchedulerLink, settings: GatewaySettings, scheduler_http: str) -> None:
+    def __init__(
+        self, index: int, link: SchedulerLink, settings: GatewaySettings, scheduler_http: str
+    ) -> None:
+        self.index = str(index)  # `x-sage-worker` on generation answers: which worker served
         self.link = link
         self.settings = settings
         self.shutting_down = False
@@ -135,6 +138,7 @@ class WorkerApp:
             "x-sage-queue-ms": _ms(answer.queue_ms),
             "x-sage-ttft-ms": _ms(answer.ttft_ms),
             "x-sage-e2e-ms": _ms(answer.e2e_ms),
+            "x-sage-worker": self.index,
         }
         return Response(_dumps(answer.response or {}), headers=headers,
                         media_type="application/json")  # fmt: skip
@@ -175,6 +179,7 @@ class WorkerApp:
         headers = {
             "x-sage-request-id": sub.request.request_id,
             "x-sage-instance": sub.instance_id,
+            "x-sage-worker": self.index,
             "cache-control": "no-cache",
         }
         return SSERelay(
