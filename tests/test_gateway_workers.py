@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from sage_cp_plugin.sim import SimFleet
+from sage_cp_plugin.sim.config import FaultConfig
 from tests.helpers import wait_until, wait_until_sync
 from tests.test_gateway_support import GatewayProcess, gen, start_gateway_process, write_config
 
@@ -283,3 +284,40 @@ def test_workers_flag_one_is_the_single_process_and_bad_values_fail(tmp_path: Pa
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert out.returncode == 2 and "--workers must be 1 or more" in out.stderr
+
+
+async def test_failover_and_client_disconnect_cross_the_process_boundary(tmp_path: Path) -> None:
+    """A failing instance's errors reach the scheduler (retry elsewhere, circuit), and a
+    client that goes away mid-stream cancels its request in the one control plane."""
+    async with SimFleet(
+        [*gen(1, time_scale=0.05, faults=FaultConfig(error_rate=1.0)), *gen(1, time_scale=1.0)]
+    ) as sims:
+        cfg = tmp_path / "fleet.yaml"
+        cfg.write_text(
+            "scheduling_policy: fifo\nrouting_strategy: round_robin\ninstances:\n"
+            f"  - {{instance_id: bad, host: 127.0.0.1, port: {sims[0].port}, model_name: sim-model}}\n"
+            f"  - {{instance_id: good, host: 127.0.0.1, port: {sims[1].port}, model_name: sim-model}}\n"
+        )
+        gp = start_gateway_process("--config", str(cfg), "--workers", "2", timeout=120)
+        children = children_of(gp.proc.pid)
+        try:
+            async with httpx.AsyncClient(base_url=gp.url, timeout=60) as c:
+                answers = [await c.post("/v1/completions", json=BODY) for _ in range(6)]
+                assert [r.status_code for r in answers] == [200] * 6
+                assert {r.headers["x-sage-instance"] for r in answers} == {"good"}
+                metrics = (await c.get("/v1/sage/metrics")).json()
+                assert metrics["retries"] >= 1 and metrics["failovers"] >= 1
+
+                body = {**BODY, "max_tokens": 2000, "stream": True}
+                async with c.stream("POST", "/v1/completions", json=body) as r:
+                    async for line in r.aiter_lines():
+                        if line.startswith("data:"):
+                            break  # one chunk, then the client goes away
+
+                async def cancelled() -> bool:
+                    m = (await c.get("/v1/sage/metrics")).json()
+                    return m["active_requests"] == 0 and m["failed_requests"] >= 1
+
+                await wait_until(cancelled, "the abandoned stream cancelled", timeout_s=60)
+        finally:
+            stop(gp, children)
