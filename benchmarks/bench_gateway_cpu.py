@@ -58,7 +58,22 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 def session_cpu_s(sid: int) -> float:
     """User + system CPU seconds of every live process in session `sid` (plus what they
     collected from children that exited)."""
-    total = 0
+    return sum(session_cpu_by_role(sid).values())
+
+
+def _role(pid: str) -> str:
+    """`scheduler`/`worker` for the children of `serve --workers N`, else `main`."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return "main"
+    marker = b"sage_cp_plugin.entrypoints.gateway.workers.child"
+    return argv[argv.index(marker) + 1].decode() if marker in argv else "main"
+
+
+def session_cpu_by_role(sid: int) -> dict[str, float]:
+    """`session_cpu_s` split by process role (main, scheduler, worker)."""
+    total: dict[str, float] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -70,8 +85,9 @@ def session_cpu_s(sid: int) -> float:
         # fields[0] is field 3 (state): session is field 6, utime..cstime fields 14..17
         if int(fields[3]) != sid:
             continue
-        total += sum(int(x) for x in fields[11:15])
-    return total / CLK_TCK
+        role = _role(entry)
+        total[role] = total.get(role, 0.0) + sum(int(x) for x in fields[11:15]) / CLK_TCK
+    return total
 
 
 def body(stream: bool) -> bytes:
@@ -94,6 +110,8 @@ class Point:
     target_cpu_s: float
     cpu_ms_per_request: float
     client_cpu_ms_per_request: float
+    # By process role for `--workers N` (main = the supervisor there, the server otherwise).
+    cpu_ms_per_request_by_role: dict[str, float] | None = None
 
 
 async def _user(
@@ -142,11 +160,15 @@ def measure(target: str, eps: list[tuple[str, int]], sid: int | None, stream: bo
     except ImportError:
         runner = asyncio.run
     runner(drive(eps, stream, conc, max(conc * 20, n // 10)))  # warm-up, not counted
-    cpu0 = session_cpu_s(sid) if sid is not None else 0.0
+    roles0 = session_cpu_by_role(sid) if sid is not None else {}
     me0 = time.process_time()
     lat, errors, wall = runner(drive(eps, stream, conc, n))
     me = time.process_time() - me0
-    cpu = (session_cpu_s(sid) - cpu0) if sid is not None else 0.0
+    roles1 = session_cpu_by_role(sid) if sid is not None else {}
+    # A process that restarted mid-point would make a role's difference meaningless; none
+    # does in a healthy run (the server's /health counts restarts).
+    by_role = {r: roles1[r] - roles0.get(r, 0.0) for r in roles1}
+    cpu = sum(by_role.values())
     lat.sort()
     k = len(lat)
     return Point(
@@ -162,6 +184,9 @@ def measure(target: str, eps: list[tuple[str, int]], sid: int | None, stream: bo
         target_cpu_s=cpu,
         cpu_ms_per_request=cpu / max(k, 1) * 1000,
         client_cpu_ms_per_request=me / max(k, 1) * 1000,
+        cpu_ms_per_request_by_role={r: c / max(k, 1) * 1000 for r, c in sorted(by_role.items())}
+        if len(by_role) > 1
+        else None,
     )
 
 
@@ -245,14 +270,17 @@ def workers_table(points: list[Point]) -> list[str]:
         "## `--workers N` vs one process (goal: throughput >= 1.7x with 2 workers on 2 cores)",
         "",
         "| streamed | conc. | req/s 1 process | req/s workers | throughput ratio "
-        "| CPU ms/req 1 process | CPU ms/req workers | client CPU ms/req (workers run) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| CPU ms/req 1 process | CPU ms/req workers | of which scheduler | of which workers "
+        "| client CPU ms/req (workers run) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for one, many in pairs:
+        roles = many.cpu_ms_per_request_by_role or {}
         out.append(
             f"| {'yes' if one.streamed else 'no'} | {one.concurrency} | {one.rps:.0f} "
             f"| {many.rps:.0f} | {many.rps / one.rps:.2f} | {one.cpu_ms_per_request:.3f} "
-            f"| {many.cpu_ms_per_request:.3f} | {many.client_cpu_ms_per_request:.3f} |"
+            f"| {many.cpu_ms_per_request:.3f} | {roles.get('scheduler', 0.0):.3f} "
+            f"| {roles.get('worker', 0.0):.3f} | {many.client_cpu_ms_per_request:.3f} |"
         )
     return out
 
