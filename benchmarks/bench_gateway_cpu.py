@@ -13,10 +13,13 @@ connection per user; `bench_gateway.py`'s client) reports its own CPU time separ
 `direct` (the client talks to the instances itself) is the baseline for added latency.
 
     python benchmarks/bench_gateway_cpu.py [--requests 3000] [--concurrency 1 16 64]
-        [--targets direct sage-cp sage-cp-workers vllm-router] [--workers 2]
+        [--targets direct sage-cp sage-cp-workers sage-cp-replicas vllm-router] [--workers 2]
 
-`sage-cp-workers` is `sage-cp serve --workers N` (docs/scale-out.md); with both `sage-cp`
-and `sage-cp-workers` the report compares their throughput and CPU per request.
+The two designs for many processes on one host (docs/scale-out.md), each against one
+process in the same run: `sage-cp-workers` is `sage-cp serve --workers N` (one scheduling
+process + N forwarding workers); `sage-cp-replicas` is N independent `sage-cp serve
+--redis-url` processes sharing state through a local redis-server (needs `redis-server`),
+the client spreading its connections over them. CPU is counted over every process of each.
 
 Writes benchmarks/results/gateway_cpu.{json,md,png} (stem set by --out).
 """
@@ -28,6 +31,7 @@ import asyncio
 import json
 import os
 import shutil
+import socket
 import sys
 import tempfile
 import time
@@ -151,8 +155,19 @@ async def drive(eps: list[tuple[str, int]], stream: bool, conc: int, n: int) -> 
     return lat, errs[0], time.perf_counter() - t0
 
 
-def measure(target: str, eps: list[tuple[str, int]], sid: int | None, stream: bool, conc: int,
-            n: int) -> Point:  # fmt: skip
+def cpu_by_role(sessions: dict[int, str]) -> dict[str, float]:
+    """CPU seconds of every session, by role: a session's own label (`replica`, `redis`),
+    or the child role (`scheduler`, `worker`) inside it."""
+    out: dict[str, float] = {}
+    for sid, label in sessions.items():
+        for role, cpu in session_cpu_by_role(sid).items():
+            key = label if role == "main" else role
+            out[key] = out.get(key, 0.0) + cpu
+    return out
+
+
+def measure(target: str, eps: list[tuple[str, int]], sessions: dict[int, str], stream: bool,
+            conc: int, n: int) -> Point:  # fmt: skip
     try:
         import uvloop
 
@@ -160,11 +175,11 @@ def measure(target: str, eps: list[tuple[str, int]], sid: int | None, stream: bo
     except ImportError:
         runner = asyncio.run
     runner(drive(eps, stream, conc, max(conc * 20, n // 10)))  # warm-up, not counted
-    roles0 = session_cpu_by_role(sid) if sid is not None else {}
+    roles0 = cpu_by_role(sessions)
     me0 = time.process_time()
     lat, errors, wall = runner(drive(eps, stream, conc, n))
     me = time.process_time() - me0
-    roles1 = session_cpu_by_role(sid) if sid is not None else {}
+    roles1 = cpu_by_role(sessions)
     # A process that restarted mid-point would make a role's difference meaningless; none
     # does in a healthy run (the server's /health counts restarts).
     by_role = {r: roles1[r] - roles0.get(r, 0.0) for r in roles1}
@@ -259,30 +274,68 @@ def markdown(meta: dict[str, Any], points: list[Point], rows: list[dict[str, Any
 
 
 def workers_table(points: list[Point]) -> list[str]:
-    """`--workers N` against one process, same run: throughput and CPU per request."""
+    """The multi-process designs against one process, same run: throughput and CPU per
+    request, split by process role."""
     by = {(p.target, p.streamed, p.concurrency): p for p in points}
     pairs = [(by[("sage-cp", p.streamed, p.concurrency)], p) for p in points
-             if p.target == "sage-cp-workers" and ("sage-cp", p.streamed, p.concurrency) in by]  # fmt: skip
+             if p.target in ("sage-cp-workers", "sage-cp-replicas")
+             and ("sage-cp", p.streamed, p.concurrency) in by]  # fmt: skip
     if not pairs:
         return []
     out = [
         "",
-        "## `--workers N` vs one process (goal: throughput >= 1.7x with 2 workers on 2 cores)",
+        "## Many processes vs one (goal: throughput >= 1.7x with 2 workers on 2 cores)",
         "",
-        "| streamed | conc. | req/s 1 process | req/s workers | throughput ratio "
-        "| CPU ms/req 1 process | CPU ms/req workers | of which scheduler | of which workers "
-        "| client CPU ms/req (workers run) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "`sage-cp-workers`: `serve --workers N` (a scheduling process + N forwarding workers); "
+        "`sage-cp-replicas`: N independent `serve --redis-url` processes sharing state through "
+        "a local redis-server, the client spreading its connections over them.",
+        "",
+        "| design | streamed | conc. | req/s 1 process | req/s N | throughput ratio "
+        "| CPU ms/req 1 process | CPU ms/req N | by process role | client CPU ms/req |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|---:|",
     ]
     for one, many in pairs:
         roles = many.cpu_ms_per_request_by_role or {}
+        split = ", ".join(f"{r} {v:.3f}" for r, v in roles.items()) or "-"
         out.append(
-            f"| {'yes' if one.streamed else 'no'} | {one.concurrency} | {one.rps:.0f} "
-            f"| {many.rps:.0f} | {many.rps / one.rps:.2f} | {one.cpu_ms_per_request:.3f} "
-            f"| {many.cpu_ms_per_request:.3f} | {roles.get('scheduler', 0.0):.3f} "
-            f"| {roles.get('worker', 0.0):.3f} | {many.client_cpu_ms_per_request:.3f} |"
+            f"| {many.target} | {'yes' if one.streamed else 'no'} | {one.concurrency} "
+            f"| {one.rps:.0f} | {many.rps:.0f} | {many.rps / one.rps:.2f} "
+            f"| {one.cpu_ms_per_request:.3f} | {many.cpu_ms_per_request:.3f} | {split} "
+            f"| {many.client_cpu_ms_per_request:.3f} |"
         )
     return out
+
+
+def start_replicas(procs: Procs, cfg: Path, n: int) -> tuple[list[tuple[str, int]], dict[int, str]]:
+    """Design (a) on one host: n `sage-cp serve --redis-url` replicas and their redis-server."""
+    redis = shutil.which("redis-server")
+    if redis is None:
+        raise SystemExit(
+            "the sage-cp-replicas target needs redis-server (apt-get install redis-server)"
+        )
+    rport = free_port()
+    rproc = procs.start([redis, "--port", str(rport), "--bind", "127.0.0.1", "--save", "",
+                         "--appendonly", "no"])  # fmt: skip
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", rport), timeout=1).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise SystemExit("redis-server did not start") from None
+            time.sleep(0.05)
+    eps: list[tuple[str, int]] = []
+    sessions = {rproc.pid: "redis"}
+    for i in range(n):
+        port = free_port()
+        proc = procs.start([*CLI, "serve", "--config", str(cfg), "--port", str(port),
+                            "--redis-url", f"redis://127.0.0.1:{rport}/0",
+                            "--replica-id", f"r{i}"])  # fmt: skip
+        wait_http(f"http://127.0.0.1:{port}/health")
+        eps.append(("127.0.0.1", port))
+        sessions[proc.pid] = "replica"
+    return eps, sessions
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
@@ -318,8 +371,10 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=3000, help="requests measured per point")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
     ap.add_argument("--targets", nargs="+", default=["direct", "sage-cp", "vllm-router"],
-                    choices=["direct", "sage-cp", "sage-cp-workers", "vllm-router"])  # fmt: skip
-    ap.add_argument("--workers", type=int, default=2, help="for the sage-cp-workers target")
+                    choices=["direct", "sage-cp", "sage-cp-workers", "sage-cp-replicas",
+                             "vllm-router"])  # fmt: skip
+    ap.add_argument("--workers", type=int, default=2,
+                    help="processes of the sage-cp-workers and sage-cp-replicas targets")  # fmt: skip
     ap.add_argument("--streamed", choices=["both", "no", "yes"], default="both")
     ap.add_argument("--out", default="gateway_cpu")
     args = ap.parse_args()
@@ -334,10 +389,13 @@ def main() -> int:
     points: list[Point] = []
     try:
         sims, cfg = start_sim_fleet(procs, 2, tmp)
-        targets: dict[str, tuple[list[tuple[str, int]], int | None]] = {}
+        targets: dict[str, tuple[list[tuple[str, int]], dict[int, str]]] = {}
         for name in args.targets:
             if name == "direct":
-                targets[name] = (sims, None)
+                targets[name] = (sims, {})
+                continue
+            if name == "sage-cp-replicas":
+                targets[name] = start_replicas(procs, cfg, args.workers)
                 continue
             port = free_port()
             if name == "vllm-router":
@@ -348,12 +406,12 @@ def main() -> int:
                     argv += ["--workers", str(args.workers)]
             proc = procs.start(argv)
             wait_http(f"http://127.0.0.1:{port}/health")
-            targets[name] = ([("127.0.0.1", port)], proc.pid)  # session id = its pid
+            targets[name] = ([("127.0.0.1", port)], {proc.pid: "main"})  # session id = its pid
         modes = {"both": [False, True], "no": [False], "yes": [True]}[args.streamed]
         for stream in modes:
             for c in args.concurrency:
-                for name, (eps, sid) in targets.items():
-                    pt = measure(name, eps, sid, stream, c, args.requests)
+                for name, (eps, sessions) in targets.items():
+                    pt = measure(name, eps, sessions, stream, c, args.requests)
                     points.append(pt)
                     print(
                         f"{name:<16} stream={stream!s:<5} c={c:<3} {pt.rps:7.0f} req/s "

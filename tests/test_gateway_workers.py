@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -284,6 +285,14 @@ def test_workers_flag_one_is_the_single_process_and_bad_values_fail(tmp_path: Pa
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert out.returncode == 2 and "--workers must be 1 or more" in out.stderr
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = str(taken.getsockname()[1])
+        out = subprocess.run(
+            [sys.executable, "-m", "sage_cp_plugin.entrypoints.cli", "serve", "--config",
+             str(cfg), "--workers", "2", "--port", port],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert out.returncode == 1 and f"cannot serve on 127.0.0.1:{port}" in out.stderr, out.stderr
 
 
 async def test_failover_and_client_disconnect_cross_the_process_boundary(tmp_path: Path) -> None:

@@ -55,7 +55,7 @@ class Supervisor:
         self.settings = settings
         self.config = config
         self.n = workers
-        self.run_dir = Path(tempfile.mkdtemp(prefix="sage-cp-"))  # 0700: ours alone
+        self.run_dir = Path()  # made by run(), once the port is bound
         self.workers: list[_Child | None] = [None] * workers
         self.scheduler: _Child | None = None
         self.stopping = False
@@ -184,6 +184,7 @@ class Supervisor:
             backlog=4096,
         )  # fmt: skip
         listener.setblocking(False)
+        self.run_dir = Path(tempfile.mkdtemp(prefix="sage-cp-"))  # 0700: ours alone
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self._done.set)
         accepting: asyncio.Task[None] | None = None
