@@ -148,27 +148,31 @@ class WorkerSession:
     async def serve(self, on_hello: Callable[[WorkerSession], None]) -> None:
         receive = self.channel.receive
         try:
-            while (msg := await receive()) is not None:
-                op = msg[0]
-                if op == "submit":
-                    self._submit(msg[1], msg[2], msg[3])
-                elif op == "first":
-                    run = self._runs.get(msg[1])
-                    if run is not None and run.on_first_token is not None:
-                        run.on_first_token()
-                elif op == "outcome" or op == "failed":
-                    self._finish_run(msg[1], msg[2], op, msg[3])
-                elif op == "observe":
-                    self._observe(*msg[1:])
-                elif op == "cancel":
-                    rid = self._requests.get(msg[1])
-                    if rid is not None:
-                        self.gateway.manager.cancel(rid, msg[2])
-                elif op == "hello":
-                    self.index, self.pid = msg[1], msg[2]
-                    on_hello(self)
+            while (batch := await receive()) is not None:
+                for msg in batch:
+                    self._handle(msg, on_hello)
         finally:
             self._lost()
+
+    def _handle(self, msg: tuple[Any, ...], on_hello: Callable[[WorkerSession], None]) -> None:
+        op = msg[0]
+        if op == "submit":
+            self._submit(msg[1], msg[2], msg[3])
+        elif op == "first":
+            run = self._runs.get(msg[1])
+            if run is not None and run.on_first_token is not None:
+                run.on_first_token()
+        elif op == "outcome" or op == "failed":
+            self._finish_run(msg[1], msg[2], op, msg[3])
+        elif op == "observe":
+            self._observe(*msg[1:])
+        elif op == "cancel":
+            rid = self._requests.get(msg[1])
+            if rid is not None:
+                self.gateway.manager.cancel(rid, msg[2])
+        elif op == "hello":
+            self.index, self.pid = msg[1], msg[2]
+            on_hello(self)
 
     def _submit(self, token: int, request: RequestMetadata, stream: bool) -> None:
         gw = self.gateway

@@ -115,34 +115,37 @@ class SchedulerLink:
     async def listen(self) -> None:
         receive = self.channel.receive
         try:
-            while (msg := await receive()) is not None:
-                op = msg[0]
-                if op == "run":
-                    self._start(*msg[1:])
-                elif op == "done":
-                    _, token, instance_id, attempts, queue_ms, ttft_ms, e2e_ms = msg
-                    sub = self._submitted.get(token)
-                    if sub is not None:
-                        answer = Answer(sub.request.request_id, instance_id, attempts, queue_ms,
-                                        ttft_ms, e2e_ms, sub.answer,
-                                        counted=sub.chunks is None)  # fmt: skip
-                        self._end(token, answer, None)
-                elif op == "result":
-                    self._end(msg[1], Answer.of(msg[2], msg[3]), None)
-                elif op == "abort":
-                    sub = self._submitted.get(msg[1])
-                    if sub is not None and sub.attempt_number == msg[2] and sub.attempt:
-                        sub.attempt.cancel()
-                elif op == "rejected":
-                    _, token, status, message, param, code, headers = msg
-                    self._end(token, None, GatewayError(status, message, param=param,
-                                                        code=code, headers=headers))  # fmt: skip
+            while (batch := await receive()) is not None:
+                for msg in batch:
+                    self._handle(msg)
         finally:
             self.alive = False
             gone = GatewayError(503, "the scheduling process is gone", code="shutting_down")
             for token in list(self._submitted):
                 self._end(token, None, gone)
             await self.executor.aclose()
+
+    def _handle(self, msg: tuple[Any, ...]) -> None:
+        op = msg[0]
+        if op == "run":
+            self._start(*msg[1:])
+        elif op == "done":
+            _, token, instance_id, attempts, queue_ms, ttft_ms, e2e_ms = msg
+            sub = self._submitted.get(token)
+            if sub is not None:
+                answer = Answer(sub.request.request_id, instance_id, attempts, queue_ms,
+                                ttft_ms, e2e_ms, sub.answer, counted=sub.chunks is None)  # fmt: skip
+                self._end(token, answer, None)
+        elif op == "result":
+            self._end(msg[1], Answer.of(msg[2], msg[3]), None)
+        elif op == "abort":
+            sub = self._submitted.get(msg[1])
+            if sub is not None and sub.attempt_number == msg[2] and sub.attempt:
+                sub.attempt.cancel()
+        elif op == "rejected":
+            _, token, status, message, param, code, headers = msg
+            error = GatewayError(status, message, param=param, code=code, headers=headers)
+            self._end(token, None, error)
 
     def _end(self, token: int, outcome: Answer | None, error: Exception | None) -> None:
         sub = self._submitted.pop(token, None)

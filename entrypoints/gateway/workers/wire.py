@@ -22,6 +22,7 @@ from typing import Any
 
 _HEADER = struct.Struct("!I")
 MAX_MESSAGE = 256 * 1024 * 1024  # one embeddings answer can be large; anything more is a bug
+_READ_SIZE = 256 * 1024
 
 
 class Channel:
@@ -31,6 +32,7 @@ class Channel:
         self.reader = reader
         self.writer = writer
         self._out: list[bytes] = []
+        self._in = bytearray()
         self._loop = asyncio.get_running_loop()
 
     def send(self, message: tuple[Any, ...]) -> None:
@@ -47,17 +49,35 @@ class Channel:
         if not self.writer.is_closing():
             self.writer.writelines(out)
 
-    async def receive(self) -> tuple[Any, ...] | None:
-        """The next message, or None when the peer closed the connection."""
-        try:
-            head = await self.reader.readexactly(_HEADER.size)
-            (size,) = _HEADER.unpack(head)
-            if size > MAX_MESSAGE:
-                raise ConnectionError(f"message of {size} bytes from the peer: protocol error")
-            message: tuple[Any, ...] = pickle.loads(await self.reader.readexactly(size))
-        except (asyncio.IncompleteReadError, ConnectionError):
-            return None
-        return message
+    async def receive(self) -> list[tuple[Any, ...]] | None:
+        """The messages that have arrived (at least one), or None when the peer closed the
+        connection. One read takes every whole message buffered: one wake-up and no
+        coroutine per message under load."""
+        buf = self._in
+        while True:
+            messages: list[tuple[Any, ...]] = []
+            start = 0
+            end = len(buf)
+            with memoryview(buf) as view:  # released before the buffer is trimmed
+                while end - start >= _HEADER.size:
+                    (size,) = _HEADER.unpack_from(view, start)
+                    if size > MAX_MESSAGE:
+                        raise ConnectionError(f"message of {size} bytes: protocol error")
+                    stop = start + _HEADER.size + size
+                    if stop > end:
+                        break
+                    messages.append(pickle.loads(view[start + _HEADER.size : stop]))
+                    start = stop
+            del buf[:start]
+            if messages:
+                return messages
+            try:
+                data = await self.reader.read(_READ_SIZE)
+            except ConnectionError:
+                return None
+            if not data:
+                return None
+            buf += data
 
     def close(self) -> None:
         self.writer.close()
