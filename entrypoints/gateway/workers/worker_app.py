@@ -21,7 +21,7 @@ from ..auth import check_client_key
 from ..body import read_json_object
 from ..disconnect import ClientDisconnected, DisconnectWatcher
 from ..errors import GatewayError, error_response, exception_to_error, result_error
-from ..openai_routes import CLIENT_CLOSED, _dumps, _ms
+from ..openai_routes import CLIENT_CLOSED, _dumps, _ms, wants_usage
 from ..schemas import validate_body
 from ..settings import GatewaySettings
 from ..sse import SSERelay, replay_as_sse
@@ -84,22 +84,12 @@ class WorkerApp:
             body = await read_json_object(request, self.settings.max_body_bytes)
             model = body.get("model")
             validate_body(kind, body)
-            stream_opts = body.get("stream_options")
-            if stream_opts is not None and not isinstance(stream_opts, dict):
-                raise GatewayError(
-                    400,
-                    f"stream_options must be an object such as {{'include_usage': true}}, "
-                    f"got {type(stream_opts).__name__}",
-                    param="stream_options",
-                )
+            include_usage = wants_usage(body)
             req = to_request(body, request.headers, kind, endpoint)
             priority = req.priority
             watcher = DisconnectWatcher(request.receive)
             sub = link.submit(req, stream=req.stream)
             if req.stream:
-                include_usage = isinstance(stream_opts, dict) and bool(
-                    stream_opts.get("include_usage")
-                )
                 response = await self._stream(sub, watcher, endpoint, include_usage)
                 watcher = None  # the relay owns it now, and reports the request when it ends
                 streamed = True
