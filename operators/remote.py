@@ -170,10 +170,12 @@ class RemoteBackend:
         if resp.status_code != 200:
             err = body.get("error")
             message = err.get("message") if isinstance(err, dict) else err or body.get("detail")
+            code = err.get("code") if isinstance(err, dict) else None
             rec.error = ErrorInfo(
-                code="upstream_error", message=f"coordinator answered HTTP {resp.status_code}: "
-                f"{message or resp.reason_phrase}"
-            )  # fmt: skip
+                code=_RECORD_CODE.get(str(code), "upstream_error"),
+                message=f"coordinator answered HTTP {resp.status_code}: "
+                f"{message or resp.reason_phrase}",
+            )
             return rec
         usage = body.get("usage") or {}
         rec.body = body
@@ -192,6 +194,13 @@ class RemoteBackend:
         resp = await self._client.get(self.urls[0] + "/metrics")
         resp.raise_for_status()
         return {"url": self.url, "samples": parse_prometheus(resp.text)}
+
+
+# Gateway error codes whose meaning the batch job's records must keep. "No healthy instance"
+# is a statement about the fleet: operators/outage.py retries it until the fleet is back and
+# never takes it for the request's own failure. Every other refusal stays "upstream_error"
+# (a replica that is stopping, say, is not final while other replicas can take the line).
+_RECORD_CODE = {"no_healthy_instance": "no_instance_error"}
 
 
 def _retry_after(resp: httpx.Response, default: float) -> float:

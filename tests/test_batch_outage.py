@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -18,10 +19,15 @@ from typing import Any
 from sage_cp_plugin.entrypoints.batch import BatchJobOptions, run_batch_job
 from sage_cp_plugin.entrypoints.cli import main
 from sage_cp_plugin.operators import OutageBackoff, ResultRecord
+from sage_cp_plugin.operators.inputs import PreparedRequest
+from sage_cp_plugin.operators.outage import says_fleet_is_down
+from sage_cp_plugin.operators.remote import RemoteBackend
 from sage_cp_plugin.operators.testing import inprocess_fleet
 
 from sage_cp_plugin.manager import ControlPlaneManager
+from sage_cp_plugin.types import RequestMetadata
 from tests.test_batch_job import chat, results, write_lines
+from tests.test_gateway_support import start_gateway_process
 
 
 class Outage:
@@ -200,3 +206,38 @@ def test_no_healthy_instance_is_retried_even_when_others_succeed_during_the_retr
 
     record = asyncio.run(backoff.run(caught_in_the_outage))
     assert record.ok and tries == 3
+
+
+def test_remote_coordinator_without_healthy_instance_is_a_fleet_outage(tmp_path: Path) -> None:
+    """`sage-cp batch --url`: the gateway's 503 "no healthy instance" reaches the record as
+    the fleet-down code, so the outage backoff waits for the fleet instead of giving the line
+    up when other lines happen to succeed (the race a9f3510 fixed for the embedded path)."""
+    with socket.socket() as s:  # a port nothing listens on: the fleet is down
+        s.bind(("127.0.0.1", 0))
+        dead_port = s.getsockname()[1]
+    cfg = tmp_path / "fleet.yaml"
+    cfg.write_text(json.dumps({"instances": [
+        {"instance_id": "a", "host": "127.0.0.1", "port": dead_port, "model_name": "m"}
+    ]}))  # fmt: skip
+    gw = start_gateway_process("--config", str(cfg))
+
+    async def one(i: int) -> ResultRecord:
+        backend = RemoteBackend(gw.url, timeout_s=30)
+        await backend.start()
+        try:
+            req = RequestMetadata(request_id=f"r{i}", model_name="m", prompt="x", max_tokens=2)
+            return await backend.run(PreparedRequest(custom_id=f"c{i}", request=req))
+        finally:
+            await backend.stop()
+
+    try:
+        records = [asyncio.run(one(i)) for i in range(3)]
+    finally:
+        gw.proc.terminate()
+        gw.proc.wait(timeout=30)
+    # The first call finds the instance unreachable and opens its circuit; from then on the
+    # gateway has no healthy instance for the model.
+    last = records[-1]
+    assert last.status_code == 503 and last.error is not None, last
+    assert last.error.code == "no_instance_error", last.error
+    assert says_fleet_is_down(last)
