@@ -85,20 +85,12 @@ async def _handle(request: Request, kind: RequestKind, endpoint: str) -> Respons
             count = len(inputs) if isinstance(inputs, list) else 1
             held.grow(gw.inflight.embedding_answer_bytes(model, count))
         validate_body(kind, body)
-        stream_opts = body.get("stream_options")
-        if stream_opts is not None and not isinstance(stream_opts, dict):
-            raise GatewayError(
-                400,
-                f"stream_options must be an object such as {{'include_usage': true}}, "
-                f"got {type(stream_opts).__name__}",
-                param="stream_options",
-            )
+        include_usage = wants_usage(body)
         base64_out = kind == RequestKind.EMBEDDING and _wants_base64(body)
         req = gw.experiment.tag(to_request(body, request.headers, kind, endpoint))
         priority = req.priority
         watcher = DisconnectWatcher(request.receive)
         if req.stream and kind != RequestKind.EMBEDDING:
-            include_usage = isinstance(stream_opts, dict) and bool(stream_opts.get("include_usage"))
             if await gw.knows(req.request_id):
                 response = await _rejoin_stream(gw, req, watcher, include_usage)
             else:
@@ -150,6 +142,19 @@ def _declared_size(request: Request, max_bytes: int) -> int:
         return min(max(int(request.headers.get("content-length") or 0), 0), max_bytes)
     except ValueError:
         return 0
+
+
+def wants_usage(body: dict[str, Any]) -> bool:
+    """`stream_options.include_usage`; a `stream_options` that is not an object is a 400."""
+    stream_opts = body.get("stream_options")
+    if stream_opts is not None and not isinstance(stream_opts, dict):
+        raise GatewayError(
+            400,
+            f"stream_options must be an object such as {{'include_usage': true}}, "
+            f"got {type(stream_opts).__name__}",
+            param="stream_options",
+        )
+    return isinstance(stream_opts, dict) and bool(stream_opts.get("include_usage"))
 
 
 def _wants_base64(body: dict[str, Any]) -> bool:
