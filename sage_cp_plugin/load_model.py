@@ -64,9 +64,7 @@ class Booking:
 
 
 def chunk_tokens(state: InstanceState) -> int:
-    meta = state.instance.metadata
-    value = meta.get("max_num_batched_tokens") if meta else None
-    return int(value) if isinstance(value, int | float) and value > 0 else DEFAULT_CHUNK_TOKENS
+    return state.instance.batched_tokens_hint or DEFAULT_CHUNK_TOKENS
 
 
 def prefill_s_per_token(state: InstanceState) -> float:
@@ -162,6 +160,52 @@ def cost_to_running_s(state: InstanceState, uncached_tokens: int, now: float) ->
     vLLM runs that did not come through us)."""
     seqs = state.decode_seqs + state.prefill_seqs + state.peer_seqs + _foreign(state, now)[1]
     return seqs * max(1, uncached_tokens) * prefill_s_per_token(state)
+
+
+def ttft_step_cost(
+    state: InstanceState, uncached_tokens: int, now: float
+) -> tuple[float, float, float]:
+    """(`predicted_ttft_s`, `decode_step_s`, `cost_to_running_s`) of one candidate in one
+    call: what a router scores each candidate by, once per candidate per decision. The same
+    arithmetic as those functions, in the same order (so the same floats, asserted by
+    tests/test_decision_cost.py against them), with their dozen nested calls and repeated
+    estimate reads inlined: this is the inner loop of every load-aware decision."""
+    inst = state.instance
+    v = state.prefill_s_per_token.value
+    pst = PRIOR_PREFILL_S_PER_TOKEN / inst.speed_hint if v is None else v
+    v = state.decode_s_per_token.value
+    step = PRIOR_DECODE_STEP_S / inst.speed_hint if v is None else v
+    chunk = inst.batched_tokens_hint or DEFAULT_CHUNK_TOKENS
+    # _drain_head
+    drained = 0.0
+    queue: deque[Booking] = state.prefill_queue
+    while queue and not queue[0].prefilling:
+        queue.popleft()
+    if queue:
+        head = queue[0]
+        elapsed = now - max(state.prefill_head_since, head.booked_at)
+        if elapsed > 0:
+            drained = min(float(head.prefill_tokens), elapsed / (pst + step / chunk))
+    # _foreign
+    waiting = running = 0.0
+    s = state.scraped
+    if s.fresh:
+        foreign = s.running + s.waiting - s.ours_at_scrape
+        if foreign > 0:
+            weight = 1.0 - (now - s.scraped_at) / (
+                2.0 * (s.interval_s if s.interval_s > 0 else 1.0)
+            )
+            if weight > 0:
+                w = min(foreign, s.waiting)
+                waiting, running = w * weight, (foreign - w) * weight
+    # prefill_ahead + own tokens, then prefill_time_s
+    residual = waiting * state.mean_prompt_tokens.get(1024.0) if waiting else 0.0
+    own = max(1, uncached_tokens)
+    ahead = max(0.0, state.prefill_tokens_queued - drained) + state.peer_prefill_tokens + residual
+    tokens = ahead + own
+    ttft = tokens * pst + math.ceil(tokens / chunk) * step if tokens > 0 else 0.0
+    seqs = state.decode_seqs + state.prefill_seqs + state.peer_seqs + running
+    return ttft, step, seqs * own * pst
 
 
 # -- bookkeeping (the coordinator's shell calls these; decisions only read) ----------------

@@ -114,10 +114,16 @@ def plan_head(
             return WaitForCapacity()
         if isinstance(pair, tuple):
             return LaunchSplit(item, pair[0], pair[1])
-    routable = view.routable(item)
+    # A view may offer both lists from one pass over the fleet (the dispatcher does: it is
+    # the per-instance half of a decision's cost); the result is the same.
+    both = getattr(view, "routable_and_free", None)
+    if both is not None:
+        routable, free = both(item)
+    else:
+        routable = view.routable(item)
+        free = [s for s in routable if view.has_room(s, item)]
     if not routable:
         return Fail(item, view.no_instance_reason(item), "no_instance")
-    free = [s for s in routable if view.has_room(s, item)]
     if item.phase is not None:
         free = [s for s in view.filter_by_phase(free or routable, item) if view.has_room(s, item)]
     if not free:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sage_cp_plugin.load_model import cost_to_running_s, decode_step_s, predicted_ttft_s
+from sage_cp_plugin.load_model import ttft_step_cost
 from sage_cp_plugin.pending import QueuedRequest
 from sage_cp_plugin.state import InstanceState
 
@@ -30,25 +30,20 @@ def pick_lowest_ttft(
         return None
     start = item.seq % n
     tokens = item.input_tokens
-    best: InstanceState | None = None
-    best_t = best_cost = best_step = 0.0
-    best_own = 0
-    for i in range(n):
-        j = (start + i) % n
+    # The rotation as two slices (no modulo per candidate); `ttft_step_cost` gives each
+    # candidate's three times in one call (the inner loop of every load-aware decision).
+    order = [*range(start, n), *range(start)]
+    j = order[0]
+    best: InstanceState = candidates[j]
+    best_own = tokens - (cached[j] if cached is not None else 0)
+    best_t, best_step, best_cost = ttft_step_cost(best, best_own, now)
+    for j in order[1:]:
         c = candidates[j]
         own = tokens - (cached[j] if cached is not None else 0)
-        t = predicted_ttft_s(c, own, now)
-        if best is None:
-            best, best_t, best_step, best_own = c, t, decode_step_s(c), own
-            best_cost = cost_to_running_s(c, own, now)
-            continue
-        step = decode_step_s(c)
+        t, step, cost = ttft_step_cost(c, own, now)
         tol = step if step < best_step else best_step
         if t < best_t - tol:
-            best, best_t, best_step, best_own = c, t, step, own
-            best_cost = cost_to_running_s(c, own, now)
-        elif t <= best_t + tol:
-            cost = cost_to_running_s(c, own, now)
-            if cost < best_cost or (cost == best_cost and own < best_own):
-                best, best_t, best_step, best_cost, best_own = c, t, step, cost, own
+            best, best_t, best_step, best_own, best_cost = c, t, step, own, cost
+        elif t <= best_t + tol and (cost < best_cost or (cost == best_cost and own < best_own)):
+            best, best_t, best_step, best_cost, best_own = c, t, step, cost, own
     return best
