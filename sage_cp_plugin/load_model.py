@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sage_cp_plugin.state import InstanceState
@@ -162,50 +163,57 @@ def cost_to_running_s(state: InstanceState, uncached_tokens: int, now: float) ->
     return seqs * max(1, uncached_tokens) * prefill_s_per_token(state)
 
 
-def ttft_step_cost(
-    state: InstanceState, uncached_tokens: int, now: float
-) -> tuple[float, float, float]:
-    """(`predicted_ttft_s`, `decode_step_s`, `cost_to_running_s`) of one candidate in one
-    call: what a router scores each candidate by, once per candidate per decision. The same
-    arithmetic as those functions, in the same order (so the same floats, asserted by
-    tests/test_decision_cost.py against them), with their dozen nested calls and repeated
-    estimate reads inlined: this is the inner loop of every load-aware decision."""
-    inst = state.instance
-    v = state.prefill_s_per_token.value
-    pst = PRIOR_PREFILL_S_PER_TOKEN / inst.speed_hint if v is None else v
-    v = state.decode_s_per_token.value
-    step = PRIOR_DECODE_STEP_S / inst.speed_hint if v is None else v
-    chunk = inst.batched_tokens_hint or DEFAULT_CHUNK_TOKENS
-    # _drain_head
-    drained = 0.0
-    queue: deque[Booking] = state.prefill_queue
-    while queue and not queue[0].prefilling:
-        queue.popleft()
-    if queue:
-        head = queue[0]
-        elapsed = now - max(state.prefill_head_since, head.booked_at)
-        if elapsed > 0:
-            drained = min(float(head.prefill_tokens), elapsed / (pst + step / chunk))
-    # _foreign
-    waiting = running = 0.0
-    s = state.scraped
-    if s.fresh:
-        foreign = s.running + s.waiting - s.ours_at_scrape
-        if foreign > 0:
-            weight = 1.0 - (now - s.scraped_at) / (
-                2.0 * (s.interval_s if s.interval_s > 0 else 1.0)
-            )
-            if weight > 0:
-                w = min(foreign, s.waiting)
-                waiting, running = w * weight, (foreign - w) * weight
-    # prefill_ahead + own tokens, then prefill_time_s
-    residual = waiting * state.mean_prompt_tokens.get(1024.0) if waiting else 0.0
-    own = max(1, uncached_tokens)
-    ahead = max(0.0, state.prefill_tokens_queued - drained) + state.peer_prefill_tokens + residual
-    tokens = ahead + own
-    ttft = tokens * pst + math.ceil(tokens / chunk) * step if tokens > 0 else 0.0
-    seqs = state.decode_seqs + state.prefill_seqs + state.peer_seqs + running
-    return ttft, step, seqs * own * pst
+def candidate_times(
+    states: Sequence[InstanceState], uncached_tokens: Sequence[int], now: float
+) -> tuple[list[float], list[float], list[float]]:
+    """`predicted_ttft_s`, `decode_step_s` and `cost_to_running_s` of every candidate, as
+    three lists, in one call: what a load-aware router scores candidates by. The same
+    arithmetic as those functions, in the same order (so the same floats; asserted by
+    tests/test_decision_cost.py against them), with their dozen nested calls per candidate
+    inlined: this loop is most of a load-aware decision's cost."""
+    ttfts: list[float] = []
+    steps: list[float] = []
+    costs: list[float] = []
+    ceil = math.ceil
+    for state, uncached in zip(states, uncached_tokens, strict=True):
+        inst = state.instance
+        v = state.prefill_s_per_token.value
+        pst = PRIOR_PREFILL_S_PER_TOKEN / inst.speed_hint if v is None else v
+        v = state.decode_s_per_token.value
+        step = PRIOR_DECODE_STEP_S / inst.speed_hint if v is None else v
+        chunk = inst.batched_tokens_hint or DEFAULT_CHUNK_TOKENS
+        drained = 0.0  # _drain_head
+        queue: deque[Booking] = state.prefill_queue
+        while queue and not queue[0].prefilling:
+            queue.popleft()
+        if queue:
+            head = queue[0]
+            elapsed = now - max(state.prefill_head_since, head.booked_at)
+            if elapsed > 0:
+                drained = min(float(head.prefill_tokens), elapsed / (pst + step / chunk))
+        waiting = running = 0.0  # _foreign
+        s = state.scraped
+        if s.fresh:
+            foreign = s.running + s.waiting - s.ours_at_scrape
+            if foreign > 0:
+                span = 2.0 * (s.interval_s if s.interval_s > 0 else 1.0)
+                weight = 1.0 - (now - s.scraped_at) / span
+                if weight > 0:
+                    w = min(foreign, s.waiting)
+                    waiting, running = w * weight, (foreign - w) * weight
+        residual = waiting * state.mean_prompt_tokens.get(1024.0) if waiting else 0.0
+        own = max(1, uncached)
+        tokens = (
+            max(0.0, state.prefill_tokens_queued - drained)
+            + state.peer_prefill_tokens
+            + residual
+            + own
+        )
+        ttfts.append(tokens * pst + ceil(tokens / chunk) * step if tokens > 0 else 0.0)
+        steps.append(step)
+        seqs = state.decode_seqs + state.prefill_seqs + state.peer_seqs + running
+        costs.append(seqs * own * pst)
+    return ttfts, steps, costs
 
 
 # -- bookkeeping (the coordinator's shell calls these; decisions only read) ----------------

@@ -1,6 +1,6 @@
 """The decision-cost optimisations change no decision.
 
-`load_model.ttft_step_cost` (one call per candidate), `predicted.pick_lowest_ttft` (built
+`load_model.candidate_times` (one call per decision), `predicted.pick_lowest_ttft` (built
 on it) and `Dispatcher.routable_and_free` (one pass for routable + has_room) are compared
 with the straightforward code they replace, kept here verbatim as the reference, on many
 random fleet views: the same floats exactly (the arithmetic is the same, in the same order)
@@ -114,13 +114,12 @@ def test_fused_terms_and_pick_equal_the_reference_on_random_views() -> None:
                 rng.choice([0, 0, it.input_tokens, rng.randrange(0, it.input_tokens + 5)])
                 for _ in states
             ]
+        owns = [it.input_tokens - (cached[k] if cached is not None else 0) for k in range(n)]
+        ttfts, steps, costs = lm.candidate_times(states, owns, now)
         for k, st in enumerate(states):
-            own = it.input_tokens - (cached[k] if cached is not None else 0)
-            assert lm.ttft_step_cost(st, own, now) == (
-                lm.predicted_ttft_s(st, own, now),
-                lm.decode_step_s(st),
-                lm.cost_to_running_s(st, own, now),
-            )
+            assert ttfts[k] == lm.predicted_ttft_s(st, owns[k], now)
+            assert steps[k] == lm.decode_step_s(st)
+            assert costs[k] == lm.cost_to_running_s(st, owns[k], now)
         chosen = pick_lowest_ttft(it, states, cached, now)
         assert chosen is reference_pick(it, states, cached, now)
         ties += len(set(templates)) < n
