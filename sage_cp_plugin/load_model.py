@@ -171,48 +171,56 @@ def candidate_times(
     arithmetic as those functions, in the same order (so the same floats; asserted by
     tests/test_decision_cost.py against them), with their dozen nested calls per candidate
     inlined: this loop is most of a load-aware decision's cost."""
+    # Builtin calls (min, max, float) are written as comparisons: the same value (`max(a, b)`
+    # is `b if b > a else a`), a fraction of the cost in this loop.
     ttfts: list[float] = []
     steps: list[float] = []
     costs: list[float] = []
     ceil = math.ceil
     for state, uncached in zip(states, uncached_tokens, strict=True):
         inst = state.instance
-        v = state.prefill_s_per_token.value
-        pst = PRIOR_PREFILL_S_PER_TOKEN / inst.speed_hint if v is None else v
-        v = state.decode_s_per_token.value
-        step = PRIOR_DECODE_STEP_S / inst.speed_hint if v is None else v
+        pst = state.prefill_s_per_token.value
+        if pst is None:
+            pst = PRIOR_PREFILL_S_PER_TOKEN / inst.speed_hint
+        step = state.decode_s_per_token.value
+        if step is None:
+            step = PRIOR_DECODE_STEP_S / inst.speed_hint
         chunk = inst.batched_tokens_hint or DEFAULT_CHUNK_TOKENS
-        drained = 0.0  # _drain_head
+        ahead = state.prefill_tokens_queued - 0.0
         queue: deque[Booking] = state.prefill_queue
-        while queue and not queue[0].prefilling:
-            queue.popleft()
-        if queue:
-            head = queue[0]
-            elapsed = now - max(state.prefill_head_since, head.booked_at)
-            if elapsed > 0:
-                drained = min(float(head.prefill_tokens), elapsed / (pst + step / chunk))
-        waiting = running = 0.0  # _foreign
+        if queue:  # _drain_head
+            while queue and not queue[0].prefilling:
+                queue.popleft()
+            if queue:
+                head = queue[0]
+                since, booked = state.prefill_head_since, head.booked_at
+                elapsed = now - (booked if booked > since else since)
+                if elapsed > 0:
+                    drained = elapsed / (pst + step / chunk)
+                    head_tokens = float(head.prefill_tokens)
+                    ahead = state.prefill_tokens_queued - (
+                        drained if drained < head_tokens else head_tokens
+                    )
+        residual = running = 0.0
         s = state.scraped
-        if s.fresh:
+        if s.fresh:  # _foreign, residual_tokens
             foreign = s.running + s.waiting - s.ours_at_scrape
             if foreign > 0:
                 span = 2.0 * (s.interval_s if s.interval_s > 0 else 1.0)
                 weight = 1.0 - (now - s.scraped_at) / span
                 if weight > 0:
-                    w = min(foreign, s.waiting)
-                    waiting, running = w * weight, (foreign - w) * weight
-        residual = waiting * state.mean_prompt_tokens.get(1024.0) if waiting else 0.0
-        own = max(1, uncached)
-        tokens = (
-            max(0.0, state.prefill_tokens_queued - drained)
-            + state.peer_prefill_tokens
-            + residual
-            + own
-        )
+                    w = s.waiting if s.waiting < foreign else foreign
+                    waiting = w * weight
+                    running = (foreign - w) * weight
+                    if waiting:
+                        residual = waiting * state.mean_prompt_tokens.get(1024.0)
+        own = uncached if uncached > 1 else 1
+        tokens = (ahead if ahead > 0.0 else 0.0) + state.peer_prefill_tokens + residual + own
         ttfts.append(tokens * pst + ceil(tokens / chunk) * step if tokens > 0 else 0.0)
         steps.append(step)
-        seqs = state.decode_seqs + state.prefill_seqs + state.peer_seqs + running
-        costs.append(seqs * own * pst)
+        costs.append(
+            (state.decode_seqs + state.prefill_seqs + state.peer_seqs + running) * own * pst
+        )
     return ttfts, steps, costs
 
 

@@ -10,6 +10,7 @@ templates so that equal candidates are common).
 
 from __future__ import annotations
 
+import hashlib
 import random
 from collections.abc import Sequence
 
@@ -17,6 +18,7 @@ from sage_cp_plugin import load_model as lm
 from sage_cp_plugin.manager import ControlPlaneManager
 from sage_cp_plugin.pending import QueuedRequest
 from sage_cp_plugin.routing.predicted import pick_lowest_ttft
+from sage_cp_plugin.routing.prefix_index import chunk_hashes
 from sage_cp_plugin.state import InstanceState
 from sage_cp_plugin.types import DecodingConfig, ExecutionInstance, PrefillingConfig
 from tests.helpers import item
@@ -175,3 +177,22 @@ def test_fused_routable_and_free_equal_the_reference_on_random_fleets() -> None:
             s.instance_id in it.excluded for s in routable
         )
     assert seen_free > 50 and seen_excluded_fallback > 5
+
+
+def reference_chunk_hashes(text: str, chunk_chars: int, max_chunks: int) -> list[bytes]:
+    out: list[bytes] = []
+    prev = b""
+    for i in range(min(len(text) // chunk_chars, max_chunks)):
+        chunk = text[i * chunk_chars : (i + 1) * chunk_chars].encode()
+        prev = hashlib.blake2b(prev + chunk, digest_size=8).digest()
+        out.append(prev)
+    return out
+
+
+def test_chunk_hashes_equal_the_reference_for_ascii_and_other_text() -> None:
+    rng = random.Random(3)
+    for _ in range(300):
+        alphabet = rng.choice(["ab c\n", "aé€😀 "])
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 3000)))
+        size, most = rng.choice([1, 7, 256]), rng.choice([0, 3, 512])
+        assert chunk_hashes(text, size, most) == reference_chunk_hashes(text, size, most)
