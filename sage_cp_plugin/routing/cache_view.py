@@ -28,8 +28,7 @@ class PrefixCacheView(Protocol):
 
 def kv_capacity_tokens(state: InstanceState) -> float | None:
     """The instance's KV cache in tokens, when its description states it."""
-    value = state.instance.metadata.get("kv_capacity_tokens") if state.instance.metadata else None
-    return float(value) if isinstance(value, int | float) and value > 0 else None
+    return state.instance.kv_capacity_hint  # read per candidate: cached on the instance
 
 
 class ApproximatePrefixCache:
