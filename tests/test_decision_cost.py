@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from sage_cp_plugin import load_model as lm
 from sage_cp_plugin.manager import ControlPlaneManager
 from sage_cp_plugin.pending import QueuedRequest
+from sage_cp_plugin.routing.cache_view import ApproximatePrefixCache
 from sage_cp_plugin.routing.predicted import pick_lowest_ttft
 from sage_cp_plugin.routing.prefix_index import chunk_hashes
 from sage_cp_plugin.state import InstanceState
@@ -196,3 +197,25 @@ def test_chunk_hashes_equal_the_reference_for_ascii_and_other_text() -> None:
         text = "".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 3000)))
         size, most = rng.choice([1, 7, 256]), rng.choice([0, 3, 512])
         assert chunk_hashes(text, size, most) == reference_chunk_hashes(text, size, most)
+
+
+def test_approximate_cached_tokens_equal_the_reference() -> None:
+    rng = random.Random(5)
+    hits = 0
+    for trial in range(200):
+        view = ApproximatePrefixCache(chunk_chars=16)
+        states = [random_state(rng, f"i{k}", k, 1.0) for k in range(rng.randrange(1, 9))]
+        base = "".join(rng.choice("abc") for _ in range(64))
+        for k, st in enumerate(states):  # instances hold prefixes of different lengths
+            if rng.random() < 0.6:
+                view.on_dispatch(
+                    item(1000 + k, prompt=base[: rng.randrange(0, 64)]), st.instance_id
+                )
+        it = item(trial, prompt=base + "tail" * rng.randrange(0, 30))
+        hashes, per_chunk = view._hashes(it)
+        matched = view.index.match(hashes)
+        cap = it.input_tokens
+        expected = [min(cap, int(matched.get(c.instance_id, 0) * per_chunk)) for c in states]
+        assert view.cached_tokens(it, states) == expected
+        hits += any(expected)
+    assert hits > 50  # prefixes were found: the matched path was compared
