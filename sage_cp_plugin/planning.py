@@ -63,7 +63,10 @@ Action = Launch | LaunchSplit | Fail | WaitUntil | WaitForCapacity
 
 
 class FleetView(Protocol):
-    """What a plan may read of the fleet (the manager provides it; tests build their own)."""
+    """What a plan may read of the fleet (the manager provides it; tests build their own).
+
+    A view may also offer `routable_and_free(item) -> (routable, free)`: both lists from one
+    pass, equal to `routable(item)` and its members with `has_room` (the dispatcher does)."""
 
     @property
     def fleet(self) -> FleetSnapshot: ...
