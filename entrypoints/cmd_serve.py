@@ -13,7 +13,7 @@ ADMIN_KEY_ENV = "SAGE_CP_ADMIN_KEY"
 
 def register(sub: Any) -> None:
     from .gateway.schemas import DEFAULT_MAX_EMBEDDING_CHARS, DEFAULT_MAX_EMBEDDING_INPUTS
-    from .gateway.settings import DEFAULT_MAX_BODY_BYTES
+    from .gateway.settings import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_INFLIGHT_BYTES
 
     p: argparse.ArgumentParser = sub.add_parser(
         "serve",
@@ -54,6 +54,13 @@ def register(sub: Any) -> None:
         type=int,
         default=DEFAULT_MAX_EMBEDDING_CHARS,
         help=f"most characters in one embeddings request (default {DEFAULT_MAX_EMBEDDING_CHARS})",
+    )
+    p.add_argument(
+        "--max-inflight-bytes",
+        type=int,
+        default=DEFAULT_MAX_INFLIGHT_BYTES,
+        help="bytes all requests in flight may hold (bodies, embedding answers); a request "
+        f"that would pass it waits with 429 + Retry-After (default {DEFAULT_MAX_INFLIGHT_BYTES})",
     )
     p.add_argument(
         "--header-timeout",
@@ -112,6 +119,13 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--redis-namespace", default="sagecp", help="key prefix in Redis")
     p.add_argument("--replica-id", default=None, help="this replica's name (default: host-pid)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes serving HTTP: N forwarding workers plus one scheduling process that "
+        "is the one control plane (docs/scale-out.md); default 1, a single process",
+    )
     p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=run)
 
@@ -141,6 +155,7 @@ def run(args: argparse.Namespace) -> int:
             max_body_bytes=args.max_body_bytes,
             max_embedding_inputs=args.max_embedding_inputs,
             max_embedding_chars=args.max_embedding_chars,
+            max_inflight_bytes=args.max_inflight_bytes,
             header_timeout_s=args.header_timeout,
             body_timeout_s=args.body_timeout,
             keep_alive_s=args.keep_alive,
@@ -164,7 +179,14 @@ def run(args: argparse.Namespace) -> int:
     except ConfigurationError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.workers < 1:
+        print(f"error: --workers must be 1 or more, got {args.workers}", file=sys.stderr)
+        return 2
     try:
+        if args.workers > 1:
+            from .gateway.workers.supervisor import run_supervised
+
+            return run_supervised(settings, config, args.workers)
         run_gateway(settings, config)
     except OSError as exc:
         print(f"error: cannot serve on {args.host}:{args.port}: {exc}", file=sys.stderr)

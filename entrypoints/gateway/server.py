@@ -15,7 +15,7 @@ import signal
 from collections.abc import AsyncIterator, Generator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import uvicorn
 
@@ -24,6 +24,7 @@ from sage_cp_plugin.manager import ControlPlaneManager
 
 from .app import create_app
 from .connections import guarded_protocol
+from .log_limit import limit_repeated_warnings
 from .runtime import Gateway
 from .settings import GatewaySettings
 from .shared import sharing
@@ -31,8 +32,12 @@ from .shared import sharing
 logger = logging.getLogger(__name__)
 
 
+class _Stopping(Protocol):
+    shutting_down: bool  # /health answers 503 once set
+
+
 class _Server(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, gateway: Gateway) -> None:
+    def __init__(self, config: uvicorn.Config, gateway: _Stopping) -> None:
         super().__init__(config)
         self.gateway = gateway
 
@@ -60,7 +65,7 @@ class _Server(uvicorn.Server):
 
 
 def _uvicorn_config(app: Any, settings: GatewaySettings) -> uvicorn.Config:
-    return uvicorn.Config(
+    config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
@@ -71,6 +76,8 @@ def _uvicorn_config(app: Any, settings: GatewaySettings) -> uvicorn.Config:
         timeout_keep_alive=max(1, math.ceil(settings.keep_alive_s)),
         http=guarded_protocol(settings.connection_limits()),
     )
+    limit_repeated_warnings()  # after Config: it (re)configures uvicorn's loggers
+    return config
 
 
 def bound_port(server: uvicorn.Server, default: int) -> int:
@@ -123,13 +130,9 @@ class _EmbeddedServer(_Server):
         yield  # embedded: the process owner handles signals
 
 
-async def serve(
-    settings: GatewaySettings,
-    config: ControlPlaneConfig | str | Path | None = None,
-    *,
-    ready: asyncio.Event | None = None,
-) -> None:
-    cfg = ControlPlaneConfig.load(config)
+def manager_overrides(settings: GatewaySettings) -> dict[str, Any]:
+    """The coordinator options the gateway's flags set (also the scheduling process's of
+    `--workers N`, workers/scheduler.py)."""
     overrides: dict[str, Any] = {
         "result_retention": settings.result_retention,
         "result_retention_bytes": settings.result_retention_bytes,
@@ -137,7 +140,17 @@ async def serve(
     }
     if settings.max_pending_requests is not None:
         overrides["max_pending_requests"] = settings.max_pending_requests
-    async with open_control_plane(cfg, **overrides) as manager:
+    return overrides
+
+
+async def serve(
+    settings: GatewaySettings,
+    config: ControlPlaneConfig | str | Path | None = None,
+    *,
+    ready: asyncio.Event | None = None,
+) -> None:
+    cfg = ControlPlaneConfig.load(config)
+    async with open_control_plane(cfg, **manager_overrides(settings)) as manager:
         gateway = Gateway(manager, settings)
         app = create_app(gateway)
         server = _Server(_uvicorn_config(app, settings), gateway)
