@@ -98,8 +98,10 @@ class Admission:
             item.phase = strategies.pd_router.determine_request_phase(request)
         fleet = self.pools.fleet
         fleet.now = now
-        strategies.scheduling_policy.admit(item, fleet)
-        item.key = strategies.scheduling_policy.key(item)
+        item.lane = strategies.lane_of(request)
+        policy = strategies.policy_for(item)
+        policy.admit(item, fleet)
+        item.key = policy.key(item)
         self.queue.push(item)
         self.results.track(item)
         self.metrics.on_submit(now)

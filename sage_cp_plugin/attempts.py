@@ -107,7 +107,7 @@ class Attempts:
             tensor_parallel_size=state.instance.tensor_parallel_size,
             pipeline_parallel_size=state.instance.pipeline_parallel_size,
             phase=item.phase,
-            policy=st.scheduling_policy.describe(),
+            policy=st.policy_for(item).describe(),
             router=st.routing_strategy,
         )
         sink = item.chunks.put_nowait if item.chunks is not None else None
@@ -116,7 +116,7 @@ class Attempts:
             item.first_token_seen = True
             self._first_token(item)
 
-        priority = st.scheduling_policy.engine_priority(item)
+        priority = st.policy_for(item).engine_priority(item)
 
         async def attempt() -> tuple[Outcome, bool]:
             out = await executor.run(
@@ -139,7 +139,7 @@ class Attempts:
             request_id=item.request_id,
             target_instance_id=decode.instance_id,
             phase=ExecutionInstanceType.DECODING,
-            policy=st.scheduling_policy.describe(),
+            policy=st.policy_for(item).describe(),
             router=st.pd_config.decode_router,
             reason=f"disaggregated: prefill on {prefill.instance_id}, decode on {decode.instance_id}",
             metadata={"prefill_instance_id": prefill.instance_id},
@@ -150,7 +150,7 @@ class Attempts:
             item.first_token_seen = True
             self._first_token(item)
 
-        priority = st.scheduling_policy.engine_priority(item)
+        priority = st.policy_for(item).engine_priority(item)
 
         def prefill_done() -> None:
             # The prefill leg's booking is the first: it teaches the load model the prefill
@@ -396,7 +396,7 @@ class Attempts:
                 self.limits.observe(state, out.first_token_at - out.started_at, prompt)
         state.completed += 1
         self.metrics.on_finish(result, met, out.finished_at)
-        self.strategies.scheduling_policy.observe(item, state, met)
+        self.strategies.policy_for(item).observe(item, state, met)
         self.results.store(item, result)
 
     def _book(

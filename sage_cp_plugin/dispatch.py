@@ -58,10 +58,15 @@ class Dispatcher:
         self._event = asyncio.Event()
         self._timer: asyncio.TimerHandle | None = None
         self.attempts = attempts
-        self._policy_seen: tuple[int, int] | None = None  # (id(policy), version) last keyed
+        # (id(policy), version) of every policy in use when the queue was last keyed (from
+        # the start: a change before the first round must re-key what was admitted before it)
+        self._policy_seen = self._policies_in_use()
         # The pure decision, an attribute so a probe can time it on one dispatcher
         # (virtual/decision_cost.py) without touching the module.
         self.plan_head = plan_head
+
+    def _policies_in_use(self) -> tuple[tuple[int, int], ...]:
+        return tuple((id(p), p.version) for p in self.strategies.policies())
 
     # -- waking ----------------------------------------------------------------------------
     def wake(self) -> None:
@@ -240,18 +245,24 @@ class Dispatcher:
         fleet.now = now
         policy = strategies.scheduling_policy
         policy.tick(fleet, len(queue), now)
-        seen = (id(policy), policy.version)
-        if self._policy_seen is not None and seen != self._policy_seen:
-            queue.rekey(policy.key)  # the ordering changed (adaptive switch, update_policy)
+        lane_policies = strategies.lane_policies()
+        for lane, lane_policy in lane_policies.items():
+            lane_policy.tick(fleet, queue.lane_depth(lane), now)
+        seen = self._policies_in_use()
+        if seen != self._policy_seen:
+            # An ordering changed (adaptive switch, update_policy, an arm's new policy).
+            queue.rekey(strategies.queue_key)
         self._policy_seen = seen
         split = self._pd_pair if strategies.disaggregator.enabled else None
         router = strategies.router
         for pool in queue.pools():
+            # A lane may have a policy of its own; every item of a heap is in the same lane.
+            ordering = (lane_policies.get(pool[3]) if pool[3] is not None else None) or policy
             while True:
                 item = queue.peek(pool)
                 if item is None:
                     break
-                action = self.plan_head(item, self, policy, router, now, split)
+                action = self.plan_head(item, self, ordering, router, now, split)
                 if isinstance(action, WaitUntil):
                     self._wake_at(action.when)
                     break
@@ -267,7 +278,7 @@ class Dispatcher:
                     results.finish_failed(item, action.reason, action.kind)
 
     def _dequeued(self, item: QueuedRequest) -> None:
-        hook = getattr(self.strategies.scheduling_policy, "on_dequeue", None)
+        hook = getattr(self.strategies.policy_for(item), "on_dequeue", None)
         if hook is not None:
             hook(item)
 

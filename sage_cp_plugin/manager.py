@@ -398,8 +398,8 @@ class ControlPlaneManager:
 
     # -- policy / router at run time -------------------------------------------------------
     def update_policy(self, name: str, **options: Any) -> None:
-        policy = self.strategies.update_policy(name, **options)
-        self.queue.rekey(policy.key)
+        self.strategies.update_policy(name, **options)
+        self.queue.rekey(self.strategies.queue_key)
         self._wake()
 
     def update_router(self, name: str, **options: Any) -> None:
