@@ -51,6 +51,8 @@ class QueuedRequest:
     # content hashes per block size, computed at admission for the KV-event index.
     prompt_token_ids: list[int] | None = None
     block_hashes: dict[int, list[int]] | None = None
+    # Its spans while traced (tracing.spans.RequestTrace); None when tracing is off.
+    trace: Any = None
 
     @property
     def request_id(self) -> str:
