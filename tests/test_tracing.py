@@ -4,10 +4,14 @@ in-memory exporter (both the control plane's and the simulator's engine spans)."
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
+import httpx
 import pytest
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -15,11 +19,12 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from sage_cp_plugin import RequestMetadata, tracing
 from sage_cp_plugin.tracing import TracingConfig
-from tests.helpers import wait_until
+from tests.helpers import wait_until, wait_until_sync
+from tests.otlp_receiver import Receiver
 from tests.simfleet import gen, managed_fleet
 from tests.test_execution_faults import set_faults
 from tests.test_execution_pd import pd, pd_fleet
-from tests.test_gateway_support import gateway_over_sim
+from tests.test_gateway_support import gateway_over_sim, start_gateway_process, write_config
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_ID = "00f067aa0ba902b7"
@@ -198,7 +203,7 @@ loaded = sorted(n for n in sys.modules if n.startswith("opentelemetry"))
 assert not loaded, loaded
 print("ok")
 """
-    env_off = {k: v for k, v in __import__("os").environ.items() if not k.startswith("OTEL_")}
+    env_off = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, env=env_off, timeout=120
     )
@@ -211,3 +216,33 @@ def test_bad_tracing_settings_are_refused_with_a_message() -> None:
     with pytest.raises(ValueError, match="sampling_ratio"):
         TracingConfig(sampling_ratio=1.5)
     assert TracingConfig(otlp_traces_protocol="http/protobuf").protocol() == "http"  # type: ignore[arg-type]
+
+
+def test_gateway_process_exports_to_a_real_otlp_receiver(tmp_path: Path) -> None:
+    """`sage-cp serve --otlp-traces-endpoint` (OTLP gRPC, the default) with its embedded
+    simulated fleet, against a real OTLP/gRPC receiver in this process."""
+    cfg = write_config(tmp_path / "fleet.yaml", time_scale=0.02)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    with Receiver() as rx:
+        gp = start_gateway_process(
+            "--config", str(cfg), "--otlp-traces-endpoint", rx.endpoint, env=env
+        )
+        try:
+            with httpx.Client(base_url=gp.url, timeout=60) as c:
+                r = c.post(
+                    "/v1/completions",
+                    json={"model": "sim-model", "prompt": "hello there", "max_tokens": 3},
+                    headers={"traceparent": TRACEPARENT},
+                )
+                assert r.status_code == 200, r.text
+        finally:
+            gp.proc.send_signal(signal.SIGINT)  # graceful stop flushes the batched spans
+            gp.proc.wait(timeout=60)
+        wait_until_sync(lambda: bool(rx.named("llm_request")), "engine span received")
+        (server,) = rx.named("POST /v1/completions")
+        (client,) = rx.named("text_completion sim-model")
+        (engine,) = rx.named("llm_request")
+    assert server["trace_id"] == client["trace_id"] == engine["trace_id"] == TRACE_ID
+    assert server["parent_id"] == PARENT_ID
+    assert engine["parent_id"] == client["span_id"]
+    assert server["service"] == "sage-cp" and engine["service"] == "sage-cp-sim"

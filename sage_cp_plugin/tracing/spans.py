@@ -72,7 +72,8 @@ def on_admit(item: QueuedRequest) -> None:
     req = item.request
     span = tracer.start_span("sage_cp.request", attributes=_request_attributes(req))
     if state.CAPTURE_CONTENT and span.is_recording():
-        span.add_event("gen_ai.prompt", {"gen_ai.prompt": str(req.prompt)})
+        text = req.prompt if req.prompt is not None else str(req.messages)
+        span.add_event("gen_ai.prompt", {"gen_ai.prompt": text})
     ctx = trace.set_span_in_context(span)
     queue = tracer.start_span("sage_cp.queue", context=ctx)
     item.trace = RequestTrace(span, ctx, queue)
