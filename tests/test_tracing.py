@@ -4,6 +4,7 @@ in-memory exporter (both the control plane's and the simulator's engine spans)."
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -246,3 +247,26 @@ def test_gateway_process_exports_to_a_real_otlp_receiver(tmp_path: Path) -> None
     assert server["parent_id"] == PARENT_ID
     assert engine["parent_id"] == client["span_id"]
     assert server["service"] == "sage-cp" and engine["service"] == "sage-cp-sim"
+
+
+async def test_error_bodies_and_log_records_carry_the_trace_id(
+    spans: InMemorySpanExporter, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="sage_cp_plugin")
+    async with gateway_over_sim(configs=gen(1), max_attempts=1) as h, h.client() as c:
+        await set_faults(h.fleet, 0, error_rate=1.0)
+        r = await c.post(
+            "/v1/completions",
+            json={"model": "sim-model", "prompt": "x", "max_tokens": 2},
+            headers={"traceparent": TRACEPARENT, "x-request-id": "req-42"},
+        )
+    assert r.status_code >= 500, r.text
+    err = r.json()["error"]
+    assert err["trace_id"] == TRACE_ID and err["request_id"] == "req-42"
+    about = [rec for rec in caplog.records if "req-42" in rec.getMessage()]
+    assert about, [rec.getMessage() for rec in caplog.records]
+    assert {getattr(rec, "trace_id", None) for rec in about} == {TRACE_ID}
+    (attempt,) = by_name(spans, "text_completion sim-model")
+    assert attempt.status.status_code == StatusCode.ERROR
+    (request,) = by_name(spans, "sage_cp.request")
+    assert (request.attributes or {})["sage_cp.status"] == "failed"

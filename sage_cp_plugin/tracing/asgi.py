@@ -38,7 +38,11 @@ class TracingMiddleware:
                 status.append(message["status"])
             await send(message)
 
+        rid = carrier.get("x-request-id")
+        if rid:
+            span.set_attribute("sage_cp.x_request_id", rid)
         token = context.attach(trace.set_span_in_context(span, parent))
+        rid_token = state.REQUEST_ID.set(rid)
         try:
             await self.app(scope, receive, send_traced)
         except BaseException as exc:
@@ -46,6 +50,7 @@ class TracingMiddleware:
             span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
             raise
         finally:
+            state.REQUEST_ID.reset(rid_token)
             context.detach(token)
             if status:
                 span.set_attribute("http.response.status_code", status[0])

@@ -73,6 +73,10 @@ def configure(config: TracingConfig | None, *, exporter: Any = None) -> bool:
     """Turn the control plane's tracing on (or leave it off); True when on."""
     config = config or TracingConfig()
     state.TRACER = _tracer(config, exporter, "sage-cp", "sage_cp_plugin")
+    if state.TRACER is not None:
+        from sage_cp_plugin.tracing.logs import install_record_factory
+
+        install_record_factory()
     state.CAPTURE_CONTENT = config.capture_content
     state.EXCLUDED_PATHS = frozenset(config.excluded_paths)
     return state.TRACER is not None
