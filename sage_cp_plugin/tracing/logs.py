@@ -53,7 +53,7 @@ def install_record_factory() -> None:
     make = logging.getLogRecordFactory()
 
     def factory(*args: object, **kwargs: object) -> logging.LogRecord:
-        record = make(*args, **kwargs)  # type: ignore[arg-type]
+        record = make(*args, **kwargs)
         trace_id = current_trace_id()
         record.trace_id = trace_id or "-"
         return record
