@@ -4,6 +4,7 @@ in-memory exporter (both the control plane's and the simulator's engine spans)."
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -270,3 +271,41 @@ async def test_error_bodies_and_log_records_carry_the_trace_id(
     assert attempt.status.status_code == StatusCode.ERROR
     (request,) = by_name(spans, "sage_cp.request")
     assert (request.attributes or {})["sage_cp.status"] == "failed"
+
+
+def test_batch_job_and_pipeline_batch_spans_parent_their_requests(
+    spans: InMemorySpanExporter, tmp_path: Path
+) -> None:
+    from sage_cp_plugin.entrypoints.batch import BatchJobOptions, run_batch_job
+    from sage_cp_plugin.operators import ControlPlaneService
+    from sage_cp_plugin.operators.testing import inprocess_fleet
+
+    lines = [
+        {
+            "custom_id": f"c{i}",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {"model": "sim-model", "messages": [{"role": "user", "content": f"q{i}"}],
+                     "max_tokens": 3},
+        }
+        for i in range(4)
+    ]  # fmt: skip
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    opts = BatchJobOptions(
+        input=src, output=tmp_path / "out.jsonl", manager_factory=inprocess_fleet(), progress=False
+    )
+    assert run_batch_job(opts).written == 4
+    (job,) = by_name(spans, "sage_cp.batch_job")
+    requests = by_name(spans, "sage_cp.request")
+    assert len(requests) == 4
+    assert {parent_of(r) for r in requests} == {job.context.span_id}
+    assert {r.context.trace_id for r in requests} == {job.context.trace_id}
+    spans.clear()
+    with ControlPlaneService(manager_factory=inprocess_fleet()) as svc:
+        records = svc.run_batch(["a b", "c d", "e f"], model="sim-model")
+    assert all(r.error is None for r in records)
+    (batch,) = by_name(spans, "sage_cp.pipeline_batch")
+    assert (batch.attributes or {})["sage_cp.batch.size"] == 3
+    requests = by_name(spans, "sage_cp.request")
+    assert len(requests) == 3 and {parent_of(r) for r in requests} == {batch.context.span_id}
