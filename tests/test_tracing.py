@@ -20,6 +20,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 from sage_cp_plugin import RequestMetadata, tracing
+from sage_cp_plugin.errors import ConfigurationError
 from sage_cp_plugin.tracing import TracingConfig
 from tests.helpers import wait_until, wait_until_sync
 from tests.otlp_receiver import Receiver
@@ -309,3 +310,41 @@ def test_batch_job_and_pipeline_batch_spans_parent_their_requests(
     assert (batch.attributes or {})["sage_cp.batch.size"] == 3
     requests = by_name(spans, "sage_cp.request")
     assert len(requests) == 3 and {parent_of(r) for r in requests} == {batch.context.span_id}
+
+
+def test_standard_otel_variables_configure_tracing(monkeypatch: pytest.MonkeyPatch) -> None:
+    for k in [k for k in os.environ if k.startswith("OTEL_")]:
+        monkeypatch.delenv(k)
+    assert TracingConfig().endpoint() is None  # nothing set: off
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://127.0.0.1:4318")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/protobuf")
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "0.25")
+    cfg = TracingConfig()
+    assert (cfg.endpoint(), cfg.protocol(), cfg.ratio()) == ("http://127.0.0.1:4318", "http", 0.25)
+    # Explicit settings win over the variables.
+    cfg = TracingConfig(otlp_traces_endpoint="http://127.0.0.1:4317", sampling_ratio=1.0)
+    assert (cfg.endpoint(), cfg.ratio()) == ("http://127.0.0.1:4317", 1.0)
+    monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
+    assert TracingConfig(otlp_traces_endpoint="http://127.0.0.1:4317").endpoint() is None
+    monkeypatch.delenv("OTEL_SDK_DISABLED")
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "lots")
+    with pytest.raises(ConfigurationError, match="OTEL_TRACES_SAMPLER_ARG"):
+        tracing.configure(TracingConfig())
+    assert not tracing.enabled()
+
+
+async def test_prompts_and_outputs_only_with_the_opt_in() -> None:
+    exporter = InMemorySpanExporter()
+    tracing.configure(TracingConfig(capture_content=True), exporter=exporter)
+    try:
+        async with managed_fleet(gen(1)) as (m, _):
+            res = await m.generate("tell me", model_name="sim-model", max_tokens=3)
+            assert res.state == "completed"
+    finally:
+        tracing.shutdown()
+    (request,) = by_name(exporter, "sage_cp.request")
+    (attempt,) = by_name(exporter, "text_completion sim-model")
+    prompt = [e for e in request.events if e.name == "gen_ai.prompt"]
+    assert prompt and (prompt[0].attributes or {})["gen_ai.prompt"] == "tell me"
+    done = [e for e in attempt.events if e.name == "gen_ai.completion"]
+    assert done and (done[0].attributes or {})["gen_ai.completion"] == res.output
