@@ -216,7 +216,7 @@ class Dispatcher:
                     break  # every eligible instance is busy: wait for a finish
                 queue.pop(pool)
                 self._dequeued(item)
-                if item.trace is not None:
+                if item.trace is not None and item.trace.recording:
                     self._trace_decision(item, action, now)
                 if isinstance(action, Launch):
                     self.attempts.launch(item, action.state, now)

@@ -348,3 +348,22 @@ async def test_prompts_and_outputs_only_with_the_opt_in() -> None:
     assert prompt and (prompt[0].attributes or {})["gen_ai.prompt"] == "tell me"
     done = [e for e in attempt.events if e.name == "gen_ai.completion"]
     assert done and (done[0].attributes or {})["gen_ai.completion"] == res.output
+
+
+async def test_a_callers_unsampled_decision_is_kept(spans: InMemorySpanExporter) -> None:
+    """Parent-based sampling: ratio 1.0, but the caller's traceparent says "not sampled", so
+    neither we nor the engine record anything for it."""
+    async with gateway_over_sim(configs=gen(1)) as h, h.client() as c:
+        r = await c.post(
+            "/v1/completions",
+            json={"model": "sim-model", "prompt": "x", "max_tokens": 2},
+            headers={"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-00"},
+        )
+        assert r.status_code == 200
+        r = await c.post(
+            "/v1/completions", json={"model": "sim-model", "prompt": "y", "max_tokens": 2}
+        )
+        assert r.status_code == 200
+        await engine_spans(spans, 1)  # the second, sampled request's engine span
+    assert all(format(s.context.trace_id, "032x") != TRACE_ID for s in spans.get_finished_spans())
+    assert len(by_name(spans, "llm_request")) == 1

@@ -38,12 +38,15 @@ OPERATION = {
 class RequestTrace:
     """What a queued request carries while traced: its span and the context to run in."""
 
-    __slots__ = ("ctx", "queue", "span")
+    __slots__ = ("ctx", "queue", "recording", "span")
 
     def __init__(self, span: Any, ctx: Any, queue: Any) -> None:
         self.span = span
         self.ctx = ctx
         self.queue = queue
+        # False when the trace is not sampled: the context still travels (so the engine
+        # sees the unsampled flag) but nothing is computed for spans nobody records.
+        self.recording: bool = span.is_recording()
 
 
 def _request_attributes(req: RequestMetadata) -> dict[str, Any]:
@@ -144,10 +147,14 @@ def start_attempt(
     tracer = state.TRACER
     if tracer is None:
         return None
+    from opentelemetry import trace
     from opentelemetry.trace import SpanKind
 
     op = OPERATION[request.request_kind]
     model = request.model_name or ""
+    parent = trace.get_current_span().get_span_context()
+    if parent.is_valid and not parent.trace_flags.sampled:
+        return tracer.start_span(op, kind=SpanKind.CLIENT)  # unsampled: flags only
     attrs = _request_attributes(request)
     attrs["sage_cp.instance_id"] = instance.instance_id
     url = instance.base_url
