@@ -23,6 +23,7 @@ from sage_cp_plugin.pools import InstancePools
 from sage_cp_plugin.results import ResultStore
 from sage_cp_plugin.state import InstanceState
 from sage_cp_plugin.strategies import Strategies
+from sage_cp_plugin.tracing import spans as tracing
 from sage_cp_plugin.types import RequestKind, RequestMetadata, RequestPriority
 
 
@@ -102,6 +103,7 @@ class Admission:
         policy = strategies.policy_for(item)
         policy.admit(item, fleet)
         item.key = policy.key(item)
+        tracing.on_admit(item)  # no-op unless tracing is on
         self.queue.push(item)
         self.results.track(item)
         self.metrics.on_submit(now)

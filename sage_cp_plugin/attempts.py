@@ -29,6 +29,7 @@ from sage_cp_plugin.routing.base import Router
 from sage_cp_plugin.routing.cache_view import PrefixCacheView
 from sage_cp_plugin.state import InstanceState
 from sage_cp_plugin.strategies import Strategies
+from sage_cp_plugin.tracing import spans as tracing
 from sage_cp_plugin.types import (
     ExecutionInstanceType,
     RequestKind,
@@ -205,7 +206,11 @@ class Attempts:
             st.in_flight_tokens += item.input_tokens + item.output_tokens
             router.on_dispatch(item, st)
         starts = [self.meter.mark(st.instance_id, st.in_flight, now) for st, _ in legs]
-        task = asyncio.create_task(self._execute(item, decision, now, legs, starts, attempt))
+        # Traced: the task runs in the request's span context (None: the usual copy).
+        task = asyncio.create_task(
+            self._execute(item, decision, now, legs, starts, attempt),
+            context=tracing.task_context(item),
+        )
         self._running[item.request_id] = (task, legs[-1][0], item)
 
     async def _execute(

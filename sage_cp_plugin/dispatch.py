@@ -22,6 +22,7 @@ from sage_cp_plugin.pools import InstancePools
 from sage_cp_plugin.results import ResultStore
 from sage_cp_plugin.state import InstanceState
 from sage_cp_plugin.strategies import Strategies
+from sage_cp_plugin.tracing import spans as tracing
 from sage_cp_plugin.types import (
     ExecutionInstanceType,
 )
@@ -270,12 +271,29 @@ class Dispatcher:
                     break  # every eligible instance is busy: wait for a finish
                 queue.pop(pool)
                 self._dequeued(item)
+                if item.trace is not None and item.trace.recording:
+                    self._trace_decision(item, action, now)
                 if isinstance(action, Launch):
                     self.attempts.launch(item, action.state, now)
                 elif isinstance(action, LaunchSplit):
                     self.attempts.launch_pd(item, action.prefill, action.decode, now)
                 else:
                     results.finish_failed(item, action.reason, action.kind)
+
+    def _trace_decision(self, item: QueuedRequest, action: object, now: float) -> None:
+        """The decision span (tracing on only). The alternatives are read without
+        `routable`/`candidates`, which may half-open a circuit: tracing must not change a
+        decision. Each is scored by the load model's predicted wait, best first."""
+        room = self.pools.has_room
+        free = [s for s in self.pools.eligible(item.pool) if s.routable and room(s, item)]
+        scored = sorted((load_model.queue_wait_s(s, now), s.instance_id) for s in free)
+        tracing.on_dispatch(
+            item,
+            action,
+            policy=self.strategies.policy_for(item).describe(),
+            router=self.strategies.routing_strategy,
+            candidates=[(iid, wait) for wait, iid in scored],
+        )
 
     def _dequeued(self, item: QueuedRequest) -> None:
         hook = getattr(self.strategies.policy_for(item), "on_dequeue", None)

@@ -56,6 +56,8 @@ class QueuedRequest:
     prompt_token_ids: list[int] | None = None
     block_hashes: dict[int, list[int]] | None = None
     lane: str | None = None  # the router's lane (its own heap); None: the shared one
+    # Its spans while traced (tracing.spans.RequestTrace); None when tracing is off.
+    trace: Any = None
 
     @property
     def request_id(self) -> str:
