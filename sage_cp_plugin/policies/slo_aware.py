@@ -6,8 +6,17 @@ prediction comes from per-instance speeds learnt online (prefill s/token, decode
 and is refreshed on the chosen instance when the request comes up for dispatch: if it can
 no longer meet its deadline there, `late_action` decides: ``run`` it anyway, or ``reject``
 it with the reason (so hopeless work stops delaying requests that can still make it).
-Requests without a deadline are keyed ``arrival + no_deadline_slack_s``: they run after
-urgent work but cannot starve.
+A TTFT objective alone is a deadline on the first token: it orders like a completion
+deadline of ``arrival + ttft_slo + predicted``, i.e. by its first-token deadline.
+
+Requests without any objective have no slack to protect, only a latency to keep low: least
+slack first would run the longest of them first (the least slack against the same implied
+deadline), which is the order that maximises their mean latency. They are ordered instead by
+their ideal finish, ``arrival + predicted + no_deadline_slack_s``: the time they would end if
+served alone at arrival (the virtual finish time of fair queueing), shifted by the slack so
+they run after work with an objective but cannot starve. Inside a burst the shorter ones go
+first (what keeps their mean E2E low, shortest-job-first); across arrivals further apart than
+their difference in service time, arrival order holds.
 """
 
 from __future__ import annotations
@@ -34,6 +43,10 @@ class SLOAwarePolicy(SchedulingPolicy):
         self.no_deadline_slack_s = no_deadline_slack_s
 
     def key(self, item: QueuedRequest) -> tuple[float, ...]:
+        req = item.request
+        if item.deadline is None and req.ttft_slo_ms is None:
+            # No objective: ideal finish, shifted by the slack (see the module doc).
+            return (item.arrival + item.predicted_s + self.no_deadline_slack_s, float(item.seq))
         target = self._target(item)
         return (target - item.predicted_s, float(item.seq))
 
@@ -41,16 +54,16 @@ class SLOAwarePolicy(SchedulingPolicy):
         # Least slack first inside the engine too: the key's time in milliseconds.
         return key_ms(self.key(item)[0])
 
-    def _target(self, item: QueuedRequest) -> float:
-        """The time by which the request should be done (explicit or implied)."""
-        req = item.request
+    @staticmethod
+    def _target(item: QueuedRequest) -> float:
+        """The time by which a request with an objective should be done."""
         if item.deadline is not None:
             return item.deadline
-        if req.ttft_slo_ms is not None:
-            # A TTFT objective alone: the first token must come by then; scale to a
-            # completion target so it orders against e2e deadlines.
-            return item.arrival + req.ttft_slo_ms / 1000.0 + item.predicted_s
-        return item.arrival + self.no_deadline_slack_s
+        ttft_slo_ms = item.request.ttft_slo_ms
+        assert ttft_slo_ms is not None  # `key` handles requests without an objective
+        # A TTFT objective alone: the first token must come by then; scale to a completion
+        # target so it orders against e2e deadlines.
+        return item.arrival + ttft_slo_ms / 1000.0 + item.predicted_s
 
     def check_dispatch(self, item: QueuedRequest, state: InstanceState, now: float) -> str | None:
         if self.late_action != "reject" or item.deadline is None:
