@@ -17,7 +17,14 @@ from sage_cp_plugin import load_model
 from sage_cp_plugin.attempts import Attempts
 from sage_cp_plugin.health import HealthMonitor
 from sage_cp_plugin.pending import PendingQueue, QueuedRequest
-from sage_cp_plugin.planning import Launch, LaunchSplit, WaitForCapacity, WaitUntil, plan_head
+from sage_cp_plugin.planning import (
+    Demote,
+    Launch,
+    LaunchSplit,
+    WaitForCapacity,
+    WaitUntil,
+    plan_head,
+)
 from sage_cp_plugin.pools import InstancePools
 from sage_cp_plugin.results import ResultStore
 from sage_cp_plugin.state import InstanceState
@@ -214,6 +221,11 @@ class Dispatcher:
                 if isinstance(action, WaitForCapacity):
                     break  # every eligible instance is busy: wait for a finish
                 queue.pop(pool)
+                if isinstance(action, Demote):
+                    item.demoted = True  # never again: the next plan launches it
+                    item.key = policy.key(item)
+                    queue.push(item)
+                    continue
                 self._dequeued(item)
                 if isinstance(action, Launch):
                     self.attempts.launch(item, action.state, now)

@@ -48,6 +48,14 @@ class Fail:
 
 
 @dataclass(frozen=True, slots=True)
+class Demote:
+    """Re-queue the request in the order of work without an objective (the policy found its
+    objective can no longer be met); the dispatcher then plans the new head."""
+
+    item: QueuedRequest
+
+
+@dataclass(frozen=True, slots=True)
 class WaitUntil:
     """The head may not run before `when` (retry backoff): come back then."""
 
@@ -59,7 +67,7 @@ class WaitForCapacity:
     """No instance can take the head now: the pool waits for a request to finish."""
 
 
-Action = Launch | LaunchSplit | Fail | WaitUntil | WaitForCapacity
+Action = Launch | LaunchSplit | Fail | Demote | WaitUntil | WaitForCapacity
 
 
 class FleetView(Protocol):
@@ -128,4 +136,6 @@ def plan_head(
     reject = policy.check_dispatch(item, state, now)
     if reject is not None:
         return Fail(item, reject, "rejected")
+    if not item.demoted and policy.demote(item, state, now):
+        return Demote(item)
     return Launch(item, state)
