@@ -27,6 +27,7 @@ from sage_cp_plugin.planning import (
 )
 from sage_cp_plugin.pools import InstancePools
 from sage_cp_plugin.results import ResultStore
+from sage_cp_plugin.split_decision import hurts_decodes
 from sage_cp_plugin.state import InstanceState
 from sage_cp_plugin.strategies import Strategies
 from sage_cp_plugin.types import (
@@ -193,6 +194,32 @@ class Dispatcher:
 
     def no_instance_reason(self, item: QueuedRequest) -> str:
         return self._no_instance_reason(item)
+
+    def whole_candidates(
+        self, item: QueuedRequest, free: list[InstanceState]
+    ) -> list[InstanceState]:
+        """With the `predicted` trigger, a request running whole skips the decode instances
+        whose decodes its prefill would cost a step (`split_decision.hurts_decodes`) while
+        another instance has room; with none, any instance with room (never worse than a
+        general pool)."""
+        dis = self.strategies.disaggregator
+        if not dis.predicted:
+            return free
+        decoding = ExecutionInstanceType.DECODING
+        others = [s for s in free if s.instance.instance_type is not decoding]
+        if not others or len(others) == len(free):
+            return free
+        kept = [
+            s
+            for s in free
+            if s.instance.instance_type is not decoding
+            or not hurts_decodes(
+                dis.uncached_tokens(item, s),
+                load_model.prefill_s_per_token(s),
+                load_model.decode_step_s(s),
+            )
+        ]
+        return kept
 
     # -- one round: plan the head of each pool (planning.plan_head), apply, repeat ---------
     def dispatch_round(self) -> None:

@@ -91,6 +91,13 @@ class FleetView(Protocol):
 
     def no_instance_reason(self, item: QueuedRequest) -> str: ...
 
+    def whole_candidates(
+        self, item: QueuedRequest, free: list[InstanceState]
+    ) -> list[InstanceState]:
+        """Disaggregated fleets: where a request that runs whole may go (asked only when
+        `plan_head` has a split decision)."""
+        ...
+
 
 # (prefill, decode) for a split request, "wait" when a pool it needs is full, None when the
 # request is not split. A decision over the fleet view (the dispatcher provides it).
@@ -126,6 +133,8 @@ def plan_head(
     if not routable:
         return Fail(item, view.no_instance_reason(item), "no_instance")
     free = [s for s in routable if view.has_room(s, item)]
+    if split is not None and free:
+        free = view.whole_candidates(item, free)
     if item.phase is not None:
         free = [s for s in view.filter_by_phase(free or routable, item) if view.has_room(s, item)]
     if not free:

@@ -94,7 +94,7 @@ def _prefix(r: dict[str, Any]) -> None:
 
 
 def _pd(r: dict[str, Any]) -> None:
-    g = "55 rps"
+    g = "code 90%"
     # Some requests were split, and their decode steps, free of prefill work, are faster than
     # the general pool's: the one win disaggregation shows on this engine.
     assert _m(r, g, "pd_predicted", "split_share") > 0
