@@ -27,7 +27,7 @@ from sage_cp_plugin.planning import (
 )
 from sage_cp_plugin.pools import InstancePools
 from sage_cp_plugin.results import ResultStore
-from sage_cp_plugin.split_decision import hurts_decodes
+from sage_cp_plugin.split_decision import hurts_decodes, whole_targets
 from sage_cp_plugin.state import InstanceState
 from sage_cp_plugin.strategies import Strategies
 from sage_cp_plugin.types import (
@@ -206,20 +206,15 @@ class Dispatcher:
         if not dis.predicted:
             return free
         decoding = ExecutionInstanceType.DECODING
-        others = [s for s in free if s.instance.instance_type is not decoding]
-        if not others or len(others) == len(free):
-            return free
-        kept = [
-            s
-            for s in free
-            if s.instance.instance_type is not decoding
-            or not hurts_decodes(
+        return whole_targets(
+            free,
+            lambda s: s.instance.instance_type is decoding,
+            lambda s: hurts_decodes(
                 dis.uncached_tokens(item, s),
                 load_model.prefill_s_per_token(s),
                 load_model.decode_step_s(s),
-            )
-        ]
-        return kept
+            ),
+        )
 
     # -- one round: plan the head of each pool (planning.plan_head), apply, repeat ---------
     def dispatch_round(self) -> None:

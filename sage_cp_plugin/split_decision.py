@@ -25,7 +25,11 @@ instead of the 40 % it has when decode instances decode only).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +51,17 @@ def hurts_decodes(uncached_tokens: int, prefill_s_per_token: float, decode_step_
     """Prefilling `uncached_tokens` takes at least one decode step of the instance: the
     sequences decoding there would feel it."""
     return uncached_tokens * prefill_s_per_token >= decode_step_s
+
+
+def whole_targets(
+    free: Sequence[T], is_decode: Callable[[T], bool], hurts: Callable[[T], bool]
+) -> list[T]:
+    """Where a request that runs whole may go among the instances with room: not on a
+    decode instance whose decodes its prefill would hurt while a non-decode instance has
+    room; when none has, anywhere (the fleet never idles where a general pool would not)."""
+    if not any(not is_decode(s) for s in free):
+        return list(free)
+    return [s for s in free if not is_decode(s) or not hurts(s)]
 
 
 def split_pays(v: SplitView) -> bool:
