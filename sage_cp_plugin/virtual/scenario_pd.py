@@ -3,7 +3,7 @@ with disaggregation decided per request.
 
 Workloads: every bundled trace with its own arrival times — the Azure 2023 conversation
 trace (medium prompts, long answers), the Azure 2023 code trace (long prompts, short answers,
-bursty) and the Mooncake synthetic trace (long prompts sharing prefixes); 400 requests per
+bursty) and the Mooncake synthetic trace (long prompts sharing prefixes); 200 requests per
 window, windows evenly spaced over each whole file (window = seed mod 3), prompts clipped to
 8000 tokens (the same rule for every trace). Load: 50/70/90/110 % of the general pool's
 capacity on each window, measured at run time (`measured_capacity_rps`: the window offered
@@ -51,6 +51,7 @@ SLO = {"ttft_slo_ms": 1000.0, "tpot_slo_ms": 100.0}
 SLOTS = 64
 LIMIT = {"adaptive_concurrency": True}  # the same for every variant
 GENERAL = ["general"] * 4
+REQUESTS = 200  # per window: 3 traces x 4 loads x 2 variants per seed must run in minutes
 PD_POOLS = ["prefill", "prefill", "decode", "decode"]
 
 
@@ -87,7 +88,7 @@ def measured_capacity_rps(trace: str, seed: int, n: int, slots: int = SLOTS) -> 
 
 
 def build(seed: int, smoke: bool) -> list[Variant]:
-    n = 40 if smoke else 400
+    n = 40 if smoke else REQUESTS
     loads = (0.9,) if smoke else LOADS
     traces = (AZURE_CODE,) if smoke else TRACES
     slots = SMOKE_SLOTS if smoke else SLOTS
