@@ -13,7 +13,7 @@ ADMIN_KEY_ENV = "SAGE_CP_ADMIN_KEY"
 
 def register(sub: Any) -> None:
     from .gateway.schemas import DEFAULT_MAX_EMBEDDING_CHARS, DEFAULT_MAX_EMBEDDING_INPUTS
-    from .gateway.settings import DEFAULT_MAX_BODY_BYTES
+    from .gateway.settings import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_INFLIGHT_BYTES
 
     p: argparse.ArgumentParser = sub.add_parser(
         "serve",
@@ -54,6 +54,13 @@ def register(sub: Any) -> None:
         type=int,
         default=DEFAULT_MAX_EMBEDDING_CHARS,
         help=f"most characters in one embeddings request (default {DEFAULT_MAX_EMBEDDING_CHARS})",
+    )
+    p.add_argument(
+        "--max-inflight-bytes",
+        type=int,
+        default=DEFAULT_MAX_INFLIGHT_BYTES,
+        help="bytes all requests in flight may hold (bodies, embedding answers); a request "
+        f"that would pass it waits with 429 + Retry-After (default {DEFAULT_MAX_INFLIGHT_BYTES})",
     )
     p.add_argument(
         "--header-timeout",
@@ -148,6 +155,7 @@ def run(args: argparse.Namespace) -> int:
             max_body_bytes=args.max_body_bytes,
             max_embedding_inputs=args.max_embedding_inputs,
             max_embedding_chars=args.max_embedding_chars,
+            max_inflight_bytes=args.max_inflight_bytes,
             header_timeout_s=args.header_timeout,
             body_timeout_s=args.body_timeout,
             keep_alive_s=args.keep_alive,

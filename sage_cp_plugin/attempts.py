@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from sage_cp_plugin import load_model
 from sage_cp_plugin.concurrency_limit import ConcurrencyLimits
 from sage_cp_plugin.cost import GpuTimeMeter, price
+from sage_cp_plugin.embedding_parts import share_vectors
 from sage_cp_plugin.errors import InvalidRequestBodyError, UpstreamError
 from sage_cp_plugin.executor import ExecutionCoordinator, Outcome
 from sage_cp_plugin.health import HealthMonitor
@@ -377,6 +378,7 @@ class Attempts:
             tags=req.tags,
             cost=item.cost,
         )
+        share_vectors(result)
         t = result.timings
         t.queue_ms = (dispatched - item.arrival) * 1000
         t.e2e_ms = (out.finished_at - item.arrival) * 1000

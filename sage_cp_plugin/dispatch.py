@@ -127,6 +127,50 @@ class Dispatcher:
         # Retry elsewhere when possible; the excluded instances are the last resort.
         return routable or kept_excluded
 
+    def routable_and_free(
+        self, item: QueuedRequest
+    ) -> tuple[list[InstanceState], list[InstanceState]]:
+        """`routable(item)` and those of them with room (`pools.has_room`), in one pass over
+        the pool: the per-instance part of every decision (`planning.plan_head` uses it).
+        Without adaptive limits or urgent headroom, `has_room` is inlined (the same tests)."""
+        routable: list[InstanceState] = []
+        free: list[InstanceState] = []
+        kept: list[InstanceState] = []
+        kept_free: list[InstanceState] = []
+        excluded = item.excluded
+        tokens = item.input_tokens
+        health, fleet, pools = self.health, self.fleet, self.pools
+        room = pools.has_room if pools.limits is not None or item.urgent else None
+        for s in pools.eligible(item.pool):
+            if not s.healthy or s.draining:
+                continue
+            if s.circuit_open and not health.maybe_half_open(s, fleet.now):
+                continue
+            inst = s.instance
+            limit = inst.max_prompt_tokens
+            if limit is not None and tokens > limit:
+                continue
+            if room is not None:
+                ok = room(s, item)
+            elif s.in_flight + s.peer_in_flight >= inst.slot_limit:
+                ok = False
+            else:
+                ok = True
+                target = inst.decode_target_s
+                if target is not None and s.in_flight > 0:
+                    tpot = s.decode_s_per_token.value
+                    ok = tpot is None or not tpot > target
+            if excluded and s.instance_id in excluded:
+                kept.append(s)
+                if ok:
+                    kept_free.append(s)
+                continue
+            routable.append(s)
+            if ok:
+                free.append(s)
+        # Retry elsewhere when possible; the excluded instances are the last resort.
+        return (routable, free) if routable else (kept, kept_free)
+
     def _pd_pair(self, item: QueuedRequest) -> tuple[InstanceState, InstanceState] | str | None:
         """(prefill, decode) for a split request; "wait" when both pools exist but one is
         full; None when the request is not split (no PD pools, or the trigger says no)."""
