@@ -28,6 +28,12 @@ def register(sub: Any) -> None:
     p.add_argument("--seeds", type=int, default=3, help="number of seeds (0..N-1), default 3")
     p.add_argument("--smoke", action="store_true", help="a small, fast run (CI)")
     p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="seeds run in parallel processes (same numbers, less wall time), default 1",
+    )
+    p.add_argument(
         "--out",
         type=Path,
         default=Path("bench-results"),
@@ -37,11 +43,14 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.jobs < 1:
+        print(f"sage-cp bench: error: --jobs must be >= 1, got {args.jobs}", file=sys.stderr)
+        return 2
     names = list(NAMES) if args.scenario == "all" else [args.scenario]
     for name in names:
         scenario = get_scenario(name)
         try:
-            result = run_scenario(scenario, range(args.seeds), args.smoke)
+            result = run_scenario(scenario, range(args.seeds), args.smoke, args.jobs)
         except ConfigurationError as exc:  # a missing or malformed trace, for example
             print(f"sage-cp bench: error: {exc}", file=sys.stderr)
             return 2

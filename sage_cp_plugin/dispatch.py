@@ -17,9 +17,17 @@ from sage_cp_plugin import load_model
 from sage_cp_plugin.attempts import Attempts
 from sage_cp_plugin.health import HealthMonitor
 from sage_cp_plugin.pending import PendingQueue, QueuedRequest
-from sage_cp_plugin.planning import Launch, LaunchSplit, WaitForCapacity, WaitUntil, plan_head
+from sage_cp_plugin.planning import (
+    Demote,
+    Launch,
+    LaunchSplit,
+    WaitForCapacity,
+    WaitUntil,
+    plan_head,
+)
 from sage_cp_plugin.pools import InstancePools
 from sage_cp_plugin.results import ResultStore
+from sage_cp_plugin.split_decision import hurts_decodes, whole_targets
 from sage_cp_plugin.state import InstanceState
 from sage_cp_plugin.strategies import Strategies
 from sage_cp_plugin.tracing import spans as tracing
@@ -237,6 +245,27 @@ class Dispatcher:
     def no_instance_reason(self, item: QueuedRequest) -> str:
         return self._no_instance_reason(item)
 
+    def whole_candidates(
+        self, item: QueuedRequest, free: list[InstanceState]
+    ) -> list[InstanceState]:
+        """With the `predicted` trigger, a request running whole skips the decode instances
+        whose decodes its prefill would cost a step (`split_decision.hurts_decodes`) while
+        another instance has room; with none, any instance with room (never worse than a
+        general pool)."""
+        dis = self.strategies.disaggregator
+        if not dis.predicted:
+            return free
+        decoding = ExecutionInstanceType.DECODING
+        return whole_targets(
+            free,
+            lambda s: s.instance.instance_type is decoding,
+            lambda s: hurts_decodes(
+                dis.uncached_tokens(item, s),
+                load_model.prefill_s_per_token(s),
+                load_model.decode_step_s(s),
+            ),
+        )
+
     # -- one round: plan the head of each pool (planning.plan_head), apply, repeat ---------
     def dispatch_round(self) -> None:
         if not self.is_running():
@@ -270,6 +299,11 @@ class Dispatcher:
                 if isinstance(action, WaitForCapacity):
                     break  # every eligible instance is busy: wait for a finish
                 queue.pop(pool)
+                if isinstance(action, Demote):
+                    item.demoted = True  # never again: the next plan launches it
+                    item.key = policy.key(item)
+                    queue.push(item)
+                    continue
                 self._dequeued(item)
                 if item.trace is not None and item.trace.recording:
                     self._trace_decision(item, action, now)

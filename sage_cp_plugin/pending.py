@@ -46,6 +46,9 @@ class QueuedRequest:
     cancel_reason: str | None = None
     no_split: bool = False  # disaggregated prefill failed once: run whole from now on
     urgent: bool = False  # may use the manager's urgent headroom
+    # Its objective can no longer be met: the policy orders it as work without one
+    # (`SchedulingPolicy.demote`), so it stops delaying requests that can still make theirs.
+    demoted: bool = False
     failed_on: str | None = None  # instance whose failure caused the pending retry
     first_token_seen: bool = False  # the running attempt has produced its first token
     cost: float | None = None  # what its attempts cost so far (None: nothing priced)

@@ -48,6 +48,14 @@ class Fail:
 
 
 @dataclass(frozen=True, slots=True)
+class Demote:
+    """Re-queue the request in the order of work without an objective (the policy found its
+    objective can no longer be met); the dispatcher then plans the new head."""
+
+    item: QueuedRequest
+
+
+@dataclass(frozen=True, slots=True)
 class WaitUntil:
     """The head may not run before `when` (retry backoff): come back then."""
 
@@ -59,7 +67,7 @@ class WaitForCapacity:
     """No instance can take the head now: the pool waits for a request to finish."""
 
 
-Action = Launch | LaunchSplit | Fail | WaitUntil | WaitForCapacity
+Action = Launch | LaunchSplit | Fail | Demote | WaitUntil | WaitForCapacity
 
 
 class FleetView(Protocol):
@@ -85,6 +93,13 @@ class FleetView(Protocol):
     ) -> list[InstanceState]: ...
 
     def no_instance_reason(self, item: QueuedRequest) -> str: ...
+
+    def whole_candidates(
+        self, item: QueuedRequest, free: list[InstanceState]
+    ) -> list[InstanceState]:
+        """Disaggregated fleets: where a request that runs whole may go (asked only when
+        `plan_head` has a split decision)."""
+        ...
 
 
 # (prefill, decode) for a split request, "wait" when a pool it needs is full, None when the
@@ -127,6 +142,8 @@ def plan_head(
         free = [s for s in routable if view.has_room(s, item)]
     if not routable:
         return Fail(item, view.no_instance_reason(item), "no_instance")
+    if split is not None and free:
+        free = view.whole_candidates(item, free)
     if item.phase is not None:
         free = [s for s in view.filter_by_phase(free or routable, item) if view.has_room(s, item)]
     if not free:
@@ -137,4 +154,6 @@ def plan_head(
     reject = policy.check_dispatch(item, state, now)
     if reject is not None:
         return Fail(item, reject, "rejected")
+    if not item.demoted and policy.demote(item, state, now):
+        return Demote(item)
     return Launch(item, state)

@@ -74,8 +74,11 @@ def _m(result: dict[str, Any], group: str, label: str, key: str) -> float:
 def _slo_classes(r: dict[str, Any]) -> None:
     group = "code 100%"
     assert _m(r, group, "fifo", "all.queue_ms_p90") > 0  # a queue formed to be ordered
-    key = "groups.interactive.ttft_ms_p90"
-    assert _m(r, group, "slo_aware", key) < _m(r, group, "fifo", key), (group, key)
+    key = "groups.interactive.slo_attainment"
+    assert _m(r, group, "slo_aware", key) > _m(r, group, "fifo", key), (group, key)
+    # Batch work is not starved for it (the issue allows +15 % mean E2E; smoke is noisier).
+    e2e = "groups.batch.e2e_ms_mean"
+    assert _m(r, group, "slo_aware", e2e) < 1.3 * _m(r, group, "fifo", e2e)
 
 
 def _prefix(r: dict[str, Any]) -> None:
@@ -91,7 +94,7 @@ def _prefix(r: dict[str, Any]) -> None:
 
 
 def _pd(r: dict[str, Any]) -> None:
-    g = "55 rps"
+    g = "code 90%"
     # Some requests were split, and their decode steps, free of prefill work, are faster than
     # the general pool's: the one win disaggregation shows on this engine.
     assert _m(r, g, "pd_predicted", "split_share") > 0

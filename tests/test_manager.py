@@ -274,3 +274,49 @@ async def test_urgent_headroom_lets_interactive_work_past_a_full_instance() -> N
         assert (await m.get_request_status(busy[2])).state == "queued"
         for rid in (urgent, tight, *busy):
             assert (await m.wait(rid, timeout=60)).state == "completed"
+
+
+async def _late_vs_batch_order(**manager_kwargs: object) -> list[str]:
+    """Behind a blocker on a single-slot instance: an interactive request whose 1 ms TTFT
+    SLO is lost by the time it can start, then a shorter request without any objective."""
+    async with managed_fleet(
+        gen(1),
+        scheduling_policy="slo_aware",
+        instance_fields={"max_concurrent_requests": 1},
+        **manager_kwargs,  # type: ignore[arg-type]
+    ) as (m, _):
+        blocker = await m.submit_request(RequestMetadata(prompt="block " * 20, max_tokens=64))
+        await wait_until(lambda: m.dispatcher.in_flight_count() == 1, "the blocker to run")
+        await m.submit_request(
+            RequestMetadata(
+                request_id="late",
+                prompt="same length prompt",
+                max_tokens=32,
+                priority=RequestPriority.HIGH,
+                ttft_slo_ms=1.0,
+            )
+        )
+        await m.submit_request(
+            RequestMetadata(
+                request_id="batch",
+                prompt="same length prompt",
+                max_tokens=1,
+                priority=RequestPriority.LOW,
+            )
+        )
+        results = [await m.wait(rid, timeout=60) for rid in ("late", "batch")]
+        await m.wait(blocker, timeout=60)
+        assert all(r.state == "completed" for r in results)
+        starts = {r.request_id: r.timings.queue_ms for r in results}
+        return sorted(starts, key=lambda k: starts[k])  # type: ignore[arg-type, return-value]
+
+
+async def test_slo_aware_demotes_a_request_that_lost_its_ttft_slo_behind_later_work() -> None:
+    # Default late_action="demote": the interactive request, hopeless once the slot frees,
+    # is re-queued as work without an objective, where the shorter batch request is ahead.
+    assert await _late_vs_batch_order() == ["batch", "late"]
+    # late_action="run": its (missed) first-token deadline still puts it first.
+    assert await _late_vs_batch_order(policy_options={"late_action": "run"}) == [
+        "late",
+        "batch",
+    ]

@@ -114,3 +114,34 @@ def test_backoff_timeout_and_no_instance() -> None:
     a.healthy = False
     action = plan_head(item(3), view, FIFOPolicy(), RoundRobinRouter(), 0.0)
     assert isinstance(action, Fail) and action.kind == "no_instance"
+
+
+def test_slo_aware_demotes_a_request_whose_prefill_would_start_after_its_ttft_deadline() -> None:
+    """A TTFT-SLO request that cannot make it even on the optimistic side of the load model
+    is re-queued as work without an objective (so it stops delaying requests that can still
+    make theirs); one that can make it launches; a demoted request is never demoted again."""
+    from sage_cp_plugin.planning import Demote
+    from sage_cp_plugin.policies import SLOAwarePolicy
+
+    busy = state("busy")
+    busy.prefill_s_per_token.add(1e-4)  # 10k tokens/s: 20,000 queued tokens wait 2 s
+    busy.decode_s_per_token.add(0.02)
+    lm.book(busy, 20_000, 10, 0, 0.0)
+    view = View([busy])
+    policy = SLOAwarePolicy()
+    late = item(1, now=0.0, ttft_slo_ms=200, priority=RequestPriority.HIGH)
+    late.key = policy.key(late)
+    action = plan_head(late, view, policy, LoadBalancedRouter(), 0.0)
+    assert action == Demote(late)
+    # Demoted: ordered behind a later request without any objective that is shorter.
+    late.demoted = True
+    batch = item(2, now=0.0, priority=RequestPriority.LOW)
+    late.predicted_s, batch.predicted_s = 0.5, 0.1
+    assert policy.key(late) > policy.key(batch)
+    assert isinstance(plan_head(late, view, policy, LoadBalancedRouter(), 0.0), Launch)
+    # With a generous SLO the same request launches; `late_action="run"` never demotes.
+    relaxed = item(3, now=0.0, ttft_slo_ms=5000)
+    assert isinstance(plan_head(relaxed, view, policy, LoadBalancedRouter(), 0.0), Launch)
+    other = item(4, now=0.0, ttft_slo_ms=200)
+    run = SLOAwarePolicy(late_action="run")
+    assert isinstance(plan_head(other, view, run, LoadBalancedRouter(), 0.0), Launch)

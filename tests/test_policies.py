@@ -85,6 +85,24 @@ def test_slo_aware_orders_by_slack_not_deadline() -> None:
     assert order(SLOAwarePolicy(), [short, long]) == ["r2", "r1"]
 
 
+def test_slo_aware_runs_short_requests_without_objective_first_within_a_burst() -> None:
+    """No objective: ordered by ideal finish (arrival + predicted service). In one burst the
+    shorter request goes first (least slack would run the longest first, raising the mean
+    latency); arrivals further apart than their service difference keep arrival order."""
+    long = item(1, now=0.000, priority=RequestPriority.LOW)
+    short = item(2, now=0.001, priority=RequestPriority.LOW)
+    long.predicted_s, short.predicted_s = 0.300, 0.020
+    assert order(SLOAwarePolicy(), [long, short]) == ["r2", "r1"]
+    early_long = item(1, now=0.0, priority=RequestPriority.LOW)
+    late_short = item(2, now=1.0, priority=RequestPriority.LOW)
+    early_long.predicted_s, late_short.predicted_s = 0.300, 0.020
+    assert order(SLOAwarePolicy(), [early_long, late_short]) == ["r1", "r2"]
+    # A request with a TTFT objective still runs before both.
+    urgent = item(3, now=0.5, priority=RequestPriority.HIGH, ttft_slo_ms=200)
+    urgent.predicted_s = 0.5
+    assert order(SLOAwarePolicy(), [long, short, urgent])[0] == "r3"
+
+
 def _priced_fleet() -> tuple[object, ...]:
     cheap = state("cheap", price_per_1k_tokens=0.1, speed_hint=0.05)
     pricey = state("pricey", price_per_1k_tokens=1.0, speed_hint=5.0)

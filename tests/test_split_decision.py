@@ -60,3 +60,19 @@ def test_predicted_is_a_known_trigger_and_unknown_ones_are_named() -> None:
     )
     with pytest.raises(ValueError, match="disaggregation_trigger='sometimes'"):
         PDSeparationConfig(disaggregation_trigger="sometimes")
+
+
+def test_whole_requests_keep_off_decode_instances_they_would_stall() -> None:
+    """A request running whole skips a decode instance whose decodes its prefill would cost
+    a step, while a non-decode instance has room; with none, it may go anywhere."""
+    from sage_cp_plugin.split_decision import hurts_decodes, whole_targets
+
+    # 2,000 tokens at 20 us/token = 40 ms: longer than a 20 ms decode step.
+    assert hurts_decodes(2000, 2e-5, 0.020)
+    assert not hurts_decodes(500, 2e-5, 0.020)  # 10 ms: fits in a step's slack
+    free = ["p0", "d0", "d1"]
+    is_decode = lambda s: s.startswith("d")  # noqa: E731
+    assert whole_targets(free, is_decode, lambda s: True) == ["p0"]
+    assert whole_targets(free, is_decode, lambda s: s == "d0") == ["p0", "d1"]
+    # Only decode instances have room: the request is not held back (general-pool goodput).
+    assert whole_targets(["d0", "d1"], is_decode, lambda s: True) == ["d0", "d1"]

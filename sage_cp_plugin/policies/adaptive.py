@@ -91,6 +91,9 @@ class AdaptivePolicy(SchedulingPolicy):
     def check_dispatch(self, item: QueuedRequest, state: InstanceState, now: float) -> str | None:
         return self.active.check_dispatch(item, state, now)
 
+    def demote(self, item: QueuedRequest, state: InstanceState, now: float) -> bool:
+        return self.active.demote(item, state, now)
+
     def select_instance(
         self,
         item: QueuedRequest,

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import logging
 import math
+import multiprocessing as mp
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -86,35 +88,71 @@ def aggregate(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     return out
 
 
-def run_scenario(scenario: Scenario, seeds: Sequence[int], smoke: bool) -> dict[str, Any]:
-    """Run every variant for every seed; returns the JSON-ready result."""
+def _run_seed(scenario: Scenario, seed: int, smoke: bool) -> list[tuple[Variant, dict[str, Any]]]:
+    """Every variant of one seed: (variant without its workload, its summary)."""
+    out = []
+    for v in scenario.build(seed, smoke):
+        fleet = InProcessFleet(v.members)
+        result = run_replay(v.workload, fleet, v.config, events=v.events, prompt_seed=seed)
+        s = summarize(result)
+        s["seed"] = seed
+        v.info = v.info | {
+            "policy": v.config.policy,
+            "router": v.config.router,
+            "instances": len(v.members),
+            "requests": len(v.workload),
+        }
+        logger.warning(
+            "%s seed %d %s %s: %.1fs wall, %.0fs virtual, %d/%d completed",
+            scenario.name,
+            seed,
+            v.group,
+            v.label,
+            result.wall_s,
+            result.virtual_s,
+            int(s["all"]["completed"]),
+            len(v.workload),
+        )
+        out.append((Variant(v.label, v.config, (), (), v.group, info=v.info), s))
+    return out
+
+
+# The scenario a forked worker runs (set before the pool forks: scenarios hold lambdas,
+# which do not pickle; a seed number does).
+_FORKED: tuple[Scenario, bool] | None = None
+
+
+def _forked_seed(seed: int) -> list[tuple[Variant, dict[str, Any]]]:
+    assert _FORKED is not None
+    scenario, smoke = _FORKED
+    return _run_seed(scenario, seed, smoke)
+
+
+def run_scenario(
+    scenario: Scenario, seeds: Sequence[int], smoke: bool, jobs: int = 1
+) -> dict[str, Any]:
+    """Run every variant for every seed; returns the JSON-ready result. `jobs > 1` runs
+    seeds in parallel processes (fork): the same numbers, since each replay runs on its own
+    virtual clock; only the wall time changes."""
+    global _FORKED
     started = time.perf_counter()
+    seeds = list(seeds)
+    if jobs > 1 and len(seeds) > 1:
+        _FORKED = (scenario, smoke)
+        try:
+            ctx = mp.get_context("fork")
+            with ProcessPoolExecutor(max_workers=min(jobs, len(seeds)), mp_context=ctx) as pool:
+                per_seed = list(pool.map(_forked_seed, seeds))
+        finally:
+            _FORKED = None
+    else:
+        per_seed = [_run_seed(scenario, seed, smoke) for seed in seeds]
     per_variant: dict[tuple[str, str], list[dict[str, Any]]] = {}
     infos: dict[tuple[str, str], dict[str, Any]] = {}
-    for seed in seeds:
-        for v in scenario.build(seed, smoke):
-            fleet = InProcessFleet(v.members)
-            result = run_replay(v.workload, fleet, v.config, events=v.events, prompt_seed=seed)
-            s = summarize(result)
-            s["seed"] = seed
+    for runs in per_seed:
+        for v, s in runs:
             per_variant.setdefault((v.group, v.label), []).append(s)
-            infos[(v.group, v.label)] = v.info | {
-                "policy": v.config.policy,
-                "router": v.config.router,
-                "instances": len(v.members),
-                "requests": len(v.workload),
-            }
-            logger.warning(
-                "%s seed %d %s %s: %.1fs wall, %.0fs virtual, %d/%d completed",
-                scenario.name,
-                seed,
-                v.group,
-                v.label,
-                result.wall_s,
-                result.virtual_s,
-                int(s["all"]["completed"]),
-                len(v.workload),
-            )
+            infos[(v.group, v.label)] = v.info
     variants = [
         {
             "group": g,
@@ -130,7 +168,7 @@ def run_scenario(scenario: Scenario, seeds: Sequence[int], smoke: bool) -> dict[
         "description": scenario.description,
         "notes": scenario.notes,
         "baseline": scenario.baseline,
-        "seeds": list(seeds),
+        "seeds": seeds,
         "smoke": smoke,
         "wall_s": time.perf_counter() - started,
         "variants": variants,
