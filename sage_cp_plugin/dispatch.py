@@ -301,7 +301,7 @@ class Dispatcher:
                 queue.pop(pool)
                 if isinstance(action, Demote):
                     item.demoted = True  # never again: the next plan launches it
-                    item.key = policy.key(item)
+                    item.key = ordering.key(item)  # its lane's policy
                     queue.push(item)
                     continue
                 self._dequeued(item)
