@@ -14,6 +14,7 @@ from starlette.routing import Route
 from sage_cp_plugin.log_once import OncePerKind
 
 from .admin import admin_routes
+from .autoscaling import autoscaling_routes
 from .availability import model_availability
 from .errors import error_response
 from .experiment import experiment_routes
@@ -124,6 +125,7 @@ def create_app(gateway: Gateway) -> Starlette:
         Route("/openapi.json", openapi, methods=["GET"]),
         *admin_routes(),
         *experiment_routes(),
+        *autoscaling_routes(),
     ]
     app = Starlette(
         routes=routes,
