@@ -123,7 +123,8 @@ def test_local_actuator_needs_a_port_placeholder() -> None:
 
 async def test_local_actuator_scales_sim_processes_under_a_load_step() -> None:
     # Real processes (each a `sage-cp sim` server); the scaler's capacity model is set small
-    # so that a few concurrent clients need three replicas and one client needs one.
+    # so that twelve paced clients (<= 48 req/s) need three replicas and one (<= 4 req/s) one:
+    # ~0.036 s of modelled work per request, ~0.7 of a replica's time usable at the target.
     scaling: dict[str, Any] = {
         "model": "sim-model",
         "actuator": "local",
@@ -143,16 +144,24 @@ async def test_local_actuator_scales_sim_processes_under_a_load_step() -> None:
     phase = {"clients": 0}
     stop = asyncio.Event()
 
+    sent: list[asyncio.Task[None]] = []
+
+    async def one() -> None:
+        try:
+            results.append(await cp.generate("a b c d e f g h", model_name="sim-model",
+                                             max_tokens=8))  # fmt: skip
+        except Exception as exc:  # a refused request is a lost one
+            results.append(exc)
+
     async def client(i: int) -> None:
+        # Open loop: each active client sends a request every 0.25 s whether or not the last
+        # one is answered (pacing, not synchronisation), so the offered load is set by the
+        # number of clients and not by how fast this machine answers (a closed loop offers
+        # less on a busy machine, and the step would not need more replicas there).
         while not stop.is_set():
-            if i >= phase["clients"]:
-                await asyncio.sleep(0.05)  # idle client: pacing, not synchronisation
-                continue
-            try:
-                results.append(await cp.generate("a b c d e f g h", model_name="sim-model",
-                                                 max_tokens=8))  # fmt: skip
-            except Exception as exc:  # a refused request is a lost one
-                results.append(exc)
+            if i < phase["clients"]:
+                sent.append(asyncio.create_task(one()))
+            await asyncio.sleep(0.25)
 
     def serving() -> int:
         return cp.elastic.controller.ready("sim-model").get("general", 0)  # type: ignore[union-attr]
@@ -171,6 +180,7 @@ async def test_local_actuator_scales_sim_processes_under_a_load_step() -> None:
     finally:
         stop.set()
         await asyncio.gather(*tasks)
+        await asyncio.gather(*sent)
         await cp.stop()
     assert not act.processes  # stop() terminated the last one
     failed = [r for r in results if isinstance(r, Exception) or r.status != RequestStatus.COMPLETED]
