@@ -1,8 +1,8 @@
 """Gateway CPU per request: `sage-cp serve` vs PyPI vllm-router 0.1.17 (Rust), in one run.
 
 What it measures (issue 16, "Less CPU per request"): the CPU time (user + system, from
-/proc, summed over every process of the target's session, so child processes would
-count) that a gateway spends per request it served, against 2 zero-latency simulated
+/proc, summed over every process of the target's session, so `--workers N`'s scheduling
+process and workers count) that a gateway spends per request it served, against 2 zero-latency simulated
 instances (`sage-cp sim --time-scale 0`), for non-streamed and streamed `/v1/completions`
 (16 tokens), at closed-loop concurrency 1, 16 and 64, a fixed number of requests per point.
 CPU time ratios measured in one run hold on a loaded machine; wall latency and req/s do not,
@@ -13,7 +13,13 @@ connection per user; `bench_gateway.py`'s client) reports its own CPU time separ
 `direct` (the client talks to the instances itself) is the baseline for added latency.
 
     python benchmarks/bench_gateway_cpu.py [--requests 3000] [--concurrency 1 16 64]
-        [--targets sage-cp vllm-router]
+        [--targets direct sage-cp sage-cp-workers sage-cp-replicas vllm-router] [--workers 2]
+
+The two designs for many processes on one host (docs/scale-out.md), each against one
+process in the same run: `sage-cp-workers` is `sage-cp serve --workers N` (one scheduling
+process + N forwarding workers); `sage-cp-replicas` is N independent `sage-cp serve
+--redis-url` processes sharing state through a local redis-server (needs `redis-server`),
+the client spreading its connections over them. CPU is counted over every process of each.
 
 Writes benchmarks/results/gateway_cpu.{json,md,png} (stem set by --out).
 """
@@ -25,6 +31,7 @@ import asyncio
 import json
 import os
 import shutil
+import socket
 import sys
 import tempfile
 import time
@@ -55,7 +62,22 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 def session_cpu_s(sid: int) -> float:
     """User + system CPU seconds of every live process in session `sid` (plus what they
     collected from children that exited)."""
-    total = 0
+    return sum(session_cpu_by_role(sid).values())
+
+
+def _role(pid: str) -> str:
+    """`scheduler`/`worker` for the children of `serve --workers N`, else `main`."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return "main"
+    marker = b"sage_cp_plugin.entrypoints.gateway.workers.child"
+    return argv[argv.index(marker) + 1].decode() if marker in argv else "main"
+
+
+def session_cpu_by_role(sid: int) -> dict[str, float]:
+    """`session_cpu_s` split by process role (main, scheduler, worker)."""
+    total: dict[str, float] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -67,8 +89,9 @@ def session_cpu_s(sid: int) -> float:
         # fields[0] is field 3 (state): session is field 6, utime..cstime fields 14..17
         if int(fields[3]) != sid:
             continue
-        total += sum(int(x) for x in fields[11:15])
-    return total / CLK_TCK
+        role = _role(entry)
+        total[role] = total.get(role, 0.0) + sum(int(x) for x in fields[11:15]) / CLK_TCK
+    return total
 
 
 def body(stream: bool) -> bytes:
@@ -91,6 +114,8 @@ class Point:
     target_cpu_s: float
     cpu_ms_per_request: float
     client_cpu_ms_per_request: float
+    # By process role for `--workers N` (main = the supervisor there, the server otherwise).
+    cpu_ms_per_request_by_role: dict[str, float] | None = None
 
 
 async def _user(
@@ -130,8 +155,19 @@ async def drive(eps: list[tuple[str, int]], stream: bool, conc: int, n: int) -> 
     return lat, errs[0], time.perf_counter() - t0
 
 
-def measure(target: str, eps: list[tuple[str, int]], sid: int | None, stream: bool, conc: int,
-            n: int) -> Point:  # fmt: skip
+def cpu_by_role(sessions: dict[int, str]) -> dict[str, float]:
+    """CPU seconds of every session, by role: a session's own label (`replica`, `redis`),
+    or the child role (`scheduler`, `worker`) inside it."""
+    out: dict[str, float] = {}
+    for sid, label in sessions.items():
+        for role, cpu in session_cpu_by_role(sid).items():
+            key = label if role == "main" else role
+            out[key] = out.get(key, 0.0) + cpu
+    return out
+
+
+def measure(target: str, eps: list[tuple[str, int]], sessions: dict[int, str], stream: bool,
+            conc: int, n: int) -> Point:  # fmt: skip
     try:
         import uvloop
 
@@ -139,11 +175,15 @@ def measure(target: str, eps: list[tuple[str, int]], sid: int | None, stream: bo
     except ImportError:
         runner = asyncio.run
     runner(drive(eps, stream, conc, max(conc * 20, n // 10)))  # warm-up, not counted
-    cpu0 = session_cpu_s(sid) if sid is not None else 0.0
+    roles0 = cpu_by_role(sessions)
     me0 = time.process_time()
     lat, errors, wall = runner(drive(eps, stream, conc, n))
     me = time.process_time() - me0
-    cpu = (session_cpu_s(sid) - cpu0) if sid is not None else 0.0
+    roles1 = cpu_by_role(sessions)
+    # A process that restarted mid-point would make a role's difference meaningless; none
+    # does in a healthy run (the server's /health counts restarts).
+    by_role = {r: roles1[r] - roles0.get(r, 0.0) for r in roles1}
+    cpu = sum(by_role.values())
     lat.sort()
     k = len(lat)
     return Point(
@@ -159,6 +199,9 @@ def measure(target: str, eps: list[tuple[str, int]], sid: int | None, stream: bo
         target_cpu_s=cpu,
         cpu_ms_per_request=cpu / max(k, 1) * 1000,
         client_cpu_ms_per_request=me / max(k, 1) * 1000,
+        cpu_ms_per_request_by_role={r: c / max(k, 1) * 1000 for r, c in sorted(by_role.items())}
+        if len(by_role) > 1
+        else None,
     )
 
 
@@ -225,8 +268,74 @@ def markdown(meta: dict[str, Any], points: list[Point], rows: list[dict[str, Any
             f"| {f(r['cpu_vs_router'], '.2f')} | {f(r['added_p50_ms'], '.2f')} "
             f"| {f(r['router_added_p50_ms'], '.2f')} |"
         )
+    out += workers_table(points)
     out += ["", f"Re-run on a quiet machine: `{meta['command']}`", ""]
     return "\n".join(out)
+
+
+def workers_table(points: list[Point]) -> list[str]:
+    """The multi-process designs against one process, same run: throughput and CPU per
+    request, split by process role."""
+    by = {(p.target, p.streamed, p.concurrency): p for p in points}
+    pairs = [(by[("sage-cp", p.streamed, p.concurrency)], p) for p in points
+             if p.target in ("sage-cp-workers", "sage-cp-replicas")
+             and ("sage-cp", p.streamed, p.concurrency) in by]  # fmt: skip
+    if not pairs:
+        return []
+    out = [
+        "",
+        "## Many processes vs one (goal: throughput >= 1.7x with 2 workers on 2 cores)",
+        "",
+        "`sage-cp-workers`: `serve --workers N` (a scheduling process + N forwarding workers); "
+        "`sage-cp-replicas`: N independent `serve --redis-url` processes sharing state through "
+        "a local redis-server, the client spreading its connections over them.",
+        "",
+        "| design | streamed | conc. | req/s 1 process | req/s N | throughput ratio "
+        "| CPU ms/req 1 process | CPU ms/req N | by process role | client CPU ms/req |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|---:|",
+    ]
+    for one, many in pairs:
+        roles = many.cpu_ms_per_request_by_role or {}
+        split = ", ".join(f"{r} {v:.3f}" for r, v in roles.items()) or "-"
+        out.append(
+            f"| {many.target} | {'yes' if one.streamed else 'no'} | {one.concurrency} "
+            f"| {one.rps:.0f} | {many.rps:.0f} | {many.rps / one.rps:.2f} "
+            f"| {one.cpu_ms_per_request:.3f} | {many.cpu_ms_per_request:.3f} | {split} "
+            f"| {many.client_cpu_ms_per_request:.3f} |"
+        )
+    return out
+
+
+def start_replicas(procs: Procs, cfg: Path, n: int) -> tuple[list[tuple[str, int]], dict[int, str]]:
+    """Design (a) on one host: n `sage-cp serve --redis-url` replicas and their redis-server."""
+    redis = shutil.which("redis-server")
+    if redis is None:
+        raise SystemExit(
+            "the sage-cp-replicas target needs redis-server (apt-get install redis-server)"
+        )
+    rport = free_port()
+    rproc = procs.start([redis, "--port", str(rport), "--bind", "127.0.0.1", "--save", "",
+                         "--appendonly", "no"])  # fmt: skip
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", rport), timeout=1).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise SystemExit("redis-server did not start") from None
+            time.sleep(0.05)
+    eps: list[tuple[str, int]] = []
+    sessions = {rproc.pid: "redis"}
+    for i in range(n):
+        port = free_port()
+        proc = procs.start([*CLI, "serve", "--config", str(cfg), "--port", str(port),
+                            "--redis-url", f"redis://127.0.0.1:{rport}/0",
+                            "--replica-id", f"r{i}"])  # fmt: skip
+        wait_http(f"http://127.0.0.1:{port}/health")
+        eps.append(("127.0.0.1", port))
+        sessions[proc.pid] = "replica"
+    return eps, sessions
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
@@ -262,12 +371,17 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=3000, help="requests measured per point")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
     ap.add_argument("--targets", nargs="+", default=["direct", "sage-cp", "vllm-router"],
-                    choices=["direct", "sage-cp", "vllm-router"])  # fmt: skip
+                    choices=["direct", "sage-cp", "sage-cp-workers", "sage-cp-replicas",
+                             "vllm-router"])  # fmt: skip
+    ap.add_argument("--workers", type=int, default=2,
+                    help="processes of the sage-cp-workers and sage-cp-replicas targets")  # fmt: skip
     ap.add_argument("--streamed", choices=["both", "no", "yes"], default="both")
     ap.add_argument("--out", default="gateway_cpu")
     args = ap.parse_args()
     if args.requests < 1 or any(c < 1 for c in args.concurrency):
         ap.error("--requests and --concurrency must be positive")
+    if args.workers < 2:
+        ap.error("--workers must be 2 or more (1 is the sage-cp target)")
 
     procs = Procs()
     tmp = Path(tempfile.mkdtemp(prefix="bench-gwcpu-"))
@@ -275,24 +389,29 @@ def main() -> int:
     points: list[Point] = []
     try:
         sims, cfg = start_sim_fleet(procs, 2, tmp)
-        targets: dict[str, tuple[list[tuple[str, int]], int | None]] = {}
+        targets: dict[str, tuple[list[tuple[str, int]], dict[int, str]]] = {}
         for name in args.targets:
             if name == "direct":
-                targets[name] = (sims, None)
+                targets[name] = (sims, {})
+                continue
+            if name == "sage-cp-replicas":
+                targets[name] = start_replicas(procs, cfg, args.workers)
                 continue
             port = free_port()
             if name == "vllm-router":
                 argv = router_argv(sims, port)
             else:
                 argv = [*CLI, "serve", "--config", str(cfg), "--port", str(port)]
+                if name == "sage-cp-workers":
+                    argv += ["--workers", str(args.workers)]
             proc = procs.start(argv)
             wait_http(f"http://127.0.0.1:{port}/health")
-            targets[name] = ([("127.0.0.1", port)], proc.pid)  # session id = its pid
+            targets[name] = ([("127.0.0.1", port)], {proc.pid: "main"})  # session id = its pid
         modes = {"both": [False, True], "no": [False], "yes": [True]}[args.streamed]
         for stream in modes:
             for c in args.concurrency:
-                for name, (eps, sid) in targets.items():
-                    pt = measure(name, eps, sid, stream, c, args.requests)
+                for name, (eps, sessions) in targets.items():
+                    pt = measure(name, eps, sessions, stream, c, args.requests)
                     points.append(pt)
                     print(
                         f"{name:<16} stream={stream!s:<5} c={c:<3} {pt.rps:7.0f} req/s "
@@ -311,7 +430,8 @@ def main() -> int:
         "workload": f"{args.requests} requests per point (after an uncounted warm-up), "
         "POST /v1/completions 'hello world' max_tokens 16, streamed and not, 2 zero-latency "
         "simulated instances (one `sage-cp sim --time-scale 0` process)",
-        "targets": "sage-cp serve (fifo, round_robin, defaults otherwise); vllm-router "
+        "targets": "sage-cp serve (fifo, round_robin, defaults otherwise; sage-cp-workers: "
+        f"the same with --workers {args.workers}); vllm-router "
         f"{ROUTER_VERSION} (PyPI, --policy round_robin); direct = client to the instances",
         "command": "python benchmarks/bench_gateway_cpu.py " + " ".join(sys.argv[1:]),
     }

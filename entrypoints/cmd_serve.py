@@ -112,6 +112,13 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--redis-namespace", default="sagecp", help="key prefix in Redis")
     p.add_argument("--replica-id", default=None, help="this replica's name (default: host-pid)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes serving HTTP: N forwarding workers plus one scheduling process that "
+        "is the one control plane (docs/scale-out.md); default 1, a single process",
+    )
     p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=run)
 
@@ -164,7 +171,14 @@ def run(args: argparse.Namespace) -> int:
     except ConfigurationError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.workers < 1:
+        print(f"error: --workers must be 1 or more, got {args.workers}", file=sys.stderr)
+        return 2
     try:
+        if args.workers > 1:
+            from .gateway.workers.supervisor import run_supervised
+
+            return run_supervised(settings, config, args.workers)
         run_gateway(settings, config)
     except OSError as exc:
         print(f"error: cannot serve on {args.host}:{args.port}: {exc}", file=sys.stderr)

@@ -3,7 +3,8 @@
 Modules: `app` (routes), `openai_routes`, `sse` (stream relay), `disconnect`, `translate`
 (body + headers -> RequestMetadata), `body` (size-limited reads), `errors` (OpenAI error
 format), `auth`, `admin`, `metrics` (Prometheus), `openapi`, `runtime` (shared state),
-`settings`, `server` (uvicorn + graceful shutdown).
+`settings`, `server` (uvicorn + graceful shutdown), `workers/` (`serve --workers N`: a
+scheduling process and forwarding workers).
 """
 
 from .app import create_app

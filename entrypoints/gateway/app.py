@@ -76,13 +76,16 @@ async def health(request: Request) -> Response:
         "models": {m.name: m.available for m in models.values()},
         "unavailable_models": {m.name: m.reason(states) for m in unavailable},
         **health_fields(gw),
+        **({"workers": gw.workers.describe()} if gw.workers is not None else {}),
     }
     return Response(json.dumps(body), media_type="application/json")
 
 
 async def metrics(request: Request) -> Response:
     gw: Gateway = request.app.state.gateway
-    return Response(gw.metrics.render() + prometheus_lines(gw), media_type=PROMETHEUS_CONTENT_TYPE)
+    workers = gw.workers.prometheus() if gw.workers is not None else b""
+    body = gw.metrics.render() + prometheus_lines(gw) + workers
+    return Response(body, media_type=PROMETHEUS_CONTENT_TYPE)
 
 
 async def openapi(request: Request) -> Response:

@@ -79,20 +79,12 @@ async def _handle(request: Request, kind: RequestKind, endpoint: str) -> Respons
             s = gw.settings
             check_embedding_size(body, s.max_embedding_inputs, s.max_embedding_chars)
         validate_body(kind, body)
-        stream_opts = body.get("stream_options")
-        if stream_opts is not None and not isinstance(stream_opts, dict):
-            raise GatewayError(
-                400,
-                f"stream_options must be an object such as {{'include_usage': true}}, "
-                f"got {type(stream_opts).__name__}",
-                param="stream_options",
-            )
+        include_usage = wants_usage(body)
         base64_out = kind == RequestKind.EMBEDDING and _wants_base64(body)
         req = gw.experiment.tag(to_request(body, request.headers, kind, endpoint))
         priority = req.priority
         watcher = DisconnectWatcher(request.receive)
         if req.stream and kind != RequestKind.EMBEDDING:
-            include_usage = isinstance(stream_opts, dict) and bool(stream_opts.get("include_usage"))
             if await gw.knows(req.request_id):
                 response = await _rejoin_stream(gw, req, watcher, include_usage)
             else:
@@ -120,6 +112,19 @@ async def _handle(request: Request, kind: RequestKind, endpoint: str) -> Respons
             watcher.close()
         if not streamed:
             gw.metrics.observe_request(endpoint, model, status, priority)
+
+
+def wants_usage(body: dict[str, Any]) -> bool:
+    """`stream_options.include_usage`; a `stream_options` that is not an object is a 400."""
+    stream_opts = body.get("stream_options")
+    if stream_opts is not None and not isinstance(stream_opts, dict):
+        raise GatewayError(
+            400,
+            f"stream_options must be an object such as {{'include_usage': true}}, "
+            f"got {type(stream_opts).__name__}",
+            param="stream_options",
+        )
+    return isinstance(stream_opts, dict) and bool(stream_opts.get("include_usage"))
 
 
 def _wants_base64(body: dict[str, Any]) -> bool:

@@ -18,6 +18,8 @@ from .settings import GatewaySettings
 if TYPE_CHECKING:
     from sage_cp_plugin.fleetshare.sync import FleetShare
 
+    from .workers.scheduler import WorkerPool
+
 logger = logging.getLogger(__name__)
 
 
@@ -29,6 +31,7 @@ class Gateway:
     experiment: GatewayExperiment = field(init=False)  # A/B arms (experiment.py)
     shutting_down: bool = False
     share: FleetShare | None = None  # state shared with other replicas (--redis-url)
+    workers: WorkerPool | None = None  # the forwarding workers of `serve --workers N`
     _drains: dict[str, asyncio.Task[None]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -15,7 +15,7 @@ import signal
 from collections.abc import AsyncIterator, Generator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import uvicorn
 
@@ -31,8 +31,12 @@ from .shared import sharing
 logger = logging.getLogger(__name__)
 
 
+class _Stopping(Protocol):
+    shutting_down: bool  # /health answers 503 once set
+
+
 class _Server(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, gateway: Gateway) -> None:
+    def __init__(self, config: uvicorn.Config, gateway: _Stopping) -> None:
         super().__init__(config)
         self.gateway = gateway
 
@@ -123,13 +127,9 @@ class _EmbeddedServer(_Server):
         yield  # embedded: the process owner handles signals
 
 
-async def serve(
-    settings: GatewaySettings,
-    config: ControlPlaneConfig | str | Path | None = None,
-    *,
-    ready: asyncio.Event | None = None,
-) -> None:
-    cfg = ControlPlaneConfig.load(config)
+def manager_overrides(settings: GatewaySettings) -> dict[str, Any]:
+    """The coordinator options the gateway's flags set (also the scheduling process's of
+    `--workers N`, workers/scheduler.py)."""
     overrides: dict[str, Any] = {
         "result_retention": settings.result_retention,
         "result_retention_bytes": settings.result_retention_bytes,
@@ -137,7 +137,17 @@ async def serve(
     }
     if settings.max_pending_requests is not None:
         overrides["max_pending_requests"] = settings.max_pending_requests
-    async with open_control_plane(cfg, **overrides) as manager:
+    return overrides
+
+
+async def serve(
+    settings: GatewaySettings,
+    config: ControlPlaneConfig | str | Path | None = None,
+    *,
+    ready: asyncio.Event | None = None,
+) -> None:
+    cfg = ControlPlaneConfig.load(config)
+    async with open_control_plane(cfg, **manager_overrides(settings)) as manager:
         gateway = Gateway(manager, settings)
         app = create_app(gateway)
         server = _Server(_uvicorn_config(app, settings), gateway)
