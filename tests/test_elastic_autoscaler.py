@@ -131,6 +131,38 @@ def test_starting_replicas_count_so_the_cold_start_is_not_doubled() -> None:
     assert not d2.changed
 
 
+def test_no_scale_down_while_asked_for_replicas_are_still_cold() -> None:
+    # Seen live (local actuator, closed-loop clients): after "up 1->3" the rate measured on the
+    # one serving replica dipped, and the window's peak fell below three before the two new
+    # replicas were ready, so the scaler cut a cold one and asked for it again next interval
+    # (up, down, up, ...; every up a new cold start, the fleet never reached three).
+    cfg = AutoscalerConfig(interval_s=1, cold_start_s=20, scale_down_window_s=3,
+                           scale_down_cooldown_s=2)  # fmt: skip
+    per_replica = 1 / general_replicas(1.0, 1000, 200, H100, tpot_target_s=cfg.tpot_target_s,
+                                       utilisation=cfg.utilisation)  # fmt: skip
+    state, ready, asked = ScalerState(), 1, 1
+    history = []
+    for t in range(40):
+        # What one replica can take is all the load it sees until the others serve.
+        ready = min(asked, 3) if t >= 20 else 1  # the new ones serve after their cold start
+        rate = 2.5 * per_replica if ready == 3 or t < 3 else 1.5 * per_replica
+        s = LoadSample(now=t, arrival_rate=rate, mean_prompt_tokens=1000, mean_output_tokens=200,
+                       ready={"general": ready}, starting={"general": asked - ready})  # fmt: skip
+        d, state = decide(cfg, H100, s, state)
+        asked = d.desired["general"]
+        history.append(asked)
+    assert history[2] == 3  # the step was met
+    assert min(history[2:]) >= 3, str(history)  # and never cut while its replicas were cold
+    # A replica that never becomes ready does not pin the fleet: overdue, the cut happens.
+    for t in range(40, 80):
+        s = LoadSample(now=t, arrival_rate=0.5 * per_replica, mean_prompt_tokens=1000,
+                       mean_output_tokens=200, ready={"general": 1},
+                       starting={"general": asked - 1})  # fmt: skip
+        d, state = decide(cfg, H100, s, state)
+        asked = d.desired["general"]
+    assert asked == 1
+
+
 def test_forecast_never_below_the_last_rate() -> None:
     falling = tuple((float(t), 10.0 - t) for t in range(5))
     assert forecast_rate(falling, 100.0) == 6.0

@@ -17,7 +17,8 @@ What it does, and from whom the idea comes:
   ``scale_up_cooldown_s``), and at once regardless when the need is ``panic_factor`` times the
   current fleet; scale down only to the *highest* recommendation of the last
   ``scale_down_window_s``, not within ``scale_down_cooldown_s`` of any action, and only when
-  the cut is beyond the ``tolerance`` band.
+  the cut is beyond the ``tolerance`` band; and not while replicas of the role are still
+  in their cold start (unless overdue by ``cold_start_s + scale_down_window_s``).
 - **Roles**: a ``general`` fleet gets one count; a ``pd`` fleet gets prefill and decode counts
   sized separately, so the split follows the prompt/output mix.
 """
@@ -198,6 +199,7 @@ def decide(cfg: AutoscalerConfig, m: StepModel, s: LoadSample,
     window_from = s.now - cfg.scale_down_window_s
     history = (*tuple(h for h in state.raw if h[0] >= window_from), (s.now, tuple(raw.items())))
     desired, reasons = dict(current), []
+    cold_limit = cfg.cold_start_s + cfg.scale_down_window_s
     acted_up = acted = False
     for role in roles:
         cur = current[role]
@@ -210,6 +212,12 @@ def decide(cfg: AutoscalerConfig, m: StepModel, s: LoadSample,
             continue
         peak = max(dict(h[1]).get(role, 0) for h in history)
         if peak >= cur or s.now - state.last_action < cfg.scale_down_cooldown_s:
+            continue
+        if s.starting.get(role, 0) > 0 and s.now - state.last_up < cold_limit:
+            # Replicas asked for are still cold: the load measured now is what the smaller
+            # fleet could take, not what the bigger one will be offered, so cutting now
+            # flaps (up, down, up: each "up" a new cold start). Wait until they serve, or
+            # until they are overdue (a replica that never starts must not pin the fleet).
             continue
         if peak > 0 and (cur - peak) / cur <= cfg.tolerance:
             continue
