@@ -68,7 +68,7 @@ def make_shape(name: str, peak: float, duration_s: float) -> Shape:
 def verdicts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The issue's "Done when" comparisons per workload and cold start."""
     out = []
-    for (shape, trace) in sorted({(r["workload"], r["trace"]) for r in rows}):
+    for shape, trace in sorted({(r["workload"], r["trace"]) for r in rows}):
         same = [r for r in rows if r["workload"] == shape and r["trace"] == trace]
         peak = next(r for r in same if r["variant"] == "static_peak")
         for auto in (r for r in same if r["variant"] == "autoscaler"):
@@ -102,7 +102,8 @@ def markdown(data: dict[str, Any]) -> str:
         f"SLOs TTFT {data['setup']['ttft_slo_ms']:.0f} ms / TPOT {data['setup']['tpot_slo_ms']:.0f}"
         f" ms; {a['duration']:.0f} s per workload, peak sized for {a['peak_replicas']} replicas by "
         "the capacity model. Command: `python -m benchmarks.bench_autoscaling "
-        + ("--smoke" if a["smoke"] else data["argv"]) + "`.",
+        + ("--smoke" if a["smoke"] else data["argv"])
+        + "`.",
         "",
         data["provenance_line"],
         "",
@@ -120,7 +121,7 @@ def markdown(data: dict[str, Any]) -> str:
         )
     lines += [
         "",
-        "## Against the issue's \"Done when\" (autoscaler rows; losses included)",
+        '## Against the issue\'s "Done when" (autoscaler rows; losses included)',
         "",
         "| workload | trace | cold start s | GPU-hours saved vs peak | attainment vs peak (points)"
         " | >=30 % at <=1 point | vs threshold (points, GPU-h) | beats threshold |",
