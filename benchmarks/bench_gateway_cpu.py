@@ -21,6 +21,11 @@ process + N forwarding workers); `sage-cp-replicas` is N independent `sage-cp se
 --redis-url` processes sharing state through a local redis-server (needs `redis-server`),
 the client spreading its connections over them. CPU is counted over every process of each.
 
+Tracing cost (issue 13): `--tracing` measures `sage-cp serve` with tracing off, on at
+sampling ratio 0.1 and on at 1.0 (OTLP/gRPC to a local receiver process,
+benchmarks/otlp_sink.py), in one run; the added gateway CPU per request is in the
+"Tracing cost" table (stem gateway_cpu_tracing).
+
 Writes benchmarks/results/gateway_cpu.{json,md,png} (stem set by --out).
 """
 
@@ -205,11 +210,52 @@ def measure(target: str, eps: list[tuple[str, int]], sessions: dict[int, str], s
     )
 
 
+# Traced variants of `sage-cp serve`: target name -> sampling ratio.
+TRACED = {"sage-cp-traced-0.1": 0.1, "sage-cp-traced-1.0": 1.0}
+
+
+def wait_port(port: int, timeout: float = 60.0) -> None:
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout:g}s")
+
+
+def tracing_rows(points: list[Point]) -> list[dict[str, Any]]:
+    """Added gateway CPU per request of each traced variant over tracing off, same mode."""
+    off = {(p.streamed, p.concurrency): p for p in points if p.target == "sage-cp"}
+    rows = []
+    for p in points:
+        base = off.get((p.streamed, p.concurrency))
+        if p.target not in TRACED or base is None:
+            continue
+        rows.append(
+            {
+                "target": p.target,
+                "ratio": TRACED[p.target],
+                "streamed": p.streamed,
+                "concurrency": p.concurrency,
+                "off_cpu_ms_per_request": base.cpu_ms_per_request,
+                "cpu_ms_per_request": p.cpu_ms_per_request,
+                "added_cpu_ms_per_request": p.cpu_ms_per_request - base.cpu_ms_per_request,
+                "added_fraction": p.cpu_ms_per_request / base.cpu_ms_per_request - 1
+                if base.cpu_ms_per_request > 0
+                else None,
+            }
+        )
+    return rows
+
+
 def summarize(points: list[Point]) -> list[dict[str, Any]]:
     by = {(p.target, p.streamed, p.concurrency): p for p in points}
     rows = []
     for p in points:
-        if p.target in ("direct", "vllm-router"):
+        if p.target in ("direct", "vllm-router") or p.target in TRACED:
             continue
         r = by.get(("vllm-router", p.streamed, p.concurrency))
         d = by.get(("direct", p.streamed, p.concurrency))
@@ -268,6 +314,24 @@ def markdown(meta: dict[str, Any], points: list[Point], rows: list[dict[str, Any
             f"| {f(r['cpu_vs_router'], '.2f')} | {f(r['added_p50_ms'], '.2f')} "
             f"| {f(r['router_added_p50_ms'], '.2f')} |"
         )
+    traced = tracing_rows(points)
+    if traced:
+        out += [
+            "",
+            "## Tracing cost (sage-cp serve, OTLP/gRPC to a local receiver; same run)",
+            "",
+            "| variant | ratio | streamed | conc. | off CPU ms/req | on CPU ms/req | added ms/req "
+            "| added % |",
+            "|---|---:|---|---:|---:|---:|---:|---:|",
+        ]
+        for t in traced:
+            frac = t["added_fraction"]
+            out.append(
+                f"| {t['target']} | {t['ratio']:g} | {'yes' if t['streamed'] else 'no'} "
+                f"| {t['concurrency']} | {t['off_cpu_ms_per_request']:.3f} "
+                f"| {t['cpu_ms_per_request']:.3f} | {t['added_cpu_ms_per_request']:+.3f} "
+                f"| {'-' if frac is None else format(frac * 100, '+.0f')} |"
+            )
     out += workers_table(points)
     out += ["", f"Re-run on a quiet machine: `{meta['command']}`", ""]
     return "\n".join(out)
@@ -372,12 +436,18 @@ def main() -> int:
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
     ap.add_argument("--targets", nargs="+", default=["direct", "sage-cp", "vllm-router"],
                     choices=["direct", "sage-cp", "sage-cp-workers", "sage-cp-replicas",
-                             "vllm-router"])  # fmt: skip
+                             "vllm-router", *TRACED])  # fmt: skip
     ap.add_argument("--workers", type=int, default=2,
                     help="processes of the sage-cp-workers and sage-cp-replicas targets")  # fmt: skip
+    ap.add_argument("--tracing", action="store_true",
+                    help="targets: sage-cp with tracing off, at ratio 0.1 and at 1.0")  # fmt: skip
     ap.add_argument("--streamed", choices=["both", "no", "yes"], default="both")
     ap.add_argument("--out", default="gateway_cpu")
     args = ap.parse_args()
+    if args.tracing:
+        args.targets = ["sage-cp", *TRACED]
+        if args.out == "gateway_cpu":
+            args.out = "gateway_cpu_tracing"
     if args.requests < 1 or any(c < 1 for c in args.concurrency):
         ap.error("--requests and --concurrency must be positive")
     if args.workers < 2:
@@ -389,6 +459,11 @@ def main() -> int:
     points: list[Point] = []
     try:
         sims, cfg = start_sim_fleet(procs, 2, tmp)
+        sink_port = None
+        if any(t in TRACED for t in args.targets):
+            sink_port = free_port()
+            procs.start([sys.executable, str(ROOT / "benchmarks" / "otlp_sink.py"), str(sink_port)])
+            wait_port(sink_port)
         targets: dict[str, tuple[list[tuple[str, int]], dict[int, str]]] = {}
         for name in args.targets:
             if name == "direct":
@@ -402,6 +477,9 @@ def main() -> int:
                 argv = router_argv(sims, port)
             else:
                 argv = [*CLI, "serve", "--config", str(cfg), "--port", str(port)]
+                if name in TRACED:
+                    argv += ["--otlp-traces-endpoint", f"http://127.0.0.1:{sink_port}",
+                             "--trace-sampling-ratio", str(TRACED[name])]  # fmt: skip
                 if name == "sage-cp-workers":
                     argv += ["--workers", str(args.workers)]
             proc = procs.start(argv)
@@ -432,13 +510,20 @@ def main() -> int:
         "simulated instances (one `sage-cp sim --time-scale 0` process)",
         "targets": "sage-cp serve (fifo, round_robin, defaults otherwise; sage-cp-workers: "
         f"the same with --workers {args.workers}); vllm-router "
-        f"{ROUTER_VERSION} (PyPI, --policy round_robin); direct = client to the instances",
+        f"{ROUTER_VERSION} (PyPI, --policy round_robin); direct = client to the instances; "
+        "sage-cp-traced-R: sage-cp with --otlp-traces-endpoint (local OTLP/gRPC receiver) "
+        "and --trace-sampling-ratio R",
         "command": "python benchmarks/bench_gateway_cpu.py " + " ".join(sys.argv[1:]),
     }
     write_stamped(
         RESULTS,
         args.out,
-        {"meta": meta, "points": [asdict(p) for p in points], "summary": rows},
+        {
+            "meta": meta,
+            "points": [asdict(p) for p in points],
+            "summary": rows,
+            "tracing": tracing_rows(points),
+        },
         markdown(meta, points, rows),
     )
     if any(r["router_cpu_ms_per_request"] for r in rows):

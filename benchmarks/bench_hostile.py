@@ -15,9 +15,10 @@ instance, in the gateway's process), connection timeouts set short so the run is
 4. a batch job (`sage-cp batch`, 400 lines) whose only generation instance is down (health
    503, every request 500) for 30 s in the middle: lines answered, errors, exit code.
 
-    python benchmarks/bench_hostile.py [--skip-batch]
+    python benchmarks/bench_hostile.py [--skip-batch] [--small]
 
-Writes benchmarks/results/hostile.{json,md,png}.
+Writes benchmarks/results/hostile.{json,md,png} (`--small`: hostile-small.*, a quick proof
+that it runs: 100 slow connections, no batch run, 10 s of overload).
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ from benchmarks.hostile_cases import CASES, run_cases  # noqa: E402
 
 ADMIN = "bench-admin"
 TIMEOUTS = {"header": 5.0, "body": 5.0, "idle": 5.0}
+SLOTS = 16  # the generation instance's slots in the overload run
+MAX_PENDING = 64  # the gateway's pending bound in the overload run
 CHAT = {"model": "sim-model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
 
 
@@ -96,8 +99,11 @@ def free_port_pair() -> int:
             continue
 
 
-def external_fleet() -> tuple[list[subprocess.Popen[str]], Path]:
-    """2 embedding + 1 generation simulators in processes of their own, and a config."""
+def external_fleet(
+    gen_slots: int = 100, gen_time_scale: float = 0.02
+) -> tuple[list[subprocess.Popen[str]], Path]:
+    """2 embedding + 1 generation simulators in processes of their own, and a config (the
+    generation instance with `gen_slots` slots, its engine time scaled by `gen_time_scale`)."""
     cli = [sys.executable, "-m", "sage_cp_plugin.entrypoints.cli", "sim"]
     emb, gen = free_port_pair(), free_port_pair()
     procs = [
@@ -105,7 +111,7 @@ def external_fleet() -> tuple[list[subprocess.Popen[str]], Path]:
                           "--model", "sim-embed", "--time-scale", "0.02"],
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True),
         subprocess.Popen([*cli, "-n", "1", "--port", str(gen), "--model", "sim-model",
-                          "--time-scale", "0.02"],
+                          "--time-scale", str(gen_time_scale)],
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True),
     ]  # fmt: skip
     for port in (emb, emb + 1, gen):
@@ -121,7 +127,8 @@ def external_fleet() -> tuple[list[subprocess.Popen[str]], Path]:
             ("g0", gen, "sim-model", "general")]  # fmt: skip
     cfg.write_text("scheduling_policy: fifo\ninstances:\n" + "".join(
         f"  - {{instance_id: {i}, host: 127.0.0.1, port: {port}, model_name: {m}, "
-        f"instance_type: {t}}}\n" for i, port, m, t in rows))  # fmt: skip
+        f"instance_type: {t}, max_concurrent_requests: {gen_slots if i == 'g0' else 100}}}\n"
+        for i, port, m, t in rows))  # fmt: skip
     return procs, cfg
 
 
@@ -152,8 +159,9 @@ def hostile(url: str) -> dict[str, Any]:
 
 # -- 2. large embedding requests -----------------------------------------------------------
 class Sampler:
-    """RSS every 10 ms and /health latency every 20 ms, each from its own thread (so the
-    load generator's own JSON work does not show up as gateway latency)."""
+    """RSS every 10 ms and /health latency every 20 ms, each from its own thread; the load
+    runs in a process of its own (`--embed-worker`): threads share this process's GIL, so
+    the load generator's JSON work would otherwise show up as gateway latency."""
 
     def __init__(self, pid: int, url: str) -> None:
         self.pid, self.url = pid, url
@@ -191,19 +199,51 @@ class Sampler:
                 th.join()
 
 
+async def _embed_one(c: httpx.AsyncClient, texts: list[str]) -> dict[str, Any]:
+    """One client's request, resent after each 429 once its Retry-After has passed (what a
+    well-behaved client does when the gateway's in-flight bytes budget is full)."""
+    refused = without_retry_after = 0
+    while True:
+        r = await c.post("/v1/embeddings", json={"model": "sim-embed", "input": texts})
+        if r.status_code != 429:
+            break
+        refused += 1
+        if "retry-after" not in r.headers:
+            without_retry_after += 1
+        await asyncio.sleep(float(r.headers.get("retry-after", "1")))
+    out = {"status": r.status_code, "refused_429": refused,
+           "refused_without_retry_after": without_retry_after, "bytes": len(r.content)}  # fmt: skip
+    if r.status_code == 200:
+        data = r.json()["data"]  # every vector there, in input order
+        out["complete_in_order"] = [d["index"] for d in data] == list(range(len(texts)))
+    else:
+        out["error"] = r.json().get("error", {}).get("message")
+    return out
+
+
 async def _embed(url: str, n: int, copies: int = 1) -> dict[str, Any]:
     texts = [f"input number {i} with a few words of text" for i in range(n)]
     async with httpx.AsyncClient(base_url=url, timeout=300) as c:
         t = time.monotonic()
-        rs = await asyncio.gather(*(
-            c.post("/v1/embeddings", json={"model": "sim-embed", "input": texts})
-            for _ in range(copies)
-        ))  # fmt: skip
+        rs = await asyncio.gather(*(_embed_one(c, texts) for _ in range(copies)))
         elapsed = time.monotonic() - t
-    return {"status": sorted({r.status_code for r in rs}), "seconds": elapsed,
+    return {"status": sorted({r["status"] for r in rs}), "seconds": elapsed,
             "request_bytes": len(json.dumps({"input": texts})),
-            "response_bytes": len(rs[0].content),
-            "error": rs[0].json().get("error", {}).get("message") if rs[0].status_code != 200 else None}  # fmt: skip
+            "response_bytes": rs[0]["bytes"],
+            "refused_429": sum(r["refused_429"] for r in rs),
+            "refused_without_retry_after": sum(r["refused_without_retry_after"] for r in rs),
+            "complete_in_order": sum(1 for r in rs if r.get("complete_in_order")),
+            "error": next((r["error"] for r in rs if "error" in r), None)}  # fmt: skip
+
+
+async def _embed_in_worker(url: str, n: int, copies: int) -> dict[str, Any]:
+    worker = await asyncio.create_subprocess_exec(
+        sys.executable, __file__, "--embed-worker", url, str(n), str(copies),
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, _ = await worker.communicate()
+    result: dict[str, Any] = json.loads(out)
+    return result
 
 
 def embeddings(pid: int, url: str) -> dict[str, Any]:
@@ -213,7 +253,7 @@ def embeddings(pid: int, url: str) -> dict[str, Any]:
                             ("8 x 2048 inputs", 2048, 8)):  # fmt: skip
         s = Sampler(pid, url)
         before = rss_mib(pid)
-        res = asyncio.run(s.during(_embed(url, n, copies)))
+        res = asyncio.run(s.during(_embed_in_worker(url, n, copies)))
         lat = np.array([h[1] for h in s.health])
         res.update(
             rss_before_mib=before,
@@ -269,19 +309,25 @@ async def _slow_client(
     return kind, time.monotonic() - t0, ok, t0 - start
 
 
-async def _slow_clients(url: str) -> list[tuple[str, float, bool, float]]:
+async def _slow_clients(url: str, small: bool) -> list[tuple[str, float, bool, float]]:
     host, port = url.removeprefix("http://").rsplit(":", 1)
-    kinds = ["idle"] * 400 + ["header"] * 300 + ["body"] * 300
+    scale = 10 if small else 100
+    kinds = ["idle"] * 4 * scale + ["header"] * 3 * scale + ["body"] * 3 * scale
     limit = 4 * max(TIMEOUTS.values())
     return list(await asyncio.gather(*(_slow_client(host, int(port), k, limit) for k in kinds)))
 
 
-async def _slow_run(url: str) -> dict[str, Any]:
+async def _slow_run(url: str, small: bool) -> dict[str, Any]:
     before = await _latencies(url, 5.0)
     # The 1,000 clients run in a process of their own, so their work does not show up as
     # latency of the normal requests measured here.
     worker = await asyncio.create_subprocess_exec(
-        sys.executable, __file__, "--slow-worker", url, stdout=asyncio.subprocess.PIPE
+        sys.executable,
+        __file__,
+        "--slow-worker",
+        url,
+        *(["--small"] if small else []),
+        stdout=asyncio.subprocess.PIPE,
     )
     during = await _latencies(url, 8.0)
     out, _ = await worker.communicate()
@@ -369,8 +415,10 @@ async def _overload(url: str, pid: int, seconds: float) -> dict[str, Any]:
     body = {**CHAT, "max_tokens": 32}
     limits = httpx.Limits(max_connections=2000, max_keepalive_connections=2000)
     async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as c:
-        # Service rate: closed loop with every instance slot (2 x 100) busy, over a window
-        # many request latencies long.
+        # Service rate: closed loop with every instance slot busy and half the
+        # pending bound queued behind them, so the gateway's queue is never empty (the rate
+        # is the fleet's, not the client's) and never full (no 429 during the measurement);
+        # over a window many request latencies long.
         done = 0
         end = time.monotonic() + 20.0
 
@@ -381,7 +429,7 @@ async def _overload(url: str, pid: int, seconds: float) -> dict[str, Any]:
                 done += r.status_code == 200
 
         t0 = time.monotonic()
-        await asyncio.gather(*(worker() for _ in range(200)))
+        await asyncio.gather(*(worker() for _ in range(SLOTS + MAX_PENDING // 2)))
         rate = done / (time.monotonic() - t0)
         interval = 1.0 / (2 * rate)
         rss: list[float] = []
@@ -418,6 +466,18 @@ async def _overload(url: str, pid: int, seconds: float) -> dict[str, Any]:
         sent_rate = i / (time.monotonic() - start)
         await asyncio.gather(*tasks)
         rss.append(rss_mib(pid))
+        # The shedding path for certain, whatever the rates above did: more requests at once
+        # than slots plus the pending bound.
+        burst = await asyncio.gather(
+            *(c.post("/v1/chat/completions", json=body) for _ in range(4 * (SLOTS + MAX_PENDING))),
+            return_exceptions=True,
+        )
+        burst_codes: dict[str, int] = {}
+        for r in burst:
+            key = str(r.status_code) if isinstance(r, httpx.Response) else "lost"
+            burst_codes[key] = burst_codes.get(key, 0) + 1
+        burst_ra = sum(1 for r in burst if isinstance(r, httpx.Response)
+                       and r.status_code == 429 and "retry-after" in r.headers)  # fmt: skip
     codes: dict[str, int] = {}
     for code, _ in outcomes:
         codes[str(code)] = codes.get(str(code), 0) + 1
@@ -426,19 +486,32 @@ async def _overload(url: str, pid: int, seconds: float) -> dict[str, Any]:
             "requests": i, "status_counts": codes, "server_errors": sum(
                 1 for code, _ in outcomes if code >= 500), "lost": lost,
             "shed_with_retry_after": sum(shed), "shed": len(shed), "why": why,
-            "rss_first_mib": rss[0], "rss_max_mib": max(rss), "rss_last_mib": rss[-1]}  # fmt: skip
+            "rss_first_mib": rss[0], "rss_max_mib": max(rss), "rss_last_mib": rss[-1],
+            "burst_requests": len(burst), "burst_status_counts": burst_codes,
+            "burst_429_with_retry_after": burst_ra}  # fmt: skip
 
 
 def overload(seconds: float) -> dict[str, Any]:
-    # Default connection timeouts (keep-alive 30 s), as a deployment would run: a 5 s
-    # keep-alive races a client pool that reuses a connection just as it is closed.
-    proc, url = start_gateway("--max-pending", "64", short_timeouts=False)
+    # The instance, not the gateway's or the client's CPU, must be the bottleneck, or the
+    # overload shows as latency and never reaches the pending bound: one simulator in a
+    # process of its own with SLOTS slots and a real-time engine (time scale 1), whose
+    # capacity is far below what this client can send. Default connection timeouts
+    # (keep-alive 30 s), as a deployment would run: a 5 s keep-alive races a client pool
+    # that reuses a connection just as it is closed.
+    sims, cfg = external_fleet(gen_slots=SLOTS, gen_time_scale=1.0)
     try:
-        time.sleep(1.0)
-        return asyncio.run(_overload(url, proc.pid, seconds))
+        proc, url = start_gateway("--config", str(cfg), "--max-pending", str(MAX_PENDING),
+                                  short_timeouts=False)  # fmt: skip
+        try:
+            time.sleep(1.0)
+            return asyncio.run(_overload(url, proc.pid, seconds))
+        finally:
+            proc.terminate()
+            proc.wait(30)
     finally:
-        proc.terminate()
-        proc.wait(30)
+        for sp in sims:
+            sp.terminate()
+            sp.wait(30)
 
 
 # -- report ----------------------------------------------------------------------------------
@@ -474,7 +547,7 @@ def plot(data: dict[str, Any], path: Path) -> None:
         ts = [t for k, t in slow["close_times"] if k == kind]
         ax[2].hist(ts, bins=30, alpha=0.6, color=color, label=f"{kind} ({len(ts)})")
     ax[2].set_xlabel("seconds until the gateway closed the connection")
-    ax[2].set_title("1,000 slow/idle connections (timeouts 5 s)")
+    ax[2].set_title(f"{len(slow['close_times']):,} slow/idle connections (timeouts 5 s)")
     ax[2].legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -482,12 +555,26 @@ def plot(data: dict[str, Any], path: Path) -> None:
 
 def slim(data: dict[str, Any]) -> dict[str, Any]:
     """The JSON without the raw time series (they are in the PNG; 1 MB otherwise)."""
-    out = json.loads(json.dumps(data))
+    out: dict[str, Any] = json.loads(json.dumps(data))
     for section in ("embeddings", "embeddings_external_fleet"):
         for run in out.get(section, {}).get("runs", {}).values():
             run.pop("series", None)
     out.get("slow_connections", {}).pop("close_times", None)
     return out
+
+
+def _embedding_table(section: dict[str, Any]) -> list[str]:
+    rows = ["| request | status | seconds | 429s (all with Retry-After?) | complete | peak RSS over idle (MiB) | /health p50 / p99 / max (ms) | /health non-200 |",
+            "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for name, r in section["runs"].items():
+        rows.append(
+            f"| {name} | {r['status']} | {r['seconds']:.2f} | {r['refused_429']} "
+            f"({'yes' if r['refused_without_retry_after'] == 0 else 'NO'}) | "
+            f"{r['complete_in_order']} | {r['peak_over_idle_mib']:.0f} | "
+            f"{r['health_p50_ms']:.1f} / {r['health_p99_ms']:.1f} / {r['health_max_ms']:.1f} | "
+            f"{r['health_non_200']} |"
+        )
+    return rows
 
 
 def markdown(d: dict[str, Any]) -> str:
@@ -504,29 +591,18 @@ def markdown(d: dict[str, Any]) -> str:
         f"{sum(h['circuit_open_after'].values())} of {len(h['circuit_open_after'])}; "
         f"a normal chat request afterwards: {h['normal_chat_after']}.", "",
         "## Large embedding requests", "",
-        f"Idle gateway RSS: {e['idle_rss_mib']:.0f} MiB.", "",
-        "| request | status | seconds | request bytes | peak RSS over idle (MiB) | /health p50 / p99 / max (ms) | /health non-200 |",
-        "|---|---|---|---|---|---|---|",
+        "Each client resends its request after a 429 once the Retry-After has passed. "
+        "'complete' counts answers holding every vector in input order.", "",
+        f"Embedded fleet (the simulators share the gateway's event loop); idle gateway RSS "
+        f"{e['idle_rss_mib']:.0f} MiB:", "",
+        *_embedding_table(e),
     ]  # fmt: skip
-    for name, r in e["runs"].items():
-        lines.append(
-            f"| {name} | {r['status']} | {r['seconds']:.2f} | {r['request_bytes']} | "
-            f"{r['peak_over_idle_mib']:.0f} | {r['health_p50_ms']:.1f} / {r['health_p99_ms']:.1f}"
-            f" / {r['health_max_ms']:.1f} | {r['health_non_200']} |"
-        )
     if "embeddings_external_fleet" in d:
         x = d["embeddings_external_fleet"]
         lines += ["", "Same requests, simulators in processes of their own (the gateway's own "
-                  f"cost); idle RSS {x['idle_rss_mib']:.0f} MiB:", "",
-                  "| request | status | seconds | peak RSS over idle (MiB) | /health p50 / p99 / max (ms) | /health non-200 |",
-                  "|---|---|---|---|---|---|"]  # fmt: skip
-        for name, r in x["runs"].items():
-            lines.append(
-                f"| {name} | {r['status']} | {r['seconds']:.2f} | {r['peak_over_idle_mib']:.0f} | "
-                f"{r['health_p50_ms']:.1f} / {r['health_p99_ms']:.1f} / {r['health_max_ms']:.1f} | "
-                f"{r['health_non_200']} |"
-            )
-    lines += ["", "## 1,000 slow or idle connections", "",
+                  f"cost); idle RSS {x['idle_rss_mib']:.0f} MiB:", "", *_embedding_table(x)]  # fmt: skip
+    conns = sum(r["connections"] for r in s["by_kind"].values())
+    lines += ["", f"## {conns:,} slow or idle connections", "",
               "| kind | connections | closed by the gateway | closed after p50 / max (s) | max incl. connect (s) | timeout (s) |",
               "|---|---|---|---|---|---|"]  # fmt: skip
     for kind, r in s["by_kind"].items():
@@ -552,26 +628,54 @@ def markdown(d: dict[str, Any]) -> str:
     if "overload" in d:
         o = d["overload"]
         lines += ["## Sustained 2x overload (re-check)", "",
-                  f"Service rate {o['service_rate_per_s']:.0f}/s (closed loop, 200 in flight); "
+                  f"Service rate {o['service_rate_per_s']:.0f}/s (closed loop, {SLOTS + MAX_PENDING // 2} in flight); "
                   f"offered {o['offered_rate_per_s']:.0f}/s open loop for {o['seconds']:g} s "
-                  f"(`--max-pending 64`): {o['requests']} requests, status counts "
+                  f"(`--max-pending {MAX_PENDING}`): {o['requests']} requests, status counts "
                   f"{o['status_counts']}, >= 500: {o['server_errors']}, lost (no answer): "
                   f"{o['lost']}, 429 with Retry-After: {o['shed_with_retry_after']} of "
                   f"{o['shed']}; gateway RSS first/max/last {o['rss_first_mib']:.0f}/"
-                  f"{o['rss_max_mib']:.0f}/{o['rss_last_mib']:.0f} MiB.", ""]  # fmt: skip
+                  f"{o['rss_max_mib']:.0f}/{o['rss_last_mib']:.0f} MiB. Then a burst of "
+                  f"{o['burst_requests']} at once (4 x slots + pending bound): status counts "
+                  f"{o['burst_status_counts']}, 429 with Retry-After: "
+                  f"{o['burst_429_with_retry_after']}.", ""]  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+def _embeddings_section(label: str, pid: int, url: str) -> dict[str, Any]:
+    out = embeddings(pid, url)
+    print(f"{label}:", {k: {"status": v["status"], "429s": v["refused_429"],
+                            "rss+": round(v["peak_over_idle_mib"]),
+                            "health_p99_ms": round(v["health_p99_ms"], 1)}
+                        for k, v in out["runs"].items()}, flush=True)  # fmt: skip
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--skip-batch", action="store_true")
+    ap.add_argument(
+        "--small",
+        action="store_true",
+        help="a quick proof that the benchmark runs: 100 slow connections instead of 1,000, "
+        "no batch run, 10 s of overload (figures not comparable with a full run)",
+    )
     ap.add_argument("--slow-worker", metavar="URL", help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--embed-worker", nargs=3, metavar=("URL", "N", "COPIES"), help=argparse.SUPPRESS
+    )
     ap.add_argument("--overload-s", type=float, default=60.0, help="0 skips the overload run")
     ap.add_argument("--only-overload", action="store_true", help="(diagnosis) print and exit")
     args = ap.parse_args()
-    if args.slow_worker:
-        print(json.dumps(asyncio.run(_slow_clients(args.slow_worker))))
+    if args.embed_worker:
+        url, n, copies = args.embed_worker
+        print(json.dumps(asyncio.run(_embed(url, int(n), int(copies)))))
         return
+    if args.slow_worker:
+        print(json.dumps(asyncio.run(_slow_clients(args.slow_worker, args.small))))
+        return
+    if args.small:
+        args.skip_batch = True
+        args.overload_s = min(args.overload_s, 10.0)
     data: dict[str, Any] = {"machine": machine(), "timeouts_s": TIMEOUTS}
     if args.only_overload:
         print(json.dumps(overload(args.overload_s), indent=1))
@@ -581,10 +685,8 @@ def main() -> None:
         time.sleep(1.0)  # let the embedded fleet's first probes settle
         data["hostile"] = hostile(url)
         print("75 cases:", data["hostile"]["status_counts"], flush=True)
-        data["embeddings"] = embeddings(proc.pid, url)
-        print("embeddings:", {k: (v["status"], round(v["peak_over_idle_mib"]), round(v["health_max_ms"], 1))
-                              for k, v in data["embeddings"]["runs"].items()}, flush=True)  # fmt: skip
-        data["slow_connections"] = asyncio.run(_slow_run(url))
+        data["embeddings"] = _embeddings_section("embeddings", proc.pid, url)
+        data["slow_connections"] = asyncio.run(_slow_run(url, args.small))
         print("slow:", {k: (v["closed_by_server"], round(v["close_after_s_max"], 2))
                         for k, v in data["slow_connections"]["by_kind"].items()}, flush=True)  # fmt: skip
     finally:
@@ -597,10 +699,9 @@ def main() -> None:
         proc, url = start_gateway("--config", str(cfg))
         try:
             time.sleep(1.0)
-            data["embeddings_external_fleet"] = embeddings(proc.pid, url)
-            print("embeddings, external fleet:", {k: (v["status"], round(v["peak_over_idle_mib"]),
-                  round(v["health_max_ms"], 1)) for k, v in
-                  data["embeddings_external_fleet"]["runs"].items()}, flush=True)  # fmt: skip
+            data["embeddings_external_fleet"] = _embeddings_section(
+                "embeddings, external fleet", proc.pid, url
+            )
         finally:
             proc.terminate()
             proc.wait(30)
@@ -614,10 +715,11 @@ def main() -> None:
     if args.overload_s > 0:
         data["overload"] = overload(args.overload_s)
         print("overload:", data["overload"], flush=True)
+    name = "hostile-small" if args.small else "hostile"  # never overwrite a full run
     RESULTS.mkdir(parents=True, exist_ok=True)
-    plot(data, RESULTS / "hostile.png")
-    write_results("hostile", slim(data), markdown(data))
-    print((RESULTS / "hostile.md").read_text())
+    plot(data, RESULTS / f"{name}.png")
+    write_results(name, slim(data), markdown(data))
+    print((RESULTS / f"{name}.md").read_text())
 
 
 if __name__ == "__main__":

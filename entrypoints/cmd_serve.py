@@ -7,13 +7,15 @@ import os
 import sys
 from typing import Any
 
+from sage_cp_plugin.tracing import cli as tracing_cli
+
 API_KEY_ENV = "SAGE_CP_API_KEY"
 ADMIN_KEY_ENV = "SAGE_CP_ADMIN_KEY"
 
 
 def register(sub: Any) -> None:
     from .gateway.schemas import DEFAULT_MAX_EMBEDDING_CHARS, DEFAULT_MAX_EMBEDDING_INPUTS
-    from .gateway.settings import DEFAULT_MAX_BODY_BYTES
+    from .gateway.settings import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_INFLIGHT_BYTES
 
     p: argparse.ArgumentParser = sub.add_parser(
         "serve",
@@ -54,6 +56,13 @@ def register(sub: Any) -> None:
         type=int,
         default=DEFAULT_MAX_EMBEDDING_CHARS,
         help=f"most characters in one embeddings request (default {DEFAULT_MAX_EMBEDDING_CHARS})",
+    )
+    p.add_argument(
+        "--max-inflight-bytes",
+        type=int,
+        default=DEFAULT_MAX_INFLIGHT_BYTES,
+        help="bytes all requests in flight may hold (bodies, embedding answers); a request "
+        f"that would pass it waits with 429 + Retry-After (default {DEFAULT_MAX_INFLIGHT_BYTES})",
     )
     p.add_argument(
         "--header-timeout",
@@ -120,6 +129,7 @@ def register(sub: Any) -> None:
         "is the one control plane (docs/scale-out.md); default 1, a single process",
     )
     p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    tracing_cli.add_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -130,6 +140,7 @@ def _key(flag: str | None, env: str) -> str | None:
 def run(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
+    from sage_cp_plugin import tracing
     from sage_cp_plugin.config import ControlPlaneConfig
     from sage_cp_plugin.errors import ConfigurationError
     from sage_cp_plugin.recording.config import request_log_for
@@ -148,6 +159,7 @@ def run(args: argparse.Namespace) -> int:
             max_body_bytes=args.max_body_bytes,
             max_embedding_inputs=args.max_embedding_inputs,
             max_embedding_chars=args.max_embedding_chars,
+            max_inflight_bytes=args.max_inflight_bytes,
             header_timeout_s=args.header_timeout,
             body_timeout_s=args.body_timeout,
             keep_alive_s=args.keep_alive,
@@ -162,6 +174,10 @@ def run(args: argparse.Namespace) -> int:
         )
         config = ControlPlaneConfig.load(args.config)
         config.request_log = request_log_for(config.request_log, args.request_log, "gateway")
+        config.tracing = tracing_cli.config_from(args, config.tracing)
+        tracing.configure(config.tracing)  # before the app is built: it mounts the middleware
+        if config.embedded_fleet is not None:  # simulated engines in this process: their spans
+            tracing.configure_engine(config.tracing)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
@@ -183,4 +199,6 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"error: cannot serve on {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 1
+    finally:
+        tracing.shutdown()  # flush the spans still batched
     return 0

@@ -51,6 +51,9 @@ def register(sub: Any) -> None:
         help="vLLM's --scheduling-policy: 'priority' orders by the request's priority field",
     )
     p.add_argument("--list-presets", action="store_true", help="print engine presets and exit")
+    from sage_cp_plugin.tracing import cli as tracing_cli  # engine spans, as vLLM's flags
+
+    tracing_cli.add_arguments(p, gateway=False)
     p.set_defaults(func=run)
     from . import cmd_calibrate  # `sage-cp sim calibrate LOG` (its own module)
 
@@ -103,11 +106,18 @@ def run(args: argparse.Namespace) -> int:
     except ValidationError as exc:
         print(f"error: invalid simulator configuration:\n{exc}", file=sys.stderr)
         return 2
+    from sage_cp_plugin import tracing
+    from sage_cp_plugin.errors import ConfigurationError
+    from sage_cp_plugin.tracing import cli as tracing_cli
+
     try:
+        tracing.configure_engine(tracing_cli.config_from(args, None))
         return asyncio.run(_serve(configs, args.host, args.port))
-    except OSError as exc:
+    except (OSError, ConfigurationError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    finally:
+        tracing.shutdown()
 
 
 def _kv_events(args: argparse.Namespace, i: int) -> dict[str, Any]:

@@ -44,12 +44,15 @@ def use_control_plane(
     backend: Backend | None = None,
     manager_options: dict[str, Any] | None = None,
     outage: OutageBackoff | None = None,
+    trace_parent: dict[str, str] | None = None,
 ) -> ControlPlaneHandle:
     """Register the control-plane service on a SAGE environment (see the module doc)."""
     token = uuid.uuid4().hex
     kwargs: dict[str, Any] = {"job_token": token}
     if outage is not None:
         kwargs["outage"] = outage
+    if trace_parent is not None:  # a traced batch job: its requests are the job's children
+        kwargs["trace_parent"] = trace_parent
     if url is not None:
         kwargs["url"] = url
     else:

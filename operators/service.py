@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 from sage.runtime import BaseService
 
 from sage_cp_plugin.config import ControlPlaneConfig
+from sage_cp_plugin.tracing import batch as tracing_batch
 from sage_cp_plugin.types import RequestKind
 
 from .backends import Backend, LocalBackend, ManagerFactory
@@ -65,9 +66,12 @@ class ControlPlaneService(BaseService):  # type: ignore[misc]
         manager_options: dict[str, Any] | None = None,
         job_token: str | None = None,
         outage: OutageBackoff | None = None,
+        trace_parent: dict[str, str] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        # A batch job's span (W3C carrier): its requests become its children when traced.
+        self.trace_parent = trace_parent
         # When given, requests failing as a down fleet fails are retried with backoff.
         self.outage = outage
         if url is not None and (config is not None or manager_factory is not None):
@@ -218,6 +222,12 @@ class ControlPlaneService(BaseService):  # type: ignore[misc]
         return self._on_loop(self._backend.metrics()).result(_STOP_TIMEOUT_S)
 
     async def _run_one(self, prepared: PreparedRequest) -> ResultRecord:
+        if self.trace_parent is not None:
+            with tracing_batch.parent(self.trace_parent):
+                return await self._run_one_untraced(prepared)
+        return await self._run_one_untraced(prepared)
+
+    async def _run_one_untraced(self, prepared: PreparedRequest) -> ResultRecord:
         if self.outage is None:
             return await self._run_once(prepared)
         rid = prepared.request.request_id
@@ -249,7 +259,12 @@ class ControlPlaneService(BaseService):  # type: ignore[misc]
         async def one(item: PreparedRequest | ResultRecord) -> ResultRecord:
             return item if isinstance(item, ResultRecord) else await self._run_one(item)
 
-        return list(await asyncio.gather(*(one(i) for i in items)))
+        attrs = {"sage_cp.batch.size": len(items)}
+        with (
+            tracing_batch.parent(self.trace_parent),
+            tracing_batch.span("sage_cp.pipeline_batch", attrs),
+        ):
+            return list(await asyncio.gather(*(one(i) for i in items)))
 
     def _on_loop(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
         try:

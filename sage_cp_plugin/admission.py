@@ -23,6 +23,7 @@ from sage_cp_plugin.pools import InstancePools
 from sage_cp_plugin.results import ResultStore
 from sage_cp_plugin.state import InstanceState
 from sage_cp_plugin.strategies import Strategies
+from sage_cp_plugin.tracing import spans as tracing
 from sage_cp_plugin.types import RequestKind, RequestMetadata, RequestPriority
 
 
@@ -98,8 +99,11 @@ class Admission:
             item.phase = strategies.pd_router.determine_request_phase(request)
         fleet = self.pools.fleet
         fleet.now = now
-        strategies.scheduling_policy.admit(item, fleet)
-        item.key = strategies.scheduling_policy.key(item)
+        item.lane = strategies.lane_of(request)
+        policy = strategies.policy_for(item)
+        policy.admit(item, fleet)
+        item.key = policy.key(item)
+        tracing.on_admit(item)  # no-op unless tracing is on
         self.queue.push(item)
         self.results.track(item)
         self.metrics.on_submit(now)

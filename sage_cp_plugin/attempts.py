@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from sage_cp_plugin import load_model
 from sage_cp_plugin.concurrency_limit import ConcurrencyLimits
 from sage_cp_plugin.cost import GpuTimeMeter, price
+from sage_cp_plugin.embedding_parts import share_vectors
 from sage_cp_plugin.errors import InvalidRequestBodyError, UpstreamError
 from sage_cp_plugin.executor import ExecutionCoordinator, Outcome
 from sage_cp_plugin.health import HealthMonitor
@@ -28,6 +29,7 @@ from sage_cp_plugin.routing.base import Router
 from sage_cp_plugin.routing.cache_view import PrefixCacheView
 from sage_cp_plugin.state import InstanceState
 from sage_cp_plugin.strategies import Strategies
+from sage_cp_plugin.tracing import spans as tracing
 from sage_cp_plugin.types import (
     ExecutionInstanceType,
     RequestKind,
@@ -106,7 +108,7 @@ class Attempts:
             tensor_parallel_size=state.instance.tensor_parallel_size,
             pipeline_parallel_size=state.instance.pipeline_parallel_size,
             phase=item.phase,
-            policy=st.scheduling_policy.describe(),
+            policy=st.policy_for(item).describe(),
             router=st.routing_strategy,
         )
         sink = item.chunks.put_nowait if item.chunks is not None else None
@@ -115,7 +117,7 @@ class Attempts:
             item.first_token_seen = True
             self._first_token(item)
 
-        priority = st.scheduling_policy.engine_priority(item)
+        priority = st.policy_for(item).engine_priority(item)
 
         async def attempt() -> tuple[Outcome, bool]:
             out = await executor.run(
@@ -138,7 +140,7 @@ class Attempts:
             request_id=item.request_id,
             target_instance_id=decode.instance_id,
             phase=ExecutionInstanceType.DECODING,
-            policy=st.scheduling_policy.describe(),
+            policy=st.policy_for(item).describe(),
             router=st.pd_config.decode_router,
             reason=f"disaggregated: prefill on {prefill.instance_id}, decode on {decode.instance_id}",
             metadata={"prefill_instance_id": prefill.instance_id},
@@ -149,7 +151,7 @@ class Attempts:
             item.first_token_seen = True
             self._first_token(item)
 
-        priority = st.scheduling_policy.engine_priority(item)
+        priority = st.policy_for(item).engine_priority(item)
 
         def prefill_done() -> None:
             # The prefill leg's booking is the first: it teaches the load model the prefill
@@ -204,7 +206,11 @@ class Attempts:
             st.in_flight_tokens += item.input_tokens + item.output_tokens
             router.on_dispatch(item, st)
         starts = [self.meter.mark(st.instance_id, st.in_flight, now) for st, _ in legs]
-        task = asyncio.create_task(self._execute(item, decision, now, legs, starts, attempt))
+        # Traced: the task runs in the request's span context (None: the usual copy).
+        task = asyncio.create_task(
+            self._execute(item, decision, now, legs, starts, attempt),
+            context=tracing.task_context(item),
+        )
         self._running[item.request_id] = (task, legs[-1][0], item)
 
     async def _execute(
@@ -377,6 +383,7 @@ class Attempts:
             tags=req.tags,
             cost=item.cost,
         )
+        share_vectors(result)
         t = result.timings
         t.queue_ms = (dispatched - item.arrival) * 1000
         t.e2e_ms = (out.finished_at - item.arrival) * 1000
@@ -394,7 +401,7 @@ class Attempts:
                 self.limits.observe(state, out.first_token_at - out.started_at, prompt)
         state.completed += 1
         self.metrics.on_finish(result, met, out.finished_at)
-        self.strategies.scheduling_policy.observe(item, state, met)
+        self.strategies.policy_for(item).observe(item, state, met)
         self.results.store(item, result)
 
     def _book(

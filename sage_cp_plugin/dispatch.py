@@ -22,6 +22,7 @@ from sage_cp_plugin.pools import InstancePools
 from sage_cp_plugin.results import ResultStore
 from sage_cp_plugin.state import InstanceState
 from sage_cp_plugin.strategies import Strategies
+from sage_cp_plugin.tracing import spans as tracing
 from sage_cp_plugin.types import (
     ExecutionInstanceType,
 )
@@ -58,10 +59,15 @@ class Dispatcher:
         self._event = asyncio.Event()
         self._timer: asyncio.TimerHandle | None = None
         self.attempts = attempts
-        self._policy_seen: tuple[int, int] | None = None  # (id(policy), version) last keyed
+        # (id(policy), version) of every policy in use when the queue was last keyed (from
+        # the start: a change before the first round must re-key what was admitted before it)
+        self._policy_seen = self._policies_in_use()
         # The pure decision, an attribute so a probe can time it on one dispatcher
         # (virtual/decision_cost.py) without touching the module.
         self.plan_head = plan_head
+
+    def _policies_in_use(self) -> tuple[tuple[int, int], ...]:
+        return tuple((id(p), p.version) for p in self.strategies.policies())
 
     # -- waking ----------------------------------------------------------------------------
     def wake(self) -> None:
@@ -118,6 +124,50 @@ class Dispatcher:
             routable.append(s)
         # Retry elsewhere when possible; the excluded instances are the last resort.
         return routable or kept_excluded
+
+    def routable_and_free(
+        self, item: QueuedRequest
+    ) -> tuple[list[InstanceState], list[InstanceState]]:
+        """`routable(item)` and those of them with room (`pools.has_room`), in one pass over
+        the pool: the per-instance part of every decision (`planning.plan_head` uses it).
+        Without adaptive limits or urgent headroom, `has_room` is inlined (the same tests)."""
+        routable: list[InstanceState] = []
+        free: list[InstanceState] = []
+        kept: list[InstanceState] = []
+        kept_free: list[InstanceState] = []
+        excluded = item.excluded
+        tokens = item.input_tokens
+        health, fleet, pools = self.health, self.fleet, self.pools
+        room = pools.has_room if pools.limits is not None or item.urgent else None
+        for s in pools.eligible(item.pool):
+            if not s.healthy or s.draining:
+                continue
+            if s.circuit_open and not health.maybe_half_open(s, fleet.now):
+                continue
+            inst = s.instance
+            limit = inst.max_prompt_tokens
+            if limit is not None and tokens > limit:
+                continue
+            if room is not None:
+                ok = room(s, item)
+            elif s.in_flight + s.peer_in_flight >= inst.slot_limit:
+                ok = False
+            else:
+                ok = True
+                target = inst.decode_target_s
+                if target is not None and s.in_flight > 0:
+                    tpot = s.decode_s_per_token.value
+                    ok = tpot is None or not tpot > target
+            if excluded and s.instance_id in excluded:
+                kept.append(s)
+                if ok:
+                    kept_free.append(s)
+                continue
+            routable.append(s)
+            if ok:
+                free.append(s)
+        # Retry elsewhere when possible; the excluded instances are the last resort.
+        return (routable, free) if routable else (kept, kept_free)
 
     def _pd_pair(self, item: QueuedRequest) -> tuple[InstanceState, InstanceState] | str | None:
         """(prefill, decode) for a split request; "wait" when both pools exist but one is
@@ -196,18 +246,24 @@ class Dispatcher:
         fleet.now = now
         policy = strategies.scheduling_policy
         policy.tick(fleet, len(queue), now)
-        seen = (id(policy), policy.version)
-        if self._policy_seen is not None and seen != self._policy_seen:
-            queue.rekey(policy.key)  # the ordering changed (adaptive switch, update_policy)
+        lane_policies = strategies.lane_policies()
+        for lane, lane_policy in lane_policies.items():
+            lane_policy.tick(fleet, queue.lane_depth(lane), now)
+        seen = self._policies_in_use()
+        if seen != self._policy_seen:
+            # An ordering changed (adaptive switch, update_policy, an arm's new policy).
+            queue.rekey(strategies.queue_key)
         self._policy_seen = seen
         split = self._pd_pair if strategies.disaggregator.enabled else None
         router = strategies.router
         for pool in queue.pools():
+            # A lane may have a policy of its own; every item of a heap is in the same lane.
+            ordering = (lane_policies.get(pool[3]) if pool[3] is not None else None) or policy
             while True:
                 item = queue.peek(pool)
                 if item is None:
                     break
-                action = self.plan_head(item, self, policy, router, now, split)
+                action = self.plan_head(item, self, ordering, router, now, split)
                 if isinstance(action, WaitUntil):
                     self._wake_at(action.when)
                     break
@@ -215,6 +271,8 @@ class Dispatcher:
                     break  # every eligible instance is busy: wait for a finish
                 queue.pop(pool)
                 self._dequeued(item)
+                if item.trace is not None and item.trace.recording:
+                    self._trace_decision(item, action, now)
                 if isinstance(action, Launch):
                     self.attempts.launch(item, action.state, now)
                 elif isinstance(action, LaunchSplit):
@@ -222,8 +280,23 @@ class Dispatcher:
                 else:
                     results.finish_failed(item, action.reason, action.kind)
 
+    def _trace_decision(self, item: QueuedRequest, action: object, now: float) -> None:
+        """The decision span (tracing on only). The alternatives are read without
+        `routable`/`candidates`, which may half-open a circuit: tracing must not change a
+        decision. Each is scored by the load model's predicted wait, best first."""
+        room = self.pools.has_room
+        free = [s for s in self.pools.eligible(item.pool) if s.routable and room(s, item)]
+        scored = sorted((load_model.queue_wait_s(s, now), s.instance_id) for s in free)
+        tracing.on_dispatch(
+            item,
+            action,
+            policy=self.strategies.policy_for(item).describe(),
+            router=self.strategies.routing_strategy,
+            candidates=[(iid, wait) for wait, iid in scored],
+        )
+
     def _dequeued(self, item: QueuedRequest) -> None:
-        hook = getattr(self.strategies.scheduling_policy, "on_dequeue", None)
+        hook = getattr(self.strategies.policy_for(item), "on_dequeue", None)
         if hook is not None:
             hook(item)
 

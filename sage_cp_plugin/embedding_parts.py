@@ -40,9 +40,26 @@ def assemble(results: list[RequestResult], model_name: str | None) -> dict[str, 
     }
 
 
-# A retained result's vectors are held twice (the OpenAI response and `embeddings`): a float
-# object (24 bytes, shared) plus a list slot in each (8 + 8).
-BYTES_PER_VECTOR_VALUE = 40
+# A retained result's vector value: a float object (24 bytes) plus its slot in the list (8);
+# the OpenAI response and `embeddings` share the lists (`share_vectors`).
+BYTES_PER_VECTOR_VALUE = 32
+
+
+def share_vectors(result: RequestResult) -> None:
+    """Point the response's `data[i].embedding` at the lists in `result.embeddings`.
+
+    Validation copies `embeddings` into new lists; without this the response keeps its own
+    lists of the same floats, 8 more bytes per value for every answer held."""
+    data = (result.response or {}).get("data")
+    if not result.embeddings or not isinstance(data, list):
+        return
+    items = sorted(
+        (d for d in data if isinstance(d, dict) and "embedding" in d),
+        key=lambda d: d.get("index", 0),
+    )
+    if len(items) == len(result.embeddings):
+        for item, vec in zip(items, result.embeddings, strict=True):
+            item["embedding"] = vec
 
 
 def result_bytes(result: RequestResult) -> int:

@@ -34,6 +34,7 @@ from sage_cp_plugin.openai_body import (
     encode_body,
     text_of,
 )
+from sage_cp_plugin.tracing import spans as tracing
 from sage_cp_plugin.types import ExecutionInstance, RequestKind, RequestMetadata, SchedulingDecision
 
 logger = logging.getLogger(__name__)
@@ -241,13 +242,50 @@ class ExecutionCoordinator:
         out = Outcome(started_at=loop.time())
         client = self.client(instance)
         url = self._url(client, ENDPOINTS[kind])
+        # Traced: one CLIENT span per attempt, its traceparent sent to the engine.
+        span = tracing.start_attempt(request, instance, extra)
+        headers = JSON_HEADERS if span is None else tracing.attempt_headers(span, JSON_HEADERS)
+        try:
+            await self._send(
+                client,
+                url,
+                body,
+                want_stream,
+                request,
+                instance,
+                out,
+                sink,
+                on_first_token,
+                headers,
+            )
+        except BaseException as exc:
+            tracing.end_attempt(span, None, exc)
+            raise
+        tracing.end_attempt(span, out, None)
+        out.finished_at = loop.time()
+        return out
+
+    async def _send(
+        self,
+        client: httpx.AsyncClient,
+        url: httpx.URL,
+        body: dict[str, Any],
+        want_stream: bool,
+        request: RequestMetadata,
+        instance: ExecutionInstance,
+        out: Outcome,
+        sink: ChunkSink | None,
+        on_first_token: Callable[[], None] | None,
+        headers: dict[str, str],
+    ) -> None:
+        """The HTTP exchange of one attempt; transport failures become UpstreamError."""
         try:
             if want_stream:
                 await self._run_streaming(
-                    client, url, body, request, instance, out, sink, on_first_token
+                    client, url, body, request, instance, out, sink, on_first_token, headers
                 )
             else:
-                await self._run_plain(client, url, body, request, instance, out)
+                await self._run_plain(client, url, body, request, instance, out, headers)
         except UpstreamError:
             raise
         except httpx.TransportError as exc:
@@ -265,8 +303,6 @@ class ExecutionCoordinator:
                 instance_id=instance.instance_id,
                 body_started=out.relayed > 0,
             ) from exc
-        out.finished_at = loop.time()
-        return out
 
     @staticmethod
     def _status_error(
@@ -290,8 +326,9 @@ class ExecutionCoordinator:
         request: RequestMetadata,
         instance: ExecutionInstance,
         out: Outcome,
+        headers: dict[str, str] = JSON_HEADERS,
     ) -> None:
-        resp = await client.post(url, content=encode_body(body), headers=JSON_HEADERS)
+        resp = await client.post(url, content=encode_body(body), headers=headers)
         if resp.status_code != 200:
             raise self._status_error(resp, resp.content, instance)
         try:
@@ -332,6 +369,7 @@ class ExecutionCoordinator:
         out: Outcome,
         sink: ChunkSink | None,
         on_first_token: Callable[[], None] | None = None,
+        headers: dict[str, str] = JSON_HEADERS,
     ) -> None:
         loop = asyncio.get_running_loop()
         chunks: list[dict[str, Any]] = []
@@ -339,7 +377,7 @@ class ExecutionCoordinator:
         usage: dict[str, Any] | None = None
         done = False
         content = encode_body(body)
-        async with client.stream("POST", url, content=content, headers=JSON_HEADERS) as resp:
+        async with client.stream("POST", url, content=content, headers=headers) as resp:
             if resp.status_code != 200:
                 raise self._status_error(resp, await resp.aread(), instance)
             # Lines split from the raw bytes here: httpx's aiter_lines stacks a text

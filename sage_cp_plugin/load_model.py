@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sage_cp_plugin.state import InstanceState
@@ -64,9 +65,7 @@ class Booking:
 
 
 def chunk_tokens(state: InstanceState) -> int:
-    meta = state.instance.metadata
-    value = meta.get("max_num_batched_tokens") if meta else None
-    return int(value) if isinstance(value, int | float) and value > 0 else DEFAULT_CHUNK_TOKENS
+    return state.instance.batched_tokens_hint or DEFAULT_CHUNK_TOKENS
 
 
 def prefill_s_per_token(state: InstanceState) -> float:
@@ -162,6 +161,67 @@ def cost_to_running_s(state: InstanceState, uncached_tokens: int, now: float) ->
     vLLM runs that did not come through us)."""
     seqs = state.decode_seqs + state.prefill_seqs + state.peer_seqs + _foreign(state, now)[1]
     return seqs * max(1, uncached_tokens) * prefill_s_per_token(state)
+
+
+def candidate_times(
+    states: Sequence[InstanceState], uncached_tokens: Sequence[int], now: float
+) -> tuple[list[float], list[float], list[float]]:
+    """`predicted_ttft_s`, `decode_step_s` and `cost_to_running_s` of every candidate, as
+    three lists, in one call: what a load-aware router scores candidates by. The same
+    arithmetic as those functions, in the same order (so the same floats; asserted by
+    tests/test_decision_cost.py against them), with their dozen nested calls per candidate
+    inlined: this loop is most of a load-aware decision's cost."""
+    # Builtin calls (min, max, float) are written as comparisons: the same value (`max(a, b)`
+    # is `b if b > a else a`), a fraction of the cost in this loop.
+    ttfts: list[float] = []
+    steps: list[float] = []
+    costs: list[float] = []
+    ceil = math.ceil
+    for state, uncached in zip(states, uncached_tokens, strict=True):
+        inst = state.instance
+        pst = state.prefill_s_per_token.value
+        if pst is None:
+            pst = PRIOR_PREFILL_S_PER_TOKEN / inst.speed_hint
+        step = state.decode_s_per_token.value
+        if step is None:
+            step = PRIOR_DECODE_STEP_S / inst.speed_hint
+        chunk = inst.batched_tokens_hint or DEFAULT_CHUNK_TOKENS
+        ahead = state.prefill_tokens_queued - 0.0
+        queue: deque[Booking] = state.prefill_queue
+        if queue:  # _drain_head
+            while queue and not queue[0].prefilling:
+                queue.popleft()
+            if queue:
+                head = queue[0]
+                since, booked = state.prefill_head_since, head.booked_at
+                elapsed = now - (booked if booked > since else since)
+                if elapsed > 0:
+                    drained = elapsed / (pst + step / chunk)
+                    head_tokens = float(head.prefill_tokens)
+                    ahead = state.prefill_tokens_queued - (
+                        drained if drained < head_tokens else head_tokens
+                    )
+        residual = running = 0.0
+        s = state.scraped
+        if s.fresh:  # _foreign, residual_tokens
+            foreign = s.running + s.waiting - s.ours_at_scrape
+            if foreign > 0:
+                span = 2.0 * (s.interval_s if s.interval_s > 0 else 1.0)
+                weight = 1.0 - (now - s.scraped_at) / span
+                if weight > 0:
+                    w = s.waiting if s.waiting < foreign else foreign
+                    waiting = w * weight
+                    running = (foreign - w) * weight
+                    if waiting:
+                        residual = waiting * state.mean_prompt_tokens.get(1024.0)
+        own = uncached if uncached > 1 else 1
+        tokens = (ahead if ahead > 0.0 else 0.0) + state.peer_prefill_tokens + residual + own
+        ttfts.append(tokens * pst + ceil(tokens / chunk) * step if tokens > 0 else 0.0)
+        steps.append(step)
+        costs.append(
+            (state.decode_seqs + state.prefill_seqs + state.peer_seqs + running) * own * pst
+        )
+    return ttfts, steps, costs
 
 
 # -- bookkeeping (the coordinator's shell calls these; decisions only read) ----------------

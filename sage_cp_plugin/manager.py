@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Any
 
+from sage_cp_plugin import tracing
 from sage_cp_plugin.admission import Admission
 from sage_cp_plugin.attempts import Attempts, RetryRules
 from sage_cp_plugin.concurrency_limit import ConcurrencyLimits
@@ -140,6 +141,12 @@ class ControlPlaneManager:
         self.recorder = RequestRecorder(o.request_log, self.now) if o.request_log else None
         if self.recorder is not None:
             self.results.observers.append(self.recorder.observe)
+        # Tracing (tracing/, docs/tracing.md): configured here when the options ask for it;
+        # the observer that ends request spans is registered only when tracing is on.
+        if o.tracing is not None and not tracing.enabled():
+            tracing.configure(o.tracing)
+        if tracing.enabled():
+            self.results.observers.append(tracing.on_result)
         self.health = HealthMonitor(o.health, self.executor.health_check, self._wake)
         self.scraper = MetricsScraper(self.executor, o.scrape)
         attempts = Attempts(
@@ -405,8 +412,8 @@ class ControlPlaneManager:
 
     # -- policy / router at run time -------------------------------------------------------
     def update_policy(self, name: str, **options: Any) -> None:
-        policy = self.strategies.update_policy(name, **options)
-        self.queue.rekey(policy.key)
+        self.strategies.update_policy(name, **options)
+        self.queue.rekey(self.strategies.queue_key)
         self._wake()
 
     def update_router(self, name: str, **options: Any) -> None:

@@ -17,6 +17,7 @@ from sage_cp_plugin.errors import ConfigurationError
 from sage_cp_plugin.health import HealthConfig
 from sage_cp_plugin.recording.config import RequestLogConfig
 from sage_cp_plugin.scrape import ScrapeConfig
+from sage_cp_plugin.tracing.config import TracingConfig
 from sage_cp_plugin.types import PDSeparationConfig
 
 
@@ -61,6 +62,9 @@ class ControlPlaneOptions(BaseModel):
     # Opt-in request log (recording/): one JSONL record per finished request, written off the
     # event loop into rotated, bounded files. None = nothing is recorded.
     request_log: RequestLogConfig | None = None
+    # OpenTelemetry request tracing (docs/tracing.md). None = off, unless the process
+    # configured it already (`sage-cp serve --otlp-traces-endpoint`, OTEL_* variables).
+    tracing: TracingConfig | None = None
 
     # Elastic fleet (docs/elastic-fleet.md): discovery sources whose instances join the fleet
     # once `/v1/models` answers and drain when they vanish; how often pending ones are

@@ -1,5 +1,9 @@
 """The pending queue: one heap per pool (model + kind), ordered by the policy's key.
 
+A router may split a pool into lanes (a split-fleet experiment: one lane per arm, each with
+its own instances and possibly its own policy): every lane is a heap of its own, so a lane
+whose instances are busy never holds another lane's requests back.
+
 Keys are static per request (policies express time-dependence through the key, e.g.
 aging as ``arrival + priority * aging_s``), so a heap gives O(log n) push/pop and the
 cost of a decision does not grow with the queue. Cancelled entries are deleted lazily.
@@ -51,6 +55,9 @@ class QueuedRequest:
     # content hashes per block size, computed at admission for the KV-event index.
     prompt_token_ids: list[int] | None = None
     block_hashes: dict[int, list[int]] | None = None
+    lane: str | None = None  # the router's lane (its own heap); None: the shared one
+    # Its spans while traced (tracing.spans.RequestTrace); None when tracing is off.
+    trace: Any = None
 
     @property
     def request_id(self) -> str:
@@ -62,13 +69,18 @@ class QueuedRequest:
         return (self.request.model_name, self.request.kind == RequestKind.EMBEDDING)
 
     @property
-    def queue_key(self) -> tuple[str | None, bool, bool]:
+    def queue_key(self) -> tuple[str | None, bool, bool, str | None]:
         """Its heap: urgent requests queue apart, so a full pool's head cannot block them
-        from the urgent headroom."""
-        return (self.request.model_name, self.request.kind == RequestKind.EMBEDDING, self.urgent)
+        from the urgent headroom; so does each lane."""
+        return (
+            self.request.model_name,
+            self.request.kind == RequestKind.EMBEDDING,
+            self.urgent,
+            self.lane,
+        )
 
 
-PoolKey = tuple[str | None, bool, bool]
+PoolKey = tuple[str | None, bool, bool, str | None]
 
 
 class PendingQueue:
@@ -79,6 +91,7 @@ class PendingQueue:
         self._heaps: dict[PoolKey, list[tuple[tuple[float, ...], int, QueuedRequest]]] = {}
         self._by_id: dict[str, QueuedRequest] = {}
         self._counter = itertools.count()
+        self._lane_depth: dict[str, int] = {}  # queued requests per named lane
 
     def __len__(self) -> int:
         return len(self._by_id)
@@ -89,8 +102,17 @@ class PendingQueue:
     def full(self) -> bool:
         return len(self._by_id) >= self.capacity
 
+    def lane_depth(self, lane: str) -> int:
+        return self._lane_depth.get(lane, 0)
+
+    def _left(self, item: QueuedRequest) -> None:
+        if item.lane is not None:
+            self._lane_depth[item.lane] -= 1
+
     def push(self, item: QueuedRequest) -> None:
         self._by_id[item.request_id] = item
+        if item.lane is not None:
+            self._lane_depth[item.lane] = self._lane_depth.get(item.lane, 0) + 1
         heap = self._heaps.setdefault(item.queue_key, [])
         heapq.heappush(heap, (item.key, next(self._counter), item))
 
@@ -113,6 +135,7 @@ class PendingQueue:
         if item is not None:
             heapq.heappop(self._heaps[pool])
             del self._by_id[item.request_id]
+            self._left(item)
         return item
 
     def remove(self, request_id: str) -> QueuedRequest | None:
@@ -120,6 +143,7 @@ class PendingQueue:
         item = self._by_id.pop(request_id, None)
         if item is not None:
             item.cancelled = True
+            self._left(item)
         return item
 
     def rekey(self, key: Callable[[QueuedRequest], tuple[float, ...]]) -> None:

@@ -63,7 +63,10 @@ Action = Launch | LaunchSplit | Fail | WaitUntil | WaitForCapacity
 
 
 class FleetView(Protocol):
-    """What a plan may read of the fleet (the manager provides it; tests build their own)."""
+    """What a plan may read of the fleet (the manager provides it; tests build their own).
+
+    A view may also offer `routable_and_free(item) -> (routable, free)`: both lists from one
+    pass, equal to `routable(item)` and its members with `has_room` (the dispatcher does)."""
 
     @property
     def fleet(self) -> FleetSnapshot: ...
@@ -114,10 +117,16 @@ def plan_head(
             return WaitForCapacity()
         if isinstance(pair, tuple):
             return LaunchSplit(item, pair[0], pair[1])
-    routable = view.routable(item)
+    # A view may offer both lists from one pass over the fleet (the dispatcher does: it is
+    # the per-instance half of a decision's cost); the result is the same.
+    both = getattr(view, "routable_and_free", None)
+    if both is not None:
+        routable, free = both(item)
+    else:
+        routable = view.routable(item)
+        free = [s for s in routable if view.has_room(s, item)]
     if not routable:
         return Fail(item, view.no_instance_reason(item), "no_instance")
-    free = [s for s in routable if view.has_room(s, item)]
     if item.phase is not None:
         free = [s for s in view.filter_by_phase(free or routable, item) if view.has_room(s, item)]
     if not free:

@@ -180,7 +180,13 @@ class PDSeparationConfig(_Model):
         return v
 
 
-_DERIVED_LIMITS = ("slot_limit", "max_prompt_tokens", "decode_target_s")
+_DERIVED_LIMITS = (
+    "slot_limit",
+    "max_prompt_tokens",
+    "decode_target_s",
+    "batched_tokens_hint",
+    "kv_capacity_hint",
+)
 
 
 class ExecutionInstance(_Model):
@@ -313,6 +319,19 @@ class ExecutionInstance(_Model):
         if cfg is not None and not cfg.enable_chunked_prefill:
             return cfg.max_chunk_size_tokens
         return None
+
+    @cached_property
+    def batched_tokens_hint(self) -> int | None:
+        """`metadata["max_num_batched_tokens"]` when it states a positive number (the
+        engine's chunked-prefill budget per step; the load model's default otherwise)."""
+        value = self.metadata.get("max_num_batched_tokens") if self.metadata else None
+        return int(value) if isinstance(value, int | float) and value > 0 else None
+
+    @cached_property
+    def kv_capacity_hint(self) -> float | None:
+        """`metadata["kv_capacity_tokens"]` when it states a positive number."""
+        value = self.metadata.get("kv_capacity_tokens") if self.metadata else None
+        return float(value) if isinstance(value, int | float) and value > 0 else None
 
     @cached_property
     def decode_target_s(self) -> float | None:

@@ -98,6 +98,87 @@ def test_split_fleet_keeps_each_arm_on_its_instances() -> None:
     )
 
 
+def test_split_fleet_arm_waits_in_its_own_lane() -> None:
+    """A split-fleet arm whose instance is busy never holds another arm's requests back: each
+    arm waits in its own lane of the queue (one shared FIFO heap made the second arm's requests
+    wait until every request of the first had left the queue)."""
+    arms = [{**ARMS[0], "name": "a", "instances": ["sim-0"]},
+            {**ARMS[1], "name": "b", "instances": ["sim-1"]}]  # fmt: skip
+
+    async def body(m: ControlPlaneManager, _: InProcessFleet) -> None:
+        busy = [await m.submit_request(req(tags={"arm": "a"}, max_tokens=64)) for _ in range(8)]
+        other = await m.submit_request(req(tags={"arm": "b"}, max_tokens=64))
+        done_b = await m.wait(other)
+        done_a = [await m.wait(rid) for rid in busy]
+        assert all(r.state == "completed" for r in [*done_a, done_b])
+        assert done_b.instance_id == "sim-1"
+        # b's request started at once on its idle instance, while a's queued behind one slot.
+        assert (done_b.timings.queue_ms or 0.0) < 1.0
+        assert max(r.timings.queue_ms or 0.0 for r in done_a) > 100.0
+
+    options = {"mode": "split_fleet", "sticky_by": "request", "arms": arms}
+    on_virtual_fleet(sims(2, cap=1), body, routing_strategy="experiment", router_options=options)
+
+
+def test_split_fleet_arm_orders_its_lane_with_its_own_policy() -> None:
+    """Ordering policies compared live: arm `p` orders its lane by priority, arm `f` keeps the
+    coordinator's FIFO; the same arrivals run in a different order on each arm."""
+    arms = [{"name": "p", "router": "round_robin", "instances": ["sim-0"], "policy": "priority"},
+            {"name": "f", "router": "round_robin", "instances": ["sim-1"]}]  # fmt: skip
+    prios = ["low", "low", "low", "high", "high"]
+
+    async def body(m: ControlPlaneManager, _: InProcessFleet) -> None:
+        ids: dict[str, list[str]] = {"p": [], "f": []}
+        for arm in ("p", "f"):
+            for pr in prios:
+                r = req(tags={"arm": arm}, priority=pr, max_tokens=32)
+                ids[arm].append(await m.submit_request(r))
+        started: dict[str, list[str]] = {}
+        for arm, rids in ids.items():
+            results = [await m.wait(rid) for rid in rids]
+            assert all(r.state == "completed" for r in results)
+            # Start order on the arm's one-slot instance: arrival + time queued.
+            order = sorted(range(len(rids)), key=lambda i: results[i].timings.queue_ms or 0.0)
+            started[arm] = [prios[i] for i in order]
+        # All ten wait before the first dispatch round: the priority lane runs its two
+        # high-priority requests first, the FIFO lane runs them in arrival order.
+        assert started["p"] == ["high", "high", "low", "low", "low"]
+        assert started["f"] == prios
+        assert m.router.lane_policies()["p"].name == "priority"
+
+    options = {"mode": "split_fleet", "sticky_by": "request", "arms": arms}
+    on_virtual_fleet(sims(2, cap=1), body, routing_strategy="experiment", router_options=options)
+
+
+def test_an_arms_policy_changed_at_run_time_reorders_its_queued_requests() -> None:
+    arms = [{"name": "p", "router": "round_robin", "instances": ["sim-0"]},
+            {"name": "f", "router": "round_robin", "instances": ["sim-1"]}]  # fmt: skip
+    prios = ["low", "low", "high", "low", "high"]
+
+    async def body(m: ControlPlaneManager, _: InProcessFleet) -> None:
+        rids = [await m.submit_request(req(tags={"arm": "p"}, priority=pr)) for pr in prios]
+        router = m.router
+        assert isinstance(router, ExperimentRouter)
+        router.update_arm("p", policy="priority")  # queued under FIFO keys: re-keyed
+        results = [await m.wait(rid) for rid in rids]
+        order = sorted(range(len(rids)), key=lambda i: results[i].timings.queue_ms or 0.0)
+        assert [prios[i] for i in order] == ["high", "high", "low", "low", "low"]
+        decision = results[2].decision
+        assert decision is not None and "priority" in str(decision.policy)
+
+    options = {"mode": "split_fleet", "sticky_by": "request", "arms": arms}
+    on_virtual_fleet(sims(2, cap=1), body, routing_strategy="experiment", router_options=options)
+
+
+def test_arm_policy_needs_a_fleet_of_its_own() -> None:
+    with pytest.raises(ConfigurationError, match="needs mode split_fleet"):
+        ExperimentRouter(arms=[{**ARMS[0], "policy": "priority"}, ARMS[1]])
+    with pytest.raises(ConfigurationError, match="nope"):
+        ExperimentRouter(mode="split_fleet", arms=[
+            {**ARMS[0], "instances": ["a"], "policy": "nope"}, {**ARMS[1], "instances": ["b"]}
+        ])  # fmt: skip
+
+
 # -- the report ------------------------------------------------------------------------------
 def _rows(arm: str, e2e: np.ndarray) -> list[dict[str, Any]]:
     return [

@@ -85,7 +85,9 @@ async def test_scrape_feeds_kv_aware_and_stale_or_garbage_data_is_not_trusted() 
     async with managed_fleet(
         gen(2, time_scale=1.0),
         routing_strategy="kv_aware",
-        scrape=ScrapeConfig(interval_s=0.05, stale_after_s=0.3),
+        # A scraped reading fades out over two intervals: at 0.05 s a busy machine let it
+        # fade between the picks below (a wall-clock race); at 1 s it stays while they run.
+        scrape=ScrapeConfig(interval_s=1.0, stale_after_s=3.0),
     ) as (m, fleet):
         s0, s1 = m.fleet.get("sim-0"), m.fleet.get("sim-1")
         assert s0 is not None and s1 is not None

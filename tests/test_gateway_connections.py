@@ -97,3 +97,66 @@ async def test_an_oversized_header_gets_431_json() -> None:
         status, err = _status_and_error(await asyncio.wait_for(reader.read(), HANG))
         assert status == 431 and err["code"] == "headers_too_large"
         writer.close()
+
+
+async def test_malformed_requests_are_logged_once_per_kind_not_once_each() -> None:
+    import logging
+
+    from sage_cp_plugin.entrypoints.gateway.log_limit import RepeatedLogLimiter
+
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    handler = Keep(level=logging.WARNING)
+    log = logging.getLogger("uvicorn.error")
+    async with gateway_over_sim(gen(1)) as h:
+        log.addHandler(handler)  # after start-up: uvicorn's Config reconfigures its loggers
+        # The server installed one limiter per process; earlier tests' malformed requests
+        # were counted by it.
+        (limiter,) = [f for f in log.filters if isinstance(f, RepeatedLogLimiter)]
+        limiter.forget()
+        try:
+            for _ in range(20):
+                reader, writer = await _open(h.url)
+                writer.write(b"\x00\x01 garbage \r\n\r\n")
+                status, _ = _status_and_error(await asyncio.wait_for(reader.read(), HANG))
+                assert status == 400
+                writer.close()
+        finally:
+            log.removeHandler(handler)
+    invalid = [r for r in records if "Invalid HTTP request" in r.getMessage()]
+    assert len(invalid) == 1, [r.getMessage() for r in records]
+
+
+def test_the_limiter_says_how_many_it_held_back() -> None:
+    import logging
+
+    from sage_cp_plugin.entrypoints.gateway.log_limit import RepeatedLogLimiter
+
+    limiter = RepeatedLogLimiter(window_s=60)
+
+    def record(at: float, msg: str = "Invalid HTTP request received.") -> logging.LogRecord:
+        r = logging.LogRecord("uvicorn.error", logging.WARNING, __file__, 1, msg, None, None)
+        r.created = at
+        return r
+
+    assert limiter.filter(record(0.0))
+    assert [limiter.filter(record(t)) for t in (1.0, 2.0, 59.0)] == [False] * 3
+    assert limiter.filter(record(1.0, "another kind"))  # kinds are limited separately
+    later = record(61.0)
+    assert limiter.filter(later)
+    assert "[3 more like this in the last 60 s were not logged]" in later.getMessage()
+    info = logging.LogRecord("uvicorn.error", logging.INFO, __file__, 1, "x", None, None)
+    assert all(limiter.filter(info) for _ in range(5))  # below WARNING: untouched
+
+
+def test_the_sweep_checks_deadlines_at_a_tenth_of_the_shortest_timeout() -> None:
+    from sage_cp_plugin.entrypoints.gateway.connections import ConnectionLimits, sweep_interval
+
+    assert sweep_interval(ConnectionLimits(header_timeout_s=5, keep_alive_s=30)) == 0.5
+    assert sweep_interval(ConnectionLimits(header_timeout_s=0.1)) == 0.05  # floor
+    assert sweep_interval(ConnectionLimits(header_timeout_s=60, body_timeout_s=60,
+                                           keep_alive_s=60)) == 1.0  # fmt: skip

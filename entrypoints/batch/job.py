@@ -20,9 +20,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from sage_cp_plugin import tracing
 from sage_cp_plugin.config import ControlPlaneConfig
 from sage_cp_plugin.errors import ConfigurationError
 from sage_cp_plugin.recording.config import request_log_for
+from sage_cp_plugin.tracing import batch as tracing_batch
 
 from ._ops import (
     ConcurrentFlatMap,
@@ -83,7 +85,6 @@ class BatchJobResult(BaseModel):
 
 def run_batch_job(opts: BatchJobOptions) -> BatchJobResult:
     """Run the job to the end; raises ConfigurationError/OSError before any request runs."""
-    from sage.runtime import LocalEnvironment
 
     if not opts.input.is_file():
         raise FileNotFoundError(f"input file {str(opts.input)!r} does not exist")
@@ -105,6 +106,41 @@ def run_batch_job(opts: BatchJobOptions) -> BatchJobResult:
     outage = opts.outage_backoff or OutageBackoff(max_wait_s=opts.fleet_wait_s)
     outage.on_wait = progress.on_wait
 
+    if config is not None and config.tracing is not None:
+        tracing.configure(config.tracing)  # the job's span; the service's manager reuses it
+    with tracing_batch.span(
+        "sage_cp.batch_job", {"sage_cp.batch.input": str(opts.input), "sage_cp.batch.lines": total}
+    ) as trace_parent:
+        _run_pipeline(opts, config, done, progress, writer, outage, trace_parent)
+    return BatchJobResult(
+        input=str(opts.input),
+        output=str(opts.output),
+        lines_in_shard=total,
+        already_done=progress.skipped,
+        retried_failed=retried,
+        written=writer.written,
+        summary={
+            **progress.stats.summary(),
+            "outage_retries": outage.retries,
+            "longest_outage_s": outage.waited_s,
+        },
+        coordinator=opts.url or "in-process (embedded simulated fleet)"
+        if config is None or config.uses_embedded_fleet
+        else "in-process (configured fleet)",
+    )
+
+
+def _run_pipeline(
+    opts: BatchJobOptions,
+    config: ControlPlaneConfig | None,
+    done: set[str],
+    progress: JobProgress,
+    writer: ResultWriter,
+    outage: OutageBackoff,
+    trace_parent: dict[str, str] | None,
+) -> None:
+    from sage.runtime import LocalEnvironment
+
     env = LocalEnvironment(f"sage-cp-batch-{int(time.time())}")
     # SAGE logs every stage at INFO on the console, through its "sage" logger.
     env.logger.update_output_level("console", "WARNING")
@@ -116,6 +152,7 @@ def run_batch_job(opts: BatchJobOptions) -> BatchJobResult:
         manager_options=None if opts.measure_ttft else {"upstream_streaming": False},
         name="control_plane",
         outage=outage if outage.max_wait_s > 0 else None,
+        trace_parent=trace_parent,
     )
     (
         env.from_batch(
@@ -134,19 +171,3 @@ def run_batch_job(opts: BatchJobOptions) -> BatchJobResult:
         handle.close()
         writer.close()
         progress.close()
-    return BatchJobResult(
-        input=str(opts.input),
-        output=str(opts.output),
-        lines_in_shard=total,
-        already_done=progress.skipped,
-        retried_failed=retried,
-        written=writer.written,
-        summary={
-            **progress.stats.summary(),
-            "outage_retries": outage.retries,
-            "longest_outage_s": outage.waited_s,
-        },
-        coordinator=opts.url or "in-process (embedded simulated fleet)"
-        if config is None or config.uses_embedded_fleet
-        else "in-process (configured fleet)",
-    )

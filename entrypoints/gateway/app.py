@@ -11,7 +11,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from sage_cp_plugin import tracing
 from sage_cp_plugin.log_once import OncePerKind
+from sage_cp_plugin.tracing.asgi import TracingMiddleware
 
 from .admin import admin_routes
 from .autoscaling import autoscaling_routes
@@ -134,5 +136,7 @@ def create_app(gateway: Gateway) -> Starlette:
         routes=routes,
         exception_handlers={HTTPException: _http_error, Exception: _server_error},
     )
+    if tracing.enabled():  # a SERVER span per request (docs/tracing.md); off: not mounted
+        app.add_middleware(TracingMiddleware)
     app.state.gateway = gateway
     return app

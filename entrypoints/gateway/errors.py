@@ -23,6 +23,7 @@ from sage_cp_plugin.errors import (
     RequestTimeoutError,
     UpstreamError,
 )
+from sage_cp_plugin.tracing.logs import error_fields
 from sage_cp_plugin.types import RequestResult
 
 _TYPES = {
@@ -85,6 +86,8 @@ def error_body(
             ),
             "param": param,
             "code": code if code is not None else str(status),
+            # Traced: the trace id and the caller's x-request-id (tracing/logs.py).
+            **error_fields(),
         }
     }
 

@@ -41,6 +41,9 @@ class ArmUpdate(BaseModel):
     share: float | None = Field(None, ge=0)
     router: str | None = Field(None, min_length=1)
     router_options: dict[str, Any] | None = None
+    # split_fleet only: the policy that orders the arm's lane (replaced, not removed, here).
+    policy: str | None = Field(None, min_length=1)
+    policy_options: dict[str, Any] | None = None
 
 
 class GatewayExperiment:

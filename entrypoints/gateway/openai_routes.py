@@ -32,8 +32,9 @@ from .body import read_json_object
 from .disconnect import ClientDisconnected, DisconnectWatcher
 from .embeddings import complete_split_embedding, needs_split
 from .errors import GatewayError, error_response, exception_to_error, result_error
+from .inflight import Reservation
 from .runtime import Gateway
-from .schemas import check_embedding_size, validate_body
+from .schemas import check_embedding_size, too_many_inputs, validate_body
 from .sse import SSERelay, replay_as_sse
 from .translate import to_request
 
@@ -69,15 +70,20 @@ async def _handle(request: Request, kind: RequestKind, endpoint: str) -> Respons
     status = 500
     streamed = False
     watcher: DisconnectWatcher | None = None
+    held: Reservation | None = None
     try:
         check_client_key(request.headers, gw.settings.api_key)
         if gw.shutting_down:
             raise GatewayError(503, "the gateway is shutting down", code="shutting_down")
-        body = await read_json_object(request, gw.settings.max_body_bytes)
+        held = gw.inflight.reserve(_declared_size(request, gw.settings.max_body_bytes))
+        body = await _read_body(request, gw, kind)
         model = body.get("model")
         if kind == RequestKind.EMBEDDING:
             s = gw.settings
             check_embedding_size(body, s.max_embedding_inputs, s.max_embedding_chars)
+            inputs = body.get("input")
+            count = len(inputs) if isinstance(inputs, list) else 1
+            held.grow(gw.inflight.embedding_answer_bytes(model, count))
         validate_body(kind, body)
         include_usage = wants_usage(body)
         base64_out = kind == RequestKind.EMBEDDING and _wants_base64(body)
@@ -93,7 +99,8 @@ async def _handle(request: Request, kind: RequestKind, endpoint: str) -> Respons
                 streamed = True
             return response
         if kind == RequestKind.EMBEDDING and needs_split(gw, req):
-            response = await complete_split_embedding(gw, req, watcher, base64_out)
+            response = await complete_split_embedding(gw, req, watcher, base64_out, held)
+            held = None  # the streamed answer releases it when it ends
         else:
             response = await _complete(gw, req, watcher, base64_out)
         status = 200
@@ -108,10 +115,33 @@ async def _handle(request: Request, kind: RequestKind, endpoint: str) -> Respons
             err.status, err.message, param=err.param, code=err.code, headers=err.headers
         )
     finally:
+        if held is not None:
+            held.release()
         if watcher is not None:
             watcher.close()
         if not streamed:
             gw.metrics.observe_request(endpoint, model, status, priority)
+
+
+async def _read_body(request: Request, gw: Gateway, kind: RequestKind) -> dict[str, Any]:
+    if kind != RequestKind.EMBEDDING:
+        return await read_json_object(request, gw.settings.max_body_bytes)
+    most = gw.settings.max_embedding_inputs
+    return await read_json_object(
+        request,
+        gw.settings.max_body_bytes,
+        item_limits={"input": most},
+        too_many=lambda _: too_many_inputs(f"more than {most} items", most),
+    )
+
+
+def _declared_size(request: Request, max_bytes: int) -> int:
+    """The body size the client announced (what reading it will hold), 0 if none or bad
+    (read_body refuses a bad Content-Length; a chunked body is bounded by max_bytes)."""
+    try:
+        return min(max(int(request.headers.get("content-length") or 0), 0), max_bytes)
+    except ValueError:
+        return 0
 
 
 def wants_usage(body: dict[str, Any]) -> bool:
@@ -173,6 +203,8 @@ async def _complete(
     gw.metrics.observe_result(result)
     if result.state != RequestStatus.COMPLETED:
         raise result_error(result)
+    if result.embeddings:
+        gw.inflight.learn_dimensions(req.model_name, len(result.embeddings[0]))
     t = result.timings
     headers = {
         "x-sage-request-id": rid,

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from sage_cp_plugin.manager import ControlPlaneManager
 
 from .experiment import GatewayExperiment
+from .inflight import InflightBytes
 from .metrics import GatewayMetrics
 from .settings import GatewaySettings
 
@@ -29,6 +30,7 @@ class Gateway:
     settings: GatewaySettings
     metrics: GatewayMetrics = field(init=False)
     experiment: GatewayExperiment = field(init=False)  # A/B arms (experiment.py)
+    inflight: InflightBytes = field(init=False)  # bytes held by requests in flight
     shutting_down: bool = False
     share: FleetShare | None = None  # state shared with other replicas (--redis-url)
     workers: WorkerPool | None = None  # the forwarding workers of `serve --workers N`
@@ -37,6 +39,7 @@ class Gateway:
     def __post_init__(self) -> None:
         self.metrics = GatewayMetrics(self.manager)
         self.experiment = GatewayExperiment(self)
+        self.inflight = InflightBytes(self.settings.max_inflight_bytes)
         self.metrics.result_hooks.append(self.experiment.observe)
 
     async def knows(self, request_id: str) -> bool:

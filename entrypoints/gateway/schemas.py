@@ -134,6 +134,16 @@ def body_error(exc: ValidationError) -> GatewayError:
     return GatewayError(400, message, param=where or None, code="invalid_value")
 
 
+def too_many_inputs(held: str, max_inputs: int) -> GatewayError:
+    return GatewayError(
+        400,
+        f"'input' holds {held}; at most {max_inputs} per request "
+        "(split the list, or raise --max-embedding-inputs)",
+        param="input",
+        code="too_many_inputs",
+    )
+
+
 def check_embedding_size(body: dict[str, Any], max_inputs: int, max_chars: int) -> None:
     """Refuse an embeddings request larger than one request may be, before any copy of it
     is made (checked before the per-field validation, which would walk every input)."""
@@ -142,13 +152,7 @@ def check_embedding_size(body: dict[str, Any], max_inputs: int, max_chars: int) 
         return  # the schema names the problem
     items = [inp] if isinstance(inp, str) else inp
     if len(items) > max_inputs:
-        raise GatewayError(
-            400,
-            f"'input' holds {len(items)} items; at most {max_inputs} per request "
-            "(split the list, or raise --max-embedding-inputs)",
-            param="input",
-            code="too_many_inputs",
-        )
+        raise too_many_inputs(f"{len(items)} items", max_inputs)
     chars = sum(len(x) for x in items if isinstance(x, str))
     if chars > max_chars:
         raise GatewayError(

@@ -24,6 +24,7 @@ from sage_cp_plugin.manager import ControlPlaneManager
 
 from .app import create_app
 from .connections import guarded_protocol
+from .log_limit import limit_repeated_warnings
 from .runtime import Gateway
 from .settings import GatewaySettings
 from .shared import sharing
@@ -64,7 +65,7 @@ class _Server(uvicorn.Server):
 
 
 def _uvicorn_config(app: Any, settings: GatewaySettings) -> uvicorn.Config:
-    return uvicorn.Config(
+    config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
@@ -75,6 +76,8 @@ def _uvicorn_config(app: Any, settings: GatewaySettings) -> uvicorn.Config:
         timeout_keep_alive=max(1, math.ceil(settings.keep_alive_s)),
         http=guarded_protocol(settings.connection_limits()),
     )
+    limit_repeated_warnings()  # after Config: it (re)configures uvicorn's loggers
+    return config
 
 
 def bound_port(server: uvicorn.Server, default: int) -> int:

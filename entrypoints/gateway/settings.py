@@ -8,6 +8,8 @@ from .connections import ConnectionLimits
 from .schemas import DEFAULT_MAX_EMBEDDING_CHARS, DEFAULT_MAX_EMBEDDING_INPUTS
 
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
+# What all requests in flight may hold (bodies, embedding answers): see inflight.py.
+DEFAULT_MAX_INFLIGHT_BYTES = 64 * 1024 * 1024
 
 
 class GatewaySettings(BaseModel):
@@ -22,11 +24,14 @@ class GatewaySettings(BaseModel):
     # The gateway awaits each result directly; the manager needs to keep only a few finished
     # results around (for /admin lookups), so memory stays flat under sustained load.
     result_retention: int = Field(4096, gt=0)
-    # ... and in bytes: embedding answers are large (a vector value costs ~40 bytes here).
-    result_retention_bytes: int = Field(64 * 1024 * 1024, gt=0)
+    # ... and in bytes: embedding answers are large (a vector value costs ~32 bytes here).
+    # Small: a resent embeddings request re-runs the parts no longer retained, and this
+    # memory comes on top of the in-flight budget.
+    result_retention_bytes: int = Field(16 * 1024 * 1024, gt=0)
     # One embeddings request: at most this many inputs and characters (OpenAI's limits).
     max_embedding_inputs: int = Field(DEFAULT_MAX_EMBEDDING_INPUTS, gt=0)
     max_embedding_chars: int = Field(DEFAULT_MAX_EMBEDDING_CHARS, gt=0)
+    max_inflight_bytes: int = Field(DEFAULT_MAX_INFLIGHT_BYTES, gt=0)
     # Connection limits (see connections.py).
     header_timeout_s: float = Field(10.0, gt=0)
     body_timeout_s: float = Field(60.0, gt=0)

@@ -20,13 +20,17 @@ ARM_TAG = "arm"  # the request tag that carries the arm (metrics, cost, logs)
 
 
 class ArmConfig(BaseModel):
-    """One arm: a router (any registered name) with its options, and a traffic share."""
+    """One arm: a router (any registered name) with its options, and a traffic share; in
+    split_fleet mode also, optionally, its own scheduling policy (any registered name)."""
 
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
     router: str = Field(min_length=1)
     router_options: dict[str, Any] = Field(default_factory=dict)
+    # None: the coordinator's own scheduling policy orders the arm's queue.
+    policy: str | None = Field(None, min_length=1)
+    policy_options: dict[str, Any] = Field(default_factory=dict)
     share: float = Field(1.0, ge=0)
     # split_fleet: the instance ids this arm owns (no other arm's requests run there).
     instances: list[str] = Field(default_factory=list)
@@ -62,6 +66,12 @@ class ExperimentConfig(BaseModel):
                 raise ValueError("split_fleet: an instance belongs to at most one arm")
         elif any(a.instances for a in self.arms):
             raise ValueError("`instances` per arm is for mode split_fleet only")
+        elif any(a.policy is not None or a.policy_options for a in self.arms):
+            # Arms that share the fleet share one queue: only one order can apply to it.
+            raise ValueError(
+                "`policy` per arm needs mode split_fleet (arms that split traffic over one "
+                "fleet share one queue and its scheduling policy)"
+            )
         return self
 
 

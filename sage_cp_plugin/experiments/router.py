@@ -3,8 +3,10 @@ the request's arm (its `arm` tag, set by `Experiment.assign` at the gateway or b
 
 - `split_traffic`: every arm routes over the whole fleet (placement strategies compared on one
   fleet, one queue, one scheduling policy).
-- `split_fleet`: each arm routes only over the instances it owns; the queue and the scheduling
-  policy are shared (a request whose arm's instances are all busy waits for them).
+- `split_fleet`: each arm routes only over the instances it owns, and its requests wait in
+  the arm's own lane of the queue (`lane_of`), so a busy arm never holds another arm's
+  requests back; an arm may name its own scheduling policy (`lane_policy`) to order its
+  lane, which is how ordering policies are compared live.
 A request without an arm tag (from the Python API, or an offline replay) is routed by its
 sticky assignment, the same function the gateway tags with; when every arm is stopped, by the
 first arm.
@@ -12,7 +14,7 @@ first arm.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pydantic import ValidationError
@@ -20,6 +22,7 @@ from pydantic import ValidationError
 from sage_cp_plugin.errors import ConfigurationError
 from sage_cp_plugin.experiments.arms import ARM_TAG, ArmConfig, ExperimentConfig, assign_arm
 from sage_cp_plugin.pending import QueuedRequest
+from sage_cp_plugin.policies.base import SchedulingPolicy
 from sage_cp_plugin.routing.base import Router
 from sage_cp_plugin.state import FleetSnapshot, InstanceState
 from sage_cp_plugin.types import RequestMetadata
@@ -40,6 +43,7 @@ class ExperimentRouter(Router):
     def __init__(self, **options: Any) -> None:
         self.config = _config(options)
         self.routers: dict[str, Router] = {}
+        self.policies: dict[str, SchedulingPolicy] = {}  # arms with a policy of their own
         self._owned: dict[str, frozenset[str]] = {}
         for arm in self.config.arms:
             self._install(arm)
@@ -50,8 +54,20 @@ class ExperimentRouter(Router):
 
         if arm.router == self.name:
             raise ConfigurationError("an arm's router cannot be another experiment")
-        self.routers[arm.name] = get_registry().create("router", arm.router, **arm.router_options)
+        registry = get_registry()
+        self.routers[arm.name] = registry.create("router", arm.router, **arm.router_options)
+        self._install_policy(arm)
         self._owned[arm.name] = frozenset(arm.instances)
+
+    def _install_policy(self, arm: ArmConfig) -> None:
+        from sage_cp_plugin.plugins.registry import get_registry
+
+        if arm.policy is None:
+            self.policies.pop(arm.name, None)
+        else:
+            self.policies[arm.name] = get_registry().create(
+                "policy", arm.policy, **arm.policy_options
+            )
 
     def arm(self, name: str) -> ArmConfig:
         for a in self.config.arms:
@@ -60,7 +76,8 @@ class ExperimentRouter(Router):
         raise KeyError(f"no arm {name!r}; arms: {[a.name for a in self.config.arms]}")
 
     def update_arm(self, name: str, **fields: Any) -> ArmConfig:
-        """Change an arm's share, router or options (validated; the old arm stays on error)."""
+        """Change an arm's share, router, policy or options (validated; the old arm stays on
+        error)."""
         old = self.arm(name)
         try:
             new = ArmConfig.model_validate({**old.model_dump(), **fields, "name": name})
@@ -72,6 +89,8 @@ class ExperimentRouter(Router):
             raise ConfigurationError(f"arm {name!r}: {where}: {e['msg']}") from None
         if (new.router, new.router_options) != (old.router, old.router_options):
             self._install(new)
+        elif (new.policy, new.policy_options) != (old.policy, old.policy_options):
+            self._install_policy(new)
         self._owned[name] = frozenset(new.instances)
         self.config = config
         return new
@@ -97,10 +116,20 @@ class ExperimentRouter(Router):
         return request.model_copy(update={"tags": {**request.tags, ARM_TAG: arm}})
 
     def _arm_of(self, item: QueuedRequest) -> str:
-        arm = item.request.tags.get(ARM_TAG)
+        return self._arm_for(item.request)
+
+    def _arm_for(self, request: RequestMetadata) -> str:
+        arm = request.tags.get(ARM_TAG)
         if isinstance(arm, str) and arm in self.routers:
             return arm
-        return self.assign(item.request) or self.config.arms[0].name
+        return self.assign(request) or self.config.arms[0].name
+
+    # -- lanes (split_fleet) ---------------------------------------------------------------
+    def lane_of(self, request: RequestMetadata) -> str | None:
+        return self._arm_for(request) if self.config.mode == "split_fleet" else None
+
+    def lane_policies(self) -> Mapping[str, SchedulingPolicy]:
+        return self.policies
 
     # -- Router ----------------------------------------------------------------------------
     def select(

@@ -28,8 +28,7 @@ class PrefixCacheView(Protocol):
 
 def kv_capacity_tokens(state: InstanceState) -> float | None:
     """The instance's KV cache in tokens, when its description states it."""
-    value = state.instance.metadata.get("kv_capacity_tokens") if state.instance.metadata else None
-    return float(value) if isinstance(value, int | float) and value > 0 else None
+    return state.instance.kv_capacity_hint  # read per candidate: cached on the instance
 
 
 class ApproximatePrefixCache:
@@ -69,7 +68,9 @@ class ApproximatePrefixCache:
         if not matched:
             return [0] * len(candidates)
         cap = item.input_tokens
-        return [min(cap, int(matched.get(c.instance_id, 0) * per_chunk)) for c in candidates]
+        # Per matched instance once (few), then a lookup per candidate (an unmatched one holds 0).
+        held = {iid: min(cap, int(m * per_chunk)) for iid, m in matched.items()}
+        return [held.get(c.instance_id, 0) for c in candidates]
 
     def on_dispatch(self, item: QueuedRequest, instance_id: str) -> None:
         hashes, per_chunk = self._hashes(item)

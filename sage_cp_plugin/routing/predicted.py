@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sage_cp_plugin.load_model import cost_to_running_s, decode_step_s, predicted_ttft_s
+from sage_cp_plugin.load_model import candidate_times
 from sage_cp_plugin.pending import QueuedRequest
 from sage_cp_plugin.state import InstanceState
 
@@ -28,27 +28,21 @@ def pick_lowest_ttft(
     n = len(candidates)
     if n == 0:
         return None
-    start = item.seq % n
     tokens = item.input_tokens
-    best: InstanceState | None = None
-    best_t = best_cost = best_step = 0.0
-    best_own = 0
-    for i in range(n):
-        j = (start + i) % n
-        c = candidates[j]
-        own = tokens - (cached[j] if cached is not None else 0)
-        t = predicted_ttft_s(c, own, now)
-        if best is None:
-            best, best_t, best_step, best_own = c, t, decode_step_s(c), own
-            best_cost = cost_to_running_s(c, own, now)
-            continue
-        step = decode_step_s(c)
+    owns = [tokens - c for c in cached] if cached is not None else [tokens] * n
+    # Every candidate's times in one call (the inner loop of a load-aware decision), then
+    # the scan in the rotation that starts at the request's sequence number.
+    ttfts, steps, costs = candidate_times(candidates, owns, now)
+    start = item.seq % n
+    b = start
+    best_t, best_step, best_cost, best_own = ttfts[b], steps[b], costs[b], owns[b]
+    for j in (*range(start + 1, n), *range(start)):
+        t, step = ttfts[j], steps[j]
         tol = step if step < best_step else best_step
         if t < best_t - tol:
-            best, best_t, best_step, best_own = c, t, step, own
-            best_cost = cost_to_running_s(c, own, now)
+            b, best_t, best_step, best_cost, best_own = j, t, step, costs[j], owns[j]
         elif t <= best_t + tol:
-            cost = cost_to_running_s(c, own, now)
+            cost, own = costs[j], owns[j]
             if cost < best_cost or (cost == best_cost and own < best_own):
-                best, best_t, best_step, best_cost, best_own = c, t, step, cost, own
-    return best
+                b, best_t, best_step, best_cost, best_own = j, t, step, cost, own
+    return candidates[b]

@@ -13,7 +13,7 @@ import contextlib
 import json
 import random
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 import numpy as np
@@ -43,6 +43,7 @@ from sage_cp_plugin.sim.protocol import (
 from sage_cp_plugin.sim.responses import generation_body
 from sage_cp_plugin.sim.sequence import RemotePrefill, SimSequence
 from sage_cp_plugin.sim.streaming import SSEResponse, chat_chunks, completion_chunks
+from sage_cp_plugin.tracing import engine as engine_tracing
 
 M = TypeVar("M", bound=BaseModel)
 Handler = Callable[[Request], Awaitable[Response]]
@@ -187,7 +188,7 @@ class SimInstance:
             prompts = [[f"<{p}>" for p in req.prompt]]
         else:
             prompts = [tok.tokenize(str(p)) for p in req.prompt]
-        return await self._generate(req, model, prompts, chat=False)
+        return await self._generate(req, model, prompts, chat=False, headers=request.headers)
 
     async def chat_completions(self, request: Request) -> Response:
         if (fault := await self._fault_gate()) is not None:
@@ -195,7 +196,7 @@ class SimInstance:
         req = await self._parse(request, ChatCompletionRequest)
         model = self._model(req.model)
         prompt = tok.chat_prompt((m.role, tok.message_text(m.content)) for m in req.messages)
-        return await self._generate(req, model, [prompt], chat=True)
+        return await self._generate(req, model, [prompt], chat=True, headers=request.headers)
 
     async def _generate(
         self,
@@ -204,6 +205,7 @@ class SimInstance:
         prompts: list[list[str]],
         *,
         chat: bool,
+        headers: Mapping[str, str] | None = None,
     ) -> Response:
         if self.config.is_embedding:
             api = "Chat Completions" if chat else "Completions"
@@ -247,6 +249,9 @@ class SimInstance:
             for s in seqs:
                 self.engine.abort(s)
             raise
+        if headers is not None:  # vLLM's `llm_request` span, when traced
+            for s in seqs:
+                engine_tracing.trace_request(headers, s, model)
         created = self.created()
         if req.stream:
             seq = seqs[0]
@@ -297,6 +302,8 @@ class SimInstance:
             if not p:
                 raise SimHTTPError(400, f"input[{i}] is empty; nothing to embed", "input")
         seqs = [self._submit(p, 0, pooling=True) for p in prompts]
+        for s in seqs:
+            engine_tracing.trace_request(request.headers, s, model)
         try:
             for s in seqs:
                 await s.done
