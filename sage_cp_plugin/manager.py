@@ -24,6 +24,7 @@ from sage_cp_plugin.attempts import Attempts, RetryRules
 from sage_cp_plugin.concurrency_limit import ConcurrencyLimits
 from sage_cp_plugin.disaggregation import Disaggregator
 from sage_cp_plugin.dispatch import Dispatcher
+from sage_cp_plugin.elastic.runtime import build_elastic
 from sage_cp_plugin.embedding_parts import assemble, split_inputs
 from sage_cp_plugin.errors import (
     ConfigurationError,
@@ -186,6 +187,8 @@ class ControlPlaneManager:
             tokenize=self.kv_events.tokenize,
         )
         self._tasks: list[asyncio.Task[Any]] = []
+        # Discovery sources and autoscaling (docs/elastic-fleet.md); None when not configured.
+        self.elastic = build_elastic(self, o)
         self._running = False
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -279,6 +282,8 @@ class ControlPlaneManager:
         self._loop = asyncio.get_running_loop()
         await self.kv_events.start()
         self._tasks.append(asyncio.create_task(self.dispatcher.run(), name="sage-cp-dispatch"))
+        if self.elastic is not None:
+            await self.elastic.start()
         if self.enable_monitoring:
             self._tasks.append(
                 asyncio.create_task(
@@ -297,6 +302,8 @@ class ControlPlaneManager:
         if not self._running and not self._tasks:
             return
         self._running = False
+        if self.elastic is not None:
+            await self.elastic.stop()
         tasks, self._tasks = self._tasks, []
         for t in tasks:
             t.cancel()

@@ -59,6 +59,7 @@ class MetricsCollector:
     slo_violations: int = 0
     good: int = 0
     output_tokens: int = 0
+    prompt_tokens: int = 0  # of completed requests (the autoscaler's mean prompt length)
     retries: int = 0  # attempts started again after a failed one (same or other instance)
     failovers: int = 0  # of those, attempts that moved off an instance that had failed
     total_cost: float = 0.0  # in the instances' price unit (see cost.py)
@@ -115,6 +116,7 @@ class MetricsCollector:
         if result.state == RequestStatus.COMPLETED:
             self.completed += 1
             self.output_tokens += result.completion_tokens
+            self.prompt_tokens += result.prompt_tokens
             if t.e2e_ms is not None:
                 self.e2e.append(t.e2e_ms)
             if t.ttft_ms is not None:

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from sage_cp_plugin.elastic.controller import AutoscalingSettings
+from sage_cp_plugin.elastic.discovery import DiscoveryConfig
 from sage_cp_plugin.errors import ConfigurationError
 from sage_cp_plugin.health import HealthConfig
 from sage_cp_plugin.recording.config import RequestLogConfig
@@ -31,7 +33,9 @@ class ControlPlaneOptions(BaseModel):
     enable_pd_separation: bool = True
     pd: PDSeparationConfig | None = None
     enable_monitoring: bool = True  # active health probes and /metrics scraping
-    enable_auto_scaling: bool = False  # accepted for the document's signature; True is refused
+    # Autoscaling (docs/elastic-fleet.md): `autoscaling` says which model, which actuator
+    # (`metrics`, `recommend`, `kubernetes`, `local` or a plugin's) and the scaler's targets.
+    enable_auto_scaling: bool = False
     max_pending_requests: int = Field(10_000, gt=0)
     max_attempts: int = Field(3, gt=0)
     retry_backoff_s: float = Field(0.05, ge=0)  # first retry; doubles per attempt, jittered
@@ -62,15 +66,12 @@ class ControlPlaneOptions(BaseModel):
     # configured it already (`sage-cp serve --otlp-traces-endpoint`, OTEL_* variables).
     tracing: TracingConfig | None = None
 
-    @field_validator("enable_auto_scaling")
-    @classmethod
-    def _no_auto_scaling(cls, v: bool) -> bool:
-        if v:
-            raise ValueError(
-                "enable_auto_scaling=True is not supported: the control plane routes over the "
-                "instances you register; scale the fleet with your orchestrator"
-            )
-        return v
+    # Elastic fleet (docs/elastic-fleet.md): discovery sources whose instances join the fleet
+    # once `/v1/models` answers and drain when they vanish; how often pending ones are
+    # re-probed and drained ones collected.
+    discovery: list[DiscoveryConfig] = Field(default_factory=list)
+    discovery_interval_s: float = Field(2.0, gt=0)
+    autoscaling: AutoscalingSettings = Field(default_factory=AutoscalingSettings)
 
     def pd_config(self) -> PDSeparationConfig:
         return self.pd or PDSeparationConfig(enabled=self.enable_pd_separation)

@@ -397,7 +397,7 @@ def test_bad_options_name_the_setting() -> None:
         ControlPlaneManager(urgent_headroom=-1)
     with pytest.raises(ConfigurationError, match="bogus: Extra inputs are not permitted"):
         ControlPlaneManager(bogus=1)
-    with pytest.raises(ConfigurationError, match="enable_auto_scaling=True is not supported"):
-        ControlPlaneManager(enable_auto_scaling=True)
+    with pytest.raises(ConfigurationError, match="unknown actuator 'bogus'"):
+        ControlPlaneManager(enable_auto_scaling=True, autoscaling={"actuator": "bogus"})
     with pytest.raises(ConfigurationError, match=r"scrape\.interval_s"):
         ControlPlaneConfig.load({"scrape": {"interval_s": 0}})

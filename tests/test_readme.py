@@ -35,7 +35,7 @@ def run_script(code: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 def test_readme_has_the_snippets_this_file_runs() -> None:
     snippets = python_snippets()
-    assert len(snippets) == 4, "a README python snippet was added or removed: run it here too"
+    assert len(snippets) == 5, "a README python snippet was added or removed: run it here too"
     assert "port=8000" in snippets[0] and "open_control_plane" in snippets[1]
 
 
@@ -63,7 +63,16 @@ def test_embedded_fleet_snippet(tmp_path: Path) -> None:
     assert len(vector) == 4 and all(isinstance(x, float) for x in vector)
 
 
-@pytest.mark.parametrize("index", [2, 3], ids=["sage_pipeline", "plugin_module"])
+def test_kubernetes_autoscaling_snippet_says_what_is_missing_outside_a_cluster(
+    tmp_path: Path,
+) -> None:
+    # No Kubernetes here: the snippet must fail with the reason, not a traceback elsewhere.
+    res = run_script(python_snippets()[3], tmp_path)
+    assert res.returncode != 0
+    assert "in_cluster=True but KUBERNETES_SERVICE_HOST is not set" in res.stderr
+
+
+@pytest.mark.parametrize("index", [2, 4], ids=["sage_pipeline", "plugin_module"])
 def test_other_snippets_run(index: int, tmp_path: Path) -> None:
     code = python_snippets()[index]
     res = run_script(code, tmp_path)

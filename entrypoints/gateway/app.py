@@ -16,6 +16,7 @@ from sage_cp_plugin.log_once import OncePerKind
 from sage_cp_plugin.tracing.asgi import TracingMiddleware
 
 from .admin import admin_routes
+from .autoscaling import autoscaling_routes
 from .availability import model_availability
 from .errors import error_response
 from .experiment import experiment_routes
@@ -129,6 +130,7 @@ def create_app(gateway: Gateway) -> Starlette:
         Route("/openapi.json", openapi, methods=["GET"]),
         *admin_routes(),
         *experiment_routes(),
+        *autoscaling_routes(),
     ]
     app = Starlette(
         routes=routes,

@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from sage_cp_plugin.elastic.prom import autoscaling_metrics
 from sage_cp_plugin.types import RequestPriority, RequestResult
 
 if TYPE_CHECKING:
@@ -90,6 +91,7 @@ class FleetCollector(Collector):
         yield by_tag
         yield from self._slo()
         yield from self._instances()
+        yield from autoscaling_metrics(m.elastic.controller if m.elastic else None)
 
     def _slo(self) -> Iterator[Metric]:
         mc = self.manager.metrics

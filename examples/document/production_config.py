@@ -6,7 +6,7 @@ manager = ControlPlaneManager(
     routing_strategy="affinity",  # 用户亲和性，提高缓存命中率
     enable_pd_separation=True,
     enable_monitoring=True,
-    enable_auto_scaling=False,  # 目前不支持，未来版本
+    enable_auto_scaling=False,  # True: see docs/elastic-fleet.md (autoscaling=...)
 )
 
 # 多个实例，不同并行策略

@@ -1,4 +1,5 @@
-"""The built-in policies, routers and parallelism strategies, registered like any plugin."""
+"""The built-in policies, routers, parallelism strategies, discovery sources and actuators,
+registered like any plugin."""
 
 from __future__ import annotations
 
@@ -29,3 +30,21 @@ def sage_cp_register_parallelism_strategies(register: Register) -> None:
     from sage_cp_plugin.parallelism import register_builtin_strategies
 
     register_builtin_strategies(register)
+
+
+@hookimpl
+def sage_cp_register_discovery_sources(register: Register) -> None:
+    from sage_cp_plugin.elastic.discovery import FileSource, StaticSource
+    from sage_cp_plugin.elastic.kubernetes import KubernetesPodSource
+
+    register("static", StaticSource)
+    register("file", FileSource)
+    register("kubernetes", KubernetesPodSource)
+
+
+@hookimpl
+def sage_cp_register_actuators(register: Register) -> None:
+    from sage_cp_plugin.elastic.actuators import BUILTIN_ACTUATORS
+
+    for name, factory in BUILTIN_ACTUATORS.items():
+        register(name, factory)

@@ -51,3 +51,21 @@ def sage_cp_register_parallelism_strategies(register: Register) -> None:
     ``register(name, factory)``: ``factory(**options)`` returns a
     :class:`sage_cp_plugin.parallelism.ParallelismStrategy`.
     """
+
+
+@hookspec
+def sage_cp_register_discovery_sources(register: Register) -> None:
+    """Register discovery sources (docs/elastic-fleet.md).
+
+    ``register(name, factory)``: ``factory(**options)`` returns an object with ``name`` and
+    ``async run(publish)`` (:class:`sage_cp_plugin.elastic.discovery.DiscoverySource`).
+    """
+
+
+@hookspec
+def sage_cp_register_actuators(register: Register) -> None:
+    """Register scaling actuators (docs/elastic-fleet.md).
+
+    ``register(name, factory)``: ``factory(**options)`` returns an
+    :class:`sage_cp_plugin.elastic.actuators.Actuator`.
+    """

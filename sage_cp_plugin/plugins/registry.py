@@ -24,12 +24,20 @@ from sage_cp_plugin.plugins import hookspecs
 
 logger = logging.getLogger(__name__)
 
-Kind = Literal["policy", "router", "parallelism strategy"]
-KINDS: tuple[Kind, ...] = ("policy", "router", "parallelism strategy")
+Kind = Literal["policy", "router", "parallelism strategy", "discovery source", "actuator"]
+KINDS: tuple[Kind, ...] = (
+    "policy",
+    "router",
+    "parallelism strategy",
+    "discovery source",
+    "actuator",
+)
 _HOOK_OF_KIND: dict[Kind, str] = {
     "policy": "sage_cp_register_policies",
     "router": "sage_cp_register_routers",
     "parallelism strategy": "sage_cp_register_parallelism_strategies",
+    "discovery source": "sage_cp_register_discovery_sources",
+    "actuator": "sage_cp_register_actuators",
 }
 BUILTIN_DISTRIBUTION = "sage-cp-plugin"
 BUILTIN_MODULE = "sage_cp_plugin.plugins.builtin"

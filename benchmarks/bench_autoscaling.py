@@ -1,0 +1,210 @@
+"""Autoscaling on the virtual clock (issue 15): the autoscaler against static fleets sized for
+the peak and for the mean, and a KEDA-style threshold on waiting requests.
+
+Every variant replays the same workload (arrivals, lengths, SLOs) through the real coordinator
+on simulated replicas (`sage_cp_plugin/elastic/evaluation.py`); a replica asked for is billed
+from the decision and serves after the cold start. Workloads: each shape (`daily`: one
+compressed day, `bursts`: flat load with evenly spaced 2.5x bursts) on each trace's lengths;
+the peak rate is set by rule to what the capacity model says ``--peak-replicas`` replicas
+serve, the same rule for every trace. The autoscaler runs with `AutoscalerConfig`'s defaults
+(nothing set for a trace). Reported: SLO attainment, GPU-hours, scaling actions per hour,
+time from the first load step to meeting the SLO again, and, per workload and cold start, the
+issue's "Done when" comparisons (GPU-hours saved against static_peak, attainment difference,
+and against the threshold baseline) -- losses are printed as they come.
+
+usage: python -m benchmarks.bench_autoscaling [--smoke] [--traces azure_conv,azure_code]
+       [--shapes daily,bursts] [--cold-starts 60,120,240,480] [--duration 3600]
+       [--peak-replicas 6]
+Writes benchmarks/results/autoscaling.{json,md,png} (``--smoke``: autoscaling_smoke.*).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import RESULTS, write_results
+from sage_cp_plugin.elastic.evaluation import (
+    Setup,
+    Shape,
+    bursts,
+    daily,
+    evaluate,
+    replicas_for,
+)
+from sage_cp_plugin.virtual.provenance import provenance, provenance_line
+from sage_cp_plugin.workloads.traces import load_azure
+
+VARIANTS = ("autoscaler", "static_peak", "static_mean", "threshold")
+
+
+def peak_rate(trace: str, peak_replicas: int, setup: Setup) -> float:
+    """The rate the capacity model says ``peak_replicas`` replicas serve (5 % below the edge,
+    so the peak-sized static fleet is exactly ``peak_replicas``)."""
+    records = load_azure(trace, max_input_tokens=4000)
+    per_replica = 1.0
+    while replicas_for(per_replica * 2, records, setup) <= 1:
+        per_replica *= 2
+    lo, hi = per_replica, per_replica * 2  # bisect the rate one replica serves
+    for _ in range(30):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if replicas_for(mid, records, setup) <= 1 else (lo, mid)
+    return 0.95 * lo * peak_replicas
+
+
+def make_shape(name: str, peak: float, duration_s: float) -> Shape:
+    if name == "daily":
+        swing = 0.6
+        return daily(peak / (1 + swing), duration_s, swing)
+    if name == "bursts":
+        factor = 2.5
+        return bursts(peak / factor, duration_s, factor=factor, width_s=duration_s / 20)
+    raise SystemExit(f"unknown shape {name!r}; use daily or bursts")
+
+
+def verdicts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The issue's "Done when" comparisons per workload and cold start."""
+    out = []
+    for shape, trace in sorted({(r["workload"], r["trace"]) for r in rows}):
+        same = [r for r in rows if r["workload"] == shape and r["trace"] == trace]
+        peak = next(r for r in same if r["variant"] == "static_peak")
+        for auto in (r for r in same if r["variant"] == "autoscaler"):
+            cs = auto["cold_start_s"]
+            thr = next((r for r in same if r["variant"] == "threshold" and r["cold_start_s"] == cs),
+                       None)  # fmt: skip
+            saved = 1 - auto["gpu_hours"] / peak["gpu_hours"] if peak["gpu_hours"] else 0.0
+            d_att = 100 * (auto["slo_attainment"] - peak["slo_attainment"])
+            v: dict[str, Any] = {
+                "workload": shape, "trace": trace, "cold_start_s": cs,
+                "gpu_hours_saved_vs_peak": saved, "attainment_diff_points_vs_peak": d_att,
+                "meets_peak_line": saved >= 0.30 and d_att >= -1.0,
+                "actions_per_hour": auto["actions_per_hour"],
+            }  # fmt: skip
+            if thr is not None:
+                v["beats_threshold"] = (auto["slo_attainment"] > thr["slo_attainment"]
+                                        and auto["gpu_hours"] <= thr["gpu_hours"])  # fmt: skip
+                v["attainment_diff_points_vs_threshold"] = 100 * (
+                    auto["slo_attainment"] - thr["slo_attainment"])  # fmt: skip
+                v["gpu_hours_vs_threshold"] = auto["gpu_hours"] - thr["gpu_hours"]
+            out.append(v)
+    return out
+
+
+def markdown(data: dict[str, Any]) -> str:
+    a = data["args"]
+    lines = [
+        "# Autoscaling on the virtual clock",
+        "",
+        f"Preset {data['setup']['preset']}, up to {data['setup']['max_replicas']} replicas, "
+        f"SLOs TTFT {data['setup']['ttft_slo_ms']:.0f} ms / TPOT {data['setup']['tpot_slo_ms']:.0f}"
+        f" ms; {a['duration']:.0f} s per workload, peak sized for {a['peak_replicas']} replicas by "
+        "the capacity model. Command: `python -m benchmarks.bench_autoscaling "
+        + ("--smoke" if a["smoke"] else data["argv"])
+        + "`.",
+        "",
+        data["provenance_line"],
+        "",
+        "| workload | trace | variant | cold start s | requests | SLO attainment | GPU-hours |"
+        " actions/h | recovery s | failed |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in data["rows"]:
+        rec = "-" if r["recovery_s"] is None else f"{r['recovery_s']:.0f}"
+        cs = "-" if r["variant"].startswith("static") else f"{r['cold_start_s']:.0f}"
+        lines.append(
+            f"| {r['workload']} | {r['trace']} | {r['variant']} | {cs} | {r['requests']} | "
+            f"{r['slo_attainment']:.3f} | {r['gpu_hours']:.2f} | {r['actions_per_hour']:.1f} | "
+            f"{rec} | {r['failed']} |"
+        )
+    lines += [
+        "",
+        '## Against the issue\'s "Done when" (autoscaler rows; losses included)',
+        "",
+        "| workload | trace | cold start s | GPU-hours saved vs peak | attainment vs peak (points)"
+        " | >=30 % at <=1 point | vs threshold (points, GPU-h) | beats threshold |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for v in data["verdicts"]:
+        thr = (f"{v['attainment_diff_points_vs_threshold']:+.1f}, {v['gpu_hours_vs_threshold']:+.2f}"
+               if "beats_threshold" in v else "-")  # fmt: skip
+        lines.append(
+            f"| {v['workload']} | {v['trace']} | {v['cold_start_s']:.0f} | "
+            f"{100 * v['gpu_hours_saved_vs_peak']:.1f} % | {v['attainment_diff_points_vs_peak']:+.1f}"
+            f" | {'yes' if v['meets_peak_line'] else 'no'} | {thr} | "
+            f"{'yes' if v.get('beats_threshold') else 'no'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot(data: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = sorted({(r["workload"], r["trace"]) for r in data["rows"]})
+    fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 4), squeeze=False)
+    for ax, (shape, trace) in zip(axes[0], keys, strict=True):
+        for r in (r for r in data["rows"] if (r["workload"], r["trace"]) == (shape, trace)):
+            label = r["variant"] + ("" if r["variant"].startswith("static")
+                                    else f" cs={r['cold_start_s']:.0f}")  # fmt: skip
+            ax.scatter(r["gpu_hours"], r["slo_attainment"], label=label)
+        ax.set_title(f"{shape} / {trace}")
+        ax.set_xlabel("GPU-hours")
+        ax.set_ylabel("SLO attainment")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--smoke", action="store_true", help="tiny run proving the pipeline works")
+    p.add_argument("--traces", default="azure_conv,azure_code")
+    p.add_argument("--shapes", default="daily,bursts")
+    p.add_argument("--cold-starts", default="60,120,240,480")
+    p.add_argument("--duration", type=float, default=3600.0, help="seconds per workload")
+    p.add_argument("--peak-replicas", type=int, default=6)
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+    if a.smoke:
+        a.traces, a.shapes, a.cold_starts, a.duration, a.peak_replicas = (
+            "azure_conv", "bursts", "60", 240.0, 2)  # fmt: skip
+    cold = [float(x) for x in a.cold_starts.split(",") if x]
+    if not cold or any(c < 0 for c in cold):
+        raise SystemExit(f"--cold-starts must be non-negative seconds, got {a.cold_starts!r}")
+    if a.duration <= 0 or a.peak_replicas < 1:
+        raise SystemExit("--duration must be > 0 and --peak-replicas >= 1")
+    setup = Setup(max_replicas=max(12, 2 * a.peak_replicas))
+    rows: list[dict[str, Any]] = []
+    t0 = time.perf_counter()
+    for trace in a.traces.split(","):
+        peak = peak_rate(trace, a.peak_replicas, setup)
+        for shape_name in a.shapes.split(","):
+            shape = make_shape(shape_name, peak, a.duration)
+            for row in evaluate(shape, trace, setup, cold, VARIANTS, seed=a.seed):
+                row["billed"] = [(round(t, 1), n) for t, n in row["billed"]]
+                row["peak_rate"] = shape.peak
+                row["mean_rate"] = shape.mean
+                rows.append(row)
+                print(f"{shape_name}/{trace} {row['variant']} cs={row['cold_start_s']:.0f}: "
+                      f"att {row['slo_attainment']:.3f} gpu-h {row['gpu_hours']:.2f} "
+                      f"actions {row['actions']}", flush=True)  # fmt: skip
+    data: dict[str, Any] = {
+        "args": vars(a), "argv": " ".join(sys.argv[1:] if argv is None else argv),
+        "setup": setup.__dict__, "rows": rows, "verdicts": verdicts(rows),
+        "wall_s": time.perf_counter() - t0,
+    }  # fmt: skip
+    data["provenance_line"] = provenance_line(provenance())
+    name = "autoscaling_smoke" if a.smoke else "autoscaling"
+    write_results(name, data, markdown(data))
+    plot(data, RESULTS / f"{name}.png")
+    print(markdown(data))
+
+
+if __name__ == "__main__":
+    main()

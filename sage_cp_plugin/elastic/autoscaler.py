@@ -1,0 +1,247 @@
+"""The autoscaler: replicas per role for one model, as a pure function of what was observed.
+
+``decide(config, step_model, sample, state) -> (Decision, state')`` does no I/O and reads no
+clock: the controller (``elastic/controller.py``) builds the ``LoadSample`` from the
+coordinator's metrics, and an actuator carries the decision out. The same function runs on
+the virtual clock in the evaluation (``elastic/evaluation.py``).
+
+What it does, and from whom the idea comes:
+- **Capacity from a model, corrected by observation** (Dynamo's SLA planner): replicas needed
+  come from the step-time model (``capacity.py``); the ratio of observed to predicted TTFT and
+  TPOT at the current load, smoothed and bounded, scales the work per request, so a model that
+  is off by 30 % stops mattering after a few intervals.
+- **Forecast over the cold start**: the request rate is extrapolated (least-squares line over
+  ``forecast_window_s``) to ``now + cold_start_s + interval_s``, because a replica asked for
+  now serves only after its cold start; a backlog adds ``waiting / backlog_drain_s``.
+- **Stabilisation** (Kubernetes HPA, Knative/AIBrix KPA): scale up at once (after
+  ``scale_up_cooldown_s``), and at once regardless when the need is ``panic_factor`` times the
+  current fleet; scale down only to the *highest* recommendation of the last
+  ``scale_down_window_s``, not within ``scale_down_cooldown_s`` of any action, and only when
+  the cut is beyond the ``tolerance`` band; and not while replicas of the role are still
+  in their cold start (unless overdue by ``cold_start_s + scale_down_window_s``).
+- **Roles**: a ``general`` fleet gets one count; a ``pd`` fleet gets prefill and decode counts
+  sized separately, so the split follows the prompt/output mix.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from sage_cp_plugin.elastic.capacity import (
+    StepModel,
+    decode_replicas,
+    general_replicas,
+    prefill_replicas,
+)
+
+Role = Literal["general", "prefill", "decode"]
+FleetMode = Literal["general", "pd"]
+ROLES_OF: dict[FleetMode, tuple[Role, ...]] = {"general": ("general",),
+                                               "pd": ("prefill", "decode")}  # fmt: skip
+
+
+class AutoscalerConfig(BaseModel):
+    """Targets and damping of the autoscaler (see the module docstring)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    mode: FleetMode = "general"
+    ttft_target_s: float = Field(2.0, gt=0)
+    tpot_target_s: float = Field(0.05, gt=0)
+    utilisation: float = Field(0.8, gt=0, le=1)  # of the SLO-bound capacity
+    min_replicas: int = Field(1, ge=0)  # per role; 0 allows scale to zero
+    max_replicas: int = Field(64, ge=1)
+    interval_s: float = Field(30.0, gt=0)  # how often decide() runs
+    cold_start_s: float = Field(120.0, ge=0)
+    forecast_window_s: float = Field(300.0, gt=0)
+    backlog_drain_s: float = Field(60.0, gt=0)
+    scale_up_cooldown_s: float = Field(0.0, ge=0)
+    scale_down_cooldown_s: float = Field(300.0, ge=0)
+    scale_down_window_s: float = Field(600.0, ge=0)
+    tolerance: float = Field(0.1, ge=0, lt=1)
+    panic_factor: float = Field(2.0, gt=1)
+    correction_smoothing: float = Field(0.3, gt=0, le=1)  # EWMA weight of a new ratio
+    correction_min: float = Field(0.5, gt=0)
+    correction_max: float = Field(3.0, gt=0)
+    min_samples: int = Field(5, ge=1)  # completed requests before a latency is trusted
+
+    @model_validator(mode="after")
+    def _bounds(self) -> AutoscalerConfig:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas {self.min_replicas} > max_replicas {self.max_replicas}")
+        if self.correction_min > self.correction_max:
+            raise ValueError("correction_min must not exceed correction_max")
+        return self
+
+
+@dataclass(frozen=True)
+class LoadSample:
+    """What one model's fleet did over the last interval (built by the controller)."""
+
+    now: float
+    arrival_rate: float  # requests/s arrived in the interval
+    mean_prompt_tokens: float
+    mean_output_tokens: float
+    waiting: int = 0  # requests queued in the coordinator now
+    completed: int = 0  # requests that finished in the interval
+    observed_ttft_s: float | None = None  # mean over those
+    observed_tpot_s: float | None = None
+    ready: dict[Role, int] = field(default_factory=dict)  # serving now
+    starting: dict[Role, int] = field(default_factory=dict)  # asked for, still cold
+
+
+@dataclass(frozen=True)
+class ScalerState:
+    """What decide() remembers between calls (returned anew, never mutated)."""
+
+    rates: tuple[tuple[float, float], ...] = ()  # (time, arrival rate)
+    raw: tuple[tuple[float, tuple[tuple[Role, int], ...]], ...] = ()  # (time, raw desire)
+    ttft_correction: float = 1.0
+    tpot_correction: float = 1.0
+    last_up: float = -math.inf
+    last_action: float = -math.inf
+    actions: int = 0
+
+
+@dataclass(frozen=True)
+class Decision:
+    now: float
+    desired: dict[Role, int]
+    current: dict[Role, int]  # ready + starting when decided
+    raw: dict[Role, int]  # before stabilisation
+    forecast_rate: float
+    ttft_correction: float
+    tpot_correction: float
+    reason: str
+
+    @property
+    def changed(self) -> bool:
+        return any(self.desired[r] != self.current.get(r, 0) for r in self.desired)
+
+
+def forecast_rate(rates: tuple[tuple[float, float], ...], at: float) -> float:
+    """Least-squares line through the recent rates, read at ``at``; never below zero, and
+    never below the last observed rate (a forecast may anticipate growth, not invent a fall
+    the fleet would then be too small for)."""
+    if not rates:
+        return 0.0
+    last = rates[-1][1]
+    if len(rates) < 3:
+        return last
+    t = np.array([r[0] for r in rates])
+    y = np.array([r[1] for r in rates])
+    if np.ptp(t) <= 0:
+        return last
+    slope, intercept = np.polyfit(t - t[-1], y, 1)
+    return float(max(last, slope * (at - t[-1]) + intercept, 0.0))
+
+
+def _corrected(
+    old: float, observed: float | None, predicted: float, cfg: AutoscalerConfig
+) -> float:
+    if observed is None or not math.isfinite(predicted) or predicted <= 0:
+        return old
+    ratio = min(max(observed / predicted, cfg.correction_min), cfg.correction_max)
+    a = cfg.correction_smoothing
+    return (1 - a) * old + a * ratio
+
+
+def raw_replicas(cfg: AutoscalerConfig, m: StepModel, rate: float, isl: float, osl: float,
+                 ttft_c: float, tpot_c: float) -> dict[Role, int]:  # fmt: skip
+    """Replicas per role for ``rate`` requests/s (before bounds and stabilisation)."""
+    u = cfg.utilisation
+    if cfg.mode == "general":
+        need = {"general": general_replicas(rate, isl, osl, m, tpot_target_s=cfg.tpot_target_s,
+                                            utilisation=u, correction=max(ttft_c, tpot_c))}  # fmt: skip
+    else:
+        need = {
+            "prefill": prefill_replicas(rate, isl, m, utilisation=u, correction=ttft_c),
+            "decode": decode_replicas(
+                rate, osl, m, tpot_target_s=cfg.tpot_target_s, utilisation=u, correction=tpot_c
+            ),
+        }
+    out: dict[Role, int] = {}
+    for role, x in need.items():
+        n = math.ceil(x - 1e-9) if math.isfinite(x) else cfg.max_replicas
+        floor = 1 if rate > 0 else 0  # any traffic needs a replica, whatever min_replicas
+        out[role] = min(max(n, cfg.min_replicas, floor), cfg.max_replicas)  # type: ignore[index]
+    return out
+
+
+def decide(cfg: AutoscalerConfig, m: StepModel, s: LoadSample,
+           state: ScalerState) -> tuple[Decision, ScalerState]:  # fmt: skip
+    roles = ROLES_OF[cfg.mode]
+    ready = {r: s.ready.get(r, 0) for r in roles}
+    current = {r: ready[r] + s.starting.get(r, 0) for r in roles}
+
+    # 1. Correct the model by what the ready replicas really did at this load.
+    ttft_c, tpot_c = state.ttft_correction, state.tpot_correction
+    serving = sum(ready.values())
+    if s.completed >= cfg.min_samples and serving > 0 and s.arrival_rate > 0:
+        isl, osl = s.mean_prompt_tokens, s.mean_output_tokens
+        per = s.arrival_rate / max(ready.get("general", 0) or ready.get("decode", 0) or serving, 1)
+        ttft_c = _corrected(ttft_c, s.observed_ttft_s, m.predicted_ttft_s(per, isl, osl), cfg)
+        tpot_c = _corrected(tpot_c, s.observed_tpot_s, m.predicted_tpot_s(per, isl, osl), cfg)
+
+    # 2. Forecast the load the fleet will meet when a replica asked for now is ready.
+    keep_from = s.now - cfg.forecast_window_s
+    rates = (*tuple(r for r in state.rates if r[0] >= keep_from), (s.now, s.arrival_rate))
+    horizon = s.now + cfg.cold_start_s + cfg.interval_s
+    rate = forecast_rate(rates, horizon) + s.waiting / cfg.backlog_drain_s
+    raw = raw_replicas(cfg, m, rate, s.mean_prompt_tokens or 1.0, s.mean_output_tokens or 1.0,
+                       ttft_c, tpot_c)  # fmt: skip
+
+    # 3. Stabilise: up now (panic ignores the cooldown), down only to the window's maximum.
+    window_from = s.now - cfg.scale_down_window_s
+    history = (*tuple(h for h in state.raw if h[0] >= window_from), (s.now, tuple(raw.items())))
+    desired, reasons = dict(current), []
+    cold_limit = cfg.cold_start_s + cfg.scale_down_window_s
+    acted_up = acted = False
+    for role in roles:
+        cur = current[role]
+        if raw[role] > cur:
+            panic = cur == 0 or raw[role] >= cfg.panic_factor * cur
+            if panic or s.now - state.last_up >= cfg.scale_up_cooldown_s:
+                desired[role] = raw[role]
+                acted_up = acted = True
+                reasons.append(f"{role} up {cur}->{raw[role]}" + (" (panic)" if panic else ""))
+            continue
+        peak = max(dict(h[1]).get(role, 0) for h in history)
+        if peak >= cur or s.now - state.last_action < cfg.scale_down_cooldown_s:
+            continue
+        if s.starting.get(role, 0) > 0 and s.now - state.last_up < cold_limit:
+            # Replicas asked for are still cold: the load measured now is what the smaller
+            # fleet could take, not what the bigger one will be offered, so cutting now
+            # flaps (up, down, up: each "up" a new cold start). Wait until they serve, or
+            # until they are overdue (a replica that never starts must not pin the fleet).
+            continue
+        if peak > 0 and (cur - peak) / cur <= cfg.tolerance:
+            continue
+        desired[role] = peak
+        acted = True
+        reasons.append(f"{role} down {cur}->{peak}")
+    new_state = replace(
+        state,
+        rates=rates,
+        raw=history,
+        ttft_correction=ttft_c,
+        tpot_correction=tpot_c,
+        last_up=s.now if acted_up else state.last_up,
+        last_action=s.now if acted else state.last_action,
+        actions=state.actions + int(acted),
+    )
+    decision = Decision(
+        now=s.now,
+        desired=desired,
+        current=current,
+        raw=raw,
+        forecast_rate=rate,
+        ttft_correction=ttft_c,
+        tpot_correction=tpot_c,
+        reason="; ".join(reasons) or "hold",
+    )
+    return decision, new_state

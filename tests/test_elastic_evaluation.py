@@ -1,0 +1,51 @@
+"""Pieces of the virtual-clock autoscaling evaluation (elastic/evaluation.py) that the
+benchmark's numbers rest on: billing, the workload shapes, the recovery time."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from sage_cp_plugin.elastic.evaluation import bursts, daily, gpu_hours, recovery_s, workload
+
+
+def test_gpu_hours_integrate_the_billed_replicas() -> None:
+    # 2 replicas for an hour, then 4 for half an hour, TP4: (2 + 2) * 4 GPU-hours.
+    log = [(0.0, 2), (3600.0, 4)]
+    assert gpu_hours(log, 5400.0, 4) == pytest.approx((2 * 1 + 4 * 0.5) * 4)
+    # A change logged after the end does not count.
+    assert gpu_hours([(0.0, 1), (7200.0, 9)], 3600.0, 1) == pytest.approx(1.0)
+
+
+def test_shapes_have_the_peak_and_mean_they_claim() -> None:
+    for shape in (daily(2.0, 3600.0), bursts(1.0, 3600.0, factor=2.5, width_s=180.0)):
+        grid = np.linspace(0.0, shape.duration_s, 36001)[:-1]
+        rates = np.array([shape.rate(t) for t in grid])
+        assert rates.max() == pytest.approx(shape.peak, rel=1e-3)
+        assert rates.mean() == pytest.approx(shape.mean, rel=1e-2)
+
+
+def test_workload_follows_the_shape_and_carries_the_slos() -> None:
+    shape = bursts(2.0, 1200.0, factor=3.0, n=1, width_s=200.0)
+    recs = workload(shape, "azure_conv", ttft_slo_ms=2000, tpot_slo_ms=80, seed=1)
+    arrivals = np.array([r.arrival_s for r in recs])
+    assert np.all(np.diff(arrivals) >= 0) and arrivals[-1] < shape.duration_s
+    burst = np.sum((arrivals >= 500) & (arrivals < 700)) / 200.0
+    calm = np.sum(arrivals < 400) / 400.0
+    assert 2.0 < burst / calm < 4.5  # 3x in the burst, Poisson noise allowed
+    assert all(r.ttft_slo_ms == 2000 and r.tpot_slo_ms == 80 for r in recs)
+    assert len(recs) == pytest.approx(shape.mean * shape.duration_s, rel=0.15)
+
+
+def test_recovery_is_measured_from_the_load_step() -> None:
+    shape = bursts(1.0, 1200.0, factor=3.0, n=1, width_s=300.0)  # step at 450 s
+
+    def outcome(at: float, ok: bool) -> SimpleNamespace:
+        return SimpleNamespace(arrival_s=at, slo_met=ok)
+
+    # SLO missed in the first two 30 s buckets after the step, met from the third on.
+    outs = [outcome(450.0 + t, t >= 60.0) for t in range(600)]
+    assert recovery_s(outs, shape) == pytest.approx(60.0)
+    assert recovery_s([outcome(450.0 + t, True) for t in range(300)], shape) is None
