@@ -42,6 +42,17 @@ _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 CLIENT_CLOSED = 499  # nginx's code: logged and counted, never seen by the departed client
 
 
+def failure_response(exc: Exception) -> tuple[int, Response]:
+    """The status (for logs and metrics) and the answer for a request that raised `exc`: a
+    departed client gets CLIENT_CLOSED, anything else its OpenAI-style error body."""
+    if isinstance(exc, ClientDisconnected | ClientDisconnect):
+        return CLIENT_CLOSED, Response(status_code=CLIENT_CLOSED)
+    err = exception_to_error(exc)
+    return err.status, error_response(
+        err.status, err.message, param=err.param, code=err.code, headers=err.headers
+    )
+
+
 def _gateway(request: Request) -> Gateway:
     gw: Gateway = request.app.state.gateway
     return gw
@@ -105,15 +116,9 @@ async def _handle(request: Request, kind: RequestKind, endpoint: str) -> Respons
             response = await _complete(gw, req, watcher, base64_out)
         status = 200
         return response
-    except (ClientDisconnected, ClientDisconnect):
-        status = CLIENT_CLOSED
-        return Response(status_code=CLIENT_CLOSED)
     except Exception as exc:
-        err = exception_to_error(exc)
-        status = err.status
-        return error_response(
-            err.status, err.message, param=err.param, code=err.code, headers=err.headers
-        )
+        status, response = failure_response(exc)
+        return response
     finally:
         if held is not None:
             held.release()

@@ -20,8 +20,8 @@ from sage_cp_plugin.types import RequestKind, RequestPriority
 from ..auth import check_client_key
 from ..body import read_json_object
 from ..disconnect import ClientDisconnected, DisconnectWatcher
-from ..errors import GatewayError, error_response, exception_to_error, result_error
-from ..openai_routes import CLIENT_CLOSED, _dumps, _ms, wants_usage
+from ..errors import GatewayError, error_response, result_error
+from ..openai_routes import CLIENT_CLOSED, _dumps, _ms, failure_response, wants_usage
 from ..schemas import validate_body
 from ..settings import GatewaySettings
 from ..sse import SSERelay, replay_as_sse
@@ -97,15 +97,9 @@ class WorkerApp:
             response = await self._complete(sub, watcher)
             status = 200
             return response
-        except (ClientDisconnected, ClientDisconnect):
-            status = CLIENT_CLOSED
-            return Response(status_code=CLIENT_CLOSED)
         except Exception as exc:
-            err = exception_to_error(exc)
-            status = err.status
-            return error_response(
-                err.status, err.message, param=err.param, code=err.code, headers=err.headers
-            )
+            status, response = failure_response(exc)
+            return response
         finally:
             if watcher is not None:
                 watcher.close()
