@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import httpx
 
-from tests.test_gateway_support import start_gateway_process, write_config
+from tests.test_gateway_support import start_gateway_process, stream_through_sigterm, write_config
 
 
 def test_bad_config_is_one_clear_message(tmp_path: Path) -> None:
@@ -48,25 +46,7 @@ def test_serve_flags_and_graceful_shutdown(tmp_path: Path) -> None:
             assert c.get("/openapi.json").json()["openapi"].startswith("3.")
 
         # A long stream is in flight when SIGTERM arrives: it must finish, whole.
-        lines: list[str] = []
-        started = threading.Event()
-
-        def stream() -> None:
-            body = {"model": "sim-model", "prompt": "go", "max_tokens": 60, "stream": True}
-            with (
-                httpx.Client(base_url=gp.url, timeout=30) as c,
-                c.stream("POST", "/v1/completions", json=body, headers=auth) as r,
-            ):
-                for line in r.iter_lines():
-                    if line.startswith("data:"):
-                        lines.append(line)
-                        started.set()
-
-        t = threading.Thread(target=stream)
-        t.start()
-        assert started.wait(10)
-        gp.proc.send_signal(signal.SIGTERM)
-        t.join(30)
+        lines = stream_through_sigterm(gp, auth, read_s=30, start_s=10, finish_s=30)
         assert lines[-1] == "data: [DONE]" and len(lines) == 61, lines[-3:]
         assert gp.proc.wait(20) == 0
         try:  # no longer accepting

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -118,3 +120,35 @@ def start_gateway_process(
 def write_config(path: Path, time_scale: float) -> Path:
     path.write_text(f"scheduling_policy: fifo\nembedded_fleet:\n  time_scale: {time_scale}\n")
     return path
+
+
+def stream_through_sigterm(
+    gp: GatewayProcess,
+    headers: dict[str, str] | None = None,
+    *,
+    read_s: float,
+    start_s: float,
+    finish_s: float,
+) -> list[str]:
+    """Start a 60-token completion stream, send SIGTERM to the gateway once its first chunk
+    arrived, and return every `data:` line the stream got (a drain must finish it whole)."""
+    lines: list[str] = []
+    started = threading.Event()
+
+    def stream() -> None:
+        body = {"model": "sim-model", "prompt": "go", "max_tokens": 60, "stream": True}
+        with (
+            httpx.Client(base_url=gp.url, timeout=read_s) as c,
+            c.stream("POST", "/v1/completions", json=body, headers=headers) as r,
+        ):
+            for line in r.iter_lines():
+                if line.startswith("data:"):
+                    lines.append(line)
+                    started.set()
+
+    t = threading.Thread(target=stream)
+    t.start()
+    assert started.wait(start_s)
+    gp.proc.send_signal(signal.SIGTERM)
+    t.join(finish_s)
+    return lines

@@ -12,7 +12,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import httpx
@@ -21,7 +20,13 @@ import pytest
 from sage_cp_plugin.sim import SimFleet
 from sage_cp_plugin.sim.config import FaultConfig
 from tests.helpers import wait_until, wait_until_sync
-from tests.test_gateway_support import GatewayProcess, gen, start_gateway_process, write_config
+from tests.test_gateway_support import (
+    GatewayProcess,
+    gen,
+    start_gateway_process,
+    stream_through_sigterm,
+    write_config,
+)
 
 ADMIN = {"authorization": "Bearer adm"}
 BODY = {"model": "sim-model", "prompt": "hello", "max_tokens": 4}
@@ -188,25 +193,7 @@ def test_sigterm_drains_in_flight_stream_and_stops_every_process(tmp_path: Path)
     children = children_of(gp.proc.pid)
     try:
         assert len(children) == 3
-        lines: list[str] = []
-        started = threading.Event()
-
-        def stream() -> None:
-            body = {"model": "sim-model", "prompt": "go", "max_tokens": 60, "stream": True}
-            with (
-                httpx.Client(base_url=gp.url, timeout=60) as c,
-                c.stream("POST", "/v1/completions", json=body) as r,
-            ):
-                for line in r.iter_lines():
-                    if line.startswith("data:"):
-                        lines.append(line)
-                        started.set()
-
-        t = threading.Thread(target=stream)
-        t.start()
-        assert started.wait(30)
-        gp.proc.send_signal(signal.SIGTERM)
-        t.join(60)
+        lines = stream_through_sigterm(gp, read_s=60, start_s=30, finish_s=60)
         assert lines[-1] == "data: [DONE]" and len(lines) == 61, lines[-3:]
         assert gp.proc.wait(60) == 0
         wait_until_sync(lambda: not any(alive(p) for p in children), "every child stopped")
