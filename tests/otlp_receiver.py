@@ -26,19 +26,18 @@ class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
     def Export(self, request: Any, context: Any) -> Any:
         with self.lock:
             for rs in request.resource_spans:
-                service = next(
-                    (
-                        a.value.string_value
-                        for a in rs.resource.attributes
-                        if a.key == "service.name"
-                    ),
-                    "",
+                resource = {a.key: a.value for a in rs.resource.attributes}
+                service = (
+                    resource["service.name"].string_value if "service.name" in resource else ""
                 )
+                pid = resource["process.pid"].int_value if "process.pid" in resource else None
                 for ss in rs.scope_spans:
                     for s in ss.spans:
                         self.spans.append(
                             {
                                 "service": service,
+                                "pid": pid,
+                                "status": s.status.code,  # 0 unset, 1 ok, 2 error
                                 "name": s.name,
                                 "kind": s.kind,
                                 "trace_id": s.trace_id.hex(),
@@ -52,6 +51,10 @@ class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
     def named(self, name: str) -> list[dict[str, Any]]:
         with self.lock:
             return [s for s in self.spans if s["name"] == name]
+
+    def in_trace(self, trace_id: str) -> list[dict[str, Any]]:
+        with self.lock:
+            return [s for s in self.spans if s["trace_id"] == trace_id]
 
     def __enter__(self) -> Receiver:
         self.server.start()

@@ -215,6 +215,27 @@ def start_attempt(
     return span
 
 
+def carrier() -> dict[str, str] | None:
+    """The current trace context as a W3C carrier, to continue it in another process
+    (`sage-cp serve --workers N`: worker -> scheduler -> worker). None when tracing is off
+    or nothing is traced; an unsampled context travels as its bare `traceparent`."""
+    if state.TRACER is None:
+        return None
+    unsampled = state.UNSAMPLED_TRACEPARENT.get()
+    if unsampled is not None:
+        return {"traceparent": unsampled}
+    from opentelemetry import propagate, trace
+
+    ctx = trace.get_current_span().get_span_context()
+    if not ctx.is_valid:
+        return None
+    if not ctx.trace_flags.sampled:
+        return {"traceparent": traceparent_of(ctx)}
+    out: dict[str, str] = {}
+    propagate.inject(out)
+    return out
+
+
 def attempt_headers(span: Any, base: dict[str, str]) -> dict[str, str]:
     """`base` plus the W3C `traceparent` of the attempt's span: the engine's span becomes
     its child (not a sibling)."""

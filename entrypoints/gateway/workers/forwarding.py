@@ -21,6 +21,8 @@ from typing import Any
 from sage_cp_plugin.errors import InvalidRequestBodyError, UpstreamError
 from sage_cp_plugin.executor import ChunkSink, ExecutionCoordinator, Outcome
 from sage_cp_plugin.pending import QueuedRequest
+from sage_cp_plugin.tracing import batch as tracing_context
+from sage_cp_plugin.tracing import spans as tracing
 from sage_cp_plugin.types import (
     ExecutionInstance,
     RequestKind,
@@ -157,7 +159,7 @@ class WorkerSession:
     def _handle(self, msg: tuple[Any, ...], on_hello: Callable[[WorkerSession], None]) -> None:
         op = msg[0]
         if op == "submit":
-            self._submit(msg[1], msg[2], msg[3])
+            self._submit(msg[1], msg[2], msg[3], msg[4])
         elif op == "first":
             run = self._runs.get(msg[1])
             if run is not None and run.on_first_token is not None:
@@ -174,7 +176,13 @@ class WorkerSession:
             self.index, self.pid = msg[1], msg[2]
             on_hello(self)
 
-    def _submit(self, token: int, request: RequestMetadata, stream: bool) -> None:
+    def _submit(
+        self,
+        token: int,
+        request: RequestMetadata,
+        stream: bool,
+        trace_carrier: dict[str, str] | None,
+    ) -> None:
         gw = self.gateway
         rid = request.request_id
         # x-request-id is idempotent: a resend joins the request (same as one process).
@@ -193,7 +201,9 @@ class WorkerSession:
         owners = self.executor.owners
         owners[rid] = _Owner(self, token)
         try:
-            item = gw.manager.admission.admit(request, streaming=stream)
+            # Traced: the request's span continues the worker's SERVER span.
+            with tracing_context.parent(trace_carrier):
+                item = gw.manager.admission.admit(request, streaming=stream)
         except Exception as exc:
             del owners[rid]
             err = exception_to_error(exc)
@@ -270,7 +280,9 @@ class WorkerSession:
         iid = instance.instance_id
         new = instance if self._sent.get(iid) is not instance else None
         self._sent[iid] = instance
-        self.channel.send(("run", token, number, new, iid, extra, stream, relay, priority))
+        # Runs in the attempt's task: the request's span (or unsampled context) goes along.
+        self.channel.send(("run", token, number, new, iid, extra, stream, relay, priority,
+                           tracing.carrier()))  # fmt: skip
         try:
             return await run.future
         except asyncio.CancelledError:
