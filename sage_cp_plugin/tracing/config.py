@@ -37,14 +37,17 @@ def check_endpoint(endpoint: str, protocol: Protocol, name: str) -> str:
     example = "http://127.0.0.1:4317" if protocol == "grpc" else "http://127.0.0.1:4318"
     schemes = _SCHEMES[protocol]
     hint = f"expected a URL like {example} (scheme {', '.join(schemes)}; a host; a port)"
+    if "://" not in endpoint:  # host:port alone would make the gRPC exporter use TLS
+        raise ValueError(f"{name}={endpoint!r} is not a URL: {hint}")
     try:
         parts = urlsplit(endpoint.strip())
         port = parts.port  # raises ValueError when not a number in 0..65535
     except ValueError:
         raise ValueError(f"{name}={endpoint!r} has a bad port: {hint}") from None
     if parts.scheme not in schemes:
-        what = f"scheme {parts.scheme!r}" if parts.scheme else "no scheme"
-        raise ValueError(f"{name}={endpoint!r} has {what} (OTLP over {protocol}): {hint}")
+        raise ValueError(
+            f"{name}={endpoint!r} has scheme {parts.scheme!r} (OTLP over {protocol}): {hint}"
+        )
     if not parts.hostname:
         raise ValueError(f"{name}={endpoint!r} names no host: {hint}")
     if port == 0:
