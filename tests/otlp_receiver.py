@@ -44,6 +44,8 @@ class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
                                 "span_id": s.span_id.hex(),
                                 "parent_id": s.parent_span_id.hex(),
                                 "attributes": {a.key: a.value for a in s.attributes},
+                                "start_ns": s.start_time_unix_nano,
+                                "end_ns": s.end_time_unix_nano,
                             }
                         )
         return trace_service_pb2.ExportTraceServiceResponse()
@@ -62,3 +64,57 @@ class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
 
     def __exit__(self, *exc: object) -> None:
         self.server.stop(grace=None)
+
+
+KINDS = {1: "INTERNAL", 2: "SERVER", 3: "CLIENT", 4: "PRODUCER", 5: "CONSUMER"}
+# The attributes a rendered tree shows (docs/tracing.md's example), when a span has them.
+SHOWN = ("http.response.status_code", "sage_cp.status", "sage_cp.attempts", "sage_cp.policy",
+         "sage_cp.router", "sage_cp.instance_id", "sage_cp.runner_up", "sage_cp.attempt",
+         "sage_cp.excluded", "gen_ai.usage.output_tokens", "gen_ai.response.finish_reasons",
+         "gen_ai.latency.time_in_queue", "gen_ai.latency.time_to_first_token")  # fmt: skip
+
+
+def _value(v: Any) -> str:
+    kind = v.WhichOneof("value")
+    if kind == "array_value":
+        return "[" + ", ".join(_value(x) for x in v.array_value.values) + "]"
+    if kind == "double_value":
+        return f"{v.double_value:.4g}"
+    return str(getattr(v, kind)) if kind else ""
+
+
+def render(spans: list[dict[str, Any]], roles: dict[int | None, str]) -> list[str]:
+    """One trace as an indented tree, children in start order: name [KIND], the process
+    (`roles` by pid), start offset and duration in ms, the `SHOWN` attributes."""
+    ids = {s["span_id"] for s in spans}
+    t0 = min(s["start_ns"] for s in spans)
+    lines: list[str] = []
+
+    def walk(parent: str | None, depth: int) -> None:
+        kids = [s for s in spans if (s["parent_id"] if s["parent_id"] in ids else None) == parent]
+        for s in sorted(kids, key=lambda s: s["start_ns"]):
+            kind = KINDS.get(s["kind"], "?") + (" ERROR" if s["status"] == 2 else "")
+            attrs = ", ".join(
+                f"{k.split('.', 1)[1] if k.startswith('sage_cp.') else k}="
+                f"{_value(s['attributes'][k])}"
+                for k in SHOWN
+                if k in s["attributes"]
+            )
+            lines.append(
+                f"{'  ' * depth}{s['name']} [{kind}] ({roles.get(s['pid'], s['service'])}) "
+                f"+{(s['start_ns'] - t0) / 1e6:.1f}ms {(s['end_ns'] - s['start_ns']) / 1e6:.1f}ms"
+                + (f"  {attrs}" if attrs else "")
+            )
+            walk(s["span_id"], depth + 1)
+
+    walk(None, 0)
+    return lines
+
+
+def skeleton(lines: list[str]) -> list[tuple[int, str]]:
+    """A rendered tree without times and attributes: (depth, "name [KIND] (process)")."""
+    out = []
+    for line in lines:
+        depth = (len(line) - len(line.lstrip(" "))) // 2
+        out.append((depth, line.strip().split(" +", 1)[0]))
+    return out

@@ -7,22 +7,20 @@ span per attempt, the engine's `llm_request`."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from sage_cp_plugin import tracing
 from sage_cp_plugin.sim import SimFleet
 from sage_cp_plugin.sim.config import FaultConfig
 from sage_cp_plugin.tracing import TracingConfig
 from tests.helpers import wait_until
-from tests.otlp_receiver import Receiver
+from tests.otlp_receiver import Receiver, render, skeleton
 from tests.simfleet import gen
 from tests.test_gateway_support import start_gateway_process
 from tests.test_gateway_workers import children_of, role_of, stop
@@ -32,14 +30,15 @@ SERVER_KIND, CLIENT_KIND = 2, 3  # OTLP's Span.SpanKind values
 ERROR = 2  # OTLP's Status.StatusCode
 
 
-@pytest.fixture
-def engine_spans() -> Iterator[InMemorySpanExporter]:
-    exporter = InMemorySpanExporter()
-    tracing.configure_engine(TracingConfig(), exporter=exporter)
-    try:
-        yield exporter
-    finally:
-        tracing.shutdown()
+DOC = Path(__file__).resolve().parent.parent / "docs" / "tracing.md"
+MARK = "<!-- rendered trace: tests/test_tracing_workers.py -->"
+
+
+def documented_tree() -> list[str]:
+    """The example trace in docs/tracing.md (the code block after MARK)."""
+    text = DOC.read_text()
+    block = text[text.index(MARK) :].split("```", 2)[1]
+    return [line for line in block.splitlines()[1:] if line.strip()]
 
 
 def traceparent(sampled: bool = True) -> tuple[str, str, str]:
@@ -53,18 +52,11 @@ def one(spans: list[dict[str, Any]], name: str) -> dict[str, Any]:
     return found[0]
 
 
-def engine_span_under(exporter: InMemorySpanExporter, client_span_id: str) -> bool:
-    return any(
-        s.name == "llm_request"
-        and s.parent is not None
-        and format(s.parent.span_id, "016x") == client_span_id
-        for s in exporter.get_finished_spans()
-    )
+def engine_span_under(rx: Receiver, client_span_id: str) -> bool:
+    return any(s["parent_id"] == client_span_id for s in rx.named("llm_request"))
 
 
-async def test_one_trace_crosses_worker_scheduler_worker_and_engine(
-    tmp_path: Path, engine_spans: InMemorySpanExporter
-) -> None:
+async def test_one_trace_crosses_worker_scheduler_worker_and_engine(tmp_path: Path) -> None:
     async with SimFleet(
         [*gen(1, time_scale=0.02, faults=FaultConfig(error_rate=1.0)), *gen(1, time_scale=0.02)]
     ) as sims:
@@ -76,7 +68,12 @@ async def test_one_trace_crosses_worker_scheduler_worker_and_engine(
         )
         env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
         with Receiver() as rx:
-            gp = start_gateway_process(
+            # The simulators run in this process: their engine spans go to the receiver too.
+            tracing.configure_engine(TracingConfig(otlp_traces_endpoint=rx.endpoint))
+            # In a thread: the simulators on this event loop must answer the scheduler's
+            # health probes while it starts.
+            gp = await asyncio.to_thread(
+                start_gateway_process,
                 "--config", str(cfg), "--workers", "2", "--otlp-traces-endpoint", rx.endpoint,
                 timeout=120, env=env,
             )  # fmt: skip
@@ -112,6 +109,8 @@ async def test_one_trace_crosses_worker_scheduler_worker_and_engine(
                     assert r.status_code == 200
             finally:
                 stop(gp, children)  # SIGTERM: every process flushes its batched spans
+                tracing.shutdown()  # and so does this one (the engine spans)
+            roles[os.getpid()] = "engine"
             await wait_until(
                 lambda: len(rx.in_trace(stream_tid)) >= 5, "the streamed request's spans"
             )
@@ -139,7 +138,7 @@ async def test_one_trace_crosses_worker_scheduler_worker_and_engine(
             ]
             good = [s for s in attempts if s is not bad[0]]
             assert len(bad) == 1 and bad[0]["status"] == ERROR and good[0]["status"] != ERROR
-            await wait_until(lambda: engine_span_under(engine_spans, good[0]["span_id"]),
+            await wait_until(lambda: engine_span_under(rx, good[0]["span_id"]),
                             "the engine span under the successful attempt")  # fmt: skip
 
             # Streamed: the same tree (it may have failed over too).
@@ -151,7 +150,7 @@ async def test_one_trace_crosses_worker_scheduler_worker_and_engine(
             assert request["parent_id"] == server["span_id"]
             assert attempts and {s["parent_id"] for s in attempts} == {request["span_id"]}
             (ok,) = [s for s in attempts if s["status"] != ERROR]
-            await wait_until(lambda: engine_span_under(engine_spans, ok["span_id"]),
+            await wait_until(lambda: engine_span_under(rx, ok["span_id"]),
                             "the streamed request's engine span")  # fmt: skip
 
             # A proxied route: one SERVER span, the scheduling process's.
@@ -162,5 +161,8 @@ async def test_one_trace_crosses_worker_scheduler_worker_and_engine(
 
             # The caller said "not sampled": no process recorded anything, nor the engine.
             assert rx.in_trace(unsampled_tid) == []
-    assert all(format(s.context.trace_id, "032x") != unsampled_tid
-               for s in engine_spans.get_finished_spans())  # fmt: skip
+
+            # docs/tracing.md shows this failed-over trace: its shape must be the code's.
+            tree = render(rx.in_trace(failed_over), roles)
+            print("\n".join(tree))  # pytest -s: the rendering for the docs
+            assert skeleton(tree) == skeleton(documented_tree())
