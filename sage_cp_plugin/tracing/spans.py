@@ -236,6 +236,23 @@ def carrier() -> dict[str, str] | None:
     return out
 
 
+def attach(carrier: dict[str, str] | None) -> object | None:
+    """Make the context of `carrier` (from `carrier()` in another process) current; the
+    token for `detach`. None, at once, when there is nothing to attach (tracing off)."""
+    if carrier is None or state.TRACER is None:
+        return None
+    from opentelemetry import context, propagate
+
+    return context.attach(propagate.extract(carrier))
+
+
+def detach(token: object | None) -> None:
+    if token is not None:
+        from opentelemetry import context
+
+        context.detach(token)  # type: ignore[arg-type]
+
+
 def attempt_headers(span: Any, base: dict[str, str]) -> dict[str, str]:
     """`base` plus the W3C `traceparent` of the attempt's span: the engine's span becomes
     its child (not a sibling)."""

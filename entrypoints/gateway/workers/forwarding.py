@@ -21,7 +21,6 @@ from typing import Any
 from sage_cp_plugin.errors import InvalidRequestBodyError, UpstreamError
 from sage_cp_plugin.executor import ChunkSink, ExecutionCoordinator, Outcome
 from sage_cp_plugin.pending import QueuedRequest
-from sage_cp_plugin.tracing import batch as tracing_context
 from sage_cp_plugin.tracing import spans as tracing
 from sage_cp_plugin.types import (
     ExecutionInstance,
@@ -200,16 +199,18 @@ class WorkerSession:
         request = gw.experiment.tag(request)
         owners = self.executor.owners
         owners[rid] = _Owner(self, token)
+        # Traced: the request's span continues the worker's SERVER span.
+        trace_token = tracing.attach(trace_carrier)
         try:
-            # Traced: the request's span continues the worker's SERVER span.
-            with tracing_context.parent(trace_carrier):
-                item = gw.manager.admission.admit(request, streaming=stream)
+            item = gw.manager.admission.admit(request, streaming=stream)
         except Exception as exc:
             del owners[rid]
             err = exception_to_error(exc)
             self.channel.send(("rejected", token, err.status, err.message, err.param, err.code,
                                err.headers))  # fmt: skip
             return
+        finally:
+            tracing.detach(trace_token)
         self._requests[token] = rid
         assert item.future is not None
         item.future.add_done_callback(lambda f: self._ended(token, item, f))

@@ -14,7 +14,6 @@ from typing import Any
 
 from sage_cp_plugin.errors import UpstreamError
 from sage_cp_plugin.executor import ExecutionCoordinator
-from sage_cp_plugin.tracing import batch as tracing_context
 from sage_cp_plugin.tracing import spans as tracing
 from sage_cp_plugin.types import (
     ExecutionInstance,
@@ -207,14 +206,14 @@ class SchedulerLink:
         send = self.channel.send
         token = sub.token
         sink = sub.chunks.put_nowait if relay and sub.chunks is not None else None
+        # Traced: the attempt's CLIENT span (made here, where the HTTP call is) is a child
+        # of the scheduler's request span, and the engine's of it. This task's own context.
+        tracing.attach(trace_carrier)
         try:
-            # Traced: the attempt's CLIENT span (made here, where the HTTP call is) is a
-            # child of the scheduler's request span, and the engine's of it.
-            with tracing_context.parent(trace_carrier):
-                out = await self.executor.run(
-                    sub.request, instance, sink=sink, extra=extra, stream=stream,
-                    on_first_token=lambda: send(("first", token)), priority=priority,
-                )  # fmt: skip
+            out = await self.executor.run(
+                sub.request, instance, sink=sink, extra=extra, stream=stream,
+                on_first_token=lambda: send(("first", token)), priority=priority,
+            )  # fmt: skip
         except asyncio.CancelledError:
             raise  # aborted by the scheduler, which expects no answer
         except Exception as exc:
