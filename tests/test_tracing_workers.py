@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 
+from benchmarks.procfs import children_of
 from sage_cp_plugin import tracing
 from sage_cp_plugin.sim import SimFleet
 from sage_cp_plugin.sim.config import FaultConfig
@@ -23,7 +24,7 @@ from tests.helpers import wait_until
 from tests.otlp_receiver import Receiver, render, skeleton
 from tests.simfleet import gen
 from tests.test_gateway_support import start_gateway_process
-from tests.test_gateway_workers import children_of, role_of, stop
+from tests.test_gateway_workers import role_of, stop
 
 BODY = {"model": "sim-model", "prompt": "hello", "max_tokens": 3}
 SERVER_KIND, CLIENT_KIND = 2, 3  # OTLP's Span.SpanKind values
