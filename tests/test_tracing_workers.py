@@ -24,7 +24,7 @@ from tests.helpers import wait_until
 from tests.otlp_receiver import Receiver, render, skeleton
 from tests.simfleet import gen
 from tests.test_gateway_support import start_gateway_process
-from tests.test_gateway_workers import role_of, stop
+from tests.test_gateway_workers import bad_and_good_fleet, role_of, stop
 
 BODY = {"model": "sim-model", "prompt": "hello", "max_tokens": 3}
 SERVER_KIND, CLIENT_KIND = 2, 3  # OTLP's Span.SpanKind values
@@ -61,12 +61,7 @@ async def test_one_trace_crosses_worker_scheduler_worker_and_engine(tmp_path: Pa
     async with SimFleet(
         [*gen(1, time_scale=0.02, faults=FaultConfig(error_rate=1.0)), *gen(1, time_scale=0.02)]
     ) as sims:
-        cfg = tmp_path / "fleet.yaml"
-        cfg.write_text(
-            "scheduling_policy: fifo\nrouting_strategy: round_robin\ninstances:\n"
-            f"  - {{instance_id: bad, host: 127.0.0.1, port: {sims[0].port}, model_name: sim-model}}\n"
-            f"  - {{instance_id: good, host: 127.0.0.1, port: {sims[1].port}, model_name: sim-model}}\n"
-        )
+        cfg = bad_and_good_fleet(tmp_path, sims)
         env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
         with Receiver() as rx:
             # The simulators run in this process: their engine spans go to the receiver too.
