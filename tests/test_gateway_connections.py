@@ -151,12 +151,3 @@ def test_the_limiter_says_how_many_it_held_back() -> None:
     assert "[3 more like this in the last 60 s were not logged]" in later.getMessage()
     info = logging.LogRecord("uvicorn.error", logging.INFO, __file__, 1, "x", None, None)
     assert all(limiter.filter(info) for _ in range(5))  # below WARNING: untouched
-
-
-def test_the_sweep_checks_deadlines_at_a_tenth_of_the_shortest_timeout() -> None:
-    from sage_cp_plugin.entrypoints.gateway.connections import ConnectionLimits, sweep_interval
-
-    assert sweep_interval(ConnectionLimits(header_timeout_s=5, keep_alive_s=30)) == 0.5
-    assert sweep_interval(ConnectionLimits(header_timeout_s=0.1)) == 0.05  # floor
-    assert sweep_interval(ConnectionLimits(header_timeout_s=60, body_timeout_s=60,
-                                           keep_alive_s=60)) == 1.0  # fmt: skip
