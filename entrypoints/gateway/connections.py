@@ -24,12 +24,15 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from .deadlines import Deadlines, Entry
+from .deadlines import LATENESS, Deadlines, Entry
 from .errors import error_body
 
 _REASONS = {400: b"Bad Request", 408: b"Request Timeout", 431: b"Request Header Fields Too Large",
@@ -202,3 +205,33 @@ def guarded_protocol(limits: ConnectionLimits) -> type[GuardedHttpToolsProtocol]
     """The protocol class for `uvicorn.Config(http=...)` with these limits."""
     attrs = {"limits": limits, "_deadlines": None}
     return type("GuardedHttpToolsProtocol", (GuardedHttpToolsProtocol,), attrs)
+
+
+class ConnectionsCollector(Collector):
+    """Connections closed by each limit and how late their deadlines ran, at scrape time
+    (process-wide: with `--workers N` each worker keeps its own and these are the
+    scheduling process's)."""
+
+    def collect(self) -> Iterator[Metric]:
+        closed = CounterMetricFamily(
+            "sage_cp_connections_closed",
+            "Connections the gateway closed for a limit (header, body, idle, max_connections)",
+            labels=["limit"],
+        )
+        for limit, n in sorted(GuardedHttpToolsProtocol.closed.items()):
+            closed.add_metric([limit], n)
+        yield closed
+        late = LATENESS
+        yield CounterMetricFamily(
+            "sage_cp_connection_deadline_lateness_seconds",
+            "Sum over expired connection deadlines of (expired at - deadline)",
+            late.sum_s,
+        )
+        yield CounterMetricFamily(
+            "sage_cp_connection_deadlines_expired", "Connection deadlines expired", late.count
+        )
+        yield GaugeMetricFamily(
+            "sage_cp_connection_deadline_lateness_max_seconds",
+            "Largest (expired at - deadline) of a connection deadline since start",
+            value=late.max_s,
+        )

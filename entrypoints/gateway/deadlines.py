@@ -27,6 +27,7 @@ import asyncio
 import math
 import time
 from collections import deque
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 # asyncio runs a timer when its time is within the clock's resolution of now.
@@ -36,6 +37,23 @@ _CLOCK_RESOLUTION = time.get_clock_info("monotonic").resolution
 class Expiring(Protocol):
     def expire(self) -> None: ...
 
+
+@dataclass
+class Lateness:
+    """How late this process's deadlines were expired: loop time at expiry minus deadline
+    (exported on /metrics; read by benchmarks/bench_hostile.py)."""
+
+    count: int = 0
+    sum_s: float = 0.0
+    max_s: float = 0.0
+
+    def add(self, seconds: float) -> None:
+        self.count += 1
+        self.sum_s += seconds
+        self.max_s = max(self.max_s, seconds)
+
+
+LATENESS = Lateness()
 
 Entry = list[Any]  # [deadline in loop time, the Expiring connection or None once cancelled]
 
@@ -91,13 +109,15 @@ class Deadlines:
 
     def _fire(self) -> None:
         self._timer, self._timer_at = None, math.inf
-        now = self.loop.time() + _CLOCK_RESOLUTION
+        clock = self.loop.time()
+        now = clock + _CLOCK_RESOLUTION
         due: list[Expiring] = []
         for fifo in self._fifos.values():
             while fifo and fifo[0][0] <= now:
                 entry = fifo.popleft()
                 if entry[1] is not None:
                     due.append(entry[1])
+                    LATENESS.add(max(0.0, clock - entry[0]))
                     entry[1] = None
                     self._armed -= 1
         for conn in due:
