@@ -131,6 +131,20 @@ def test_lateness_is_bounded_by_the_resolution_however_many_connections_are_open
     assert loop.wakeups <= 1000 * 0.001 / 0.01 + 2
 
 
+def test_a_burst_of_simultaneous_deadlines_is_expired_in_batches_between_loop_turns() -> None:
+    loop = SteppedLoop()
+    d = Deadlines(loop, resolution_s=0.01, batch=64)  # type: ignore[arg-type]
+    conns = [Conn(loop) for _ in range(1000)]  # opened together, so due together
+    for c in conns:
+        d.arm(c, 5.0)
+    due = loop.now + 5.0
+    loop.advance(due)
+    assert all(c.expired_at == due for c in conns)  # all of them, none late on this clock
+    # Not one callback expiring 1,000 (tens of ms during which normal requests wait) but
+    # ceil(1000 / 64) turns, each giving the loop back in between.
+    assert loop.wakeups == 16
+
+
 def test_cancelled_entries_do_not_accumulate_under_a_high_request_rate() -> None:
     loop = SteppedLoop()
     d = _deadlines(loop)

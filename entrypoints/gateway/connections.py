@@ -22,6 +22,7 @@ created and cancelled three times per request, and a connection is closed at its
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import math
 from collections.abc import Iterator
@@ -64,6 +65,9 @@ def http_error(status: int, message: str, code: str, retry_after: int | None = N
     if retry_after is not None:
         head.append(b"retry-after: %d\r\n" % retry_after)
     return b"".join([*head, b"\r\n", body])
+
+
+_cached_http_error = functools.lru_cache(maxsize=64)(http_error)
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
@@ -128,7 +132,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def _write_error(
         self, status: int, message: str, code: str, retry_after: int | None = None
     ) -> None:
-        self.transport.write(http_error(status, message, code, retry_after))
+        # The same few answers each time (the limits are fixed; no request's trace context
+        # reaches the protocol's callbacks): encoded once.
+        self.transport.write(_cached_http_error(status, message, code, retry_after))
         self.transport.close()
 
     # -- connection --------------------------------------------------------------------------
