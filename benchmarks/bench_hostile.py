@@ -567,9 +567,9 @@ def _embeddings_section(label: str, pid: int, url: str) -> dict[str, Any]:
     return out
 
 
-def _slow_section(url: str, pid: int, small: bool, rounds: int) -> dict[str, Any]:
-    n = 100 if small else 1000
-    out = asyncio.run(slow_run(url, pid, CHAT, TIMEOUTS, n, rounds))
+def _slow_section(url: str, pid: int, args: argparse.Namespace) -> dict[str, Any]:
+    n = 100 if args.small else 1000
+    out = asyncio.run(slow_run(url, pid, CHAT, TIMEOUTS, n, args.rounds, args.slow_nice))
     print("slow:", {k: (v["closed_by_server"], round(v["close_after_s_max"], 2))
                     for k, v in out["by_kind"].items()},
           f"chat p99 ratio {out['ratio_p99']:.2f}", flush=True)  # fmt: skip
@@ -598,7 +598,13 @@ def main() -> None:
         help="slow-connection section: rounds of without/with, latencies pooled (default 1)",
     )
     ap.add_argument(
-        "--slow-worker", nargs=3, metavar=("URL", "N", "LIMIT_S"), help=argparse.SUPPRESS
+        "--slow-nice",
+        type=int,
+        default=19,
+        help="CPU priority of the slow clients' process (19: below the gateway's; 0: equal)",
+    )
+    ap.add_argument(
+        "--slow-worker", nargs=4, metavar=("URL", "N", "LIMIT_S", "NICE"), help=argparse.SUPPRESS
     )
     ap.add_argument(
         "--embed-worker", nargs=3, metavar=("URL", "N", "COPIES"), help=argparse.SUPPRESS
@@ -611,8 +617,8 @@ def main() -> None:
         print(json.dumps(asyncio.run(_embed(url, int(n), int(copies)))))
         return
     if args.slow_worker:
-        url, n, limit = args.slow_worker
-        worker_main(url, int(n), float(limit))
+        url, n, limit, nice = args.slow_worker
+        worker_main(url, int(n), float(limit), int(nice))
         return
     if args.small:
         args.skip_batch = True
@@ -626,7 +632,7 @@ def main() -> None:
         proc, url = start_gateway()
         try:
             time.sleep(1.0)
-            data["slow_connections"] = _slow_section(url, proc.pid, args.small, args.rounds)
+            data["slow_connections"] = _slow_section(url, proc.pid, args)
         finally:
             proc.terminate()
             proc.wait(30)
@@ -639,7 +645,7 @@ def main() -> None:
         data["hostile"] = hostile(url)
         print("75 cases:", data["hostile"]["status_counts"], flush=True)
         data["embeddings"] = _embeddings_section("embeddings", proc.pid, url)
-        data["slow_connections"] = _slow_section(url, proc.pid, args.small, args.rounds)
+        data["slow_connections"] = _slow_section(url, proc.pid, args)
     finally:
         proc.terminate()
         proc.wait(30)

@@ -86,11 +86,20 @@ async def _slow_clients(url: str, n: int, limit_s: float) -> list[dict[str, Any]
     return list(await asyncio.gather(*(_slow_client(host, int(port), x, limit_s) for x in kinds)))
 
 
-def worker_main(url: str, n: int, limit_s: float) -> None:
-    """`bench_hostile.py --slow-worker URL N LIMIT`: says "ready" once imported, then
-    prints the clients and its own CPU seconds."""
+def worker_main(url: str, n: int, limit_s: float, nice: int) -> None:
+    """`bench_hostile.py --slow-worker URL N LIMIT NICE`: says "ready" once imported, then
+    prints the clients and its own CPU seconds.
+
+    Slow clients are other machines in a deployment; here they share the 2 cores with the
+    gateway and the chat client. Their process costs several times the gateway's CPU for
+    the same connections (asyncio streams, 1,000 tasks waking every second), so by default
+    it runs at the lowest CPU priority (nice 19) on uvloop: it takes the cores only when the
+    gateway and the chat client leave them idle. `--slow-nice 0` measures the competition."""
+    os.nice(nice)
     print("ready", flush=True)
-    clients = asyncio.run(_slow_clients(url, n, limit_s))
+    import uvloop
+
+    clients = uvloop.run(_slow_clients(url, n, limit_s))
     ru = resource.getrusage(resource.RUSAGE_SELF)
     print(json.dumps({"clients": clients, "cpu_s": ru.ru_utime + ru.ru_stime}))
 
@@ -137,7 +146,7 @@ def _add_cpu(into: dict[str, float], gateway_pid: int, g0: float, c0: float, t0:
 
 async def slow_run(
     url: str, gateway_pid: int, chat: dict[str, Any], timeouts: dict[str, float],
-    connections: int, rounds: int,
+    connections: int, rounds: int, nice: int = 19,
 ) -> dict[str, Any]:  # fmt: skip
     limit = 4 * max(timeouts.values())
     before: list[tuple[float, float]] = []
@@ -158,7 +167,7 @@ async def slow_run(
         # once that process is ready (its imports take seconds on a loaded machine) and
         # closes when its last connection has been closed.
         worker = await asyncio.create_subprocess_exec(
-            sys.executable, bench, "--slow-worker", url, str(connections), str(limit),
+            sys.executable, bench, "--slow-worker", url, str(connections), str(limit), str(nice),
             stdout=asyncio.subprocess.PIPE,
         )  # fmt: skip
         assert worker.stdout is not None
@@ -197,6 +206,7 @@ async def slow_run(
     return {
         "connections": connections,
         "rounds": rounds,
+        "slow_clients_nice": nice,
         "by_kind": by_kind,
         "server_lateness": lateness,
         "close_times": [[c["kind"], c["closed"] - c["opened"]] for c in clients],
@@ -247,6 +257,9 @@ def markdown(s: dict[str, Any]) -> list[str]:
                          f"{r['max']:.1f} |")  # fmt: skip
     c = s["cpu_s"]
     bw, dw = c["before"], c["during"]
+    lines += ["", f"The slow clients' process ran at nice {s.get('slow_clients_nice', 0)} "
+              "(19: it takes the cores only when the gateway and the chat client leave them "
+              "idle, as clients on other machines would; 0: it competes with them)."]  # fmt: skip
     lines += ["", "CPU seconds per second of window (2 cores = 2.0): without: gateway "
               f"{bw['gateway'] / bw['seconds']:.2f}, chat client {bw['client'] / bw['seconds']:.2f}; "
               f"with: gateway {dw['gateway'] / dw['seconds']:.2f}, chat client "
