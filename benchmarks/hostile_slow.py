@@ -74,6 +74,8 @@ async def _slow_client(host: str, port: int, kind: str, limit_s: float) -> dict[
     ok = closed.done()
     if not ok:
         closed.cancel()
+    else:
+        closed.exception()  # retrieved: a reset (our bytes left unread) is a close too
     writer.close()
     return {"kind": kind, "asked": asked, "opened": opened, "closed": time.monotonic(),
             "by_server": ok}  # fmt: skip
