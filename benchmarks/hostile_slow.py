@@ -22,20 +22,22 @@ import resource
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
+
+from benchmarks import procfs
 
 BEFORE_S = 5.0
 PHASES = ("connecting", "trickling", "closing", "after")
 
 
 def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (all its threads), from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU seconds of a process (all its threads), from /proc."""
+    fields = procfs.stat_fields(pid)
+    assert fields is not None, f"process {pid} is gone"
+    return procfs.cpu_s(fields)
 
 
 async def latencies(
