@@ -244,7 +244,8 @@ def markdown(s: dict[str, Any]) -> list[str]:
     else:
         lines += ["", f"On the gateway's own clock (its /metrics): {late['deadlines_expired']:.0f} "
                   f"deadlines expired, each on average {late['mean_ms']:.1f} ms after its "
-                  f"deadline, at most {late['max_ms_since_start']:.1f} ms. Client-side figures "
+                  f"deadline; the largest since the gateway started (earlier sections of the run "
+                  f"included) {late['max_ms_since_start']:.1f} ms. Client-side figures "
                   "above: from the moment this client saw its connection open (later than the "
                   "gateway's accept when 1,000 connect at once) and from when it asked to "
                   "connect (earlier); the gateway's deadline lies between."]  # fmt: skip
