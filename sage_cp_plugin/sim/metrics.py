@@ -73,6 +73,14 @@ class Distribution:
         self.sum += amount
         self.counts[bisect_left(self._bounds, amount)] += 1
 
+    def observe_many(self, amount: float, times: int) -> None:
+        """`observe(amount)` `times` times (the sum by repeated addition, as they would)."""
+        total = self.sum
+        for _ in range(times):
+            total += amount
+        self.sum = total
+        self.counts[bisect_left(self._bounds, amount)] += times
+
     def flush(self) -> None:
         self._child._sum.set(self.sum)
         for value, n in zip(self._child._buckets, self.counts, strict=True):
