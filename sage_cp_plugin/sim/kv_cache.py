@@ -26,8 +26,10 @@ def chain_hashes(
     """
     out: list[int] = []
     h = parent
-    for i in range(start, len(tokens) // block_size):
-        h = hash((h, tuple(tokens[i * block_size : (i + 1) * block_size])))
+    # Slices of one tuple are tuples: one copy per block instead of a list and a tuple.
+    rest = tuple(tokens[start * block_size :])
+    for i in range(len(tokens) // block_size - start):
+        h = hash((h, rest[i * block_size : (i + 1) * block_size]))
         out.append(h)
     return out
 
