@@ -227,13 +227,17 @@ def main(argv: list[str] | None = None) -> None:
                     print(f"{shape_name}/{trace} {v} cs={cs:.0f}: att {row['slo_attainment']:.3f}"
                           f" gpu-h {row['gpu_hours']:.2f} actions {row['actions']} "
                           f"({row['wall_s']:.0f} s wall)", flush=True)  # fmt: skip
-                    _write(name, a, argv, setup, rows, time.perf_counter() - t0)
-    if rows:
-        print(_write(name, a, argv, setup, rows, time.perf_counter() - t0))
+                    _write(name, a, argv, setup, cells, time.perf_counter() - t0)
+    if cells.exists():
+        print(_write(name, a, argv, setup, cells, time.perf_counter() - t0))
 
 
 def _write(name: str, a: argparse.Namespace, argv: list[str] | None, setup: Setup,
-           rows: list[dict[str, Any]], wall_s: float) -> str:  # fmt: skip
+           cells: Path, wall_s: float) -> str:  # fmt: skip
+    """Results from every finished row in ``cells`` (runs of other variants may share it)."""
+    rows = [json.loads(line) for line in cells.read_text().splitlines() if line.strip()]
+    rows.sort(key=lambda r: (r["trace"], r["workload"], VARIANTS.index(r["variant"]),
+                             r["cold_start_s"]))  # fmt: skip
     data: dict[str, Any] = {
         "args": vars(a), "argv": " ".join(sys.argv[1:] if argv is None else argv),
         "setup": setup.__dict__, "rows": rows, "verdicts": verdicts(rows), "wall_s": wall_s,
