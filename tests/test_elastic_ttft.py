@@ -154,3 +154,27 @@ def test_length_variance_from_sums() -> None:
     cv2 = _cv2(len(lengths), float(lengths.mean()), float((lengths**2).sum()))
     assert cv2 == pytest.approx(lengths.var() / lengths.mean() ** 2)
     assert _cv2(1, 100.0, 1e4) == 1.0  # one request: not measurable, the exponential's
+
+
+def test_steady_poisson_load_takes_fewer_than_six_actions_an_hour() -> None:
+    # Ten hours at a constant rate: counts per 30 s interval are Poisson, observed TTFT/TPOT
+    # the model's own prediction times seeded log-normal noise, so only noise changes.
+    cfg = AutoscalerConfig(ttft_target_s=1.0, tpot_target_s=0.1, cold_start_s=120)
+    rng = np.random.default_rng(7)
+    for rate in (2.0, 8.0, 25.0):
+        state, fleet, acts = ScalerState(), 1, 0
+        for i in range(1200):
+            arrived = rng.poisson(rate * cfg.interval_s) / cfg.interval_s
+            e = general_ttft(H100_70B, arrived, fleet, CONV, cfg.ttft_target_s)
+            noise = float(np.exp(rng.normal(0.0, 0.1)))
+            ttft = e.mean_s * noise if math.isfinite(e.mean_s) else None
+            tpot = H100_70B.predicted_tpot_s(arrived / fleet, CONV.isl, CONV.osl) * noise
+            s = LoadSample(now=cfg.interval_s * i, arrival_rate=arrived, mean_prompt_tokens=CONV.isl,
+                           mean_output_tokens=CONV.osl, completed=int(arrived * 30),
+                           observed_ttft_s=ttft, observed_tpot_s=tpot if math.isfinite(tpot) else None,
+                           prompt_cv2=CONV.isl_cv2, output_cv2=CONV.osl_cv2,
+                           ready={"general": fleet})  # fmt: skip
+            d, state = decide(cfg, H100_70B, s, state)
+            acts += int(d.changed and i >= 120)  # after the first hour's sizing
+            fleet = d.desired["general"]
+        assert acts / 9.0 < 6, (rate, acts)

@@ -169,21 +169,24 @@ def raw_replicas(cfg: AutoscalerConfig, m: StepModel, rate: float, isl: float, o
     u = cfg.utilisation
     mix = Lengths(isl, osl, prompt_cv2, output_cv2)
 
-    def by_ttft(role: str) -> float:
-        if cfg.slo_attainment <= 0:
+    def by_ttft(role: str, at_least: float) -> float:
+        if cfg.slo_attainment <= 0 or not math.isfinite(at_least):
             return 0.0
         return float(ttft_replicas(m, rate, mix, target_s=cfg.ttft_target_s,
                                    attainment=cfg.slo_attainment, max_replicas=cfg.max_replicas,
                                    role=role, correction=ttft_c,
-                                   work_factor=tpot_c if role == "general" else 1.0))  # fmt: skip
+                                   work_factor=tpot_c if role == "general" else 1.0,
+                                   at_least=math.floor(at_least)))  # fmt: skip
 
     if cfg.mode == "general":
         tpot_need = general_replicas(rate, isl, osl, m, tpot_target_s=cfg.tpot_target_s,
                                      utilisation=u, correction=tpot_c)  # fmt: skip
-        need = {"general": max(tpot_need, by_ttft("general"))}
+        need = {"general": max(tpot_need, by_ttft("general", tpot_need))}
     else:
         need = {
-            "prefill": max(prefill_replicas(rate, isl, m, utilisation=u), by_ttft("prefill")),
+            "prefill": max(
+                p := prefill_replicas(rate, isl, m, utilisation=u), by_ttft("prefill", p)
+            ),
             "decode": decode_replicas(
                 rate, osl, m, tpot_target_s=cfg.tpot_target_s, utilisation=u, correction=tpot_c
             ),

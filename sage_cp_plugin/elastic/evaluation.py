@@ -325,8 +325,12 @@ async def run_variant(variant: str, records: list[WorkloadRecord], shape: Shape,
         "slo_attainment": float(np.mean(met)) if met else 0.0,
         "failed": sum(o.state != "completed" for o in outs),
         # Which SLO the misses broke (a request may break both).
-        "ttft_missed": _share(outs, lambda o: o.ttft_ms is not None and o.ttft_ms > setup.ttft_slo_ms),
-        "tpot_missed": _share(outs, lambda o: o.tpot_ms is not None and o.tpot_ms > setup.tpot_slo_ms),
+        "ttft_missed": _share(
+            outs, lambda o: o.ttft_ms is not None and o.ttft_ms > setup.ttft_slo_ms
+        ),
+        "tpot_missed": _share(
+            outs, lambda o: o.tpot_ms is not None and o.tpot_ms > setup.tpot_slo_ms
+        ),
         "gpu_hours": gpu_hours(scaler.billed_log, end, PRESETS[setup.preset].tp),
         "actions": len(scaler.actions),
         "actions_per_hour": len(scaler.actions) / (end / 3600.0),

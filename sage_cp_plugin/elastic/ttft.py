@@ -143,14 +143,16 @@ def prefill_ttft(m: StepModel, rate: float, replicas: int, mix: Lengths, target_
 
 def ttft_replicas(m: StepModel, rate: float, mix: Lengths, *, target_s: float, attainment: float,
                   max_replicas: int, role: str = "general", correction: float = 1.0,
-                  work_factor: float = 1.0) -> int:  # fmt: skip
-    """The fewest replicas whose predicted P(TTFT > target / correction) is within
-    ``1 - attainment`` (``max_replicas`` if none is)."""
+                  work_factor: float = 1.0, at_least: int = 1) -> int:  # fmt: skip
+    """The fewest replicas, from ``at_least`` up, whose predicted P(TTFT > target /
+    correction) is within ``1 - attainment`` (``max_replicas`` if none is). A caller that
+    takes the max with another bound passes that bound as ``at_least`` (the same answer,
+    fewer Erlang C evaluations)."""
     if rate <= 0:
         return 0
     estimate = prefill_ttft if role == "prefill" else general_ttft
     target = target_s / max(correction, 1e-9)
-    for c in range(1, max_replicas + 1):
+    for c in range(max(1, at_least), max_replicas + 1):
         if estimate(m, rate, c, mix, target, work_factor).miss <= 1.0 - attainment:
             return c
     return max_replicas
