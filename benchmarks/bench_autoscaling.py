@@ -120,16 +120,17 @@ def markdown(data: dict[str, Any]) -> str:
         "",
         data["provenance_line"],
         "",
-        "| workload | trace | variant | cold start s | requests | SLO attainment | GPU-hours |"
-        " actions/h | recovery s | failed |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| workload | trace | variant | cold start s | requests | SLO attainment | TTFT missed |"
+        " TPOT missed | GPU-hours | actions/h | recovery s | failed |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in data["rows"]:
         rec = "-" if r["recovery_s"] is None else f"{r['recovery_s']:.0f}"
         cs = "-" if r["variant"].startswith("static") else f"{r['cold_start_s']:.0f}"
         lines.append(
             f"| {r['workload']} | {r['trace']} | {r['variant']} | {cs} | {r['requests']} | "
-            f"{r['slo_attainment']:.3f} | {r['gpu_hours']:.2f} | {r['actions_per_hour']:.1f} | "
+            f"{r['slo_attainment']:.3f} | {_pct(r.get('ttft_missed'))} | {_pct(r.get('tpot_missed'))}"
+            f" | {r['gpu_hours']:.2f} | {r['actions_per_hour']:.1f} | "
             f"{rec} | {r['failed']} |"
         )
     lines += [
@@ -152,6 +153,10 @@ def markdown(data: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f} %"
+
+
 def plot(data: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -159,16 +164,22 @@ def plot(data: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     keys = sorted({(r["workload"], r["trace"]) for r in data["rows"]})
-    fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 4), squeeze=False)
-    for ax, (shape, trace) in zip(axes[0], keys, strict=True):
+    fig, axes = plt.subplots(2, len(keys), figsize=(5.5 * len(keys), 8), squeeze=False)
+    for k, (shape, trace) in enumerate(keys):
+        ax, ts = axes[0][k], axes[1][k]
         for r in (r for r in data["rows"] if (r["workload"], r["trace"]) == (shape, trace)):
             label = r["variant"] + ("" if r["variant"].startswith("static")
                                     else f" cs={r['cold_start_s']:.0f}")  # fmt: skip
             ax.scatter(r["gpu_hours"], r["slo_attainment"], label=label)
+            log = r["billed"] + [[data["args"]["duration"], r["billed"][-1][1]]]
+            ts.step([t / 60 for t, _ in log], [n for _, n in log], where="post", label=label)
         ax.set_title(f"{shape} / {trace}")
         ax.set_xlabel("GPU-hours")
         ax.set_ylabel("SLO attainment")
         ax.legend(fontsize=7)
+        ts.set_xlabel("minutes")
+        ts.set_ylabel("replicas billed")
+        ts.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
