@@ -60,6 +60,9 @@ class MetricsCollector:
     good: int = 0
     output_tokens: int = 0
     prompt_tokens: int = 0  # of completed requests (the autoscaler's mean prompt length)
+    # Sums of squares of the same lengths (the autoscaler's length variance, queueing tails).
+    prompt_tokens_sq: int = 0
+    output_tokens_sq: int = 0
     retries: int = 0  # attempts started again after a failed one (same or other instance)
     failovers: int = 0  # of those, attempts that moved off an instance that had failed
     total_cost: float = 0.0  # in the instances' price unit (see cost.py)
@@ -117,6 +120,8 @@ class MetricsCollector:
             self.completed += 1
             self.output_tokens += result.completion_tokens
             self.prompt_tokens += result.prompt_tokens
+            self.output_tokens_sq += result.completion_tokens**2
+            self.prompt_tokens_sq += result.prompt_tokens**2
             if t.e2e_ms is not None:
                 self.e2e.append(t.e2e_ms)
             if t.ttft_ms is not None:

@@ -7,9 +7,13 @@ the virtual clock in the evaluation (``elastic/evaluation.py``).
 
 What it does, and from whom the idea comes:
 - **Capacity from a model, corrected by observation** (Dynamo's SLA planner): replicas needed
-  come from the step-time model (``capacity.py``); the ratio of observed to predicted TTFT and
-  TPOT at the current load, smoothed and bounded, scales the work per request, so a model that
-  is off by 30 % stops mattering after a few intervals.
+  are the larger of what the TPOT target needs (the step-time model, ``capacity.py``) and
+  what keeps the predicted queueing + prefill time within the TTFT target for
+  ``slo_attainment`` of the requests (``ttft.py``: M/G/m slots, M/G/1 engine prefill queue,
+  at the forecast rate and length mix). The ratio of observed to predicted TPOT at the
+  current load, smoothed and bounded, scales the work per request; the same ratio for mean
+  TTFT tightens the TTFT target (target / ratio, as Dynamo corrects its ITL target), so a
+  model that is off by 30 % stops mattering after a few intervals.
 - **Forecast over the cold start**: the request rate is extrapolated (least-squares line over
   ``forecast_window_s``) to ``now + cold_start_s + interval_s``, because a replica asked for
   now serves only after its cold start; a backlog adds ``waiting / backlog_drain_s``.
@@ -38,6 +42,7 @@ from sage_cp_plugin.elastic.capacity import (
     general_replicas,
     prefill_replicas,
 )
+from sage_cp_plugin.elastic.ttft import Lengths, general_ttft, prefill_ttft, ttft_replicas
 
 Role = Literal["general", "prefill", "decode"]
 FleetMode = Literal["general", "pd"]
@@ -53,6 +58,9 @@ class AutoscalerConfig(BaseModel):
     ttft_target_s: float = Field(2.0, gt=0)
     tpot_target_s: float = Field(0.05, gt=0)
     utilisation: float = Field(0.8, gt=0, le=1)  # of the SLO-bound capacity
+    # Share of requests the TTFT sizing keeps within ttft_target_s (the queueing estimate's
+    # tail); 0 switches the TTFT sizing off (TPOT only, the model before session 5).
+    slo_attainment: float = Field(0.99, ge=0, lt=1)
     min_replicas: int = Field(1, ge=0)  # per role; 0 allows scale to zero
     max_replicas: int = Field(64, ge=1)
     interval_s: float = Field(30.0, gt=0)  # how often decide() runs
@@ -90,6 +98,9 @@ class LoadSample:
     completed: int = 0  # requests that finished in the interval
     observed_ttft_s: float | None = None  # mean over those
     observed_tpot_s: float | None = None
+    # Squared coefficients of variation of the prompt/output lengths (queueing tails).
+    prompt_cv2: float = 1.0
+    output_cv2: float = 1.0
     ready: dict[Role, int] = field(default_factory=dict)  # serving now
     starting: dict[Role, int] = field(default_factory=dict)  # asked for, still cold
 
@@ -151,15 +162,31 @@ def _corrected(
 
 
 def raw_replicas(cfg: AutoscalerConfig, m: StepModel, rate: float, isl: float, osl: float,
-                 ttft_c: float, tpot_c: float) -> dict[Role, int]:  # fmt: skip
-    """Replicas per role for ``rate`` requests/s (before bounds and stabilisation)."""
+                 ttft_c: float, tpot_c: float, *, prompt_cv2: float = 1.0,
+                 output_cv2: float = 1.0) -> dict[Role, int]:  # fmt: skip
+    """Replicas per role for ``rate`` requests/s (before bounds and stabilisation): the larger
+    of the TPOT-bound count and the TTFT-bound count (prefill role and general fleets)."""
     u = cfg.utilisation
+    mix = Lengths(isl, osl, prompt_cv2, output_cv2)
+
+    def by_ttft(role: str, at_least: float) -> float:
+        if cfg.slo_attainment <= 0 or not math.isfinite(at_least):
+            return 0.0
+        return float(ttft_replicas(m, rate, mix, target_s=cfg.ttft_target_s,
+                                   attainment=cfg.slo_attainment, max_replicas=cfg.max_replicas,
+                                   role=role, correction=ttft_c,
+                                   work_factor=tpot_c if role == "general" else 1.0,
+                                   at_least=math.floor(at_least)))  # fmt: skip
+
     if cfg.mode == "general":
-        need = {"general": general_replicas(rate, isl, osl, m, tpot_target_s=cfg.tpot_target_s,
-                                            utilisation=u, correction=max(ttft_c, tpot_c))}  # fmt: skip
+        tpot_need = general_replicas(rate, isl, osl, m, tpot_target_s=cfg.tpot_target_s,
+                                     utilisation=u, correction=tpot_c)  # fmt: skip
+        need = {"general": max(tpot_need, by_ttft("general", tpot_need))}
     else:
         need = {
-            "prefill": prefill_replicas(rate, isl, m, utilisation=u, correction=ttft_c),
+            "prefill": max(
+                p := prefill_replicas(rate, isl, m, utilisation=u), by_ttft("prefill", p)
+            ),
             "decode": decode_replicas(
                 rate, osl, m, tpot_target_s=cfg.tpot_target_s, utilisation=u, correction=tpot_c
             ),
@@ -170,6 +197,16 @@ def raw_replicas(cfg: AutoscalerConfig, m: StepModel, rate: float, isl: float, o
         floor = 1 if rate > 0 else 0  # any traffic needs a replica, whatever min_replicas
         out[role] = min(max(n, cfg.min_replicas, floor), cfg.max_replicas)  # type: ignore[index]
     return out
+
+
+def predicted_mean_ttft_s(cfg: AutoscalerConfig, m: StepModel, rate: float,
+                          ready: dict[Role, int], mix: Lengths) -> float:  # fmt: skip
+    """The model's mean TTFT for what the ready fleet is serving (the correction's reference)."""
+    if cfg.mode == "general":
+        n = ready.get("general", 0)
+        return general_ttft(m, rate, n, mix, cfg.ttft_target_s).mean_s
+    n = ready.get("prefill", 0)
+    return prefill_ttft(m, rate, n, mix, cfg.ttft_target_s).mean_s
 
 
 def decide(cfg: AutoscalerConfig, m: StepModel, s: LoadSample,
@@ -184,7 +221,9 @@ def decide(cfg: AutoscalerConfig, m: StepModel, s: LoadSample,
     if s.completed >= cfg.min_samples and serving > 0 and s.arrival_rate > 0:
         isl, osl = s.mean_prompt_tokens, s.mean_output_tokens
         per = s.arrival_rate / max(ready.get("general", 0) or ready.get("decode", 0) or serving, 1)
-        ttft_c = _corrected(ttft_c, s.observed_ttft_s, m.predicted_ttft_s(per, isl, osl), cfg)
+        mix = Lengths(isl, osl, s.prompt_cv2, s.output_cv2)
+        predicted = predicted_mean_ttft_s(cfg, m, s.arrival_rate, ready, mix)
+        ttft_c = _corrected(ttft_c, s.observed_ttft_s, predicted, cfg)
         tpot_c = _corrected(tpot_c, s.observed_tpot_s, m.predicted_tpot_s(per, isl, osl), cfg)
 
     # 2. Forecast the load the fleet will meet when a replica asked for now is ready.
@@ -193,7 +232,7 @@ def decide(cfg: AutoscalerConfig, m: StepModel, s: LoadSample,
     horizon = s.now + cfg.cold_start_s + cfg.interval_s
     rate = forecast_rate(rates, horizon) + s.waiting / cfg.backlog_drain_s
     raw = raw_replicas(cfg, m, rate, s.mean_prompt_tokens or 1.0, s.mean_output_tokens or 1.0,
-                       ttft_c, tpot_c)  # fmt: skip
+                       ttft_c, tpot_c, prompt_cv2=s.prompt_cv2, output_cv2=s.output_cv2)  # fmt: skip
 
     # 3. Stabilise: up now (panic ignores the cooldown), down only to the window's maximum.
     window_from = s.now - cfg.scale_down_window_s

@@ -29,6 +29,8 @@ class StepModel(BaseModel):
     b0_s: float = Field(gt=0)
     b1_s_per_token: float = Field(gt=0)
     b2_s_per_seq: float = Field(gt=0)
+    # Requests one replica runs at once: the engine's max_num_seqs, or the coordinator's
+    # per-instance limit (max_concurrent_requests) when that is smaller.
     max_num_seqs: int = Field(256, gt=0)
 
     @classmethod
@@ -44,14 +46,6 @@ class StepModel(BaseModel):
     def predicted_tpot_s(self, rate_per_replica: float, isl: float, osl: float) -> float:
         busy = rate_per_replica * (isl * self.b1_s_per_token + osl * self.b2_s_per_seq)
         return math.inf if busy >= 1.0 else self.b0_s / (1.0 - busy)
-
-    def predicted_ttft_s(self, rate_per_replica: float, isl: float, osl: float) -> float:
-        """Prefill of one prompt plus an M/D/1 wait for the prefill share of the replica."""
-        service = self.b0_s + isl * self.b1_s_per_token
-        rho = rate_per_replica * (isl * self.b1_s_per_token + osl * self.b2_s_per_seq)
-        if rho >= 1.0:
-            return math.inf
-        return service + rho * service / (2.0 * (1.0 - rho))
 
 
 def general_replicas(rate: float, isl: float, osl: float, m: StepModel, *, tpot_target_s: float,

@@ -55,6 +55,14 @@ def _tail_mean(values: deque[float], n: int) -> float | None:
     return sum(itertools.islice(reversed(values), n)) / n / 1e3  # ms -> s
 
 
+def _cv2(n: int, mean: float, sum_sq: float) -> float:
+    """Squared coefficient of variation from a count, a mean and a sum of squares; 1 (the
+    exponential's) until two requests and a positive mean make it measurable."""
+    if n < 2 or mean <= 0:
+        return 1.0
+    return max(0.0, sum_sq / n - mean * mean) / (mean * mean)
+
+
 class AutoscaleController:
     def __init__(
         self,
@@ -76,8 +84,9 @@ class AutoscaleController:
         self.last: Decision | None = None
         self.log: deque[tuple[str, Decision]] = deque(maxlen=500)
         self._ids = itertools.count(1)
-        self._seen: tuple[float, int, int, int, int] | None = None
+        self._seen: tuple[float, int, int, int, int, int, int] | None = None
         self._means = (1.0, 1.0)
+        self._cv2 = (1.0, 1.0)
 
     @property
     def model(self) -> str:
@@ -97,13 +106,16 @@ class AutoscaleController:
 
     def sample(self) -> LoadSample:
         now, mc = self.clock(), self.metrics
-        seen = (now, mc.total, mc.completed, mc.prompt_tokens, mc.output_tokens)
+        seen = (now, mc.total, mc.completed, mc.prompt_tokens, mc.output_tokens,
+                mc.prompt_tokens_sq, mc.output_tokens_sq)  # fmt: skip
         prev = self._seen or seen
         self._seen = seen
         dt = now - prev[0]
         done = mc.completed - prev[2]
         if done > 0:
             self._means = ((mc.prompt_tokens - prev[3]) / done, (mc.output_tokens - prev[4]) / done)
+            self._cv2 = (_cv2(done, self._means[0], mc.prompt_tokens_sq - prev[5]),
+                         _cv2(done, self._means[1], mc.output_tokens_sq - prev[6]))  # fmt: skip
         model = self.model
         ready = self.ready(model)
         asked = self.actuator.target(model) or {}
@@ -116,6 +128,8 @@ class AutoscaleController:
             completed=done,
             observed_ttft_s=_tail_mean(mc.ttft, done),
             observed_tpot_s=_tail_mean(mc.tpot, done),
+            prompt_cv2=self._cv2[0],
+            output_cv2=self._cv2[1],
             ready=ready,
             starting={r: max(0, n - ready.get(r, 0)) for r, n in asked.items()},
         )

@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from sage_cp_plugin.elastic.autoscaler import AutoscalerConfig, Decision, Role
-from sage_cp_plugin.elastic.capacity import StepModel, general_replicas
+from sage_cp_plugin.elastic.autoscaler import AutoscalerConfig, Decision, Role, raw_replicas
+from sage_cp_plugin.elastic.capacity import StepModel
 from sage_cp_plugin.elastic.controller import AutoscaleController, AutoscalingSettings
 from sage_cp_plugin.manager import ControlPlaneManager
 from sage_cp_plugin.sim import SimInstanceConfig
@@ -33,7 +33,7 @@ from sage_cp_plugin.virtual.clock import run_virtual
 from sage_cp_plugin.virtual.fleet import InProcessFleet, MemberSpec
 from sage_cp_plugin.virtual.runner import CoordinatorConfig, RunResult, replay
 from sage_cp_plugin.workloads.format import WorkloadRecord
-from sage_cp_plugin.workloads.traces import load_azure
+from sage_cp_plugin.workloads.traces import load_trace
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,11 @@ def bursts(base: float, duration_s: float, factor: float = 2.5, n: int = 2,
     return Shape("bursts", duration_s, rate, base * factor, mean)
 
 
+def steady(rate: float, duration_s: float) -> Shape:
+    """A constant rate: what the autoscaler does when nothing changes but Poisson noise."""
+    return Shape("steady", duration_s, lambda t: rate, rate, rate)
+
+
 def workload(shape: Shape, trace: str, *, ttft_slo_ms: float, tpot_slo_ms: float, seed: int = 0,
              max_input_tokens: int = 4000) -> list[WorkloadRecord]:  # fmt: skip
     """Arrivals of a non-homogeneous Poisson process with ``shape`` (thinning); lengths taken
@@ -81,7 +86,7 @@ def workload(shape: Shape, trace: str, *, ttft_slo_ms: float, tpot_slo_ms: float
             break
         if rng.random() * top <= shape.rate(t):
             times.append(t)
-    lengths = load_azure(trace, max_input_tokens=max_input_tokens)
+    lengths = load_trace(trace, max_input_tokens=max_input_tokens)
     return [
         lengths[i % len(lengths)].model_copy(update={
             "arrival_s": at, "ttft_slo_ms": ttft_slo_ms, "tpot_slo_ms": tpot_slo_ms,
@@ -214,16 +219,35 @@ class Setup:
 
 
 def step_model(setup: Setup) -> StepModel:
+    """The preset's coefficients; a replica runs at most ``max_concurrent_requests`` requests
+    (the coordinator's per-instance limit is below the engine's ``max_num_seqs``)."""
     p = PRESETS[setup.preset]
-    return StepModel.from_sim(p.b0_ms, p.b1_us_per_token, p.b2_us_per_seq)
+    return StepModel.from_sim(p.b0_ms, p.b1_us_per_token, p.b2_us_per_seq,
+                              min(p.max_num_seqs, setup.max_concurrent_requests))  # fmt: skip
+
+
+def scaler_config(setup: Setup, cold_start_s: float) -> AutoscalerConfig:
+    """The autoscaler's targets: the workload's SLOs; everything else at its defaults."""
+    return AutoscalerConfig(tpot_target_s=setup.tpot_slo_ms / 1e3,
+                            ttft_target_s=setup.ttft_slo_ms / 1e3, utilisation=setup.utilisation,
+                            cold_start_s=cold_start_s, max_replicas=setup.max_replicas)  # fmt: skip
+
+
+def length_mix(records: Sequence[WorkloadRecord]) -> tuple[float, float, float, float]:
+    """Mean prompt and output tokens and their squared coefficients of variation."""
+    i = np.array([r.input_tokens for r in records], dtype=float)
+    o = np.array([r.output_tokens for r in records], dtype=float)
+    return float(i.mean()), float(o.mean()), float(i.var() / i.mean() ** 2), float(
+        o.var() / o.mean() ** 2)  # fmt: skip
 
 
 def replicas_for(rate: float, records: Sequence[WorkloadRecord], setup: Setup) -> int:
-    isl = float(np.mean([r.input_tokens for r in records]))
-    osl = float(np.mean([r.output_tokens for r in records]))
-    x = general_replicas(rate, isl, osl, step_model(setup),
-                         tpot_target_s=setup.tpot_slo_ms / 1e3, utilisation=setup.utilisation)  # fmt: skip
-    return max(1, math.ceil(x - 1e-9))
+    """Replicas the autoscaler's own capacity model (TPOT and TTFT bounds, no correction)
+    gives ``rate`` on this mix: the static fleets are sized by the same rule."""
+    isl, osl, icv2, ocv2 = length_mix(records)
+    need = raw_replicas(scaler_config(setup, 0.0), step_model(setup), rate, isl, osl, 1.0, 1.0,
+                        prompt_cv2=icv2, output_cv2=ocv2)  # fmt: skip
+    return max(1, need["general"])
 
 
 async def _threshold_loop(s: VirtualScaler, setup: Setup) -> None:
@@ -257,7 +281,7 @@ async def run_variant(variant: str, records: list[WorkloadRecord], shape: Shape,
     members = [MemberSpec(cfg.model_copy(update={"seed": i}),
                           max_concurrent_requests=setup.max_concurrent_requests)
                for i in range(setup.max_replicas)]  # fmt: skip
-    fleet = InProcessFleet(members)
+    fleet = InProcessFleet(members, direct=True)  # same decisions, less framing (tested)
     peak_n, mean_n = (
         replicas_for(shape.peak, records, setup),
         replicas_for(shape.mean, records, setup),
@@ -274,10 +298,7 @@ async def run_variant(variant: str, records: list[WorkloadRecord], shape: Shape,
         if variant == "autoscaler":
             settings = AutoscalingSettings(
                 model="", actuator="virtual", step_model=step_model(setup),
-                scaler=AutoscalerConfig(tpot_target_s=setup.tpot_slo_ms / 1e3,
-                                        ttft_target_s=setup.ttft_slo_ms / 1e3,
-                                        utilisation=setup.utilisation, cold_start_s=cold_start_s,
-                                        max_replicas=setup.max_replicas))  # fmt: skip
+                scaler=scaler_config(setup, cold_start_s))  # fmt: skip
             c = AutoscaleController(settings, scaler, fleet=manager.fleet, metrics=manager.metrics,
                                     queue=manager.queue, clock=manager.now)  # fmt: skip
             controller.append(c)
@@ -303,6 +324,13 @@ async def run_variant(variant: str, records: list[WorkloadRecord], shape: Shape,
         "requests": len(outs),
         "slo_attainment": float(np.mean(met)) if met else 0.0,
         "failed": sum(o.state != "completed" for o in outs),
+        # Which SLO the misses broke (a request may break both).
+        "ttft_missed": _share(
+            outs, lambda o: o.ttft_ms is not None and o.ttft_ms > setup.ttft_slo_ms
+        ),
+        "tpot_missed": _share(
+            outs, lambda o: o.tpot_ms is not None and o.tpot_ms > setup.tpot_slo_ms
+        ),
         "gpu_hours": gpu_hours(scaler.billed_log, end, PRESETS[setup.preset].tp),
         "actions": len(scaler.actions),
         "actions_per_hour": len(scaler.actions) / (end / 3600.0),
@@ -312,6 +340,10 @@ async def run_variant(variant: str, records: list[WorkloadRecord], shape: Shape,
         "billed": scaler.billed_log,
         "wall_s": result.wall_s,
     }
+
+
+def _share(outcomes: Sequence[Any], pred: Callable[[Any], bool]) -> float:
+    return float(np.mean([pred(o) for o in outcomes])) if outcomes else 0.0
 
 
 def recovery_s(outcomes: Sequence[Any], shape: Shape, bucket_s: float = 30.0,
