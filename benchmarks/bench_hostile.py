@@ -11,14 +11,17 @@ instance, in the gateway's process), connection timeouts set short so the run is
    (polled every 20 ms on one keep-alive connection) while they run;
 3. 1,000 slow or idle connections (400 idle, 300 dribbling headers, 300 dribbling bodies):
    when each is closed, against the configured timeouts, and the latency of normal chat
-   requests (sequential, one client) before and during;
+   requests (sequential, one client) without and with them, as ratios, by phase of the
+   slow clients, with each process's CPU seconds (benchmarks/hostile_slow.py);
 4. a batch job (`sage-cp batch`, 400 lines) whose only generation instance is down (health
    503, every request 500) for 30 s in the middle: lines answered, errors, exit code.
 
-    python benchmarks/bench_hostile.py [--skip-batch] [--small]
+    python benchmarks/bench_hostile.py [--skip-batch] [--small] [--rounds N]
+    python benchmarks/bench_hostile.py --only-slow [--small] [--rounds N]
 
 Writes benchmarks/results/hostile.{json,md,png} (`--small`: hostile-small.*, a quick proof
-that it runs: 100 slow connections, no batch run, 10 s of overload).
+that it runs: 100 slow connections, no batch run, 10 s of overload); `--only-slow` runs
+section 3 alone and writes hostile-slow[-small].{json,md}.
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import RESULTS, machine, write_results  # noqa: E402
 from benchmarks.hostile_cases import CASES, run_cases  # noqa: E402
+from benchmarks.hostile_slow import markdown as slow_markdown  # noqa: E402
+from benchmarks.hostile_slow import slow_run, worker_main  # noqa: E402
 
 ADMIN = "bench-admin"
 TIMEOUTS = {"header": 5.0, "body": 5.0, "idle": 5.0}
@@ -270,90 +275,7 @@ def embeddings(pid: int, url: str) -> dict[str, Any]:
     return out
 
 
-# -- 3. slow and idle connections ----------------------------------------------------------
-async def _latencies(url: str, seconds: float) -> list[float]:
-    out: list[float] = []
-    async with httpx.AsyncClient(base_url=url, timeout=60) as c:
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            t = time.monotonic()
-            r = await c.post("/v1/chat/completions", json=CHAT)
-            assert r.status_code == 200, r.text
-            out.append((time.monotonic() - t) * 1000)
-    return out
-
-
-async def _slow_client(
-    host: str, port: int, kind: str, limit_s: float
-) -> tuple[str, float, bool, float]:
-    """(kind, seconds from connected to closed, closed by the server?, connect seconds).
-    Connecting 1,000 at once queues in this client, so the server's timer may start up to
-    the connect time before ours: the true close time lies between the two figures."""
-    start = time.monotonic()
-    reader, writer = await asyncio.open_connection(host, port)
-    t0 = time.monotonic()
-    if kind == "header":
-        writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n")
-    elif kind == "body":
-        writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n"
-                     b"content-type: application/json\r\ncontent-length: 1000\r\n\r\n{")  # fmt: skip
-    closed = asyncio.create_task(reader.read())
-    while not closed.done() and time.monotonic() - t0 < limit_s:
-        if kind != "idle":
-            writer.write(b"a")  # one byte a second: slowloris
-        await asyncio.wait({closed}, timeout=1.0)
-    ok = closed.done()
-    if not ok:
-        closed.cancel()
-    writer.close()
-    return kind, time.monotonic() - t0, ok, t0 - start
-
-
-async def _slow_clients(url: str, small: bool) -> list[tuple[str, float, bool, float]]:
-    host, port = url.removeprefix("http://").rsplit(":", 1)
-    scale = 10 if small else 100
-    kinds = ["idle"] * 4 * scale + ["header"] * 3 * scale + ["body"] * 3 * scale
-    limit = 4 * max(TIMEOUTS.values())
-    return list(await asyncio.gather(*(_slow_client(host, int(port), k, limit) for k in kinds)))
-
-
-async def _slow_run(url: str, small: bool) -> dict[str, Any]:
-    before = await _latencies(url, 5.0)
-    # The 1,000 clients run in a process of their own, so their work does not show up as
-    # latency of the normal requests measured here.
-    worker = await asyncio.create_subprocess_exec(
-        sys.executable,
-        __file__,
-        "--slow-worker",
-        url,
-        *(["--small"] if small else []),
-        stdout=asyncio.subprocess.PIPE,
-    )
-    during = await _latencies(url, 8.0)
-    out, _ = await worker.communicate()
-    results = [tuple(r) for r in json.loads(out)]
-    by_kind: dict[str, Any] = {}
-    for kind in ("idle", "header", "body"):
-        times = np.array([t for k, t, _, _ in results if k == kind])
-        with_connect = np.array([t + c for k, t, _, c in results if k == kind])
-        closed = sum(1 for k, _, ok, _ in results if k == kind and ok)
-        by_kind[kind] = {"connections": len(times), "closed_by_server": closed,
-                         "close_after_s_p50": float(np.percentile(times, 50)),
-                         "close_after_s_max": float(times.max()),
-                         "close_after_s_max_incl_connect": float(with_connect.max()),
-                         "timeout_s": TIMEOUTS["idle" if kind == "idle" else "header"
-                                               if kind == "header" else "body"]}  # fmt: skip
-    # An idle connection is timed by the header timeout (no request ever started).
-    by_kind["idle"]["timeout_s"] = TIMEOUTS["header"]
-    by_kind["body"]["timeout_s"] = TIMEOUTS["body"]
-    return {
-        "by_kind": by_kind,
-        "close_times": [[k, t] for k, t, _, _ in results],
-        "chat_latency_before_ms": {"p50": float(np.percentile(before, 50)),
-                                   "p99": float(np.percentile(before, 99)), "n": len(before)},
-        "chat_latency_during_ms": {"p50": float(np.percentile(during, 50)),
-                                   "p99": float(np.percentile(during, 99)), "n": len(during)},
-    }  # fmt: skip
+# -- 3. slow and idle connections: benchmarks/hostile_slow.py -------------------------------
 
 
 # -- 4. batch with the fleet down for 30 s -----------------------------------------------------
@@ -578,43 +500,38 @@ def _embedding_table(section: dict[str, Any]) -> list[str]:
 
 
 def markdown(d: dict[str, Any]) -> str:
-    h, e, s = d["hostile"], d["embeddings"], d["slow_connections"]
     lines = [
         "# Hostile clients against `sage-cp serve` (issue 11)", "",
         f"Machine: {d['machine']['cpu']}, {d['machine']['cores']} cores, load "
         f"{d['machine']['loadavg_1m']:.1f} at start; commit {d['machine']['commit']}. "
         "Target: `sage-cp serve`, embedded simulated fleet, timeouts header/body/idle "
         f"{TIMEOUTS['header']:g}/{TIMEOUTS['body']:g}/{TIMEOUTS['idle']:g} s.", "",
-        "## 75 hostile requests", "",
-        f"Status counts: {h['status_counts']}; responses >= 500: {len(h['server_errors'])}; "
-        f"plain-text errors: {len(h['plain_text_errors'])}; circuits open afterwards: "
-        f"{sum(h['circuit_open_after'].values())} of {len(h['circuit_open_after'])}; "
-        f"a normal chat request afterwards: {h['normal_chat_after']}.", "",
-        "## Large embedding requests", "",
-        "Each client resends its request after a 429 once the Retry-After has passed. "
-        "'complete' counts answers holding every vector in input order.", "",
-        f"Embedded fleet (the simulators share the gateway's event loop); idle gateway RSS "
-        f"{e['idle_rss_mib']:.0f} MiB:", "",
-        *_embedding_table(e),
     ]  # fmt: skip
+    if "hostile" in d:
+        h = d["hostile"]
+        lines += [
+            "## 75 hostile requests", "",
+            f"Status counts: {h['status_counts']}; responses >= 500: {len(h['server_errors'])}; "
+            f"plain-text errors: {len(h['plain_text_errors'])}; circuits open afterwards: "
+            f"{sum(h['circuit_open_after'].values())} of {len(h['circuit_open_after'])}; "
+            f"a normal chat request afterwards: {h['normal_chat_after']}.", "",
+        ]  # fmt: skip
+    if "embeddings" in d:
+        e = d["embeddings"]
+        lines += [
+            "## Large embedding requests", "",
+            "Each client resends its request after a 429 once the Retry-After has passed. "
+            "'complete' counts answers holding every vector in input order.", "",
+            f"Embedded fleet (the simulators share the gateway's event loop); idle gateway RSS "
+            f"{e['idle_rss_mib']:.0f} MiB:", "",
+            *_embedding_table(e),
+        ]  # fmt: skip
     if "embeddings_external_fleet" in d:
         x = d["embeddings_external_fleet"]
         lines += ["", "Same requests, simulators in processes of their own (the gateway's own "
                   f"cost); idle RSS {x['idle_rss_mib']:.0f} MiB:", "", *_embedding_table(x)]  # fmt: skip
-    conns = sum(r["connections"] for r in s["by_kind"].values())
-    lines += ["", f"## {conns:,} slow or idle connections", "",
-              "| kind | connections | closed by the gateway | closed after p50 / max (s) | max incl. connect (s) | timeout (s) |",
-              "|---|---|---|---|---|---|"]  # fmt: skip
-    for kind, r in s["by_kind"].items():
-        lines.append(
-            f"| {kind} | {r['connections']} | {r['closed_by_server']} | "
-            f"{r['close_after_s_p50']:.2f} / {r['close_after_s_max']:.2f} | "
-            f"{r['close_after_s_max_incl_connect']:.2f} | {r['timeout_s']:g} |"
-        )
-    b, du = s["chat_latency_before_ms"], s["chat_latency_during_ms"]
-    lines += ["", f"Normal chat latency (sequential): before p50 {b['p50']:.1f} ms / p99 "
-              f"{b['p99']:.1f} ms (n={b['n']}); during p50 {du['p50']:.1f} ms / p99 "
-              f"{du['p99']:.1f} ms (n={du['n']}).", ""]  # fmt: skip
+    if "slow_connections" in d:
+        lines += ["", *slow_markdown(d["slow_connections"])]
     if "batch_outage" in d:
         bo = d["batch_outage"]
         lines += ["## Batch job, fleet down 30 s in the middle", "",
@@ -650,6 +567,15 @@ def _embeddings_section(label: str, pid: int, url: str) -> dict[str, Any]:
     return out
 
 
+def _slow_section(url: str, pid: int, args: argparse.Namespace) -> dict[str, Any]:
+    n = 100 if args.small else 1000
+    out = asyncio.run(slow_run(url, pid, CHAT, TIMEOUTS, n, args.rounds, args.slow_nice))
+    print("slow:", {k: (v["closed_by_server"], round(v["close_after_s_max"], 2))
+                    for k, v in out["by_kind"].items()},
+          f"chat p99 ratio {out['ratio_p99']:.2f}", flush=True)  # fmt: skip
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--skip-batch", action="store_true")
@@ -659,7 +585,27 @@ def main() -> None:
         help="a quick proof that the benchmark runs: 100 slow connections instead of 1,000, "
         "no batch run, 10 s of overload (figures not comparable with a full run)",
     )
-    ap.add_argument("--slow-worker", metavar="URL", help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--only-slow",
+        action="store_true",
+        help="only the slow-connection section (writes hostile-slow[-small].{json,md})",
+    )
+    ap.add_argument("--out", help="--only-slow: the results' name instead of hostile-slow")
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="slow-connection section: rounds of without/with, latencies pooled (default 1)",
+    )
+    ap.add_argument(
+        "--slow-nice",
+        type=int,
+        default=19,
+        help="CPU priority of the slow clients' process (19: below the gateway's; 0: equal)",
+    )
+    ap.add_argument(
+        "--slow-worker", nargs=4, metavar=("URL", "N", "LIMIT_S", "NICE"), help=argparse.SUPPRESS
+    )
     ap.add_argument(
         "--embed-worker", nargs=3, metavar=("URL", "N", "COPIES"), help=argparse.SUPPRESS
     )
@@ -671,7 +617,8 @@ def main() -> None:
         print(json.dumps(asyncio.run(_embed(url, int(n), int(copies)))))
         return
     if args.slow_worker:
-        print(json.dumps(asyncio.run(_slow_clients(args.slow_worker, args.small))))
+        url, n, limit, nice = args.slow_worker
+        worker_main(url, int(n), float(limit), int(nice))
         return
     if args.small:
         args.skip_batch = True
@@ -680,15 +627,25 @@ def main() -> None:
     if args.only_overload:
         print(json.dumps(overload(args.overload_s), indent=1))
         return
+    if args.only_slow:
+        name = args.out or ("hostile-slow-small" if args.small else "hostile-slow")
+        proc, url = start_gateway()
+        try:
+            time.sleep(1.0)
+            data["slow_connections"] = _slow_section(url, proc.pid, args)
+        finally:
+            proc.terminate()
+            proc.wait(30)
+        write_results(name, slim(data), markdown(data))
+        print((RESULTS / f"{name}.md").read_text())
+        return
     proc, url = start_gateway()
     try:
         time.sleep(1.0)  # let the embedded fleet's first probes settle
         data["hostile"] = hostile(url)
         print("75 cases:", data["hostile"]["status_counts"], flush=True)
         data["embeddings"] = _embeddings_section("embeddings", proc.pid, url)
-        data["slow_connections"] = asyncio.run(_slow_run(url, args.small))
-        print("slow:", {k: (v["closed_by_server"], round(v["close_after_s_max"], 2))
-                        for k, v in data["slow_connections"]["by_kind"].items()}, flush=True)  # fmt: skip
+        data["slow_connections"] = _slow_section(url, proc.pid, args)
     finally:
         proc.terminate()
         proc.wait(30)

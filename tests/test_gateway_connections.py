@@ -11,6 +11,8 @@ import asyncio
 import json
 from urllib.parse import urlsplit
 
+import httpx
+
 from tests.test_gateway_support import gateway_over_sim, gen
 
 LIMITS = {"header_timeout_s": 0.5, "body_timeout_s": 0.5, "keep_alive_s": 0.5}
@@ -48,6 +50,7 @@ async def test_headers_that_never_finish_are_cut_off_even_when_dribbled() -> Non
 
 async def test_a_body_that_stops_arriving_gets_408_and_the_connection_is_closed() -> None:
     async with gateway_over_sim(gen(1), settings=LIMITS) as h:
+        before = _metric(await _metrics(h.url), 'sage_cp_connections_closed_total{limit="body"}')
         reader, writer = await _open(h.url)
         writer.write(
             b"POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
@@ -57,6 +60,23 @@ async def test_a_body_that_stops_arriving_gets_408_and_the_connection_is_closed(
         status, err = _status_and_error(data)
         assert status == 408 and err["code"] == "body_timeout"
         writer.close()
+        # Operators see it on /metrics: one more body close, and how late deadlines ran.
+        text = await _metrics(h.url)
+        assert _metric(text, 'sage_cp_connections_closed_total{limit="body"}') == before + 1
+        assert _metric(text, "sage_cp_connection_deadlines_expired_total") >= 1
+        assert _metric(text, "sage_cp_connection_deadline_lateness_max_seconds") >= 0
+
+
+async def _metrics(url: str) -> str:
+    async with httpx.AsyncClient(base_url=url) as c:
+        return (await c.get("/metrics")).text
+
+
+def _metric(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    return 0.0
 
 
 async def test_idle_keep_alive_connections_are_closed_whatever_they_send() -> None:
@@ -151,12 +171,3 @@ def test_the_limiter_says_how_many_it_held_back() -> None:
     assert "[3 more like this in the last 60 s were not logged]" in later.getMessage()
     info = logging.LogRecord("uvicorn.error", logging.INFO, __file__, 1, "x", None, None)
     assert all(limiter.filter(info) for _ in range(5))  # below WARNING: untouched
-
-
-def test_the_sweep_checks_deadlines_at_a_tenth_of_the_shortest_timeout() -> None:
-    from sage_cp_plugin.entrypoints.gateway.connections import ConnectionLimits, sweep_interval
-
-    assert sweep_interval(ConnectionLimits(header_timeout_s=5, keep_alive_s=30)) == 0.5
-    assert sweep_interval(ConnectionLimits(header_timeout_s=0.1)) == 0.05  # floor
-    assert sweep_interval(ConnectionLimits(header_timeout_s=60, body_timeout_s=60,
-                                           keep_alive_s=60)) == 1.0  # fmt: skip

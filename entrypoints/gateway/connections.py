@@ -5,9 +5,9 @@ arms its keep-alive timer only after a first response and cancels it on any byte
 answers its own parse errors in plain text. Measured before this module: 0 of 1,300
 slow-header, slow-body or idle connections were ever closed, and a 32 MB header was
 accepted. Each limit here is one deadline or one counter on uvicorn's own protocol class (no
-task and no timer per connection: one periodic sweep per server closes the connections past
-their deadline, so arming a limit on the request path is a float assignment, not a timer
-created and cancelled three times per request):
+task and no timer per connection: the deadlines of one server share one timer, see
+deadlines.py, so arming a limit on the request path is an append to a queue, not a timer
+created and cancelled three times per request, and a connection is closed at its deadline):
 
 - a connection must deliver a request's headers within `header_timeout_s` of opening (or of
   the request's first byte after an idle keep-alive pause); dribbling bytes does not help;
@@ -22,13 +22,18 @@ created and cancelled three times per request):
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from .deadlines import LATENESS, Deadlines, Entry
 from .errors import error_body
 
 _REASONS = {400: b"Bad Request", 408: b"Request Timeout", 431: b"Request Header Fields Too Large",
@@ -48,40 +53,6 @@ class _HeadersTooLarge(Exception):
     pass
 
 
-def sweep_interval(limits: ConnectionLimits) -> float:
-    """How often the deadlines are checked: a tenth of the shortest timeout (a connection is
-    closed at most that late), between 50 ms and 1 s."""
-    shortest = min(limits.header_timeout_s, limits.body_timeout_s, limits.keep_alive_s)
-    return min(1.0, max(0.05, shortest / 10))
-
-
-class _Sweeper:
-    """The connections of one server with a deadline, checked every `interval` seconds by
-    one timer that runs only while there are connections."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, interval: float) -> None:
-        self.loop = loop
-        self.interval = interval
-        self.connections: set[GuardedHttpToolsProtocol] = set()
-        self._timer: asyncio.TimerHandle | None = None
-
-    def add(self, conn: GuardedHttpToolsProtocol) -> None:
-        self.connections.add(conn)
-        if self._timer is None:
-            self._timer = self.loop.call_later(self.interval, self._sweep)
-
-    def discard(self, conn: GuardedHttpToolsProtocol) -> None:
-        self.connections.discard(conn)
-
-    def _sweep(self) -> None:
-        self._timer = None
-        now = self.loop.time()
-        for conn in [c for c in self.connections if c.deadline_at <= now]:
-            conn.expire()
-        if self.connections:
-            self._timer = self.loop.call_later(self.interval, self._sweep)
-
-
 def http_error(status: int, message: str, code: str, retry_after: int | None = None) -> bytes:
     """A complete HTTP/1.1 error response that closes the connection."""
     body = json.dumps(error_body(status, message, code=code)).encode()
@@ -96,15 +67,18 @@ def http_error(status: int, message: str, code: str, retry_after: int | None = N
     return b"".join([*head, b"\r\n", body])
 
 
+_cached_http_error = functools.lru_cache(maxsize=64)(http_error)
+
+
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
     limits: ClassVar[ConnectionLimits] = ConnectionLimits()
     # Connections closed by each limit (read by tests and the benchmark).
     closed: ClassVar[dict[str, int]] = {}
-    _sweeper: ClassVar[_Sweeper | None] = None  # one per server (guarded_protocol's class)
+    _deadlines: ClassVar[Deadlines | None] = None  # one per server (guarded_protocol's class)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.deadline_at = math.inf  # loop time past which the current phase has failed
+        self._deadline: Entry | None = None  # [loop time, self] while a phase is timed
         self._header_bytes = 0
         self._rejection: tuple[int, str, str] | None = None
         self._phase = "connect"  # connect | headers | body | app | idle
@@ -112,19 +86,30 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     # -- deadlines ---------------------------------------------------------------------------
     def _arm(self, seconds: float, phase: str) -> None:
         self._phase = phase
-        self.deadline_at = self.loop.time() + seconds
+        deadlines = self._deadlines_of_server()
+        if self._deadline is not None:
+            deadlines.cancel(self._deadline)
+        self._deadline = deadlines.arm(self, seconds)
 
     def _disarm(self) -> None:
-        self.deadline_at = math.inf
+        if self._deadline is not None:
+            self._deadlines_of_server().cancel(self._deadline)
+            self._deadline = None
 
-    def _sweeper_of_server(self) -> _Sweeper:
+    @property
+    def deadline_at(self) -> float:
+        """Loop time past which the current phase has failed (inf when none is timed)."""
+        d = self._deadline
+        return d[0] if d is not None and d[1] is not None else math.inf
+
+    def _deadlines_of_server(self) -> Deadlines:
         cls = type(self)
-        if cls._sweeper is None or cls._sweeper.loop is not self.loop:
-            cls._sweeper = _Sweeper(self.loop, sweep_interval(self.limits))
-        return cls._sweeper
+        if cls._deadlines is None or cls._deadlines.loop is not self.loop:
+            cls._deadlines = Deadlines(self.loop)
+        return cls._deadlines
 
     def expire(self) -> None:
-        """Called by the sweep once the deadline of the current phase has passed."""
+        """Called by the server's Deadlines at the deadline of the current phase."""
         phase = self._phase
         self._disarm()
         if self.transport.is_closing():
@@ -147,7 +132,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def _write_error(
         self, status: int, message: str, code: str, retry_after: int | None = None
     ) -> None:
-        self.transport.write(http_error(status, message, code, retry_after))
+        # The same few answers each time (the limits are fixed; no request's trace context
+        # reaches the protocol's callbacks): encoded once.
+        self.transport.write(_cached_http_error(status, message, code, retry_after))
         self.transport.close()
 
     # -- connection --------------------------------------------------------------------------
@@ -163,11 +150,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             )
             return
         self._arm(self.limits.header_timeout_s, "connect")
-        self._sweeper_of_server().add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
-        self._sweeper_of_server().discard(self)
         super().connection_lost(exc)
 
     # -- parser callbacks ----------------------------------------------------------------------
@@ -224,5 +209,35 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
 def guarded_protocol(limits: ConnectionLimits) -> type[GuardedHttpToolsProtocol]:
     """The protocol class for `uvicorn.Config(http=...)` with these limits."""
-    attrs = {"limits": limits, "_sweeper": None}
+    attrs = {"limits": limits, "_deadlines": None}
     return type("GuardedHttpToolsProtocol", (GuardedHttpToolsProtocol,), attrs)
+
+
+class ConnectionsCollector(Collector):
+    """Connections closed by each limit and how late their deadlines ran, at scrape time
+    (process-wide: with `--workers N` each worker keeps its own and these are the
+    scheduling process's)."""
+
+    def collect(self) -> Iterator[Metric]:
+        closed = CounterMetricFamily(
+            "sage_cp_connections_closed",
+            "Connections the gateway closed for a limit (header, body, idle, max_connections)",
+            labels=["limit"],
+        )
+        for limit, n in sorted(GuardedHttpToolsProtocol.closed.items()):
+            closed.add_metric([limit], n)
+        yield closed
+        late = LATENESS
+        yield CounterMetricFamily(
+            "sage_cp_connection_deadline_lateness_seconds",
+            "Sum over expired connection deadlines of (expired at - deadline)",
+            late.sum_s,
+        )
+        yield CounterMetricFamily(
+            "sage_cp_connection_deadlines_expired", "Connection deadlines expired", late.count
+        )
+        yield GaugeMetricFamily(
+            "sage_cp_connection_deadline_lateness_max_seconds",
+            "Largest (expired at - deadline) of a connection deadline since start",
+            value=late.max_s,
+        )

@@ -18,6 +18,8 @@ from prometheus_client.registry import Collector
 from sage_cp_plugin.elastic.prom import autoscaling_metrics
 from sage_cp_plugin.types import RequestPriority, RequestResult
 
+from .connections import ConnectionsCollector
+
 if TYPE_CHECKING:
     from sage_cp_plugin.manager import ControlPlaneManager
 
@@ -197,6 +199,7 @@ class GatewayMetrics:
             registry=r,
         )
         r.register(FleetCollector(manager))
+        r.register(ConnectionsCollector())
         self._known_models: frozenset[str] = frozenset()
         # Also told of every finished request (e.g. the A/B experiment's per-arm series).
         self.result_hooks: list[Callable[[RequestResult], None]] = []
