@@ -14,6 +14,7 @@ connection per user; `bench_gateway.py`'s client) reports its own CPU time separ
 
     python benchmarks/bench_gateway_cpu.py [--requests 3000] [--concurrency 1 16 64]
         [--targets direct sage-cp sage-cp-workers sage-cp-replicas vllm-router] [--workers 2]
+        [--rounds K]
 
 The two designs for many processes on one host (docs/scale-out.md), each against one
 process in the same run: `sage-cp-workers` is `sage-cp serve --workers N` (one scheduling
@@ -112,6 +113,8 @@ class Point:
     client_cpu_ms_per_request: float
     # By process role for `--workers N` (main = the supervisor there, the server otherwise).
     cpu_ms_per_request_by_role: dict[str, float] | None = None
+    # With --rounds K: every round's CPU ms/request (this point is the median round).
+    cpu_ms_per_request_rounds: list[float] | None = None
 
 
 async def _user(
@@ -201,6 +204,16 @@ def measure(target: str, eps: list[tuple[str, int]], sessions: dict[int, str], s
     )
 
 
+def median_round(rounds: list[Point]) -> Point:
+    """The round with the median CPU per request (one measured round, not an average),
+    carrying every round's value."""
+    ordered = sorted(rounds, key=lambda p: p.cpu_ms_per_request)
+    mid = ordered[(len(ordered) - 1) // 2]
+    if len(rounds) > 1:
+        mid.cpu_ms_per_request_rounds = [p.cpu_ms_per_request for p in rounds]
+    return mid
+
+
 # Traced variants of `sage-cp serve`: target name -> sampling ratio.
 TRACED = {"sage-cp-traced-0.1": 0.1, "sage-cp-traced-1.0": 1.0}
 
@@ -237,9 +250,15 @@ def tracing_rows(points: list[Point]) -> list[dict[str, Any]]:
                 "added_fraction": p.cpu_ms_per_request / base.cpu_ms_per_request - 1
                 if base.cpu_ms_per_request > 0
                 else None,
+                "off_rounds": base.cpu_ms_per_request_rounds,
+                "rounds": p.cpu_ms_per_request_rounds,
             }
         )
     return rows
+
+
+def _rounds(values: list[float] | None) -> str:
+    return "-" if not values else " ".join(f"{v:.2f}" for v in values)
 
 
 def summarize(points: list[Point]) -> list[dict[str, Any]]:
@@ -312,8 +331,8 @@ def markdown(meta: dict[str, Any], points: list[Point], rows: list[dict[str, Any
             "## Tracing cost (sage-cp serve, OTLP/gRPC to a local receiver; same run)",
             "",
             "| variant | ratio | streamed | conc. | off CPU ms/req | on CPU ms/req | added ms/req "
-            "| added % |",
-            "|---|---:|---|---:|---:|---:|---:|---:|",
+            "| added % | off rounds | on rounds |",
+            "|---|---:|---|---:|---:|---:|---:|---:|---|---|",
         ]
         for t in traced:
             frac = t["added_fraction"]
@@ -321,7 +340,8 @@ def markdown(meta: dict[str, Any], points: list[Point], rows: list[dict[str, Any
                 f"| {t['target']} | {t['ratio']:g} | {'yes' if t['streamed'] else 'no'} "
                 f"| {t['concurrency']} | {t['off_cpu_ms_per_request']:.3f} "
                 f"| {t['cpu_ms_per_request']:.3f} | {t['added_cpu_ms_per_request']:+.3f} "
-                f"| {'-' if frac is None else format(frac * 100, '+.0f')} |"
+                f"| {'-' if frac is None else format(frac * 100, '+.0f')} "
+                f"| {_rounds(t['off_rounds'])} | {_rounds(t['rounds'])} |"
             )
     out += workers_table(points)
     out += ["", f"Re-run on a quiet machine: `{meta['command']}`", ""]
@@ -433,14 +453,17 @@ def main() -> int:
     ap.add_argument("--tracing", action="store_true",
                     help="targets: sage-cp with tracing off, at ratio 0.1 and at 1.0")  # fmt: skip
     ap.add_argument("--streamed", choices=["both", "no", "yes"], default="both")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="measure every point K times, targets in a rotated order each round; "
+                    "report the median round (for a loaded machine)")  # fmt: skip
     ap.add_argument("--out", default="gateway_cpu")
     args = ap.parse_args()
     if args.tracing:
         args.targets = ["sage-cp", *TRACED]
         if args.out == "gateway_cpu":
             args.out = "gateway_cpu_tracing"
-    if args.requests < 1 or any(c < 1 for c in args.concurrency):
-        ap.error("--requests and --concurrency must be positive")
+    if args.requests < 1 or args.rounds < 1 or any(c < 1 for c in args.concurrency):
+        ap.error("--requests, --rounds and --concurrency must be positive")
     if args.workers < 2:
         ap.error("--workers must be 2 or more (1 is the sage-cp target)")
 
@@ -477,17 +500,24 @@ def main() -> int:
             wait_http(f"http://127.0.0.1:{port}/health")
             targets[name] = ([("127.0.0.1", port)], {proc.pid: "main"})  # session id = its pid
         modes = {"both": [False, True], "no": [False], "yes": [True]}[args.streamed]
+        names = list(targets)
         for stream in modes:
             for c in args.concurrency:
-                for name, (eps, sessions) in targets.items():
-                    pt = measure(name, eps, sessions, stream, c, args.requests)
-                    points.append(pt)
-                    print(
-                        f"{name:<16} stream={stream!s:<5} c={c:<3} {pt.rps:7.0f} req/s "
-                        f"p50 {pt.p50_ms:6.2f} ms  cpu {pt.cpu_ms_per_request:.3f} ms/req  "
-                        f"client {pt.client_cpu_ms_per_request:.3f}  errors {pt.errors}",
-                        flush=True,
-                    )
+                rounds: dict[str, list[Point]] = {n: [] for n in names}
+                for k in range(args.rounds):
+                    # Each round in another order: a load change on a shared machine falls
+                    # on every target alike, not on whichever is measured last.
+                    for name in names[k % len(names) :] + names[: k % len(names)]:
+                        eps, sessions = targets[name]
+                        pt = measure(name, eps, sessions, stream, c, args.requests)
+                        rounds[name].append(pt)
+                        print(
+                            f"{name:<16} stream={stream!s:<5} c={c:<3} {pt.rps:7.0f} req/s "
+                            f"p50 {pt.p50_ms:6.2f} ms  cpu {pt.cpu_ms_per_request:.3f} ms/req  "
+                            f"client {pt.client_cpu_ms_per_request:.3f}  errors {pt.errors}",
+                            flush=True,
+                        )
+                points += [median_round(rounds[n]) for n in names]
     finally:
         procs.stop_all()
         shutil.rmtree(tmp, ignore_errors=True)
@@ -496,7 +526,14 @@ def main() -> int:
     meta = {
         "machine": machine(),
         "loadavg": " ".join(loadavg),
-        "workload": f"{args.requests} requests per point (after an uncounted warm-up), "
+        "workload": f"{args.requests} requests per point (after an uncounted warm-up)"
+        + (
+            f", each point measured in {args.rounds} rounds (targets in a rotated order), "
+            "the median round reported"
+            if args.rounds > 1
+            else ""
+        )
+        + ", "
         "POST /v1/completions 'hello world' max_tokens 16, streamed and not, 2 zero-latency "
         "simulated instances (one `sage-cp sim --time-scale 0` process)",
         "targets": "sage-cp serve (fifo, round_robin, defaults otherwise; sage-cp-workers: "

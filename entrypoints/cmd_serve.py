@@ -175,9 +175,12 @@ def run(args: argparse.Namespace) -> int:
         config = ControlPlaneConfig.load(args.config)
         config.request_log = request_log_for(config.request_log, args.request_log, "gateway")
         config.tracing = tracing_cli.config_from(args, config.tracing)
-        tracing.configure(config.tracing)  # before the app is built: it mounts the middleware
-        if config.embedded_fleet is not None:  # simulated engines in this process: their spans
-            tracing.configure_engine(config.tracing)
+        if args.workers > 1:  # checked here; each child process builds its own (workers/)
+            tracing.validate(config.tracing)
+        else:
+            tracing.configure(config.tracing)  # before the app is built: it mounts the middleware
+            if config.embedded_fleet is not None:  # simulated engines here: their spans
+                tracing.configure_engine(config.tracing)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()

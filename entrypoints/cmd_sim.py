@@ -112,6 +112,10 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         tracing.configure_engine(tracing_cli.config_from(args, None))
+    except ConfigurationError as exc:  # a bad tracing setting: refused before serving
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
         return asyncio.run(_serve(configs, args.host, args.port))
     except (OSError, ConfigurationError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -141,12 +141,13 @@ class ControlPlaneManager:
         self.recorder = RequestRecorder(o.request_log, self.now) if o.request_log else None
         if self.recorder is not None:
             self.results.observers.append(self.recorder.observe)
-        # Tracing (tracing/, docs/tracing.md): configured here when the options ask for it;
-        # the observer that ends request spans is registered only when tracing is on.
+        # Tracing (tracing/, docs/tracing.md): configured here when the options ask for it.
+        # The observer that ends request spans is always registered: tracing may be turned
+        # on after this manager is built (its requests' spans must still end); off, it
+        # returns at its first test (one call per request).
         if o.tracing is not None and not tracing.enabled():
             tracing.configure(o.tracing)
-        if tracing.enabled():
-            self.results.observers.append(tracing.on_result)
+        self.results.observers.append(tracing.on_result)
         self.health = HealthMonitor(o.health, self.executor.health_check, self._wake)
         self.scraper = MetricsScraper(self.executor, o.scrape)
         attempts = Attempts(

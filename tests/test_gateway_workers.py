@@ -259,18 +259,24 @@ def test_workers_flag_one_is_the_single_process_and_bad_values_fail(tmp_path: Pa
     assert out.returncode == 1 and f"cannot serve on 127.0.0.1:{port}" in out.stderr, out.stderr
 
 
+def bad_and_good_fleet(tmp_path: Path, sims: SimFleet) -> Path:
+    """A round-robin fleet file of two running simulators named `bad` and `good`."""
+    cfg = tmp_path / "fleet.yaml"
+    cfg.write_text(
+        "scheduling_policy: fifo\nrouting_strategy: round_robin\ninstances:\n"
+        f"  - {{instance_id: bad, host: 127.0.0.1, port: {sims[0].port}, model_name: sim-model}}\n"
+        f"  - {{instance_id: good, host: 127.0.0.1, port: {sims[1].port}, model_name: sim-model}}\n"
+    )
+    return cfg
+
+
 async def test_failover_and_client_disconnect_cross_the_process_boundary(tmp_path: Path) -> None:
     """A failing instance's errors reach the scheduler (retry elsewhere, circuit), and a
     client that goes away mid-stream cancels its request in the one control plane."""
     async with SimFleet(
         [*gen(1, time_scale=0.05, faults=FaultConfig(error_rate=1.0)), *gen(1, time_scale=1.0)]
     ) as sims:
-        cfg = tmp_path / "fleet.yaml"
-        cfg.write_text(
-            "scheduling_policy: fifo\nrouting_strategy: round_robin\ninstances:\n"
-            f"  - {{instance_id: bad, host: 127.0.0.1, port: {sims[0].port}, model_name: sim-model}}\n"
-            f"  - {{instance_id: good, host: 127.0.0.1, port: {sims[1].port}, model_name: sim-model}}\n"
-        )
+        cfg = bad_and_good_fleet(tmp_path, sims)
         # In a thread: the simulators run on this loop and must answer the gateway's health
         # probes while it starts (blocked, they failed two probes and both were unhealthy).
         gp = await asyncio.to_thread(

@@ -367,3 +367,68 @@ async def test_a_callers_unsampled_decision_is_kept(spans: InMemorySpanExporter)
         await engine_spans(spans, 1)  # the second, sampled request's engine span
     assert all(format(s.context.trace_id, "032x") != TRACE_ID for s in spans.get_finished_spans())
     assert len(by_name(spans, "llm_request")) == 1
+
+
+async def test_unsampled_requests_get_no_spans_but_pass_the_flag_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Ratio 0: the gateway records nothing, yet every attempt still sends a traceparent
+    with the unsampled flag (the caller's trace id when it sent one), so the engine does
+    not start traces of its own."""
+    from sage_cp_plugin.tracing import spans as hooks
+
+    sent: list[str] = []
+    real = hooks.attempt_headers
+
+    def recording(span: object, base: dict[str, str]) -> dict[str, str]:
+        headers = real(span, base)
+        sent.append(headers["traceparent"])
+        return headers
+
+    monkeypatch.setattr(hooks, "attempt_headers", recording)
+    exporter = InMemorySpanExporter()
+    tracing.configure(TracingConfig(sampling_ratio=0.0), exporter=exporter)
+    tracing.configure_engine(TracingConfig(), exporter=exporter)
+    try:
+        async with gateway_over_sim(configs=gen(1)) as h, h.client() as c:
+            body = {"model": "sim-model", "prompt": "x", "max_tokens": 2}
+            assert (await c.post("/v1/completions", json=body)).status_code == 200
+            r = await c.post(
+                "/v1/completions",
+                json={**body, "stream": True},
+                headers={"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01"},
+            )
+            assert r.status_code == 200  # the caller's sampled flag wins over ratio 0
+            await engine_spans(exporter, 1)
+            r = await c.post(
+                "/v1/completions",
+                json=body,
+                headers={"traceparent": f"00-{TRACE_ID[::-1]}-{PARENT_ID}-00"},
+            )
+            assert r.status_code == 200
+    finally:
+        tracing.shutdown()
+
+    def sampled(traceparent: str) -> bool:  # W3C: bit 0 of the flags (bit 1: random id)
+        return bool(int(traceparent.rsplit("-", 1)[1], 16) & 1)
+
+    assert len(sent) == 3
+    assert not sampled(sent[0]) and TRACE_ID not in sent[0]  # a new trace, not sampled
+    assert sent[1].startswith(f"00-{TRACE_ID}-") and sampled(sent[1])
+    assert sent[2].startswith(f"00-{TRACE_ID[::-1]}-") and not sampled(sent[2])
+    recorded = {format(s.context.trace_id, "032x") for s in exporter.get_finished_spans()}
+    assert recorded == {TRACE_ID}  # only the sampled request, engine span included
+
+
+async def test_tracing_switched_on_after_the_manager_was_built_ends_request_spans() -> None:
+    exporter = InMemorySpanExporter()
+    async with managed_fleet(gen(1)) as (m, _):
+        tracing.configure(TracingConfig(sampling_ratio=1.0), exporter=exporter)
+        try:
+            res = await m.generate("hello", max_tokens=2)
+            assert res.state == "completed"
+        finally:
+            tracing.shutdown()
+    (request,) = by_name(exporter, "sage_cp.request")
+    assert (request.attributes or {})["sage_cp.status"] == "completed"
+    assert len(by_name(exporter, "sage_cp.queue")) == 1

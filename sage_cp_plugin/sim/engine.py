@@ -264,38 +264,54 @@ class SimEngine:
     def _apply(self, run: _Run, upto: int) -> None:
         """Book the run's steps up to ``upto`` (exclusive) at their own boundaries."""
         batch = run.batch
-        bs = self.kv.block_size
         last = len(run.ends) - 1
-        for i in range(run.done, upto):
-            run.done = i + 1
-            now = run.ends[i]
-            if i == 0 or i == last or not self._plain_step(batch, bs):
-                self._complete(batch, now)
+        i = run.done
+        while i < upto:
+            plain = 0 if i == 0 or i == last else self._plain_steps(batch)
+            if plain == 0:
+                run.done = i + 1
+                self._complete(batch, run.ends[i])
+                i += 1
                 continue
-            # A middle step of the run: every sequence is running, past its first token, not
-            # finishing and not filling a KV block -- `_complete` reduced to what it does then.
-            self.counters.steps += 1
-            itl = self.metrics.itl
-            for seq, _n in batch:
-                seq.num_computed += 1
-                seq.num_output += 1
-                itl.observe(now - seq.last_token)  # type: ignore[operator]  # checked above
-                seq.last_token = now
-            generated = len(batch)
-            self.counters.generation_tokens += generated
-            self.metrics.generation_tokens.inc(generated)
+            # Middle steps of the run: every sequence is running, past its first token, not
+            # finishing and not filling a KV block -- `_complete` reduced to what it does then,
+            # booked for all of them at once.
+            j = min(i + plain, upto, last)
+            self._book_plain_steps(batch, run.ends, i, j)
+            i = run.done = j
 
-    @staticmethod
-    def _plain_step(batch: Batch, bs: int) -> bool:
+    def _plain_steps(self, batch: Batch) -> int:
+        """How many of the next steps are plain for every sequence of ``batch`` (0: this one
+        is not): it does not finish a sequence nor fill a KV block (then blocks register)."""
+        bs = self.kv.block_size
+        n = 1 << 30
         for seq, _n in batch:
-            if (
-                seq.status is not SeqStatus.RUNNING
-                or seq.last_token is None
-                or (seq.num_computed + 1) % bs == 0
-                or seq.num_output + 1 >= seq.max_tokens
-            ):
-                return False
-        return True
+            if seq.status is not SeqStatus.RUNNING or seq.last_token is None:
+                return 0
+            # First step that fills a block: num_computed + 1 reaches a multiple of bs.
+            fills = -(seq.num_computed + 1) % bs
+            # First step that produces the last token: num_output + 1 reaches max_tokens.
+            ends = seq.max_tokens - seq.num_output - 1
+            n = min(n, fills, ends)
+        return max(n, 0)
+
+    def _book_plain_steps(self, batch: Batch, ends: list[float], lo: int, hi: int) -> None:
+        """Plain steps ``lo..hi-1``: each sequence gets a token per step; every inter-token
+        latency of step i is ``ends[i] - ends[i - 1]`` (each sequence's last token came at the
+        previous step), observed in the order stepping one by one would."""
+        itl = self.metrics.itl
+        k = len(batch)
+        for i in range(lo, hi):
+            itl.observe_many(ends[i] - ends[i - 1], k)
+        steps = hi - lo
+        now = ends[hi - 1]
+        for seq, _n in batch:
+            seq.num_computed += steps
+            seq.num_output += steps
+            seq.last_token = now
+        self.counters.steps += steps
+        self.counters.generation_tokens += k * steps
+        self.metrics.generation_tokens.inc(k * steps)
 
     def _sync(self) -> None:
         """Apply the fast-forwarded steps that have completed by now."""

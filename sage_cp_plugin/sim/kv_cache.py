@@ -26,8 +26,10 @@ def chain_hashes(
     """
     out: list[int] = []
     h = parent
-    for i in range(start, len(tokens) // block_size):
-        h = hash((h, tuple(tokens[i * block_size : (i + 1) * block_size])))
+    # Slices of one tuple are tuples: one copy per block instead of a list and a tuple.
+    rest = tuple(tokens[start * block_size :])
+    for i in range(len(tokens) // block_size - start):
+        h = hash((h, rest[i * block_size : (i + 1) * block_size]))
         out.append(h)
     return out
 
@@ -92,16 +94,18 @@ class KVCache:
         if n > len(self._free):
             return None
         out: list[int] = []
+        # Locals: this loop runs once per KV block of every admitted request.
+        pop, hash_of, by_hash, ref = self._free.popitem, self._hash_of, self._by_hash, self._ref
         for _ in range(n):
-            b, _unused = self._free.popitem(last=False)
-            old = self._hash_of[b]
+            b, _unused = pop(last=False)
+            old = hash_of[b]
             if old is not None:
-                self._hash_of[b] = None
-                if self._by_hash.get(old) == b:
-                    del self._by_hash[old]
+                hash_of[b] = None
+                if by_hash.get(old) == b:
+                    del by_hash[old]
                     if self.on_event is not None:
                         self.on_event(BlockRemoved([old]))
-            self._ref[b] = 1
+            ref[b] = 1
             out.append(b)
         return out
 
@@ -138,6 +142,20 @@ class KVCache:
                     [block_hash], parent_hash, [token_id(t) for t in tokens], self.block_size
                 )
             )
+
+    def register_run(
+        self, blocks: Sequence[int], hashes: Sequence[int], start: int, end: int
+    ) -> None:
+        """`register(blocks[i], hashes[i])` for i in ``start..end``, without events (the
+        caller publishes none): one call per step instead of one per block."""
+        if not self.enable_prefix_caching:
+            return
+        hash_of, by_hash = self._hash_of, self._by_hash
+        for i in range(start, end):
+            block = blocks[i]
+            if hash_of[block] is None:
+                hash_of[block] = h = hashes[i]
+                by_hash.setdefault(h, block)
 
     def reset_prefix_cache(self) -> bool:
         """Forget every cached hash, as vLLM's ``/reset_prefix_cache``; refused (False) while

@@ -235,8 +235,7 @@ class StepScheduler:
                 chain_hashes(seq.tokens_upto(full * self._bs), self._bs, len(seq.hashes), parent)
             )
         if self.kv.on_event is None:
-            for i in range(seq.num_registered, full):
-                self.kv.register(seq.blocks[i], seq.hashes[i])
+            self.kv.register_run(seq.blocks, seq.hashes, seq.num_registered, full)
         else:
             bs = self._bs
             tokens = seq.tokens_upto(full * bs)

@@ -9,7 +9,13 @@ from __future__ import annotations
 
 from sage_cp_plugin.tracing.config import TracingConfig
 from sage_cp_plugin.tracing.logs import TraceIdFilter, current_trace_id
-from sage_cp_plugin.tracing.provider import configure, configure_engine, enabled, shutdown
+from sage_cp_plugin.tracing.provider import (
+    configure,
+    configure_engine,
+    enabled,
+    shutdown,
+    validate,
+)
 from sage_cp_plugin.tracing.spans import (
     attempt_headers,
     end_attempt,
@@ -35,4 +41,5 @@ __all__ = [
     "shutdown",
     "start_attempt",
     "task_context",
+    "validate",
 ]

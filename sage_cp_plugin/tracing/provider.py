@@ -18,13 +18,29 @@ def enabled() -> bool:
     return state.TRACER is not None
 
 
+def validate(config: TracingConfig | None) -> bool:
+    """Check every tracing setting (flags, file, OTEL_* variables) without building
+    anything; True when tracing would be on. ConfigurationError with the reason when a
+    setting is bad or the OpenTelemetry packages are missing."""
+    try:
+        on = (config or TracingConfig()).check() is not None
+    except ValueError as exc:
+        raise ConfigurationError(f"tracing: {exc}") from None
+    if on:
+        try:
+            import opentelemetry.sdk.trace  # noqa: F401
+        except ImportError as exc:
+            raise ConfigurationError(f"{_MISSING} ({exc})") from None
+    return on
+
+
 def _tracer(config: TracingConfig, exporter: Any, default_service: str, name: str) -> Any:
     """A tracer of a provider of its own; `exporter` (tests) replaces the OTLP one and is
     exported synchronously. None when tracing is off."""
-    endpoint = config.endpoint()
-    if exporter is None and endpoint is None:
-        return None
     try:
+        endpoint = config.endpoint()
+        if exporter is None and endpoint is None:
+            return None
         protocol, ratio = config.protocol(), config.ratio()
     except ValueError as exc:
         raise ConfigurationError(f"tracing: {exc}") from None
@@ -38,7 +54,8 @@ def _tracer(config: TracingConfig, exporter: Any, default_service: str, name: st
         raise ConfigurationError(f"{_MISSING} ({exc})") from None
     service = config.service_name or os.environ.get("OTEL_SERVICE_NAME") or default_service
     provider = TracerProvider(
-        resource=Resource.create({"service.name": service}),
+        # The pid tells apart the processes of `serve --workers N` (one service).
+        resource=Resource.create({"service.name": service, "process.pid": os.getpid()}),
         sampler=ParentBased(TraceIdRatioBased(ratio)),
     )
     if exporter is not None:

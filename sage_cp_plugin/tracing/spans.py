@@ -36,17 +36,36 @@ OPERATION = {
 
 
 class RequestTrace:
-    """What a queued request carries while traced: its span and the context to run in."""
+    """What a queued request carries while traced: its span and the context to run in.
 
-    __slots__ = ("ctx", "queue", "recording", "span")
+    Unsampled (`recording` False): no span at all, only the `traceparent` to pass on, so
+    the engine sees the unsampled flag and records nothing either; every hook then returns
+    after one attribute test (the cost of an unsampled request is the middleware's sampling
+    decision and this string, docs/tracing.md "Cost")."""
+
+    __slots__ = ("ctx", "queue", "recording", "span", "traceparent")
 
     def __init__(self, span: Any, ctx: Any, queue: Any) -> None:
         self.span = span
         self.ctx = ctx
         self.queue = queue
-        # False when the trace is not sampled: the context still travels (so the engine
-        # sees the unsampled flag) but nothing is computed for spans nobody records.
-        self.recording: bool = span.is_recording()
+        self.recording = True
+        self.traceparent: str | None = None
+
+    @classmethod
+    def unsampled(cls, span_context: Any) -> RequestTrace:
+        tr = cls(None, None, None)
+        tr.recording = False
+        tr.traceparent = traceparent_of(span_context)
+        return tr
+
+
+def traceparent_of(span_context: Any) -> str:
+    """The W3C `traceparent` of a span context (what the SDK's propagator writes)."""
+    return (
+        f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-"
+        f"{int(span_context.trace_flags):02x}"
+    )
 
 
 def _request_attributes(req: RequestMetadata) -> dict[str, Any]:
@@ -66,15 +85,23 @@ def _request_attributes(req: RequestMetadata) -> dict[str, Any]:
 
 def on_admit(item: QueuedRequest) -> None:
     """Start the request's span (child of whatever is current: the gateway's SERVER span,
-    a batch job's span, the caller's own) and its queue span."""
+    a batch job's span, the caller's own) and its queue span; unsampled, no span."""
     tracer = state.TRACER
     if tracer is None:
         return
     from opentelemetry import trace
 
+    parent = trace.get_current_span().get_span_context()
+    if parent.is_valid and not parent.trace_flags.sampled:
+        item.trace = RequestTrace.unsampled(parent)  # the caller's (or gateway's) decision
+        return
+    span = tracer.start_span("sage_cp.request")
+    if not span.is_recording():  # a new trace the sampler dropped
+        item.trace = RequestTrace.unsampled(span.get_span_context())
+        return
     req = item.request
-    span = tracer.start_span("sage_cp.request", attributes=_request_attributes(req))
-    if state.CAPTURE_CONTENT and span.is_recording():
+    span.set_attributes(_request_attributes(req))
+    if state.CAPTURE_CONTENT:
         text = req.prompt if req.prompt is not None else str(req.messages)
         span.add_event("gen_ai.prompt", {"gen_ai.prompt": text})
     ctx = trace.set_span_in_context(span)
@@ -94,7 +121,7 @@ def on_dispatch(
     decision span. `candidates` are (instance id, predicted wait in s) of the instances
     that could take the request, best first (planning's view; see dispatch.py)."""
     tr = item.trace
-    if tr is None or state.TRACER is None:
+    if tr is None or not tr.recording or state.TRACER is None:
         return
     if tr.queue is not None:
         tr.queue.end()
@@ -129,32 +156,52 @@ def on_dispatch(
 
 def task_context(item: QueuedRequest) -> contextvars.Context | None:
     """The context an attempt task runs in: the request's span current, so the attempt's
-    CLIENT span is its child (the dispatcher's own context knows nothing of the caller)."""
+    CLIENT span is its child (the dispatcher's own context knows nothing of the caller);
+    unsampled, only the `traceparent` to send on."""
     tr = item.trace
     if tr is None:
         return None
+    ctx = contextvars.copy_context()
+    if not tr.recording:
+        ctx.run(state.UNSAMPLED_TRACEPARENT.set, tr.traceparent)
+        return ctx
     from opentelemetry import context
 
-    ctx = contextvars.copy_context()
     ctx.run(context.attach, tr.ctx)
     return ctx
+
+
+class Unsampled:
+    """The attempt of an unsampled request: no span, its traceparent still sent on."""
+
+    __slots__ = ("traceparent",)
+
+    def __init__(self, traceparent: str) -> None:
+        self.traceparent = traceparent
 
 
 def start_attempt(
     request: RequestMetadata, instance: ExecutionInstance, extra: dict[str, Any] | None
 ) -> Any:
-    """A CLIENT span for one HTTP call to an engine (None when off)."""
+    """A CLIENT span for one HTTP call to an engine (None when off; `Unsampled` when the
+    request is not sampled)."""
     tracer = state.TRACER
     if tracer is None:
         return None
+    unsampled = state.UNSAMPLED_TRACEPARENT.get()
+    if unsampled is not None:
+        return Unsampled(unsampled)
     from opentelemetry import trace
     from opentelemetry.trace import SpanKind
 
-    op = OPERATION[request.request_kind]
-    model = request.model_name or ""
     parent = trace.get_current_span().get_span_context()
     if parent.is_valid and not parent.trace_flags.sampled:
-        return tracer.start_span(op, kind=SpanKind.CLIENT)  # unsampled: flags only
+        return Unsampled(traceparent_of(parent))
+    op = OPERATION[request.request_kind]
+    model = request.model_name or ""
+    span = tracer.start_span(f"{op} {model}".strip(), kind=SpanKind.CLIENT)
+    if not span.is_recording():  # a new trace (no request span: a bare executor call)
+        return Unsampled(traceparent_of(span.get_span_context()))
     attrs = _request_attributes(request)
     attrs["sage_cp.instance_id"] = instance.instance_id
     url = instance.base_url
@@ -164,21 +211,63 @@ def start_attempt(
     if extra and "kv_transfer_params" in extra:
         params = extra["kv_transfer_params"] or {}
         attrs["sage_cp.pd_leg"] = "prefill" if params.get("do_remote_decode") else "decode"
-    return tracer.start_span(f"{op} {model}".strip(), kind=SpanKind.CLIENT, attributes=attrs)
+    span.set_attributes(attrs)
+    return span
+
+
+def carrier() -> dict[str, str] | None:
+    """The current trace context as a W3C carrier, to continue it in another process
+    (`sage-cp serve --workers N`: worker -> scheduler -> worker). None when tracing is off
+    or nothing is traced; an unsampled context travels as its bare `traceparent`."""
+    if state.TRACER is None:
+        return None
+    unsampled = state.UNSAMPLED_TRACEPARENT.get()
+    if unsampled is not None:
+        return {"traceparent": unsampled}
+    from opentelemetry import propagate, trace
+
+    ctx = trace.get_current_span().get_span_context()
+    if not ctx.is_valid:
+        return None
+    if not ctx.trace_flags.sampled:
+        return {"traceparent": traceparent_of(ctx)}
+    out: dict[str, str] = {}
+    propagate.inject(out)
+    return out
+
+
+def attach(carrier: dict[str, str] | None) -> object | None:
+    """Make the context of `carrier` (from `carrier()` in another process) current; the
+    token for `detach`. None, at once, when there is nothing to attach (tracing off)."""
+    if carrier is None or state.TRACER is None:
+        return None
+    from opentelemetry import context, propagate
+
+    return context.attach(propagate.extract(carrier))
+
+
+def detach(token: object | None) -> None:
+    if token is not None:
+        from opentelemetry import context
+
+        context.detach(token)  # type: ignore[arg-type]
 
 
 def attempt_headers(span: Any, base: dict[str, str]) -> dict[str, str]:
     """`base` plus the W3C `traceparent` of the attempt's span: the engine's span becomes
     its child (not a sibling)."""
+    headers = dict(base)
+    if isinstance(span, Unsampled):
+        headers["traceparent"] = span.traceparent
+        return headers
     from opentelemetry import propagate, trace
 
-    headers = dict(base)
     propagate.inject(headers, context=trace.set_span_in_context(span))
     return headers
 
 
 def end_attempt(span: Any, out: Outcome | None, error: BaseException | None) -> None:
-    if span is None:
+    if span is None or isinstance(span, Unsampled):
         return
     from opentelemetry.trace import Status, StatusCode
 
@@ -210,6 +299,9 @@ def on_result(item: QueuedRequest, result: RequestResult) -> None:
     tr = item.trace
     if tr is None:
         return
+    item.trace = None
+    if not tr.recording:
+        return
     from opentelemetry.trace import Status, StatusCode
 
     if tr.queue is not None:
@@ -228,4 +320,3 @@ def on_result(item: QueuedRequest, result: RequestResult) -> None:
             if result.error_type:
                 span.set_attribute("error.type", result.error_type)
     span.end()
-    item.trace = None

@@ -12,3 +12,7 @@ EXCLUDED_PATHS: frozenset[str] = frozenset()
 PROVIDERS: list[Any] = []  # TracerProviders we built, flushed and shut down by `shutdown`
 # The caller's x-request-id of the gateway request being served (set by the middleware).
 REQUEST_ID: ContextVar[str | None] = ContextVar("sage_cp_request_id", default=None)
+# Inside an unsampled request's attempt task: the `traceparent` (flags 00) to send on.
+UNSAMPLED_TRACEPARENT: ContextVar[str | None] = ContextVar(
+    "sage_cp_unsampled_traceparent", default=None
+)

@@ -51,17 +51,30 @@ def main(argv: list[str]) -> int:
     run_dir = Path(run_dir_arg)
     handoff = socket.socket(fileno=handoff_fd)
     control, http = run_dir / "control.sock", run_dir / "http.sock"
-    if role == "scheduler":
-        from .scheduler import serve_scheduler
+    # Tracing (checked by `sage-cp serve` before it started us): each process has its own
+    # provider and exports its own spans of a request (docs/tracing.md, "--workers").
+    from sage_cp_plugin import tracing
+    from sage_cp_plugin.config import ControlPlaneConfig
 
-        def ready(models: list[str]) -> None:
-            handoff.sendall(("ready " + json.dumps(models) + "\n").encode())
+    config = ControlPlaneConfig.load(run_dir / "config.json")
+    tracing.configure(config.tracing)
+    try:
+        if role == "scheduler":
+            from .scheduler import serve_scheduler
 
-        _run(serve_scheduler(settings, run_dir / "config.json", control, http, index, ready))
-    else:
-        from .worker import serve_worker
+            if config.uses_embedded_fleet:  # the simulated engines run here: their spans
+                tracing.configure_engine(config.tracing)
 
-        _run(serve_worker(index, settings, handoff, str(control), str(http)))
+            def ready(models: list[str]) -> None:
+                handoff.sendall(("ready " + json.dumps(models) + "\n").encode())
+
+            _run(serve_scheduler(settings, run_dir / "config.json", control, http, index, ready))
+        else:
+            from .worker import serve_worker
+
+            _run(serve_worker(index, settings, handoff, str(control), str(http)))
+    finally:
+        tracing.shutdown()  # flush the spans still batched
     return 0
 
 

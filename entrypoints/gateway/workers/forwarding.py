@@ -21,6 +21,7 @@ from typing import Any
 from sage_cp_plugin.errors import InvalidRequestBodyError, UpstreamError
 from sage_cp_plugin.executor import ChunkSink, ExecutionCoordinator, Outcome
 from sage_cp_plugin.pending import QueuedRequest
+from sage_cp_plugin.tracing import spans as tracing
 from sage_cp_plugin.types import (
     ExecutionInstance,
     RequestKind,
@@ -157,7 +158,7 @@ class WorkerSession:
     def _handle(self, msg: tuple[Any, ...], on_hello: Callable[[WorkerSession], None]) -> None:
         op = msg[0]
         if op == "submit":
-            self._submit(msg[1], msg[2], msg[3])
+            self._submit(msg[1], msg[2], msg[3], msg[4])
         elif op == "first":
             run = self._runs.get(msg[1])
             if run is not None and run.on_first_token is not None:
@@ -174,7 +175,13 @@ class WorkerSession:
             self.index, self.pid = msg[1], msg[2]
             on_hello(self)
 
-    def _submit(self, token: int, request: RequestMetadata, stream: bool) -> None:
+    def _submit(
+        self,
+        token: int,
+        request: RequestMetadata,
+        stream: bool,
+        trace_carrier: dict[str, str] | None,
+    ) -> None:
         gw = self.gateway
         rid = request.request_id
         # x-request-id is idempotent: a resend joins the request (same as one process).
@@ -192,6 +199,8 @@ class WorkerSession:
         request = gw.experiment.tag(request)
         owners = self.executor.owners
         owners[rid] = _Owner(self, token)
+        # Traced: the request's span continues the worker's SERVER span.
+        trace_token = tracing.attach(trace_carrier)
         try:
             item = gw.manager.admission.admit(request, streaming=stream)
         except Exception as exc:
@@ -200,6 +209,8 @@ class WorkerSession:
             self.channel.send(("rejected", token, err.status, err.message, err.param, err.code,
                                err.headers))  # fmt: skip
             return
+        finally:
+            tracing.detach(trace_token)
         self._requests[token] = rid
         assert item.future is not None
         item.future.add_done_callback(lambda f: self._ended(token, item, f))
@@ -270,7 +281,9 @@ class WorkerSession:
         iid = instance.instance_id
         new = instance if self._sent.get(iid) is not instance else None
         self._sent[iid] = instance
-        self.channel.send(("run", token, number, new, iid, extra, stream, relay, priority))
+        # Runs in the attempt's task: the request's span (or unsampled context) goes along.
+        self.channel.send(("run", token, number, new, iid, extra, stream, relay, priority,
+                           tracing.carrier()))  # fmt: skip
         try:
             return await run.future
         except asyncio.CancelledError:

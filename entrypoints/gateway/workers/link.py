@@ -14,6 +14,7 @@ from typing import Any
 
 from sage_cp_plugin.errors import UpstreamError
 from sage_cp_plugin.executor import ExecutionCoordinator
+from sage_cp_plugin.tracing import spans as tracing
 from sage_cp_plugin.types import (
     ExecutionInstance,
     RequestMetadata,
@@ -99,7 +100,9 @@ class SchedulerLink:
         sub = Submitted(token, request, self._loop.create_future(),
                         asyncio.Queue() if stream else None)  # fmt: skip
         self._submitted[token] = sub
-        self.channel.send(("submit", token, request, stream))
+        # Traced: this worker's SERVER span goes along, the scheduler's request span is
+        # its child (docs/tracing.md, "--workers").
+        self.channel.send(("submit", token, request, stream, tracing.carrier()))
         return sub
 
     def cancel(self, sub: Submitted, reason: str) -> None:
@@ -173,6 +176,7 @@ class SchedulerLink:
         stream: bool | None,
         relay: bool,
         priority: int | None,
+        trace_carrier: dict[str, str] | None,
     ) -> None:
         if instance is not None:
             self._instances[instance_id] = instance
@@ -184,8 +188,9 @@ class SchedulerLink:
         sub.instance_id = instance_id
         sub.attempt_number = number
         sub.attempt = asyncio.create_task(
-            self._attempt(sub, number, self._instances[instance_id], extra, stream, relay, priority)
-        )
+            self._attempt(sub, number, self._instances[instance_id], extra, stream, relay,
+                          priority, trace_carrier)
+        )  # fmt: skip
 
     async def _attempt(
         self,
@@ -196,10 +201,14 @@ class SchedulerLink:
         stream: bool | None,
         relay: bool,
         priority: int | None,
+        trace_carrier: dict[str, str] | None,
     ) -> None:
         send = self.channel.send
         token = sub.token
         sink = sub.chunks.put_nowait if relay and sub.chunks is not None else None
+        # Traced: the attempt's CLIENT span (made here, where the HTTP call is) is a child
+        # of the scheduler's request span, and the engine's of it. This task's own context.
+        tracing.attach(trace_carrier)
         try:
             out = await self.executor.run(
                 sub.request, instance, sink=sink, extra=extra, stream=stream,

@@ -16,11 +16,14 @@ import os
 import socket
 from typing import Any
 
+from sage_cp_plugin import tracing
+from sage_cp_plugin.tracing.asgi import TracingMiddleware
+
 from ..server import _Server, _uvicorn_config
 from ..settings import GatewaySettings
 from .link import SchedulerLink
 from .wire import Channel
-from .worker_app import WorkerApp
+from .worker_app import FORWARDED, WorkerApp
 
 logger = logging.getLogger(__name__)
 _FDS_PER_READ = 64
@@ -86,7 +89,10 @@ async def serve_worker(
     link = SchedulerLink(Channel(reader, writer), upstream_streaming=settings.upstream_streaming)
     link.channel.send(("hello", index, os.getpid()))
     app = WorkerApp(index, link, settings, http_path)
-    server = _HandedConnectionsServer(_uvicorn_config(app, settings), app, handoff)
+    # Traced: a SERVER span for each request this worker serves itself; the routes it
+    # proxies whole get theirs in the scheduling process's app (one per request).
+    asgi: Any = TracingMiddleware(app, only=FORWARDED) if tracing.enabled() else app
+    server = _HandedConnectionsServer(_uvicorn_config(asgi, settings), app, handoff)
     listening = asyncio.create_task(link.listen())
 
     def scheduler_gone(_: asyncio.Task[None]) -> None:
