@@ -17,7 +17,9 @@ trace; nothing is tuned to a window.
 - Capacity at SLO per variant (`--capacity all`; `baseline` for the baseline only): the highest
   mean arrival rate (the trace's own arrival pattern time-scaled) with P90 TTFT and P90 TPOT over
   the steady-state requests of all seeds within the SLO and nothing lost. Bracketing from the
-  sustainable throughput (steps of x1.25), then geometric bisection to `--tolerance`. A finite
+  sustainable throughput (steps of x1.25), then geometric bisection to `--tolerance` (when the
+  variant's own matrix cells already bracket the SLO, a load that meets it below one that
+  misses, the search starts from that bracket). A finite
   window lets the fleet's 512 slots absorb part of a burst, so this can exceed the sustainable
   throughput; it is a comparison between variants on the same windows.
 - Variants: the baseline round_robin+fifo; every other router with fifo; every other policy
@@ -158,12 +160,13 @@ class CellCache:
         trace, v, seed, rate = job
         return f"{self.tag}|{trace}|{v.name}|{seed}|{rate:.6g}"
 
-    def run(self, pool: Executor, jobs: list[Job]) -> list[dict[str, Any]]:
-        """Results of `jobs` in order; the cached ones are not replayed again."""
+    def run(self, pool: Executor | None, jobs: list[Job]) -> list[dict[str, Any]]:
+        """Results of `jobs` in order; the cached ones are not replayed again (without a
+        pool, only cached ones may be asked for)."""
         todo = [j for j in dict.fromkeys(jobs) if self.key(j) not in self.done]
-        if todo and self.report_only:
+        if todo and (self.report_only or pool is None):
             raise Missing(f"{len(todo)} replays not in the cache")
-        futures = {pool.submit(_job, j): j for j in todo}
+        futures = {pool.submit(_job, j): j for j in todo} if pool is not None else {}
         for f in as_completed(futures):
             j, res = futures[f], f.result()
             with self.lock:
@@ -182,7 +185,12 @@ class CellCache:
 
 
 def _meets(
-    cache: CellCache, pool: Executor, trace: str, v: ReplayVariant, seeds: list[int], rate: float
+    cache: CellCache,
+    pool: Executor | None,
+    trace: str,
+    v: ReplayVariant,
+    seeds: list[int],
+    rate: float,
 ) -> bool:
     res = cache.run(pool, [(trace, v, s, rate) for s in seeds])
     if not all(r["all_completed"] for r in res):
@@ -200,6 +208,33 @@ def _log(msg: str, t0: float) -> None:
     print(f"[{time.perf_counter() - t0:6.0f}s] {msg}", file=sys.stderr, flush=True)
 
 
+def known_bracket(
+    cache: CellCache,
+    trace: str,
+    v: ReplayVariant,
+    seeds: list[int],
+    rates: list[float],
+    guess: float,
+    growth: float,
+) -> tuple[float, float]:
+    """Where the capacity search starts: (first rate, growth factor). From the variant's own
+    matrix cells already replayed when they bracket the SLO (the highest load that meets it
+    below the lowest that misses): both ends are then in the cache, so the search begins
+    with bisection instead of paying for replays that re-measure a bracket. Otherwise the
+    given guess and growth."""
+    passed: list[float] = []
+    failed: list[float] = []
+    for rate in sorted(rates):
+        if all(cache.key((trace, v, s, rate)) in cache.done for s in seeds):
+            # Every replay is cached: `_meets` replays nothing here.
+            (passed if _meets(cache, None, trace, v, seeds, rate) else failed).append(rate)
+    if not failed:
+        return (passed[-1], growth) if passed else (guess, growth)
+    hi = failed[0]
+    below = [r for r in passed if r < hi]
+    return (below[-1], hi / below[-1]) if below else (hi, growth)
+
+
 def capacity_of(
     cache: CellCache,
     pool: Executor,
@@ -209,12 +244,15 @@ def capacity_of(
     guess: float,
     growth: float,
     tol: float,
+    cell_rates: list[float] | None = None,
 ) -> dict[str, Any]:
     def meets(rate: float) -> bool:
         ok = _meets(cache, pool, trace, v, seeds, rate)
         _log(f"{trace} capacity {v.name}: {rate:.3g} req/s {'meets' if ok else 'misses'}", cache.t0)
         return ok
 
+    if cell_rates:
+        guess, growth = known_bracket(cache, trace, v, seeds, cell_rates, guess, growth)
     try:
         res = find_capacity(meets, guess, tolerance=tol, growth=growth)
     except Missing as e:
@@ -379,7 +417,15 @@ def run_matrix(args: argparse.Namespace) -> dict[str, Any]:
         with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as threads:
             found = threads.map(
                 lambda tv: capacity_of(
-                    cache, pool, tv[0], tv[1], seeds, caps[tv[0]], 1.25, args.tolerance
+                    cache,
+                    pool,
+                    tv[0],
+                    tv[1],
+                    seeds,
+                    caps[tv[0]],
+                    1.25,
+                    args.tolerance,
+                    [load * caps[tv[0]] for load in args.loads],
                 ),
                 tasks,
             )

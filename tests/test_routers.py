@@ -13,6 +13,7 @@ from sage_cp_plugin.routing import (
     RoundRobinRouter,
 )
 from sage_cp_plugin.routing.cache_view import ApproximatePrefixCache
+from sage_cp_plugin.state import InstanceState
 from sage_cp_plugin.types import ExecutionInstanceType, PDSeparationConfig, RequestMetadata
 from tests.helpers import fleet, item, state
 
@@ -102,6 +103,48 @@ def test_locality_follows_the_prompt_prefix() -> None:
         for i in range(60)
     }
     assert len(spread) > 1
+
+
+def _one_request_each_home_holds_a_long_prefill(cands: list[InstanceState], home_id: str) -> None:
+    # Every instance holds one request (equal counts, so the ring's bounded load keeps the
+    # home), but the home's is a 16k-token prompt still prefilling and the others' are short.
+    for c in cands:
+        lm.book(c, 16000 if c.instance_id == home_id else 100, 10, 0, now=0.0)
+        c.in_flight = 1
+
+
+def test_affinity_home_gives_way_when_its_prefill_queue_costs_more_than_a_step() -> None:
+    cands = [state(f"i{k}") for k in range(4)]
+    r = AffinityRouter(epsilon=0.25)
+    f = fleet(*cands)
+    home = r.select(item(1, user_id="alice"), cands, f)
+    assert home is not None
+    # Idle fleet: the user stays on its home (sticky), every time.
+    assert all(r.select(item(i, user_id="alice"), cands, f) is home for i in range(2, 10))
+    _one_request_each_home_holds_a_long_prefill(cands, home.instance_id)
+    moved = r.select(item(11, user_id="alice"), cands, f)
+    assert moved is not None and moved is not home
+    # Requests without a user go by predicted TTFT too (not by a count of requests, which
+    # is equal everywhere here).
+    assert r.select(item(12), cands, f) is not home
+
+
+def test_locality_home_gives_way_when_its_prefill_queue_costs_more_than_a_step() -> None:
+    cands = [state(f"i{k}") for k in range(4)]
+    r = LocalityRouter(prefix_chars=64)
+    f = fleet(*cands)
+    shared = "You are a helpful assistant. " * 4
+    home = r.select(item(1, prompt=shared + "q1"), cands, f)
+    assert home is not None
+    _one_request_each_home_holds_a_long_prefill(cands, home.instance_id)
+    moved = r.select(item(2, prompt=shared + "q2"), cands, f)
+    assert moved is not None and moved is not home
+    # A short queue on the home (less than a decode step of predicted TTFT) keeps it.
+    calm = [state(f"i{k}") for k in range(4)]
+    home2 = r.select(item(3, prompt=shared + "q3"), calm, fleet(*calm))
+    assert home2 is not None
+    lm.book(home2, 100, 10, 0, now=0.0)
+    assert r.select(item(4, prompt=shared + "q4"), calm, fleet(*calm)) is home2
 
 
 def test_prefix_aware_routes_to_cached_prefix_until_its_queue_costs_more() -> None:

@@ -1,5 +1,7 @@
 """Locality: requests whose prompts start alike go to the same instance (hash of the
-prompt's first `prefix_chars` characters on a bounded-load consistent-hash ring)."""
+prompt's first `prefix_chars` characters on a bounded-load consistent-hash ring). The home
+gives way when another instance would serve the first token sooner by more than a decode
+step (`give_way`)."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ from collections.abc import Sequence
 
 from sage_cp_plugin.pending import QueuedRequest
 from sage_cp_plugin.routing.base import Router
+from sage_cp_plugin.routing.give_way import home_unless_slower
 from sage_cp_plugin.routing.hash_ring import HashRing
 from sage_cp_plugin.state import FleetSnapshot, InstanceState
 
@@ -26,4 +29,5 @@ class LocalityRouter(Router):
         self, item: QueuedRequest, candidates: Sequence[InstanceState], fleet: FleetSnapshot
     ) -> InstanceState | None:
         key = "prefix:" + item.request.prompt_text()[: self.prefix_chars]
-        return self._ring.lookup(key, candidates, self.epsilon)
+        home = self._ring.lookup(key, candidates, self.epsilon)
+        return None if home is None else home_unless_slower(item, home, candidates, fleet)
