@@ -14,6 +14,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
+
+from sage_cp_plugin.fleet_table import Candidates
 from sage_cp_plugin.load_model import candidate_times
 from sage_cp_plugin.pending import QueuedRequest
 from sage_cp_plugin.state import InstanceState
@@ -29,10 +32,19 @@ def pick_lowest_ttft(
     if n == 0:
         return None
     tokens = item.input_tokens
-    owns = [tokens - c for c in cached] if cached is not None else [tokens] * n
-    # Every candidate's times in one call (the inner loop of a load-aware decision), then
-    # the scan in the rotation that starts at the request's sequence number.
-    ttfts, steps, costs = candidate_times(candidates, owns, now)
+    if isinstance(candidates, Candidates):
+        # Candidates with rows in the fleet table (fleet_table.Candidates): their times as
+        # array operations, the same floats as `candidate_times`.
+        own = np.full(n, tokens, dtype=np.int64)
+        if cached is not None:
+            own -= np.asarray(cached, dtype=np.int64)
+        ttfts, steps, costs = candidates.table.candidate_times(candidates.rows, own, now)
+        owns = own.tolist()
+    else:
+        owns = [tokens - c for c in cached] if cached is not None else [tokens] * n
+        # Every candidate's times in one call (the inner loop of a load-aware decision).
+        ttfts, steps, costs = candidate_times(candidates, owns, now)
+    # The scan in the rotation that starts at the request's sequence number.
     start = item.seq % n
     b = start
     best_t, best_step, best_cost, best_own = ttfts[b], steps[b], costs[b], owns[b]

@@ -1,0 +1,292 @@
+"""The fleet as arrays, one row per instance, refreshed only where an instance changed.
+
+A decision reads every candidate instance. Read one Python object at a time, that costs
+about a microsecond per instance on a slow core, far over the issue 10 budget (50 us at 64
+instances, 100 us at 256). So the values a decision reads are kept here as numpy arrays
+(one row per `InstanceState`): whether the instance is routable and has a free slot, and
+the load model's per-instance inputs (prefill tokens queued, the head request being
+prefilled, peers' load, running sequences, chunk size, speed class).
+
+Rows are kept current by change notices, not by rereading: an `InstanceState` (and its
+`ScrapedLoad`) reports every field written to it (`state.watch`, set here), and a row is
+recomputed from its state only when the next decision needs the table. Between two
+decisions only the instances something happened to (a dispatch, a first token, a finish,
+a scrape) are reread. What changes with time alone (the head request's prefill progress,
+a scrape's fading weight) and the speeds (learnt per speed class: shared objects that
+every first token moves) are computed at decision time, vectorised over the candidates,
+with the same arithmetic in the same order as `load_model`, so every prediction, and every
+decision, is the same float for float (tests/test_fleet_table.py).
+
+Instance descriptions (`ExecutionInstance`: slot limit, prompt limit, decode target, chunk
+size) are read when a row is built or refreshed; they do not change while an instance is
+registered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from sage_cp_plugin.load_model import (
+    DEFAULT_CHUNK_TOKENS,
+    PRIOR_DECODE_STEP_S,
+    PRIOR_PREFILL_S_PER_TOKEN,
+    scrape_correction,
+)
+from sage_cp_plugin.state import FleetSnapshot, InstanceState
+
+Pool = tuple[str | None, bool]
+
+# Columns of `FleetTable.load` (float64, one row per instance).
+QUEUED, HEAD, HEAD_TOKENS, HEAD_START, PEER, SEQS, CHUNK, GROUP = range(8)
+_COLUMNS = 8
+
+
+class Candidates(list[InstanceState]):
+    """A list of candidate states that also knows their rows in a `FleetTable` (so a router
+    can read their load as arrays). Any other list works too, read state by state."""
+
+    __slots__ = ("rows", "table")
+
+    def __init__(self, states: Sequence[InstanceState], rows: np.ndarray, table: FleetTable):
+        super().__init__(states)
+        self.rows = rows
+        self.table = table
+
+
+class FleetTable:
+    def __init__(self, fleet: FleetSnapshot) -> None:
+        self.fleet = fleet
+        self.states: list[InstanceState] = []
+        self.row_of: dict[str, int] = {}
+        self.dirty: set[int] = set()
+        self._built = False
+        # Per row: healthy, not draining, circuit closed; and that with a free slot.
+        self._routable: list[bool] = []
+        self._free: list[bool] = []
+        self.load = np.zeros((0, _COLUMNS))
+        # Rows whose routability cannot be read from flags (circuit open: half-open with
+        # time) and rows with a fresh scrape reporting work beyond ours (its weight fades
+        # with time): both are recomputed per decision.
+        self.circuit_open: set[int] = set()
+        self.foreign: set[int] = set()
+        # Speed classes: (prefill Ewma, decode Ewma, speed hint); shared Ewma objects are
+        # one class (their values move with every first token, so they are read per decision).
+        self.groups: list[tuple[Any, Any, float]] = []
+        self._group_of: dict[tuple[int, int, float], int] = {}
+        self._flags_version = 0
+        # pool -> (flags version, routable, free, free rows)
+        self._pool_lists: dict[Pool, tuple[int, list[InstanceState], Candidates]] = {}
+        self._pool_rows: dict[Pool, tuple[np.ndarray, bool]] = {}
+
+    # -- membership ------------------------------------------------------------------------
+    def invalidate(self) -> None:
+        """The fleet's membership changed: rows are rebuilt at the next use."""
+        self._built = False
+
+    def _build(self) -> None:
+        for s in self.states:
+            s.watch = None
+            s.scraped.watch = None
+        self.states = list(self.fleet.states.values())
+        n = len(self.states)
+        self.row_of = {s.instance_id: k for k, s in enumerate(self.states)}
+        self._routable = [False] * n
+        self._free = [False] * n
+        self.load = np.zeros((n, _COLUMNS))
+        self.circuit_open = set()
+        self.foreign = set()
+        self.groups = []
+        self._group_of = {}
+        self._pool_lists = {}
+        self._pool_rows = {}
+        self.dirty = set(range(n))
+        for k, s in enumerate(self.states):
+            s.watch = (self.dirty, k)
+        self._built = True
+
+    def detach(self) -> None:
+        """Stop watching the states (the table is no longer used)."""
+        for s in self.states:
+            s.watch = None
+            s.scraped.watch = None
+        self.states = []
+        self._built = False
+
+    # -- rows ------------------------------------------------------------------------------
+    def refresh(self) -> None:
+        """Reread the rows of the instances written to since the last call."""
+        if not self._built:
+            self._build()
+        dirty = self.dirty
+        if not dirty:
+            return
+        flags_changed = regroup = False
+        routable, free, load = self._routable, self._free, self.load
+        states, circuit_open, foreign = self.states, self.circuit_open, self.foreign
+        group_of = self._group_of
+        for k in dirty:
+            s = states[k]
+            scraped = s.scraped
+            if scraped.watch is None:  # a new ScrapedLoad object, or the first refresh
+                scraped.watch = (dirty, k)
+            inst = s.instance
+            ok = s.healthy and not s.draining and not s.circuit_open
+            has_slot = ok and s.in_flight + s.peer_in_flight < inst.slot_limit
+            if ok is not routable[k] or has_slot is not free[k]:
+                routable[k], free[k] = ok, has_slot
+                flags_changed = True
+            if s.circuit_open is not (k in circuit_open):
+                (circuit_open.add if s.circuit_open else circuit_open.discard)(k)
+                flags_changed = True
+            head = None
+            for b in s.prefill_queue:  # load_model._drain_head: the first still prefilling
+                if b.prefilling:
+                    head = b
+                    break
+            if head is None:
+                has_head = head_tokens = head_start = 0.0
+            else:
+                since, booked = s.prefill_head_since, head.booked_at
+                has_head, head_tokens = 1.0, head.prefill_tokens
+                head_start = booked if booked > since else since
+            g = group_of.get((id(s.prefill_s_per_token), id(s.decode_s_per_token), inst.speed_hint))
+            if g is None or g != load[k, GROUP]:
+                # A new speed class, or one that may now be unused: renumber after the loop.
+                regroup = True
+                g = 0
+            # One assignment per row (a numpy element write each would cost more than the rest).
+            load[k] = (
+                s.prefill_tokens_queued,
+                has_head,
+                head_tokens,
+                head_start,
+                s.peer_prefill_tokens,
+                s.decode_seqs + s.prefill_seqs + s.peer_seqs,
+                inst.batched_tokens_hint or DEFAULT_CHUNK_TOKENS,
+                g,
+            )
+            if scraped.fresh and scraped.running + scraped.waiting - scraped.ours_at_scrape > 0:
+                foreign.add(k)
+            else:
+                foreign.discard(k)
+        dirty.clear()
+        if regroup:
+            self._regroup()
+        if flags_changed:
+            self._flags_version += 1
+
+    def _regroup(self) -> None:
+        """Number the speed classes in use (an instance joined one, or its speed estimates
+        were replaced): O(instances), only when that happens."""
+        self.groups, self._group_of = [], {}
+        column = self.load[:, GROUP]
+        for k, s in enumerate(self.states):
+            pst_e, step_e, hint = s.prefill_s_per_token, s.decode_s_per_token, s.instance.speed_hint
+            key = (id(pst_e), id(step_e), hint)
+            g = self._group_of.get(key)
+            if g is None:
+                g = self._group_of[key] = len(self.groups)
+                self.groups.append((pst_e, step_e, hint))
+            column[k] = g
+
+    # -- routable and free, per pool -------------------------------------------------------
+    def pool_rows(self, pool: Pool, eligible: list[InstanceState]) -> tuple[np.ndarray, bool]:
+        """Rows of a pool's instances (in `eligible` order) and whether the table can answer
+        for the pool alone: not when an instance has a prompt limit or a decode target
+        (checked per request and per decode speed)."""
+        cached = self._pool_rows.get(pool)
+        if cached is None:
+            rows = np.array([self.row_of[s.instance_id] for s in eligible], dtype=np.intp)
+            simple = all(
+                s.instance.max_prompt_tokens is None and s.instance.decode_target_s is None
+                for s in eligible
+            )
+            cached = self._pool_rows[pool] = (rows, simple)
+        return cached
+
+    def routable_and_free(
+        self, pool: Pool, eligible: list[InstanceState]
+    ) -> tuple[list[InstanceState], Candidates] | None:
+        """(routable, free) of a pool, as `Dispatcher.routable_and_free` computes them for a
+        request that is not urgent and excludes nothing, without limits; None when the table
+        cannot answer (an instance of the pool has an open circuit, a prompt limit or a
+        decode target: the caller reads the states)."""
+        self.refresh()
+        rows, simple = self.pool_rows(pool, eligible)
+        if not simple or self.circuit_open:
+            return None
+        cached = self._pool_lists.get(pool)
+        if cached is None or cached[0] != self._flags_version:
+            ok, has_slot = self._routable, self._free
+            routable = [s for s, k in zip(eligible, rows.tolist(), strict=True) if ok[k]]
+            at = [i for i, k in enumerate(rows.tolist()) if has_slot[k]]
+            free = Candidates([eligible[i] for i in at], rows[at], self)
+            cached = self._pool_lists[pool] = (self._flags_version, routable, free)
+        _, routable, free = cached
+        # Copies: a caller may keep or change its lists; the cache must not change with them.
+        return list(routable), Candidates(free, free.rows, self)
+
+    # -- the load model, vectorised --------------------------------------------------------
+    def candidate_times(
+        self, rows: np.ndarray, owns: np.ndarray, now: float
+    ) -> tuple[list[float], list[float], list[float]]:
+        """`load_model.candidate_times` for the candidates at `rows`, with uncached tokens
+        `owns`: the same formulas, as array operations in the same order. The scrape
+        correction (`load_model.scrape_correction`) is evaluated only for the few rows
+        that have one."""
+        self.refresh()
+        f = self.load[rows]
+        groups = self.groups
+        if len(groups) == 1:
+            pst_e, step_e, hint = groups[0]
+            pst = pst_e.value
+            if pst is None:
+                pst = PRIOR_PREFILL_S_PER_TOKEN / hint
+            step = step_e.value
+            if step is None:
+                step = PRIOR_DECODE_STEP_S / hint
+            n = len(rows)
+            steps = [step] * n
+        else:
+            psts = np.array(
+                [
+                    p.value if p.value is not None else PRIOR_PREFILL_S_PER_TOKEN / h
+                    for p, _, h in groups
+                ]
+            )
+            stps = np.array(
+                [d.value if d.value is not None else PRIOR_DECODE_STEP_S / h for _, d, h in groups]
+            )
+            g = f[:, GROUP].astype(np.intp)
+            pst, step = psts[g], stps[g]
+            steps = step.tolist()
+        chunk = f[:, CHUNK]
+        ahead = f[:, QUEUED]
+        head = f[:, HEAD] > 0.0
+        if head.any():
+            elapsed = now - f[:, HEAD_START]
+            drains = head & (elapsed > 0)
+            if drains.any():
+                # np.minimum/np.maximum equal the load model's comparisons here: no NaN
+                # (the speeds are positive), and a -0.0 only ever meets an addition.
+                drained = elapsed / (pst + step / chunk)
+                ahead = np.where(drains, ahead - np.minimum(drained, f[:, HEAD_TOKENS]), ahead)
+        base = np.maximum(ahead, 0.0) + f[:, PEER]
+        seqs = f[:, SEQS]
+        if self.foreign:
+            residual = np.zeros(len(rows))
+            running = np.zeros(len(rows))
+            for i in np.flatnonzero(np.isin(rows, list(self.foreign))).tolist():
+                residual[i], running[i] = scrape_correction(self.states[rows[i]], now)
+            base = base + residual
+            seqs = seqs + running
+        own = np.maximum(owns, 1)
+        tokens = base + own
+        ttfts = tokens * pst + np.ceil(tokens / chunk) * step
+        if not tokens.min() > 0:  # the load model's `if tokens > 0 else 0.0`
+            ttfts = np.where(tokens > 0, ttfts, 0.0)
+        costs = seqs * own * pst
+        return ttfts.tolist(), steps, costs.tolist()
