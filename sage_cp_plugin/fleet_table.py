@@ -40,8 +40,22 @@ from sage_cp_plugin.state import FleetSnapshot, InstanceState
 Pool = tuple[str | None, bool]
 
 # Columns of `FleetTable.load` (float64, one row per instance).
-QUEUED, HEAD, HEAD_TOKENS, HEAD_START, PEER, SEQS, CHUNK, GROUP = range(8)
-_COLUMNS = 8
+QUEUED, HEAD, HEAD_TOKENS, HEAD_START, PEER, SEQS, CHUNK, GROUP, KV_USED, KV_CAP = range(10)
+_COLUMNS = 10
+
+
+def _kv_row(s: InstanceState) -> tuple[float, float]:
+    """(KV tokens in use, KV capacity) as `routing.kv_aware.kv_room` compares them
+    (`used + tokens <= capacity`); an instance of unknown capacity has room unless vLLM
+    reports its cache full: (0, inf), or (NaN, inf), which no comparison passes."""
+    scraped = s.scraped
+    cap = s.instance.kv_capacity_hint
+    if cap is None:
+        return (np.nan if scraped.fresh and scraped.kv_usage >= 1.0 else 0.0), np.inf
+    used: float = s.decode_kv_tokens + s.prefill_tokens_queued
+    if scraped.fresh:
+        used = max(used, scraped.kv_usage * cap)
+    return used, cap
 
 
 class Candidates(list[InstanceState]):
@@ -67,6 +81,7 @@ class FleetTable:
         self._routable: list[bool] = []
         self._free: list[bool] = []
         self.load = np.zeros((0, _COLUMNS))
+        self.one_chunk: float | None = None
         # Rows whose routability cannot be read from flags (circuit open: half-open with
         # time) and rows with a fresh scrape reporting work beyond ours (its weight fades
         # with time): both are recomputed per decision.
@@ -102,6 +117,9 @@ class FleetTable:
         self._group_of = {}
         self._pool_lists = {}
         self._pool_rows = {}
+        # The chunk size, when every instance has the same (a scalar in the arithmetic).
+        chunks = {s.instance.batched_tokens_hint or DEFAULT_CHUNK_TOKENS for s in self.states}
+        self.one_chunk = float(chunks.pop()) if len(chunks) == 1 else None
         self.dirty = set(range(n))
         for k, s in enumerate(self.states):
             s.watch = (self.dirty, k)
@@ -147,7 +165,8 @@ class FleetTable:
                     head = b
                     break
             if head is None:
-                has_head = head_tokens = head_start = 0.0
+                # No head: never drained (now - inf is not > 0, as `_drain_head` skips it).
+                has_head, head_tokens, head_start = 0.0, 0.0, np.inf
             else:
                 since, booked = s.prefill_head_since, head.booked_at
                 has_head, head_tokens = 1.0, head.prefill_tokens
@@ -167,6 +186,7 @@ class FleetTable:
                 s.decode_seqs + s.prefill_seqs + s.peer_seqs,
                 inst.batched_tokens_hint or DEFAULT_CHUNK_TOKENS,
                 g,
+                *_kv_row(s),
             )
             if scraped.fresh and scraped.running + scraped.waiting - scraped.ours_at_scrape > 0:
                 foreign.add(k)
@@ -229,6 +249,12 @@ class FleetTable:
         # Copies: a caller may keep or change its lists; the cache must not change with them.
         return list(routable), Candidates(free, free.rows, self)
 
+    def kv_room(self, rows: np.ndarray, tokens: int) -> np.ndarray:
+        """`routing.kv_aware.kv_room(state, tokens)` for the instances at `rows`."""
+        self.refresh()
+        f = self.load[rows]
+        return np.asarray(f[:, KV_USED] + tokens <= f[:, KV_CAP])
+
     # -- the load model, vectorised --------------------------------------------------------
     def candidate_times(
         self, rows: np.ndarray, owns: np.ndarray, now: float
@@ -263,17 +289,15 @@ class FleetTable:
             g = f[:, GROUP].astype(np.intp)
             pst, step = psts[g], stps[g]
             steps = step.tolist()
-        chunk = f[:, CHUNK]
+        chunk = f[:, CHUNK] if self.one_chunk is None else self.one_chunk
         ahead = f[:, QUEUED]
-        head = f[:, HEAD] > 0.0
-        if head.any():
-            elapsed = now - f[:, HEAD_START]
-            drains = head & (elapsed > 0)
-            if drains.any():
-                # np.minimum/np.maximum equal the load model's comparisons here: no NaN
-                # (the speeds are positive), and a -0.0 only ever meets an addition.
-                drained = elapsed / (pst + step / chunk)
-                ahead = np.where(drains, ahead - np.minimum(drained, f[:, HEAD_TOKENS]), ahead)
+        elapsed = now - f[:, HEAD_START]
+        drains = elapsed > 0
+        if drains.any():
+            # np.minimum/np.maximum equal the load model's comparisons here: no NaN (the
+            # speeds are positive), and a -0.0 only ever meets an addition.
+            drained = elapsed / (pst + step / chunk)
+            ahead = np.where(drains, ahead - np.minimum(drained, f[:, HEAD_TOKENS]), ahead)
         base = np.maximum(ahead, 0.0) + f[:, PEER]
         seqs = f[:, SEQS]
         if self.foreign:

@@ -20,6 +20,7 @@ from benchmarks.routing_quick import at_load, capacity_rps
 from sage_cp_plugin import load_model as lm
 from sage_cp_plugin.fleet_table import Candidates, FleetTable
 from sage_cp_plugin.load_model import Booking
+from sage_cp_plugin.routing.kv_aware import kv_room
 from sage_cp_plugin.routing.predicted import pick_lowest_ttft
 from sage_cp_plugin.sim import SimInstanceConfig
 from sage_cp_plugin.state import FleetSnapshot, InstanceState, ScrapedLoad
@@ -47,6 +48,7 @@ def _change(rng: random.Random, states: list[InstanceState], bookings: list[Book
         s.running, s.waiting = float(rng.randrange(0, 20)), float(rng.randrange(0, 20))
         s.ours_at_scrape = rng.randrange(0, 20)
         s.scraped_at = now - rng.uniform(0.0, 3.0)
+        s.kv_usage = rng.choice([0.0, 0.5, 0.99, 1.0])
     elif x < 0.75:
         st.scraped = ScrapedLoad(fresh=True, running=5.0, waiting=3.0, scraped_at=now)
     elif x < 0.82:
@@ -62,7 +64,7 @@ def _change(rng: random.Random, states: list[InstanceState], bookings: list[Book
 
 def test_table_times_and_pick_equal_the_load_model_while_states_change() -> None:
     rng = random.Random(17)
-    compared = 0
+    compared = kv_mixed = 0
     for trial in range(60):
         now = rng.uniform(1.0, 10.0)
         n = rng.randrange(1, 24)
@@ -70,6 +72,10 @@ def test_table_times_and_pick_equal_the_load_model_while_states_change() -> None
         if trial % 2:  # one speed class, as the coordinator shares them
             for st in states[1:]:
                 st.share_speeds(states[0])
+        for st in states:  # some state their KV capacity (kv_aware's room test)
+            if rng.random() < 0.6:
+                meta = {**st.instance.metadata, "kv_capacity_tokens": rng.randrange(1, 40_000)}
+                st.instance = st.instance.model_copy(update={"metadata": meta})
         fleet = FleetSnapshot({s.instance_id: s for s in states})
         table = FleetTable(fleet)
         bookings: list[Booking] = []
@@ -89,10 +95,15 @@ def test_table_times_and_pick_equal_the_load_model_while_states_change() -> None
             rows = np.array([table.row_of[s.instance_id] for s in subset], dtype=np.intp)
             got = table.candidate_times(rows, np.array(owns, dtype=np.int64), now)
             assert got == lm.candidate_times(subset, owns, now)
+            need = it.input_tokens + rng.randrange(0, 2000)
+            room = [kv_room(s, need) for s in subset]
+            assert table.kv_room(rows, need).tolist() == room
+            kv_mixed += len(set(room)) > 1
             chosen = pick_lowest_ttft(it, Candidates(subset, rows, table), cached, now)
             assert chosen is reference_pick(it, subset, cached, now)
             compared += 1
     assert compared == 1500
+    assert kv_mixed > 100  # both answers of the KV room test were compared
 
 
 def test_table_routable_and_free_equal_the_state_by_state_answer_while_states_change() -> None:

@@ -46,6 +46,8 @@ def pick_lowest_ttft(
         ttfts, steps, costs = candidate_times(candidates, owns, now)
     # The scan in the rotation that starts at the request's sequence number.
     start = item.seq % n
+    if steps.count(steps[0]) == n:
+        return candidates[_scan_one_step(ttfts, steps[0], costs, owns, start)]
     b = start
     best_t, best_step, best_cost, best_own = ttfts[b], steps[b], costs[b], owns[b]
     for j in (*range(start + 1, n), *range(start)):
@@ -58,3 +60,26 @@ def pick_lowest_ttft(
             if cost < best_cost or (cost == best_cost and own < best_own):
                 b, best_t, best_step, best_cost, best_own = j, t, step, cost, own
     return candidates[b]
+
+
+def _scan_one_step(
+    ttfts: list[float], tol: float, costs: list[float], owns: list[int], start: int
+) -> int:
+    """The scan above when every candidate has the same decode step (one speed class, the
+    usual fleet): the tolerance is that step, so the bounds `best_t -/+ tol` are computed
+    once per new best instead of per candidate (the same floats, the same choice)."""
+    n = len(ttfts)
+    b = start
+    best_t, best_cost, best_own = ttfts[b], costs[b], owns[b]
+    lo, hi = best_t - tol, best_t + tol
+    for j in (*range(start + 1, n), *range(start)):
+        t = ttfts[j]
+        if t < lo:
+            b, best_t, best_cost, best_own = j, t, costs[j], owns[j]
+            lo, hi = t - tol, t + tol
+        elif t <= hi:
+            cost, own = costs[j], owns[j]
+            if cost < best_cost or (cost == best_cost and own < best_own):
+                b, best_t, best_cost, best_own = j, t, cost, own
+                lo, hi = t - tol, t + tol
+    return b
