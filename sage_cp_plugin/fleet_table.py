@@ -24,6 +24,7 @@ registered.
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Sequence
 from typing import Any
 
@@ -42,6 +43,7 @@ Pool = tuple[str | None, bool]
 # Columns of `FleetTable.load` (float64, one row per instance).
 QUEUED, HEAD, HEAD_TOKENS, HEAD_START, PEER, SEQS, CHUNK, GROUP, KV_USED, KV_CAP = range(10)
 _COLUMNS = 10
+_INF = float("inf")
 
 
 def _kv_row(s: InstanceState) -> tuple[float, float]:
@@ -60,14 +62,19 @@ def _kv_row(s: InstanceState) -> tuple[float, float]:
 
 class Candidates(list[InstanceState]):
     """A list of candidate states that also knows their rows in a `FleetTable` (so a router
-    can read their load as arrays). Any other list works too, read state by state."""
+    can read their load as arrays). Any other list works too, read state by state. Made by
+    `with_rows()` (a list subclass without its own `__init__` is built at C speed)."""
 
     __slots__ = ("rows", "table")
+    rows: np.ndarray
+    table: FleetTable
 
-    def __init__(self, states: Sequence[InstanceState], rows: np.ndarray, table: FleetTable):
-        super().__init__(states)
-        self.rows = rows
-        self.table = table
+
+def with_rows(states: Sequence[InstanceState], rows: np.ndarray, table: FleetTable) -> Candidates:
+    out = Candidates(states)
+    out.rows = rows
+    out.table = table
+    return out
 
 
 class FleetTable:
@@ -75,11 +82,13 @@ class FleetTable:
         self.fleet = fleet
         self.states: list[InstanceState] = []
         self.row_of: dict[str, int] = {}
-        self.dirty: set[int] = set()
+        self.dirty: set[int] = set()  # rows written to since the last `refresh`
+        self.load_dirty: set[int] = set()  # ... since the last `refresh_load`
         self._built = False
         # Per row: healthy, not draining, circuit closed; and that with a free slot.
         self._routable: list[bool] = []
         self._free: list[bool] = []
+        self._buffer = array("d")
         self.load = np.zeros((0, _COLUMNS))
         self.one_chunk: float | None = None
         # Rows whose routability cannot be read from flags (circuit open: half-open with
@@ -110,7 +119,11 @@ class FleetTable:
         self.row_of = {s.instance_id: k for k, s in enumerate(self.states)}
         self._routable = [False] * n
         self._free = [False] * n
-        self.load = np.zeros((n, _COLUMNS))
+        # Rows are written from Python one float at a time into this buffer (a plain
+        # interpreter store; a numpy element or row assignment costs several times more per
+        # call, and a refresh is all such writes); `load` is a numpy view of the same memory.
+        self._buffer = array("d", bytes(8 * n * _COLUMNS))
+        self.load = np.frombuffer(self._buffer, dtype=np.float64).reshape(n, _COLUMNS)
         self.circuit_open = set()
         self.foreign = set()
         self.groups = []
@@ -121,6 +134,7 @@ class FleetTable:
         chunks = {s.instance.batched_tokens_hint or DEFAULT_CHUNK_TOKENS for s in self.states}
         self.one_chunk = float(chunks.pop()) if len(chunks) == 1 else None
         self.dirty = set(range(n))
+        self.load_dirty = set(range(n))
         for k, s in enumerate(self.states):
             s.watch = (self.dirty, k)
         self._built = True
@@ -135,30 +149,47 @@ class FleetTable:
 
     # -- rows ------------------------------------------------------------------------------
     def refresh(self) -> None:
-        """Reread the rows of the instances written to since the last call."""
+        """Reread what the instances written to since the last call say about routability
+        and free slots (every decision needs it; their load rows are reread by
+        `refresh_load`, only when a router asks for the load)."""
         if not self._built:
             self._build()
         dirty = self.dirty
         if not dirty:
             return
-        flags_changed = regroup = False
-        routable, free, load = self._routable, self._free, self.load
-        states, circuit_open, foreign = self.states, self.circuit_open, self.foreign
-        group_of = self._group_of
+        flags_changed = False
+        routable, free, circuit_open = self._routable, self._free, self.circuit_open
+        states = self.states
         for k in dirty:
             s = states[k]
-            scraped = s.scraped
-            if scraped.watch is None:  # a new ScrapedLoad object, or the first refresh
-                scraped.watch = (dirty, k)
-            inst = s.instance
             ok = s.healthy and not s.draining and not s.circuit_open
-            has_slot = ok and s.in_flight + s.peer_in_flight < inst.slot_limit
-            if ok is not routable[k] or has_slot is not free[k]:
+            has_slot = ok and s.in_flight + s.peer_in_flight < s.instance.slot_limit
+            if ok != routable[k] or has_slot != free[k]:
                 routable[k], free[k] = ok, has_slot
                 flags_changed = True
             if s.circuit_open is not (k in circuit_open):
                 (circuit_open.add if s.circuit_open else circuit_open.discard)(k)
                 flags_changed = True
+        self.load_dirty |= dirty
+        dirty.clear()
+        if flags_changed:
+            self._flags_version += 1
+
+    def refresh_load(self) -> None:
+        """Reread the load rows of the instances written to since the last call."""
+        self.refresh()
+        dirty = self.load_dirty
+        if not dirty:
+            return
+        regroup = False
+        buf, states, foreign = self._buffer, self.states, self.foreign
+        group_of = self._group_of
+        for k in dirty:
+            s = states[k]
+            scraped = s.scraped
+            if scraped.watch is None:  # a new ScrapedLoad object, or the first refresh
+                scraped.watch = (self.dirty, k)
+            inst = s.instance
             head = None
             for b in s.prefill_queue:  # load_model._drain_head: the first still prefilling
                 if b.prefilling:
@@ -166,28 +197,26 @@ class FleetTable:
                     break
             if head is None:
                 # No head: never drained (now - inf is not > 0, as `_drain_head` skips it).
-                has_head, head_tokens, head_start = 0.0, 0.0, np.inf
+                has_head, head_tokens, head_start = 0.0, 0.0, _INF
             else:
                 since, booked = s.prefill_head_since, head.booked_at
                 has_head, head_tokens = 1.0, head.prefill_tokens
                 head_start = booked if booked > since else since
             g = group_of.get((id(s.prefill_s_per_token), id(s.decode_s_per_token), inst.speed_hint))
-            if g is None or g != load[k, GROUP]:
+            at = k * _COLUMNS
+            if g is None or g != buf[at + GROUP]:
                 # A new speed class, or one that may now be unused: renumber after the loop.
                 regroup = True
                 g = 0
-            # One assignment per row (a numpy element write each would cost more than the rest).
-            load[k] = (
-                s.prefill_tokens_queued,
-                has_head,
-                head_tokens,
-                head_start,
-                s.peer_prefill_tokens,
-                s.decode_seqs + s.prefill_seqs + s.peer_seqs,
-                inst.batched_tokens_hint or DEFAULT_CHUNK_TOKENS,
-                g,
-                *_kv_row(s),
-            )
+            buf[at + QUEUED] = s.prefill_tokens_queued
+            buf[at + HEAD] = has_head
+            buf[at + HEAD_TOKENS] = head_tokens
+            buf[at + HEAD_START] = head_start
+            buf[at + PEER] = s.peer_prefill_tokens
+            buf[at + SEQS] = s.decode_seqs + s.prefill_seqs + s.peer_seqs
+            buf[at + CHUNK] = inst.batched_tokens_hint or DEFAULT_CHUNK_TOKENS
+            buf[at + GROUP] = g
+            buf[at + KV_USED], buf[at + KV_CAP] = _kv_row(s)
             if scraped.fresh and scraped.running + scraped.waiting - scraped.ours_at_scrape > 0:
                 foreign.add(k)
             else:
@@ -195,8 +224,6 @@ class FleetTable:
         dirty.clear()
         if regroup:
             self._regroup()
-        if flags_changed:
-            self._flags_version += 1
 
     def _regroup(self) -> None:
         """Number the speed classes in use (an instance joined one, or its speed estimates
@@ -243,15 +270,15 @@ class FleetTable:
             ok, has_slot = self._routable, self._free
             routable = [s for s, k in zip(eligible, rows.tolist(), strict=True) if ok[k]]
             at = [i for i, k in enumerate(rows.tolist()) if has_slot[k]]
-            free = Candidates([eligible[i] for i in at], rows[at], self)
+            free = with_rows([eligible[i] for i in at], rows[at], self)
             cached = self._pool_lists[pool] = (self._flags_version, routable, free)
         _, routable, free = cached
         # Copies: a caller may keep or change its lists; the cache must not change with them.
-        return list(routable), Candidates(free, free.rows, self)
+        return list(routable), with_rows(free, free.rows, self)
 
     def kv_room(self, rows: np.ndarray, tokens: int) -> np.ndarray:
         """`routing.kv_aware.kv_room(state, tokens)` for the instances at `rows`."""
-        self.refresh()
+        self.refresh_load()
         f = self.load[rows]
         return np.asarray(f[:, KV_USED] + tokens <= f[:, KV_CAP])
 
@@ -263,7 +290,7 @@ class FleetTable:
         `owns`: the same formulas, as array operations in the same order. The scrape
         correction (`load_model.scrape_correction`) is evaluated only for the few rows
         that have one."""
-        self.refresh()
+        self.refresh_load()
         f = self.load[rows]
         groups = self.groups
         if len(groups) == 1:

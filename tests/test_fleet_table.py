@@ -18,7 +18,7 @@ import pytest
 import sage_cp_plugin.pools as pools_module
 from benchmarks.routing_quick import at_load, capacity_rps
 from sage_cp_plugin import load_model as lm
-from sage_cp_plugin.fleet_table import Candidates, FleetTable
+from sage_cp_plugin.fleet_table import Candidates, FleetTable, with_rows
 from sage_cp_plugin.load_model import Booking
 from sage_cp_plugin.routing.kv_aware import kv_room
 from sage_cp_plugin.routing.predicted import pick_lowest_ttft
@@ -99,7 +99,7 @@ def test_table_times_and_pick_equal_the_load_model_while_states_change() -> None
             room = [kv_room(s, need) for s in subset]
             assert table.kv_room(rows, need).tolist() == room
             kv_mixed += len(set(room)) > 1
-            chosen = pick_lowest_ttft(it, Candidates(subset, rows, table), cached, now)
+            chosen = pick_lowest_ttft(it, with_rows(subset, rows, table), cached, now)
             assert chosen is reference_pick(it, subset, cached, now)
             compared += 1
     assert compared == 1500

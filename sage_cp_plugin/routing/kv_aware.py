@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from sage_cp_plugin.fleet_table import Candidates
+from sage_cp_plugin.fleet_table import Candidates, with_rows
 from sage_cp_plugin.pending import QueuedRequest
 from sage_cp_plugin.routing.base import Router
 from sage_cp_plugin.routing.cache_view import kv_capacity_tokens
@@ -57,7 +57,7 @@ class KVAwareRouter(Router):
                 pool = candidates
             else:
                 at = np.flatnonzero(room)
-                pool = Candidates(
+                pool = with_rows(
                     [candidates[i] for i in at.tolist()], candidates.rows[at], candidates.table
                 )
         else:
