@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from sage_cp_plugin.fleet_table import Candidates, with_rows
+from sage_cp_plugin.fleet_table import ARRAYS_FROM, Candidates, with_rows
 from sage_cp_plugin.pending import QueuedRequest
 from sage_cp_plugin.routing.base import Router
 from sage_cp_plugin.routing.cache_view import kv_capacity_tokens
@@ -51,7 +51,9 @@ class KVAwareRouter(Router):
             return None
         need = item.input_tokens + item.output_tokens
         pool: Sequence[InstanceState]
-        if isinstance(candidates, Candidates):  # rows in the fleet table: one array test
+        if (
+            isinstance(candidates, Candidates) and len(candidates) >= ARRAYS_FROM
+        ):  # rows in the fleet table: one array test
             room = candidates.table.kv_room(candidates.rows, need)
             if room.all() or not room.any():
                 pool = candidates

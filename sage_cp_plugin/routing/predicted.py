@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from sage_cp_plugin.fleet_table import Candidates
+from sage_cp_plugin.fleet_table import ARRAYS_FROM, Candidates
 from sage_cp_plugin.load_model import candidate_times
 from sage_cp_plugin.pending import QueuedRequest
 from sage_cp_plugin.state import InstanceState
@@ -32,7 +32,7 @@ def pick_lowest_ttft(
     if n == 0:
         return None
     tokens = item.input_tokens
-    if isinstance(candidates, Candidates):
+    if isinstance(candidates, Candidates) and n >= ARRAYS_FROM:
         # Candidates with rows in the fleet table (fleet_table.Candidates): their times as
         # array operations, the same floats as `candidate_times`.
         own = np.full(n, tokens, dtype=np.int64)
