@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import shutil
 import socket
 import sys
@@ -57,11 +56,11 @@ from benchmarks.bench_gateway import (
     start_sim_fleet,
     wait_http,
 )
+from benchmarks.procfs import cpu_s, processes
 from sage_cp_plugin.virtual.provenance import write_stamped
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def session_cpu_s(sid: int) -> float:
@@ -83,19 +82,11 @@ def _role(pid: str) -> str:
 def session_cpu_by_role(sid: int) -> dict[str, float]:
     """`session_cpu_s` split by process role (main, scheduler, worker)."""
     total: dict[str, float] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            raw = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        fields = raw[raw.rindex(")") + 2 :].split()
-        # fields[0] is field 3 (state): session is field 6, utime..cstime fields 14..17
+    for pid, fields in processes():
         if int(fields[3]) != sid:
             continue
-        role = _role(entry)
-        total[role] = total.get(role, 0.0) + sum(int(x) for x in fields[11:15]) / CLK_TCK
+        role = _role(str(pid))
+        total[role] = total.get(role, 0.0) + cpu_s(fields)
     return total
 
 

@@ -295,7 +295,11 @@ def test_live_ab_of_two_routers_agrees_with_the_offline_replay(tmp_path: Path) -
             cfg = {"scheduling_policy": "fifo", "routing_strategy": "experiment",
                    "router_options": options, "instances": instances}  # fmt: skip
             (tmp_path / "gw.yaml").write_text(yaml.safe_dump(cfg))
-            gw = start_gateway_process("--config", str(tmp_path / "gw.yaml"))
+            # In a thread: the simulators run on this loop and must answer health probes
+            # while the gateway starts.
+            gw = await asyncio.to_thread(
+                start_gateway_process, "--config", str(tmp_path / "gw.yaml")
+            )
             try:
                 async with httpx.AsyncClient(base_url=gw.url) as c:
                     for _ in range(200):  # wait for the first health probes

@@ -94,7 +94,11 @@ class GatewayProcess:
 def start_gateway_process(
     *args: str, env: dict[str, str] | None = None, timeout: float = 30.0
 ) -> GatewayProcess:
-    """`sage-cp serve --port 0 ...` as a separate process; returns once it listens."""
+    """`sage-cp serve --port 0 ...` as a separate process; returns once it listens.
+
+    It blocks while it waits: a test whose simulators run on its own event loop calls it
+    through `asyncio.to_thread`, or the fleet cannot answer the gateway's first probes.
+    """
     proc = subprocess.Popen(
         [sys.executable, "-m", "sage_cp_plugin.entrypoints.cli", "serve", "--port", "0", *args],
         stdout=subprocess.PIPE,

@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from benchmarks.procfs import alive, children_of
 from sage_cp_plugin.sim import SimFleet
 from sage_cp_plugin.sim.config import FaultConfig
 from tests.helpers import wait_until, wait_until_sync
@@ -30,30 +31,6 @@ from tests.test_gateway_support import (
 
 ADMIN = {"authorization": "Bearer adm"}
 BODY = {"model": "sim-model", "prompt": "hello", "max_tokens": 4}
-
-
-def children_of(pid: int) -> list[int]:
-    """Live processes whose parent is `pid` (from /proc; zombies excluded)."""
-    out = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            raw = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        fields = raw[raw.rindex(")") + 2 :].split()
-        if int(fields[1]) == pid and fields[0] != "Z":
-            out.append(int(entry))
-    return out
-
-
-def alive(pid: int) -> bool:
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return raw[raw.rindex(")") + 2] != "Z"
 
 
 def role_of(pid: int) -> str:
@@ -294,7 +271,11 @@ async def test_failover_and_client_disconnect_cross_the_process_boundary(tmp_pat
             f"  - {{instance_id: bad, host: 127.0.0.1, port: {sims[0].port}, model_name: sim-model}}\n"
             f"  - {{instance_id: good, host: 127.0.0.1, port: {sims[1].port}, model_name: sim-model}}\n"
         )
-        gp = start_gateway_process("--config", str(cfg), "--workers", "2", timeout=120)
+        # In a thread: the simulators run on this loop and must answer the gateway's health
+        # probes while it starts (blocked, they failed two probes and both were unhealthy).
+        gp = await asyncio.to_thread(
+            start_gateway_process, "--config", str(cfg), "--workers", "2", timeout=120
+        )
         children = children_of(gp.proc.pid)
         try:
             async with httpx.AsyncClient(base_url=gp.url, timeout=60) as c:
