@@ -71,7 +71,7 @@ def _commit(checkout: Path) -> str:
 
 
 def run_side(checkout: Path, n_inst: int, router: str, n: int) -> dict[str, Any]:
-    env = {**os.environ, "PYTHONPATH": str(checkout)}
+    env = {**os.environ, "PYTHONPATH": str(checkout), "PYTHONDONTWRITEBYTECODE": "1"}
     with tempfile.TemporaryDirectory() as cwd:  # nothing is written into either checkout
         out = subprocess.run(
             [sys.executable, "-c", _CHILD, str(n_inst), router, str(n)],
