@@ -24,6 +24,7 @@ registered.
 
 from __future__ import annotations
 
+import math
 from array import array
 from collections.abc import Sequence
 from typing import Any
@@ -44,11 +45,6 @@ Pool = tuple[str | None, bool]
 QUEUED, HEAD, HEAD_TOKENS, HEAD_START, PEER, SEQS, CHUNK, GROUP, KV_USED, KV_CAP = range(10)
 _COLUMNS = 10
 _INF = float("inf")
-# Below this many candidates a router reads their load state by state: the dozen array
-# operations have a fixed cost (large when the CPU caches are cold, as they are between two
-# decisions of a replay: measured 2x slower at 16 candidates, 1.1-1.3x faster at 64). The
-# answers are the same either way; only the cost differs.
-ARRAYS_FROM = 32
 
 
 def _kv_row(s: InstanceState) -> tuple[float, float]:
@@ -94,6 +90,7 @@ class FleetTable:
         self._routable: list[bool] = []
         self._free: list[bool] = []
         self._buffer = array("d")
+        self._group: list[int] = []
         self.load = np.zeros((0, _COLUMNS))
         self.one_chunk: float | None = None
         # Rows whose routability cannot be read from flags (circuit open: half-open with
@@ -128,6 +125,7 @@ class FleetTable:
         # interpreter store; a numpy element or row assignment costs several times more per
         # call, and a refresh is all such writes); `load` is a numpy view of the same memory.
         self._buffer = array("d", bytes(8 * n * _COLUMNS))
+        self._group = [0] * n  # each row's speed class, as a Python int
         self.load = np.frombuffer(self._buffer, dtype=np.float64).reshape(n, _COLUMNS)
         self.circuit_open = set()
         self.foreign = set()
@@ -221,6 +219,7 @@ class FleetTable:
             buf[at + SEQS] = s.decode_seqs + s.prefill_seqs + s.peer_seqs
             buf[at + CHUNK] = inst.batched_tokens_hint or DEFAULT_CHUNK_TOKENS
             buf[at + GROUP] = g
+            self._group[k] = g
             buf[at + KV_USED], buf[at + KV_CAP] = _kv_row(s)
             if scraped.fresh and scraped.running + scraped.waiting - scraped.ours_at_scrape > 0:
                 foreign.add(k)
@@ -243,6 +242,7 @@ class FleetTable:
                 g = self._group_of[key] = len(self.groups)
                 self.groups.append((pst_e, step_e, hint))
             column[k] = g
+            self._group[k] = g
 
     # -- routable and free, per pool -------------------------------------------------------
     def pool_rows(self, pool: Pool, eligible: list[InstanceState]) -> tuple[np.ndarray, bool]:
@@ -281,68 +281,54 @@ class FleetTable:
         # Copies: a caller may keep or change its lists; the cache must not change with them.
         return list(routable), with_rows(free, free.rows, self)
 
-    def kv_room(self, rows: np.ndarray, tokens: int) -> np.ndarray:
+    def kv_room(self, rows: Sequence[int], tokens: int) -> list[bool]:
         """`routing.kv_aware.kv_room(state, tokens)` for the instances at `rows`."""
         self.refresh_load()
-        f = self.load[rows]
-        return np.asarray(f[:, KV_USED] + tokens <= f[:, KV_CAP])
+        buf = self._buffer
+        return [buf[k * _COLUMNS + KV_USED] + tokens <= buf[k * _COLUMNS + KV_CAP] for k in rows]
 
     # -- the load model, vectorised --------------------------------------------------------
     def candidate_times(
-        self, rows: np.ndarray, owns: np.ndarray, now: float
+        self, rows: Sequence[int], owns: Sequence[int], now: float
     ) -> tuple[list[float], list[float], list[float]]:
         """`load_model.candidate_times` for the candidates at `rows`, with uncached tokens
-        `owns`: the same formulas, as array operations in the same order. The scrape
-        correction (`load_model.scrape_correction`) is evaluated only for the few rows
-        that have one."""
+        `owns`: the same Python arithmetic in the same order (so the same floats), reading
+        each candidate's row from the table's contiguous buffer instead of half a dozen
+        objects scattered in memory (between two decisions of a replay those are not in the
+        CPU cache: a miss per object was most of a candidate's cost; numpy array operations
+        were no cheaper at 64 candidates, their fixed cost being cold too). The scrape
+        correction (`load_model.scrape_correction`) is evaluated for the few rows with one."""
         self.refresh_load()
-        f = self.load[rows]
-        groups = self.groups
-        if len(groups) == 1:
-            pst_e, step_e, hint = groups[0]
-            pst = pst_e.value
-            if pst is None:
-                pst = PRIOR_PREFILL_S_PER_TOKEN / hint
-            step = step_e.value
-            if step is None:
-                step = PRIOR_DECODE_STEP_S / hint
-            n = len(rows)
-            steps = [step] * n
-        else:
-            psts = np.array(
-                [
-                    p.value if p.value is not None else PRIOR_PREFILL_S_PER_TOKEN / h
-                    for p, _, h in groups
-                ]
+        buf, foreign, states, group_of_row = self._buffer, self.foreign, self.states, self._group
+        speeds = [
+            (
+                p.value if p.value is not None else PRIOR_PREFILL_S_PER_TOKEN / h,
+                d.value if d.value is not None else PRIOR_DECODE_STEP_S / h,
             )
-            stps = np.array(
-                [d.value if d.value is not None else PRIOR_DECODE_STEP_S / h for _, d, h in groups]
-            )
-            g = f[:, GROUP].astype(np.intp)
-            pst, step = psts[g], stps[g]
-            steps = step.tolist()
-        chunk = f[:, CHUNK] if self.one_chunk is None else self.one_chunk
-        ahead = f[:, QUEUED]
-        elapsed = now - f[:, HEAD_START]
-        drains = elapsed > 0
-        if drains.any():
-            # np.minimum/np.maximum equal the load model's comparisons here: no NaN (the
-            # speeds are positive), and a -0.0 only ever meets an addition.
-            drained = elapsed / (pst + step / chunk)
-            ahead = np.where(drains, ahead - np.minimum(drained, f[:, HEAD_TOKENS]), ahead)
-        base = np.maximum(ahead, 0.0) + f[:, PEER]
-        seqs = f[:, SEQS]
-        if self.foreign:
-            residual = np.zeros(len(rows))
-            running = np.zeros(len(rows))
-            for i in np.flatnonzero(np.isin(rows, list(self.foreign))).tolist():
-                residual[i], running[i] = scrape_correction(self.states[rows[i]], now)
-            base = base + residual
-            seqs = seqs + running
-        own = np.maximum(owns, 1)
-        tokens = base + own
-        ttfts = tokens * pst + np.ceil(tokens / chunk) * step
-        if not tokens.min() > 0:  # the load model's `if tokens > 0 else 0.0`
-            ttfts = np.where(tokens > 0, ttfts, 0.0)
-        costs = seqs * own * pst
-        return ttfts.tolist(), steps, costs.tolist()
+            for p, d, h in self.groups
+        ]
+        pst, step = speeds[0] if len(speeds) == 1 else (0.0, 0.0)
+        ceil = math.ceil
+        ttfts: list[float] = []
+        steps: list[float] = []
+        costs: list[float] = []
+        for k, uncached in zip(rows, owns, strict=True):
+            at = k * _COLUMNS
+            if len(speeds) > 1:
+                pst, step = speeds[group_of_row[k]]
+            chunk = buf[at + CHUNK]
+            ahead = buf[at + QUEUED]
+            elapsed = now - buf[at + HEAD_START]  # -inf without a head: never drained
+            if elapsed > 0:
+                drained = elapsed / (pst + step / chunk)
+                head_tokens = buf[at + HEAD_TOKENS]
+                ahead = ahead - (drained if drained < head_tokens else head_tokens)
+            residual = running = 0.0
+            if foreign and k in foreign:
+                residual, running = scrape_correction(states[k], now)
+            own = uncached if uncached > 1 else 1
+            tokens = (ahead if ahead > 0.0 else 0.0) + buf[at + PEER] + residual + own
+            ttfts.append(tokens * pst + ceil(tokens / chunk) * step if tokens > 0 else 0.0)
+            steps.append(step)
+            costs.append((buf[at + SEQS] + running) * own * pst)
+        return ttfts, steps, costs

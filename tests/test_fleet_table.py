@@ -16,11 +16,9 @@ import numpy as np
 import pytest
 
 import sage_cp_plugin.pools as pools_module
-import sage_cp_plugin.routing.kv_aware as kv_aware_module
-import sage_cp_plugin.routing.predicted as predicted_module
 from benchmarks.routing_quick import at_load, capacity_rps
 from sage_cp_plugin import load_model as lm
-from sage_cp_plugin.fleet_table import ARRAYS_FROM, Candidates, FleetTable, with_rows
+from sage_cp_plugin.fleet_table import Candidates, FleetTable, with_rows
 from sage_cp_plugin.load_model import Booking
 from sage_cp_plugin.routing.kv_aware import kv_room
 from sage_cp_plugin.routing.predicted import pick_lowest_ttft
@@ -69,7 +67,7 @@ def test_table_times_and_pick_equal_the_load_model_while_states_change() -> None
     compared = kv_mixed = 0
     for trial in range(60):
         now = rng.uniform(1.0, 10.0)
-        n = rng.randrange(1, 24) if trial % 3 else rng.randrange(ARRAYS_FROM, 80)
+        n = rng.randrange(1, 24) if trial % 3 else rng.randrange(24, 80)
         states = [random_state(rng, f"i{k}", rng.randrange(0, 6), now) for k in range(n)]
         if trial % 2:  # one speed class, as the coordinator shares them
             for st in states[1:]:
@@ -95,11 +93,11 @@ def test_table_times_and_pick_equal_the_load_model_while_states_change() -> None
                 cached = [min(c, it.input_tokens) for c in cached]
             owns = [it.input_tokens - (c if cached is not None else 0) for c in cached or at]
             rows = np.array([table.row_of[s.instance_id] for s in subset], dtype=np.intp)
-            got = table.candidate_times(rows, np.array(owns, dtype=np.int64), now)
+            got = table.candidate_times(rows.tolist(), owns, now)
             assert got == lm.candidate_times(subset, owns, now)
             need = it.input_tokens + rng.randrange(0, 2000)
             room = [kv_room(s, need) for s in subset]
-            assert table.kv_room(rows, need).tolist() == room
+            assert table.kv_room(rows.tolist(), need) == room
             kv_mixed += len(set(room)) > 1
             chosen = pick_lowest_ttft(it, with_rows(subset, rows, table), cached, now)
             assert chosen is reference_pick(it, subset, cached, now)
@@ -158,9 +156,6 @@ def _replay(router: str, monkeypatch: pytest.MonkeyPatch, table: bool) -> list[t
     with monkeypatch.context() as mp:
         if not table:
             mp.setattr(pools_module, "FleetTable", lambda fleet: None)
-        else:  # the array path of the routers even for 8 candidates (the default: 32)
-            mp.setattr(predicted_module, "ARRAYS_FROM", 1)
-            mp.setattr(kv_aware_module, "ARRAYS_FROM", 1)
         w = load_azure(AZURE_CODE, limit=250, max_input_tokens=16384)
         w = at_load(w, 1.3 * capacity_rps(w) * 8 / 8)  # a queue forms, instances fill up
         members = [

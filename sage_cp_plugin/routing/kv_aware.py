@@ -12,9 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
-
-from sage_cp_plugin.fleet_table import ARRAYS_FROM, Candidates, with_rows
+from sage_cp_plugin.fleet_table import Candidates, with_rows
 from sage_cp_plugin.pending import QueuedRequest
 from sage_cp_plugin.routing.base import Router
 from sage_cp_plugin.routing.cache_view import kv_capacity_tokens
@@ -51,17 +49,14 @@ class KVAwareRouter(Router):
             return None
         need = item.input_tokens + item.output_tokens
         pool: Sequence[InstanceState]
-        if (
-            isinstance(candidates, Candidates) and len(candidates) >= ARRAYS_FROM
-        ):  # rows in the fleet table: one array test
-            room = candidates.table.kv_room(candidates.rows, need)
-            if room.all() or not room.any():
+        if isinstance(candidates, Candidates):  # rows in the fleet table: read from its buffer
+            rows = candidates.rows.tolist()
+            room = candidates.table.kv_room(rows, need)
+            if all(room) or not any(room):
                 pool = candidates
             else:
-                at = np.flatnonzero(room)
-                pool = with_rows(
-                    [candidates[i] for i in at.tolist()], candidates.rows[at], candidates.table
-                )
+                at = [i for i, ok in enumerate(room) if ok]
+                pool = with_rows([candidates[i] for i in at], candidates.rows[at], candidates.table)
         else:
             fits = [c for c in candidates if kv_room(c, need)]
             pool = fits if fits else list(candidates)
