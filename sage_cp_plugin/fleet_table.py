@@ -1,11 +1,13 @@
-"""The fleet as arrays, one row per instance, refreshed only where an instance changed.
+"""The fleet as one table, a row per instance, reread only where an instance changed.
 
-A decision reads every candidate instance. Read one Python object at a time, that costs
-about a microsecond per instance on a slow core, far over the issue 10 budget (50 us at 64
-instances, 100 us at 256). So the values a decision reads are kept here as numpy arrays
-(one row per `InstanceState`): whether the instance is routable and has a free slot, and
-the load model's per-instance inputs (prefill tokens queued, the head request being
-prefilled, peers' load, running sequences, chunk size, speed class).
+A decision reads every candidate instance. Read object by object, that is half a dozen
+objects per instance (state, scrape, estimates, prefill queue, instance description), and
+between two decisions of a replay they are not in the CPU cache: the misses made most of a
+decision's cost, far over the issue 10 budget (50 us at 64 instances, 100 us at 256). So
+what a decision reads is kept here: per instance, whether it is routable and has a free slot
+(Python lists), and the load model's inputs (prefill tokens queued, the head request being
+prefilled, peers' load, running sequences, chunk size, speed class, KV in use and capacity)
+in one contiguous buffer of floats (`load` is a numpy view of it).
 
 Rows are kept current by change notices, not by rereading: an `InstanceState` (and its
 `ScrapedLoad`) reports every field written to it (`state.watch`, set here), and a row is
@@ -13,9 +15,9 @@ recomputed from its state only when the next decision needs the table. Between t
 decisions only the instances something happened to (a dispatch, a first token, a finish,
 a scrape) are reread. What changes with time alone (the head request's prefill progress,
 a scrape's fading weight) and the speeds (learnt per speed class: shared objects that
-every first token moves) are computed at decision time, vectorised over the candidates,
-with the same arithmetic in the same order as `load_model`, so every prediction, and every
-decision, is the same float for float (tests/test_fleet_table.py).
+every first token moves) are computed at decision time, with the same arithmetic in the
+same order as `load_model`, so every prediction, and every decision, is the same float for
+float (tests/test_fleet_table.py).
 
 Instance descriptions (`ExecutionInstance`: slot limit, prompt limit, decode target, chunk
 size) are read when a row is built or refreshed; they do not change while an instance is
