@@ -139,14 +139,21 @@ class Dispatcher:
         """`routable(item)` and those of them with room (`pools.has_room`), in one pass over
         the pool: the per-instance part of every decision (`planning.plan_head` uses it).
         Without adaptive limits or urgent headroom, `has_room` is inlined (the same tests)."""
+        health, fleet, pools = self.health, self.fleet, self.pools
+        excluded = item.excluded
+        room = pools.has_room if pools.limits is not None or item.urgent else None
+        table = pools.table
+        if table is not None and room is None and not excluded:
+            # The common case, answered from the fleet's arrays (rows reread only for the
+            # instances that changed): no per-instance work in the decision.
+            both = table.routable_and_free(item.pool, pools.eligible(item.pool))
+            if both is not None:
+                return both
         routable: list[InstanceState] = []
         free: list[InstanceState] = []
         kept: list[InstanceState] = []
         kept_free: list[InstanceState] = []
-        excluded = item.excluded
         tokens = item.input_tokens
-        health, fleet, pools = self.health, self.fleet, self.pools
-        room = pools.has_room if pools.limits is not None or item.urgent else None
         for s in pools.eligible(item.pool):
             if not s.healthy or s.draining:
                 continue

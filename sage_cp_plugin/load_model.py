@@ -163,6 +163,26 @@ def cost_to_running_s(state: InstanceState, uncached_tokens: int, now: float) ->
     return seqs * max(1, uncached_tokens) * prefill_s_per_token(state)
 
 
+def scrape_correction(state: InstanceState, now: float) -> tuple[float, float]:
+    """(`residual_tokens`, running part of `_foreign`): the scrape's correction as
+    `candidate_times` adds it, with the same arithmetic (the fleet table calls it for the
+    few instances that have one)."""
+    s = state.scraped
+    if s.fresh:
+        foreign = s.running + s.waiting - s.ours_at_scrape
+        if foreign > 0:
+            span = 2.0 * (s.interval_s if s.interval_s > 0 else 1.0)
+            weight = 1.0 - (now - s.scraped_at) / span
+            if weight > 0:
+                w = s.waiting if s.waiting < foreign else foreign
+                waiting = w * weight
+                running = (foreign - w) * weight
+                if waiting:
+                    return waiting * state.mean_prompt_tokens.get(1024.0), running
+                return 0.0, running
+    return 0.0, 0.0
+
+
 def candidate_times(
     states: Sequence[InstanceState], uncached_tokens: Sequence[int], now: float
 ) -> tuple[list[float], list[float], list[float]]:
@@ -202,18 +222,8 @@ def candidate_times(
                         drained if drained < head_tokens else head_tokens
                     )
         residual = running = 0.0
-        s = state.scraped
-        if s.fresh:  # _foreign, residual_tokens
-            foreign = s.running + s.waiting - s.ours_at_scrape
-            if foreign > 0:
-                span = 2.0 * (s.interval_s if s.interval_s > 0 else 1.0)
-                weight = 1.0 - (now - s.scraped_at) / span
-                if weight > 0:
-                    w = s.waiting if s.waiting < foreign else foreign
-                    waiting = w * weight
-                    running = (foreign - w) * weight
-                    if waiting:
-                        residual = waiting * state.mean_prompt_tokens.get(1024.0)
+        if state.scraped.fresh:
+            residual, running = scrape_correction(state, now)
         own = uncached if uncached > 1 else 1
         tokens = (ahead if ahead > 0.0 else 0.0) + state.peer_prefill_tokens + residual + own
         ttfts.append(tokens * pst + ceil(tokens / chunk) * step if tokens > 0 else 0.0)

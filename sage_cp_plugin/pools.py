@@ -7,6 +7,7 @@ so a decision does not rescan the fleet; health and capacity are checked per dec
 from __future__ import annotations
 
 from sage_cp_plugin.concurrency_limit import ConcurrencyLimits
+from sage_cp_plugin.fleet_table import FleetTable
 from sage_cp_plugin.pending import QueuedRequest
 from sage_cp_plugin.state import FleetSnapshot, InstanceState
 
@@ -30,10 +31,15 @@ class InstancePools:
         # may use: interactive work then never waits behind a full instance for a free slot.
         self.urgent_headroom = urgent_headroom
         self._pools: dict[Pool, list[InstanceState]] = {}
+        # The fleet as arrays (fleet_table.py): what a decision reads in the common case
+        # instead of every instance; None reads the states one by one (the same answers).
+        self.table: FleetTable | None = FleetTable(fleet)
 
     def invalidate(self) -> None:
         """The fleet's membership changed (an instance was added or removed)."""
         self._pools.clear()
+        if self.table is not None:
+            self.table.invalidate()
 
     def eligible(self, pool: Pool) -> list[InstanceState]:
         """Instances that serve a pool (model, embedding?), whatever their health."""

@@ -18,6 +18,18 @@ from sage_cp_plugin.cost import price
 from sage_cp_plugin.types import ExecutionInstance, ExecutionInstanceType
 
 
+def _report_write(obj: InstanceState | ScrapedLoad) -> None:
+    """A field of `obj` was written: mark its row in the fleet table (if one keeps it) for
+    rereading before the next decision. Every writer is covered, whatever module it is in;
+    a write costs a set insertion."""
+    try:
+        watch = obj.watch
+    except AttributeError:  # during __init__, before `watch` is assigned
+        return
+    if watch is not None:
+        watch[0].add(watch[1])
+
+
 @dataclass(slots=True)
 class ScrapedLoad:
     """What the last `/metrics` scrape of an instance said (vLLM's own view of its load)."""
@@ -33,6 +45,13 @@ class ScrapedLoad:
     # are work that did not come through us (never count ours twice).
     ours_at_scrape: int = 0
     interval_s: float = 1.0  # the scrape period: a residual fades to nothing over it
+    # (dirty rows, row) of the `fleet_table.FleetTable` that keeps this instance's row:
+    # every write is reported there (see `_report_write`), so decisions read arrays.
+    watch: tuple[set[int], int] | None = field(default=None, repr=False, compare=False)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
+        _report_write(self)
 
 
 @dataclass(slots=True)
@@ -88,6 +107,12 @@ class InstanceState:
     peer_in_flight: int = 0
     peer_prefill_tokens: float = 0.0
     peer_seqs: int = 0
+    # (dirty rows, row) of the `fleet_table.FleetTable` that keeps this instance's row.
+    watch: tuple[set[int], int] | None = field(default=None, repr=False, compare=False)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
+        _report_write(self)
 
     @property
     def instance_id(self) -> str:

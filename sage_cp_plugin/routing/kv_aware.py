@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from sage_cp_plugin.fleet_table import Candidates, with_rows
 from sage_cp_plugin.pending import QueuedRequest
 from sage_cp_plugin.routing.base import Router
 from sage_cp_plugin.routing.cache_view import kv_capacity_tokens
@@ -47,8 +48,18 @@ class KVAwareRouter(Router):
         if not candidates:
             return None
         need = item.input_tokens + item.output_tokens
-        fits = [c for c in candidates if kv_room(c, need)]
-        pool = fits if fits else list(candidates)
+        pool: Sequence[InstanceState]
+        if isinstance(candidates, Candidates):  # rows in the fleet table: read from its buffer
+            rows = candidates.rows.tolist()
+            room = candidates.table.kv_room(rows, need)
+            if all(room) or not any(room):
+                pool = candidates
+            else:
+                at = [i for i, ok in enumerate(room) if ok]
+                pool = with_rows([candidates[i] for i in at], candidates.rows[at], candidates.table)
+        else:
+            fits = [c for c in candidates if kv_room(c, need)]
+            pool = fits if fits else list(candidates)
         view = fleet.cache_view
         cached = view.cached_tokens(item, pool) if view is not None else None
         return pick_lowest_ttft(item, pool, cached, fleet.now)

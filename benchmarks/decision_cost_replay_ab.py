@@ -1,0 +1,141 @@
+"""Decision cost inside a real replay, two checkouts of the code alternated in one run.
+
+The same replay as `benchmarks.decision_cost_replay` (the whole coordinator on the virtual
+clock against in-process simulators, Azure 2023 code trace at 70 % of the fleet's capacity,
+the pure decision `plan_head` timed per dispatched request), run from checkout A and then
+from checkout B for every (fleet size, router) row, so both see the same machine in the same
+minutes. On a busy machine only the thread-CPU figures (`plan_cpu_us_*`) and their ratio mean
+anything; the load average is recorded per run. Each run also records the chosen instance of
+every request: the two checkouts must make the same decisions (`same_decisions`).
+
+usage: python -m benchmarks.decision_cost_replay_ab --a /path/to/main --b . \
+           --instances 64,256 --routers round_robin,prefix_aware --n 3000
+Writes benchmarks/results/decision_cost_replay_ab.{json,md} (`--name`), after every row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import write_results
+
+GOAL_US = {64: 50, 256: 100}
+
+# Run in a child process with the checkout first on sys.path; only APIs both sides have.
+_CHILD = """
+import hashlib, json, os, sys, time
+from benchmarks.routing_quick import SLOTS, at_load, capacity_rps
+from sage_cp_plugin.sim import SimInstanceConfig
+from sage_cp_plugin.virtual.fleet import InProcessFleet, MemberSpec
+from sage_cp_plugin.virtual.runner import CoordinatorConfig, run_replay
+from sage_cp_plugin.workloads import AZURE_CODE, load_azure
+
+n_inst, router, n = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+w = load_azure(AZURE_CODE, limit=n, max_input_tokens=16384)
+w = at_load(w, 0.7 * capacity_rps(w) * n_inst / 8)
+w = [r.model_copy(update={"ttft_slo_ms": None, "tpot_slo_ms": None}) for r in w]
+members = [
+    MemberSpec(SimInstanceConfig(seed=i, num_kv_blocks=8192), max_concurrent_requests=SLOTS)
+    for i in range(n_inst)
+]
+t = time.time()
+res = run_replay(w, InProcessFleet(members), CoordinatorConfig(router=router))
+d = res.decision
+chosen = "|".join(str(o.instance_id) for o in res.outcomes)
+print(json.dumps({
+    "plan_decisions": d["plan_decisions"],
+    "plan_cpu_us_p50": d["plan_cpu_us_p50"], "plan_cpu_us_p99": d["plan_cpu_us_p99"],
+    "plan_us_p50": d["plan_us_p50"], "us_per_decision_mean": d["us_per_decision"],
+    "decisions_sha": hashlib.sha256(chosen.encode()).hexdigest()[:16],
+    "wall_s": time.time() - t, "loadavg_1m": os.getloadavg()[0],
+}))
+"""
+
+
+def _commit(checkout: Path) -> str:
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", "-C", str(checkout), *args], capture_output=True, text=True, check=True
+        ).stdout.strip()
+
+    head = git("rev-parse", "--short=12", "HEAD")
+    dirty = git("status", "--porcelain", "--untracked-files=no")
+    return head + (" (with uncommitted changes)" if dirty else "")
+
+
+def run_side(checkout: Path, n_inst: int, router: str, n: int) -> dict[str, Any]:
+    env = {**os.environ, "PYTHONPATH": str(checkout), "PYTHONDONTWRITEBYTECODE": "1"}
+    with tempfile.TemporaryDirectory() as cwd:  # nothing is written into either checkout
+        out = subprocess.run(
+            [sys.executable, "-c", _CHILD, str(n_inst), router, str(n)],
+            cwd=cwd,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+    if out.returncode != 0:
+        raise SystemExit(f"replay failed in {checkout} ({n_inst}, {router}):\n{out.stderr[-2000:]}")
+    row: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--a", required=True, type=Path, help="checkout A (the baseline)")
+    ap.add_argument("--b", required=True, type=Path, help="checkout B")
+    ap.add_argument("--instances", default="64,256")
+    ap.add_argument("--routers", default="round_robin,prefix_aware")
+    ap.add_argument("--n", type=int, default=3000)
+    ap.add_argument("--name", default="decision_cost_replay_ab")
+    a = ap.parse_args()
+    a.a, a.b = a.a.resolve(), a.b.resolve()
+    for side in (a.a, a.b):
+        if not (side / "sage_cp_plugin" / "__init__.py").is_file():
+            raise SystemExit(f"{side} is not a checkout of this repository")
+    commits = {"a": _commit(a.a), "b": _commit(a.b)}
+    rows: list[dict[str, Any]] = []
+    for n_inst in (int(x) for x in a.instances.split(",")):
+        for router in a.routers.split(","):
+            ra = run_side(a.a, n_inst, router, a.n)
+            rb = run_side(a.b, n_inst, router, a.n)
+            row = {"instances": n_inst, "router": router, "requests": a.n, "a": ra, "b": rb}
+            row["same_decisions"] = ra["decisions_sha"] == rb["decisions_sha"]
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            write_results(a.name, {"commits": commits, "rows": rows}, _markdown(commits, rows))
+
+
+def _markdown(commits: dict[str, str], rows: list[dict[str, Any]]) -> str:
+    md = [
+        "# Decision cost in a real replay: A vs B alternated in one run (issue 10)",
+        "",
+        __doc__.split("usage:")[0].strip(),
+        "",
+        f"A = `{commits['a']}`, B = `{commits['b']}`.",
+        "",
+        "| instances | router | decisions | A plan p50 us CPU | B plan p50 us CPU | A/B "
+        "| A p99 CPU | B p99 CPU | goal p50 us | same decisions | load avg (A, B) |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---|---|",
+    ]
+    for r in rows:
+        ra, rb = r["a"], r["b"]
+        ratio = ra["plan_cpu_us_p50"] / rb["plan_cpu_us_p50"]
+        md.append(
+            f"| {r['instances']} | {r['router']} | {rb['plan_decisions']} "
+            f"| {ra['plan_cpu_us_p50']:.1f} | {rb['plan_cpu_us_p50']:.1f} | {ratio:.2f}x "
+            f"| {ra['plan_cpu_us_p99']:.1f} | {rb['plan_cpu_us_p99']:.1f} "
+            f"| {GOAL_US.get(r['instances'], '-')} | {'yes' if r['same_decisions'] else 'NO'} "
+            f"| {ra['loadavg_1m']:.1f}, {rb['loadavg_1m']:.1f} |"
+        )
+    return "\n".join(md) + "\n"
+
+
+if __name__ == "__main__":
+    main()

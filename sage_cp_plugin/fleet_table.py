@@ -1,0 +1,336 @@
+"""The fleet as one table, a row per instance, reread only where an instance changed.
+
+A decision reads every candidate instance. Read object by object, that is half a dozen
+objects per instance (state, scrape, estimates, prefill queue, instance description), and
+between two decisions of a replay they are not in the CPU cache: the misses made most of a
+decision's cost, far over the issue 10 budget (50 us at 64 instances, 100 us at 256). So
+what a decision reads is kept here: per instance, whether it is routable and has a free slot
+(Python lists), and the load model's inputs (prefill tokens queued, the head request being
+prefilled, peers' load, running sequences, chunk size, speed class, KV in use and capacity)
+in one contiguous buffer of floats (`load` is a numpy view of it).
+
+Rows are kept current by change notices, not by rereading: an `InstanceState` (and its
+`ScrapedLoad`) reports every field written to it (`state.watch`, set here), and a row is
+recomputed from its state only when the next decision needs the table. Between two
+decisions only the instances something happened to (a dispatch, a first token, a finish,
+a scrape) are reread. What changes with time alone (the head request's prefill progress,
+a scrape's fading weight) and the speeds (learnt per speed class: shared objects that
+every first token moves) are computed at decision time, with the same arithmetic in the
+same order as `load_model`, so every prediction, and every decision, is the same float for
+float (tests/test_fleet_table.py).
+
+Instance descriptions (`ExecutionInstance`: slot limit, prompt limit, decode target, chunk
+size) are read when a row is built or refreshed; they do not change while an instance is
+registered.
+"""
+
+from __future__ import annotations
+
+import math
+from array import array
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from sage_cp_plugin.load_model import (
+    DEFAULT_CHUNK_TOKENS,
+    PRIOR_DECODE_STEP_S,
+    PRIOR_PREFILL_S_PER_TOKEN,
+    scrape_correction,
+)
+from sage_cp_plugin.state import FleetSnapshot, InstanceState
+
+Pool = tuple[str | None, bool]
+
+# Columns of `FleetTable.load` (float64, one row per instance).
+QUEUED, HEAD, HEAD_TOKENS, HEAD_START, PEER, SEQS, CHUNK, GROUP, KV_USED, KV_CAP = range(10)
+_COLUMNS = 10
+_INF = float("inf")
+
+
+def _kv_row(s: InstanceState) -> tuple[float, float]:
+    """(KV tokens in use, KV capacity) as `routing.kv_aware.kv_room` compares them
+    (`used + tokens <= capacity`); an instance of unknown capacity has room unless vLLM
+    reports its cache full: (0, inf), or (NaN, inf), which no comparison passes."""
+    scraped = s.scraped
+    cap = s.instance.kv_capacity_hint
+    if cap is None:
+        return (np.nan if scraped.fresh and scraped.kv_usage >= 1.0 else 0.0), np.inf
+    used: float = s.decode_kv_tokens + s.prefill_tokens_queued
+    if scraped.fresh:
+        used = max(used, scraped.kv_usage * cap)
+    return used, cap
+
+
+class Candidates(list[InstanceState]):
+    """A list of candidate states that also knows their rows in a `FleetTable` (so a router
+    can read their load as arrays). Any other list works too, read state by state. Made by
+    `with_rows()` (a list subclass without its own `__init__` is built at C speed)."""
+
+    __slots__ = ("rows", "table")
+    rows: np.ndarray
+    table: FleetTable
+
+
+def with_rows(states: Sequence[InstanceState], rows: np.ndarray, table: FleetTable) -> Candidates:
+    out = Candidates(states)
+    out.rows = rows
+    out.table = table
+    return out
+
+
+class FleetTable:
+    def __init__(self, fleet: FleetSnapshot) -> None:
+        self.fleet = fleet
+        self.states: list[InstanceState] = []
+        self.row_of: dict[str, int] = {}
+        self.dirty: set[int] = set()  # rows written to since the last `refresh`
+        self.load_dirty: set[int] = set()  # ... since the last `refresh_load`
+        self._built = False
+        # Per row: healthy, not draining, circuit closed; and that with a free slot.
+        self._routable: list[bool] = []
+        self._free: list[bool] = []
+        self._buffer = array("d")
+        self._group: list[int] = []
+        self.load = np.zeros((0, _COLUMNS))
+        self.one_chunk: float | None = None
+        # Rows whose routability cannot be read from flags (circuit open: half-open with
+        # time) and rows with a fresh scrape reporting work beyond ours (its weight fades
+        # with time): both are recomputed per decision.
+        self.circuit_open: set[int] = set()
+        self.foreign: set[int] = set()
+        # Speed classes: (prefill Ewma, decode Ewma, speed hint); shared Ewma objects are
+        # one class (their values move with every first token, so they are read per decision).
+        self.groups: list[tuple[Any, Any, float]] = []
+        self._group_of: dict[tuple[int, int, float], int] = {}
+        self._flags_version = 0
+        # pool -> (flags version, routable, free, free rows)
+        self._pool_lists: dict[Pool, tuple[int, list[InstanceState], Candidates]] = {}
+        self._pool_rows: dict[Pool, tuple[np.ndarray, bool]] = {}
+
+    # -- membership ------------------------------------------------------------------------
+    def invalidate(self) -> None:
+        """The fleet's membership changed: rows are rebuilt at the next use."""
+        self._built = False
+
+    def _build(self) -> None:
+        for s in self.states:
+            s.watch = None
+            s.scraped.watch = None
+        self.states = list(self.fleet.states.values())
+        n = len(self.states)
+        self.row_of = {s.instance_id: k for k, s in enumerate(self.states)}
+        self._routable = [False] * n
+        self._free = [False] * n
+        # Rows are written from Python one float at a time into this buffer (a plain
+        # interpreter store; a numpy element or row assignment costs several times more per
+        # call, and a refresh is all such writes); `load` is a numpy view of the same memory.
+        self._buffer = array("d", bytes(8 * n * _COLUMNS))
+        self._group = [0] * n  # each row's speed class, as a Python int
+        self.load = np.frombuffer(self._buffer, dtype=np.float64).reshape(n, _COLUMNS)
+        self.circuit_open = set()
+        self.foreign = set()
+        self.groups = []
+        self._group_of = {}
+        self._pool_lists = {}
+        self._pool_rows = {}
+        # The chunk size, when every instance has the same (a scalar in the arithmetic).
+        chunks = {s.instance.batched_tokens_hint or DEFAULT_CHUNK_TOKENS for s in self.states}
+        self.one_chunk = float(chunks.pop()) if len(chunks) == 1 else None
+        self.dirty = set(range(n))
+        self.load_dirty = set(range(n))
+        for k, s in enumerate(self.states):
+            s.watch = (self.dirty, k)
+        self._built = True
+
+    def detach(self) -> None:
+        """Stop watching the states (the table is no longer used)."""
+        for s in self.states:
+            s.watch = None
+            s.scraped.watch = None
+        self.states = []
+        self._built = False
+
+    # -- rows ------------------------------------------------------------------------------
+    def refresh(self) -> None:
+        """Reread what the instances written to since the last call say about routability
+        and free slots (every decision needs it; their load rows are reread by
+        `refresh_load`, only when a router asks for the load)."""
+        if not self._built:
+            self._build()
+        dirty = self.dirty
+        if not dirty:
+            return
+        flags_changed = False
+        routable, free, circuit_open = self._routable, self._free, self.circuit_open
+        states = self.states
+        for k in dirty:
+            s = states[k]
+            ok = s.healthy and not s.draining and not s.circuit_open
+            has_slot = ok and s.in_flight + s.peer_in_flight < s.instance.slot_limit
+            if ok != routable[k] or has_slot != free[k]:
+                routable[k], free[k] = ok, has_slot
+                flags_changed = True
+            if s.circuit_open is not (k in circuit_open):
+                (circuit_open.add if s.circuit_open else circuit_open.discard)(k)
+                flags_changed = True
+        self.load_dirty |= dirty
+        dirty.clear()
+        if flags_changed:
+            self._flags_version += 1
+
+    def refresh_load(self) -> None:
+        """Reread the load rows of the instances written to since the last call."""
+        self.refresh()
+        dirty = self.load_dirty
+        if not dirty:
+            return
+        regroup = False
+        buf, states, foreign = self._buffer, self.states, self.foreign
+        group_of = self._group_of
+        for k in dirty:
+            s = states[k]
+            scraped = s.scraped
+            if scraped.watch is None:  # a new ScrapedLoad object, or the first refresh
+                scraped.watch = (self.dirty, k)
+            inst = s.instance
+            head = None
+            for b in s.prefill_queue:  # load_model._drain_head: the first still prefilling
+                if b.prefilling:
+                    head = b
+                    break
+            if head is None:
+                # No head: never drained (now - inf is not > 0, as `_drain_head` skips it).
+                has_head, head_tokens, head_start = 0.0, 0.0, _INF
+            else:
+                since, booked = s.prefill_head_since, head.booked_at
+                has_head, head_tokens = 1.0, head.prefill_tokens
+                head_start = booked if booked > since else since
+            g = group_of.get((id(s.prefill_s_per_token), id(s.decode_s_per_token), inst.speed_hint))
+            at = k * _COLUMNS
+            if g is None or g != buf[at + GROUP]:
+                # A new speed class, or one that may now be unused: renumber after the loop.
+                regroup = True
+                g = 0
+            buf[at + QUEUED] = s.prefill_tokens_queued
+            buf[at + HEAD] = has_head
+            buf[at + HEAD_TOKENS] = head_tokens
+            buf[at + HEAD_START] = head_start
+            buf[at + PEER] = s.peer_prefill_tokens
+            buf[at + SEQS] = s.decode_seqs + s.prefill_seqs + s.peer_seqs
+            buf[at + CHUNK] = inst.batched_tokens_hint or DEFAULT_CHUNK_TOKENS
+            buf[at + GROUP] = g
+            self._group[k] = g
+            buf[at + KV_USED], buf[at + KV_CAP] = _kv_row(s)
+            if scraped.fresh and scraped.running + scraped.waiting - scraped.ours_at_scrape > 0:
+                foreign.add(k)
+            else:
+                foreign.discard(k)
+        dirty.clear()
+        if regroup:
+            self._regroup()
+
+    def _regroup(self) -> None:
+        """Number the speed classes in use (an instance joined one, or its speed estimates
+        were replaced): O(instances), only when that happens."""
+        self.groups, self._group_of = [], {}
+        column = self.load[:, GROUP]
+        for k, s in enumerate(self.states):
+            pst_e, step_e, hint = s.prefill_s_per_token, s.decode_s_per_token, s.instance.speed_hint
+            key = (id(pst_e), id(step_e), hint)
+            g = self._group_of.get(key)
+            if g is None:
+                g = self._group_of[key] = len(self.groups)
+                self.groups.append((pst_e, step_e, hint))
+            column[k] = g
+            self._group[k] = g
+
+    # -- routable and free, per pool -------------------------------------------------------
+    def pool_rows(self, pool: Pool, eligible: list[InstanceState]) -> tuple[np.ndarray, bool]:
+        """Rows of a pool's instances (in `eligible` order) and whether the table can answer
+        for the pool alone: not when an instance has a prompt limit or a decode target
+        (checked per request and per decode speed)."""
+        cached = self._pool_rows.get(pool)
+        if cached is None:
+            rows = np.array([self.row_of[s.instance_id] for s in eligible], dtype=np.intp)
+            simple = all(
+                s.instance.max_prompt_tokens is None and s.instance.decode_target_s is None
+                for s in eligible
+            )
+            cached = self._pool_rows[pool] = (rows, simple)
+        return cached
+
+    def routable_and_free(
+        self, pool: Pool, eligible: list[InstanceState]
+    ) -> tuple[list[InstanceState], Candidates] | None:
+        """(routable, free) of a pool, as `Dispatcher.routable_and_free` computes them for a
+        request that is not urgent and excludes nothing, without limits; None when the table
+        cannot answer (an instance of the pool has an open circuit, a prompt limit or a
+        decode target: the caller reads the states)."""
+        self.refresh()
+        rows, simple = self.pool_rows(pool, eligible)
+        if not simple or self.circuit_open:
+            return None
+        cached = self._pool_lists.get(pool)
+        if cached is None or cached[0] != self._flags_version:
+            ok, has_slot = self._routable, self._free
+            routable = [s for s, k in zip(eligible, rows.tolist(), strict=True) if ok[k]]
+            at = [i for i, k in enumerate(rows.tolist()) if has_slot[k]]
+            free = with_rows([eligible[i] for i in at], rows[at], self)
+            cached = self._pool_lists[pool] = (self._flags_version, routable, free)
+        _, routable, free = cached
+        # Copies: a caller may keep or change its lists; the cache must not change with them.
+        return list(routable), with_rows(free, free.rows, self)
+
+    def kv_room(self, rows: Sequence[int], tokens: int) -> list[bool]:
+        """`routing.kv_aware.kv_room(state, tokens)` for the instances at `rows`."""
+        self.refresh_load()
+        buf = self._buffer
+        return [buf[k * _COLUMNS + KV_USED] + tokens <= buf[k * _COLUMNS + KV_CAP] for k in rows]
+
+    # -- the load model, vectorised --------------------------------------------------------
+    def candidate_times(
+        self, rows: Sequence[int], owns: Sequence[int], now: float
+    ) -> tuple[list[float], list[float], list[float]]:
+        """`load_model.candidate_times` for the candidates at `rows`, with uncached tokens
+        `owns`: the same Python arithmetic in the same order (so the same floats), reading
+        each candidate's row from the table's contiguous buffer instead of half a dozen
+        objects scattered in memory (between two decisions of a replay those are not in the
+        CPU cache: a miss per object was most of a candidate's cost; numpy array operations
+        were no cheaper at 64 candidates, their fixed cost being cold too). The scrape
+        correction (`load_model.scrape_correction`) is evaluated for the few rows with one."""
+        self.refresh_load()
+        buf, foreign, states, group_of_row = self._buffer, self.foreign, self.states, self._group
+        speeds = [
+            (
+                p.value if p.value is not None else PRIOR_PREFILL_S_PER_TOKEN / h,
+                d.value if d.value is not None else PRIOR_DECODE_STEP_S / h,
+            )
+            for p, d, h in self.groups
+        ]
+        pst, step = speeds[0] if len(speeds) == 1 else (0.0, 0.0)
+        ceil = math.ceil
+        ttfts: list[float] = []
+        steps: list[float] = []
+        costs: list[float] = []
+        for k, uncached in zip(rows, owns, strict=True):
+            at = k * _COLUMNS
+            if len(speeds) > 1:
+                pst, step = speeds[group_of_row[k]]
+            chunk = buf[at + CHUNK]
+            ahead = buf[at + QUEUED]
+            elapsed = now - buf[at + HEAD_START]  # -inf without a head: never drained
+            if elapsed > 0:
+                drained = elapsed / (pst + step / chunk)
+                head_tokens = buf[at + HEAD_TOKENS]
+                ahead = ahead - (drained if drained < head_tokens else head_tokens)
+            residual = running = 0.0
+            if foreign and k in foreign:
+                residual, running = scrape_correction(states[k], now)
+            own = uncached if uncached > 1 else 1
+            tokens = (ahead if ahead > 0.0 else 0.0) + buf[at + PEER] + residual + own
+            ttfts.append(tokens * pst + ceil(tokens / chunk) * step if tokens > 0 else 0.0)
+            steps.append(step)
+            costs.append((buf[at + SEQS] + running) * own * pst)
+        return ttfts, steps, costs
