@@ -20,9 +20,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sage_cp_plugin.load_model import candidate_times
 from sage_cp_plugin.pending import QueuedRequest
-from sage_cp_plugin.routing.predicted import pick_lowest_ttft
+from sage_cp_plugin.routing.predicted import candidate_ttfts, lowest_ttft_index
 from sage_cp_plugin.state import FleetSnapshot, InstanceState
 
 
@@ -42,16 +41,16 @@ def home_unless_slower(
     """`home` unless another candidate's predicted TTFT beats it by more than a step."""
     if len(candidates) < 2:
         return home
-    cached = cached_by_candidate(item, candidates, fleet)
-    tokens = item.input_tokens
-    owns = [tokens - c for c in cached] if cached is not None else [tokens] * len(candidates)
-    ttfts, steps, _ = candidate_times(candidates, owns, fleet.now)
     h = next((i for i, c in enumerate(candidates) if c is home), None)
     if h is None:
         return home
+    times = candidate_ttfts(
+        item, candidates, cached_by_candidate(item, candidates, fleet), fleet.now
+    )
+    ttfts, steps = times.ttfts, times.steps
     b = min(range(len(ttfts)), key=ttfts.__getitem__)
     tol = min(steps[h], steps[b])
     if ttfts[h] <= ttfts[b] + tol:
         return home
-    chosen = pick_lowest_ttft(item, candidates, cached, fleet.now)
-    return home if chosen is None else chosen
+    # The same times decide where it goes instead (computed once).
+    return candidates[lowest_ttft_index(item, times)]

@@ -13,11 +13,41 @@ Nothing here has a weight to tune: every quantity is a time.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from sage_cp_plugin.fleet_table import Candidates
 from sage_cp_plugin.load_model import candidate_times
 from sage_cp_plugin.pending import QueuedRequest
 from sage_cp_plugin.state import InstanceState
+
+
+@dataclass(slots=True)
+class Times:
+    """Each candidate's prompt tokens to compute (`owns`), predicted TTFT, decode step and
+    cost to the requests running there, in the candidates' order."""
+
+    owns: list[int]
+    ttfts: list[float]
+    steps: list[float]
+    costs: list[float]
+
+
+def candidate_ttfts(
+    item: QueuedRequest,
+    candidates: Sequence[InstanceState],
+    cached: Sequence[int] | None,
+    now: float,
+) -> Times:
+    tokens = item.input_tokens
+    owns = [tokens - c for c in cached] if cached is not None else [tokens] * len(candidates)
+    if isinstance(candidates, Candidates):
+        # Candidates with rows in the fleet table: their load read from its buffer (the
+        # same floats as `candidate_times`, at a fraction of the cache misses).
+        ttfts, steps, costs = candidates.table.candidate_times(candidates.rows.tolist(), owns, now)
+    else:
+        # Every candidate's times in one call (the inner loop of a load-aware decision).
+        ttfts, steps, costs = candidate_times(candidates, owns, now)
+    return Times(owns, ttfts, steps, costs)
 
 
 def pick_lowest_ttft(
@@ -26,22 +56,19 @@ def pick_lowest_ttft(
     cached: Sequence[int] | None,
     now: float,
 ) -> InstanceState | None:
-    n = len(candidates)
-    if n == 0:
+    if not candidates:
         return None
-    tokens = item.input_tokens
-    owns = [tokens - c for c in cached] if cached is not None else [tokens] * n
-    if isinstance(candidates, Candidates):
-        # Candidates with rows in the fleet table: their load read from its buffer (the
-        # same floats as `candidate_times`, at a fraction of the cache misses).
-        ttfts, steps, costs = candidates.table.candidate_times(candidates.rows.tolist(), owns, now)
-    else:
-        # Every candidate's times in one call (the inner loop of a load-aware decision).
-        ttfts, steps, costs = candidate_times(candidates, owns, now)
+    return candidates[lowest_ttft_index(item, candidate_ttfts(item, candidates, cached, now))]
+
+
+def lowest_ttft_index(item: QueuedRequest, times: Times) -> int:
+    """The candidate to pick from its times (the rules in the module's docstring)."""
+    owns, ttfts, steps, costs = times.owns, times.ttfts, times.steps, times.costs
+    n = len(ttfts)
     # The scan in the rotation that starts at the request's sequence number.
     start = item.seq % n
     if steps.count(steps[0]) == n:
-        return candidates[_scan_one_step(ttfts, steps[0], costs, owns, start)]
+        return _scan_one_step(ttfts, steps[0], costs, owns, start)
     b = start
     best_t, best_step, best_cost, best_own = ttfts[b], steps[b], costs[b], owns[b]
     for j in (*range(start + 1, n), *range(start)):
@@ -53,7 +80,7 @@ def pick_lowest_ttft(
             cost, own = costs[j], owns[j]
             if cost < best_cost or (cost == best_cost and own < best_own):
                 b, best_t, best_step, best_cost, best_own = j, t, step, cost, own
-    return candidates[b]
+    return b
 
 
 def _scan_one_step(
