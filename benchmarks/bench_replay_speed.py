@@ -30,13 +30,16 @@ from sage_cp_plugin.virtual.fleet import InProcessFleet, MemberSpec
 from sage_cp_plugin.virtual.runner import CoordinatorConfig, run_replay
 from sage_cp_plugin.workloads import (
     AZURE_CODE,
+    WorkloadRecord,
     load_azure,
     poisson_arrivals,
     with_arrivals,
 )
 
 
-def run(instances: int, requests: int, transport: str, profile: Path | None) -> dict[str, Any]:
+def workload(instances: int, requests: int) -> tuple[list[WorkloadRecord], list[MemberSpec]]:
+    """Azure code lengths sampled with a fixed seed, Poisson arrivals at 8 req/s per instance
+    (bursts fill engines: chunked prefill, fast-forwarded decodes), 64 slots per instance."""
     rng = np.random.default_rng(0)
     trace = load_azure(AZURE_CODE, max_input_tokens=8000)
     base = [trace[int(i)] for i in rng.integers(0, len(trace), size=requests)]
@@ -44,6 +47,11 @@ def run(instances: int, requests: int, transport: str, profile: Path | None) -> 
     members = [
         MemberSpec(SimInstanceConfig(seed=i), max_concurrent_requests=64) for i in range(instances)
     ]
+    return work, members
+
+
+def run(instances: int, requests: int, transport: str, profile: Path | None) -> dict[str, Any]:
+    work, members = workload(instances, requests)
     fleet = InProcessFleet(members, direct=transport == "direct")
     cfg = CoordinatorConfig(router="round_robin", upstream_streaming=False, enable_monitoring=False)
     prof = cProfile.Profile() if profile else None

@@ -23,11 +23,10 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.bench_replay_speed import workload as replay_speed_workload
 from sage_cp_plugin.sim import SimInstanceConfig
 from sage_cp_plugin.virtual import CoordinatorConfig, InProcessFleet, MemberSpec, run_replay
 from sage_cp_plugin.workloads import (
-    AZURE_CODE,
-    load_azure,
     load_mooncake,
     poisson_arrivals,
     with_arrivals,
@@ -38,16 +37,8 @@ TIMING_FIELDS = ("queue_ms", "ttft_ms", "tpot_ms", "e2e_ms")
 
 
 def _scale(requests: int = 800, instances: int = 16) -> tuple[list[Any], list[MemberSpec]]:
-    """The replay-speed benchmark's workload, smaller: Azure code lengths, Poisson arrivals
-    at 8 req/s per instance (bursts fill engines: chunked prefill, fast-forwarded decodes)."""
-    rng = np.random.default_rng(0)
-    trace = load_azure(AZURE_CODE, max_input_tokens=8000)
-    base = [trace[int(i)] for i in rng.integers(0, len(trace), size=requests)]
-    work = with_arrivals(base, poisson_arrivals(rng, 8.0 * instances, requests))
-    members = [
-        MemberSpec(SimInstanceConfig(seed=i), max_concurrent_requests=64) for i in range(instances)
-    ]
-    return work, members
+    """The replay-speed benchmark's workload, smaller."""
+    return replay_speed_workload(instances, requests)
 
 
 def _pressure() -> tuple[list[Any], list[MemberSpec]]:
