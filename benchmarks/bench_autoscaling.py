@@ -51,17 +51,18 @@ VARIANTS = ("autoscaler", "static_peak", "static_mean", "threshold")
 
 
 def peak_rate(trace: str, peak_replicas: int, setup: Setup) -> float:
-    """The rate the capacity model says ``peak_replicas`` replicas serve (5 % below the edge,
-    so the peak-sized static fleet is exactly ``peak_replicas``)."""
+    """The highest rate the planner (``replicas_for``) serves with ``peak_replicas`` replicas,
+    less 5 % so the peak-sized static fleet is exactly ``peak_replicas`` (bisected; the
+    planner's count grows with the rate)."""
     records = load_trace(trace, max_input_tokens=4000)
-    per_replica = 1.0
-    while replicas_for(per_replica * 2, records, setup) <= 1:
-        per_replica *= 2
-    lo, hi = per_replica, per_replica * 2  # bisect the rate one replica serves
-    for _ in range(30):
+    hi = 1.0
+    while replicas_for(hi, records, setup) <= peak_replicas:
+        hi *= 2
+    lo = 0.0
+    for _ in range(20):
         mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if replicas_for(mid, records, setup) <= 1 else (lo, mid)
-    return 0.95 * lo * peak_replicas
+        lo, hi = (mid, hi) if replicas_for(mid, records, setup) <= peak_replicas else (lo, mid)
+    return 0.95 * lo
 
 
 def make_shape(name: str, peak: float, duration_s: float) -> Shape:

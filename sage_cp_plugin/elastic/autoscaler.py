@@ -42,6 +42,7 @@ from sage_cp_plugin.elastic.capacity import (
     general_replicas,
     prefill_replicas,
 )
+from sage_cp_plugin.elastic.sizing import slo_replicas
 from sage_cp_plugin.elastic.ttft import Lengths, general_ttft, prefill_ttft, ttft_replicas
 
 Role = Literal["general", "prefill", "decode"]
@@ -101,6 +102,10 @@ class LoadSample:
     # Squared coefficients of variation of the prompt/output lengths (queueing tails).
     prompt_cv2: float = 1.0
     output_cv2: float = 1.0
+    # Quantiles of recently completed requests' prompt and output lengths (``tpot.summarise``)
+    # for the TPOT tail; empty: a log-normal with the means and cv^2 stands in.
+    prompt_lengths: tuple[float, ...] = ()
+    output_lengths: tuple[float, ...] = ()
     ready: dict[Role, int] = field(default_factory=dict)  # serving now
     starting: dict[Role, int] = field(default_factory=dict)  # asked for, still cold
 
@@ -163,11 +168,18 @@ def _corrected(
 
 def raw_replicas(cfg: AutoscalerConfig, m: StepModel, rate: float, isl: float, osl: float,
                  ttft_c: float, tpot_c: float, *, prompt_cv2: float = 1.0,
-                 output_cv2: float = 1.0) -> dict[Role, int]:  # fmt: skip
-    """Replicas per role for ``rate`` requests/s (before bounds and stabilisation): the larger
-    of the TPOT-bound count and the TTFT-bound count (prefill role and general fleets)."""
+                 output_cv2: float = 1.0, prompts: tuple[float, ...] = (),
+                 outputs: tuple[float, ...] = ()) -> dict[Role, int]:  # fmt: skip
+    """Replicas per role for ``rate`` requests/s (before bounds and stabilisation).
+
+    General fleets with ``slo_attainment > 0``: the fewest replicas whose predicted share of
+    requests missing TTFT or TPOT (``sizing.slo_replicas``: both tails, TPOT from the output-
+    and prompt-length samples) is within ``1 - slo_attainment``, and never fewer than the
+    mean-TPOT bound at full use (below it the batch cannot keep up at all). The tails replace
+    the ``utilisation`` headroom there: headroom was the stand-in for them. Otherwise (and
+    for PD roles) the mean bounds at ``utilisation``, with the TTFT tail for prefill."""
     u = cfg.utilisation
-    mix = Lengths(isl, osl, prompt_cv2, output_cv2)
+    mix = Lengths(isl, osl, prompt_cv2, output_cv2, prompts, outputs)
 
     def by_ttft(role: str, at_least: float) -> float:
         if cfg.slo_attainment <= 0 or not math.isfinite(at_least):
@@ -178,10 +190,18 @@ def raw_replicas(cfg: AutoscalerConfig, m: StepModel, rate: float, isl: float, o
                                    work_factor=tpot_c if role == "general" else 1.0,
                                    at_least=math.floor(at_least)))  # fmt: skip
 
-    if cfg.mode == "general":
-        tpot_need = general_replicas(rate, isl, osl, m, tpot_target_s=cfg.tpot_target_s,
-                                     utilisation=u, correction=tpot_c)  # fmt: skip
-        need = {"general": max(tpot_need, by_ttft("general", tpot_need))}
+    if cfg.mode == "general" and cfg.slo_attainment > 0:
+        floor_need = general_replicas(rate, isl, osl, m, tpot_target_s=cfg.tpot_target_s,
+                                      utilisation=1.0, correction=tpot_c)  # fmt: skip
+        need: dict[str, float] = {"general": float(slo_replicas(
+            m, rate, mix, ttft_target_s=cfg.ttft_target_s, tpot_target_s=cfg.tpot_target_s,
+            attainment=cfg.slo_attainment, max_replicas=cfg.max_replicas, ttft_correction=ttft_c,
+            work_factor=tpot_c,
+            at_least=math.ceil(floor_need - 1e-9) if math.isfinite(floor_need) else cfg.max_replicas,
+        ))}  # fmt: skip
+    elif cfg.mode == "general":
+        need = {"general": general_replicas(rate, isl, osl, m, tpot_target_s=cfg.tpot_target_s,
+                                            utilisation=u, correction=tpot_c)}  # fmt: skip
     else:
         need = {
             "prefill": max(
@@ -232,7 +252,8 @@ def decide(cfg: AutoscalerConfig, m: StepModel, s: LoadSample,
     horizon = s.now + cfg.cold_start_s + cfg.interval_s
     rate = forecast_rate(rates, horizon) + s.waiting / cfg.backlog_drain_s
     raw = raw_replicas(cfg, m, rate, s.mean_prompt_tokens or 1.0, s.mean_output_tokens or 1.0,
-                       ttft_c, tpot_c, prompt_cv2=s.prompt_cv2, output_cv2=s.output_cv2)  # fmt: skip
+                       ttft_c, tpot_c, prompt_cv2=s.prompt_cv2, output_cv2=s.output_cv2,
+                       prompts=s.prompt_lengths, outputs=s.output_lengths)  # fmt: skip
 
     # 3. Stabilise: up now (panic ignores the cooldown), down only to the window's maximum.
     window_from = s.now - cfg.scale_down_window_s
