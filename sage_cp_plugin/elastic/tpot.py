@@ -12,10 +12,13 @@ on the azure_code trace (short outputs, long prompts; session 5's closing note).
 
 The model, per output length ``k`` (``m = k - 1`` decode steps):
 
-- at the target, the request's decode lasts ``D = m * T`` seconds; each of its steps costs
-  ``b0 + b2 * n`` (``n``: the running batch, Little's law) plus the prefill it carries;
+- each of its decode steps costs ``b0 + b2 * n`` (``n``: the running batch, Little's law)
+  plus the prefill it carries, and step ``j`` carries the prompts that arrived during step
+  ``j - 1``: the request's own prefill step (``b0 + b1 * isl + b2 * n``; long prompts make it
+  long) and then its first ``m - 1`` decode steps, ``T`` each at the target: a window
+  ``D = own_step + (m - 1) * T``;
 - prompts arrive at the replica as a Poisson process of rate ``x`` (its share of the
-  fleet's arrivals), so the prompt tokens prefilled during ``D`` are compound Poisson:
+  fleet's arrivals), so the prompt tokens prefilled in its steps are compound Poisson:
   ``N ~ Poisson(x * D)`` prompts, lengths drawn from the observed prompt distribution;
 - it misses when ``b1 * S > m * (T - b0 - b2 * n)``.
 
@@ -119,6 +122,7 @@ def tpot_miss(m: StepModel, rate_per_replica: float, outputs: Sequence[float],
         return 1.0
     batch = min(x * osl * b0 / (1.0 - rho), float(m.max_num_seqs))
     per_step = target_s - b0 - b2 * batch  # what a step may spend on prefill on average
+    own_step = b0 + b1 * isl + b2 * batch  # the step that prefills the request itself
     misses = 0.0
     cache: dict[int, float] = {}
     for k in outs:
@@ -126,11 +130,10 @@ def tpot_miss(m: StepModel, rate_per_replica: float, outputs: Sequence[float],
         if steps == 0:
             continue
         if steps not in cache:
-            if per_step <= 0:
-                cache[steps] = 1.0
-            else:
-                cache[steps] = compound_poisson_tail(
-                    x * steps * target_s, prompts, steps * per_step / b1
-                )
+            # Decode step j carries the prompts that arrived during step j - 1: its own
+            # prefill step, then its first steps - 1 decode steps (at the target's length).
+            window = own_step + (steps - 1) * target_s
+            cache[steps] = 1.0 if per_step <= 0 else compound_poisson_tail(
+                x * window, prompts, steps * per_step / b1)  # fmt: skip
         misses += cache[steps]
     return misses / len(outs)
