@@ -85,7 +85,7 @@ def compound_poisson_tail(rate_x_time: float, marks: Sequence[float], threshold:
     """P(sum of ``N ~ Poisson(rate_x_time)`` marks drawn from ``marks`` > ``threshold``)."""
     if threshold < 0:
         return 1.0
-    if rate_x_time <= 0 or not marks:
+    if rate_x_time <= 0 or len(marks) == 0:
         return 0.0
     m = np.asarray(marks, dtype=float)
     top = float(m.max())
