@@ -6,14 +6,17 @@ coordinator's metrics, and an actuator carries the decision out. The same functi
 the virtual clock in the evaluation (``elastic/evaluation.py``).
 
 What it does, and from whom the idea comes:
-- **Capacity from a model, corrected by observation** (Dynamo's SLA planner): replicas needed
-  are the larger of what the TPOT target needs (the step-time model, ``capacity.py``) and
-  what keeps the predicted queueing + prefill time within the TTFT target for
-  ``slo_attainment`` of the requests (``ttft.py``: M/G/m slots, M/G/1 engine prefill queue,
-  at the forecast rate and length mix). The ratio of observed to predicted TPOT at the
-  current load, smoothed and bounded, scales the work per request; the same ratio for mean
-  TTFT tightens the TTFT target (target / ratio, as Dynamo corrects its ITL target), so a
-  model that is off by 30 % stops mattering after a few intervals.
+- **Capacity from a model, corrected by observation** (Dynamo's SLA planner): a general
+  fleet gets the fewest replicas whose predicted share of requests missing TTFT or TPOT is
+  within ``1 - slo_attainment`` (``sizing.py``: the TTFT tail of ``ttft.py``, M/G/m slots
+  and an M/G/1 engine prefill queue, plus the TPOT tail of ``tpot.py``, other prompts'
+  prefills landing in a request's decode steps, over the observed prompt/output length
+  quantiles), at the forecast rate, and never fewer than the mean-TPOT bound at full use.
+  The ratio of observed to predicted mean TPOT (the mean over *requests*,
+  ``tpot.mean_tpot``, as the observation is), smoothed and bounded, scales the work per
+  request; the same ratio for mean TTFT tightens the TTFT target (target / ratio, as Dynamo
+  corrects its ITL target), so a model that is off by 30 % stops mattering after a few
+  intervals.
 - **Forecast over the cold start**: the request rate is extrapolated (least-squares line over
   ``forecast_window_s``) to ``now + cold_start_s + interval_s``, because a replica asked for
   now serves only after its cold start; a backlog adds ``waiting / backlog_drain_s``.
@@ -42,7 +45,8 @@ from sage_cp_plugin.elastic.capacity import (
     general_replicas,
     prefill_replicas,
 )
-from sage_cp_plugin.elastic.sizing import slo_replicas
+from sage_cp_plugin.elastic.sizing import samples, slo_replicas
+from sage_cp_plugin.elastic.tpot import mean_tpot
 from sage_cp_plugin.elastic.ttft import Lengths, general_ttft, prefill_ttft, ttft_replicas
 
 Role = Literal["general", "prefill", "decode"]
@@ -244,7 +248,11 @@ def decide(cfg: AutoscalerConfig, m: StepModel, s: LoadSample,
         mix = Lengths(isl, osl, s.prompt_cv2, s.output_cv2)
         predicted = predicted_mean_ttft_s(cfg, m, s.arrival_rate, ready, mix)
         ttft_c = _corrected(ttft_c, s.observed_ttft_s, predicted, cfg)
-        tpot_c = _corrected(tpot_c, s.observed_tpot_s, m.predicted_tpot_s(per, isl, osl), cfg)
+        # Like with like: the observed mean is over requests, whose TPOT short answers after
+        # long prompts raise well above the step-time mean (tpot.mean_tpot).
+        prompts, outputs = samples(replace(mix, prompts=s.prompt_lengths,
+                                           outputs=s.output_lengths))  # fmt: skip
+        tpot_c = _corrected(tpot_c, s.observed_tpot_s, mean_tpot(m, per, outputs, prompts), cfg)
 
     # 2. Forecast the load the fleet will meet when a replica asked for now is ready.
     keep_from = s.now - cfg.forecast_window_s
