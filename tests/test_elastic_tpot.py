@@ -7,7 +7,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sage_cp_plugin.elastic.autoscaler import AutoscalerConfig, raw_replicas
+from sage_cp_plugin.elastic.autoscaler import (
+    AutoscalerConfig,
+    LoadSample,
+    ScalerState,
+    decide,
+    raw_replicas,
+)
 from sage_cp_plugin.elastic.capacity import StepModel, general_replicas
 from sage_cp_plugin.elastic.sizing import general_miss, slo_replicas
 from sage_cp_plugin.elastic.tpot import (
@@ -17,6 +23,7 @@ from sage_cp_plugin.elastic.tpot import (
     tpot_miss,
 )
 from sage_cp_plugin.elastic.ttft import Lengths
+from sage_cp_plugin.workloads.traces import load_trace
 
 # Llama-3.3-70B on 4 x H100 (the simulator's published fit), 64 requests per replica.
 H100_70B = StepModel.from_sim(12.6, 76.4, 66.8, max_num_seqs=64)
@@ -138,3 +145,32 @@ def test_short_answers_need_more_replicas_than_the_mean_tpot_says() -> None:
                         output_cv2=0.6)["general"]  # fmt: skip
     floor = general_replicas(12.0, 1138.0, 211.0, H100_70B, tpot_target_s=0.1, utilisation=1.0)
     assert conv >= floor
+
+
+def test_a_right_model_is_not_corrected_into_more_replicas() -> None:
+    """Observed TPOT equal to what a step-by-step replica measures on Mooncake's lengths
+    (short answers after long prompts: the per-request mean is above the step-time mean):
+    the correction stays near 1 and the fleet stays at what the uncorrected planner gives,
+    the count a static fleet sized by the same planner would have."""
+    records = load_trace("mooncake", max_input_tokens=4000)
+    prompts = np.array([r.input_tokens for r in records], dtype=float)
+    outputs = np.array([r.output_tokens for r in records], dtype=float)
+    p, o = summarise(prompts), summarise(outputs)
+    cfg = AutoscalerConfig(ttft_target_s=3.0, tpot_target_s=0.1, cold_start_s=120)
+    rate, isl, osl = 3.0, float(prompts.mean()), float(outputs.mean())
+    planned = raw_replicas(cfg, H100_70B, rate, isl, osl, 1.0, 1.0, prompts=p,
+                           outputs=o)["general"]  # fmt: skip
+    per = rate / planned
+    measured = float(replica_tpots(H100_70B, per, prompts, outputs, seconds=3000).mean())
+    assert measured > 1.1 * H100_70B.predicted_tpot_s(per, isl, osl)  # the gap
+    fleet, state = planned, ScalerState()
+    for i in range(40):
+        s = LoadSample(now=30.0 * i, arrival_rate=rate, mean_prompt_tokens=isl,
+                       mean_output_tokens=osl, completed=90, observed_tpot_s=measured,
+                       prompt_cv2=float(prompts.var() / isl**2),
+                       output_cv2=float(outputs.var() / osl**2), prompt_lengths=p,
+                       output_lengths=o, ready={"general": fleet})  # fmt: skip
+        d, state = decide(cfg, H100_70B, s, state)
+        fleet = d.desired["general"]
+    assert 0.9 < d.tpot_correction < 1.1
+    assert fleet == planned
