@@ -174,3 +174,36 @@ def test_a_right_model_is_not_corrected_into_more_replicas() -> None:
         fleet = d.desired["general"]
     assert 0.9 < d.tpot_correction < 1.1
     assert fleet == planned
+
+
+def test_scale_down_keeps_the_predicted_slo_for_every_rate_in_the_window() -> None:
+    """After a drop, the fleet shrinks only once the stabilisation window holds no rate the
+    smaller fleet is predicted to miss the SLO at, and then to a count that meets it."""
+    records = load_trace("mooncake", max_input_tokens=4000)
+    prompts = [float(r.input_tokens) for r in records]
+    outputs = [float(r.output_tokens) for r in records]
+    p, o = summarise(prompts), summarise(outputs)
+    isl, osl = float(np.mean(prompts)), float(np.mean(outputs))
+    mix = Lengths(isl, osl, prompts=p, outputs=o)
+    cfg = AutoscalerConfig(ttft_target_s=3.0, tpot_target_s=0.1, cold_start_s=120)
+    rates = [4.0] * 20 + [1.0] * 40
+    fleet, state, seen = 1, ScalerState(), []
+    downs = 0
+    for i, rate in enumerate(rates):
+        now = cfg.interval_s * i
+        seen.append((now, rate))
+        s = LoadSample(now=now, arrival_rate=rate, mean_prompt_tokens=isl, mean_output_tokens=osl,
+                       completed=100, prompt_lengths=p, output_lengths=o,
+                       ready={"general": fleet})  # fmt: skip
+        d, state = decide(cfg, H100_70B, s, state)
+        new = d.desired["general"]
+        if new < fleet:
+            downs += 1
+            window = [r for t, r in seen if t >= now - cfg.scale_down_window_s]
+            for r in window:
+                miss = general_miss(H100_70B, r, new, mix, ttft_target_s=3.0, tpot_target_s=0.1)
+                assert miss.total <= 1 - cfg.slo_attainment, (now, r, new, miss)
+            assert now - 19 * cfg.interval_s >= cfg.scale_down_window_s  # the 4 req/s left it
+        fleet = new
+    assert downs >= 1 and fleet < raw_replicas(cfg, H100_70B, 4.0, isl, osl, 1.0, 1.0, prompts=p,
+                                               outputs=o)["general"]  # fmt: skip
