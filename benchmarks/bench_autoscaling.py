@@ -5,8 +5,11 @@ Every variant replays the same workload (arrivals, lengths, SLOs) through the re
 on simulated replicas (`sage_cp_plugin/elastic/evaluation.py`); a replica asked for is billed
 from the decision and serves after the cold start. Workloads: each shape (`daily`: one
 compressed day, `bursts`: flat load with evenly spaced 2.5x bursts) on each trace's lengths;
-the peak rate is set by rule to what the capacity model says ``--peak-replicas`` replicas
-serve, the same rule for every trace. The autoscaler runs with `AutoscalerConfig`'s defaults
+the peak rate is set by rule to 95 % of the highest rate the planner (``replicas_for``: TTFT
+and TPOT tails over the trace's lengths, the autoscaler's own sizing) serves with
+``--peak-replicas`` replicas, the same rule for every trace; the static fleets are sized by
+that planner too. Each row also carries the clairvoyant bound (``ideal_gpu_hours``): the
+GPU-hours of a fleet with exactly the planner's count every minute, no cold start. The autoscaler runs with `AutoscalerConfig`'s defaults
 (nothing set for a trace). Reported: SLO attainment, GPU-hours, scaling actions per hour,
 time from the first load step to meeting the SLO again, and, per workload and cold start, the
 issue's "Done when" comparisons (GPU-hours saved against static_peak, attainment difference,
