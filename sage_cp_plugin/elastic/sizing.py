@@ -57,14 +57,31 @@ def slo_replicas(m: StepModel, rate: float, mix: Lengths, *, ttft_target_s: floa
                  ttft_correction: float = 1.0, work_factor: float = 1.0,
                  at_least: int = 1) -> int:  # fmt: skip
     """The fewest replicas, from ``at_least`` up, whose predicted miss (TTFT + TPOT) is within
-    ``1 - attainment``; ``max_replicas`` if none is."""
+    ``1 - attainment``; ``max_replicas`` if none is. The miss falls as replicas are added
+    (each gets a smaller share of the same arrivals), so the count is found by doubling and
+    bisection: a few evaluations even for a large fleet."""
     if rate <= 0:
         return 0
     budget = 1.0 - attainment
-    for c in range(max(1, at_least), max_replicas + 1):
+
+    def meets(c: int) -> bool:
         miss = general_miss(m, rate, c, mix, ttft_target_s=ttft_target_s,
                             tpot_target_s=tpot_target_s, ttft_correction=ttft_correction,
                             work_factor=work_factor)  # fmt: skip
-        if miss.total <= budget + 1e-12:
-            return c
-    return max_replicas
+        return miss.total <= budget + 1e-12
+
+    lo = max(1, at_least)
+    if lo >= max_replicas or meets(lo):
+        return min(lo, max_replicas)
+    step, hi = 1, lo
+    while True:  # lo fails; find a hi that meets
+        hi = min(lo + step, max_replicas)
+        if meets(hi):
+            break
+        if hi == max_replicas:
+            return max_replicas
+        lo, step = hi, 2 * step
+    while hi - lo > 1:  # lo fails, hi meets
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if meets(mid) else (mid, hi)
+    return hi
