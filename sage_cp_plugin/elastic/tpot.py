@@ -82,7 +82,8 @@ def _erfinv(y: np.ndarray) -> np.ndarray:
     return out
 
 
-def compound_poisson_tail(rate_x_time: float, marks: Sequence[float], threshold: float) -> float:
+def compound_poisson_tail(rate_x_time: float, marks: Sequence[float] | np.ndarray,
+                          threshold: float) -> float:  # fmt: skip
     """P(sum of ``N ~ Poisson(rate_x_time)`` marks drawn from ``marks`` > ``threshold``)."""
     if threshold < 0:
         return 1.0
