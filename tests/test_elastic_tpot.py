@@ -150,8 +150,8 @@ def test_short_answers_need_more_replicas_than_the_mean_tpot_says() -> None:
 def test_a_right_model_is_not_corrected_into_more_replicas() -> None:
     """Observed TPOT equal to what a step-by-step replica measures on Mooncake's lengths
     (short answers after long prompts: the per-request mean is above the step-time mean):
-    the correction stays near 1 and the fleet stays at what the uncorrected planner gives,
-    the count a static fleet sized by the same planner would have."""
+    the correction stays near 1 (the model errs ~5 % high there) and the fleet stays at most
+    at the uncorrected planner's count, what a static fleet sized by it would have."""
     records = load_trace("mooncake", max_input_tokens=4000)
     prompts = np.array([r.input_tokens for r in records], dtype=float)
     outputs = np.array([r.output_tokens for r in records], dtype=float)
@@ -162,7 +162,7 @@ def test_a_right_model_is_not_corrected_into_more_replicas() -> None:
                            outputs=o)["general"]  # fmt: skip
     per = rate / planned
     measured = float(replica_tpots(H100_70B, per, prompts, outputs, seconds=3000).mean())
-    assert measured > 1.1 * H100_70B.predicted_tpot_s(per, isl, osl)  # the gap
+    assert measured > 1.08 * H100_70B.predicted_tpot_s(per, isl, osl)  # the gap
     fleet, state = planned, ScalerState()
     for i in range(40):
         s = LoadSample(now=30.0 * i, arrival_rate=rate, mean_prompt_tokens=isl,
@@ -172,8 +172,8 @@ def test_a_right_model_is_not_corrected_into_more_replicas() -> None:
                        output_lengths=o, ready={"general": fleet})  # fmt: skip
         d, state = decide(cfg, H100_70B, s, state)
         fleet = d.desired["general"]
-    assert 0.9 < d.tpot_correction < 1.1
-    assert fleet == planned
+    assert 0.9 < d.tpot_correction < 1.04  # against the step-time mean it would be > 1.08
+    assert fleet <= planned  # not inflated past the static fleet's count
 
 
 def test_scale_down_keeps_the_predicted_slo_for_every_rate_in_the_window() -> None:
