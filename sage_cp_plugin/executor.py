@@ -28,6 +28,7 @@ import yarl
 from httpx_aiohttp import AiohttpTransport
 from httpx_aiohttp.transport import map_aiohttp_exceptions
 
+from sage_cp_plugin import fastjson
 from sage_cp_plugin.errors import UpstreamError
 from sage_cp_plugin.openai_body import (
     ENDPOINTS,
@@ -440,7 +441,7 @@ class ExecutionCoordinator:
             if status != 200:
                 raise self._status_error(resp, raw, instance)
         try:
-            data = json.loads(raw)
+            data = fastjson.loads(raw)
             if not isinstance(data, dict):
                 raise ValueError("response is not a JSON object")
         except ValueError as exc:
@@ -516,7 +517,7 @@ class ExecutionCoordinator:
                     done = True
                     continue
                 try:
-                    chunk = json.loads(payload)
+                    chunk = fastjson.loads(payload)
                     if not isinstance(chunk, dict):
                         raise ValueError("chunk is not a JSON object")
                 except ValueError as exc:
