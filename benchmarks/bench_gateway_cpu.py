@@ -577,7 +577,10 @@ def main() -> int:
                 if name.startswith("sage-cp-workers"):
                     argv += ["--workers", str(args.workers)]
             proc = procs.start(argv)
-            wait_http(f"http://127.0.0.1:{port}/health")
+            try:  # a loaded machine can take minutes to start a gateway and its workers
+                wait_http(f"http://127.0.0.1:{port}/health", timeout=300)
+            except RuntimeError as exc:
+                raise SystemExit(f"target {name}: {exc}") from None
             targets[name] = ([("127.0.0.1", port)], {proc.pid: "main"})  # session id = its pid
         modes = {"both": [False, True], "no": [False], "yes": [True]}[args.streamed]
         names = list(targets)
