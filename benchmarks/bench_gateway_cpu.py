@@ -563,20 +563,22 @@ def main() -> int:
                 targets[name] = start_replicas(procs, cfg, args.workers)
                 continue
             port = free_port()
+            cwd: Path | None = None
             if name == "vllm-router":
                 argv = router_argv(sims, port)
             else:
                 cli = CLI
                 if name.endswith(BASE_SUFFIX):
-                    assert base_python is not None
-                    cli = [str(base_python), *CLI[1:]]
+                    assert base_python is not None and args.baseline is not None
+                    # `python -m` imports from the working directory first: run in TREE.
+                    cli, cwd = [str(base_python), *CLI[1:]], args.baseline.resolve()
                 argv = [*cli, "serve", "--config", str(cfg), "--port", str(port)]
                 if name in TRACED:
                     argv += ["--otlp-traces-endpoint", f"http://127.0.0.1:{sink_port}",
                              "--trace-sampling-ratio", str(TRACED[name])]  # fmt: skip
                 if name.startswith("sage-cp-workers"):
                     argv += ["--workers", str(args.workers)]
-            proc = procs.start(argv)
+            proc = procs.start(argv, cwd=cwd)
             try:  # a loaded machine can take minutes to start a gateway and its workers
                 wait_http(f"http://127.0.0.1:{port}/health", timeout=300)
             except RuntimeError as exc:
