@@ -65,7 +65,11 @@ def rss_mib(pid: int) -> float:
 
 
 def start_gateway(
-    *extra: str, short_timeouts: bool = True, python: str = sys.executable, cwd: str | None = None
+    *extra: str,
+    short_timeouts: bool = True,
+    python: str = sys.executable,
+    cwd: str | None = None,
+    env: dict[str, str] | None = None,
 ) -> tuple[subprocess.Popen[str], str]:
     args = [
         python,
@@ -82,7 +86,7 @@ def start_gateway(
         args += ["--header-timeout", str(TIMEOUTS["header"]), "--body-timeout",
                  str(TIMEOUTS["body"]), "--keep-alive", str(TIMEOUTS["idle"])]  # fmt: skip
     proc = subprocess.Popen(
-        args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=cwd
+        args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=cwd, env=env
     )
     assert proc.stdout is not None
     for line in proc.stdout:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import shlex
 import subprocess
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+PROBE_DIR = ROOT / "benchmarks" / "loop_probe"
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.bench_hostile import CHAT, TIMEOUTS, start_gateway  # noqa: E402
@@ -74,11 +76,17 @@ def code_of(python: str) -> str:
 
 async def run(variants: list[tuple[str, str, list[str]]], rounds: int, n: int, nice: int) -> dict:
     gateways: dict[str, tuple[subprocess.Popen[str], str]] = {}
+    probes = Path(tempfile.mkdtemp(prefix="sage-cp-loop-probe-"))
     try:
         for name, python, extra in variants:
+            # The same loop probe in every variant (loop_probe/sitecustomize.py).
+            env = {**os.environ, "PYTHONPATH": str(PROBE_DIR),
+                   "SAGE_CP_LOOP_PROBE": str(probes / f"{name}.json")}  # fmt: skip
             # Started outside any source tree: `-m` puts the working directory first on
             # sys.path, which would mix this tree's package into another interpreter's.
-            gateways[name] = start_gateway(*extra, python=python, cwd=tempfile.gettempdir())
+            gateways[name] = start_gateway(
+                *extra, python=python, cwd=tempfile.gettempdir(), env=env
+            )
         await asyncio.sleep(2.0)  # the embedded fleets' first probes
         limit = 4 * max(TIMEOUTS.values())
         raw: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in variants}
@@ -101,11 +109,50 @@ async def run(variants: list[tuple[str, str, list[str]]], rounds: int, n: int, n
             s.pop("close_times")
             s.update(code=code_of(python), serve_flags=extra, load_avg_1m=loads[name])
             out[name] = s
-        return out
     finally:
         for proc, _ in gateways.values():
             proc.terminate()
             proc.wait(30)
+    for name, _, _ in variants:
+        probe = json.loads((probes / f"{name}.json").read_text())
+        out[name]["loop"] = loop_stalls(probe, raw[name])
+    return out
+
+
+def _phase_windows(r: dict[str, Any]) -> dict[str, tuple[float, float]]:
+    """Each phase's span in one round (as in hostile_slow._phase)."""
+    (b0, b1), (w0, w1) = r["windows"]["without"], r["windows"]["with"]
+    opened = max(c["opened"] for c in r["clients"])
+    closes = [c["closed"] for c in r["clients"] if c["by_server"]] or [w1]
+    first, last = min(closes) - 0.05, max(closes) + 0.05
+    return {"without": (b0, b1), "connecting": (w0, opened), "trickling": (opened, first),
+            "closing": (first, last), "after": (last, w1)}  # fmt: skip
+
+
+def loop_stalls(probe: dict[str, Any], rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per phase, pooled over rounds: the gateway's longest stretch of its own work (thread
+    CPU in one probe wait), stretches over 10 ms of it, and its garbage collections."""
+    out: dict[str, Any] = {}
+    spans = [_phase_windows(r) for r in rounds]
+    for phase in ("without", *PHASES):
+        mine = [(a, b) for w in spans for a, b in [w[phase]]]
+
+        def inside(t: float, mine: list[tuple[float, float]] = mine) -> bool:
+            return any(a <= t < b for a, b in mine)
+
+        late = [x for x in probe["late"] if inside(x[0])]
+        gcs = [g for g in probe["gc"] if inside(g[0])]
+        full = [g for g in gcs if g[3] == 2]
+        out[phase] = {
+            "seconds": sum(b - a for a, b in mine),
+            "max_cpu_ms": max((x[2] for x in late), default=0.0) * 1000,
+            "max_late_ms": max((x[1] for x in late), default=0.0) * 1000,
+            "stalls_over_10ms_cpu": sum(1 for x in late if x[2] > 0.010),
+            "gc_cpu_ms": sum(g[2] for g in gcs) * 1000,
+            "full_gcs": len(full),
+            "full_gc_max_cpu_ms": max((g[2] for g in full), default=0.0) * 1000,
+        }
+    return out
 
 
 def markdown(data: dict[str, Any]) -> str:
@@ -151,6 +198,21 @@ def markdown(data: dict[str, Any]) -> str:
             f"{bw['gateway'] / bw['seconds']:.2f} / {dw['gateway'] / dw['seconds']:.2f} | "
             f"{dw['slow_clients'] / dw['seconds']:.2f} |"
         )
+    lines += ["", "The gateway's loop, from a probe inside it (benchmarks/loop_probe/): per phase, "
+              "its longest stretch of its own work (thread CPU in one 2 ms probe wait; "
+              "independent of the machine's load, unlike wall-clock lateness), how many "
+              "stretches exceeded 10 ms of CPU, and its garbage collections (all "
+              "generations' CPU; full collections, count and longest):", "",
+              "| variant | phase | seconds | longest own stretch (ms CPU) | stretches > 10 ms | "
+              "longest wake-up lateness (ms wall) | GC CPU (ms) | full GCs (longest, ms CPU) |",
+              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for name, s in v.items():
+        for phase, x in s["loop"].items():
+            lines.append(
+                f"| {name} | {phase} | {x['seconds']:.1f} | {x['max_cpu_ms']:.1f} | "
+                f"{x['stalls_over_10ms_cpu']} | {x['max_late_ms']:.0f} | {x['gc_cpu_ms']:.1f} | "
+                f"{x['full_gcs']} ({x['full_gc_max_cpu_ms']:.1f}) |"
+            )
     return "\n".join(lines) + "\n"
 
 

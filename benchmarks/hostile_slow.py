@@ -160,6 +160,7 @@ async def one_round(
     end = t0 + BEFORE_S
     before = await latencies(url, chat, lambda: time.monotonic() > end)
     _add_cpu(cpu["before"], gateway_pid, g0, c0, t0)
+    windows = {"without": [t0, time.monotonic()]}
     # The slow clients run in a process of their own, so their work does not show up
     # in this client's measurements (it does compete for the cores). The window opens
     # once that process is ready (its imports take seconds on a loaded machine) and
@@ -177,11 +178,13 @@ async def one_round(
     await worker.wait()
     finished.set()
     lat = await measuring
+    windows["with"] = [t0, time.monotonic()]
     _add_cpu(cpu["during"], gateway_pid, g0, c0, t0)
     got = json.loads(out)
     cpu["during"]["slow_clients"] += got["cpu_s"]
     during = [(s, ms, _phase(s, ms, got["clients"])) for s, ms in lat]
-    return {"before": before, "during": during, "clients": got["clients"], "cpu_s": cpu}
+    return {"before": before, "during": during, "clients": got["clients"], "cpu_s": cpu,
+            "windows": windows}  # fmt: skip
 
 
 async def slow_run(
