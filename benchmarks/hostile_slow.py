@@ -71,7 +71,11 @@ async def _slow_client(host: str, port: int, kind: str, limit_s: float) -> dict[
     closed = asyncio.create_task(reader.read())
     while not closed.done() and time.monotonic() - opened < limit_s:
         if kind != "idle":
-            writer.write(b"a")  # one byte a second: slowloris
+            try:
+                writer.write(b"a")  # one byte a second: slowloris
+            except (ConnectionError, RuntimeError):  # closed under us (uvloop: RuntimeError)
+                await asyncio.wait({closed}, timeout=1.0)
+                break
         await asyncio.wait({closed}, timeout=1.0)
     ok = closed.done()
     if not ok:
