@@ -7,8 +7,9 @@ validators, route tables, metric families, the embedded fleet) and live as long 
 process; they are never garbage, yet each full collection walks them all. A full
 collection is due once the objects promoted since the last one exceed a quarter of the
 long-lived ones, which is what 1,000 connections opened at once do (~30 tracked objects
-each): measured in the gateway during that burst, one full collection stopped the loop for
-82 ms of CPU (the largest stall of the burst; benchmarks/results/hostile-slow-gc.md).
+each): measured in the gateway during that burst (a probe in its loop, gc callbacks), one
+full collection over ~115,000 objects stopped the loop for 82 ms of CPU, the largest stall of
+the burst (docs/hardening.md, "Accept burst").
 
 `gc.freeze()` moves every tracked object to a permanent generation that collections skip,
 so a collection costs in proportion to the objects made since start-up (connections,
