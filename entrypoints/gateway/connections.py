@@ -78,6 +78,10 @@ def http_error(status: int, message: str, code: str, retry_after: int | None = N
 _cached_http_error = functools.lru_cache(maxsize=64)(http_error)
 
 
+def _nothing() -> None:
+    pass
+
+
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
     limits: ClassVar[ConnectionLimits] = ConnectionLimits()
     # Connections closed by each limit (read by tests and the benchmark).
@@ -162,7 +166,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
-        self._waiting_body = None  # its app never started: nothing to tell
+        waiting, self._waiting_body = self._waiting_body, None
+        if waiting is not None:
+            # Its app never ran, so nothing told; but uvicorn breaks the cycle <-> protocol
+            # reference cycle at the end of the app (run_asgi): without this, every slow
+            # body's connection would wait for a full garbage collection to be freed.
+            waiting[0].on_response = _nothing
         super().connection_lost(exc)
 
     # -- parser callbacks ----------------------------------------------------------------------
