@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from itertools import chain
 
 from sage_cp_plugin.fleet_table import (
     _COLUMNS,
@@ -91,7 +90,7 @@ def pick_index(
     # Candidates predicted whatever the thresholds say: a cached prefix (fewer own tokens)
     # or a scrape correction (tokens and sequences the lower bounds do not hold).
     hits: dict[int, int] = {}
-    if cached is not None:
+    if cached is not None and any(cached):  # `any` at C speed: most requests hit nothing
         hits = {j: tokens - c for j, c in enumerate(cached) if c}
     whole = tokens if tokens > 1 else 1  # own tokens (as predicted) without a cached prefix
 
@@ -121,11 +120,13 @@ def pick_index(
     seqs_at_least = _least_seqs(best_cost, whole, pst)
     lo, hi = best_t - step, best_t + step
     rate = pst + step / chunk  # tokens drained per second by a prefill in progress
-    for j in chain(range(start + 1, n), range(start)):
-        k = rows[j]
-        if j in hits or (foreign and k in foreign):
-            own = hits.get(j, tokens)
-            t, cost = predict(j, own)
+    # Candidates the bounds do not cover, if any (`isdisjoint` at C speed).
+    special = bool(hits) or not foreign.isdisjoint(rows)
+    after = start + 1
+    for i, k in enumerate(rows[after:] + rows[:start]):  # the rotation after the first
+        if special and ((after + i) % n in hits or k in foreign):
+            own = hits.get((after + i) % n, tokens)
+            t, cost = predict((after + i) % n, own)
         else:
             at = k * _COLUMNS
             base = buf[at + BASE_LB]
@@ -150,7 +151,7 @@ def pick_index(
             t = total * pst + ceil(total / chunk) * step if total > 0 else 0.0
             cost = seqs * whole * pst
         if t < lo or (t <= hi and (cost < best_cost or (cost == best_cost and own < best_own))):
-            b, best_t, best_cost, best_own = j, t, cost, own
+            b, best_t, best_cost, best_own = (after + i) % n, t, cost, own
             lo, hi = t - step, t + step
             base_hi = least_base(hi, True)
             base_lo = least_base(lo, False)
