@@ -21,6 +21,7 @@ from sage_cp_plugin.pending import PendingQueue, QueuedRequest
 from sage_cp_plugin.policies.base import make_item
 from sage_cp_plugin.pools import InstancePools
 from sage_cp_plugin.results import ResultStore
+from sage_cp_plugin.routing.cache_view import prepare as prepare_for_cache
 from sage_cp_plugin.state import InstanceState
 from sage_cp_plugin.strategies import Strategies
 from sage_cp_plugin.tracing import spans as tracing
@@ -83,6 +84,8 @@ class Admission:
         serving = self.pools.eligible(item.pool)
         if self.tokenize is not None:
             self.tokenize(item, serving)
+        # The prefix view's prompt hashes, once per request, outside every decision.
+        prepare_for_cache(self.pools.fleet.cache_view, item)
         if len(serving) > 16:
             start = item.seq % len(serving)
             serving = (serving + serving)[start : start + 16]

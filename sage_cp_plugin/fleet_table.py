@@ -45,7 +45,9 @@ Pool = tuple[str | None, bool]
 
 # Columns of `FleetTable.load` (float64, one row per instance).
 QUEUED, HEAD, HEAD_TOKENS, HEAD_START, PEER, SEQS, CHUNK, GROUP, KV_USED, KV_CAP = range(10)
-_COLUMNS = 10
+# The least its prefill tokens ahead plus peers' can be at any time (`routing.pruned_pick`).
+BASE_LB = 10
+_COLUMNS = 11
 _INF = float("inf")
 
 
@@ -223,6 +225,10 @@ class FleetTable:
             buf[at + GROUP] = g
             self._group[k] = g
             buf[at + KV_USED], buf[at + KV_CAP] = _kv_row(s)
+            # `candidate_times`' (ahead if ahead > 0 else 0.0) + peer with the head fully
+            # drained: its value now or lower (every operation is monotone).
+            lowest = s.prefill_tokens_queued - head_tokens
+            buf[at + BASE_LB] = (lowest if lowest > 0.0 else 0.0) + s.peer_prefill_tokens
             if scraped.fresh and scraped.running + scraped.waiting - scraped.ours_at_scrape > 0:
                 foreign.add(k)
             else:

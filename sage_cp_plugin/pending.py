@@ -58,6 +58,9 @@ class QueuedRequest:
     # content hashes per block size, computed at admission for the KV-event index.
     prompt_token_ids: list[int] | None = None
     block_hashes: dict[int, list[int]] | None = None
+    # The prompt's chained character-chunk hashes for the approximate prefix index:
+    # (chunk size, hashes, tokens per chunk), computed at admission (`cache_view.prepare`).
+    prefix_chunks: tuple[int, list[bytes], float] | None = None
     lane: str | None = None  # the router's lane (its own heap); None: the shared one
     # Its spans while traced (tracing.spans.RequestTrace); None when tracing is off.
     trace: Any = None

@@ -152,6 +152,9 @@ class EventsOrApproximateView:
             out[i] = round(exact[i] * scale)
         return out
 
+    def prepare(self, item: QueuedRequest) -> None:
+        self.approx.prepare(item)
+
     def on_dispatch(self, item: QueuedRequest, instance_id: str) -> None:
         self.approx.on_dispatch(item, instance_id)
         self.exact.on_dispatch(item, instance_id)

@@ -26,6 +26,14 @@ class PrefixCacheView(Protocol):
     def on_dispatch(self, item: QueuedRequest, instance_id: str) -> None: ...
 
 
+def prepare(view: object, item: QueuedRequest) -> None:
+    """Let a view precompute what it reads of a request (`prepare(item)`), once, at
+    admission; views without it compute on demand."""
+    hook = getattr(view, "prepare", None)
+    if hook is not None:
+        hook(item)
+
+
 def kv_capacity_tokens(state: InstanceState) -> float | None:
     """The instance's KV cache in tokens, when its description states it."""
     return state.instance.kv_capacity_hint  # read per candidate: cached on the instance
@@ -50,7 +58,18 @@ class ApproximatePrefixCache:
         # One-entry memo: a request is hashed once for its decision and its dispatch.
         self._memo: tuple[QueuedRequest | None, list[bytes], float] = (None, [], 0.0)
 
+    def prepare(self, item: QueuedRequest) -> None:
+        """Hash the prompt once, at admission, onto the request: a decision reads the hashes
+        (the same ones) instead of computing them."""
+        text = item.request.prompt_text()
+        hashes = chunk_hashes(text, self.chunk_chars, self.max_chunks)
+        per_chunk = self.chunk_chars * item.input_tokens / len(text) if text else 0.0
+        item.prefix_chunks = (self.chunk_chars, hashes, per_chunk)
+
     def _hashes(self, item: QueuedRequest) -> tuple[list[bytes], float]:
+        prepared = item.prefix_chunks
+        if prepared is not None and prepared[0] == self.chunk_chars:
+            return prepared[1], prepared[2]
         memo_item, hashes, per_chunk = self._memo
         if memo_item is item:
             return hashes, per_chunk

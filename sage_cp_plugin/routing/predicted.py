@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from sage_cp_plugin.fleet_table import Candidates
 from sage_cp_plugin.load_model import candidate_times
 from sage_cp_plugin.pending import QueuedRequest
+from sage_cp_plugin.routing.pruned_pick import pick_index
 from sage_cp_plugin.state import InstanceState
 
 
@@ -58,6 +59,12 @@ def pick_lowest_ttft(
 ) -> InstanceState | None:
     if not candidates:
         return None
+    if isinstance(candidates, Candidates):
+        # Rows in the fleet table: the same scan, predicting only the candidates that can
+        # change its outcome (`pruned_pick`; None: a fleet it does not cover).
+        picked = pick_index(item, candidates, cached, now)
+        if picked is not None:
+            return candidates[picked]
     return candidates[lowest_ttft_index(item, candidate_ttfts(item, candidates, cached, now))]
 
 
