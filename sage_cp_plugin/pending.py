@@ -58,6 +58,8 @@ class QueuedRequest:
     # content hashes per block size, computed at admission for the KV-event index.
     prompt_token_ids: list[int] | None = None
     block_hashes: dict[int, list[int]] | None = None
+    # The admitting replica's (index, count) among its peers (`routing.rotation`).
+    replica: tuple[int, int] = (0, 1)
     lane: str | None = None  # the router's lane (its own heap); None: the shared one
     # Its spans while traced (tracing.spans.RequestTrace); None when tracing is off.
     trace: Any = None
