@@ -256,6 +256,12 @@ def main() -> None:
     )
     ap.add_argument("--jobs", type=int, default=1, help="cells run in parallel processes")
     ap.add_argument("--stem", default="replicas", help="results file name")
+    ap.add_argument(
+        "--rows",
+        type=Path,
+        nargs="+",
+        help="run nothing: report the rows these logs of earlier runs printed",
+    )
     ap.add_argument("--smoke", action="store_true", help="1 trace, 1 load, 1 seed, 200 requests")
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
@@ -270,12 +276,17 @@ def main() -> None:
         ap.error(f"--variants: unknown {unknown} (known: {[*VARIANTS, *ABLATIONS]}); "
                  "one_process, the baseline, must be among them")  # fmt: skip
     delays = [float(x) / 1e3 for x in args.delays_ms.split(",")]
+    # Seeds outermost: a run cut short still has every cell of its first seeds.
     jobs = [
         (t, load, seed, seeds, n, router, v, d)
-        for t in traces for load in loads for seed in range(seeds) for router in routers
+        for seed in range(seeds) for t in traces for load in loads for router in routers
         for v in variants for d in (delays if {**VARIANTS, **ABLATIONS}[v][1] else delays[:1])
     ]  # fmt: skip
     rows = []
+    if args.rows is not None:  # report rows printed by earlier runs (one JSON object a line)
+        for path in args.rows:
+            rows += [json.loads(x) for x in path.read_text().splitlines() if x.startswith("{")]
+        jobs = []
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         for row in pool.map(_cell, jobs):
             print(json.dumps(row), flush=True)
@@ -284,7 +295,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     stem = f"{args.stem}_smoke" if args.smoke else args.stem
     (args.out / f"{stem}.json").write_text(json.dumps(
-        {"provenance": provenance(), "args": vars(args) | {"out": str(args.out)},
+        {"provenance": provenance(), "args": vars(args) | {"out": str(args.out),
+                                                    "rows": [str(x) for x in args.rows or []]},
          "rows": rows, "verdicts": verdicts}, indent=1))  # fmt: skip
     head = (f"# Three replicas sharing state vs one process\n\n{__doc__.split('usage:')[0]}\n"
             f"Windows: {n} requests, seeds {seeds}. Ratios are paired per seed.\n\n")  # fmt: skip

@@ -45,6 +45,16 @@ def test_each_replica_alone_still_visits_every_candidate() -> None:
                 assert {rotation_start(t, n, (i, count)) for t in range(n)} == set(range(n))
 
 
+def test_replicas_in_turn_move_one_cursor() -> None:
+    # A client spreading over the replicas in turn: request j reaches replica j % N at its
+    # own turn j // N; together they visit the instances exactly as one process's cursor.
+    for n in (4, 6, 8, 9):
+        for count in (2, 3):
+            seq = [rotation_start(j // count, n, (j % count, count)) for j in range(3 * n)]
+            for lap in range(3):
+                assert sorted(seq[lap * n : (lap + 1) * n]) == list(range(n)), (n, count, seq)
+
+
 def test_one_process_rotation_is_unchanged() -> None:
     assert [rotation_start(t, 5, (0, 1)) for t in range(7)] == [0, 1, 2, 3, 4, 0, 1]
 

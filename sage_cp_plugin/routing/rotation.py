@@ -8,16 +8,18 @@ the first request each receives goes to the same instance, and so on: N decision
 before any replica heard of the others pile onto one instance.
 
 Each replica knows its index among its live peers (`fleetshare`: the sorted ids of every
-replica it hears, itself included), so replica `i` of `N` starts its rotation `i/N` of the
-way round the candidates: N replicas at the same count pick N different instances (while
-there are at least N), and each replica alone still visits every instance in turn,
-whatever share of the traffic the client gives it. A stride (replica `i` taking turns
-`i, i+N, i+2N, ...`) would make them one cursor only while the client is perfectly even,
-and would skip instances (every `gcd(N, n)`-th) when one replica gets most of the traffic.
+replica it hears, itself included), so replica `i` of `N` takes the turns `i, i+N, i+2N, ...`
+of one shared rotation: behind a client spreading requests over the replicas in turn, the
+N replicas together move one cursor over the fleet, as one process would. A stride alone
+would make a replica that gets most of the traffic skip instances when `N` and the number
+of candidates `n` share a factor (N=2, n=8: even instances only), so after every full lap
+of the shared rotation (lcm(N, n) turns) it moves on by one: each replica alone then still
+visits every instance once in `n` of its own turns, whatever share the client gives it.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 # (this replica's index among its live peers, how many live replicas): one process alone.
@@ -34,4 +36,9 @@ def replica_slot(own_id: str, peer_ids: Iterable[str]) -> tuple[int, int]:
 def rotation_start(turn: int, n: int, replica: tuple[int, int]) -> int:
     """First of `n` candidates to scan at this replica's `turn` (its own counter)."""
     index, count = replica
-    return (turn + index * n // count) % n
+    shared = turn * count + index  # this turn's place in the replicas' one rotation
+    common = math.gcd(n, count)
+    if common == 1:
+        return shared % n  # the stride visits every instance by itself
+    lap = n * count // common
+    return (shared + shared // lap) % n
