@@ -8,10 +8,16 @@ Variants, same fleet, slots, options and trace window for all:
 - `one_process`: one coordinator (the baseline);
 - `3_shared`: three coordinators sharing load, admin state and the approximate prefix view
   through `fleetshare` (`FleetShare`, the code `sage-cp serve --redis-url` runs), publishing
-  every 50 ms, messages delivered 1 ms after they are sent;
-- `3_blind`: three coordinators sharing nothing (what a second replica did before this).
-The store is the in-memory one (`InMemoryFleetStateStore`): the virtual clock cannot wait
-on a real Redis socket; the real-Redis path is covered by tests/test_fleetshare_redis.py.
+  at each dispatch and every 50 ms, messages delivered `--delays-ms` after they are sent
+  (default 0.5 ms: Redis pub/sub publish -> receive on loopback, p50, measured);
+- `3_blind`: three coordinators sharing nothing (what a second replica did before this);
+- `3_shared_lockstep` (ablation, on request): `3_shared` with every replica's tie-break
+  rotation and round-robin cursor where one process's would be (before replicas knew their
+  index among their peers, `routing/rotation.py`).
+The client sends request j to replica j mod 3. The store is the in-memory one
+(`InMemoryFleetStateStore`): the virtual clock cannot wait on a real Redis socket; the
+real-Redis path is covered by tests/test_fleetshare_redis.py and
+tests/test_replica_spread_redis.py, its delay measured by benchmarks/bench_share_delay.py.
 
 Workload and fleet as benchmarks/routing_quick.py: 8 x Llama-3.1-8B/H100 simulators,
 8192 KV blocks, 64 slots, no KV events (the approximate view is what replicas must share);
@@ -20,7 +26,9 @@ fleet's estimated capacity; SLOs TTFT 2 s, TPOT 100 ms.
 
 usage: python -m benchmarks.bench_replicas [--smoke] [--routers prefix_aware,load_balanced]
        [--traces azure_conv,azure_code,mooncake] [--loads 0.5,0.8] [--seeds 3] [--n 1000]
-Writes benchmarks/results/replicas.{json,md,png}.
+       [--variants one_process,3_shared,3_blind] [--delays-ms 0.5] [--jobs 2]
+       [--stem replicas] [--rows LOG ...]
+Writes benchmarks/results/{stem}.{json,md,png}.
 """
 
 from __future__ import annotations
