@@ -69,7 +69,10 @@ VARIANTS = {"one_process": (1, False), "3_shared": (3, True), "3_blind": (3, Fal
 # Ablations (not run by default): the same sharing without one of its parts.
 # `3_shared_lockstep`: every replica starts its tie-break rotation and round-robin cursor at
 # the same place (as before replicas knew their index among their peers).
-ABLATIONS = {"3_shared_lockstep": (3, True)}
+# `3_shared_onespeed` (a diagnosis, not something replicas on several hosts can do): the
+# replicas learn instance speeds into one shared estimate, as one process does from every
+# request, instead of each from its third of them.
+ABLATIONS = {"3_shared_lockstep": (3, True), "3_shared_onespeed": (3, True)}
 # Publish -> receive of one load message through Redis pub/sub on loopback, p50 (measured:
 # redis-server from the dev extra, 2,000 messages of an 8-instance record; p90 0.66 ms).
 DELIVERY_DELAY_S = 0.0005
@@ -98,6 +101,10 @@ async def _run(
     if variant == "3_shared_lockstep":
         for sh in shares:
             _lockstep(sh)
+    if variant == "3_shared_onespeed":
+        for m in managers[1:]:
+            for iid, st in m.fleet.states.items():
+                st.share_speeds(managers[0].fleet.states[iid])
     builder = PromptBuilder(seed)
     outcomes = [_outcome(r, i) for i, r in enumerate(w)]
     ids: list[tuple[int, int, str]] = []
