@@ -18,11 +18,11 @@ from pathlib import Path
 import httpx
 from sage_cp_plugin.entrypoints.gateway import Gateway, GatewaySettings, serving
 
-from sage_cp_plugin.config import ControlPlaneConfig, sim_instances
+from sage_cp_plugin.config import ControlPlaneConfig, HealthSettings, sim_instances
 from sage_cp_plugin.sim import SimFleet
 from tests.helpers import wait_until
 from tests.redis_server import RedisServer
-from tests.test_gateway_support import FAST_HEALTH, gen
+from tests.test_gateway_support import gen
 
 INSTANCES = 4
 
@@ -39,7 +39,9 @@ async def replicas(
         for i in range(3):
             cfg = ControlPlaneConfig(
                 instances=sim_instances(fleet.members), scheduling_policy="fifo",
-                routing_strategy=router, health=FAST_HEALTH,
+                # Default probing (5 s, two misses): a probe that times out on a loaded
+                # machine must not take an instance out of one replica's candidates only.
+                routing_strategy=router, health=HealthSettings(),
             )  # fmt: skip
             manager = cfg.build_manager()
             await manager.start()
@@ -63,7 +65,8 @@ def _idle(gws: list[Gateway]) -> bool:
     """Every replica sees every instance idle: nothing of its own or its peers' in flight,
     and no last scrape showing work (an older scrape would read as load from elsewhere)."""
     return all(
-        s.in_flight == 0
+        s.routable
+        and s.in_flight == 0
         and s.peer_in_flight == 0
         and (not s.scraped.fresh or s.scraped.running + s.scraped.waiting == 0)
         for gw in gws
