@@ -102,6 +102,7 @@ class Admission:
             item.phase = strategies.pd_router.determine_request_phase(request)
         fleet = self.pools.fleet
         fleet.now = now
+        item.replica = fleet.replica
         item.lane = strategies.lane_of(request)
         policy = strategies.policy_for(item)
         policy.admit(item, fleet)

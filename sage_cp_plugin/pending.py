@@ -61,6 +61,8 @@ class QueuedRequest:
     # The prompt's chained character-chunk hashes for the approximate prefix index:
     # (chunk size, hashes, tokens per chunk), computed at admission (`cache_view.prepare`).
     prefix_chunks: tuple[int, list[bytes], float] | None = None
+    # The admitting replica's (index, count) among its peers (`routing.rotation`).
+    replica: tuple[int, int] = (0, 1)
     lane: str | None = None  # the router's lane (its own heap); None: the shared one
     # Its spans while traced (tracing.spans.RequestTrace); None when tracing is off.
     trace: Any = None

@@ -187,6 +187,9 @@ class FleetSnapshot:
     # approximate or from KV events); None = unknown. Typed loosely: routing imports this
     # module, so naming the protocol here would make an import cycle.
     cache_view: Any = None
+    # (index among the live replicas of the control plane, their number), kept by
+    # `fleetshare`; where tie-break rotations start (`routing.rotation`). One process: (0, 1).
+    replica: tuple[int, int] = (0, 1)
 
     def __iter__(self) -> Iterator[InstanceState]:
         return iter(self.states.values())

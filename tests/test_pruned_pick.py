@@ -20,6 +20,7 @@ from sage_cp_plugin.fleet_table import FleetTable, with_rows
 from sage_cp_plugin.load_model import Booking
 from sage_cp_plugin.routing.predicted import candidate_ttfts, lowest_ttft_index
 from sage_cp_plugin.routing.pruned_pick import pick_index
+from sage_cp_plugin.routing.rotation import rotation_start
 from sage_cp_plugin.state import FleetSnapshot, InstanceState
 from sage_cp_plugin.types import ExecutionInstance
 from tests.helpers import item
@@ -63,6 +64,8 @@ def test_pruned_pick_equals_the_full_scan_while_states_change() -> None:
             at = sorted(rng.sample(range(n), rng.randrange(1, n + 1)))
             subset = [states[k] for k in at]
             it = item(rng.randrange(0, 1000), prompt="p" * rng.randrange(1, 40_000))
+            count = rng.choice([1, 1, 2, 3])  # replicas sharing the rotation (routing.rotation)
+            it.replica = (rng.randrange(count), count)
             cached = None
             if rng.random() < 0.5:
                 cached = [
@@ -75,7 +78,7 @@ def test_pruned_pick_equals_the_full_scan_while_states_change() -> None:
             want = lowest_ttft_index(it, times)
             assert got == want
             compared += 1
-            moved += want != it.seq % len(subset)
+            moved += want != rotation_start(it.seq, len(subset), it.replica)
     assert compared == 1600
     assert moved > 400  # the scan left its first candidate often: its tests were exercised
 

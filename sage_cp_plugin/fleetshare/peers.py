@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from sage_cp_plugin import load_model
+from sage_cp_plugin.routing.rotation import replica_slot
 from sage_cp_plugin.state import FleetSnapshot
 
 
@@ -41,7 +42,9 @@ class PeerLoads:
         return gone
 
     def apply(self, fleet: FleetSnapshot) -> None:
-        """Sum the peers' loads into the fleet view (decisions read them from there)."""
+        """Sum the peers' loads into the fleet view (decisions read them from there), and
+        place this replica among the live ones (where its tie-break rotations start)."""
+        fleet.replica = replica_slot(self.replica_id, self.by_replica)
         for s in fleet:
             s.peer_in_flight = 0
             s.peer_prefill_tokens = 0.0

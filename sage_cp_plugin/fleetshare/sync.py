@@ -183,17 +183,23 @@ class FleetShare:
         now = self.manager.now()
         load = own_load(self.manager.fleet, now)
         heartbeat_due = now - self._last_sent_at >= self.load_ttl_s / 3
-        if force or heartbeat_due or load != self._last_sent:
-            await self.store.put_load(self.replica_id, load, self.load_ttl_s)
-            await self.store.publish({"kind": "load", "replica": self.replica_id, "load": load})
-            self._last_sent, self._last_sent_at = load, now
-            self.status.messages_out += 1
+        send_load = force or heartbeat_due or load != self._last_sent
         entries = self.prefix.take_outbox()
-        if entries:
-            batch = {"kind": "prefix", "replica": self.replica_id, "entries": entries}
-            await self.store.publish(batch)
-            await self.store.append_prefix(batch, self.prefix_log_len)
+        batch = {"kind": "prefix", "replica": self.replica_id, "entries": entries}
+        # Messages first, then the records a new replica reads: peers deciding meanwhile
+        # act on what they heard, and every round trip before the message is time in which
+        # they place requests without this replica's newest bookings (docs/scale-out.md).
+        if send_load:
+            await self.store.publish({"kind": "load", "replica": self.replica_id, "load": load})
             self.status.messages_out += 1
+        if entries:
+            await self.store.publish(batch)
+            self.status.messages_out += 1
+        if send_load:
+            await self.store.put_load(self.replica_id, load, self.load_ttl_s)
+            self._last_sent, self._last_sent_at = load, now
+        if entries:
+            await self.store.append_prefix(batch, self.prefix_log_len)
 
     async def _publish_loop(self) -> None:
         while True:

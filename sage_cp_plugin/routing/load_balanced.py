@@ -32,8 +32,12 @@ class LoadBalancedRouter(Router):
             return None
         if self.power_of_two and len(candidates) > 2:
             # Seeded by the request, so the same request in the same state gets the same pair
-            # (a decision is a pure function; no generator state advances in `select`).
-            rng = random.Random(hash((self._seed, item.seq)))
+            # (a decision is a pure function; no generator state advances in `select`), and by
+            # the replica's index, so replicas at the same count draw different pairs.
+            index = item.replica[0]
+            rng = random.Random(
+                hash((self._seed, item.seq, index) if index else (self._seed, item.seq))
+            )
             a, b = rng.sample(range(len(candidates)), 2)
             candidates = [candidates[a], candidates[b]]
         return pick_lowest_ttft(item, candidates, None, fleet.now)

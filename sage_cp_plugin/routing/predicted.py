@@ -6,7 +6,8 @@ prefill would delay least (`cost_to_running_s`: sequences decoding there times t
 time it adds), then to the one that must compute fewer of the prompt's tokens (a cached
 prefix is work the fleet does not do again, even when it saves less than a step of TTFT),
 then to the first in a rotation that starts at the request's sequence number, so equal
-instances take turns instead of one drawing every request (no herd).
+instances take turns instead of one drawing every request (no herd); replicas of the
+control plane start it at different places (`routing.rotation`).
 Nothing here has a weight to tune: every quantity is a time.
 """
 
@@ -19,6 +20,7 @@ from sage_cp_plugin.fleet_table import Candidates
 from sage_cp_plugin.load_model import candidate_times
 from sage_cp_plugin.pending import QueuedRequest
 from sage_cp_plugin.routing.pruned_pick import pick_index
+from sage_cp_plugin.routing.rotation import rotation_start
 from sage_cp_plugin.state import InstanceState
 
 
@@ -72,8 +74,9 @@ def lowest_ttft_index(item: QueuedRequest, times: Times) -> int:
     """The candidate to pick from its times (the rules in the module's docstring)."""
     owns, ttfts, steps, costs = times.owns, times.ttfts, times.steps, times.costs
     n = len(ttfts)
-    # The scan in the rotation that starts at the request's sequence number.
-    start = item.seq % n
+    # The scan in the rotation that starts at the request's sequence number (offset by the
+    # replica's place among its peers: `routing.rotation`).
+    start = rotation_start(item.seq, n, item.replica)
     if steps.count(steps[0]) == n:
         return _scan_one_step(ttfts, steps[0], costs, owns, start)
     b = start

@@ -48,6 +48,7 @@ from sage_cp_plugin.load_model import (
     scrape_correction,
 )
 from sage_cp_plugin.pending import QueuedRequest
+from sage_cp_plugin.routing.rotation import rotation_start
 
 
 def pick_index(
@@ -110,7 +111,7 @@ def pick_index(
             bump *= 2.0
         return x
 
-    start = item.seq % n
+    start = rotation_start(item.seq, n, item.replica)  # as predicted.lowest_ttft_index
     b = start
     best_own = hits.get(b, tokens)
     best_t, best_cost = predict(b, best_own)
