@@ -85,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
             retry_failed=args.retry_failed,
             fleet_wait_s=args.fleet_wait,
             request_log=args.request_log,
+            tracing_from_env=True,
         )
     except (ValidationError, ValueError) as exc:
         print(f"error: {_first_error(exc)}", file=sys.stderr)

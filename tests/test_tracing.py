@@ -312,6 +312,37 @@ def test_batch_job_and_pipeline_batch_spans_parent_their_requests(
     assert len(requests) == 3 and {parent_of(r) for r in requests} == {batch.context.span_id}
 
 
+def test_sage_cp_batch_traces_from_the_otel_variables_alone(tmp_path: Path) -> None:
+    """`sage-cp batch` with no config file and only OTEL_EXPORTER_OTLP_TRACES_ENDPOINT set
+    exports the job's span and its requests' spans to a real OTLP/gRPC receiver (as
+    `sage-cp serve` does); a bad variable is refused at start with exit code 2."""
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(
+        json.dumps({"custom_id": f"c{i}", "method": "POST", "url": "/v1/chat/completions",
+                    "body": {"model": "sim-model", "max_tokens": 2,
+                             "messages": [{"role": "user", "content": f"q{i}"}]}}) + "\n"
+        for i in range(3)
+    ))  # fmt: skip
+    base = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    cmd = [sys.executable, "-m", "sage_cp_plugin.entrypoints.cli", "batch", str(src),
+           "--output", str(tmp_path / "out.jsonl"), "--no-progress"]  # fmt: skip
+    with Receiver() as rx:
+        env = {**base, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": rx.endpoint}
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        wait_until_sync(lambda: bool(rx.named("sage_cp.batch_job")), "batch job span received")
+        (job,) = rx.named("sage_cp.batch_job")
+        wait_until_sync(lambda: len(rx.named("sage_cp.request")) == 3, "3 request spans")
+        requests = rx.named("sage_cp.request")
+    assert {r["trace_id"] for r in requests} == {job["trace_id"]}
+    assert {r["parent_id"] for r in requests} == {job["span_id"]}
+    bad = {**base, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "ftp://127.0.0.1:4317"}
+    proc = subprocess.run(cmd, env=bad, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT" in proc.stderr, (
+        proc.stderr
+    )
+
+
 def test_standard_otel_variables_configure_tracing(monkeypatch: pytest.MonkeyPatch) -> None:
     for k in [k for k in os.environ if k.startswith("OTEL_")]:
         monkeypatch.delenv(k)

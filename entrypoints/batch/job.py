@@ -63,6 +63,10 @@ class BatchJobOptions(BaseModel):
     outage_backoff: OutageBackoff | None = None
     # Record every finished request (the coordinator's request log) into this folder.
     request_log: Path | None = None
+    # `sage-cp batch`: with no `tracing:` section in --config (or no config), the OTEL_*
+    # variables alone turn tracing on, as for `sage-cp serve`. A library caller leaves it off
+    # and configures tracing itself (a tracer already set up is never replaced).
+    tracing_from_env: bool = False
 
     @field_validator("shard", mode="before")
     @classmethod
@@ -106,8 +110,11 @@ def run_batch_job(opts: BatchJobOptions) -> BatchJobResult:
     outage = opts.outage_backoff or OutageBackoff(max_wait_s=opts.fleet_wait_s)
     outage.on_wait = progress.on_wait
 
-    if config is not None and config.tracing is not None:
-        tracing.configure(config.tracing)  # the job's span; the service's manager reuses it
+    section = config.tracing if config is not None else None
+    if section is not None:
+        tracing.configure(section)  # the job's span; the service's manager reuses it
+    elif opts.tracing_from_env and not tracing.enabled() and tracing.validate(None):
+        tracing.configure(None)  # OTEL_EXPORTER_OTLP_TRACES_ENDPOINT and the other variables
     with tracing_batch.span(
         "sage_cp.batch_job", {"sage_cp.batch.input": str(opts.input), "sage_cp.batch.lines": total}
     ) as trace_parent:

@@ -19,6 +19,7 @@ import shlex
 import signal
 import socket
 from dataclasses import dataclass
+from pathlib import Path
 
 from sage_cp_plugin.elastic.autoscaler import Decision, Role
 from sage_cp_plugin.elastic.discovery import Publish
@@ -55,6 +56,7 @@ class LocalProcessActuator:
         max_concurrent_requests: int = 64,
         interval_s: float = 0.5,
         stop_timeout_s: float = 20.0,
+        log_dir: str | None = None,
     ) -> None:
         self.command = shlex.split(command) if isinstance(command, str) else list(command)
         if not self.command or not any("{port}" in c for c in self.command):
@@ -65,6 +67,9 @@ class LocalProcessActuator:
         self.max_concurrent_requests = max_concurrent_requests
         self.interval_s = interval_s
         self.stop_timeout_s = stop_timeout_s
+        # Each process's stdout and stderr go to <log_dir>/<instance id>.log (appended), so a
+        # server that fails to start can be diagnosed; without it they are discarded.
+        self.log_dir = Path(log_dir) if log_dir else None
         self.processes: dict[str, LocalProcess] = {}
         self.model = ""
         self.fleet: FleetSnapshot | None = None
@@ -104,9 +109,16 @@ class LocalProcessActuator:
         iid = f"local-{role}-{next(self._ids)}"
         args = [c.format(port=port, model=self.model or "sim-model", role=role, host=self.host)
                 for c in self.command]  # fmt: skip
-        proc = await asyncio.create_subprocess_exec(
-            *args, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
-        )
+        if self.log_dir is None:
+            proc = await asyncio.create_subprocess_exec(
+                *args, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
+            )
+        else:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            with (self.log_dir / f"{iid}.log").open("ab") as log:  # the child keeps its own fd
+                proc = await asyncio.create_subprocess_exec(
+                    *args, stdout=log, stderr=asyncio.subprocess.STDOUT
+                )
         self.processes[iid] = LocalProcess(iid, role, port, proc)
         logger.info("local actuator: started %s (pid %d): %s", iid, proc.pid, shlex.join(args))
 

@@ -266,7 +266,7 @@ class VllmFleet:
     def _argv(
         self,
         role: Role,
-        port: int,
+        port: int | str,
         kv_pressure: bool,
         extra_args: Sequence[str],
     ) -> tuple[list[str], str]:
@@ -332,6 +332,22 @@ class VllmFleet:
         if extra_env:
             env.update(extra_env)
         return env
+
+    def serve_command(self, role: Role = "general") -> list[str]:
+        """The command line of one ``role`` server with the port left as ``{port}``, for a
+        launcher that starts servers itself (the local actuator's command template): the
+        environment and working directory :meth:`start` gives its servers, set through
+        ``env``, which then execs the server (signals reach vLLM itself)."""
+        if role in ("prefill", "decode"):
+            # Each NIXL server needs its own side-channel port, which one template cannot give.
+            raise ValueError(f"serve_command: role {role!r} cannot share one command line")
+        argv, _ = self._argv(role, "{port}", False, ())
+        # Only what a server needs: the launcher formats every argument with str.format, and
+        # an inherited variable holding braces (an exported shell function) would break it.
+        env = self._env(role, None)
+        keep = {"HOME", "PATH", "LANG", "TMPDIR", *COMMON_ENV}
+        pairs = [f"{k}={v}" for k, v in sorted(env.items()) if k in keep]
+        return ["env", "-i", "-C", str(self.log_dir), *pairs, *argv]
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(

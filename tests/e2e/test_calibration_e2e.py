@@ -11,6 +11,10 @@ Unique prompts (no prefix-cache hits the log could not see); lengths and arrival
 fixed seed; Poisson arrivals at a rate below what the instance serves on this loaded CPU (a
 first run at 3 req/s overloaded it: TTFT P50 32 s of queueing, and the held-out half then
 starts with a backlog its replay, starting empty, cannot have), while requests still overlap.
+
+160 requests, so each half has 80: with 40 held out (the first version) the held-out E2E median
+sat between sparse output-length clusters and moved by up to 17 % between runs of the same
+workload (ten CI runs: +3 to +17 %, one over the bound); the bound stays the issue's 15 %.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ from sage_cp_plugin.virtual.runner import CoordinatorConfig
 
 pytestmark = pytest.mark.e2e
 
-REQUESTS = 80
+REQUESTS = 160
 RATE_RPS = 0.6
 SLOTS = 4  # coordinator slots on the instance (the engine's max_num_seqs is larger)
 
