@@ -27,6 +27,13 @@ sampling ratio 0.1 and on at 1.0 (OTLP/gRPC to a local receiver process,
 benchmarks/otlp_sink.py), in one run; the added gateway CPU per request is in the
 "Tracing cost" table (stem gateway_cpu_tracing).
 
+Before/after a change (A/B in one run): `--baseline TREE` adds `sage-cp-base` (and
+`sage-cp-workers-base` when `sage-cp-workers` is a target): the same commands run from
+another checkout with its own virtualenv (TREE/.venv, `pip install -e TREE`), e.g. a
+`git worktree add --detach` of the commit before. With `--rounds K` the targets are measured
+in a rotated order each round, so load changes fall on both alike; the "Before/after"
+table gives each point's CPU ratio to its baseline.
+
 Writes benchmarks/results/gateway_cpu.{json,md,png} (stem set by --out).
 """
 
@@ -204,6 +211,62 @@ def measure(target: str, eps: list[tuple[str, int]], sessions: dict[int, str], s
     )
 
 
+BASE_SUFFIX = "-base"
+
+
+def ab_rows(points: list[Point]) -> list[dict[str, Any]]:
+    """Each target against its `--baseline` twin, same mode, same run."""
+    by = {(p.target, p.streamed, p.concurrency): p for p in points}
+    rows = []
+    for p in points:
+        base = by.get((p.target + BASE_SUFFIX, p.streamed, p.concurrency))
+        if base is None:
+            continue
+        rows.append(
+            {
+                "target": p.target,
+                "streamed": p.streamed,
+                "concurrency": p.concurrency,
+                "base_cpu_ms_per_request": base.cpu_ms_per_request,
+                "cpu_ms_per_request": p.cpu_ms_per_request,
+                "cpu_ratio": p.cpu_ms_per_request / base.cpu_ms_per_request,
+                "base_rounds": base.cpu_ms_per_request_rounds,
+                "rounds": p.cpu_ms_per_request_rounds,
+                "base_rps": base.rps,
+                "rps": p.rps,
+                "base_by_role": base.cpu_ms_per_request_by_role,
+                "by_role": p.cpu_ms_per_request_by_role,
+            }
+        )
+    return rows
+
+
+def ab_table(points: list[Point]) -> list[str]:
+    rows = ab_rows(points)
+    if not rows:
+        return []
+    out = [
+        "",
+        "## Before/after (this tree vs `--baseline`, same run, rounds alternated)",
+        "",
+        "| target | streamed | conc. | before CPU ms/req | after CPU ms/req | after/before "
+        "| before rounds | after rounds | by role before | by role after |",
+        "|---|---|---:|---:|---:|---:|---|---|---|---|",
+    ]
+
+    def roles(r: dict[str, float] | None) -> str:
+        return ", ".join(f"{k} {v:.3f}" for k, v in (r or {}).items()) or "-"
+
+    for r in rows:
+        out.append(
+            f"| {r['target']} | {'yes' if r['streamed'] else 'no'} | {r['concurrency']} "
+            f"| {r['base_cpu_ms_per_request']:.3f} | {r['cpu_ms_per_request']:.3f} "
+            f"| {r['cpu_ratio']:.2f} | {_rounds(r['base_rounds'])} | {_rounds(r['rounds'])} "
+            f"| {roles(r['base_by_role'])} | {roles(r['by_role'])} |"
+        )
+    return out
+
+
 def median_round(rounds: list[Point]) -> Point:
     """The round with the median CPU per request (one measured round, not an average),
     carrying every round's value."""
@@ -344,6 +407,7 @@ def markdown(meta: dict[str, Any], points: list[Point], rows: list[dict[str, Any
                 f"| {_rounds(t['off_rounds'])} | {_rounds(t['rounds'])} |"
             )
     out += workers_table(points)
+    out += ab_table(points)
     out += ["", f"Re-run on a quiet machine: `{meta['command']}`", ""]
     return "\n".join(out)
 
@@ -456,6 +520,9 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=1,
                     help="measure every point K times, targets in a rotated order each round; "
                     "report the median round (for a loaded machine)")  # fmt: skip
+    ap.add_argument("--baseline", type=Path, default=None, metavar="TREE",
+                    help="also run sage-cp (and sage-cp-workers) from this checkout, with "
+                    "TREE/.venv/bin/python, as `<target>-base`")  # fmt: skip
     ap.add_argument("--out", default="gateway_cpu")
     args = ap.parse_args()
     if args.tracing:
@@ -466,6 +533,15 @@ def main() -> int:
         ap.error("--requests, --rounds and --concurrency must be positive")
     if args.workers < 2:
         ap.error("--workers must be 2 or more (1 is the sage-cp target)")
+    base_python: Path | None = None
+    if args.baseline is not None:
+        base_python = args.baseline.resolve() / ".venv" / "bin" / "python"
+        if not base_python.exists():
+            ap.error(f"--baseline: {base_python} does not exist (python3 -m venv "
+                     f"{args.baseline}/.venv && {args.baseline}/.venv/bin/pip install -e "
+                     f"{args.baseline})")  # fmt: skip
+        args.targets += [t + BASE_SUFFIX for t in args.targets
+                         if t in ("sage-cp", "sage-cp-workers")]  # fmt: skip
 
     procs = Procs()
     tmp = Path(tempfile.mkdtemp(prefix="bench-gwcpu-"))
@@ -487,17 +563,26 @@ def main() -> int:
                 targets[name] = start_replicas(procs, cfg, args.workers)
                 continue
             port = free_port()
+            cwd: Path | None = None
             if name == "vllm-router":
                 argv = router_argv(sims, port)
             else:
-                argv = [*CLI, "serve", "--config", str(cfg), "--port", str(port)]
+                cli = CLI
+                if name.endswith(BASE_SUFFIX):
+                    assert base_python is not None and args.baseline is not None
+                    # `python -m` imports from the working directory first: run in TREE.
+                    cli, cwd = [str(base_python), *CLI[1:]], args.baseline.resolve()
+                argv = [*cli, "serve", "--config", str(cfg), "--port", str(port)]
                 if name in TRACED:
                     argv += ["--otlp-traces-endpoint", f"http://127.0.0.1:{sink_port}",
                              "--trace-sampling-ratio", str(TRACED[name])]  # fmt: skip
-                if name == "sage-cp-workers":
+                if name.startswith("sage-cp-workers"):
                     argv += ["--workers", str(args.workers)]
-            proc = procs.start(argv)
-            wait_http(f"http://127.0.0.1:{port}/health")
+            proc = procs.start(argv, cwd=cwd)
+            try:  # a loaded machine can take minutes to start a gateway and its workers
+                wait_http(f"http://127.0.0.1:{port}/health", timeout=300)
+            except RuntimeError as exc:
+                raise SystemExit(f"target {name}: {exc}") from None
             targets[name] = ([("127.0.0.1", port)], {proc.pid: "main"})  # session id = its pid
         modes = {"both": [False, True], "no": [False], "yes": [True]}[args.streamed]
         names = list(targets)
@@ -551,6 +636,7 @@ def main() -> int:
             "points": [asdict(p) for p in points],
             "summary": rows,
             "tracing": tracing_rows(points),
+            "before_after": ab_rows(points),
         },
         markdown(meta, points, rows),
     )

@@ -64,9 +64,15 @@ def rss_mib(pid: int) -> float:
     return float("nan")
 
 
-def start_gateway(*extra: str, short_timeouts: bool = True) -> tuple[subprocess.Popen[str], str]:
+def start_gateway(
+    *extra: str,
+    short_timeouts: bool = True,
+    python: str = sys.executable,
+    cwd: str | None = None,
+    env: dict[str, str] | None = None,
+) -> tuple[subprocess.Popen[str], str]:
     args = [
-        sys.executable,
+        python,
         "-m",
         "sage_cp_plugin.entrypoints.cli",
         "serve",
@@ -79,7 +85,9 @@ def start_gateway(*extra: str, short_timeouts: bool = True) -> tuple[subprocess.
     if short_timeouts:
         args += ["--header-timeout", str(TIMEOUTS["header"]), "--body-timeout",
                  str(TIMEOUTS["body"]), "--keep-alive", str(TIMEOUTS["idle"])]  # fmt: skip
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=cwd, env=env
+    )
     assert proc.stdout is not None
     for line in proc.stdout:
         m = re.search(r"listening on (http://\S+)", line)

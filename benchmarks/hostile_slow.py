@@ -71,7 +71,11 @@ async def _slow_client(host: str, port: int, kind: str, limit_s: float) -> dict[
     closed = asyncio.create_task(reader.read())
     while not closed.done() and time.monotonic() - opened < limit_s:
         if kind != "idle":
-            writer.write(b"a")  # one byte a second: slowloris
+            try:
+                writer.write(b"a")  # one byte a second: slowloris
+            except (ConnectionError, RuntimeError):  # closed under us (uvloop: RuntimeError)
+                await asyncio.wait({closed}, timeout=1.0)
+                break
         await asyncio.wait({closed}, timeout=1.0)
     ok = closed.done()
     if not ok:
@@ -148,46 +152,71 @@ def _add_cpu(into: dict[str, float], gateway_pid: int, g0: float, c0: float, t0:
     into["seconds"] += time.monotonic() - t0
 
 
+async def one_round(
+    url: str, gateway_pid: int, chat: dict[str, Any], limit: float, connections: int, nice: int
+) -> dict[str, Any]:
+    """One round, raw: chat latencies for BEFORE_S without slow connections, then with them
+    until the last is closed (each placed in a phase), the slow clients, CPU seconds."""
+    cpu = {"before": {"gateway": 0.0, "client": 0.0, "seconds": 0.0},
+           "during": {"gateway": 0.0, "client": 0.0, "slow_clients": 0.0, "seconds": 0.0}}  # fmt: skip
+    bench = __file__.replace("hostile_slow.py", "bench_hostile.py")
+    g0, c0, t0 = cpu_seconds(gateway_pid), time.process_time(), time.monotonic()
+    end = t0 + BEFORE_S
+    before = await latencies(url, chat, lambda: time.monotonic() > end)
+    _add_cpu(cpu["before"], gateway_pid, g0, c0, t0)
+    windows = {"without": [t0, time.monotonic()]}
+    # The slow clients run in a process of their own, so their work does not show up
+    # in this client's measurements (it does compete for the cores). The window opens
+    # once that process is ready (its imports take seconds on a loaded machine) and
+    # closes when its last connection has been closed.
+    worker = await asyncio.create_subprocess_exec(
+        sys.executable, bench, "--slow-worker", url, str(connections), str(limit), str(nice),
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert worker.stdout is not None
+    assert (await worker.stdout.readline()).strip() == b"ready"
+    g0, c0, t0 = cpu_seconds(gateway_pid), time.process_time(), time.monotonic()
+    finished = asyncio.Event()
+    measuring = asyncio.create_task(latencies(url, chat, finished.is_set))
+    out = await worker.stdout.read()
+    await worker.wait()
+    finished.set()
+    lat = await measuring
+    windows["with"] = [t0, time.monotonic()]
+    _add_cpu(cpu["during"], gateway_pid, g0, c0, t0)
+    got = json.loads(out)
+    cpu["during"]["slow_clients"] += got["cpu_s"]
+    during = [(s, ms, _phase(s, ms, got["clients"])) for s, ms in lat]
+    return {"before": before, "during": during, "clients": got["clients"], "cpu_s": cpu,
+            "windows": windows}  # fmt: skip
+
+
 async def slow_run(
     url: str, gateway_pid: int, chat: dict[str, Any], timeouts: dict[str, float],
     connections: int, rounds: int, nice: int = 19,
 ) -> dict[str, Any]:  # fmt: skip
     limit = 4 * max(timeouts.values())
-    before: list[tuple[float, float]] = []
-    during: list[tuple[float, float, str]] = []
-    clients: list[dict[str, Any]] = []
-    cpu = {"before": {"gateway": 0.0, "client": 0.0, "seconds": 0.0},
-           "during": {"gateway": 0.0, "client": 0.0, "slow_clients": 0.0, "seconds": 0.0}}  # fmt: skip
-    bench = __file__.replace("hostile_slow.py", "bench_hostile.py")
     late0 = server_lateness(url)
-    for _ in range(rounds):
-        g0, c0, t0 = cpu_seconds(gateway_pid), time.process_time(), time.monotonic()
-        end = t0 + BEFORE_S
-        lat = await latencies(url, chat, lambda end=end: time.monotonic() > end)
-        before += lat
-        _add_cpu(cpu["before"], gateway_pid, g0, c0, t0)
-        # The slow clients run in a process of their own, so their work does not show up
-        # in this client's measurements (it does compete for the cores). The window opens
-        # once that process is ready (its imports take seconds on a loaded machine) and
-        # closes when its last connection has been closed.
-        worker = await asyncio.create_subprocess_exec(
-            sys.executable, bench, "--slow-worker", url, str(connections), str(limit), str(nice),
-            stdout=asyncio.subprocess.PIPE,
-        )  # fmt: skip
-        assert worker.stdout is not None
-        assert (await worker.stdout.readline()).strip() == b"ready"
-        g0, c0, t0 = cpu_seconds(gateway_pid), time.process_time(), time.monotonic()
-        finished = asyncio.Event()
-        measuring = asyncio.create_task(latencies(url, chat, finished.is_set))
-        out = await worker.stdout.read()
-        await worker.wait()
-        finished.set()
-        lat = await measuring
-        _add_cpu(cpu["during"], gateway_pid, g0, c0, t0)
-        got = json.loads(out)
-        cpu["during"]["slow_clients"] += got["cpu_s"]
-        clients += got["clients"]
-        during += [(s, ms, _phase(s, ms, got["clients"])) for s, ms in lat]
+    raw = [await one_round(url, gateway_pid, chat, limit, connections, nice)
+           for _ in range(rounds)]  # fmt: skip
+    return summarise(raw, timeouts, connections, nice, late0, server_lateness(url))
+
+
+def summarise(
+    raw: list[dict[str, Any]], timeouts: dict[str, float], connections: int, nice: int,
+    late0: dict[str, float], late1: dict[str, float],
+) -> dict[str, Any]:  # fmt: skip
+    """Rounds pooled: closes per kind, the gateway's lateness between two /metrics reads,
+    chat latency without/with and by phase, CPU seconds."""
+    before = [x for r in raw for x in r["before"]]
+    during = [x for r in raw for x in r["during"]]
+    clients = [c for r in raw for c in r["clients"]]
+    cpu: dict[str, dict[str, float]] = {}
+    for r in raw:
+        for window, figures in r["cpu_s"].items():
+            into = cpu.setdefault(window, dict.fromkeys(figures, 0.0))
+            for k, v in figures.items():
+                into[k] += v
     by_kind: dict[str, Any] = {}
     for kind, timeout in (("idle", timeouts["header"]), ("header", timeouts["header"]),
                           ("body", timeouts["body"])):  # fmt: skip
@@ -202,14 +231,13 @@ async def slow_run(
             "timeout_s": timeout,  # an idle connection is timed by the header timeout
         }
     b, d = _stats([ms for _, ms in before]), _stats([ms for _, ms, _ in during])
-    late1 = server_lateness(url)
     expired = late1["count"] - late0["count"]
     lateness = {"deadlines_expired": expired,
                 "mean_ms": (late1["sum_s"] - late0["sum_s"]) / expired * 1000 if expired else None,
                 "max_ms_since_start": late1["max_s"] * 1000}  # fmt: skip
     return {
         "connections": connections,
-        "rounds": rounds,
+        "rounds": len(raw),
         "slow_clients_nice": nice,
         "by_kind": by_kind,
         "server_lateness": lateness,

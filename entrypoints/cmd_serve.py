@@ -89,6 +89,13 @@ def register(sub: Any) -> None:
         help="open connections beyond this get 503 and are closed (default 4096)",
     )
     p.add_argument(
+        "--no-gc-freeze",
+        action="store_true",
+        help="keep start-up objects in the garbage collector's scans (by default they are "
+        "frozen once serving, so a full collection does not stall the loop for all of them; "
+        "for A/B measurements)",
+    )
+    p.add_argument(
         "--max-pending",
         type=int,
         default=None,
@@ -164,6 +171,7 @@ def run(args: argparse.Namespace) -> int:
             body_timeout_s=args.body_timeout,
             keep_alive_s=args.keep_alive,
             max_connections=args.max_connections,
+            gc_freeze=not args.no_gc_freeze,
             max_pending_requests=args.max_pending,
             shutdown_timeout_s=args.shutdown_timeout,
             log_level=args.log_level,

@@ -13,17 +13,22 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import logging
 import weakref
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
+import aiohttp
 import httpx
 import numpy as np
+import yarl
 from httpx_aiohttp import AiohttpTransport
+from httpx_aiohttp.transport import map_aiohttp_exceptions
 
+from sage_cp_plugin import fastjson
 from sage_cp_plugin.errors import UpstreamError
 from sage_cp_plugin.openai_body import (
     ENDPOINTS,
@@ -55,6 +60,68 @@ class _NoCookieJar(httpx.Cookies):
 ChunkSink = Callable[[dict[str, Any]], None]
 
 
+class _Answer(Protocol):
+    """What an attempt reads of an instance's answer: an httpx.Response, or aiohttp's
+    response behind `_AiohttpAnswer`."""
+
+    @property
+    def status_code(self) -> int: ...
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+    @property
+    def reason_phrase(self) -> str: ...
+    async def aread(self) -> bytes: ...
+    def aiter_bytes(self) -> AsyncIterator[bytes]: ...
+
+
+class _AiohttpAnswer:
+    """aiohttp's response with the few httpx.Response names an attempt uses."""
+
+    __slots__ = ("_resp",)
+
+    def __init__(self, resp: aiohttp.ClientResponse) -> None:
+        self._resp = resp
+
+    @property
+    def status_code(self) -> int:
+        return self._resp.status
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        return self._resp.headers
+
+    @property
+    def reason_phrase(self) -> str:
+        return self._resp.reason or ""
+
+    async def aread(self) -> bytes:
+        return await self._resp.read()
+
+    def aiter_bytes(self) -> AsyncIterator[bytes]:
+        return self._resp.content.iter_any()
+
+
+class _Session:
+    """One aiohttp session (connection pool) per instance, opened on first use inside the
+    event loop (aiohttp wants one), shared by the instance's httpx client (as its
+    transport's session) and by the attempts, which use it directly."""
+
+    def __init__(self, limits: httpx.Limits) -> None:
+        self.limits = limits
+        self.session: aiohttp.ClientSession | None = None
+
+    def get(self) -> aiohttp.ClientSession:
+        if self.session is None:
+            # What AiohttpTransport builds for itself from the same limits.
+            connector = aiohttp.TCPConnector(
+                keepalive_timeout=self.limits.keepalive_expiry,
+                ssl=httpx.create_ssl_context(trust_env=False),
+                limit=self.limits.max_connections or 0,
+            )
+            self.session = aiohttp.ClientSession(connector=connector)
+        return self.session
+
+
 @dataclass
 class Outcome:
     """What one attempt on one instance produced, with loop-clock timestamps."""
@@ -72,7 +139,7 @@ class Outcome:
     relayed: int = 0  # chunks already handed to the caller: after one, no retry is safe
 
 
-def _retry_after(resp: httpx.Response) -> float | None:
+def _retry_after(resp: _Answer) -> float | None:
     value = resp.headers.get("retry-after")
     if value is None:
         return None
@@ -89,7 +156,7 @@ def _vector(value: Any) -> list[float]:
     return [float(x) for x in value]
 
 
-def _error_message(resp: httpx.Response, body: bytes) -> str:
+def _error_message(resp: _Answer, body: bytes) -> str:
     try:
         data = json.loads(body)
         err = data.get("error", data) if isinstance(data, dict) else data
@@ -127,6 +194,12 @@ class ExecutionCoordinator:
             weakref.WeakKeyDictionary()
         )
         self.timeout = httpx.Timeout(timeout_s, connect=connect_timeout_s)
+        # The same timeouts as the transport maps httpx's to, built once.
+        self._aio_timeout = aiohttp.ClientTimeout(
+            sock_connect=connect_timeout_s, sock_read=timeout_s, connect=timeout_s
+        )
+        self._sessions: dict[str, _Session] = {}
+        self._aio_urls: dict[tuple[str, bytes], yarl.URL] = {}
         self.limits = httpx.Limits(
             max_connections=max_connections_per_instance,
             max_keepalive_connections=max_connections_per_instance,
@@ -141,6 +214,7 @@ class ExecutionCoordinator:
     async def unregister_instance(self, instance_id: str) -> None:
         self.instances.pop(instance_id, None)
         client = self._clients.pop(instance_id, None)
+        self._sessions.pop(instance_id, None)  # closed with the client's transport
         if client is not None:
             await client.aclose()
 
@@ -165,7 +239,8 @@ class ExecutionCoordinator:
             if self.transport_factory is not None:
                 transport = self.transport_factory(instance)
             elif self.http_backend == "aiohttp":
-                transport = AiohttpTransport(limits=self.limits, trust_env=False)
+                shared = self._sessions[instance.instance_id] = _Session(self.limits)
+                transport = AiohttpTransport(limits=self.limits, trust_env=False, client=shared.get)
             else:
                 transport = None
             c = httpx.AsyncClient(
@@ -180,6 +255,7 @@ class ExecutionCoordinator:
 
     async def aclose(self) -> None:
         clients, self._clients = list(self._clients.values()), {}
+        self._sessions = {}
         await asyncio.gather(*(c.aclose() for c in clients), return_exceptions=True)
 
     # -- probes ----------------------------------------------------------------------------
@@ -265,6 +341,39 @@ class ExecutionCoordinator:
         out.finished_at = loop.time()
         return out
 
+    @contextlib.asynccontextmanager
+    async def _post(
+        self,
+        client: httpx.AsyncClient,
+        url: httpx.URL,
+        content: bytes,
+        headers: dict[str, str],
+        instance: ExecutionInstance,
+    ) -> AsyncIterator[_Answer]:
+        """POST `content`, yielding the answer with its body unread; the connection goes
+        back to the pool (read to the end) or is closed (not read to the end) on exit.
+        aiohttp's errors become httpx's, as the transport maps them, so both paths fail
+        alike."""
+        shared = self._sessions.get(instance.instance_id)
+        if shared is None or self._clients.get(instance.instance_id) is not client:
+            async with client.stream("POST", url, content=content, headers=headers) as resp:
+                yield resp
+            return
+        key = (instance.base_url, url.raw_path)
+        target = self._aio_urls.get(key)
+        if target is None:
+            target = self._aio_urls[key] = yarl.URL(str(url))
+        with map_aiohttp_exceptions():
+            async with shared.get().request(
+                "POST",
+                target,
+                data=content,
+                headers=headers,
+                timeout=self._aio_timeout,
+                allow_redirects=False,
+            ) as answer:
+                yield _AiohttpAnswer(answer)
+
     async def _send(
         self,
         client: httpx.AsyncClient,
@@ -305,9 +414,7 @@ class ExecutionCoordinator:
             ) from exc
 
     @staticmethod
-    def _status_error(
-        resp: httpx.Response, body: bytes, instance: ExecutionInstance
-    ) -> UpstreamError:
+    def _status_error(resp: _Answer, body: bytes, instance: ExecutionInstance) -> UpstreamError:
         code = resp.status_code
         retryable = code in (408, 429) or code >= 500
         return UpstreamError(
@@ -328,18 +435,20 @@ class ExecutionCoordinator:
         out: Outcome,
         headers: dict[str, str] = JSON_HEADERS,
     ) -> None:
-        resp = await client.post(url, content=encode_body(body), headers=headers)
-        if resp.status_code != 200:
-            raise self._status_error(resp, resp.content, instance)
+        async with self._post(client, url, encode_body(body), headers, instance) as resp:
+            raw = await resp.aread()
+            status = resp.status_code
+            if status != 200:
+                raise self._status_error(resp, raw, instance)
         try:
-            data = resp.json()
+            data = fastjson.loads(raw)
             if not isinstance(data, dict):
                 raise ValueError("response is not a JSON object")
         except ValueError as exc:
             raise UpstreamError(
                 f"instance {instance.instance_id} sent malformed JSON: {exc}",
                 instance_id=instance.instance_id,
-                status_code=resp.status_code,
+                status_code=status,
             ) from exc
         out.response = data
         usage = data.get("usage") or {}
@@ -354,7 +463,7 @@ class ExecutionCoordinator:
                 raise UpstreamError(
                     f"instance {instance.instance_id} sent malformed embeddings: {exc}",
                     instance_id=instance.instance_id,
-                    status_code=resp.status_code,
+                    status_code=status,
                 ) from exc
         else:
             out.text = text_of(data)
@@ -377,7 +486,7 @@ class ExecutionCoordinator:
         usage: dict[str, Any] | None = None
         done = False
         content = encode_body(body)
-        async with client.stream("POST", url, content=content, headers=headers) as resp:
+        async with self._post(client, url, content, headers, instance) as resp:
             if resp.status_code != 200:
                 raise self._status_error(resp, await resp.aread(), instance)
             # Lines split from the raw bytes here: httpx's aiter_lines stacks a text
@@ -408,7 +517,7 @@ class ExecutionCoordinator:
                     done = True
                     continue
                 try:
-                    chunk = json.loads(payload)
+                    chunk = fastjson.loads(payload)
                     if not isinstance(chunk, dict):
                         raise ValueError("chunk is not a JSON object")
                 except ValueError as exc:

@@ -82,6 +82,9 @@ class MetricsCollector:
     cost_by_model: dict[str, float] = field(default_factory=dict)
     cost_by_tag: dict[str, float] = field(default_factory=dict)
     recent_finishes: deque[float] = field(default_factory=lambda: deque(maxlen=256))
+    # (prompt, output) tokens of the last completed requests: the autoscaler's TPOT tail
+    # needs the length distribution, not only its moments.
+    recent_lengths: deque[tuple[int, int]] = field(default_factory=lambda: deque(maxlen=1024))
 
     def __post_init__(self) -> None:
         for name in ("e2e", "ttft", "tpot", "queue"):
@@ -122,6 +125,7 @@ class MetricsCollector:
             self.prompt_tokens += result.prompt_tokens
             self.output_tokens_sq += result.completion_tokens**2
             self.prompt_tokens_sq += result.prompt_tokens**2
+            self.recent_lengths.append((result.prompt_tokens, result.completion_tokens))
             if t.e2e_ms is not None:
                 self.e2e.append(t.e2e_ms)
             if t.ttft_ms is not None:

@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 from sage_cp_plugin.pending import PendingQueue, QueuedRequest
 from sage_cp_plugin.policies.base import SchedulingPolicy, make_item
 from sage_cp_plugin.state import FleetSnapshot, InstanceState
-from sage_cp_plugin.types import ExecutionInstance, RequestMetadata
+from sage_cp_plugin.types import ExecutionInstance, RequestMetadata, RequestStatus
 
 
 def state(
@@ -77,3 +77,55 @@ def wait_until_sync(condition: Callable[[], bool], what: str, timeout_s: float =
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
         time.sleep(0.005)
+
+
+class OpenLoopClients:
+    """`clients` open-loop clients: each active one starts ``send()`` every ``period_s``
+    whether or not its last request was answered (pacing, not synchronisation), so the
+    offered load is set by ``active`` and not by how fast this machine answers (a closed loop
+    offers less on a busy machine). ``results`` holds each request's return value, or the
+    exception it raised (a refused request is a lost one). Use as ``async with``; leaving
+    stops the clients and waits for every request sent."""
+
+    def __init__(
+        self, send: Callable[[], Awaitable[object]], clients: int, period_s: float
+    ) -> None:
+        self.send, self.clients, self.period_s = send, clients, period_s
+        self.active = 0
+        self.results: list[object] = []
+        self._stop = asyncio.Event()
+        self._sent: list[asyncio.Task[None]] = []
+        self._loops: list[asyncio.Task[None]] = []
+
+    async def _one(self) -> None:
+        try:
+            self.results.append(await self.send())
+        except Exception as exc:
+            self.results.append(exc)
+
+    async def _client(self, i: int) -> None:
+        while not self._stop.is_set():
+            if i < self.active:
+                self._sent.append(asyncio.create_task(self._one()))
+            await asyncio.sleep(self.period_s)
+
+    async def __aenter__(self) -> OpenLoopClients:
+        self._loops = [asyncio.create_task(self._client(i)) for i in range(self.clients)]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._stop.set()
+        await asyncio.gather(*self._loops)
+        await asyncio.gather(*self._sent)
+
+
+def lost_after_first_answer(results: list[object]) -> tuple[int, list[object]]:
+    """(completed, lost) of `OpenLoopClients.results` for a fleet that starts empty: requests
+    sent before the first completed one may be refused (nothing serves yet); after it, an
+    exception or a result that did not complete is a lost request."""
+
+    def completed(r: object) -> bool:
+        return getattr(r, "status", None) == RequestStatus.COMPLETED
+
+    first = next((i for i, r in enumerate(results) if completed(r)), len(results))
+    return sum(map(completed, results)), [r for r in results[first:] if not completed(r)]

@@ -8,7 +8,18 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from sage_cp_plugin.elastic.evaluation import bursts, daily, gpu_hours, recovery_s, workload
+from sage_cp_plugin.elastic.evaluation import (
+    Setup,
+    bursts,
+    daily,
+    gpu_hours,
+    ideal_gpu_hours,
+    recovery_s,
+    replicas_for,
+    steady,
+    workload,
+)
+from sage_cp_plugin.workloads.traces import load_trace
 
 
 def test_gpu_hours_integrate_the_billed_replicas() -> None:
@@ -49,3 +60,18 @@ def test_recovery_is_measured_from_the_load_step() -> None:
     outs = [outcome(450.0 + t, t >= 60.0) for t in range(600)]
     assert recovery_s(outs, shape) == pytest.approx(60.0)
     assert recovery_s([outcome(450.0 + t, True) for t in range(300)], shape) is None
+
+
+def test_clairvoyant_bound_and_static_fleets_use_one_planner() -> None:
+    setup = Setup()
+    records = load_trace("mooncake", max_input_tokens=4000)
+    flat = steady(1.0, 1800.0)
+    n = replicas_for(1.0, records, setup)
+    # A constant rate: the clairvoyant fleet is the static fleet sized for that rate.
+    assert ideal_gpu_hours(flat, records, setup) == pytest.approx(n * 4 * 0.5)
+    # Bursts over a flat base: it pays the peak count only while a burst lasts.
+    b = bursts(1.0, 3600.0, factor=3.0, n=1, width_s=600.0)
+    peak_n = replicas_for(b.peak, records, setup)
+    assert peak_n > n
+    expected = (n * 3000.0 + peak_n * 600.0) * 4 / 3600.0
+    assert ideal_gpu_hours(b, records, setup) == pytest.approx(expected, rel=0.05)

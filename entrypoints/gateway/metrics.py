@@ -9,7 +9,7 @@ no per-request cost, and the values cannot drift from the coordinator's own.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -201,6 +201,10 @@ class GatewayMetrics:
         r.register(FleetCollector(manager))
         r.register(ConnectionsCollector())
         self._known_models: frozenset[str] = frozenset()
+        # The labelled children, looked up once per label set: `labels()` takes a lock and
+        # checks its arguments on every call (a visible share of a request in the profile),
+        # and returns the same child every time for the same labels (none is ever removed).
+        self._children: dict[tuple[Any, ...], Any] = {}
         # Also told of every finished request (e.g. the A/B experiment's per-arm series).
         self.result_hooks: list[Callable[[RequestResult], None]] = []
 
@@ -218,7 +222,17 @@ class GatewayMetrics:
         self, endpoint: str, model: object, status: int, priority: RequestPriority | None
     ) -> None:
         prio = _PRIORITY_LABELS[priority] if priority is not None else "none"
-        self.requests.labels(endpoint, self.model_label(model), str(status), prio).inc()
+        key = (self.requests, endpoint, self.model_label(model), status, prio)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self.requests.labels(key[1], key[2], str(status), prio)
+        child.inc()
+
+    def _child(self, metric: Histogram, model: str) -> Any:
+        child = self._children.get((metric, model))
+        if child is None:
+            child = self._children[(metric, model)] = metric.labels(model)
+        return child
 
     def observe_result(self, result: RequestResult) -> None:
         for hook in self.result_hooks:
@@ -226,13 +240,13 @@ class GatewayMetrics:
         t = result.timings
         model = self.model_label(result.model_name)
         if t.queue_ms is not None:
-            self.queue_time.labels(model).observe(t.queue_ms / 1000)
+            self._child(self.queue_time, model).observe(t.queue_ms / 1000)
         if t.ttft_ms is not None:
-            self.ttft.labels(model).observe(t.ttft_ms / 1000)
+            self._child(self.ttft, model).observe(t.ttft_ms / 1000)
         if t.tpot_ms is not None:
-            self.itl.labels(model).observe(t.tpot_ms / 1000)
+            self._child(self.itl, model).observe(t.tpot_ms / 1000)
         if t.e2e_ms is not None:
-            self.e2e.labels(model).observe(t.e2e_ms / 1000)
+            self._child(self.e2e, model).observe(t.e2e_ms / 1000)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -40,6 +40,8 @@ class GatewaySettings(BaseModel):
     max_connections: int = Field(4096, gt=0)
     max_pending_requests: int | None = Field(None, gt=0)
     drain_check_interval_s: float = Field(0.05, gt=0)
+    # Freeze start-up objects out of garbage collection once serving (gc_policy.py).
+    gc_freeze: bool = True
     # False: a client asking for one answer gets it from one non-streamed upstream call
     # (~3x less executor work per request), but then TTFT/TPOT of those requests are not
     # measured and the SLO policies learn only from streamed ones.

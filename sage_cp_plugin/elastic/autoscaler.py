@@ -6,14 +6,17 @@ coordinator's metrics, and an actuator carries the decision out. The same functi
 the virtual clock in the evaluation (``elastic/evaluation.py``).
 
 What it does, and from whom the idea comes:
-- **Capacity from a model, corrected by observation** (Dynamo's SLA planner): replicas needed
-  are the larger of what the TPOT target needs (the step-time model, ``capacity.py``) and
-  what keeps the predicted queueing + prefill time within the TTFT target for
-  ``slo_attainment`` of the requests (``ttft.py``: M/G/m slots, M/G/1 engine prefill queue,
-  at the forecast rate and length mix). The ratio of observed to predicted TPOT at the
-  current load, smoothed and bounded, scales the work per request; the same ratio for mean
-  TTFT tightens the TTFT target (target / ratio, as Dynamo corrects its ITL target), so a
-  model that is off by 30 % stops mattering after a few intervals.
+- **Capacity from a model, corrected by observation** (Dynamo's SLA planner): a general
+  fleet gets the fewest replicas whose predicted share of requests missing TTFT or TPOT is
+  within ``1 - slo_attainment`` (``sizing.py``: the TTFT tail of ``ttft.py``, M/G/m slots
+  and an M/G/1 engine prefill queue, plus the TPOT tail of ``tpot.py``, other prompts'
+  prefills landing in a request's decode steps, over the observed prompt/output length
+  quantiles), at the forecast rate, and never fewer than the mean-TPOT bound at full use.
+  The ratio of observed to predicted mean TPOT (the mean over *requests*,
+  ``tpot.mean_tpot``, as the observation is), smoothed and bounded, scales the work per
+  request; the same ratio for mean TTFT tightens the TTFT target (target / ratio, as Dynamo
+  corrects its ITL target), so a model that is off by 30 % stops mattering after a few
+  intervals.
 - **Forecast over the cold start**: the request rate is extrapolated (least-squares line over
   ``forecast_window_s``) to ``now + cold_start_s + interval_s``, because a replica asked for
   now serves only after its cold start; a backlog adds ``waiting / backlog_drain_s``.
@@ -42,6 +45,8 @@ from sage_cp_plugin.elastic.capacity import (
     general_replicas,
     prefill_replicas,
 )
+from sage_cp_plugin.elastic.sizing import samples, slo_replicas
+from sage_cp_plugin.elastic.tpot import mean_tpot
 from sage_cp_plugin.elastic.ttft import Lengths, general_ttft, prefill_ttft, ttft_replicas
 
 Role = Literal["general", "prefill", "decode"]
@@ -101,6 +106,10 @@ class LoadSample:
     # Squared coefficients of variation of the prompt/output lengths (queueing tails).
     prompt_cv2: float = 1.0
     output_cv2: float = 1.0
+    # Quantiles of recently completed requests' prompt and output lengths (``tpot.summarise``)
+    # for the TPOT tail; empty: a log-normal with the means and cv^2 stands in.
+    prompt_lengths: tuple[float, ...] = ()
+    output_lengths: tuple[float, ...] = ()
     ready: dict[Role, int] = field(default_factory=dict)  # serving now
     starting: dict[Role, int] = field(default_factory=dict)  # asked for, still cold
 
@@ -163,11 +172,18 @@ def _corrected(
 
 def raw_replicas(cfg: AutoscalerConfig, m: StepModel, rate: float, isl: float, osl: float,
                  ttft_c: float, tpot_c: float, *, prompt_cv2: float = 1.0,
-                 output_cv2: float = 1.0) -> dict[Role, int]:  # fmt: skip
-    """Replicas per role for ``rate`` requests/s (before bounds and stabilisation): the larger
-    of the TPOT-bound count and the TTFT-bound count (prefill role and general fleets)."""
+                 output_cv2: float = 1.0, prompts: tuple[float, ...] = (),
+                 outputs: tuple[float, ...] = ()) -> dict[Role, int]:  # fmt: skip
+    """Replicas per role for ``rate`` requests/s (before bounds and stabilisation).
+
+    General fleets with ``slo_attainment > 0``: the fewest replicas whose predicted share of
+    requests missing TTFT or TPOT (``sizing.slo_replicas``: both tails, TPOT from the output-
+    and prompt-length samples) is within ``1 - slo_attainment``, and never fewer than the
+    mean-TPOT bound at full use (below it the batch cannot keep up at all). The tails replace
+    the ``utilisation`` headroom there: headroom was the stand-in for them. Otherwise (and
+    for PD roles) the mean bounds at ``utilisation``, with the TTFT tail for prefill."""
     u = cfg.utilisation
-    mix = Lengths(isl, osl, prompt_cv2, output_cv2)
+    mix = Lengths(isl, osl, prompt_cv2, output_cv2, prompts, outputs)
 
     def by_ttft(role: str, at_least: float) -> float:
         if cfg.slo_attainment <= 0 or not math.isfinite(at_least):
@@ -178,10 +194,18 @@ def raw_replicas(cfg: AutoscalerConfig, m: StepModel, rate: float, isl: float, o
                                    work_factor=tpot_c if role == "general" else 1.0,
                                    at_least=math.floor(at_least)))  # fmt: skip
 
-    if cfg.mode == "general":
-        tpot_need = general_replicas(rate, isl, osl, m, tpot_target_s=cfg.tpot_target_s,
-                                     utilisation=u, correction=tpot_c)  # fmt: skip
-        need = {"general": max(tpot_need, by_ttft("general", tpot_need))}
+    if cfg.mode == "general" and cfg.slo_attainment > 0:
+        floor_need = general_replicas(rate, isl, osl, m, tpot_target_s=cfg.tpot_target_s,
+                                      utilisation=1.0, correction=tpot_c)  # fmt: skip
+        need: dict[str, float] = {"general": float(slo_replicas(
+            m, rate, mix, ttft_target_s=cfg.ttft_target_s, tpot_target_s=cfg.tpot_target_s,
+            attainment=cfg.slo_attainment, max_replicas=cfg.max_replicas, ttft_correction=ttft_c,
+            work_factor=tpot_c,
+            at_least=math.ceil(floor_need - 1e-9) if math.isfinite(floor_need) else cfg.max_replicas,
+        ))}  # fmt: skip
+    elif cfg.mode == "general":
+        need = {"general": general_replicas(rate, isl, osl, m, tpot_target_s=cfg.tpot_target_s,
+                                            utilisation=u, correction=tpot_c)}  # fmt: skip
     else:
         need = {
             "prefill": max(
@@ -224,7 +248,11 @@ def decide(cfg: AutoscalerConfig, m: StepModel, s: LoadSample,
         mix = Lengths(isl, osl, s.prompt_cv2, s.output_cv2)
         predicted = predicted_mean_ttft_s(cfg, m, s.arrival_rate, ready, mix)
         ttft_c = _corrected(ttft_c, s.observed_ttft_s, predicted, cfg)
-        tpot_c = _corrected(tpot_c, s.observed_tpot_s, m.predicted_tpot_s(per, isl, osl), cfg)
+        # Like with like: the observed mean is over requests, whose TPOT short answers after
+        # long prompts raise well above the step-time mean (tpot.mean_tpot).
+        prompts, outputs = samples(replace(mix, prompts=s.prompt_lengths,
+                                           outputs=s.output_lengths))  # fmt: skip
+        tpot_c = _corrected(tpot_c, s.observed_tpot_s, mean_tpot(m, per, outputs, prompts), cfg)
 
     # 2. Forecast the load the fleet will meet when a replica asked for now is ready.
     keep_from = s.now - cfg.forecast_window_s
@@ -232,7 +260,8 @@ def decide(cfg: AutoscalerConfig, m: StepModel, s: LoadSample,
     horizon = s.now + cfg.cold_start_s + cfg.interval_s
     rate = forecast_rate(rates, horizon) + s.waiting / cfg.backlog_drain_s
     raw = raw_replicas(cfg, m, rate, s.mean_prompt_tokens or 1.0, s.mean_output_tokens or 1.0,
-                       ttft_c, tpot_c, prompt_cv2=s.prompt_cv2, output_cv2=s.output_cv2)  # fmt: skip
+                       ttft_c, tpot_c, prompt_cv2=s.prompt_cv2, output_cv2=s.output_cv2,
+                       prompts=s.prompt_lengths, outputs=s.output_lengths)  # fmt: skip
 
     # 3. Stabilise: up now (panic ignores the cooldown), down only to the window's maximum.
     window_from = s.now - cfg.scale_down_window_s

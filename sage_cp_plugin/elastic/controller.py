@@ -24,6 +24,7 @@ from sage_cp_plugin.elastic.autoscaler import (
     decide,
 )
 from sage_cp_plugin.elastic.capacity import StepModel
+from sage_cp_plugin.elastic.tpot import summarise
 from sage_cp_plugin.metrics import MetricsCollector
 from sage_cp_plugin.pending import PendingQueue
 from sage_cp_plugin.state import FleetSnapshot
@@ -87,6 +88,7 @@ class AutoscaleController:
         self._seen: tuple[float, int, int, int, int, int, int] | None = None
         self._means = (1.0, 1.0)
         self._cv2 = (1.0, 1.0)
+        self._samples: tuple[tuple[float, ...], tuple[float, ...]] = ((), ())
 
     @property
     def model(self) -> str:
@@ -116,6 +118,10 @@ class AutoscaleController:
             self._means = ((mc.prompt_tokens - prev[3]) / done, (mc.output_tokens - prev[4]) / done)
             self._cv2 = (_cv2(done, self._means[0], mc.prompt_tokens_sq - prev[5]),
                          _cv2(done, self._means[1], mc.output_tokens_sq - prev[6]))  # fmt: skip
+        if done > 0:
+            lengths = list(mc.recent_lengths)
+            self._samples = (summarise([p for p, _ in lengths]),
+                             summarise([o for _, o in lengths]))  # fmt: skip
         model = self.model
         ready = self.ready(model)
         asked = self.actuator.target(model) or {}
@@ -130,6 +136,8 @@ class AutoscaleController:
             observed_tpot_s=_tail_mean(mc.tpot, done),
             prompt_cv2=self._cv2[0],
             output_cv2=self._cv2[1],
+            prompt_lengths=self._samples[0],
+            output_lengths=self._samples[1],
             ready=ready,
             starting={r: max(0, n - ready.get(r, 0)) for r, n in asked.items()},
         )

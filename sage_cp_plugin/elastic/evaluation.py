@@ -26,6 +26,7 @@ import numpy as np
 from sage_cp_plugin.elastic.autoscaler import AutoscalerConfig, Decision, Role, raw_replicas
 from sage_cp_plugin.elastic.capacity import StepModel
 from sage_cp_plugin.elastic.controller import AutoscaleController, AutoscalingSettings
+from sage_cp_plugin.elastic.tpot import summarise
 from sage_cp_plugin.manager import ControlPlaneManager
 from sage_cp_plugin.sim import SimInstanceConfig
 from sage_cp_plugin.sim.presets import PRESETS
@@ -242,12 +243,32 @@ def length_mix(records: Sequence[WorkloadRecord]) -> tuple[float, float, float, 
 
 
 def replicas_for(rate: float, records: Sequence[WorkloadRecord], setup: Setup) -> int:
-    """Replicas the autoscaler's own capacity model (TPOT and TTFT bounds, no correction)
-    gives ``rate`` on this mix: the static fleets are sized by the same rule."""
+    """Replicas the autoscaler's own planner (``raw_replicas``: TTFT and TPOT tails over the
+    workload's length quantiles, no correction) gives ``rate``: the static fleets are sized
+    by the same rule, so they differ from the autoscaler only in when replicas run."""
     isl, osl, icv2, ocv2 = length_mix(records)
     need = raw_replicas(scaler_config(setup, 0.0), step_model(setup), rate, isl, osl, 1.0, 1.0,
-                        prompt_cv2=icv2, output_cv2=ocv2)  # fmt: skip
+                        prompt_cv2=icv2, output_cv2=ocv2,
+                        prompts=summarise([r.input_tokens for r in records]),
+                        outputs=summarise([r.output_tokens for r in records]))  # fmt: skip
     return max(1, need["general"])
+
+
+def ideal_gpu_hours(shape: Shape, records: Sequence[WorkloadRecord], setup: Setup,
+                    step_s: float = 60.0) -> float:  # fmt: skip
+    """GPU-hours of a clairvoyant fleet that has, every ``step_s``, exactly the replicas the
+    same planner gives that minute's rate (no cold start, no stabilisation): the most any
+    autoscaler sized by this planner could save; reported next to what it did save."""
+    grid = np.arange(0.0, shape.duration_s, step_s)
+    cache: dict[float, int] = {}
+    total = 0.0
+    for t in grid:
+        end = min(t + step_s, shape.duration_s)
+        r = round(max(shape.rate(u) for u in np.linspace(t, end - 1e-9, 7)), 3)
+        if r not in cache:
+            cache[r] = replicas_for(r, records, setup)
+        total += cache[r] * min(step_s, shape.duration_s - t)
+    return total * PRESETS[setup.preset].tp / 3600.0
 
 
 async def _threshold_loop(s: VirtualScaler, setup: Setup) -> None:

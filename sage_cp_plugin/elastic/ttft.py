@@ -41,6 +41,10 @@ class Lengths:
     osl: float
     isl_cv2: float = 1.0
     osl_cv2: float = 1.0
+    # Equally weighted samples (quantiles) of the prompt and output lengths, for the TPOT
+    # tail (``tpot.py``); empty: a log-normal with the means and cv^2 above stands in.
+    prompts: tuple[float, ...] = ()
+    outputs: tuple[float, ...] = ()
 
 
 def erlang_c(servers: int, offered: float) -> float:

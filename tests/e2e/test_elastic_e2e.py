@@ -30,12 +30,11 @@ from sage_cp_plugin import ControlPlaneManager
 from sage_cp_plugin.elastic.autoscaler import raw_replicas
 from sage_cp_plugin.elastic.controller import AutoscalingSettings
 from sage_cp_plugin.elastic.local_process import LocalProcessActuator
-from sage_cp_plugin.types import RequestStatus
-from tests.helpers import wait_until
+from tests.helpers import OpenLoopClients, lost_after_first_answer, wait_until
 
 pytestmark = pytest.mark.e2e
 
-START_TIMEOUT_S = 420.0  # a vLLM start is ~35 s alone, several times that on a loaded CPU
+START_TIMEOUT_S = 900.0  # a vLLM start: ~35 s on a quiet CPU, 5-6 min seen at load 40
 PROMPT = "one two three four five six seven eight"  # 22 tokens for tiny-llama's tokenizer
 OUTPUT_TOKENS = 8
 LOW_RPS, HIGH_RPS = 1.0, 4.0  # one client; four clients
@@ -51,7 +50,12 @@ def _settings(command: list[str], model: str, log_dir: Path) -> dict[str, Any]:
         "scaler": {"interval_s": 5.0, "max_replicas": 2, "min_replicas": 1,
                    "cold_start_s": 300, "scale_down_window_s": 10.0,
                    "scale_down_cooldown_s": 5.0, "forecast_window_s": 10.0,
-                   "correction_min": 1.0, "correction_max": 1.0},
+                   "correction_min": 1.0, "correction_max": 1.0,
+                   # Mean bounds, not the SLO tails: with this made-up step model a 22-token
+                   # prompt is a 0.22 s step against a 50 ms TPOT target, so every answer
+                   # sharing a step with an arrival misses and the tails want many servers
+                   # at 1 req/s. This test is about adding and removing servers.
+                   "slo_attainment": 0.0},
     }  # fmt: skip
 
 
@@ -78,28 +82,13 @@ async def _scale_up_and_down(settings: dict[str, Any], model: str) -> list[Any]:
     assert cp.elastic is not None and cp.elastic.controller is not None
     act = cp.elastic.controller.actuator
     assert isinstance(act, LocalProcessActuator)
-    results: list[Any] = []
-    sent: list[asyncio.Task[None]] = []
-    phase = {"clients": 0}
-    stop = asyncio.Event()
     served_by: dict[str, int] = {}
 
-    async def one() -> None:
-        try:
-            r = await cp.generate(PROMPT, model_name=model, max_tokens=OUTPUT_TOKENS,
-                                  temperature=0)  # fmt: skip
-            results.append(r)
-            if r.instance_id:
-                served_by[r.instance_id] = served_by.get(r.instance_id, 0) + 1
-        except Exception as exc:  # a refused request is a lost one
-            results.append(exc)
-
-    async def client(i: int) -> None:
-        # Open loop, one request a second per active client (pacing, not synchronisation).
-        while not stop.is_set():
-            if i < phase["clients"]:
-                sent.append(asyncio.create_task(one()))
-            await asyncio.sleep(1.0)
+    async def one() -> Any:
+        r = await cp.generate(PROMPT, model_name=model, max_tokens=OUTPUT_TOKENS, temperature=0)
+        if r.instance_id:
+            served_by[r.instance_id] = served_by.get(r.instance_id, 0) + 1
+        return r
 
     def serving() -> int:
         return cp.elastic.controller.ready(model).get("general", 0)  # type: ignore[union-attr]
@@ -112,26 +101,22 @@ async def _scale_up_and_down(settings: dict[str, Any], model: str) -> list[Any]:
             raise AssertionError(f"{exc}; last decision: {last}; served by {served_by}") from None
 
     await cp.start()
-    tasks = [asyncio.create_task(client(i)) for i in range(int(HIGH_RPS))]
     try:
-        phase["clients"] = int(LOW_RPS)
-        await until(lambda: serving() >= 1, "first vLLM server", START_TIMEOUT_S)
-        phase["clients"] = int(HIGH_RPS)  # the step
-        await until(lambda: serving() == 2, "a second server added under load", START_TIMEOUT_S)
-        await until(lambda: len(served_by) == 2, "the added server serving requests", 120)
-        phase["clients"] = int(LOW_RPS)  # back down; traffic keeps flowing while one drains
-        await until(
-            lambda: serving() == 1 and len(act.processes) == 1,
-            "one server drained, removed and stopped",
-            300,
-        )
+        # One request a second per active client.
+        async with OpenLoopClients(one, clients=int(HIGH_RPS), period_s=1.0) as load:
+            load.active = int(LOW_RPS)
+            await until(lambda: serving() >= 1, "first vLLM server", START_TIMEOUT_S)
+            load.active = int(HIGH_RPS)  # the step
+            await until(lambda: serving() == 2, "a second server added under load",
+                        START_TIMEOUT_S)  # fmt: skip
+            await until(lambda: len(served_by) == 2, "the added server serving requests", 120)
+            load.active = int(LOW_RPS)  # back down; traffic keeps flowing while one drains
+            await until(lambda: serving() == 1 and len(act.processes) == 1,
+                        "one server drained, removed and stopped", 300)  # fmt: skip
     finally:
-        stop.set()
-        await asyncio.gather(*tasks)
-        await asyncio.gather(*sent)
         await cp.stop()
     assert not act.processes  # stop() terminated the last one
-    return results
+    return load.results
 
 
 def test_local_actuator_adds_and_drains_real_vllm_servers(
@@ -141,10 +126,7 @@ def test_local_actuator_adds_and_drains_real_vllm_servers(
     settings = _settings(vllm_fleet.serve_command("general"), tiny_model_name, log_dir)
     _check_sizing(settings)
     results = asyncio.run(_scale_up_and_down(settings, tiny_model_name))
-    done = [r for r in results if not isinstance(r, Exception)]
-    ok = [i for i, r in enumerate(results) if r in done and r.status == RequestStatus.COMPLETED]
-    assert ok, f"no request completed; server logs in {log_dir}"
-    lost = [r for r in results[ok[0]:] if isinstance(r, Exception)
-            or r.status != RequestStatus.COMPLETED]  # fmt: skip
+    completed, lost = lost_after_first_answer(results)
+    assert completed, f"no request completed; server logs in {log_dir}"
     assert not lost, lost[:3]
-    assert len(ok) > 30
+    assert completed > 30

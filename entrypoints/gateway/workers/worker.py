@@ -32,8 +32,10 @@ _FDS_PER_READ = 64
 class _HandedConnectionsServer(_Server):
     """uvicorn without a listening socket of its own: connections come from `handoff`."""
 
-    def __init__(self, config: Any, app: WorkerApp, handoff: socket.socket) -> None:
-        super().__init__(config, app)
+    def __init__(
+        self, config: Any, app: WorkerApp, handoff: socket.socket, freeze_startup: bool = True
+    ) -> None:
+        super().__init__(config, app, freeze_startup)
         self.handoff = handoff
         self.connections_taken = 0
         self._handing: set[asyncio.Task[Any]] = set()
@@ -92,7 +94,9 @@ async def serve_worker(
     # Traced: a SERVER span for each request this worker serves itself; the routes it
     # proxies whole get theirs in the scheduling process's app (one per request).
     asgi: Any = TracingMiddleware(app, only=FORWARDED) if tracing.enabled() else app
-    server = _HandedConnectionsServer(_uvicorn_config(asgi, settings), app, handoff)
+    server = _HandedConnectionsServer(
+        _uvicorn_config(asgi, settings), app, handoff, freeze_startup=settings.gc_freeze
+    )
     listening = asyncio.create_task(link.listen())
 
     def scheduler_gone(_: asyncio.Task[None]) -> None:
