@@ -59,6 +59,9 @@ from typing import Any
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script
+
+from benchmarks.decision_sources import decision_hash
 from sage_cp_plugin.options import ControlPlaneOptions
 from sage_cp_plugin.plugins.registry import get_registry
 from sage_cp_plugin.virtual.capacity import find_capacity
@@ -158,7 +161,10 @@ class CellCache:
 
     def key(self, job: Job) -> str:
         trace, v, seed, rate = job
-        return f"{self.tag}|{trace}|{v.name}|{seed}|{rate:.6g}"
+        # The hash of the variant's decision sources: a cell replayed before a routing change
+        # is not this code's result (benchmarks/decision_sources.py).
+        src = decision_hash(v.router, v.policy)
+        return f"{self.tag}|{trace}|{v.name}|{seed}|{rate:.6g}|src={src}"
 
     def run(self, pool: Executor | None, jobs: list[Job]) -> list[dict[str, Any]]:
         """Results of `jobs` in order; the cached ones are not replayed again (without a

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from sage_cp_plugin import load_model as lm
 from sage_cp_plugin.routing import (
     AffinityRouter,
@@ -233,3 +235,32 @@ def test_pd_specialisation_prefers_role_then_general() -> None:
     assert pd.filter_by_phase([dec, gen], ExecutionInstanceType.PREFILLING) == [gen]
     assert pd.filter_by_phase([dec], ExecutionInstanceType.PREFILLING) == [dec]
     assert PDRoutingStrategy.get_instance_specialization(pre.instance)["prefilling_score"] == 1.0
+
+
+def test_prefix_aware_added_latency_spares_an_instance_full_of_decodes() -> None:
+    # a: nothing queued, 40 sequences decoding; b: a short prompt queued, nothing decoding.
+    a, b = state("a"), state("b")
+    for _ in range(40):
+        lm.first_token(lm.book(a, 200, 50, 0, now=0.0), now=0.0)
+    lm.book(b, 1000, 10, 0, now=0.0)
+    req = item(1, prompt="words of a long prompt " * 400)
+    f = fleet(a, b)
+    ttft_a, ttft_b = (lm.predicted_ttft_s(s, req.input_tokens, 0.0) for s in (a, b))
+    assert ttft_b - ttft_a > lm.decode_step_s(a)  # a is faster to first token by over a step
+    # Least TTFT (the default) takes a; its prefill would stall 40 decodes there.
+    assert PrefixAwareRouter().select(req, [a, b], f) is a
+    # Own TTFT plus the delay added to the running sequences: b adds less latency in all.
+    cost_a, cost_b = (lm.cost_to_running_s(s, req.input_tokens, 0.0) for s in (a, b))
+    assert ttft_b + cost_b < ttft_a + cost_a
+    r = PrefixAwareRouter(score="added_latency")
+    assert r.select(req, [a, b], f) is b
+    assert r.select(req, [b, a], f) is b  # not the candidates' order
+    # With nothing running anywhere it is least TTFT again.
+    c, d = state("c"), state("d")
+    lm.book(d, 1000, 10, 0, now=0.0)
+    assert r.select(req, [c, d], fleet(c, d)) is c
+
+
+def test_prefix_aware_rejects_an_unknown_score() -> None:
+    with pytest.raises(ValueError, match="score must be one of ttft, added_latency"):
+        PrefixAwareRouter(score="fastest")

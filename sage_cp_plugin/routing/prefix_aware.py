@@ -15,8 +15,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from sage_cp_plugin.pending import QueuedRequest
+from sage_cp_plugin.routing.added_latency import lowest_added_latency_index
 from sage_cp_plugin.routing.base import Router
-from sage_cp_plugin.routing.predicted import pick_lowest_ttft
+from sage_cp_plugin.routing.predicted import candidate_ttfts, pick_lowest_ttft
 from sage_cp_plugin.state import FleetSnapshot, InstanceState
 
 # Options of the former score (`matched - load_weight * load`), accepted so existing
@@ -26,14 +27,24 @@ _RETIRED = frozenset(
 )
 
 
+# What a candidate is scored by: the request's own predicted TTFT (default), or that plus the
+# delay its prefill adds to the sequences running there (`routing/added_latency.py`).
+SCORES = ("ttft", "added_latency")
+
+
 class PrefixAwareRouter(Router):
     name = "prefix_aware"
 
-    def __init__(self, **options: Any) -> None:
+    def __init__(self, score: str = "ttft", **options: Any) -> None:
         unknown = sorted(set(options) - _RETIRED)
         if unknown:
             raise TypeError(f"unexpected options for router {self.name!r}: {unknown}")
+        if score not in SCORES:
+            raise ValueError(
+                f"router {self.name!r}: score must be one of {', '.join(SCORES)}, not {score!r}"
+            )
         super().__init__()
+        self.score = score
 
     def select(
         self, item: QueuedRequest, candidates: Sequence[InstanceState], fleet: FleetSnapshot
@@ -42,4 +53,7 @@ class PrefixAwareRouter(Router):
             return None
         view = fleet.cache_view
         cached = view.cached_tokens(item, candidates) if view is not None else None
+        if self.score == "added_latency":
+            times = candidate_ttfts(item, candidates, cached, fleet.now)
+            return candidates[lowest_added_latency_index(item, times)]
         return pick_lowest_ttft(item, candidates, cached, fleet.now)

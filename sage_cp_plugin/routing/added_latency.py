@@ -1,0 +1,28 @@
+"""Pick the candidate where a request adds the least latency to the fleet, not only to itself.
+
+Least predicted TTFT (`predicted.lowest_ttft_index`) counts the new request's wait alone. Its
+prefill also delays every sequence running on the instance it joins: each chunked-prefill
+step that carries its tokens carries their decode step too (`load_model.cost_to_running_s`,
+sequences there times the prefill seconds it adds, from the instance's learnt prefill
+speed). The sum of the two is the request-seconds the placement adds: its own TTFT plus the
+inter-token delay it causes. Dynamo's KV router scores the same two parts (prefill blocks
+plus active decode blocks, with a weight between them); here both are seconds, so there is
+nothing to weight. The same tie rules as least TTFT apply to the sums (within one decode
+step: the lower cost to running, fewer tokens to compute, then the request's rotation).
+
+Measured trade-off (benchmarks/results/added_latency.md): on Azure code traffic, where
+decodes are short and prefills back to back, it raises goodput (TPOT under the SLO) well
+above least-TTFT's and round-robin's, and costs P90 TTFT. So it is `prefix_aware`'s
+`score="added_latency"` option, not its default.
+"""
+
+from __future__ import annotations
+
+from sage_cp_plugin.pending import QueuedRequest
+from sage_cp_plugin.routing.predicted import Times, lowest_ttft_index
+
+
+def lowest_added_latency_index(item: QueuedRequest, times: Times) -> int:
+    """The candidate with the least predicted TTFT plus cost to the requests running there."""
+    added = [t + c for t, c in zip(times.ttfts, times.costs, strict=True)]
+    return lowest_ttft_index(item, Times(times.owns, added, times.steps, times.costs))
