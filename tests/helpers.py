@@ -7,6 +7,7 @@ import inspect
 import time
 from collections.abc import Awaitable, Callable
 
+from sage_cp_plugin import ControlPlaneManager
 from sage_cp_plugin.pending import PendingQueue, QueuedRequest
 from sage_cp_plugin.policies.base import SchedulingPolicy, make_item
 from sage_cp_plugin.state import FleetSnapshot, InstanceState
@@ -129,3 +130,15 @@ def lost_after_first_answer(results: list[object]) -> tuple[int, list[object]]:
 
     first = next((i for i, r in enumerate(results) if completed(r)), len(results))
     return sum(map(completed, results)), [r for r in results[first:] if not completed(r)]
+
+
+def replica_manager() -> ControlPlaneManager:
+    """A manager over one instance (fifo, nothing started): one replica of the control plane
+    in the fleet-sharing tests."""
+    m = ControlPlaneManager(scheduling_policy="fifo")
+    m.register_instance(
+        ExecutionInstance(
+            instance_id="a", host="127.0.0.1", port=9, model_name="m", max_concurrent_requests=4
+        )
+    )
+    return m

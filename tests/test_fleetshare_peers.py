@@ -5,27 +5,15 @@ from __future__ import annotations
 
 import asyncio
 
-from sage_cp_plugin import ControlPlaneManager
 from sage_cp_plugin.fleetshare.store import InMemoryFleetStateStore
 from sage_cp_plugin.fleetshare.sync import FleetShare
-from sage_cp_plugin.types import ExecutionInstance
 from sage_cp_plugin.virtual.clock import run_virtual
-from tests.helpers import item
-
-
-def _manager() -> ControlPlaneManager:
-    m = ControlPlaneManager(scheduling_policy="fifo")
-    m.register_instance(
-        ExecutionInstance(
-            instance_id="a", host="127.0.0.1", port=9, model_name="m", max_concurrent_requests=4
-        )
-    )
-    return m
+from tests.helpers import item, replica_manager
 
 
 async def _scenario() -> None:
     store = InMemoryFleetStateStore(delivery_delay_s=0.001)
-    m0, m1 = _manager(), _manager()
+    m0, m1 = replica_manager(), replica_manager()
     s0 = FleetShare(m0, store, "r0", load_ttl_s=3.0)
     s1 = FleetShare(m1, store, "r1", load_ttl_s=3.0)
     await s0.start()

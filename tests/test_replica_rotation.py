@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import asyncio
 
-from sage_cp_plugin import ControlPlaneManager
 from sage_cp_plugin.fleetshare.store import InMemoryFleetStateStore
 from sage_cp_plugin.fleetshare.sync import FleetShare
 from sage_cp_plugin.routing.load_balanced import LoadBalancedRouter
 from sage_cp_plugin.routing.rotation import replica_slot, rotation_start
 from sage_cp_plugin.routing.round_robin import RoundRobinRouter
-from sage_cp_plugin.types import ExecutionInstance
 from sage_cp_plugin.virtual.clock import run_virtual
-from tests.helpers import fleet, item, state
+from tests.helpers import fleet, item, replica_manager, state
 
 
 def test_replica_index_is_the_place_among_sorted_live_ids() -> None:
@@ -89,19 +87,9 @@ def test_equal_instances_go_to_different_places_from_each_replica() -> None:
     assert len(chosen) == 3
 
 
-def _manager() -> ControlPlaneManager:
-    m = ControlPlaneManager(scheduling_policy="fifo")
-    m.register_instance(
-        ExecutionInstance(
-            instance_id="a", host="127.0.0.1", port=9, model_name="m", max_concurrent_requests=4
-        )
-    )
-    return m
-
-
 async def _join_and_leave() -> None:
     store = InMemoryFleetStateStore(delivery_delay_s=0.001)
-    managers = [_manager() for _ in range(3)]
+    managers = [replica_manager() for _ in range(3)]
     shares = [FleetShare(m, store, f"r{i}", load_ttl_s=1.0) for i, m in enumerate(managers)]
     await shares[0].start()
     assert managers[0].fleet.replica == (0, 1)  # alone: one process's rotation
