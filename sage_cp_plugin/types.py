@@ -9,9 +9,10 @@ name (any case), because the document's examples use all three (`"prefilling"`,
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from enum import IntEnum, StrEnum
 from functools import cached_property
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 from pydantic import (
     BaseModel,
@@ -301,6 +302,14 @@ class ExecutionInstance(_Model):
         super().__setattr__(name, value)
         for derived in _DERIVED_LIMITS:
             self.__dict__.pop(derived, None)
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        # pydantic copies __dict__ (cached limits included) and applies `update` to it
+        # without __setattr__: a copy with a new field must not keep the old field's limits.
+        copy = super().model_copy(update=update, deep=deep)
+        for derived in _DERIVED_LIMITS:
+            copy.__dict__.pop(derived, None)
+        return copy
 
     @cached_property
     def slot_limit(self) -> int:

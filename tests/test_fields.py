@@ -353,6 +353,19 @@ def test_instance_descriptions_are_validated() -> None:
     assert ok.slot_limit == 4
 
 
+def test_a_copy_with_new_fields_recomputes_the_derived_limits() -> None:
+    # The limits are cached on first read; pydantic's model_copy copies that cache and sets
+    # `update` without __setattr__, so a copy used to keep the original's limits.
+    inst = ExecutionInstance(instance_id="a", max_concurrent_requests=8,
+                             metadata={"kv_capacity_tokens": 100})  # fmt: skip
+    assert (inst.slot_limit, inst.kv_capacity_hint) == (8, 100.0)
+    copy = inst.model_copy(
+        update={"max_concurrent_requests": 2, "metadata": {"kv_capacity_tokens": 5}}
+    )
+    assert (copy.slot_limit, copy.kv_capacity_hint) == (2, 5.0)
+    assert (inst.slot_limit, inst.kv_capacity_hint) == (8, 100.0)
+
+
 def test_status_flags_given_at_registration_are_honoured() -> None:
     async def body(m: ControlPlaneManager, _: InProcessFleet) -> None:
         served = [await m.generate(request=req()) for _ in range(4)]
