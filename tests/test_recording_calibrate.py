@@ -70,3 +70,15 @@ def test_too_little_to_fit_is_a_clear_error() -> None:
     recs = [RequestLogRecord(request_id="a", arrival_s=0.0, input_tokens=5)]
     with pytest.raises(ConfigurationError, match="at least 3 completed requests"):
         fit_step_model(recs)
+
+
+def test_a_decode_window_whose_text_came_at_once_is_left_out_of_the_fit() -> None:
+    # Real vLLM (a CI run): one request's 22 tokens of text all arrived in its last chunk,
+    # a "time per token" of 0.004 ms among 7-11 ms; weighted by 1/target it set b0 to 0.
+    from sage_cp_plugin.recording.calibrate import _outliers
+
+    rng = np.random.default_rng(3)
+    steady = rng.normal(8.8, 1.2, 79)
+    assert not _outliers(steady).any()  # an ordinary spread keeps every equation
+    flagged = _outliers(np.append(steady, 0.004))
+    assert flagged[-1] and flagged.sum() == 1
