@@ -12,13 +12,14 @@ from typing import Any
 def register(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser(
         "calibrate",
-        help="fit the simulator's step-time model (b0, b1, b2) to a request log",
+        help="fit the simulator's step-time model (b0, b1, b2, overhead) to a request log",
         description=(
-            "Fit b0 (ms per step), b1 (us per prefill token) and b2 (us per decoding sequence) "
-            "to a request log recorded against real engines (sage-cp serve --request-log), "
-            "write them as simulator settings, and with --check fit on the first half of "
-            "the log and replay the second half in the simulator, printing the P50/P90 "
-            "errors of TTFT and E2E. See docs/policy-lab.md."
+            "Fit b0 (ms per step), b1 (us per prefill token), b2 (us per decoding sequence) "
+            "and the API server's time per request (ms) to a request log recorded against "
+            "real engines (sage-cp serve --request-log), write them as simulator settings, "
+            "and with --check fit on every other request (by arrival), replay the whole log "
+            "in the simulator and print the P50/P90 errors of TTFT and E2E of the requests "
+            "left out of the fit. See docs/policy-lab.md."
         ),
     )
     p.add_argument("log", type=Path, help="request log folder or file")
@@ -26,7 +27,8 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--check",
         action="store_true",
-        help="fit on the first half (by arrival), replay the second half, report errors",
+        help="fit on every other request (by arrival), replay the log, report the errors "
+        "of the others",
     )
     p.add_argument("--router", default="round_robin", help="router of the check's replay")
     p.add_argument("--policy", default="fifo", help="policy of the check's replay")
@@ -61,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"fitted on {fit['requests']} requests ({fit['equations']} equations, median "
             f"relative residual {fit['median_abs_rel_error']:.1%}): b0={fit['b0_ms']:.3f} ms, "
-            f"b1={fit['b1_us_per_token']:.3f} us/token, b2={fit['b2_us_per_seq']:.3f} us/seq"
+            f"b1={fit['b1_us_per_token']:.3f} us/token, b2={fit['b2_us_per_seq']:.3f} us/seq, "
+            f"request overhead {fit['request_overhead_ms']:.3f} ms"
         )
         for name, c in result.get("check", {}).items():
             if isinstance(c, dict):
@@ -77,11 +80,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def calibrate(args: argparse.Namespace) -> dict[str, Any]:
-    from sage_cp_plugin.recording.calibrate import fit_step_model, split_halves
+    from sage_cp_plugin.recording.calibrate import fit_step_model, split_alternate
     from sage_cp_plugin.recording.importer import read_request_log
 
     log = read_request_log(args.log)
-    fit_on, held_out = split_halves(log) if args.check else (log, [])
+    fit_on, held_out = split_alternate(log) if args.check else (log, [])
     fit = fit_step_model(fit_on)
     fields: dict[str, Any] = fit.as_sim_fields()
     if args.max_num_seqs is not None:
@@ -90,15 +93,17 @@ def calibrate(args: argparse.Namespace) -> dict[str, Any]:
         "log": str(args.log),
         "fit": fit.as_dict(),
         "sim_settings": fields,
-        "fitted_on": "first half by arrival" if args.check else "whole log",
+        "fitted_on": "alternate requests by arrival" if args.check else "whole log",
     }
     if args.check:
         from sage_cp_plugin.recording.calibration_check import latency_errors, replay_held_out
         from sage_cp_plugin.virtual.runner import CoordinatorConfig
 
         cfg = CoordinatorConfig(router=args.router, policy=args.policy)
-        run = replay_held_out(held_out, fields, cfg, max_concurrent_requests=args.max_concurrent)
-        result["check"] = latency_errors(held_out, run)
+        pairs = replay_held_out(
+            log, held_out, fields, cfg, max_concurrent_requests=args.max_concurrent
+        )
+        result["check"] = latency_errors(pairs)
     if args.out:
         args.out.write_text(json.dumps({**fields, "calibration": result["fit"]}, indent=2) + "\n")
     return result

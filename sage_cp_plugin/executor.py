@@ -536,7 +536,7 @@ class ExecutionCoordinator:
                     )
                 now = loop.time()
                 text = delta_text(chunk)
-                if text:
+                if text is not None:
                     if out.first_token_at is None:
                         out.first_token_at = now
                         if on_first_token is not None:

@@ -87,15 +87,27 @@ def text_of(response: dict[str, Any]) -> str:
     return str(msg.get("content") or "")
 
 
-def delta_text(chunk: dict[str, Any]) -> str:
-    """The text a streamed chunk adds (completion or chat format)."""
-    choices = chunk.get("choices") or []
+def delta_text(chunk: dict[str, Any]) -> str | None:
+    """The text a streamed chunk adds (completion or chat format), or None when the chunk
+    carries no generated token.
+
+    A generated token whose text the engine holds back (vLLM streams a chunk per step even
+    when the detokenizer has no complete text yet: a lone leading space, part of a UTF-8
+    character) is "": it still marks the token's time. Time-to-first-token is the first
+    such chunk, as vLLM's own TTFT histogram and `vllm bench serve` count it; the first
+    chunk *with text* can be steps later, which biased both the learned decode speed and
+    the simulator's calibration. Not tokens: the usage-only chunk (no choices) and a chat
+    role header (some servers send it before the prompt is processed)."""
+    choices = chunk.get("choices")
     if not choices:
-        return ""
+        return None
     c = choices[0]
-    if c.get("text") is not None:
-        return str(c["text"])
-    delta = c.get("delta") or {}
+    text = c.get("text")
+    if text is not None:
+        return str(text)
+    delta = c.get("delta")
+    if not delta or "role" in delta:
+        return None
     return str(delta.get("content") or "")
 
 

@@ -71,3 +71,63 @@ async def test_stream_lines_cut_at_any_byte_are_assembled() -> None:
                     assert "cookie" not in seen[-1].headers
                 finally:
                     await ex.aclose()
+
+
+def _token_stream(chunks: list[dict[str, object]], marks: list[float]):
+    """An upstream that notes the loop time just before each chunk after the first."""
+    import asyncio
+
+    async def pieces() -> AsyncIterator[bytes]:
+        for i, c in enumerate(chunks):
+            if i:
+                marks.append(asyncio.get_running_loop().time())
+            yield f"data: {json.dumps(c)}\n\n".encode()
+        yield b"data: [DONE]\n\n"
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers={"content-type": "text/event-stream"},
+                              content=pieces())  # fmt: skip
+
+    return handler
+
+
+async def test_first_token_is_the_first_generated_token_even_without_text() -> None:
+    # vLLM streams a chunk per generated token even when its detokenizer holds the text back
+    # (a lone leading space, part of a UTF-8 character): that chunk is the first token, as
+    # vLLM's own TTFT counts it. A chat role header is not a token (some servers send it
+    # before the prompt is processed).
+    def comp(text: str) -> dict[str, object]:
+        return {"object": "text_completion", "choices": [{"index": 0, "text": text}]}
+
+    def chat(delta: dict[str, object]) -> dict[str, object]:
+        return {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": delta}]}
+
+    role = chat({"role": "assistant", "content": ""})
+    cases = [
+        ("completion", [comp(""), comp("Hi"), comp(" there")], 1),
+        (
+            "chat",
+            [role, chat({"content": ""}), chat({"content": "Hi"}), chat({"content": " there"})],
+            2,
+        ),
+    ]
+    for kind, chunks, first in cases:
+        marks: list[float] = []
+        handler = _token_stream(chunks, marks)
+        ex = ExecutionCoordinator(transport_factory=lambda _i, h=handler: httpx.MockTransport(h))
+        inst = ExecutionInstance(instance_id="i", host="127.0.0.1", port=1, model_name="m")
+        user = [{"role": "user", "content": "p"}]
+        fields: dict[str, object] = {"prompt": "p"} if kind == "completion" else {"messages": user}
+        req = RequestMetadata(request_id="r", model_name="m", max_tokens=3, **fields)
+        try:
+            out = await ex.run(req, inst, stream=True)
+        finally:
+            await ex.aclose()
+        assert out.text == "Hi there", kind
+        assert len(out.token_times) == 3, kind  # every generated token, text or not
+        assert out.completion_tokens == 3, kind  # no usage chunk: counted from the chunks
+        assert out.first_token_at == out.token_times[0]
+        # Taken when the first token's chunk arrived, before the next one was sent.
+        assert out.first_token_at < marks[first - 1], kind
+        if first > 1:
+            assert out.first_token_at > marks[first - 2], kind  # not at the role header

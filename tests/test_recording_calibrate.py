@@ -24,7 +24,12 @@ from sage_cp_plugin.sim import SimInstanceConfig
 from sage_cp_plugin.virtual import CoordinatorConfig, InProcessFleet, MemberSpec, run_replay
 from sage_cp_plugin.workloads import synthetic
 
-TRUE = {"b0_ms": 20.0, "b1_us_per_token": 150.0, "b2_us_per_seq": 800.0}
+TRUE = {
+    "b0_ms": 20.0,
+    "b1_us_per_token": 150.0,
+    "b2_us_per_seq": 800.0,
+    "request_overhead_ms": 15.0,
+}
 
 
 def _record(log: Path, rate: float = 10.0) -> None:
@@ -48,6 +53,8 @@ def test_fit_recovers_the_engine_and_the_check_is_within_15_percent(tmp_path: Pa
     assert fit.b0_ms == pytest.approx(TRUE["b0_ms"], rel=0.2)
     assert fit.b1_us_per_token == pytest.approx(TRUE["b1_us_per_token"], rel=0.3)
     assert fit.b2_us_per_seq == pytest.approx(TRUE["b2_us_per_seq"], rel=0.5)
+    # The API server's per-request time is told apart from the per-step cost.
+    assert fit.request_overhead_ms == pytest.approx(TRUE["request_overhead_ms"], rel=0.3)
     out = tmp_path / "preset.json"
     proc = subprocess.run(
         [sys.executable, "-m", "sage_cp_plugin.entrypoints.cli", "sim", "calibrate",
@@ -57,7 +64,8 @@ def test_fit_recovers_the_engine_and_the_check_is_within_15_percent(tmp_path: Pa
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     res = json.loads(proc.stdout)
-    assert res["fitted_on"] == "first half by arrival" and res["check"]["requests"] == 200
+    assert res["fitted_on"] == "alternate requests by arrival"
+    assert res["check"]["requests"] == 200
     for name in ("ttft_ms", "e2e_ms"):
         assert abs(res["check"][name]["p50_error"]) < 0.15, res["check"][name]
     written = json.loads(out.read_text())

@@ -169,6 +169,13 @@ class SimInstance:
             return error_response(500, "simulated internal server error (fault injection)")
         return None
 
+    async def _api_overhead(self) -> None:
+        """The API server's per-request work before the engine sees the request (real vLLM
+        parses, renders and tokenizes in its front-end process, beside the engine's steps);
+        fitted by `sage-cp sim calibrate`, 0 by default."""
+        if self.config.request_overhead_ms:
+            await asyncio.sleep(self.config.request_overhead_ms * self.config.time_scale / 1000)
+
     def _submit(self, prompt: list[str], max_tokens: int, **kw: Any) -> SimSequence:
         try:
             return self.engine.submit(prompt, max_tokens, **kw)
@@ -224,6 +231,7 @@ class SimInstance:
         )
         if pin:
             max_tokens = 1  # the prefill side of a PD pair produces one token only
+        await self._api_overhead()
         seqs: list[SimSequence] = []
         try:
             for prompt in prompts:
@@ -298,6 +306,7 @@ class SimInstance:
         raw = req.input
         items: list[Any] = [raw] if isinstance(raw, str) or _is_int_list(raw) else list(raw)
         prompts = [tok.tokenize(x) if isinstance(x, str) else [f"<{t}>" for t in x] for x in items]
+        await self._api_overhead()
         for i, p in enumerate(prompts):
             if not p:
                 raise SimHTTPError(400, f"input[{i}] is empty; nothing to embed", "input")

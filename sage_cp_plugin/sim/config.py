@@ -80,6 +80,12 @@ class SimInstanceConfig(BaseModel):
     b2_us_per_seq: float = Field(
         _D.b2_us_per_seq, ge=0.0, description="cost per decoding sequence in a step"
     )
+    request_overhead_ms: float = Field(
+        0.0,
+        ge=0.0,
+        description="the API server's own time per request before the engine queues it "
+        "(HTTP, tokenization): counted in TTFT, runs beside the engine's steps",
+    )
     max_num_seqs: int = Field(_D.max_num_seqs, ge=1)
     max_num_batched_tokens: int = Field(
         _D.max_num_batched_tokens, ge=1, description="chunked-prefill token budget/step"
