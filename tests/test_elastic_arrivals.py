@@ -101,7 +101,7 @@ def test_first_decision_on_few_arrivals_does_not_panic_up() -> None:
     # Session 6's loss: the first 30 s of a steady load (~20 arrivals) made the old scaler
     # panic 1 -> 3. Here the first interval's count is the smallest whose plain rate needs
     # two replicas while its lower bound needs one: only the lower bound may scale up yet.
-    z, dt = z_of(CFG.confidence), CFG.interval_s
+    z, dt = Z, CFG.interval_s  # the default confidence, 0.95
     c = next(k for k in range(1, 10_000) if need(k / dt) >= 2)
     assert need(poisson_bounds(c, dt, z)[0]) == 1  # the case this test is about
     s = LoadSample(now=dt, arrival_rate=c / dt, mean_prompt_tokens=1000, mean_output_tokens=200,
