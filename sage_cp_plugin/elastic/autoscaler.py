@@ -284,7 +284,8 @@ def decide(cfg: AutoscalerConfig, m: StepModel, s: LoadSample,
 
     # The upper bound of the whole window, or a recent step if one is surely higher (the
     # window's mean lags a step; a cut must not go below what the last intervals show).
-    raw = need(max(est.upper, est.recent_lower))
+    sized_rate = max(est.upper, est.recent_lower)
+    raw = need(sized_rate)
     trigger = need(up_trigger(est, cfg.tolerance))
 
     # 3. Stabilise with the same bounds: up when the estimate needs more than the fleet (to
@@ -340,7 +341,7 @@ def decide(cfg: AutoscalerConfig, m: StepModel, s: LoadSample,
         desired=desired,
         current=current,
         raw=raw,
-        forecast_rate=max(est.upper, est.recent_lower) + backlog,
+        forecast_rate=sized_rate + backlog,
         ttft_correction=ttft_c,
         tpot_correction=tpot_c,
         reason="; ".join(reasons) or "hold",
