@@ -46,7 +46,7 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="profile-gw-"))
     prof = tmp / "gateway.prof"
     try:
-        sims, cfg = start_sim_fleet(procs, 2, tmp)
+        _sims, cfg = start_sim_fleet(procs, 2, tmp)
         port = free_port()
         argv = [CLI[0], "-m", "cProfile", "-o", str(prof), *CLI[1:]]
         gw = procs.start([*argv, "serve", "--config", str(cfg), "--port", str(port)])

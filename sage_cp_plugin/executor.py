@@ -39,6 +39,7 @@ from sage_cp_plugin.openai_body import (
     encode_body,
     text_of,
 )
+from sage_cp_plugin.relayed_chunk import RelayedChunk
 from sage_cp_plugin.tracing import spans as tracing
 from sage_cp_plugin.types import ExecutionInstance, RequestKind, RequestMetadata, SchedulingDecision
 
@@ -547,7 +548,7 @@ class ExecutionCoordinator:
                     usage = chunk["usage"]
                 chunks.append(chunk)
                 if sink is not None:
-                    sink(chunk)
+                    sink(RelayedChunk(chunk, payload))  # relayed as the instance's bytes
                     out.relayed += 1
         if not done:
             raise UpstreamError(

@@ -131,3 +131,26 @@ async def test_first_token_is_the_first_generated_token_even_without_text() -> N
         assert out.first_token_at < marks[first - 1], kind
         if first > 1:
             assert out.first_token_at > marks[first - 2], kind  # not at the role header
+
+
+async def test_relayed_chunks_keep_the_instance_bytes() -> None:
+    """A streaming caller's chunks go out as the instance sent them (its spacing, its
+    characters), not parsed and encoded again; they still read as the parsed dicts."""
+    from sage_cp_plugin.entrypoints.gateway.sse import event
+
+    lines = [line[len("data: ") :] for line in sse_body(False, True).split(b"\n\n")]
+    sent = [line for line in lines if line.startswith(b"{")]
+    for piece in (1, 5, 10_000):
+        handler = upstream(piece, crlf=False, final_newline=True, seen=[])
+        ex = ExecutionCoordinator(transport_factory=lambda _i, h=handler: httpx.MockTransport(h))
+        inst = ExecutionInstance(instance_id="i", host="127.0.0.1", port=1, model_name="m")
+        req = RequestMetadata(request_id="r", prompt="p", model_name="m", max_tokens=4)
+        got: list[dict[str, object]] = []
+        try:
+            await ex.run(req, inst, sink=got.append)
+        finally:
+            await ex.aclose()
+        assert [event(c) for c in got] == [b"data: " + s + b"\n\n" for s in sent], piece
+        assert got == [json.loads(s) for s in sent]
+        # A chunk the gateway makes itself (a plain dict) is still encoded.
+        assert event({"a": "ö"}) == 'data: {"a":"ö"}\n\n'.encode()

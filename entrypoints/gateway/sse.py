@@ -19,6 +19,7 @@ from typing import Any
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from sage_cp_plugin.relayed_chunk import RelayedChunk
 from sage_cp_plugin.types import RequestResult
 
 from .disconnect import ClientDisconnected, DisconnectWatcher
@@ -30,6 +31,8 @@ _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 def event(payload: dict[str, Any]) -> bytes:
+    if type(payload) is RelayedChunk:  # an instance's chunk, unchanged: its own bytes
+        return b"data: " + payload.raw + b"\n\n"
     return b"data: " + _dumps(payload).encode() + b"\n\n"
 
 
