@@ -35,6 +35,7 @@ from sage_cp_plugin.types import (
     RequestKind,
     RequestResult,
     RequestStatus,
+    RequestTimings,
     SchedulingDecision,
 )
 
@@ -367,6 +368,22 @@ class Attempts:
         learn: bool = True,
     ) -> None:
         req = item.request
+        # The timings built whole, then handed over: each assignment to a pydantic field is
+        # validated (~2.5 us each, five of them per request before).
+        e2e_ms = (out.finished_at - item.arrival) * 1000
+        prefill_ms = ttft_ms = tpot_ms = None
+        if out.first_token_at is not None and req.kind != RequestKind.EMBEDDING:
+            prefill_ms = (out.first_token_at - dispatched) * 1000
+            ttft_ms = (out.first_token_at - item.arrival) * 1000
+            if out.completion_tokens > 1:
+                tpot_ms = (e2e_ms - ttft_ms) / (out.completion_tokens - 1)
+        timings = RequestTimings(
+            queue_ms=(dispatched - item.arrival) * 1000,
+            ttft_ms=ttft_ms,
+            tpot_ms=tpot_ms,
+            e2e_ms=e2e_ms,
+            prefill_ms=prefill_ms,
+        )
         result = RequestResult(
             request_id=item.request_id,
             state=RequestStatus.COMPLETED,
@@ -378,20 +395,13 @@ class Attempts:
             prompt_tokens=out.prompt_tokens,
             completion_tokens=out.completion_tokens,
             attempts=item.attempts,
+            timings=timings,
             priority=req.priority,
             model_name=req.model_name,
             tags=req.tags,
             cost=item.cost,
         )
         share_vectors(result)
-        t = result.timings
-        t.queue_ms = (dispatched - item.arrival) * 1000
-        t.e2e_ms = (out.finished_at - item.arrival) * 1000
-        if out.first_token_at is not None and req.kind != RequestKind.EMBEDDING:
-            t.prefill_ms = (out.first_token_at - dispatched) * 1000
-            t.ttft_ms = (out.first_token_at - item.arrival) * 1000
-            if out.completion_tokens > 1:
-                t.tpot_ms = (t.e2e_ms - t.ttft_ms) / (out.completion_tokens - 1)
         met = slo_met(result, req.ttft_slo_ms, req.tpot_slo_ms, req.slo_deadline_ms)
         result.slo_met = met
         if learn:

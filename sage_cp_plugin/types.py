@@ -8,7 +8,7 @@ name (any case), because the document's examples use all three (`"prefilling"`,
 
 from __future__ import annotations
 
-import uuid
+import os
 from collections.abc import Mapping
 from enum import IntEnum, StrEnum
 from functools import cached_property
@@ -371,7 +371,9 @@ class ExecutionInstance(_Model):
 
 
 def _new_request_id() -> str:
-    return f"req-{uuid.uuid4().hex[:16]}"
+    # 64 random bits from the OS (a uuid4's first 16 hex digits held 60 and cost 4x as much:
+    # the UUID object is built only to be cut).
+    return f"req-{os.urandom(8).hex()}"
 
 
 class SLO(_Model):

@@ -81,10 +81,18 @@ def scheduling_fields(body: dict[str, Any], headers: Headers) -> dict[str, Any]:
                 fields[key] = value
     if "user" in body and "user_id" not in fields and isinstance(body["user"], str):
         fields["user_id"] = body["user"]  # OpenAI's `user` stays in the body for vLLM too
-    for name, field in HEADERS.items():
-        raw = headers.get(name)
-        if raw is not None:
-            fields[field] = _header_value(name, field, raw)
+    # One pass over the request's headers (most carry none of ours) instead of a lookup,
+    # each a scan of every header, per name; the first of a repeated header counts, and
+    # they are read in HEADERS' order, as `headers.get` per name did.
+    given: dict[bytes, bytes] = {}
+    for key, raw in headers.raw:
+        if key.startswith(b"x-sage-") and key not in given:
+            given[key] = raw
+    if given:
+        for name, field in HEADERS.items():
+            value = given.get(name.encode())
+            if value is not None:
+                fields[field] = _header_value(name, field, value.decode("latin-1"))
     return fields
 
 
