@@ -85,9 +85,9 @@ def scheduling_fields(body: dict[str, Any], headers: Headers) -> dict[str, Any]:
     # each a scan of every header, per name; the first of a repeated header counts, and
     # they are read in HEADERS' order, as `headers.get` per name did.
     given: dict[bytes, bytes] = {}
-    for key, raw in headers.raw:
-        if key.startswith(b"x-sage-") and key not in given:
-            given[key] = raw
+    for hkey, hvalue in headers.raw:
+        if hkey.startswith(b"x-sage-") and hkey not in given:
+            given[hkey] = hvalue
     if given:
         for name, field in HEADERS.items():
             value = given.get(name.encode())
