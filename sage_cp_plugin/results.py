@@ -120,11 +120,22 @@ class ResultStore:
         done = self._results.get(request_id)
         if done is not None:
             return done
+        result: RequestResult = await asyncio.wait_for(self.future(request_id), timeout)
+        return result
+
+    def future(self, request_id: str) -> asyncio.Future[RequestResult]:
+        """A future of the request's result: cancelling it leaves the request alone (a
+        waiter that gives up does not end the request, nor other waiters' wait). Awaited
+        directly, it costs no task (the gateway's handlers race it against the client)."""
         item = self._live.get(request_id)
         if item is None or item.future is None:
-            raise KeyError(f"unknown request id {request_id!r}")
-        result: RequestResult = await asyncio.wait_for(asyncio.shield(item.future), timeout)
-        return result
+            done = self._results.get(request_id)
+            if done is None:
+                raise KeyError(f"unknown request id {request_id!r}")
+            fut: asyncio.Future[RequestResult] = asyncio.get_running_loop().create_future()
+            fut.set_result(done)
+            return fut
+        return asyncio.shield(item.future)
 
     def status(
         self,

@@ -9,7 +9,6 @@ never keeps a vLLM sequence busy.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable
 from typing import TypeVar
 
@@ -38,19 +37,41 @@ class DisconnectWatcher:
         return self._task.done() and not self._task.cancelled()
 
     async def race(self, work: Awaitable[T]) -> T:
-        """Await `work`; if the client disconnects first, cancel it and raise."""
+        """Await `work`; if the client disconnects first, cancel it and raise.
+
+        The watcher's end cancels the work through a done-callback: no `asyncio.wait`
+        (its waiter future and the callbacks it adds and removes on both sides, on every
+        request), and a future passed as `work` is awaited as it is, without a task."""
         task = asyncio.ensure_future(work)
+        gone = self._task
+        stopped = False  # the client went away before the work was done
+
+        def on_gone(_: asyncio.Task[None]) -> None:
+            nonlocal stopped
+            if not task.done():
+                stopped = True
+                task.cancel()
+
+        if gone.done():
+            on_gone(gone)
+        else:
+            gone.add_done_callback(on_gone)
         try:
-            await asyncio.wait((task, self._task), return_when=asyncio.FIRST_COMPLETED)
+            result = await task
         except asyncio.CancelledError:
-            task.cancel()
+            current = asyncio.current_task()
+            if stopped and not (current is not None and current.cancelling()):
+                raise ClientDisconnected() from None
+            raise  # this caller is being cancelled (shutdown), not the client gone
+        except Exception:
+            if stopped:
+                raise ClientDisconnected() from None
             raise
-        if task.done():
-            return task.result()
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
-        raise ClientDisconnected()
+        finally:
+            gone.remove_done_callback(on_gone)
+        if stopped:  # the work ignored its cancellation: the client is gone all the same
+            raise ClientDisconnected()
+        return result
 
     def close(self) -> None:
         if not self._task.done():

@@ -200,7 +200,7 @@ async def _complete(
     rejoined = await gw.knows(req.request_id)
     rid = req.request_id if rejoined else await manager.submit_request(req)
     try:
-        result = await watcher.race(manager.wait(rid))
+        result = await watcher.race(manager.results.future(rid))
     except ClientDisconnected:
         if not rejoined:  # the first caller (or its resend) may still be waiting for it
             manager.cancel(rid, "the client disconnected")
