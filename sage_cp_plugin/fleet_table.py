@@ -33,7 +33,6 @@ from typing import Any
 
 import numpy as np
 
-from sage_cp_plugin.base_index import BaseIndex
 from sage_cp_plugin.load_model import (
     DEFAULT_CHUNK_TOKENS,
     PRIOR_DECODE_STEP_S,
@@ -71,39 +70,15 @@ class Candidates(list[InstanceState]):
     can read their load as arrays). Any other list works too, read state by state. Made by
     `with_rows()` (a list subclass without its own `__init__` is built at C speed)."""
 
-    __slots__ = ("_position", "_row_list", "rows", "table")
+    __slots__ = ("rows", "table")
     rows: np.ndarray
     table: FleetTable
-    _row_list: list[int] | None
-    _position: dict[int, int] | None
-
-    def row_list(self) -> list[int]:
-        """`rows` as a Python list (made once per list of candidates)."""
-        if self._row_list is None:
-            self._row_list = self.rows.tolist()
-        return self._row_list
-
-    def position(self) -> dict[int, int]:
-        """Row -> its candidate's index in this list (made once per list of candidates)."""
-        if self._position is None:
-            rows = self.row_list()
-            self._position = dict(zip(rows, range(len(rows)), strict=True))
-        return self._position
 
 
-def with_rows(
-    states: Sequence[InstanceState],
-    rows: np.ndarray,
-    table: FleetTable,
-    like: Candidates | None = None,
-) -> Candidates:
-    """Candidates `states` at `rows`; `like`: a list with the same rows, whose row list and
-    positions are shared (they are read-only)."""
+def with_rows(states: Sequence[InstanceState], rows: np.ndarray, table: FleetTable) -> Candidates:
     out = Candidates(states)
     out.rows = rows
     out.table = table
-    out._row_list = like._row_list if like is not None else None
-    out._position = like._position if like is not None else None
     return out
 
 
@@ -135,9 +110,6 @@ class FleetTable:
         # pool -> (flags version, routable, free, free rows)
         self._pool_lists: dict[Pool, tuple[int, list[InstanceState], Candidates]] = {}
         self._pool_rows: dict[Pool, tuple[np.ndarray, bool]] = {}
-        # Rows ordered by how low their tokens ahead can get, kept by `refresh_load` for the
-        # rows it rereads (`routing.pruned_pick` reads the few candidates below a bound).
-        self.bases = BaseIndex(0)
 
     # -- membership ------------------------------------------------------------------------
     def invalidate(self) -> None:
@@ -165,7 +137,6 @@ class FleetTable:
         self._group_of = {}
         self._pool_lists = {}
         self._pool_rows = {}
-        self.bases = BaseIndex(n)
         # The chunk size, when every instance has the same (a scalar in the arithmetic).
         chunks = {s.instance.batched_tokens_hint or DEFAULT_CHUNK_TOKENS for s in self.states}
         self.one_chunk = float(chunks.pop()) if len(chunks) == 1 else None
@@ -220,7 +191,6 @@ class FleetTable:
         regroup = False
         buf, states, foreign = self._buffer, self.states, self.foreign
         group_of = self._group_of
-        update_base = self.bases.update
         for k in dirty:
             s = states[k]
             scraped = s.scraped
@@ -259,17 +229,6 @@ class FleetTable:
             # drained: its value now or lower (every operation is monotone).
             lowest = s.prefill_tokens_queued - head_tokens
             buf[at + BASE_LB] = (lowest if lowest > 0.0 else 0.0) + s.peer_prefill_tokens
-            if head is None:  # its base is BASE_LB until the row is written to
-                update_base(k, False, head_start, buf[at + BASE_LB], buf[at + SEQS], 0.0)
-            else:
-                update_base(
-                    k,
-                    True,
-                    head_start,
-                    buf[at + QUEUED] + buf[at + PEER],
-                    buf[at + SEQS],
-                    buf[at + BASE_LB],
-                )
             if scraped.fresh and scraped.running + scraped.waiting - scraped.ours_at_scrape > 0:
                 foreign.add(k)
             else:
@@ -325,11 +284,10 @@ class FleetTable:
             routable = [s for s, k in zip(eligible, rows.tolist(), strict=True) if ok[k]]
             at = [i for i, k in enumerate(rows.tolist()) if has_slot[k]]
             free = with_rows([eligible[i] for i in at], rows[at], self)
-            free.position()  # made once per flags version, shared by the copies handed out
             cached = self._pool_lists[pool] = (self._flags_version, routable, free)
         _, routable, free = cached
         # Copies: a caller may keep or change its lists; the cache must not change with them.
-        return list(routable), with_rows(free, free.rows, self, like=free)
+        return list(routable), with_rows(free, free.rows, self)
 
     def kv_room(self, rows: Sequence[int], tokens: int) -> list[bool]:
         """`routing.kv_aware.kv_room(state, tokens)` for the instances at `rows`."""
