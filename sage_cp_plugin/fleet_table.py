@@ -90,7 +90,6 @@ class FleetTable:
         self.dirty: set[int] = set()  # rows written to since the last `refresh`
         self.load_dirty: set[int] = set()  # ... since the last `refresh_load`
         self._built = False
-        self._load_read = False  # whether a router has read the load rows
         # Per row: healthy, not draining, circuit closed; and that with a free slot.
         self._routable: list[bool] = []
         self._free: list[bool] = []
@@ -182,20 +181,13 @@ class FleetTable:
         dirty.clear()
         if flags_changed:
             self._flags_version += 1
-        if self._load_read:
-            # A load-aware router reads the load rows in (nearly) every decision: reread
-            # them now, while the instances just read are still in the CPU cache.
-            self._reread_load()
 
     def refresh_load(self) -> None:
         """Reread the load rows of the instances written to since the last call."""
-        self._load_read = True
         self.refresh()
-        if self.load_dirty:
-            self._reread_load()
-
-    def _reread_load(self) -> None:
         dirty = self.load_dirty
+        if not dirty:
+            return
         regroup = False
         buf, states, foreign = self._buffer, self.states, self.foreign
         group_of = self._group_of
