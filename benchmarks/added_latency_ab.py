@@ -49,11 +49,13 @@ def _summary(r: Any) -> dict[str, Any]:
     }
 
 
-def added_latency_job(trace: str, seed: int, rate: float) -> dict[str, Any]:
+def added_latency_job(
+    trace: str, seed: int, rate: float, score: str = "added_latency"
+) -> dict[str, Any]:
     setup = bm._SETUPS[trace]
     config = CoordinatorConfig(
         router="prefix_aware",
-        router_options={"score": "added_latency"},
+        router_options={"score": score},
         policy=BASELINE.policy,
         **setup.coordinator,
     )
@@ -102,6 +104,10 @@ def main(argv: list[str] | None = None) -> int:
                     runs[name].append(bm._job((a.trace, v, s, rate)))
         runs["prefix_aware(score=added_latency)"] = [
             added_latency_job(a.trace, s, rate) for s in range(a.seeds)
+        ]
+        # Added latency only among candidates predicted within the request's TTFT objective.
+        runs["prefix_aware(score=added_latency_slack)"] = [
+            added_latency_job(a.trace, s, rate, "added_latency_slack") for s in range(a.seeds)
         ]
         base = _pooled(runs["round_robin"])
         row = {}

@@ -37,7 +37,8 @@ def lowest_added_latency_within_slack_index(item: QueuedRequest, times: Times) -
     objective; past the objective every extra millisecond is a miss and a P90 TTFT loss
     (the 1.13x/1.15x of `benchmarks/results/added_latency.md`), so there the request takes
     the least-TTFT pick. The rule has no constant of its own: the bound is the request's SLO.
-    Not measured on the matrix yet (session 7 ran out of time); not wired as a router score.
+    `prefix_aware`'s opt-in `score="added_latency_slack"`. Not measured yet (session 7 ran out
+    of time): `python -m benchmarks.added_latency_ab --trace azure_code --loads 0.7 1.1` runs it.
     """
     slo_ms = item.request.effective_ttft_slo_ms()
     if slo_ms is None:
