@@ -300,16 +300,18 @@ class ExecutionInstance(_Model):
     # instance's __dict__ (a plain attribute read) and dropped whenever a field is assigned.
     def __setattr__(self, name: str, value: Any) -> None:
         super().__setattr__(name, value)
-        for derived in _DERIVED_LIMITS:
-            self.__dict__.pop(derived, None)
+        self._drop_derived_limits()
 
     def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
         # pydantic copies __dict__ (cached limits included) and applies `update` to it
         # without __setattr__: a copy with a new field must not keep the old field's limits.
         copy = super().model_copy(update=update, deep=deep)
-        for derived in _DERIVED_LIMITS:
-            copy.__dict__.pop(derived, None)
+        copy._drop_derived_limits()
         return copy
+
+    def _drop_derived_limits(self) -> None:
+        for derived in _DERIVED_LIMITS:
+            self.__dict__.pop(derived, None)
 
     @cached_property
     def slot_limit(self) -> int:

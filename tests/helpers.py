@@ -50,10 +50,13 @@ def order(policy: SchedulingPolicy, items: list[QueuedRequest]) -> list[str]:
 
 
 async def wait_until(
-    condition: Callable[[], bool | Awaitable[bool]], what: str, timeout_s: float = 30.0
+    condition: Callable[[], bool | Awaitable[bool]],
+    what: str | Callable[[], str],
+    timeout_s: float = 30.0,
 ) -> None:
     """Wait for ``condition()`` (a bool, or an awaitable one such as an HTTP probe) to hold,
-    checked every few ms, or fail naming ``what``.
+    checked every few ms, or fail naming ``what`` (a callable is called at the timeout, so
+    that the message shows the state that failed, not the state when the wait began).
 
     For state that offers no event to wait on (another server's queue, a fleet member's
     counters). The timeout only bounds a hung test; it never decides a result.
@@ -62,7 +65,8 @@ async def wait_until(
     deadline = loop.time() + timeout_s
     while not await _holds(condition):
         if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+            said = what() if callable(what) else what
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {said}")
         await asyncio.sleep(0.002)
 
 

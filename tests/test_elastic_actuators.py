@@ -137,7 +137,10 @@ async def test_local_actuator_scales_sim_processes_under_a_load_step() -> None:
         "step_model": {"b0_s": 0.005, "b1_s_per_token": 0.015, "b2_s_per_seq": 0.015},
         "scaler": {"interval_s": 0.5, "max_replicas": 3, "min_replicas": 1, "cold_start_s": 5,
                    "scale_down_window_s": 5.0, "scale_down_cooldown_s": 2.0,
-                   "forecast_window_s": 2.0, "correction_min": 1.0, "correction_max": 1.0,
+                   # The rate's bound needs arrivals: at 2 req/s, 20 s hold 40, whose 95 %
+                   # upper bound (2.6 req/s) is under the one-replica line; 2 s (4 arrivals)
+                   # cannot show the load fell below it (upper bound 4.5 req/s: two).
+                   "forecast_window_s": 20.0, "correction_min": 1.0, "correction_max": 1.0,
                    # The mean bounds above, not the SLO tails: with this fictional model an
                    # 8-token prompt is a 0.12 s step against the 50 ms TPOT target, so the
                    # tails want all three replicas at any load (tested in test_elastic_tpot).

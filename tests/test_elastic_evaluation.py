@@ -3,6 +3,7 @@ benchmark's numbers rest on: billing, the workload shapes, the recovery time."""
 
 from __future__ import annotations
 
+import asyncio
 from types import SimpleNamespace
 
 import numpy as np
@@ -10,6 +11,8 @@ import pytest
 
 from sage_cp_plugin.elastic.evaluation import (
     Setup,
+    VirtualScaler,
+    _Target,
     bursts,
     daily,
     gpu_hours,
@@ -19,6 +22,10 @@ from sage_cp_plugin.elastic.evaluation import (
     steady,
     workload,
 )
+from sage_cp_plugin.sim import SimInstanceConfig
+from sage_cp_plugin.virtual.clock import run_virtual
+from sage_cp_plugin.virtual.fleet import InProcessFleet, MemberSpec
+from sage_cp_plugin.virtual.runner import CoordinatorConfig, replay
 from sage_cp_plugin.workloads.traces import load_trace
 
 
@@ -75,3 +82,53 @@ def test_clairvoyant_bound_and_static_fleets_use_one_planner() -> None:
     assert peak_n > n
     expected = (n * 3000.0 + peak_n * 600.0) * 4 / 3600.0
     assert ideal_gpu_hours(b, records, setup) == pytest.approx(expected, rel=0.05)
+
+
+def test_a_replica_retired_then_started_again_serves() -> None:
+    # The virtual fleet reuses its simulators: a replica drained on a scale-down and asked
+    # for again must rejoin routable after its cold start (it once rejoined drained: billed,
+    # never routed, reaped as idle, so every later scale-up cost a second action).
+    setup = Setup(max_replicas=2)
+    records = workload(steady(0.5, 200.0), "azure_conv", ttft_slo_ms=3000, tpot_slo_ms=100)
+    members = [MemberSpec(SimInstanceConfig(preset=setup.preset, seed=i),
+                          max_concurrent_requests=8) for i in range(2)]  # fmt: skip
+    fleet = InProcessFleet(members, direct=True)
+    scaler = VirtualScaler(fleet, cold_start_s=5.0)
+    seen: dict[str, int] = {}
+
+    def at(name: str, n: int | None) -> tuple[float, object]:
+        def act(_target: object, manager: object) -> None:
+            scaler.manager = manager  # type: ignore[assignment]
+            if n is not None:
+                scaler.set_replicas(n)
+            seen[name] = len(scaler.active())
+
+        return act  # type: ignore[return-value]
+
+    async def main() -> None:
+        reap = None
+
+        def start_reaper(_target: object, manager: object) -> None:
+            nonlocal reap
+
+            async def loop() -> None:
+                while True:
+                    await asyncio.sleep(1.0)
+                    await scaler.reap()
+
+            scaler.manager = manager  # type: ignore[assignment]
+            reap = asyncio.create_task(loop())
+
+        events = [(0.0, start_reaper), (10.0, at("up", 2)), (40.0, at("down", 1)),
+                  (100.0, at("again", 2)), (130.0, at("after", None))]  # fmt: skip
+        config = CoordinatorConfig(policy="fifo", router="load_balanced")
+        try:
+            await replay(records, _Target(fleet, 1), config, events=events)  # type: ignore[arg-type]
+        finally:
+            assert reap is not None
+            reap.cancel()
+
+    run_virtual(main())
+    assert seen["down"] == 1 and seen["again"] == 1  # drained one; the new one still cold
+    assert seen["after"] == 2  # after its cold start it serves again
+    assert [n for _, n in scaler.actions] == [2, 1, 2]

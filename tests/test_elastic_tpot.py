@@ -203,7 +203,6 @@ def test_scale_down_keeps_the_predicted_slo_for_every_rate_in_the_window() -> No
             for r in window:
                 miss = general_miss(H100_70B, r, new, mix, ttft_target_s=3.0, tpot_target_s=0.1)
                 assert miss.total <= 1 - cfg.slo_attainment, (now, r, new, miss)
-            assert now - 19 * cfg.interval_s >= cfg.scale_down_window_s  # the 4 req/s left it
         fleet = new
     assert downs >= 1 and fleet < raw_replicas(cfg, H100_70B, 4.0, isl, osl, 1.0, 1.0, prompts=p,
                                                outputs=o)["general"]  # fmt: skip

@@ -17,15 +17,25 @@ What it does, and from whom the idea comes:
   request; the same ratio for mean TTFT tightens the TTFT target (target / ratio, as Dynamo
   corrects its ITL target), so a model that is off by 30 % stops mattering after a few
   intervals.
-- **Forecast over the cold start**: the request rate is extrapolated (least-squares line over
-  ``forecast_window_s``) to ``now + cold_start_s + interval_s``, because a replica asked for
-  now serves only after its cold start; a backlog adds ``waiting / backlog_drain_s``.
-- **Stabilisation** (Kubernetes HPA, Knative/AIBrix KPA): scale up at once (after
-  ``scale_up_cooldown_s``), and at once regardless when the need is ``panic_factor`` times the
-  current fleet; scale down only to the *highest* recommendation of the last
-  ``scale_down_window_s``, not within ``scale_down_cooldown_s`` of any action, and only when
-  the cut is beyond the ``tolerance`` band; and not while replicas of the role are still
-  in their cold start (unless overdue by ``cold_start_s + scale_down_window_s``).
+- **A bounded rate over a window** (``arrivals.py``): the arrivals of the last
+  ``forecast_window_s`` give a Poisson estimate with confidence bounds (``confidence``)
+  whose width shrinks with the number of arrivals; a rise significant beyond those bounds is
+  forecast to ``now + cold_start_s + interval_s``, because a replica asked for now serves
+  only after its cold start; a backlog adds ``waiting / backlog_drain_s``. The fleet is
+  sized for the *upper* bound (``raw``).
+- **Stabilisation by the same bounds**, a dead band the data sets rather than a constant:
+  scale up when the estimate itself (or, before the window holds enough arrivals for the
+  bound to be within ``tolerance`` of the estimate, its lower bound; or any recent suffix's
+  lower bound, which catches a step long before the window's mean moves) needs more than
+  the fleet; then to the upper bound's count. Scale down only when the upper bound has
+  needed fewer for all of ``scale_down_window_s`` (to the highest of those counts: the
+  online corrections' noise is not in the rate's bounds), not within ``scale_down_cooldown_s`` of any action and
+  beyond the ``tolerance`` band. Between the two nothing happens, so Poisson noise alone
+  must move the estimate by a confidence half-width to cause an action. A need
+  ``panic_factor`` times the fleet (or any need at zero) ignores ``scale_up_cooldown_s``.
+  No scale-down while replicas of the role are still in their cold start (unless overdue
+  by ``cold_start_s + scale_down_window_s``), nor for ``forecast_window_s`` after they
+  served, so the bounds no longer hold what the smaller fleet could take.
 - **Roles**: a ``general`` fleet gets one count; a ``pd`` fleet gets prefill and decode counts
   sized separately, so the split follows the prompt/output mix.
 """
@@ -36,9 +46,9 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from sage_cp_plugin.elastic.arrivals import Interval, RateEstimate, estimate, z_of
 from sage_cp_plugin.elastic.capacity import (
     StepModel,
     decode_replicas,
@@ -76,6 +86,9 @@ class AutoscalerConfig(BaseModel):
     scale_down_cooldown_s: float = Field(300.0, ge=0)
     scale_down_window_s: float = Field(600.0, ge=0)
     tolerance: float = Field(0.1, ge=0, lt=1)
+    # One-sided confidence of the arrival-rate bounds (arrivals.py): sets the dead band
+    # between scaling up and down, in units of the window's own Poisson noise.
+    confidence: float = Field(0.95, ge=0.5, lt=1)
     panic_factor: float = Field(2.0, gt=1)
     correction_smoothing: float = Field(0.3, gt=0, le=1)  # EWMA weight of a new ratio
     correction_min: float = Field(0.5, gt=0)
@@ -112,17 +125,21 @@ class LoadSample:
     output_lengths: tuple[float, ...] = ()
     ready: dict[Role, int] = field(default_factory=dict)  # serving now
     starting: dict[Role, int] = field(default_factory=dict)  # asked for, still cold
+    # Seconds the arrival_rate was measured over (0: the configured interval_s); with the
+    # rate it gives the interval's arrival count, which the bounds are computed from.
+    arrival_window_s: float = 0.0
 
 
 @dataclass(frozen=True)
 class ScalerState:
     """What decide() remembers between calls (returned anew, never mutated)."""
 
-    rates: tuple[tuple[float, float], ...] = ()  # (time, arrival rate)
-    raw: tuple[tuple[float, tuple[tuple[Role, int], ...]], ...] = ()  # (time, raw desire)
+    arrivals: tuple[Interval, ...] = ()  # (end time, arrivals, seconds) in the window
+    raw: tuple[tuple[float, tuple[tuple[Role, int], ...]], ...] = ()  # (time, bounded need)
     ttft_correction: float = 1.0
     tpot_correction: float = 1.0
     last_up: float = -math.inf
+    last_cold: float = -math.inf  # the last decision that saw a replica still starting
     last_action: float = -math.inf
     actions: int = 0
 
@@ -133,7 +150,7 @@ class Decision:
     desired: dict[Role, int]
     current: dict[Role, int]  # ready + starting when decided
     raw: dict[Role, int]  # before stabilisation
-    forecast_rate: float
+    forecast_rate: float  # the upper bound the fleet is sized for (requests/s, + backlog)
     ttft_correction: float
     tpot_correction: float
     reason: str
@@ -141,23 +158,6 @@ class Decision:
     @property
     def changed(self) -> bool:
         return any(self.desired[r] != self.current.get(r, 0) for r in self.desired)
-
-
-def forecast_rate(rates: tuple[tuple[float, float], ...], at: float) -> float:
-    """Least-squares line through the recent rates, read at ``at``; never below zero, and
-    never below the last observed rate (a forecast may anticipate growth, not invent a fall
-    the fleet would then be too small for)."""
-    if not rates:
-        return 0.0
-    last = rates[-1][1]
-    if len(rates) < 3:
-        return last
-    t = np.array([r[0] for r in rates])
-    y = np.array([r[1] for r in rates])
-    if np.ptp(t) <= 0:
-        return last
-    slope, intercept = np.polyfit(t - t[-1], y, 1)
-    return float(max(last, slope * (at - t[-1]) + intercept, 0.0))
 
 
 def _corrected(
@@ -223,6 +223,14 @@ def raw_replicas(cfg: AutoscalerConfig, m: StepModel, rate: float, isl: float, o
     return out
 
 
+def up_trigger(est: RateEstimate, tolerance: float) -> float:
+    """The rate a scale-up is decided on: the estimate once its bound is within
+    ``tolerance`` of it, its lower bound before (a first decision on few arrivals acts only
+    on what they surely show), and never below a recent suffix's lower bound (a step)."""
+    level = est.point if est.precise(tolerance) else est.lower
+    return max(level, est.recent_lower)
+
+
 def predicted_mean_ttft_s(cfg: AutoscalerConfig, m: StepModel, rate: float,
                           ready: dict[Role, int], mix: Lengths) -> float:  # fmt: skip
     """The model's mean TTFT for what the ready fleet is serving (the correction's reference)."""
@@ -254,16 +262,36 @@ def decide(cfg: AutoscalerConfig, m: StepModel, s: LoadSample,
                                            outputs=s.output_lengths))  # fmt: skip
         tpot_c = _corrected(tpot_c, s.observed_tpot_s, mean_tpot(m, per, outputs, prompts), cfg)
 
-    # 2. Forecast the load the fleet will meet when a replica asked for now is ready.
+    # 2. The arrival rate over the window, bounded, forecast to when a replica asked for now
+    #    serves (arrivals.py).
+    dt = s.arrival_window_s if s.arrival_window_s > 0 else cfg.interval_s
     keep_from = s.now - cfg.forecast_window_s
-    rates = (*tuple(r for r in state.rates if r[0] >= keep_from), (s.now, s.arrival_rate))
-    horizon = s.now + cfg.cold_start_s + cfg.interval_s
-    rate = forecast_rate(rates, horizon) + s.waiting / cfg.backlog_drain_s
-    raw = raw_replicas(cfg, m, rate, s.mean_prompt_tokens or 1.0, s.mean_output_tokens or 1.0,
-                       ttft_c, tpot_c, prompt_cv2=s.prompt_cv2, output_cv2=s.output_cv2,
-                       prompts=s.prompt_lengths, outputs=s.output_lengths)  # fmt: skip
+    window = (*tuple(c for c in state.arrivals if c[0] - c[2] >= keep_from - 1e-9),
+              (s.now, s.arrival_rate * dt, dt))  # fmt: skip
+    est = estimate(window, s.now, cfg.cold_start_s + cfg.interval_s, z_of(cfg.confidence))
+    backlog = s.waiting / cfg.backlog_drain_s
+    cache: dict[float, dict[Role, int]] = {}
 
-    # 3. Stabilise: up now (panic ignores the cooldown), down only to the window's maximum.
+    def need(rate: float) -> dict[Role, int]:
+        # No arrival in the whole window: nothing to serve (the next arrival scales up).
+        rate = rate + backlog if est.arrivals > 0 else backlog
+        if rate not in cache:
+            cache[rate] = raw_replicas(
+                cfg, m, rate, s.mean_prompt_tokens or 1.0, s.mean_output_tokens or 1.0, ttft_c,
+                tpot_c, prompt_cv2=s.prompt_cv2, output_cv2=s.output_cv2,
+                prompts=s.prompt_lengths, outputs=s.output_lengths)  # fmt: skip
+        return cache[rate]
+
+    # The upper bound of the whole window, or a recent step if one is surely higher (the
+    # window's mean lags a step; a cut must not go below what the last intervals show).
+    sized_rate = max(est.upper, est.recent_lower)
+    raw = need(sized_rate)
+    trigger = need(up_trigger(est, cfg.tolerance))
+
+    # 3. Stabilise with the same bounds: up when the estimate needs more than the fleet (to
+    #    the upper bound's count), down when even the upper bound needs fewer.
+    #    A cut goes only to the highest bounded need of scale_down_window_s: the rate's noise
+    #    is in the bounds, but the online corrections' is not.
     window_from = s.now - cfg.scale_down_window_s
     history = (*tuple(h for h in state.raw if h[0] >= window_from), (s.now, tuple(raw.items())))
     desired, reasons = dict(current), []
@@ -271,12 +299,13 @@ def decide(cfg: AutoscalerConfig, m: StepModel, s: LoadSample,
     acted_up = acted = False
     for role in roles:
         cur = current[role]
-        if raw[role] > cur:
-            panic = cur == 0 or raw[role] >= cfg.panic_factor * cur
+        if trigger[role] > cur:
+            to = max(raw[role], trigger[role])
+            panic = cur == 0 or to >= cfg.panic_factor * cur
             if panic or s.now - state.last_up >= cfg.scale_up_cooldown_s:
-                desired[role] = raw[role]
+                desired[role] = to
                 acted_up = acted = True
-                reasons.append(f"{role} up {cur}->{raw[role]}" + (" (panic)" if panic else ""))
+                reasons.append(f"{role} up {cur}->{to}" + (" (panic)" if panic else ""))
             continue
         peak = max(dict(h[1]).get(role, 0) for h in history)
         if peak >= cur or s.now - state.last_action < cfg.scale_down_cooldown_s:
@@ -287,6 +316,10 @@ def decide(cfg: AutoscalerConfig, m: StepModel, s: LoadSample,
             # flaps (up, down, up: each "up" a new cold start). Wait until they serve, or
             # until they are overdue (a replica that never starts must not pin the fleet).
             continue
+        if s.starting.get(role, 0) == 0 and s.now - state.last_cold < cfg.forecast_window_s:
+            # They serve now, but the bound's window still holds what the smaller fleet
+            # could take (closed-loop clients wait): cut only once it has refilled.
+            continue
         if peak > 0 and (cur - peak) / cur <= cfg.tolerance:
             continue
         desired[role] = peak
@@ -294,11 +327,12 @@ def decide(cfg: AutoscalerConfig, m: StepModel, s: LoadSample,
         reasons.append(f"{role} down {cur}->{peak}")
     new_state = replace(
         state,
-        rates=rates,
+        arrivals=window,
         raw=history,
         ttft_correction=ttft_c,
         tpot_correction=tpot_c,
         last_up=s.now if acted_up else state.last_up,
+        last_cold=s.now if any(s.starting.get(r, 0) > 0 for r in roles) else state.last_cold,
         last_action=s.now if acted else state.last_action,
         actions=state.actions + int(acted),
     )
@@ -307,7 +341,7 @@ def decide(cfg: AutoscalerConfig, m: StepModel, s: LoadSample,
         desired=desired,
         current=current,
         raw=raw,
-        forecast_rate=rate,
+        forecast_rate=sized_rate + backlog,
         ttft_correction=ttft_c,
         tpot_correction=tpot_c,
         reason="; ".join(reasons) or "hold",

@@ -11,6 +11,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from sage_cp_plugin.elastic.actuators import Actuator
@@ -122,6 +123,15 @@ class AutoscaleController:
             lengths = list(mc.recent_lengths)
             self._samples = (summarise([p for p, _ in lengths]),
                              summarise([o for _, o in lengths]))  # fmt: skip
+            if len(lengths) >= 2:
+                # The means and cv^2 of the same recent requests the quantiles come from: an
+                # interval's few requests of a heavy-tailed mix move its mean prompt by tens of
+                # percent, and the planner's count with it (an up on noise alone).
+                ps = np.array([p for p, _ in lengths], dtype=float)
+                os_ = np.array([o for _, o in lengths], dtype=float)
+                self._means = (float(ps.mean()), float(os_.mean()))
+                self._cv2 = (_cv2(len(ps), self._means[0], float((ps * ps).sum())),
+                             _cv2(len(os_), self._means[1], float((os_ * os_).sum())))  # fmt: skip
         model = self.model
         ready = self.ready(model)
         asked = self.actuator.target(model) or {}
@@ -140,6 +150,7 @@ class AutoscaleController:
             output_lengths=self._samples[1],
             ready=ready,
             starting={r: max(0, n - ready.get(r, 0)) for r, n in asked.items()},
+            arrival_window_s=dt,
         )
 
     async def step(self) -> Decision | None:

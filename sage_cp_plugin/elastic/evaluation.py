@@ -178,7 +178,12 @@ class VirtualScaler:
     def _ready(self, i: int) -> None:
         assert self.manager is not None
         self.booting.pop(i, None)
-        self.manager.register_instance(self.fleet.instances[i])
+        instance = self.fleet.instances[i]
+        # A replica retired earlier was drained (is_available=False on this same object):
+        # started anew it must join routable, not drained (it was billed, never served,
+        # and reaped as idle: a wasted cold start and action in every scaled variant).
+        instance.is_available = True
+        self.manager.register_instance(instance)
         self._log()
 
     async def reap(self) -> None:

@@ -145,10 +145,14 @@ async def test_kv_aware_sees_kv_pressure(
     try:
         tight = m.fleet.states["tight"]
         async with httpx.AsyncClient(timeout=300) as c:
-            # Fill the 8-block instance behind the control plane's back.
-            hidden = [
-                asyncio.create_task(
-                    c.post(
+
+            async def hide_load() -> None:
+                # One long request after another behind the control plane's back: three of
+                # them fill the 8-block instance; the fourth waits. Kept up until the test
+                # ends: one batch alone lasts ~1.5 s on this CPU, and a scrape answered late
+                # by the busy server can miss a window that short.
+                while True:
+                    await c.post(
                         f"{vllm_pressure_url}/v1/completions",
                         json={
                             "model": tiny_model_name,
@@ -157,19 +161,22 @@ async def test_kv_aware_sees_kv_pressure(
                             "ignore_eos": True,
                         },
                     )
+
+            hidden = [asyncio.create_task(hide_load()) for _ in range(4)]
+            try:
+                await wait_until(
+                    lambda: tight.scraped.fresh and tight.scraped.kv_usage > 0.5,
+                    lambda: f"the tight instance's KV filled ({tight.scraped})",
+                    60,
                 )
-                for _ in range(3)
-            ]
-            await wait_until(
-                lambda: tight.scraped.fresh and tight.scraped.kv_usage > 0.5,
-                f"the tight instance's KV filled ({tight.scraped})",
-                60,
-            )
-            placed = {(await m.generate("route me", max_tokens=2)).instance_id for _ in range(3)}
-            assert placed == {"roomy"}
-            for t in hidden:
-                t.cancel()
-            await asyncio.gather(*hidden, return_exceptions=True)
+                placed = {
+                    (await m.generate("route me", max_tokens=2)).instance_id for _ in range(3)
+                }
+                assert placed == {"roomy"}
+            finally:
+                for t in hidden:
+                    t.cancel()
+                await asyncio.gather(*hidden, return_exceptions=True)
     finally:
         await m.stop()
 
