@@ -62,5 +62,5 @@ class PrefixAwareRouter(Router):
             return candidates[lowest_added_latency_index(item, times)]
         if self.score == "added_latency_slack":
             times = candidate_ttfts(item, candidates, cached, fleet.now)
-            return candidates[lowest_added_latency_within_slack_index(item, times)]
+            return candidates[lowest_added_latency_within_slack_index(item, times, fleet.now)]
         return pick_lowest_ttft(item, candidates, cached, fleet.now)
