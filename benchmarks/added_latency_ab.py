@@ -31,6 +31,7 @@ import numpy as np
 from benchmarks import bench_matrix as bm
 from benchmarks.decision_sources import decision_hash
 from benchmarks.matrix_one_cell import sustainable_rps
+from benchmarks.slo_breakdown import KINDS, slo_breakdown
 from sage_cp_plugin.virtual.compare import BASELINE, ReplayVariant
 from sage_cp_plugin.virtual.fleet import InProcessFleet
 from sage_cp_plugin.virtual.provenance import provenance, provenance_line
@@ -49,6 +50,7 @@ def _summary(r: Any) -> dict[str, Any]:
         "stats": stats,
         "ttft": [round(o.ttft_ms, 2) for o in mid if o.ttft_ms is not None],
         "tpot": [round(o.tpot_ms, 3) for o in mid if o.tpot_ms is not None],
+        "slo_breakdown": slo_breakdown(r.outcomes, bm.SLO_TTFT_MS, bm.SLO_TPOT_MS),
     }
 
 
@@ -169,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
                 {"ttft_ms_p90": m["matrix_ttft_p90_x"], "goodput_rps": m["matrix_goodput_x"]}
             )
             m["goodput_per_seed"] = [r["stats"]["goodput_rps"] for r in rs]
+            m["slo_breakdown"] = _summed_breakdown(rs)
             m["ttft_p90_per_seed"] = [r["stats"].get("ttft_ms", {}).get("p90") for r in rs]
             row[name] = m
         doc["rows"][f"{a.trace}|{load:.2f}|{a.seeds}"] = {
@@ -194,6 +197,21 @@ def main(argv: list[str] | None = None) -> int:
         )
         write(doc, out)
     return 0
+
+
+def _summed_breakdown(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """`slo_breakdown` summed over seeds (None when a cached run predates it)."""
+    parts = [r.get("slo_breakdown") for r in runs]
+    if any(p is None for p in parts):
+        return None
+    counts = {k: sum(p["counts"][k] for p in parts) for k in KINDS}  # type: ignore[index]
+    by_out: dict[str, dict[str, int]] = {}
+    for p in parts:
+        for bucket, cell in p["by_output"].items():  # type: ignore[index]
+            mine = by_out.setdefault(bucket, dict.fromkeys(KINDS, 0))
+            for k in KINDS:
+                mine[k] += cell[k]
+    return {"requests": sum(counts.values()), "counts": counts, "by_output": by_out}
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -233,6 +251,32 @@ def write(doc: dict[str, Any], out: Path = OUT) -> None:
                 f"{m['ttft_p90_ms']:.0f} ({m['ttft_p90_x']:.2f}x) | {m['goodput_rps']:.1f} ({g}) | "
                 f"{mx} | {m['tpot_p50_ms']:.0f} / {m['tpot_p90_ms']:.0f} | "
                 f"{m['slo_attainment']:.2f} | {code} |"
+            )
+    lines += [
+        "",
+        "## Which requests miss (steady-state requests of all seeds)",
+        "",
+        "Shares of the steady-state completed requests: met both objectives, missed TTFT only,",
+        "TPOT only, both; then the TPOT-only misses by output length (tokens) as a share of that",
+        "bucket's requests (`benchmarks/slo_breakdown.py`).",
+        "",
+        "| trace | load | variant | met / TTFT only / TPOT only / both | TPOT-only misses by output length |",
+        "|---|---|---|---|---|",
+    ]
+    for key in sorted(doc["rows"]):
+        r = doc["rows"][key]
+        for name, m in r["variants"].items():
+            bd = m.get("slo_breakdown")
+            if not bd or not bd["requests"]:
+                continue
+            n = bd["requests"]
+            shares = " / ".join(f"{bd['counts'][k] / n:.0%}" for k in KINDS)
+            per = ", ".join(
+                f"{b}: {c['tpot_only'] / max(1, sum(c[k] for k in KINDS)):.0%}"
+                for b, c in bd["by_output"].items()
+            )
+            lines.append(
+                f"| {r['trace']} | {r['load']:.0%} | `{name}` | {shares} ({n} requests) | {per} |"
             )
     envs = [r["environment"] for r in doc["rows"].values() if r.get("environment")]
     if envs:
