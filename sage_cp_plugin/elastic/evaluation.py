@@ -324,8 +324,10 @@ async def run_variant(variant: str, records: list[WorkloadRecord], shape: Shape,
         replicas_for(shape.peak, records, setup),
         replicas_for(shape.mean, records, setup),
     )
-    initial = {"static_peak": peak_n, "static_mean": mean_n}.get(variant, replicas_for(
-        shape.rate(0.0), records, setup))  # fmt: skip
+    fixed = {"static_peak": peak_n, "static_mean": mean_n}
+    if variant.startswith("static_") and variant[7:].isdigit():  # static_N: N replicas
+        fixed[variant] = int(variant[7:])
+    initial = fixed.get(variant, replicas_for(shape.rate(0.0), records, setup))
     scaler = VirtualScaler(fleet, cold_start_s)
     tasks: list[asyncio.Task[Any]] = []
     controller: list[AutoscaleController] = []
