@@ -37,7 +37,6 @@ from typing import Any
 
 from benchmarks.common import RESULTS, write_results
 from sage_cp_plugin.elastic.evaluation import (
-    MIXES,
     Setup,
     Shape,
     bursts,
@@ -213,8 +212,6 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--duration", type=float, default=3600.0, help="seconds per workload")
     p.add_argument("--peak-replicas", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--mix", default="shuffled", choices=MIXES,
-                   help="request lengths: seeded permutation of the trace (stationary) or trace order")
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--out", default="autoscaling", help="results name under benchmarks/results")
     a = p.parse_args(argv)
@@ -246,7 +243,7 @@ def main(argv: list[str] | None = None) -> None:
         for shape_name in a.shapes.split(","):
             shape = make_shape(shape_name, peak, a.duration)
             records = workload(shape, trace, ttft_slo_ms=setup.ttft_slo_ms,
-                               tpot_slo_ms=setup.tpot_slo_ms, seed=a.seed, mix=a.mix)  # fmt: skip
+                               tpot_slo_ms=setup.tpot_slo_ms, seed=a.seed)  # fmt: skip
             ideal = ideal_gpu_hours(shape, records, setup)
             for cs in cold:
                 for v in variants:
