@@ -164,6 +164,13 @@ def markdown(data: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _order(variant: str) -> tuple[int, int]:
+    """Table order: the named variants, then static_N by N."""
+    if variant in VARIANTS:
+        return (VARIANTS.index(variant), 0)
+    return (len(VARIANTS), int(variant[7:]))
+
+
 def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f} %"
 
@@ -218,8 +225,12 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("--duration must be > 0 and --peak-replicas >= 1")
     setup = Setup(max_replicas=max(12, 2 * a.peak_replicas))
     variants = [v for v in a.variants.split(",") if v]
-    if not variants or any(v not in VARIANTS for v in variants):
-        raise SystemExit(f"--variants must be among {','.join(VARIANTS)}, got {a.variants!r}")
+    def known(v: str) -> bool:  # static_N: a static fleet of N replicas (matched GPU-hours)
+        return v in VARIANTS or (v.startswith("static_") and v[7:].isdigit() and int(v[7:]) >= 1)
+
+    if not variants or not all(known(v) for v in variants):
+        raise SystemExit(f"--variants must be among {','.join(VARIANTS)} or static_N (N >= 1), "
+                         f"got {a.variants!r}")
     name = "autoscaling_smoke" if a.smoke else a.out
     cells = RESULTS / f"{name}.cells.jsonl"
     rows: list[dict[str, Any]] = []
@@ -260,7 +271,7 @@ def _write(name: str, a: argparse.Namespace, argv: list[str] | None, setup: Setu
            cells: Path, wall_s: float) -> str:  # fmt: skip
     """Results from every finished row in ``cells`` (runs of other variants may share it)."""
     rows = [json.loads(line) for line in cells.read_text().splitlines() if line.strip()]
-    rows.sort(key=lambda r: (r["trace"], r["workload"], VARIANTS.index(r["variant"]),
+    rows.sort(key=lambda r: (r["trace"], r["workload"], _order(r["variant"]),
                              r["cold_start_s"]))  # fmt: skip
     data: dict[str, Any] = {
         "args": vars(a), "argv": " ".join(sys.argv[1:] if argv is None else argv),

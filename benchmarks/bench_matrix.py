@@ -62,6 +62,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script
 
 from benchmarks.decision_sources import decision_hash
+from benchmarks.slo_breakdown import slo_breakdown
 from sage_cp_plugin.options import ControlPlaneOptions
 from sage_cp_plugin.plugins.registry import get_registry
 from sage_cp_plugin.virtual.capacity import find_capacity
@@ -132,6 +133,8 @@ def _job(args: tuple[str, ReplayVariant, int, float]) -> dict[str, Any]:
         "ttft": [round(o.ttft_ms, 2) for o in mid if o.ttft_ms is not None],
         "tpot": [round(o.tpot_ms, 3) for o in mid if o.tpot_ms is not None],
         "all_completed": stats["failed"] == 0,
+        # Which objective the steady-state requests missed (reporting only).
+        "slo_breakdown": slo_breakdown(r.outcomes, SLO_TTFT_MS, SLO_TPOT_MS),
     }
 
 

@@ -132,3 +132,23 @@ def test_a_replica_retired_then_started_again_serves() -> None:
     assert seen["down"] == 1 and seen["again"] == 1  # drained one; the new one still cold
     assert seen["after"] == 2  # after its cold start it serves again
     assert [n for _, n in scaler.actions] == [2, 1, 2]
+
+
+def test_steady_load_is_steady_in_its_mix_too() -> None:
+    # In trace order Mooncake's prompts grow over the hour (a real change of load, which a
+    # scaler must follow); a steady shape draws its lengths from the whole trace, so the two
+    # halves of its hour ask for the same work, and a daily shape keeps the trace's order.
+    def halves(shape_name: str) -> tuple[float, float]:
+        shape = steady(1.0, 3600.0) if shape_name == "steady" else daily(1.0, 3600.0)
+        r = workload(shape, "mooncake", ttft_slo_ms=3000, tpot_slo_ms=100, seed=3)
+        mid = len(r) // 2
+        return (float(np.mean([x.input_tokens for x in r[:mid]])),
+                float(np.mean([x.input_tokens for x in r[mid:]])))  # fmt: skip
+
+    first, second = halves("steady")
+    assert abs(second / first - 1) < 0.1, (first, second)
+    first, second = halves("daily")
+    assert second / first - 1 > 0.1, (first, second)
+    trace = [x.input_tokens for x in load_trace("mooncake", max_input_tokens=4000)]
+    assert [x.input_tokens for x in workload(daily(1.0, 600.0), "mooncake", ttft_slo_ms=1,
+            tpot_slo_ms=1)][:50] == trace[:50]  # fmt: skip

@@ -264,3 +264,23 @@ def test_prefix_aware_added_latency_spares_an_instance_full_of_decodes() -> None
 def test_prefix_aware_rejects_an_unknown_score() -> None:
     with pytest.raises(ValueError, match="score must be one of ttft, added_latency"):
         PrefixAwareRouter(score="fastest")
+
+
+def test_prefix_aware_added_latency_slack_trades_only_within_the_ttft_objective() -> None:
+    # Same fleet as above: a is faster to first token, b adds less latency to the fleet.
+    a, b = state("a"), state("b")
+    for _ in range(40):
+        lm.first_token(lm.book(a, 200, 50, 0, now=0.0), now=0.0)
+    lm.book(b, 1000, 10, 0, now=0.0)
+    prompt = "words of a long prompt " * 400
+    probe = item(1, prompt=prompt)
+    ttft_a, ttft_b = (lm.predicted_ttft_s(s, probe.input_tokens, 0.0) * 1000 for s in (a, b))
+    r = PrefixAwareRouter(score="added_latency_slack")
+    f = fleet(a, b)
+    # b meets a loose objective: the added-latency cost decides, b.
+    assert r.select(item(1, prompt=prompt, ttft_slo_ms=ttft_b * 2), [a, b], f) is b
+    # Only a meets a tight one: b's lower cost is not bought with a TTFT miss, a.
+    tight = (ttft_a + ttft_b) / 2
+    assert r.select(item(1, prompt=prompt, ttft_slo_ms=tight), [a, b], f) is a
+    # No objective: least TTFT, a.
+    assert r.select(item(1, prompt=prompt), [a, b], f) is a

@@ -46,6 +46,10 @@ class Shape:
     rate: Callable[[float], float]
     peak: float
     mean: float
+    # Lengths drawn at random from the whole trace (a stationary mix) instead of in trace
+    # order: a steady load is steady in its mix too. In trace order Mooncake's mean prompt
+    # drifts 2,100 -> 2,970 tokens over an hour, a change of load the scaler rightly follows.
+    stationary_mix: bool = False
 
 
 def daily(mean: float, duration_s: float, swing: float = 0.6) -> Shape:
@@ -71,13 +75,17 @@ def bursts(base: float, duration_s: float, factor: float = 2.5, n: int = 2,
 
 def steady(rate: float, duration_s: float) -> Shape:
     """A constant rate: what the autoscaler does when nothing changes but Poisson noise."""
-    return Shape("steady", duration_s, lambda t: rate, rate, rate)
+    return Shape("steady", duration_s, lambda t: rate, rate, rate, stationary_mix=True)
+
+
+MIXES = ("shuffled", "trace")
 
 
 def workload(shape: Shape, trace: str, *, ttft_slo_ms: float, tpot_slo_ms: float, seed: int = 0,
              max_input_tokens: int = 4000) -> list[WorkloadRecord]:  # fmt: skip
     """Arrivals of a non-homogeneous Poisson process with ``shape`` (thinning); lengths taken
-    in order from the bundled ``trace``; every request carries the SLOs."""
+    in order from the bundled ``trace`` (for a ``stationary_mix`` shape: drawn uniformly, with
+    replacement, from the whole trace); every request carries the SLOs."""
     rng = np.random.default_rng(seed)
     times: list[float] = []
     t, top = 0.0, shape.peak
@@ -88,6 +96,9 @@ def workload(shape: Shape, trace: str, *, ttft_slo_ms: float, tpot_slo_ms: float
         if rng.random() * top <= shape.rate(t):
             times.append(t)
     lengths = load_trace(trace, max_input_tokens=max_input_tokens)
+    if shape.stationary_mix:
+        picks = rng.integers(0, len(lengths), size=len(times))
+        lengths = [lengths[int(k)] for k in picks]
     return [
         lengths[i % len(lengths)].model_copy(update={
             "arrival_s": at, "ttft_slo_ms": ttft_slo_ms, "tpot_slo_ms": tpot_slo_ms,
@@ -312,8 +323,10 @@ async def run_variant(variant: str, records: list[WorkloadRecord], shape: Shape,
         replicas_for(shape.peak, records, setup),
         replicas_for(shape.mean, records, setup),
     )
-    initial = {"static_peak": peak_n, "static_mean": mean_n}.get(variant, replicas_for(
-        shape.rate(0.0), records, setup))  # fmt: skip
+    fixed = {"static_peak": peak_n, "static_mean": mean_n}
+    if variant.startswith("static_") and variant[7:].isdigit():  # static_N: N replicas
+        fixed[variant] = int(variant[7:])
+    initial = fixed.get(variant, replicas_for(shape.rate(0.0), records, setup))
     scaler = VirtualScaler(fleet, cold_start_s)
     tasks: list[asyncio.Task[Any]] = []
     controller: list[AutoscaleController] = []

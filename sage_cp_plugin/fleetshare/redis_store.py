@@ -26,7 +26,7 @@ except ImportError as exc:  # pragma: no cover - the extra is part of .[dev]
         "sharing state through Redis needs the 'redis' package: pip install 'sage-cp-plugin[redis]'"
     ) from exc
 
-from .store import IDLE_TICK_S, StoreUnavailable
+from .store import IDLE_TICK_S, SUBSCRIBED, StoreUnavailable
 
 
 class RedisFleetStateStore:
@@ -108,13 +108,19 @@ class RedisFleetStateStore:
         await self._do(self.redis.publish(self._k("events"), json.dumps(message)))
 
     async def subscribe(self) -> AsyncIterator[dict[str, Any]]:
-        pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        # Subscribe confirmations are kept: Redis sends one when the SUBSCRIBE took effect
+        # (from then on nothing published is missed) and again after redis-py re-subscribed
+        # on a new connection by itself (messages in the gap are lost: pub/sub is at-most-once).
+        pubsub = self.redis.pubsub(ignore_subscribe_messages=False)
         try:
             await self._do(pubsub.subscribe(self._k("events")))
             while True:
                 msg = await self._do(pubsub.get_message(timeout=IDLE_TICK_S))
-                if msg is not None and msg.get("type") == "message":
+                kind = msg.get("type") if msg is not None else None
+                if kind == "message":
                     yield json.loads(msg["data"])
+                elif kind == "subscribe":
+                    yield SUBSCRIBED
                 else:
                     yield {}  # idle tick: the listener regains control (see FleetStateStore)
         finally:

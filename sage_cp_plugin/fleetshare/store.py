@@ -27,6 +27,13 @@ from typing import Any, Protocol
 # Redis lost the state it must resynchronise.
 IDLE_TICK_S = 0.25
 
+# What `subscribe` yields each time its subscription is (again) live: every message published
+# from then on reaches the subscriber, so a listener reads the shared state only after it
+# (state read before it could miss a change whose message went out before the subscription).
+# Redis pub/sub is at-most-once and redis-py re-subscribes by itself after a connection blip:
+# the marker arrives again then, and the listener reads again what it may have missed.
+SUBSCRIBED: dict[str, Any] = {"kind": "subscribed"}
+
 
 class StoreUnavailable(Exception):
     """The shared store cannot be reached; callers keep their own view and retry later."""
@@ -140,6 +147,7 @@ class InMemoryFleetStateStore:
         q: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._subscribers.append(q)
         try:
+            yield SUBSCRIBED
             while True:
                 try:
                     yield await asyncio.wait_for(q.get(), IDLE_TICK_S)

@@ -5,7 +5,10 @@ Loops (all on the coordinator's event loop, on its clock):
 - publish: at each dispatch (coalesced) and every `publish_interval_s`, this replica's load per instance goes to the store
   (key with TTL) and to every peer (message) when it changed, at least every TTL/3
   otherwise; so do the prefix dispatches of instances without KV events;
-- listen: messages from peers (load, prefix, admin) are applied as they come;
+- listen: messages from peers (load, prefix, admin) are applied as they come; the shared
+  state is read each time the subscription becomes live (never before: a change announced
+  in between would be missed for good), and the admin record is re-read every
+  `admin_check_interval_s` (a lost message is repaired within it);
 - resync: while the store is unreachable, this replica routes on its own view (peer loads
   expire after the TTL) and says so (`status()`, the gateway's /health and /metrics); when
   the store answers again, it re-reads everything (admin, loads) and republishes its own.
@@ -35,7 +38,7 @@ from sage_cp_plugin.manager import ControlPlaneManager
 
 from .peers import PeerLoads, own_load
 from .prefix_share import SharedApproximatePrefixCache, install
-from .store import FleetStateStore, StoreUnavailable
+from .store import SUBSCRIBED, FleetStateStore, StoreUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +102,9 @@ class FleetShare:
         self._last_sent: dict[str, Any] | None = None
         self._last_sent_at = float("-inf")
         self._tasks: list[asyncio.Task[None]] = []
+        # How often the listener re-reads the admin record (a lost message costs this much).
+        self.admin_check_interval_s = min(1.0, load_ttl_s / 3)
+        self._admin_checked_at = float("-inf")
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -222,20 +228,41 @@ class FleetShare:
     # -- listening -------------------------------------------------------------------------------
     async def _listen_loop(self) -> None:
         while True:
-            if not self.status.connected and not await self._resync():
-                await asyncio.sleep(self.resync_interval_s)
-                continue
             try:
                 async for msg in self.store.subscribe():
-                    if not self.status.connected:
-                        break  # the publisher lost the store meanwhile: resync first
+                    if msg is SUBSCRIBED or not self.status.connected:
+                        # The subscription is live (again), or the publisher lost the store
+                        # meanwhile: read the shared state now. Read before the subscription
+                        # was live, it could miss a change whose message went out in between,
+                        # and nothing would ever repeat it.
+                        if not await self._resync():
+                            break
+                        if msg is SUBSCRIBED:
+                            continue
                     if msg:
                         self._on_message(msg)
+                    await self._check_admin()
             except StoreUnavailable as exc:
                 self._lost(exc)
             # A subscription that ended or failed may have missed messages: resync first.
             self.status.connected = False
             await asyncio.sleep(self.resync_interval_s)
+
+    async def _check_admin(self) -> None:
+        """Every `admin_check_interval_s`, compare the admin record with ours: a message can
+        be lost (pub/sub delivers at most once), the record cannot."""
+        now = self.manager.now()
+        if now - self._admin_checked_at < self.admin_check_interval_s:
+            return
+        self._admin_checked_at = now
+        shared = await self.store.get_admin()
+        if shared is None or self._admin_dirty:
+            return  # an emptied store is re-seeded by the next resync
+        if (shared.get("version"), shared.get("by")) != (
+            self.admin.get("version"),
+            self.admin.get("by"),
+        ):
+            self._apply_admin(shared)
 
     def _on_message(self, msg: dict[str, Any]) -> None:
         sender = msg.get("replica")

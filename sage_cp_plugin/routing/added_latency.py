@@ -26,3 +26,34 @@ def lowest_added_latency_index(item: QueuedRequest, times: Times) -> int:
     """The candidate with the least predicted TTFT plus cost to the requests running there."""
     added = [t + c for t, c in zip(times.ttfts, times.costs, strict=True)]
     return lowest_ttft_index(item, Times(times.owns, added, times.steps, times.costs))
+
+
+def lowest_added_latency_within_slack_index(item: QueuedRequest, times: Times, now: float) -> int:
+    """Least added latency among candidates whose predicted TTFT meets what is left of the
+    request's TTFT objective at `now`; least TTFT when none does or the request has no TTFT
+    objective.
+
+    Why: the added-latency cost buys other requests' TPOT with this request's wait. That
+    trade costs nothing the request is judged on while its first token still comes within
+    its objective; past the objective every extra millisecond is a miss and a P90 TTFT loss
+    (the 1.13x/1.15x of `benchmarks/results/added_latency.md`), so there the request takes
+    the least-TTFT pick. The objective counts from arrival (as the TTFT the user sees, and
+    `slo_aware`'s first-token deadline), so the time already waited in the coordinator's
+    queue is spent: the bound is `arrival + objective - now`. The rule has no constant of
+    its own: the bound is the request's SLO. `prefix_aware`'s opt-in
+    `score="added_latency_slack"`; measured in `benchmarks/results/added_latency_slack.md`.
+    """
+    slo_ms = item.request.effective_ttft_slo_ms()
+    if slo_ms is None:
+        return lowest_ttft_index(item, times)
+    left_s = item.arrival + slo_ms / 1000.0 - now
+    ok = [j for j, t in enumerate(times.ttfts) if t <= left_s]
+    if not ok:
+        return lowest_ttft_index(item, times)
+    sub = Times(
+        [times.owns[j] for j in ok],
+        [times.ttfts[j] for j in ok],
+        [times.steps[j] for j in ok],
+        [times.costs[j] for j in ok],
+    )
+    return ok[lowest_added_latency_index(item, sub)]

@@ -15,7 +15,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from sage_cp_plugin.pending import QueuedRequest
-from sage_cp_plugin.routing.added_latency import lowest_added_latency_index
+from sage_cp_plugin.routing.added_latency import (
+    lowest_added_latency_index,
+    lowest_added_latency_within_slack_index,
+)
 from sage_cp_plugin.routing.base import Router
 from sage_cp_plugin.routing.predicted import candidate_ttfts, pick_lowest_ttft
 from sage_cp_plugin.state import FleetSnapshot, InstanceState
@@ -28,8 +31,9 @@ _RETIRED = frozenset(
 
 
 # What a candidate is scored by: the request's own predicted TTFT (default), or that plus the
-# delay its prefill adds to the sequences running there (`routing/added_latency.py`).
-SCORES = ("ttft", "added_latency")
+# delay its prefill adds to the sequences running there (`routing/added_latency.py`), or that
+# only among candidates predicted to meet the request's TTFT objective (`added_latency_slack`).
+SCORES = ("ttft", "added_latency", "added_latency_slack")
 
 
 class PrefixAwareRouter(Router):
@@ -56,4 +60,7 @@ class PrefixAwareRouter(Router):
         if self.score == "added_latency":
             times = candidate_ttfts(item, candidates, cached, fleet.now)
             return candidates[lowest_added_latency_index(item, times)]
+        if self.score == "added_latency_slack":
+            times = candidate_ttfts(item, candidates, cached, fleet.now)
+            return candidates[lowest_added_latency_within_slack_index(item, times, fleet.now)]
         return pick_lowest_ttft(item, candidates, cached, fleet.now)
