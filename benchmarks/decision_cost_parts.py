@@ -30,11 +30,8 @@ import sage_cp_plugin.fleet_table as fleet_table
 import sage_cp_plugin.kvevents.view as kv_view
 import sage_cp_plugin.planning as planning
 import sage_cp_plugin.routing.predicted as predicted
-from benchmarks.routing_quick import SLOTS, at_load, capacity_rps
-from sage_cp_plugin.sim import SimInstanceConfig
-from sage_cp_plugin.virtual.fleet import InProcessFleet, MemberSpec
+from benchmarks.decision_cost_replay import fleet, workload
 from sage_cp_plugin.virtual.runner import CoordinatorConfig, run_replay
-from sage_cp_plugin.workloads import AZURE_CODE, load_azure
 
 PARTS = ("routable_and_free", "refresh_load", "refresh", "cached_tokens", "pick_index")
 
@@ -88,14 +85,8 @@ def main() -> None:
         return action
 
     dispatch.plan_head = plan_head  # type: ignore[assignment,attr-defined]
-    w = load_azure(AZURE_CODE, limit=args.n, max_input_tokens=16384)
-    w = at_load(w, 0.7 * capacity_rps(w) * args.instances / 8)
-    w = [r.model_copy(update={"ttft_slo_ms": None, "tpot_slo_ms": None}) for r in w]
-    members = [
-        MemberSpec(SimInstanceConfig(seed=i, num_kv_blocks=8192), max_concurrent_requests=SLOTS)
-        for i in range(args.instances)
-    ]
-    res = run_replay(w, InProcessFleet(members), CoordinatorConfig(router=args.router))
+    w = workload(args.instances, args.n)
+    res = run_replay(w, fleet(args.instances), CoordinatorConfig(router=args.router))
     print(f"{args.instances} instances, {args.router}, {len(per_decision['plan_head'])} decisions")
     for part in ("plan_head", *PARTS):
         us = np.array(per_decision[part], dtype=float) / 1e3

@@ -14,11 +14,8 @@ import argparse
 import cProfile
 import pstats
 
-from benchmarks.routing_quick import SLOTS, at_load, capacity_rps
-from sage_cp_plugin.sim import SimInstanceConfig
-from sage_cp_plugin.virtual.fleet import InProcessFleet, MemberSpec
+from benchmarks.decision_cost_replay import fleet, workload
 from sage_cp_plugin.virtual.runner import CoordinatorConfig, run_replay
-from sage_cp_plugin.workloads import AZURE_CODE, load_azure
 
 HOT = ("plan_head", "select_instance", "pick_lowest_ttft", "pick_index", "routable_and_free")
 
@@ -29,16 +26,10 @@ def main() -> None:
     ap.add_argument("--router", default="prefix_aware")
     ap.add_argument("--n", type=int, default=400)
     args = ap.parse_args()
-    w = load_azure(AZURE_CODE, limit=args.n, max_input_tokens=16384)
-    w = at_load(w, 0.7 * capacity_rps(w) * args.instances / 8)
-    w = [r.model_copy(update={"ttft_slo_ms": None, "tpot_slo_ms": None}) for r in w]
-    members = [
-        MemberSpec(SimInstanceConfig(seed=i, num_kv_blocks=8192), max_concurrent_requests=SLOTS)
-        for i in range(args.instances)
-    ]
+    w = workload(args.instances, args.n)
     prof = cProfile.Profile()
     prof.enable()
-    res = run_replay(w, InProcessFleet(members), CoordinatorConfig(router=args.router))
+    res = run_replay(w, fleet(args.instances), CoordinatorConfig(router=args.router))
     prof.disable()
     print({k: res.decision[k] for k in ("plan_decisions", "plan_cpu_us_p50", "plan_cpu_us_p99")})
     stats = pstats.Stats(prof)

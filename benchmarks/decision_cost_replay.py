@@ -28,7 +28,23 @@ from benchmarks.routing_quick import SLOTS, at_load, capacity_rps
 from sage_cp_plugin.sim import SimInstanceConfig
 from sage_cp_plugin.virtual.fleet import InProcessFleet, MemberSpec
 from sage_cp_plugin.virtual.runner import CoordinatorConfig, run_replay
-from sage_cp_plugin.workloads import AZURE_CODE, load_azure
+from sage_cp_plugin.workloads import AZURE_CODE, WorkloadRecord, load_azure
+
+
+def workload(n_inst: int, n: int) -> list[WorkloadRecord]:
+    """The first `n` Azure code rows at 70 % of `n_inst` instances' capacity, SLO-free."""
+    w = load_azure(AZURE_CODE, limit=n, max_input_tokens=16384)
+    w = at_load(w, 0.7 * capacity_rps(w) * n_inst / 8)
+    return [r.model_copy(update={"ttft_slo_ms": None, "tpot_slo_ms": None}) for r in w]
+
+
+def fleet(n_inst: int) -> InProcessFleet:
+    """`n_inst` simulated Llama-3.1-8B/H100 instances, 8,192 KV blocks, SLOTS in flight each."""
+    members = [
+        MemberSpec(SimInstanceConfig(seed=i, num_kv_blocks=8192), max_concurrent_requests=SLOTS)
+        for i in range(n_inst)
+    ]
+    return InProcessFleet(members)
 
 
 def main() -> None:
@@ -40,18 +56,10 @@ def main() -> None:
     a = ap.parse_args()
     rows: list[dict[str, Any]] = []
     for n_inst in (int(x) for x in a.instances.split(",")):
-        w = load_azure(AZURE_CODE, limit=a.n, max_input_tokens=16384)
-        w = at_load(w, 0.7 * capacity_rps(w) * n_inst / 8)
-        w = [r.model_copy(update={"ttft_slo_ms": None, "tpot_slo_ms": None}) for r in w]
+        w = workload(n_inst, a.n)
         for router in a.routers.split(","):
-            members = [
-                MemberSpec(
-                    SimInstanceConfig(seed=i, num_kv_blocks=8192), max_concurrent_requests=SLOTS
-                )
-                for i in range(n_inst)
-            ]
             t = time.time()
-            res = run_replay(w, InProcessFleet(members), CoordinatorConfig(router=router))
+            res = run_replay(w, fleet(n_inst), CoordinatorConfig(router=router))
             d = res.decision
             row = {
                 "instances": n_inst,

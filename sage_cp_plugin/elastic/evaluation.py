@@ -78,9 +78,6 @@ def steady(rate: float, duration_s: float) -> Shape:
     return Shape("steady", duration_s, lambda t: rate, rate, rate, stationary_mix=True)
 
 
-MIXES = ("shuffled", "trace")
-
-
 def workload(shape: Shape, trace: str, *, ttft_slo_ms: float, tpot_slo_ms: float, seed: int = 0,
              max_input_tokens: int = 4000) -> list[WorkloadRecord]:  # fmt: skip
     """Arrivals of a non-homogeneous Poisson process with ``shape`` (thinning); lengths taken
