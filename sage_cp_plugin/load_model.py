@@ -289,9 +289,23 @@ def first_token(b: Booking, now: float) -> None:
     # else's says little about speed and must not weigh like a long one.
     st.prefill_busy_s.add(busy)
     st.prefill_work_tokens.add(b.work_ahead)
-    rate = st.prefill_s_per_token
-    rate.value = st.prefill_busy_s.get(0.0) / st.prefill_work_tokens.get(1.0)
-    rate.count += 1
+    st.prefill_s_per_token.count += 1
+    pool_speeds(st)
+
+
+def pool_speeds(st: InstanceState) -> None:
+    """Set the speeds decisions read from this replica's own estimates plus its peers'
+    (`PeerSpeeds`; none without peers, and then exactly our own). Prefill: a ratio of sums,
+    so adding the peers' sums is the same estimate over all their requests. Decode step:
+    the mean of the replicas' estimates."""
+    p = st.peer_speeds
+    work = st.prefill_work_tokens.get(0.0) + p.prefill_work_tokens
+    if work > 0:
+        st.prefill_s_per_token.value = (st.prefill_busy_s.get(0.0) + p.prefill_busy_s) / work
+    own = st.decode_step_own.value
+    n = p.decode_replicas + (own is not None)
+    if n:
+        st.decode_s_per_token.value = ((own or 0.0) + p.decode_step_s) / n
 
 
 def prefill_done(b: Booking, now: float) -> None:
@@ -304,7 +318,9 @@ def prefill_done(b: Booking, now: float) -> None:
 
 def observe_decode(state: InstanceState, tpot_s: float) -> None:
     if tpot_s > 0:
-        state.decode_s_per_token.add(tpot_s)
+        state.decode_step_own.add(tpot_s)
+        state.decode_s_per_token.count += 1
+        pool_speeds(state)
 
 
 def release(b: Booking, now: float) -> None:

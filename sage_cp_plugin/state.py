@@ -71,6 +71,24 @@ class Ewma:
 
 
 @dataclass(slots=True)
+class PeerSpeeds:
+    """One speed class's own estimates at the other replicas of the control plane, as they
+    last published them (`fleetshare`), summed over those replicas. Added to this replica's
+    own, they give the estimate over every replica's requests, as one process learns it from
+    all of them (each replica alone learns from its share, and replicas whose estimates
+    differ rank the same instances differently)."""
+
+    prefill_busy_s: float = 0.0
+    prefill_work_tokens: float = 0.0
+    decode_step_s: float = 0.0  # sum of the peers' decode-step estimates
+    decode_replicas: int = 0  # how many peers have one
+
+    def clear(self) -> None:
+        self.prefill_busy_s = self.prefill_work_tokens = self.decode_step_s = 0.0
+        self.decode_replicas = 0
+
+
+@dataclass(slots=True)
 class InstanceState:
     """One instance: its static description plus everything the coordinator knows now."""
 
@@ -90,7 +108,9 @@ class InstanceState:
     prefill_head_since: float = 0.0  # when the engine started on the head of that queue
     mean_prompt_tokens: Ewma = field(default_factory=Ewma)  # uncached tokens per request
     # Learnt online from streamed timings: seconds per prefill token (the ratio of the
-    # two sums below), decode step (TPOT). The coordinator shares these objects among
+    # two sums below), decode step (TPOT); with peers, over their estimates too
+    # (`load_model.pool_speeds`; the `*_own` and sums are this replica's alone, what it
+    # publishes, the two read by decisions are pooled). The coordinator shares these objects among
     # instances of one speed class (`speed_class`): identical engines run at one speed, and a
     # per-instance estimate that one bad sample inflates would steer traffic away from that
     # instance and never get the samples to recover (measured: 40x off, a quarter of the
@@ -99,6 +119,8 @@ class InstanceState:
     decode_s_per_token: Ewma = field(default_factory=Ewma)
     prefill_busy_s: Ewma = field(default_factory=lambda: Ewma(alpha=0.05))
     prefill_work_tokens: Ewma = field(default_factory=lambda: Ewma(alpha=0.05))
+    decode_step_own: Ewma = field(default_factory=Ewma)
+    peer_speeds: PeerSpeeds = field(default_factory=PeerSpeeds)
     completed: int = 0
     failed: int = 0
     consecutive_failures: int = 0
@@ -137,6 +159,8 @@ class InstanceState:
         self.decode_s_per_token = other.decode_s_per_token
         self.prefill_busy_s = other.prefill_busy_s
         self.prefill_work_tokens = other.prefill_work_tokens
+        self.decode_step_own = other.decode_step_own
+        self.peer_speeds = other.peer_speeds
 
     @property
     def capacity(self) -> int:

@@ -13,16 +13,28 @@ from sage_cp_plugin.state import FleetSnapshot
 
 def own_load(fleet: FleetSnapshot, now: float) -> dict[str, list[float]]:
     """This replica's load per instance: [in_flight, prefill tokens ahead, sequences,
-    healthy (1/0)]. Compact: it goes to every peer several times a second."""
-    return {
-        s.instance_id: [
+    healthy (1/0)], and on the first instance of each speed class this replica's own speed
+    estimates of the class: [..., prefill busy seconds, prefill work tokens, decode step
+    (0: none yet; an observed step is > 0)] (`PeerSpeeds`). Compact: it goes to every peer
+    several times a second, and a fleet of one kind of engine carries one set of speeds."""
+    out: dict[str, list[float]] = {}
+    classes: set[int] = set()
+    for s in fleet:
+        row = [
             s.in_flight,
             round(load_model.own_prefill_ahead(s, now), 1),
             s.prefill_seqs + s.decode_seqs,
             1 if s.healthy and not s.circuit_open else 0,
         ]
-        for s in fleet
-    }
+        if id(s.peer_speeds) not in classes:
+            classes.add(id(s.peer_speeds))
+            row += [
+                s.prefill_busy_s.get(0.0),
+                s.prefill_work_tokens.get(0.0),
+                s.decode_step_own.get(0.0),
+            ]
+        out[s.instance_id] = row
+    return out
 
 
 class PeerLoads:
@@ -57,6 +69,29 @@ class PeerLoads:
                 st.peer_in_flight += int(v[0])
                 st.peer_prefill_tokens += float(v[1])
                 st.peer_seqs += int(v[2])
+        self._apply_speeds(fleet)
+
+    def _apply_speeds(self, fleet: FleetSnapshot) -> None:
+        """Sum the peers' own speed estimates per speed class (as this replica groups the
+        instances: one set per peer and class) and re-pool the estimates decisions read."""
+        classes = {id(s.peer_speeds): s for s in fleet}
+        for s in classes.values():
+            s.peer_speeds.clear()
+        for _, load in self.by_replica.values():
+            seen: set[int] = set()
+            for iid, v in load.items():
+                st = fleet.get(iid)
+                if st is None or len(v) < 7 or id(st.peer_speeds) in seen:
+                    continue
+                seen.add(id(st.peer_speeds))
+                p = st.peer_speeds
+                p.prefill_busy_s += float(v[4])
+                p.prefill_work_tokens += float(v[5])
+                if v[6] > 0:
+                    p.decode_step_s += float(v[6])
+                    p.decode_replicas += 1
+        for s in classes.values():
+            load_model.pool_speeds(s)
 
     def peers_say_down(self, instance_id: str) -> bool:
         """Every live peer reports the instance unhealthy (a new replica starts so)."""
