@@ -87,6 +87,34 @@ def test_equal_instances_go_to_different_places_from_each_replica() -> None:
     assert len(chosen) == 3
 
 
+def test_replicas_treat_costs_one_unheard_booking_apart_as_equal() -> None:
+    """Four idle instances, two of them running one sequence fewer than the others: one
+    process sends a request to the emptier ones; three replicas, each of which may not yet
+    have heard of its two peers' last bookings, cannot tell one sequence apart and spread
+    their simultaneous requests over all four by their rotations, as one process spreads
+    successive ones (before, all three took the same emptiest instance)."""
+    states = [state(f"i{k}") for k in range(4)]
+    for s in states[:2]:
+        s.decode_seqs = 1
+    v = fleet(*states)
+    alone = {LoadBalancedRouter().select(item(t), states, v).instance_id for t in range(4)}  # type: ignore[union-attr]
+    assert alone == {"i2", "i3"}  # fewer sequences running: the cost decides, not the turn
+    chosen = []
+    for i in range(3):
+        it = item(1)
+        it.replica = (i, 3)
+        pick = LoadBalancedRouter().select(it, states, v)
+        assert pick is not None
+        chosen.append(pick.instance_id)
+    assert len(set(chosen)) == 3
+    # A difference the peers' unheard bookings cannot explain still decides.
+    for s in states[:2]:
+        s.decode_seqs = 3
+    it = item(1)
+    it.replica = (0, 3)
+    assert LoadBalancedRouter().select(it, states, v).instance_id in {"i2", "i3"}  # type: ignore[union-attr]
+
+
 async def _join_and_leave() -> None:
     store = InMemoryFleetStateStore(delivery_delay_s=0.001)
     managers = [replica_manager() for _ in range(3)]

@@ -8,6 +8,13 @@ prefix is work the fleet does not do again, even when it saves less than a step 
 then to the first in a rotation that starts at the request's sequence number, so equal
 instances take turns instead of one drawing every request (no herd); replicas of the
 control plane start it at different places (`routing.rotation`).
+
+Replicas of the control plane (N > 1) hear each other's bookings a message delivery late
+(`fleetshare`), so a replica's view of the sequences running on an instance can lack one
+unheard booking per peer. Costs closer than that, N - 1 sequences' worth, cannot be told
+apart and count as equal: the next rules decide, down to the rotation, which differs per
+replica. Without it, replicas deciding within one delivery delay all ranked the same
+instance first by its running sequences and sent their requests there together.
 Nothing here has a weight to tune: every quantity is a time.
 """
 
@@ -17,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sage_cp_plugin.fleet_table import Candidates
-from sage_cp_plugin.load_model import candidate_times
+from sage_cp_plugin.load_model import candidate_times, prefill_s_per_token
 from sage_cp_plugin.pending import QueuedRequest
 from sage_cp_plugin.routing.pruned_pick import pick_index
 from sage_cp_plugin.routing.rotation import rotation_start
@@ -33,6 +40,9 @@ class Times:
     ttfts: list[float]
     steps: list[float]
     costs: list[float]
+    # With peer replicas: each candidate's cost difference below which two costs are equal
+    # (N - 1 sequences' worth, module docstring); None for one process.
+    cost_tols: list[float] | None = None
 
 
 def candidate_ttfts(
@@ -50,7 +60,11 @@ def candidate_ttfts(
     else:
         # Every candidate's times in one call (the inner loop of a load-aware decision).
         ttfts, steps, costs = candidate_times(candidates, owns, now)
-    return Times(owns, ttfts, steps, costs)
+    peers = item.replica[1] - 1
+    if peers <= 0:
+        return Times(owns, ttfts, steps, costs)
+    tols = [peers * own * prefill_s_per_token(s) for s, own in zip(candidates, owns, strict=True)]
+    return Times(owns, ttfts, steps, costs, tols)
 
 
 def pick_lowest_ttft(
@@ -61,9 +75,10 @@ def pick_lowest_ttft(
 ) -> InstanceState | None:
     if not candidates:
         return None
-    if isinstance(candidates, Candidates):
+    if isinstance(candidates, Candidates) and item.replica[1] == 1:
         # Rows in the fleet table: the same scan, predicting only the candidates that can
-        # change its outcome (`pruned_pick`; None: a fleet it does not cover).
+        # change its outcome (`pruned_pick`; None: a fleet it does not cover). Replicas
+        # compare costs with a tolerance it does not prune by: they take the plain scan.
         picked = pick_index(item, candidates, cached, now)
         if picked is not None:
             return candidates[picked]
@@ -77,6 +92,8 @@ def lowest_ttft_index(item: QueuedRequest, times: Times) -> int:
     # The scan in the rotation that starts at the request's sequence number (offset by the
     # replica's place among its peers: `routing.rotation`).
     start = rotation_start(item.seq, n, item.replica)
+    if times.cost_tols is not None:
+        return _scan_replica(ttfts, steps, costs, owns, times.cost_tols, start)
     if steps.count(steps[0]) == n:
         return _scan_one_step(ttfts, steps[0], costs, owns, start)
     b = start
@@ -113,4 +130,35 @@ def _scan_one_step(
             if cost < best_cost or (cost == best_cost and own < best_own):
                 b, best_t, best_cost, best_own = j, t, cost, own
                 lo, hi = t - tol, t + tol
+    return b
+
+
+def _scan_replica(
+    ttfts: list[float],
+    steps: list[float],
+    costs: list[float],
+    owns: list[int],
+    cost_tols: list[float],
+    start: int,
+) -> int:
+    """The scan of `lowest_ttft_index` for a replica with peers: costs within the smaller
+    of the two candidates' tolerances are equal (module docstring)."""
+    n = len(ttfts)
+    b = start
+    best_t, best_step, best_cost, best_own, best_tol = (
+        ttfts[b], steps[b], costs[b], owns[b], cost_tols[b]
+    )  # fmt: skip
+    for j in (*range(start + 1, n), *range(start)):
+        t, step = ttfts[j], steps[j]
+        tol = step if step < best_step else best_step
+        if t < best_t - tol:
+            b, best_t, best_step, best_cost, best_own = j, t, step, costs[j], owns[j]
+            best_tol = cost_tols[j]
+        elif t <= best_t + tol:
+            cost, own, ctol = costs[j], owns[j], cost_tols[j]
+            if ctol > best_tol:
+                ctol = best_tol
+            if cost < best_cost - ctol or (cost <= best_cost + ctol and own < best_own):
+                b, best_t, best_step, best_cost, best_own = j, t, step, cost, own
+                best_tol = cost_tols[j]
     return b
