@@ -134,8 +134,9 @@ class LoadSample:
     # Seconds the arrival_rate was measured over (0: the configured interval_s); with the
     # rate it gives the interval's arrival count, which the bounds are computed from.
     arrival_window_s: float = 0.0
-    # Of the ``completed`` requests, how many had a TPOT above ``tpot_target_s``.
-    tpot_misses: int = 0
+    # Of the ``completed`` requests, how many had a TPOT above ``tpot_target_s`` (None: not
+    # counted, so the TPOT tail correction learns nothing from this sample).
+    tpot_misses: int | None = None
 
 
 @dataclass(frozen=True)
@@ -274,7 +275,7 @@ def decide(cfg: AutoscalerConfig, m: StepModel, s: LoadSample,
         prompts, outputs = samples(replace(mix, prompts=s.prompt_lengths,
                                            outputs=s.output_lengths))  # fmt: skip
         tpot_c = _corrected(tpot_c, s.observed_tpot_s, mean_tpot(m, per, outputs, prompts), cfg)
-        if cfg.mode == "general" and ready.get("general", 0) > 0:
+        if cfg.mode == "general" and ready.get("general", 0) > 0 and s.tpot_misses is not None:
             # The misses the (corrected) model expected for these requests at this fleet.
             expected = general_miss(m, s.arrival_rate, ready["general"],
                                     replace(mix, prompts=prompts, outputs=outputs),
