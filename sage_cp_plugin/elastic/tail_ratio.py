@@ -4,9 +4,10 @@ Why: the TPOT tail model (``tpot.py``) treats each replica's arrivals as an inde
 Poisson share of the fleet's and every prompt as prefilled in full. A load-aware router sends
 the next request to a replica that is *not* busy prefilling (so few prompts land in a short
 answer's few decode steps), and a prefix cache prefills only a prompt's uncached part.
-Measured on steady Mooncake (1.78 req/s, 2 static replicas, 600 s): the model predicts
-2.7 % of requests missing TPOT, the simulated replicas missed 0.28 % (21 % of prompt tokens
-were cache hits); the 2-token answers the model gives an 18 % miss missed 1 in 51. The
+Measured on steady Mooncake (``benchmarks/autoscaling_tail_check.py``, 1.78 req/s, 600 s):
+the model predicts 6.2 / 2.4 / 1.5 % of requests missing TPOT on 1 / 2 / 3 static replicas,
+the simulated replicas missed 3.4 / 0.28 / 0 % (17-23 % of prompt tokens were cache hits);
+2-token answers, about 18 % by the model, missed 10 / 1 / 0 of 51. The
 online mean correction (``autoscaler._corrected``) cannot see this: the mean TPOT is
 dominated by the bulk, the miss by the tail.
 
