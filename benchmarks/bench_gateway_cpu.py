@@ -13,8 +13,11 @@ connection per user; `bench_gateway.py`'s client) reports its own CPU time separ
 `direct` (the client talks to the instances itself) is the baseline for added latency.
 
     python benchmarks/bench_gateway_cpu.py [--requests 3000] [--concurrency 1 16 64]
-        [--targets direct sage-cp sage-cp-workers sage-cp-replicas vllm-router] [--workers 2]
-        [--rounds K]
+        [--targets direct sage-cp sage-cp-workers sage-cp-replicas sage-cp-plain-upstream
+                   vllm-router] [--workers 2] [--rounds K]
+
+`sage-cp-plain-upstream` is `sage-cp serve --no-upstream-streaming`: what streaming every
+request from the instance (for TTFT) costs the gateway per request.
 
 The two designs for many processes on one host (docs/scale-out.md), each against one
 process in the same run: `sage-cp-workers` is `sage-cp serve --workers N` (one scheduling
@@ -277,6 +280,11 @@ def median_round(rounds: list[Point]) -> Point:
     return mid
 
 
+# `sage-cp serve --no-upstream-streaming`: non-streamed callers' requests are sent to the
+# instance non-streamed (one body instead of a chunk per token; TTFT is then not measured),
+# what the upstream streaming costs per request.
+PLAIN_UPSTREAM = "sage-cp-plain-upstream"
+
 # Traced variants of `sage-cp serve`: target name -> sampling ratio.
 TRACED = {"sage-cp-traced-0.1": 0.1, "sage-cp-traced-1.0": 1.0}
 
@@ -511,7 +519,7 @@ def main() -> int:
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
     ap.add_argument("--targets", nargs="+", default=["direct", "sage-cp", "vllm-router"],
                     choices=["direct", "sage-cp", "sage-cp-workers", "sage-cp-replicas",
-                             "vllm-router", *TRACED])  # fmt: skip
+                             PLAIN_UPSTREAM, "vllm-router", *TRACED])  # fmt: skip
     ap.add_argument("--workers", type=int, default=2,
                     help="processes of the sage-cp-workers and sage-cp-replicas targets")  # fmt: skip
     ap.add_argument("--tracing", action="store_true",
@@ -576,6 +584,8 @@ def main() -> int:
                 if name in TRACED:
                     argv += ["--otlp-traces-endpoint", f"http://127.0.0.1:{sink_port}",
                              "--trace-sampling-ratio", str(TRACED[name])]  # fmt: skip
+                if name == PLAIN_UPSTREAM:
+                    argv.append("--no-upstream-streaming")
                 if name.startswith("sage-cp-workers"):
                     argv += ["--workers", str(args.workers)]
             proc = procs.start(argv, cwd=cwd)

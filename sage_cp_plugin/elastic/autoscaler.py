@@ -16,7 +16,12 @@ What it does, and from whom the idea comes:
   ``tpot.mean_tpot``, as the observation is), smoothed and bounded, scales the work per
   request; the same ratio for mean TTFT tightens the TTFT target (target / ratio, as Dynamo
   corrects its ITL target), so a model that is off by 30 % stops mattering after a few
-  intervals.
+  intervals. The TPOT *tail* gets its own correction (``tail_ratio.py``): the misses the
+  fleet really had over ``scale_down_window_s`` against those the model expected for the
+  same requests at the fleet and rate they ran at, moved from 1 only as far as the Poisson
+  bounds of the observed count show (the model's independent-Poisson replica loads and
+  whole-prompt prefills over-predicted Mooncake's TPOT misses tenfold: a load-aware router
+  and the prefix cache keep long prefills out of short answers).
 - **A bounded rate over a window** (``arrivals.py``): the arrivals of the last
   ``forecast_window_s`` give a Poisson estimate with confidence bounds (``confidence``)
   whose width shrinks with the number of arrivals; a rise significant beyond those bounds is
@@ -55,7 +60,8 @@ from sage_cp_plugin.elastic.capacity import (
     general_replicas,
     prefill_replicas,
 )
-from sage_cp_plugin.elastic.sizing import samples, slo_replicas
+from sage_cp_plugin.elastic.sizing import general_miss, samples, slo_replicas
+from sage_cp_plugin.elastic.tail_ratio import TailCell, tail_ratio
 from sage_cp_plugin.elastic.tpot import mean_tpot
 from sage_cp_plugin.elastic.ttft import Lengths, general_ttft, prefill_ttft, ttft_replicas
 
@@ -128,6 +134,9 @@ class LoadSample:
     # Seconds the arrival_rate was measured over (0: the configured interval_s); with the
     # rate it gives the interval's arrival count, which the bounds are computed from.
     arrival_window_s: float = 0.0
+    # Of the ``completed`` requests, how many had a TPOT above ``tpot_target_s`` (None: not
+    # counted, so the TPOT tail correction learns nothing from this sample).
+    tpot_misses: int | None = None
 
 
 @dataclass(frozen=True)
@@ -138,6 +147,8 @@ class ScalerState:
     raw: tuple[tuple[float, tuple[tuple[Role, int], ...]], ...] = ()  # (time, bounded need)
     ttft_correction: float = 1.0
     tpot_correction: float = 1.0
+    tail: tuple[TailCell, ...] = ()  # (time, TPOT misses observed, expected) per interval
+    tpot_tail_ratio: float = 1.0
     last_up: float = -math.inf
     last_cold: float = -math.inf  # the last decision that saw a replica still starting
     last_action: float = -math.inf
@@ -154,6 +165,7 @@ class Decision:
     ttft_correction: float
     tpot_correction: float
     reason: str
+    tpot_tail_ratio: float = 1.0
 
     @property
     def changed(self) -> bool:
@@ -173,7 +185,8 @@ def _corrected(
 def raw_replicas(cfg: AutoscalerConfig, m: StepModel, rate: float, isl: float, osl: float,
                  ttft_c: float, tpot_c: float, *, prompt_cv2: float = 1.0,
                  output_cv2: float = 1.0, prompts: tuple[float, ...] = (),
-                 outputs: tuple[float, ...] = ()) -> dict[Role, int]:  # fmt: skip
+                 outputs: tuple[float, ...] = (),
+                 tpot_tail_ratio: float = 1.0) -> dict[Role, int]:  # fmt: skip
     """Replicas per role for ``rate`` requests/s (before bounds and stabilisation).
 
     General fleets with ``slo_attainment > 0``: the fewest replicas whose predicted share of
@@ -200,7 +213,7 @@ def raw_replicas(cfg: AutoscalerConfig, m: StepModel, rate: float, isl: float, o
         need: dict[str, float] = {"general": float(slo_replicas(
             m, rate, mix, ttft_target_s=cfg.ttft_target_s, tpot_target_s=cfg.tpot_target_s,
             attainment=cfg.slo_attainment, max_replicas=cfg.max_replicas, ttft_correction=ttft_c,
-            work_factor=tpot_c,
+            work_factor=tpot_c, tpot_tail_ratio=tpot_tail_ratio,
             at_least=math.ceil(floor_need - 1e-9) if math.isfinite(floor_need) else cfg.max_replicas,
         ))}  # fmt: skip
     elif cfg.mode == "general":
@@ -249,6 +262,7 @@ def decide(cfg: AutoscalerConfig, m: StepModel, s: LoadSample,
 
     # 1. Correct the model by what the ready replicas really did at this load.
     ttft_c, tpot_c = state.ttft_correction, state.tpot_correction
+    tail = state.tail
     serving = sum(ready.values())
     if s.completed >= cfg.min_samples and serving > 0 and s.arrival_rate > 0:
         isl, osl = s.mean_prompt_tokens, s.mean_output_tokens
@@ -261,6 +275,16 @@ def decide(cfg: AutoscalerConfig, m: StepModel, s: LoadSample,
         prompts, outputs = samples(replace(mix, prompts=s.prompt_lengths,
                                            outputs=s.output_lengths))  # fmt: skip
         tpot_c = _corrected(tpot_c, s.observed_tpot_s, mean_tpot(m, per, outputs, prompts), cfg)
+        if cfg.mode == "general" and ready.get("general", 0) > 0 and s.tpot_misses is not None:
+            # The misses the (corrected) model expected for these requests at this fleet.
+            expected = general_miss(m, s.arrival_rate, ready["general"],
+                                    replace(mix, prompts=prompts, outputs=outputs),
+                                    ttft_target_s=cfg.ttft_target_s,
+                                    tpot_target_s=cfg.tpot_target_s, ttft_correction=ttft_c,
+                                    work_factor=tpot_c).tpot * s.completed  # fmt: skip
+            tail = (*tail, (s.now, float(s.tpot_misses), expected))
+    tail = tuple(c for c in tail if c[0] >= s.now - cfg.scale_down_window_s)
+    tail_r = tail_ratio(tail, z_of(cfg.confidence), cfg.correction_max) if tail else 1.0
 
     # 2. The arrival rate over the window, bounded, forecast to when a replica asked for now
     #    serves (arrivals.py).
@@ -279,7 +303,8 @@ def decide(cfg: AutoscalerConfig, m: StepModel, s: LoadSample,
             cache[rate] = raw_replicas(
                 cfg, m, rate, s.mean_prompt_tokens or 1.0, s.mean_output_tokens or 1.0, ttft_c,
                 tpot_c, prompt_cv2=s.prompt_cv2, output_cv2=s.output_cv2,
-                prompts=s.prompt_lengths, outputs=s.output_lengths)  # fmt: skip
+                prompts=s.prompt_lengths, outputs=s.output_lengths,
+                tpot_tail_ratio=tail_r)  # fmt: skip
         return cache[rate]
 
     # The upper bound of the whole window, or a recent step if one is surely higher (the
@@ -331,6 +356,8 @@ def decide(cfg: AutoscalerConfig, m: StepModel, s: LoadSample,
         raw=history,
         ttft_correction=ttft_c,
         tpot_correction=tpot_c,
+        tail=tail,
+        tpot_tail_ratio=tail_r,
         last_up=s.now if acted_up else state.last_up,
         last_cold=s.now if any(s.starting.get(r, 0) > 0 for r in roles) else state.last_cold,
         last_action=s.now if acted else state.last_action,
@@ -345,5 +372,6 @@ def decide(cfg: AutoscalerConfig, m: StepModel, s: LoadSample,
         ttft_correction=ttft_c,
         tpot_correction=tpot_c,
         reason="; ".join(reasons) or "hold",
+        tpot_tail_ratio=tail_r,
     )
     return decision, new_state

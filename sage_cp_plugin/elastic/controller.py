@@ -57,6 +57,12 @@ def _tail_mean(values: deque[float], n: int) -> float | None:
     return sum(itertools.islice(reversed(values), n)) / n / 1e3  # ms -> s
 
 
+def _over(values: deque[float], n: int, limit: float) -> int:
+    """How many of the last ``n`` values exceed ``limit`` (requests of one output token have
+    no TPOT, so the last ``n`` may reach back a little: the count stays an estimate)."""
+    return sum(v > limit for v in itertools.islice(reversed(values), min(n, len(values))))
+
+
 def _cv2(n: int, mean: float, sum_sq: float) -> float:
     """Squared coefficient of variation from a count, a mean and a sum of squares; 1 (the
     exponential's) until two requests and a positive mean make it measurable."""
@@ -144,6 +150,7 @@ class AutoscaleController:
             completed=done,
             observed_ttft_s=_tail_mean(mc.ttft, done),
             observed_tpot_s=_tail_mean(mc.tpot, done),
+            tpot_misses=_over(mc.tpot, done, self.settings.scaler.tpot_target_s * 1e3),
             prompt_cv2=self._cv2[0],
             output_cv2=self._cv2[1],
             prompt_lengths=self._samples[0],

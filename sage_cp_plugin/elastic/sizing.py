@@ -5,7 +5,9 @@ misses is at most the sum of the two miss probabilities (the union bound: never 
 ``general_miss`` adds the TTFT tail (``ttft.py``: queueing for a slot and for the engine's
 prefill) and the TPOT tail (``tpot.py``: other prompts' prefills landing in a request's
 decode steps, from the output- and prompt-length samples); ``slo_replicas`` is the smallest
-fleet whose predicted miss is within ``1 - attainment``. Both the autoscaler and the static
+fleet whose predicted miss is within ``1 - attainment``. The autoscaler scales the TPOT share
+by the observed/expected misses of its fleet (``tail_ratio.py``); the static fleets of the
+evaluation are sized by the model alone. Both the autoscaler and the static
 fleets of the evaluation are sized by this one function, so a comparison between them is a
 comparison of *when* replicas run, not of two different capacity models. Pure functions.
 """
@@ -38,9 +40,10 @@ def samples(mix: Lengths) -> tuple[tuple[float, ...], tuple[float, ...]]:
 
 def general_miss(m: StepModel, rate: float, replicas: int, mix: Lengths, *, ttft_target_s: float,
                  tpot_target_s: float, ttft_correction: float = 1.0,
-                 work_factor: float = 1.0) -> Miss:  # fmt: skip
+                 work_factor: float = 1.0, tpot_tail_ratio: float = 1.0) -> Miss:  # fmt: skip
     """Predicted shares of requests missing TTFT and TPOT on ``replicas`` colocated replicas
-    (the TTFT target divided by its correction, as in ``ttft_replicas``)."""
+    (the TTFT target divided by its correction, as in ``ttft_replicas``; the TPOT share
+    times ``tpot_tail_ratio``, the observed/expected misses of ``tail_ratio.py``)."""
     if rate <= 0:
         return Miss(0.0, 0.0)
     if replicas <= 0:
@@ -49,13 +52,13 @@ def general_miss(m: StepModel, rate: float, replicas: int, mix: Lengths, *, ttft
     ttft = general_ttft(m, rate, replicas, mix, target, work_factor).miss
     prompts, outputs = samples(mix)
     tpot = tpot_miss(m, rate / replicas, outputs, prompts, tpot_target_s, work_factor)
-    return Miss(ttft, tpot)
+    return Miss(ttft, min(1.0, tpot * tpot_tail_ratio))
 
 
 def slo_replicas(m: StepModel, rate: float, mix: Lengths, *, ttft_target_s: float,
                  tpot_target_s: float, attainment: float, max_replicas: int,
                  ttft_correction: float = 1.0, work_factor: float = 1.0,
-                 at_least: int = 1) -> int:  # fmt: skip
+                 at_least: int = 1, tpot_tail_ratio: float = 1.0) -> int:  # fmt: skip
     """The fewest replicas, from ``at_least`` up, whose predicted miss (TTFT + TPOT) is within
     ``1 - attainment``; ``max_replicas`` if none is. The miss falls as replicas are added
     (each gets a smaller share of the same arrivals), so the count is found by doubling and
@@ -67,7 +70,8 @@ def slo_replicas(m: StepModel, rate: float, mix: Lengths, *, ttft_target_s: floa
     def meets(c: int) -> bool:
         miss = general_miss(m, rate, c, mix, ttft_target_s=ttft_target_s,
                             tpot_target_s=tpot_target_s, ttft_correction=ttft_correction,
-                            work_factor=work_factor)  # fmt: skip
+                            work_factor=work_factor,
+                            tpot_tail_ratio=tpot_tail_ratio)  # fmt: skip
         return miss.total <= budget + 1e-12
 
     lo = max(1, at_least)
