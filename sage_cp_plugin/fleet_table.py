@@ -95,10 +95,6 @@ class FleetTable:
         self._free: list[bool] = []
         self._buffer = array("d")
         self._group: list[int] = []
-        # Per row, what `routing.pruned_pick` reads of every candidate, as one tuple (one
-        # list index and an unpack per candidate instead of three buffer reads):
-        # (BASE_LB, SEQS, None or (QUEUED, HEAD_START, HEAD_TOKENS, PEER) with a head).
-        self.scan: list[tuple[float, float, tuple[float, float, float, float] | None]] = []
         self.load = np.zeros((0, _COLUMNS))
         self.one_chunk: float | None = None
         # Rows whose routability cannot be read from flags (circuit open: half-open with
@@ -134,7 +130,6 @@ class FleetTable:
         # call, and a refresh is all such writes); `load` is a numpy view of the same memory.
         self._buffer = array("d", bytes(8 * n * _COLUMNS))
         self._group = [0] * n  # each row's speed class, as a Python int
-        self.scan = [(0.0, 0.0, None)] * n
         self.load = np.frombuffer(self._buffer, dtype=np.float64).reshape(n, _COLUMNS)
         self.circuit_open = set()
         self.foreign = set()
@@ -195,7 +190,7 @@ class FleetTable:
             return
         regroup = False
         buf, states, foreign = self._buffer, self.states, self.foreign
-        group_of, scan = self._group_of, self.scan
+        group_of = self._group_of
         for k in dirty:
             s = states[k]
             scraped = s.scraped
@@ -234,14 +229,6 @@ class FleetTable:
             # drained: its value now or lower (every operation is monotone).
             lowest = s.prefill_tokens_queued - head_tokens
             buf[at + BASE_LB] = (lowest if lowest > 0.0 else 0.0) + s.peer_prefill_tokens
-            # The same floats as the buffer's (read back from it).
-            scan[k] = (
-                buf[at + BASE_LB],
-                buf[at + SEQS],
-                (buf[at + QUEUED], buf[at + HEAD_START], buf[at + HEAD_TOKENS], buf[at + PEER])
-                if has_head
-                else None,
-            )
             if scraped.fresh and scraped.running + scraped.waiting - scraped.ours_at_scrape > 0:
                 foreign.add(k)
             else:

@@ -33,6 +33,8 @@ from collections.abc import Sequence
 
 from sage_cp_plugin.fleet_table import (
     _COLUMNS,
+    BASE_LB,
+    HEAD,
     HEAD_START,
     HEAD_TOKENS,
     PEER,
@@ -119,34 +121,29 @@ def pick_index(
     seqs_at_least = _least_seqs(best_cost, whole, pst)
     lo, hi = best_t - step, best_t + step
     rate = pst + step / chunk  # tokens drained per second by a prefill in progress
+    # Candidates the bounds do not cover, if any (`isdisjoint` at C speed).
+    special = bool(hits) or not foreign.isdisjoint(rows)
     after = start + 1
-    rotation = rows[after:] + rows[:start]  # the rotation after the first
-    # Places in `rotation` of the candidates the bounds do not cover, if any (`isdisjoint`
-    # at C speed): they are predicted in full.
-    special: set[int] | tuple[()] = ()
-    if hits or not foreign.isdisjoint(rows):
-        special = {(j - after) % n for j in hits}
-        special.update(i for i, k in enumerate(rotation) if k in foreign)
-    # Each candidate's (least tokens ahead, running sequences, prefill in progress) from the
-    # table's `scan` list: one index and an unpack per candidate, the loop's whole cost for
-    # most of them.
-    for i, (base, seqs, head) in enumerate(map(table.scan.__getitem__, rotation)):
-        if special and i in special:
-            j = (after + i) % n
-            own = hits.get(j, tokens)
-            t, cost = predict(j, own)
+    for i, k in enumerate(rows[after:] + rows[:start]):  # the rotation after the first
+        if special and ((after + i) % n in hits or k in foreign):
+            own = hits.get((after + i) % n, tokens)
+            t, cost = predict((after + i) % n, own)
         else:
+            at = k * _COLUMNS
+            base = buf[at + BASE_LB]
             if base >= base_hi:
                 continue
-            if head is not None:  # a prefill in progress: its tokens ahead now, as predicted
-                ahead, head_start, head_tokens, peer = head
-                elapsed = now - head_start
+            if buf[at + HEAD]:  # a prefill in progress: its tokens ahead now, as predicted
+                ahead = buf[at + QUEUED]
+                elapsed = now - buf[at + HEAD_START]
                 if elapsed > 0:
                     drained = elapsed / rate
+                    head_tokens = buf[at + HEAD_TOKENS]
                     ahead = ahead - (drained if drained < head_tokens else head_tokens)
-                base = (ahead if ahead > 0.0 else 0.0) + peer
+                base = (ahead if ahead > 0.0 else 0.0) + buf[at + PEER]
                 if base >= base_hi:
                     continue
+            seqs = buf[at + SEQS]
             if base >= base_lo and seqs >= seqs_at_least:
                 continue
             own = tokens
