@@ -95,6 +95,11 @@ class FleetTable:
         self._free: list[bool] = []
         self._buffer = array("d")
         self._group: list[int] = []
+        # BASE_LB, SEQS and HEAD again, each column contiguous (`routing.pruned_pick` reads
+        # these three of every candidate: 3 cache lines per 8 rows instead of 11).
+        self.base_lb_col = array("d")
+        self.seqs_col = array("d")
+        self.head_col = array("d")
         self.load = np.zeros((0, _COLUMNS))
         self.one_chunk: float | None = None
         # Rows whose routability cannot be read from flags (circuit open: half-open with
@@ -130,6 +135,9 @@ class FleetTable:
         # call, and a refresh is all such writes); `load` is a numpy view of the same memory.
         self._buffer = array("d", bytes(8 * n * _COLUMNS))
         self._group = [0] * n  # each row's speed class, as a Python int
+        self.base_lb_col = array("d", bytes(8 * n))
+        self.seqs_col = array("d", bytes(8 * n))
+        self.head_col = array("d", bytes(8 * n))
         self.load = np.frombuffer(self._buffer, dtype=np.float64).reshape(n, _COLUMNS)
         self.circuit_open = set()
         self.foreign = set()
@@ -191,6 +199,7 @@ class FleetTable:
         regroup = False
         buf, states, foreign = self._buffer, self.states, self.foreign
         group_of = self._group_of
+        base_lb_col, seqs_col, head_col = self.base_lb_col, self.seqs_col, self.head_col
         for k in dirty:
             s = states[k]
             scraped = s.scraped
@@ -228,7 +237,8 @@ class FleetTable:
             # `candidate_times`' (ahead if ahead > 0 else 0.0) + peer with the head fully
             # drained: its value now or lower (every operation is monotone).
             lowest = s.prefill_tokens_queued - head_tokens
-            buf[at + BASE_LB] = (lowest if lowest > 0.0 else 0.0) + s.peer_prefill_tokens
+            buf[at + BASE_LB] = base_lb = (lowest if lowest > 0.0 else 0.0) + s.peer_prefill_tokens
+            base_lb_col[k], seqs_col[k], head_col[k] = base_lb, buf[at + SEQS], has_head
             if scraped.fresh and scraped.running + scraped.waiting - scraped.ours_at_scrape > 0:
                 foreign.add(k)
             else:

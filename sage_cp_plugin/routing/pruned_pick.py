@@ -33,8 +33,6 @@ from collections.abc import Sequence
 
 from sage_cp_plugin.fleet_table import (
     _COLUMNS,
-    BASE_LB,
-    HEAD,
     HEAD_START,
     HEAD_TOKENS,
     PEER,
@@ -124,16 +122,18 @@ def pick_index(
     # Candidates the bounds do not cover, if any (`isdisjoint` at C speed).
     special = bool(hits) or not foreign.isdisjoint(rows)
     after = start + 1
+    # The three numbers read of every candidate, from the table's contiguous columns.
+    base_lb_col, seqs_col, head_col = table.base_lb_col, table.seqs_col, table.head_col
     for i, k in enumerate(rows[after:] + rows[:start]):  # the rotation after the first
         if special and ((after + i) % n in hits or k in foreign):
             own = hits.get((after + i) % n, tokens)
             t, cost = predict((after + i) % n, own)
         else:
-            at = k * _COLUMNS
-            base = buf[at + BASE_LB]
+            base = base_lb_col[k]
             if base >= base_hi:
                 continue
-            if buf[at + HEAD]:  # a prefill in progress: its tokens ahead now, as predicted
+            if head_col[k]:  # a prefill in progress: its tokens ahead now, as predicted
+                at = k * _COLUMNS
                 ahead = buf[at + QUEUED]
                 elapsed = now - buf[at + HEAD_START]
                 if elapsed > 0:
@@ -143,7 +143,7 @@ def pick_index(
                 base = (ahead if ahead > 0.0 else 0.0) + buf[at + PEER]
                 if base >= base_hi:
                     continue
-            seqs = buf[at + SEQS]
+            seqs = seqs_col[k]
             if base >= base_lo and seqs >= seqs_at_least:
                 continue
             own = tokens
