@@ -70,14 +70,23 @@ class Candidates(list[InstanceState]):
     can read their load as arrays). Any other list works too, read state by state. Made by
     `with_rows()` (a list subclass without its own `__init__` is built at C speed)."""
 
-    __slots__ = ("rows", "table")
+    __slots__ = ("row_list", "rows", "table")
     rows: np.ndarray
+    row_list: list[int]  # `rows` as Python ints (what the scans index with)
     table: FleetTable
 
 
-def with_rows(states: Sequence[InstanceState], rows: np.ndarray, table: FleetTable) -> Candidates:
+def with_rows(
+    states: Sequence[InstanceState],
+    rows: np.ndarray,
+    table: FleetTable,
+    row_list: list[int] | None = None,
+) -> Candidates:
+    """`row_list`, when given, must be `rows.tolist()` (a pool's cached lists pass theirs,
+    so a decision does not convert the array again)."""
     out = Candidates(states)
     out.rows = rows
+    out.row_list = rows.tolist() if row_list is None else row_list
     out.table = table
     return out
 
@@ -297,7 +306,7 @@ class FleetTable:
             cached = self._pool_lists[pool] = (self._flags_version, routable, free)
         _, routable, free = cached
         # Copies: a caller may keep or change its lists; the cache must not change with them.
-        return list(routable), with_rows(free, free.rows, self)
+        return list(routable), with_rows(free, free.rows, self, free.row_list)
 
     def kv_room(self, rows: Sequence[int], tokens: int) -> list[bool]:
         """`routing.kv_aware.kv_room(state, tokens)` for the instances at `rows`."""

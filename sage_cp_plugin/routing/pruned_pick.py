@@ -63,7 +63,7 @@ def pick_index(
     pst = p.value if p.value is not None else PRIOR_PREFILL_S_PER_TOKEN / h
     step = d.value if d.value is not None else PRIOR_DECODE_STEP_S / h
     buf, foreign, states = table._buffer, table.foreign, table.states
-    rows: list[int] = candidates.rows.tolist()
+    rows = candidates.row_list
     n = len(rows)
     tokens = item.input_tokens
     ceil = math.ceil
