@@ -29,6 +29,8 @@ from __future__ import annotations
 import math
 from array import array
 from collections.abc import Sequence
+from itertools import repeat
+from operator import add, le
 from typing import Any
 
 import numpy as np
@@ -109,6 +111,8 @@ class FleetTable:
         self.base_lb_col = array("d")
         self.seqs_col = array("d")
         self.head_col = array("d")
+        self.kv_used_col = array("d")  # KV_USED and KV_CAP, for `kv_room` (C-level maps)
+        self.kv_cap_col = array("d")
         self.load = np.zeros((0, _COLUMNS))
         self.one_chunk: float | None = None
         # Rows whose routability cannot be read from flags (circuit open: half-open with
@@ -147,6 +151,8 @@ class FleetTable:
         self.base_lb_col = array("d", bytes(8 * n))
         self.seqs_col = array("d", bytes(8 * n))
         self.head_col = array("d", bytes(8 * n))
+        self.kv_used_col = array("d", bytes(8 * n))
+        self.kv_cap_col = array("d", bytes(8 * n))
         self.load = np.frombuffer(self._buffer, dtype=np.float64).reshape(n, _COLUMNS)
         self.circuit_open = set()
         self.foreign = set()
@@ -209,6 +215,7 @@ class FleetTable:
         buf, states, foreign = self._buffer, self.states, self.foreign
         group_of = self._group_of
         base_lb_col, seqs_col, head_col = self.base_lb_col, self.seqs_col, self.head_col
+        kv_used_col, kv_cap_col = self.kv_used_col, self.kv_cap_col
         for k in dirty:
             s = states[k]
             scraped = s.scraped
@@ -242,7 +249,7 @@ class FleetTable:
             buf[at + CHUNK] = inst.batched_tokens_hint or DEFAULT_CHUNK_TOKENS
             buf[at + GROUP] = g
             self._group[k] = g
-            buf[at + KV_USED], buf[at + KV_CAP] = _kv_row(s)
+            buf[at + KV_USED], buf[at + KV_CAP] = kv_used_col[k], kv_cap_col[k] = _kv_row(s)
             # `candidate_times`' (ahead if ahead > 0 else 0.0) + peer with the head fully
             # drained: its value now or lower (every operation is monotone).
             lowest = s.prefill_tokens_queued - head_tokens
@@ -311,8 +318,10 @@ class FleetTable:
     def kv_room(self, rows: Sequence[int], tokens: int) -> list[bool]:
         """`routing.kv_aware.kv_room(state, tokens)` for the instances at `rows`."""
         self.refresh_load()
-        buf = self._buffer
-        return [buf[k * _COLUMNS + KV_USED] + tokens <= buf[k * _COLUMNS + KV_CAP] for k in rows]
+        # `used + tokens <= cap` per row, iterated in C (operator functions over the columns:
+        # the same float operations, no bytecode per row).
+        used = map(self.kv_used_col.__getitem__, rows)
+        return list(map(le, map(add, used, repeat(tokens)), map(self.kv_cap_col.__getitem__, rows)))
 
     # -- the load model, vectorised --------------------------------------------------------
     def candidate_times(
