@@ -29,6 +29,8 @@ from __future__ import annotations
 import math
 from array import array
 from collections.abc import Sequence
+from itertools import repeat
+from operator import add, le
 from typing import Any
 
 import numpy as np
@@ -70,14 +72,23 @@ class Candidates(list[InstanceState]):
     can read their load as arrays). Any other list works too, read state by state. Made by
     `with_rows()` (a list subclass without its own `__init__` is built at C speed)."""
 
-    __slots__ = ("rows", "table")
+    __slots__ = ("row_list", "rows", "table")
     rows: np.ndarray
+    row_list: list[int]  # `rows` as Python ints (what the scans index with)
     table: FleetTable
 
 
-def with_rows(states: Sequence[InstanceState], rows: np.ndarray, table: FleetTable) -> Candidates:
+def with_rows(
+    states: Sequence[InstanceState],
+    rows: np.ndarray,
+    table: FleetTable,
+    row_list: list[int] | None = None,
+) -> Candidates:
+    """`row_list`, when given, must be `rows.tolist()` (a pool's cached lists pass theirs,
+    so a decision does not convert the array again)."""
     out = Candidates(states)
     out.rows = rows
+    out.row_list = rows.tolist() if row_list is None else row_list
     out.table = table
     return out
 
@@ -95,6 +106,13 @@ class FleetTable:
         self._free: list[bool] = []
         self._buffer = array("d")
         self._group: list[int] = []
+        # BASE_LB, SEQS and HEAD again, each column contiguous (`routing.pruned_pick` reads
+        # these three of every candidate: 3 cache lines per 8 rows instead of 11).
+        self.base_lb_col = array("d")
+        self.seqs_col = array("d")
+        self.head_col = array("d")
+        self.kv_used_col = array("d")  # KV_USED and KV_CAP, for `kv_room` (C-level maps)
+        self.kv_cap_col = array("d")
         self.load = np.zeros((0, _COLUMNS))
         self.one_chunk: float | None = None
         # Rows whose routability cannot be read from flags (circuit open: half-open with
@@ -130,6 +148,11 @@ class FleetTable:
         # call, and a refresh is all such writes); `load` is a numpy view of the same memory.
         self._buffer = array("d", bytes(8 * n * _COLUMNS))
         self._group = [0] * n  # each row's speed class, as a Python int
+        self.base_lb_col = array("d", bytes(8 * n))
+        self.seqs_col = array("d", bytes(8 * n))
+        self.head_col = array("d", bytes(8 * n))
+        self.kv_used_col = array("d", bytes(8 * n))
+        self.kv_cap_col = array("d", bytes(8 * n))
         self.load = np.frombuffer(self._buffer, dtype=np.float64).reshape(n, _COLUMNS)
         self.circuit_open = set()
         self.foreign = set()
@@ -191,6 +214,8 @@ class FleetTable:
         regroup = False
         buf, states, foreign = self._buffer, self.states, self.foreign
         group_of = self._group_of
+        base_lb_col, seqs_col, head_col = self.base_lb_col, self.seqs_col, self.head_col
+        kv_used_col, kv_cap_col = self.kv_used_col, self.kv_cap_col
         for k in dirty:
             s = states[k]
             scraped = s.scraped
@@ -224,11 +249,12 @@ class FleetTable:
             buf[at + CHUNK] = inst.batched_tokens_hint or DEFAULT_CHUNK_TOKENS
             buf[at + GROUP] = g
             self._group[k] = g
-            buf[at + KV_USED], buf[at + KV_CAP] = _kv_row(s)
+            buf[at + KV_USED], buf[at + KV_CAP] = kv_used_col[k], kv_cap_col[k] = _kv_row(s)
             # `candidate_times`' (ahead if ahead > 0 else 0.0) + peer with the head fully
             # drained: its value now or lower (every operation is monotone).
             lowest = s.prefill_tokens_queued - head_tokens
-            buf[at + BASE_LB] = (lowest if lowest > 0.0 else 0.0) + s.peer_prefill_tokens
+            buf[at + BASE_LB] = base_lb = (lowest if lowest > 0.0 else 0.0) + s.peer_prefill_tokens
+            base_lb_col[k], seqs_col[k], head_col[k] = base_lb, buf[at + SEQS], has_head
             if scraped.fresh and scraped.running + scraped.waiting - scraped.ours_at_scrape > 0:
                 foreign.add(k)
             else:
@@ -287,13 +313,15 @@ class FleetTable:
             cached = self._pool_lists[pool] = (self._flags_version, routable, free)
         _, routable, free = cached
         # Copies: a caller may keep or change its lists; the cache must not change with them.
-        return list(routable), with_rows(free, free.rows, self)
+        return list(routable), with_rows(free, free.rows, self, free.row_list)
 
     def kv_room(self, rows: Sequence[int], tokens: int) -> list[bool]:
         """`routing.kv_aware.kv_room(state, tokens)` for the instances at `rows`."""
         self.refresh_load()
-        buf = self._buffer
-        return [buf[k * _COLUMNS + KV_USED] + tokens <= buf[k * _COLUMNS + KV_CAP] for k in rows]
+        # `used + tokens <= cap` per row, iterated in C (operator functions over the columns:
+        # the same float operations, no bytecode per row).
+        used = map(self.kv_used_col.__getitem__, rows)
+        return list(map(le, map(add, used, repeat(tokens)), map(self.kv_cap_col.__getitem__, rows)))
 
     # -- the load model, vectorised --------------------------------------------------------
     def candidate_times(

@@ -50,13 +50,18 @@ class KVAwareRouter(Router):
         need = item.input_tokens + item.output_tokens
         pool: Sequence[InstanceState]
         if isinstance(candidates, Candidates):  # rows in the fleet table: read from its buffer
-            rows = candidates.rows.tolist()
+            rows = candidates.row_list
             room = candidates.table.kv_room(rows, need)
             if all(room) or not any(room):
                 pool = candidates
             else:
                 at = [i for i, ok in enumerate(room) if ok]
-                pool = with_rows([candidates[i] for i in at], candidates.rows[at], candidates.table)
+                pool = with_rows(
+                    [candidates[i] for i in at],
+                    candidates.rows[at],
+                    candidates.table,
+                    [rows[i] for i in at],
+                )
         else:
             fits = [c for c in candidates if kv_room(c, need)]
             pool = fits if fits else list(candidates)

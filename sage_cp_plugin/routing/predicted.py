@@ -56,7 +56,7 @@ def candidate_ttfts(
     if isinstance(candidates, Candidates):
         # Candidates with rows in the fleet table: their load read from its buffer (the
         # same floats as `candidate_times`, at a fraction of the cache misses).
-        ttfts, steps, costs = candidates.table.candidate_times(candidates.rows.tolist(), owns, now)
+        ttfts, steps, costs = candidates.table.candidate_times(candidates.row_list, owns, now)
     else:
         # Every candidate's times in one call (the inner loop of a load-aware decision).
         ttfts, steps, costs = candidate_times(candidates, owns, now)

@@ -33,8 +33,6 @@ from collections.abc import Sequence
 
 from sage_cp_plugin.fleet_table import (
     _COLUMNS,
-    BASE_LB,
-    HEAD,
     HEAD_START,
     HEAD_TOKENS,
     PEER,
@@ -65,14 +63,13 @@ def pick_index(
     pst = p.value if p.value is not None else PRIOR_PREFILL_S_PER_TOKEN / h
     step = d.value if d.value is not None else PRIOR_DECODE_STEP_S / h
     buf, foreign, states = table._buffer, table.foreign, table.states
-    rows: list[int] = candidates.rows.tolist()
+    rows = candidates.row_list
     n = len(rows)
     tokens = item.input_tokens
     ceil = math.ceil
 
-    def predict(j: int, own: int) -> tuple[float, float]:
-        """(TTFT, cost) of candidate j: `FleetTable.candidate_times`' arithmetic."""
-        k = rows[j]
+    def predict(k: int, own: int) -> tuple[float, float]:
+        """(TTFT, cost) of the candidate at row k: `FleetTable.candidate_times`' arithmetic."""
         at = k * _COLUMNS
         ahead = buf[at + QUEUED]
         elapsed = now - buf[at + HEAD_START]
@@ -114,26 +111,38 @@ def pick_index(
     start = rotation_start(item.seq, n, item.replica)  # as predicted.lowest_ttft_index
     b = start
     best_own = hits.get(b, tokens)
-    best_t, best_cost = predict(b, best_own)
+    best_t, best_cost = predict(rows[b], best_own)
     base_hi = least_base(best_t + step, True)
     base_lo = least_base(best_t - step, False)
     # Sequences from which a whole-prompt candidate's cost is not below the best's.
     seqs_at_least = _least_seqs(best_cost, whole, pst)
     lo, hi = best_t - step, best_t + step
     rate = pst + step / chunk  # tokens drained per second by a prefill in progress
-    # Candidates the bounds do not cover, if any (`isdisjoint` at C speed).
-    special = bool(hits) or not foreign.isdisjoint(rows)
-    after = start + 1
-    for i, k in enumerate(rows[after:] + rows[:start]):  # the rotation after the first
-        if special and ((after + i) % n in hits or k in foreign):
-            own = hits.get((after + i) % n, tokens)
-            t, cost = predict((after + i) % n, own)
+    # Rows the bounds do not cover, if any (`isdisjoint` at C speed), with their own tokens:
+    # keyed by row, so the loop keeps no position (a taken row's is found by `index`).
+    special: dict[int, int] = {}
+    if hits or not foreign.isdisjoint(rows):
+        special = dict.fromkeys(foreign.intersection(rows), tokens)
+        for j, own in hits.items():
+            special[rows[j]] = own
+    # The three numbers read of every candidate, from the table's contiguous columns.
+    base_lb_col, seqs_col, head_col = table.base_lb_col, table.seqs_col, table.head_col
+    for k in rows[start + 1 :] + rows[:start]:  # the rotation after the first
+        if special and k in special:
+            own = special[k]
+            t, cost = predict(k, own)
         else:
-            at = k * _COLUMNS
-            base = buf[at + BASE_LB]
+            base = base_lb_col[k]
             if base >= base_hi:
                 continue
-            if buf[at + HEAD]:  # a prefill in progress: its tokens ahead now, as predicted
+            seqs = seqs_col[k]
+            # Tested on the least tokens ahead before the prefill in progress is drained:
+            # its tokens ahead now are at least that, so a row passed here would be passed
+            # below too (most rows with a prefill in progress go here, for 8 operations).
+            if base >= base_lo and seqs >= seqs_at_least:
+                continue
+            if head_col[k]:  # a prefill in progress: its tokens ahead now, as predicted
+                at = k * _COLUMNS
                 ahead = buf[at + QUEUED]
                 elapsed = now - buf[at + HEAD_START]
                 if elapsed > 0:
@@ -141,18 +150,15 @@ def pick_index(
                     head_tokens = buf[at + HEAD_TOKENS]
                     ahead = ahead - (drained if drained < head_tokens else head_tokens)
                 base = (ahead if ahead > 0.0 else 0.0) + buf[at + PEER]
-                if base >= base_hi:
+                if base >= base_hi or (base >= base_lo and seqs >= seqs_at_least):
                     continue
-            seqs = buf[at + SEQS]
-            if base >= base_lo and seqs >= seqs_at_least:
-                continue
             own = tokens
             # `predict` from the base just computed (its residual is 0.0: x + 0.0 is x).
             total = base + whole
             t = total * pst + ceil(total / chunk) * step if total > 0 else 0.0
             cost = seqs * whole * pst
         if t < lo or (t <= hi and (cost < best_cost or (cost == best_cost and own < best_own))):
-            b, best_t, best_cost, best_own = (after + i) % n, t, cost, own
+            b, best_t, best_cost, best_own = rows.index(k), t, cost, own
             lo, hi = t - step, t + step
             base_hi = least_base(hi, True)
             base_lo = least_base(lo, False)
