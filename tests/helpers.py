@@ -8,6 +8,8 @@ import time
 from collections.abc import Awaitable, Callable
 
 from sage_cp_plugin import ControlPlaneManager
+from sage_cp_plugin.fleetshare.store import InMemoryFleetStateStore
+from sage_cp_plugin.fleetshare.sync import FleetShare
 from sage_cp_plugin.pending import PendingQueue, QueuedRequest
 from sage_cp_plugin.policies.base import SchedulingPolicy, make_item
 from sage_cp_plugin.state import FleetSnapshot, InstanceState
@@ -134,6 +136,19 @@ def lost_after_first_answer(results: list[object]) -> tuple[int, list[object]]:
 
     first = next((i for i, r in enumerate(results) if completed(r)), len(results))
     return sum(map(completed, results)), [r for r in results[first:] if not completed(r)]
+
+
+async def sharing_replicas(
+    n: int = 2, ttl_s: float = 3.0
+) -> tuple[list[ControlPlaneManager], list[FleetShare]]:
+    """`n` replica managers (`replica_manager`) sharing state through one in-memory store
+    (messages delivered 1 ms after sending), their `FleetShare`s started: (managers, shares)."""
+    store = InMemoryFleetStateStore(delivery_delay_s=0.001)
+    managers = [replica_manager() for _ in range(n)]
+    shares = [FleetShare(m, store, f"r{i}", load_ttl_s=ttl_s) for i, m in enumerate(managers)]
+    for sh in shares:
+        await sh.start()
+    return managers, shares
 
 
 def replica_manager() -> ControlPlaneManager:

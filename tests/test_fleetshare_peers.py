@@ -5,19 +5,13 @@ from __future__ import annotations
 
 import asyncio
 
-from sage_cp_plugin.fleetshare.store import InMemoryFleetStateStore
-from sage_cp_plugin.fleetshare.sync import FleetShare
 from sage_cp_plugin.virtual.clock import run_virtual
-from tests.helpers import item, replica_manager
+from tests.helpers import item, sharing_replicas
 
 
 async def _scenario() -> None:
-    store = InMemoryFleetStateStore(delivery_delay_s=0.001)
-    m0, m1 = replica_manager(), replica_manager()
-    s0 = FleetShare(m0, store, "r0", load_ttl_s=3.0)
-    s1 = FleetShare(m1, store, "r1", load_ttl_s=3.0)
-    await s0.start()
-    await s1.start()
+    (m0, m1), (s0, s1) = await sharing_replicas()
+    store = s1.store
     a0, a1 = m0.fleet.states["a"], m1.fleet.states["a"]
     a0.in_flight = 3  # three requests r0 runs on `a` (as the dispatcher books them)
     a0.prefill_tokens_queued, a0.prefill_seqs = 900, 3

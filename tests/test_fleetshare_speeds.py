@@ -11,11 +11,9 @@ import pytest
 
 from sage_cp_plugin import load_model
 from sage_cp_plugin.fleetshare.peers import own_load
-from sage_cp_plugin.fleetshare.store import InMemoryFleetStateStore
-from sage_cp_plugin.fleetshare.sync import FleetShare
 from sage_cp_plugin.state import InstanceState
 from sage_cp_plugin.virtual.clock import run_virtual
-from tests.helpers import replica_manager
+from tests.helpers import replica_manager, sharing_replicas
 
 
 async def _one_request(state: InstanceState, now: float, prefill_s: float, tpot_s: float) -> None:
@@ -33,12 +31,7 @@ def _own_ratio(s: InstanceState) -> float:
 
 
 async def _scenario() -> None:
-    store = InMemoryFleetStateStore(delivery_delay_s=0.001)
-    m0, m1 = replica_manager(), replica_manager()
-    s0 = FleetShare(m0, store, "r0", load_ttl_s=3.0)
-    s1 = FleetShare(m1, store, "r1", load_ttl_s=3.0)
-    await s0.start()
-    await s1.start()
+    (m0, m1), (s0, s1) = await sharing_replicas()
     a0, a1 = m0.fleet.states["a"], m1.fleet.states["a"]
 
     # r0 serves a request on `a`; r1 has served none and starts from r0's estimates.
