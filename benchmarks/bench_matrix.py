@@ -422,6 +422,8 @@ def run_matrix(args: argparse.Namespace) -> dict[str, Any]:
         cap_variants = (
             variants if args.capacity == "all" else [BASELINE] * (args.capacity != "none")
         )
+        if args.capacity_routers:
+            cap_variants = [v for v in cap_variants if v.router in args.capacity_routers]
         tasks = [(t, v) for t in live for v in cap_variants]
         with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as threads:
             found = threads.map(
@@ -579,6 +581,12 @@ def main(argv: list[str] | None = None) -> int:
         choices=("all", "baseline", "none"),
         default="all",
         help="capacity at SLO for every variant (default), the baseline only, or none",
+    )
+    p.add_argument(
+        "--capacity-routers",
+        nargs="+",
+        help="search the capacity only for the variants of these routers (default: every "
+        "variant --capacity names); the baseline's is then the one already recorded",
     )
     p.add_argument(
         "--adaptive-concurrency",
