@@ -14,6 +14,8 @@ from sage_cp_plugin.sim.presets import get_preset
 def cell(ttfts: list[float], cached: float, failed: int = 0) -> dict[str, object]:
     return {
         "stats": {
+            "requests": len(ttfts),
+            "preemptions": 2,
             "failed": failed,
             "cached_prompt_fraction": cached,
             "ttft_ms": {"p90": max(ttfts)},
@@ -77,6 +79,7 @@ def test_probes_judged_pooled_with_prefill_utilisation(tmp_path: Path) -> None:
     assert got[("load_balanced+fifo", 30.0)]["meets"] is False
     worst = got[("kv_aware+fifo", 40.0)]["seeds"][2]
     assert worst["ttft_only"] == 1.0 and worst["tpot_only"] == 0.0
+    assert worst["preemptions_per_request"] == pytest.approx(0.2)
     # rho: rate x uncached prompt tokens x seconds per prefill token / instances.
     prompts = mean_prompts("mooncake", 2000, 3)
     b1 = get_preset("llama-3.1-8b-h100-tp1").b1_us_per_token * 1e-6
@@ -84,3 +87,20 @@ def test_probes_judged_pooled_with_prefill_utilisation(tmp_path: Path) -> None:
     assert s1["prefill_utilisation"] == pytest.approx(30.0 * 0.8 * prompts[1] * b1 / 8)
     # Longer prompts later in the trace: the windows differ, so rho is per window.
     assert prompts[0] < prompts[2]
+
+
+def test_ideal_queue_orders_and_places_like_a_central_queue() -> None:
+    from benchmarks.ideal_queue_bound import service_s, ttfts
+
+    # Two servers; a long job at 0 takes one, a long job at 0 the other; then a long and a
+    # short job arrive while both are busy.
+    arrivals = [0.0, 0.0, 0.1, 0.2]
+    services = [1.0, 1.0, 1.0, 0.1]
+    # FCFS: job 2 takes the first free server at 1.0 and job 3 the second, also at 1.0.
+    assert ttfts(arrivals, services, 2, sjf=False) == pytest.approx([1.0, 1.0, 1.9, 0.9])
+    # One server, shortest first: at 1.0 the short job (queued later) goes before the long.
+    assert ttfts(arrivals, services, 1, sjf=True) == pytest.approx([1.0, 2.1, 3.0, 0.9])
+    assert ttfts(arrivals, services, 1, sjf=False) == pytest.approx([1.0, 2.0, 2.9, 2.9])
+    # A prefill pays a fixed step cost per chunk, and at least one step.
+    assert service_s(0, 0.005, 1e-5, 8192) == pytest.approx(0.005)
+    assert service_s(8193, 0.005, 1e-5, 8192) == pytest.approx(0.08193 + 0.010)
