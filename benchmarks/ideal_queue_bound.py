@@ -28,7 +28,6 @@ import heapq
 import json
 import math
 import sys
-from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -38,32 +37,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script
 
 from benchmarks import bench_matrix as bm
-from benchmarks.cache_bound import FLEET_BLOCKS
+from benchmarks.cache_bound import FLEET_BLOCKS, cached_tokens
 from sage_cp_plugin.sim.presets import get_preset
-from sage_cp_plugin.workloads.format import BLOCK_TOKENS, WorkloadRecord
+from sage_cp_plugin.workloads.format import WorkloadRecord
 from sage_cp_plugin.workloads.synthetic import evenly_spaced_windows, mean_rate
 from sage_cp_plugin.workloads.traces import read_trace
-
-
-def cached_tokens(window: Sequence[WorkloadRecord], capacity: int | None) -> list[int]:
-    """Per request, the prompt tokens on leading blocks an LRU of `capacity` prefixes holds
-    (0 for every request when capacity is 0; the model of `cache_bound.hit_fraction`)."""
-    if capacity == 0:
-        return [0] * len(window)
-    cache: OrderedDict[tuple[int, ...], None] = OrderedDict()
-    out = []
-    for r in window:
-        blocks = r.prefix_blocks
-        n = 0
-        while n < len(blocks) and blocks[: n + 1] in cache:
-            n += 1
-        for i in range(len(blocks)):
-            cache[blocks[: i + 1]] = None
-            cache.move_to_end(blocks[: i + 1])
-        while capacity is not None and len(cache) > capacity:
-            cache.popitem(last=False)
-        out.append(min(n * BLOCK_TOKENS, r.input_tokens))
-    return out
 
 
 def service_s(uncached: int, b0_s: float, b1_s: float, chunk: int) -> float:
