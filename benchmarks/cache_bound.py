@@ -31,11 +31,13 @@ from sage_cp_plugin.workloads.traces import read_trace
 FLEET_BLOCKS = bm.INSTANCES * bm.KV_BLOCKS * 16 // BLOCK_TOKENS
 
 
-def hit_fraction(window: Sequence[WorkloadRecord], capacity: int | None) -> float:
-    """Prompt tokens on leading blocks seen before / prompt tokens, with an LRU of `capacity`
-    prefixes (None: unbounded)."""
+def cached_tokens(window: Sequence[WorkloadRecord], capacity: int | None) -> list[int]:
+    """Per request, the prompt tokens on leading blocks seen before, with an LRU of `capacity`
+    prefixes (None: unbounded; 0: no cache)."""
+    if capacity == 0:
+        return [0] * len(window)
     cache: OrderedDict[tuple[int, ...], None] = OrderedDict()
-    total = hit = 0
+    out = []
     for r in window:
         blocks = r.prefix_blocks
         n = 0
@@ -46,9 +48,15 @@ def hit_fraction(window: Sequence[WorkloadRecord], capacity: int | None) -> floa
             cache.move_to_end(blocks[: i + 1])
         while capacity is not None and len(cache) > capacity:
             cache.popitem(last=False)
-        total += r.input_tokens
-        hit += min(n * BLOCK_TOKENS, r.input_tokens)
-    return hit / total if total else 0.0
+        out.append(min(n * BLOCK_TOKENS, r.input_tokens))
+    return out
+
+
+def hit_fraction(window: Sequence[WorkloadRecord], capacity: int | None) -> float:
+    """Prompt tokens on leading blocks seen before / prompt tokens, with an LRU of `capacity`
+    prefixes (None: unbounded)."""
+    total = sum(r.input_tokens for r in window)
+    return sum(cached_tokens(window, capacity)) / total if total else 0.0
 
 
 def main() -> int:
