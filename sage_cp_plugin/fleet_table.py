@@ -45,11 +45,11 @@ from sage_cp_plugin.state import FleetSnapshot, InstanceState
 
 Pool = tuple[str | None, bool]
 
-# Columns of `FleetTable.load` (float64, one row per instance).
-QUEUED, HEAD, HEAD_TOKENS, HEAD_START, PEER, SEQS, CHUNK, GROUP, KV_USED, KV_CAP = range(10)
-# The least its prefill tokens ahead plus peers' can be at any time (`routing.pruned_pick`).
-BASE_LB = 10
-_COLUMNS = 11
+# Columns of `FleetTable.load` (float64, one row per instance). The numbers read of every
+# candidate (running sequences, prefill in progress, the least tokens ahead, KV use) are kept
+# in their own contiguous columns instead (`FleetTable.seqs_col` and the others).
+QUEUED, HEAD_TOKENS, HEAD_START, PEER, CHUNK, GROUP = range(6)
+_COLUMNS = 6
 _INF = float("inf")
 
 
@@ -106,12 +106,15 @@ class FleetTable:
         self._free: list[bool] = []
         self._buffer = array("d")
         self._group: list[int] = []
-        # BASE_LB, SEQS and HEAD again, each column contiguous (`routing.pruned_pick` reads
-        # these three of every candidate: 3 cache lines per 8 rows instead of 11).
+        # Per row, each in a contiguous column (`routing.pruned_pick` reads the first three
+        # of every candidate: 3 cache lines per 8 rows instead of a row's): the least its
+        # prefill tokens ahead plus peers' can be at any time (the prefill in progress fully
+        # drained), its running sequences (ours, peers'), 1.0 with a prefill in progress; KV
+        # tokens in use and capacity (`_kv_row`, for `kv_room`'s C-level maps).
         self.base_lb_col = array("d")
         self.seqs_col = array("d")
         self.head_col = array("d")
-        self.kv_used_col = array("d")  # KV_USED and KV_CAP, for `kv_room` (C-level maps)
+        self.kv_used_col = array("d")
         self.kv_cap_col = array("d")
         self.load = np.zeros((0, _COLUMNS))
         self.one_chunk: float | None = None
@@ -241,20 +244,19 @@ class FleetTable:
                 regroup = True
                 g = 0
             buf[at + QUEUED] = s.prefill_tokens_queued
-            buf[at + HEAD] = has_head
             buf[at + HEAD_TOKENS] = head_tokens
             buf[at + HEAD_START] = head_start
             buf[at + PEER] = s.peer_prefill_tokens
-            buf[at + SEQS] = s.decode_seqs + s.prefill_seqs + s.peer_seqs
             buf[at + CHUNK] = inst.batched_tokens_hint or DEFAULT_CHUNK_TOKENS
             buf[at + GROUP] = g
             self._group[k] = g
-            buf[at + KV_USED], buf[at + KV_CAP] = kv_used_col[k], kv_cap_col[k] = _kv_row(s)
+            seqs_col[k] = s.decode_seqs + s.prefill_seqs + s.peer_seqs
+            head_col[k] = has_head
+            kv_used_col[k], kv_cap_col[k] = _kv_row(s)
             # `candidate_times`' (ahead if ahead > 0 else 0.0) + peer with the head fully
             # drained: its value now or lower (every operation is monotone).
             lowest = s.prefill_tokens_queued - head_tokens
-            buf[at + BASE_LB] = base_lb = (lowest if lowest > 0.0 else 0.0) + s.peer_prefill_tokens
-            base_lb_col[k], seqs_col[k], head_col[k] = base_lb, buf[at + SEQS], has_head
+            base_lb_col[k] = (lowest if lowest > 0.0 else 0.0) + s.peer_prefill_tokens
             if scraped.fresh and scraped.running + scraped.waiting - scraped.ours_at_scrape > 0:
                 foreign.add(k)
             else:
@@ -336,6 +338,7 @@ class FleetTable:
         correction (`load_model.scrape_correction`) is evaluated for the few rows with one."""
         self.refresh_load()
         buf, foreign, states, group_of_row = self._buffer, self.foreign, self.states, self._group
+        seqs_col = self.seqs_col
         speeds = [
             (
                 p.value if p.value is not None else PRIOR_PREFILL_S_PER_TOKEN / h,
@@ -366,5 +369,5 @@ class FleetTable:
             tokens = (ahead if ahead > 0.0 else 0.0) + buf[at + PEER] + residual + own
             ttfts.append(tokens * pst + ceil(tokens / chunk) * step if tokens > 0 else 0.0)
             steps.append(step)
-            costs.append((buf[at + SEQS] + running) * own * pst)
+            costs.append((seqs_col[k] + running) * own * pst)
         return ttfts, steps, costs

@@ -16,8 +16,8 @@ table's buffer per candidate instead of a dozen:
   at it, so rounding cannot make it wrong; it is recomputed when the best changes (a few
   times per decision).
 * the table keeps, per instance, the least its tokens ahead (queued prefill plus peers') can
-  be at any time (`BASE_LB`: with the prefill in progress fully drained), and its running
-  sequences (`SEQS`): a cost grows with them.
+  be at any time (`base_lb_col`: with the prefill in progress fully drained), and its running
+  sequences (`seqs_col`): a cost grows with them.
 
 A candidate whose least tokens reach `base_hi`, or reach `base_lo` while its sequences are at
 least the best's (so its cost is not lower, and its own tokens, the whole prompt, are not
@@ -37,7 +37,6 @@ from sage_cp_plugin.fleet_table import (
     HEAD_TOKENS,
     PEER,
     QUEUED,
-    SEQS,
     Candidates,
 )
 from sage_cp_plugin.load_model import (
@@ -63,6 +62,8 @@ def pick_index(
     pst = p.value if p.value is not None else PRIOR_PREFILL_S_PER_TOKEN / h
     step = d.value if d.value is not None else PRIOR_DECODE_STEP_S / h
     buf, foreign, states = table._buffer, table.foreign, table.states
+    # The three numbers read of every candidate, from the table's contiguous columns.
+    base_lb_col, seqs_col, head_col = table.base_lb_col, table.seqs_col, table.head_col
     rows = candidates.row_list
     n = len(rows)
     tokens = item.input_tokens
@@ -83,7 +84,7 @@ def pick_index(
         o = own if own > 1 else 1
         total = (ahead if ahead > 0.0 else 0.0) + buf[at + PEER] + residual + o
         t = total * pst + ceil(total / chunk) * step if total > 0 else 0.0
-        return t, (buf[at + SEQS] + running) * o * pst
+        return t, (seqs_col[k] + running) * o * pst
 
     # Candidates predicted whatever the thresholds say: a cached prefix (fewer own tokens)
     # or a scrape correction (tokens and sequences the lower bounds do not hold).
@@ -125,8 +126,6 @@ def pick_index(
         special = dict.fromkeys(foreign.intersection(rows), tokens)
         for j, own in hits.items():
             special[rows[j]] = own
-    # The three numbers read of every candidate, from the table's contiguous columns.
-    base_lb_col, seqs_col, head_col = table.base_lb_col, table.seqs_col, table.head_col
     for k in rows[start + 1 :] + rows[:start]:  # the rotation after the first
         if special and k in special:
             own = special[k]
