@@ -108,13 +108,13 @@ class InstanceState:
     prefill_head_since: float = 0.0  # when the engine started on the head of that queue
     mean_prompt_tokens: Ewma = field(default_factory=Ewma)  # uncached tokens per request
     # Learnt online from streamed timings: seconds per prefill token (the ratio of the
-    # two sums below), decode step (TPOT); with peers, over their estimates too
-    # (`load_model.pool_speeds`; the `*_own` and sums are this replica's alone, what it
-    # publishes, the two read by decisions are pooled). The coordinator shares these objects among
-    # instances of one speed class (`speed_class`): identical engines run at one speed, and a
-    # per-instance estimate that one bad sample inflates would steer traffic away from that
-    # instance and never get the samples to recover (measured: 40x off, a quarter of the
-    # fleet starved).
+    # two sums below), decode step (TPOT). With peer replicas the two that decisions read
+    # are pooled with the peers' (`load_model.pool_speeds`); the two sums and
+    # `decode_step_own` stay this replica's alone (what it publishes). The coordinator
+    # shares these objects among instances of one speed class (`speed_class`): identical
+    # engines run at one speed, and a per-instance estimate that one bad sample inflates
+    # would steer traffic away from that instance and never get the samples to recover
+    # (measured: 40x off, a quarter of the fleet starved).
     prefill_s_per_token: Ewma = field(default_factory=Ewma)
     decode_s_per_token: Ewma = field(default_factory=Ewma)
     prefill_busy_s: Ewma = field(default_factory=lambda: Ewma(alpha=0.05))

@@ -76,7 +76,7 @@ def test_pruned_pick_equals_the_full_scan_while_states_change() -> None:
             assert got is not None  # one speed class, one chunk size: the pruned path ran
             times = candidate_ttfts(it, subset, cached, now)  # a plain list: state by state
             # The pruned scan is one process's: replicas with peers compare costs with a
-            # tolerance and take the plain scan (`predicted._scan_replica`, tested in
+            # tolerance and take the plain scan (`predicted._scan` with cost tolerances, tested in
             # test_replica_rotation.py); their rotation is still exercised here.
             times.cost_tols = None
             want = lowest_ttft_index(it, times)

@@ -92,22 +92,9 @@ def lowest_ttft_index(item: QueuedRequest, times: Times) -> int:
     # The scan in the rotation that starts at the request's sequence number (offset by the
     # replica's place among its peers: `routing.rotation`).
     start = rotation_start(item.seq, n, item.replica)
-    if times.cost_tols is not None:
-        return _scan_replica(ttfts, steps, costs, owns, times.cost_tols, start)
-    if steps.count(steps[0]) == n:
+    if times.cost_tols is None and steps.count(steps[0]) == n:
         return _scan_one_step(ttfts, steps[0], costs, owns, start)
-    b = start
-    best_t, best_step, best_cost, best_own = ttfts[b], steps[b], costs[b], owns[b]
-    for j in (*range(start + 1, n), *range(start)):
-        t, step = ttfts[j], steps[j]
-        tol = step if step < best_step else best_step
-        if t < best_t - tol:
-            b, best_t, best_step, best_cost, best_own = j, t, step, costs[j], owns[j]
-        elif t <= best_t + tol:
-            cost, own = costs[j], owns[j]
-            if cost < best_cost or (cost == best_cost and own < best_own):
-                b, best_t, best_step, best_cost, best_own = j, t, step, cost, own
-    return b
+    return _scan(ttfts, steps, costs, owns, times.cost_tols or [0.0] * n, start)
 
 
 def _scan_one_step(
@@ -133,7 +120,7 @@ def _scan_one_step(
     return b
 
 
-def _scan_replica(
+def _scan(
     ttfts: list[float],
     steps: list[float],
     costs: list[float],
@@ -141,8 +128,9 @@ def _scan_replica(
     cost_tols: list[float],
     start: int,
 ) -> int:
-    """The scan of `lowest_ttft_index` for a replica with peers: costs within the smaller
-    of the two candidates' tolerances are equal (module docstring)."""
+    """The scan of `lowest_ttft_index`: TTFTs within the smaller of two candidates' decode
+    steps tie, and so do costs within the smaller of their tolerances (zero for one process;
+    N - 1 sequences' worth for a replica with peers, module docstring)."""
     n = len(ttfts)
     b = start
     best_t, best_step, best_cost, best_own, best_tol = (
@@ -158,6 +146,7 @@ def _scan_replica(
             cost, own, ctol = costs[j], owns[j], cost_tols[j]
             if ctol > best_tol:
                 ctol = best_tol
+            # With ctol 0 this is `cost < best_cost or (cost == best_cost and own < ...)`.
             if cost < best_cost - ctol or (cost <= best_cost + ctol and own < best_own):
                 b, best_t, best_step, best_cost, best_own = j, t, step, cost, own
                 best_tol = cost_tols[j]
