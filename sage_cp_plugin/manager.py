@@ -281,6 +281,11 @@ class ControlPlaneManager:
             return
         self._running = True
         self._loop = asyncio.get_running_loop()
+        if self.recorder is not None:
+            # Arrivals count from the start: every request arrives after it. (Counted from the
+            # first request to finish, those that arrived before it were clipped to 0 and
+            # lost their order and spacing in a replay.)
+            self.recorder.set_epoch(self.now())
         await self.kv_events.start()
         self._tasks.append(asyncio.create_task(self.dispatcher.run(), name="sage-cp-dispatch"))
         if self.elastic is not None:

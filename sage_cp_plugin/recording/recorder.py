@@ -36,7 +36,8 @@ class RequestRecorder:
         return self.writer.dropped
 
     def set_epoch(self, loop_time: float) -> None:
-        """Arrivals count from here (default: the first finished request's arrival)."""
+        """Arrivals count from here (the manager sets its start; without it, the first
+        finished request's arrival)."""
         self._epoch = loop_time
 
     def observe(self, item: QueuedRequest, result: RequestResult) -> None:

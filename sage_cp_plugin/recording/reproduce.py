@@ -31,11 +31,19 @@ class DecisionCheck:
 
 
 async def replay_log(
-    log: Sequence[RequestLogRecord], fleet: ReplayTarget, config: CoordinatorConfig
+    log: Sequence[RequestLogRecord],
+    fleet: ReplayTarget,
+    config: CoordinatorConfig,
+    *,
+    from_start: bool = False,
 ) -> RunResult:
-    """Replay the log's requests at their recorded arrivals (from the first one)."""
+    """Replay the log's requests at their recorded arrivals, counted from the first one, or
+    with `from_start` from the recording coordinator's start (its arrival 0): then the
+    coordinator's periodic work (health probes, scrapes) falls between the requests as it
+    did when they were recorded, which load-aware decisions read (a log of a long-running
+    gateway would replay its idle hours first)."""
     work = [workload_of(r) for r in log]
-    t0 = work[0].arrival_s if work else 0.0
+    t0 = work[0].arrival_s if work and not from_start else 0.0
     work = [w.model_copy(update={"arrival_s": w.arrival_s - t0}) for w in work]
     return await replay(work, fleet, config)
 
