@@ -84,28 +84,32 @@ def pick_index(
         t = total * pst + ceil(total / chunk) * step if total > 0 else 0.0
         return t, (seqs_col[k] + running) * o * pst
 
-    def least_base(target: float, strict: bool) -> float:
-        """A base (tokens ahead) from which every whole-prompt TTFT is above `target`
-        (`strict`) or at least it, checked by evaluating the prediction there (its total,
-        base + whole, is at least 1)."""
-        x = target / rate - whole  # TTFT >= tokens * rate
-        if x < 0.0:
-            x = 0.0
-        bump = 1.0
-        while True:
-            total = x + whole
-            t = total * pst + ceil(total / chunk) * step
-            if t > target if strict else t >= target:
-                return x
-            x += bump
-            bump *= 2.0
-
     def thresholds(t: float, cost: float) -> tuple[float, float, float, float, float]:
-        """For a best with TTFT `t` and cost `cost`: the scan's bounds (`lo`, `hi`), the
-        tokens ahead from which a whole-prompt candidate's TTFT is not below `lo` and is above
-        `hi`, and the sequences from which its cost is not below `cost`."""
+        """For a best with TTFT `t` and cost `cost`: the scan's bounds `lo` and `hi`, the
+        tokens ahead (bases) from which a whole-prompt candidate's TTFT is not below `lo`
+        and is above `hi`, and the sequences from which its cost is not below `cost`. Each is
+        checked by evaluating the prediction there (its total, base + whole, is at least 1);
+        the closed forms only start the search (TTFT >= tokens * rate)."""
         lo, hi = t - step, t + step
-        return lo, hi, least_base(lo, False), least_base(hi, True), _least_seqs(cost, whole, pst)
+        base_lo = lo / rate - whole
+        if base_lo < 0.0:
+            base_lo = 0.0
+        bump = 1.0
+        while (base_lo + whole) * pst + ceil((base_lo + whole) / chunk) * step < lo:
+            base_lo += bump
+            bump *= 2.0
+        base_hi = hi / rate - whole
+        if base_hi < 0.0:
+            base_hi = 0.0
+        bump = 1.0
+        while (base_hi + whole) * pst + ceil((base_hi + whole) / chunk) * step <= hi:
+            base_hi += bump
+            bump *= 2.0
+        per_seq = whole * pst  # a whole-prompt candidate's cost per running sequence
+        seqs = math.floor(cost / per_seq)
+        while seqs * whole * pst < cost:  # as the cost is computed: (seqs * whole) * pst
+            seqs += 1
+        return lo, hi, base_lo, base_hi, float(seqs)
 
     # Candidates with a cached prefix (fewer own tokens than the bounds assume) are predicted
     # whatever the thresholds say: the scan stops at each (`stops`: their places in the
@@ -165,12 +169,3 @@ def pick_index(
                 lo, hi, base_lo, base_hi, seqs_at_least = thresholds(t, cost)
         begin = stop + 1
     return b
-
-
-def _least_seqs(cost: float, own: int, pst: float) -> float:
-    """Sequences from which `seqs * own * pst` (the cost of a candidate computing `own`
-    tokens, no scrape correction) is at least `cost`, checked by evaluating it there."""
-    s = math.floor(cost / (own * pst))
-    while s * own * pst < cost:
-        s += 1
-    return float(s)
