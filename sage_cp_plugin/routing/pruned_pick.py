@@ -5,7 +5,7 @@ The same choice, candidate for candidate (tests/test_pruned_pick.py, tests/test_
 the scan of `predicted.lowest_ttft_index` in the same rotation, with every prediction it uses
 computed with `FleetTable.candidate_times`' arithmetic in the same order. What it skips is the
 prediction of a candidate the scan would pass over, proved from two numbers read from the
-table's buffer per candidate instead of a dozen:
+table's columns per candidate instead of a dozen:
 
 * the scan takes a candidate only if its predicted TTFT is below the best's minus a step
   (`lo`), or at most the best's plus a step (`hi`) and its cost to the running requests is
@@ -16,14 +16,18 @@ table's buffer per candidate instead of a dozen:
   at it, so rounding cannot make it wrong; it is recomputed when the best changes (a few
   times per decision).
 * the table keeps, per instance, the least its tokens ahead (queued prefill plus peers') can
-  be at any time (`base_lb_col`: with the prefill in progress fully drained), and its running
-  sequences (`seqs_col`): a cost grows with them.
+  be now (`base_lb_col`: with the prefill in progress half drained while that holds, then
+  fully drained, `head_drain`; a decision first makes every row's hold at its time and
+  rate), and its running sequences (`seqs_col`): a cost grows with them.
 
 A candidate whose least tokens reach `base_hi`, or reach `base_lo` while its sequences are at
 least the best's (so its cost is not lower, and its own tokens, the whole prompt, are not
-fewer), cannot be taken: the scan moves on without predicting it. The others (and any with a
-cached prefix or a scrape correction) are predicted exactly. Fleets with more than one speed
-class or chunk size take the plain path (`predicted.lowest_ttft_index`).
+fewer), cannot be taken: the scan moves on without predicting it. The others are predicted
+exactly; so are candidates with a cached prefix (fewer own tokens than the thresholds
+assume), where the scan stops between runs of rows. A scrape correction only adds tokens
+ahead and sequences: such a row is passed over by the same tests, and predicted with its
+correction. Fleets with more than one speed class or chunk size take the plain path
+(`predicted.lowest_ttft_index`).
 """
 
 from __future__ import annotations
