@@ -7,7 +7,7 @@ decision's cost, far over the issue 10 budget (50 us at 64 instances, 100 us at 
 what a decision reads is kept here: per instance, whether it is routable and has a free slot
 (Python lists), and the load model's inputs (prefill tokens queued, the head request being
 prefilled, peers' load, running sequences, chunk size, speed class, KV in use and capacity)
-in one contiguous buffer of floats (`load` is a numpy view of it).
+in contiguous columns of floats, one number per row each.
 
 Rows are kept current by change notices, not by rereading: an `InstanceState` (and its
 `ScrapedLoad`) reports every field written to it (`state.watch`, set here), and a row is
@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from sage_cp_plugin.head_drain import HeadDrainBounds
 from sage_cp_plugin.load_model import (
     DEFAULT_CHUNK_TOKENS,
     PRIOR_DECODE_STEP_S,
@@ -45,12 +46,20 @@ from sage_cp_plugin.state import FleetSnapshot, InstanceState
 
 Pool = tuple[str | None, bool]
 
-# Columns of `FleetTable.load` (float64, one row per instance). The numbers read of every
-# candidate (running sequences, prefill in progress, the least tokens ahead, KV use) are kept
-# in their own contiguous columns instead (`FleetTable.seqs_col` and the others).
-QUEUED, HEAD_TOKENS, HEAD_START, PEER, CHUNK, GROUP = range(6)
-_COLUMNS = 6
 _INF = float("inf")
+# The table's float columns (one float per row each; `FleetTable.__init__` says what they hold).
+_FLOAT_COLUMNS = (
+    "base_lb_col",
+    "seqs_col",
+    "head_col",
+    "queued_col",
+    "head_tokens_col",
+    "head_start_col",
+    "peer_col",
+    "chunk_col",
+    "kv_used_col",
+    "kv_cap_col",
+)
 
 
 def _kv_row(s: InstanceState) -> tuple[float, float]:
@@ -104,19 +113,28 @@ class FleetTable:
         # Per row: healthy, not draining, circuit closed; and that with a free slot.
         self._routable: list[bool] = []
         self._free: list[bool] = []
-        self._buffer = array("d")
-        self._group: list[int] = []
-        # Per row, each in a contiguous column (`routing.pruned_pick` reads the first three
-        # of every candidate: 3 cache lines per 8 rows instead of a row's): the least its
-        # prefill tokens ahead plus peers' can be at any time (the prefill in progress fully
-        # drained), its running sequences (ours, peers'), 1.0 with a prefill in progress; KV
-        # tokens in use and capacity (`_kv_row`, for `kv_room`'s C-level maps).
+        self._group: list[int] = []  # each row's speed class
+        # The load model's inputs, per row, each in a contiguous column of floats (a decision
+        # reads a few numbers of every candidate: a column keeps 8 rows' in one cache line).
+        # `routing.pruned_pick` reads the first three of every candidate: the least its
+        # tokens ahead (prefill queued plus peers') can be (`head_drain`: now, or at any
+        # time), its running sequences (ours, peers'), 1.0 with a prefill in progress. Then
+        # prefill tokens queued, the head request's tokens and since when it is prefilled
+        # (inf without one), peers' prefill tokens, chunk size; KV tokens in use and
+        # capacity (`_kv_row`, for `kv_room`'s C-level maps).
         self.base_lb_col = array("d")
         self.seqs_col = array("d")
         self.head_col = array("d")
+        self.queued_col = array("d")
+        self.head_tokens_col = array("d")
+        self.head_start_col = array("d")
+        self.peer_col = array("d")
+        self.chunk_col = array("d")
         self.kv_used_col = array("d")
         self.kv_cap_col = array("d")
-        self.load = np.zeros((0, _COLUMNS))
+        # Tighter least tokens ahead, each valid for a time, for rows with a prefill in
+        # progress (`head_drain`): they write `base_lb_col`, which `pruned_pick` reads.
+        self.head_bounds = HeadDrainBounds(self)
         self.one_chunk: float | None = None
         # Rows whose routability cannot be read from flags (circuit open: half-open with
         # time) and rows with a fresh scrape reporting work beyond ours (its weight fades
@@ -146,17 +164,13 @@ class FleetTable:
         self.row_of = {s.instance_id: k for k, s in enumerate(self.states)}
         self._routable = [False] * n
         self._free = [False] * n
-        # Rows are written from Python one float at a time into this buffer (a plain
-        # interpreter store; a numpy element or row assignment costs several times more per
-        # call, and a refresh is all such writes); `load` is a numpy view of the same memory.
-        self._buffer = array("d", bytes(8 * n * _COLUMNS))
-        self._group = [0] * n  # each row's speed class, as a Python int
-        self.base_lb_col = array("d", bytes(8 * n))
-        self.seqs_col = array("d", bytes(8 * n))
-        self.head_col = array("d", bytes(8 * n))
-        self.kv_used_col = array("d", bytes(8 * n))
-        self.kv_cap_col = array("d", bytes(8 * n))
-        self.load = np.frombuffer(self._buffer, dtype=np.float64).reshape(n, _COLUMNS)
+        # Rows are written from Python one float at a time into these columns (a plain
+        # interpreter store; a numpy element assignment costs several times more per call,
+        # and a refresh is all such writes).
+        self._group = [0] * n
+        for name in _FLOAT_COLUMNS:
+            setattr(self, name, array("d", bytes(8 * n)))
+        self.head_bounds = HeadDrainBounds(self)
         self.circuit_open = set()
         self.foreign = set()
         self.groups = []
@@ -215,10 +229,15 @@ class FleetTable:
         if not dirty:
             return
         regroup = False
-        buf, states, foreign = self._buffer, self.states, self.foreign
+        states, foreign, group_of_row = self.states, self.foreign, self._group
+        queued_col, head_tokens_col, head_start_col = (
+            self.queued_col, self.head_tokens_col, self.head_start_col
+        )  # fmt: skip
+        peer_col, chunk_col = self.peer_col, self.chunk_col
         group_of = self._group_of
         base_lb_col, seqs_col, head_col = self.base_lb_col, self.seqs_col, self.head_col
         kv_used_col, kv_cap_col = self.kv_used_col, self.kv_cap_col
+        head_bounds = self.head_bounds
         for k in dirty:
             s = states[k]
             scraped = s.scraped
@@ -238,18 +257,16 @@ class FleetTable:
                 has_head, head_tokens = 1.0, head.prefill_tokens
                 head_start = booked if booked > since else since
             g = group_of.get((id(s.prefill_s_per_token), id(s.decode_s_per_token), inst.speed_hint))
-            at = k * _COLUMNS
-            if g is None or g != buf[at + GROUP]:
+            if g is None or g != group_of_row[k]:
                 # A new speed class, or one that may now be unused: renumber after the loop.
                 regroup = True
                 g = 0
-            buf[at + QUEUED] = s.prefill_tokens_queued
-            buf[at + HEAD_TOKENS] = head_tokens
-            buf[at + HEAD_START] = head_start
-            buf[at + PEER] = s.peer_prefill_tokens
-            buf[at + CHUNK] = inst.batched_tokens_hint or DEFAULT_CHUNK_TOKENS
-            buf[at + GROUP] = g
-            self._group[k] = g
+            queued_col[k] = s.prefill_tokens_queued
+            head_tokens_col[k] = head_tokens
+            head_start_col[k] = head_start
+            peer_col[k] = s.peer_prefill_tokens
+            chunk_col[k] = inst.batched_tokens_hint or DEFAULT_CHUNK_TOKENS
+            group_of_row[k] = g
             seqs_col[k] = s.decode_seqs + s.prefill_seqs + s.peer_seqs
             head_col[k] = has_head
             kv_used_col[k], kv_cap_col[k] = _kv_row(s)
@@ -257,6 +274,7 @@ class FleetTable:
             # drained: its value now or lower (every operation is monotone).
             lowest = s.prefill_tokens_queued - head_tokens
             base_lb_col[k] = (lowest if lowest > 0.0 else 0.0) + s.peer_prefill_tokens
+            head_bounds.start(k)  # with a prefill in progress: tighter, for a time
             if scraped.fresh and scraped.running + scraped.waiting - scraped.ours_at_scrape > 0:
                 foreign.add(k)
             else:
@@ -269,7 +287,6 @@ class FleetTable:
         """Number the speed classes in use (an instance joined one, or its speed estimates
         were replaced): O(instances), only when that happens."""
         self.groups, self._group_of = [], {}
-        column = self.load[:, GROUP]
         for k, s in enumerate(self.states):
             pst_e, step_e, hint = s.prefill_s_per_token, s.decode_s_per_token, s.instance.speed_hint
             key = (id(pst_e), id(step_e), hint)
@@ -277,7 +294,6 @@ class FleetTable:
             if g is None:
                 g = self._group_of[key] = len(self.groups)
                 self.groups.append((pst_e, step_e, hint))
-            column[k] = g
             self._group[k] = g
 
     # -- routable and free, per pool -------------------------------------------------------
@@ -331,13 +347,17 @@ class FleetTable:
     ) -> tuple[list[float], list[float], list[float]]:
         """`load_model.candidate_times` for the candidates at `rows`, with uncached tokens
         `owns`: the same Python arithmetic in the same order (so the same floats), reading
-        each candidate's row from the table's contiguous buffer instead of half a dozen
+        each candidate's numbers from the table's contiguous columns instead of half a dozen
         objects scattered in memory (between two decisions of a replay those are not in the
         CPU cache: a miss per object was most of a candidate's cost; numpy array operations
         were no cheaper at 64 candidates, their fixed cost being cold too). The scrape
         correction (`load_model.scrape_correction`) is evaluated for the few rows with one."""
         self.refresh_load()
-        buf, foreign, states, group_of_row = self._buffer, self.foreign, self.states, self._group
+        foreign, states, group_of_row = self.foreign, self.states, self._group
+        queued_col, head_tokens_col, head_start_col = (
+            self.queued_col, self.head_tokens_col, self.head_start_col
+        )  # fmt: skip
+        peer_col, chunk_col = self.peer_col, self.chunk_col
         seqs_col = self.seqs_col
         speeds = [
             (
@@ -352,21 +372,20 @@ class FleetTable:
         steps: list[float] = []
         costs: list[float] = []
         for k, uncached in zip(rows, owns, strict=True):
-            at = k * _COLUMNS
             if len(speeds) > 1:
                 pst, step = speeds[group_of_row[k]]
-            chunk = buf[at + CHUNK]
-            ahead = buf[at + QUEUED]
-            elapsed = now - buf[at + HEAD_START]  # -inf without a head: never drained
+            chunk = chunk_col[k]
+            ahead = queued_col[k]
+            elapsed = now - head_start_col[k]  # -inf without a head: never drained
             if elapsed > 0:
                 drained = elapsed / (pst + step / chunk)
-                head_tokens = buf[at + HEAD_TOKENS]
+                head_tokens = head_tokens_col[k]
                 ahead = ahead - (drained if drained < head_tokens else head_tokens)
             residual = running = 0.0
             if foreign and k in foreign:
                 residual, running = scrape_correction(states[k], now)
             own = uncached if uncached > 1 else 1
-            tokens = (ahead if ahead > 0.0 else 0.0) + buf[at + PEER] + residual + own
+            tokens = (ahead if ahead > 0.0 else 0.0) + peer_col[k] + residual + own
             ttfts.append(tokens * pst + ceil(tokens / chunk) * step if tokens > 0 else 0.0)
             steps.append(step)
             costs.append((seqs_col[k] + running) * own * pst)

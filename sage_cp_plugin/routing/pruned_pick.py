@@ -5,7 +5,7 @@ The same choice, candidate for candidate (tests/test_pruned_pick.py, tests/test_
 the scan of `predicted.lowest_ttft_index` in the same rotation, with every prediction it uses
 computed with `FleetTable.candidate_times`' arithmetic in the same order. What it skips is the
 prediction of a candidate the scan would pass over, proved from two numbers read from the
-table's buffer per candidate instead of a dozen:
+table's columns per candidate instead of a dozen:
 
 * the scan takes a candidate only if its predicted TTFT is below the best's minus a step
   (`lo`), or at most the best's plus a step (`hi`) and its cost to the running requests is
@@ -16,14 +16,18 @@ table's buffer per candidate instead of a dozen:
   at it, so rounding cannot make it wrong; it is recomputed when the best changes (a few
   times per decision).
 * the table keeps, per instance, the least its tokens ahead (queued prefill plus peers') can
-  be at any time (`base_lb_col`: with the prefill in progress fully drained), and its running
-  sequences (`seqs_col`): a cost grows with them.
+  be now (`base_lb_col`: with the prefill in progress half drained while that holds, then
+  fully drained, `head_drain`; a decision first makes every row's hold at its time and
+  rate), and its running sequences (`seqs_col`): a cost grows with them.
 
 A candidate whose least tokens reach `base_hi`, or reach `base_lo` while its sequences are at
 least the best's (so its cost is not lower, and its own tokens, the whole prompt, are not
-fewer), cannot be taken: the scan moves on without predicting it. The others (and any with a
-cached prefix or a scrape correction) are predicted exactly. Fleets with more than one speed
-class or chunk size take the plain path (`predicted.lowest_ttft_index`).
+fewer), cannot be taken: the scan moves on without predicting it. The others are predicted
+exactly; so are candidates with a cached prefix (fewer own tokens than the thresholds
+assume), where the scan stops between runs of rows. A scrape correction only adds tokens
+ahead and sequences: such a row is passed over by the same tests, and predicted with its
+correction. Fleets with more than one speed class or chunk size take the plain path
+(`predicted.lowest_ttft_index`).
 """
 
 from __future__ import annotations
@@ -31,14 +35,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from sage_cp_plugin.fleet_table import (
-    _COLUMNS,
-    HEAD_START,
-    HEAD_TOKENS,
-    PEER,
-    QUEUED,
-    Candidates,
-)
+from sage_cp_plugin.fleet_table import Candidates
 from sage_cp_plugin.load_model import (
     PRIOR_DECODE_STEP_S,
     PRIOR_PREFILL_S_PER_TOKEN,
@@ -61,76 +58,80 @@ def pick_index(
     p, d, h = table.groups[0]
     pst = p.value if p.value is not None else PRIOR_PREFILL_S_PER_TOKEN / h
     step = d.value if d.value is not None else PRIOR_DECODE_STEP_S / h
-    buf, foreign, states = table._buffer, table.foreign, table.states
-    # The three numbers read of every candidate, from the table's contiguous columns.
+    rate = pst + step / chunk  # seconds per token drained of a prefill in progress
+    table.head_bounds.at(now, rate)  # so that every row's least tokens ahead holds now
+    foreign, states = table.foreign, table.states
+    # The three numbers read of every candidate, from the table's contiguous columns; and
+    # those of a prefill in progress.
     base_lb_col, seqs_col, head_col = table.base_lb_col, table.seqs_col, table.head_col
+    queued_col, head_tokens_col = table.queued_col, table.head_tokens_col
+    head_start_col, peer_col = table.head_start_col, table.peer_col
     rows = candidates.row_list
     n = len(rows)
     tokens = item.input_tokens
+    whole = tokens if tokens > 1 else 1  # own tokens (as predicted) without a cached prefix
     ceil = math.ceil
 
     def predict(k: int, own: int) -> tuple[float, float]:
         """(TTFT, cost) of the candidate at row k: `FleetTable.candidate_times`' arithmetic."""
-        at = k * _COLUMNS
-        ahead = buf[at + QUEUED]
-        elapsed = now - buf[at + HEAD_START]
+        ahead = queued_col[k]
+        elapsed = now - head_start_col[k]
         if elapsed > 0:
-            drained = elapsed / (pst + step / chunk)
-            head_tokens = buf[at + HEAD_TOKENS]
+            drained = elapsed / rate
+            head_tokens = head_tokens_col[k]
             ahead = ahead - (drained if drained < head_tokens else head_tokens)
         residual = running = 0.0
         if foreign and k in foreign:
             residual, running = scrape_correction(states[k], now)
         o = own if own > 1 else 1
-        total = (ahead if ahead > 0.0 else 0.0) + buf[at + PEER] + residual + o
+        total = (ahead if ahead > 0.0 else 0.0) + peer_col[k] + residual + o
         t = total * pst + ceil(total / chunk) * step if total > 0 else 0.0
         return t, (seqs_col[k] + running) * o * pst
 
-    # Candidates predicted whatever the thresholds say: a cached prefix (fewer own tokens)
-    # or a scrape correction (tokens and sequences the lower bounds do not hold).
-    hits: dict[int, int] = {}
-    if cached is not None and any(cached):  # `any` at C speed: most requests hit nothing
-        hits = {j: tokens - c for j, c in enumerate(cached) if c}
-    whole = tokens if tokens > 1 else 1  # own tokens (as predicted) without a cached prefix
-
-    def ttft_at(base: float) -> float:
-        total = base + whole
-        return total * pst + ceil(total / chunk) * step if total > 0 else 0.0
-
-    def least_base(target: float, strict: bool) -> float:
-        """A base (tokens ahead) from which every TTFT is above `target` (`strict`) or at
-        least it, checked by evaluating the prediction there."""
-        x = target / (pst + step / chunk) - whole  # TTFT >= tokens * (pst + step / chunk)
-        if x < 0.0:
-            x = 0.0
+    def thresholds(t: float, cost: float) -> tuple[float, float, float, float, float]:
+        """For a best with TTFT `t` and cost `cost`: the scan's bounds `lo` and `hi`, the
+        tokens ahead (bases) from which a whole-prompt candidate's TTFT is not below `lo`
+        and is above `hi`, and the sequences from which its cost is not below `cost`. Each is
+        checked by evaluating the prediction there (its total, base + whole, is at least 1);
+        the closed forms only start the search (TTFT >= tokens * rate)."""
+        lo, hi = t - step, t + step
+        base_lo = lo / rate - whole
+        if base_lo < 0.0:
+            base_lo = 0.0
         bump = 1.0
-        while not (ttft_at(x) > target if strict else ttft_at(x) >= target):
-            x += bump
+        while (base_lo + whole) * pst + ceil((base_lo + whole) / chunk) * step < lo:
+            base_lo += bump
             bump *= 2.0
-        return x
+        base_hi = hi / rate - whole
+        if base_hi < 0.0:
+            base_hi = 0.0
+        bump = 1.0
+        while (base_hi + whole) * pst + ceil((base_hi + whole) / chunk) * step <= hi:
+            base_hi += bump
+            bump *= 2.0
+        per_seq = whole * pst  # a whole-prompt candidate's cost per running sequence
+        seqs = math.floor(cost / per_seq)
+        while seqs * whole * pst < cost:  # as the cost is computed: (seqs * whole) * pst
+            seqs += 1
+        return lo, hi, base_lo, base_hi, float(seqs)
 
+    # Candidates with a cached prefix (fewer own tokens than the bounds assume) are predicted
+    # whatever the thresholds say: the scan stops at each (`stops`: their places in the
+    # rotation), so that between them no row is looked up. Most requests hit nothing.
+    hits: dict[int, int] = {}
+    if cached is not None and any(cached):  # `any` at C speed
+        hits = {j: tokens - c for j, c in enumerate(cached) if c}
     start = rotation_start(item.seq, n, item.replica)  # as predicted.lowest_ttft_index
     b = start
     best_own = hits.get(b, tokens)
     best_t, best_cost = predict(rows[b], best_own)
-    base_hi = least_base(best_t + step, True)
-    base_lo = least_base(best_t - step, False)
-    # Sequences from which a whole-prompt candidate's cost is not below the best's.
-    seqs_at_least = _least_seqs(best_cost, whole, pst)
-    lo, hi = best_t - step, best_t + step
-    rate = pst + step / chunk  # tokens drained per second by a prefill in progress
-    # Rows the bounds do not cover, if any (`isdisjoint` at C speed), with their own tokens:
-    # keyed by row, so the loop keeps no position (a taken row's is found by `index`).
-    special: dict[int, int] = {}
-    if hits or not foreign.isdisjoint(rows):
-        special = dict.fromkeys(foreign.intersection(rows), tokens)
-        for j, own in hits.items():
-            special[rows[j]] = own
-    for k in rows[start + 1 :] + rows[:start]:  # the rotation after the first
-        if special and k in special:
-            own = special[k]
-            t, cost = predict(k, own)
-        else:
+    lo, hi, base_lo, base_hi, seqs_at_least = thresholds(best_t, best_cost)
+    order = rows[start + 1 :] + rows[:start]  # the rotation after the first
+    stops = sorted((j - start - 1) % n for j in hits if j != start)
+    stops.append(n - 1)  # the end
+    begin = 0
+    for stop in stops:
+        for k in order[begin:stop]:
             base = base_lb_col[k]
             if base >= base_hi:
                 continue
@@ -141,34 +142,34 @@ def pick_index(
             if base >= base_lo and seqs >= seqs_at_least:
                 continue
             if head_col[k]:  # a prefill in progress: its tokens ahead now, as predicted
-                at = k * _COLUMNS
-                ahead = buf[at + QUEUED]
-                elapsed = now - buf[at + HEAD_START]
+                ahead = queued_col[k]
+                elapsed = now - head_start_col[k]
                 if elapsed > 0:
                     drained = elapsed / rate
-                    head_tokens = buf[at + HEAD_TOKENS]
+                    head_tokens = head_tokens_col[k]
                     ahead = ahead - (drained if drained < head_tokens else head_tokens)
-                base = (ahead if ahead > 0.0 else 0.0) + buf[at + PEER]
+                base = (ahead if ahead > 0.0 else 0.0) + peer_col[k]
                 if base >= base_hi or (base >= base_lo and seqs >= seqs_at_least):
                     continue
             own = tokens
-            # `predict` from the base just computed (its residual is 0.0: x + 0.0 is x).
-            total = base + whole
-            t = total * pst + ceil(total / chunk) * step if total > 0 else 0.0
-            cost = seqs * whole * pst
-        if t < lo or (t <= hi and (cost < best_cost or (cost == best_cost and own < best_own))):
-            b, best_t, best_cost, best_own = rows.index(k), t, cost, own
-            lo, hi = t - step, t + step
-            base_hi = least_base(hi, True)
-            base_lo = least_base(lo, False)
-            seqs_at_least = _least_seqs(best_cost, whole, pst)
+            if foreign and k in foreign:
+                # A scrape correction adds tokens ahead and sequences (never removes them):
+                # the bounds above hold, the prediction needs the correction.
+                t, cost = predict(k, own)
+            else:
+                # `predict` from the base just computed (its residual is 0.0: x + 0.0 is x).
+                total = base + whole
+                t = total * pst + ceil(total / chunk) * step if total > 0 else 0.0
+                cost = seqs * whole * pst
+            if t < lo or (t <= hi and (cost < best_cost or (cost == best_cost and own < best_own))):
+                b, best_t, best_cost, best_own = rows.index(k), t, cost, own
+                lo, hi, base_lo, base_hi, seqs_at_least = thresholds(t, cost)
+        if stop < n - 1:  # a candidate with a cached prefix
+            j = (start + 1 + stop) % n
+            own = hits[j]
+            t, cost = predict(rows[j], own)
+            if t < lo or (t <= hi and (cost < best_cost or (cost == best_cost and own < best_own))):
+                b, best_t, best_cost, best_own = j, t, cost, own
+                lo, hi, base_lo, base_hi, seqs_at_least = thresholds(t, cost)
+        begin = stop + 1
     return b
-
-
-def _least_seqs(cost: float, own: int, pst: float) -> float:
-    """Sequences from which `seqs * own * pst` (the cost of a candidate computing `own`
-    tokens, no scrape correction) is at least `cost`, checked by evaluating it there."""
-    s = math.floor(cost / (own * pst))
-    while s * own * pst < cost:
-        s += 1
-    return float(s)
