@@ -17,10 +17,17 @@ all of these hold (`split_pays`, a pure function of the numbers in `SplitView`):
    whole now.
 Otherwise the request runs whole, on any instance that has room, so the fleet is never
 worse than a general pool of the same GPUs; but not on a decode instance when its prefill
-would cost that instance's decodes a step (`hurts_decodes`, the test of 2.) while a prefill
-instance has room: the TPOT a split buys is kept only if the decode side stays free of long
-prefills (sending whole requests anywhere measured a TPOT gain of 13-14 % where split,
-instead of the 40 % it has when decode instances decode only).
+would cost that instance's decodes a step (`hurts_decodes`, the test of 2.) while another
+instance with room serves it within its own objectives (`within_objectives`: predicted TTFT
+within what is left of its TTFT objective, that instance's step within its TPOT objective,
+and no more waiting than its prefill would stall each decode there: `diverts`). The TPOT a split buys is
+kept only if the decode side stays free of long prefills (sending whole requests anywhere
+measured a TPOT gain of 13-14 % where split, instead of the 40 % it has when decode instances
+decode only); and a request goes there anyway when elsewhere it would miss an objective a
+general pool could meet (goodput first). The whole path compared in 3. is the one the
+request would take: with the decode instances it may not use left out, a long prompt that
+would wait for a busy prefill instance anyway is split (its decode then leaves that instance
+too).
 """
 
 from __future__ import annotations
@@ -53,13 +60,47 @@ def hurts_decodes(uncached_tokens: int, prefill_s_per_token: float, decode_step_
     return uncached_tokens * prefill_s_per_token >= decode_step_s
 
 
+@dataclass(frozen=True, slots=True)
+class DivertView:
+    """A request running whole, a non-decode instance it could go to instead of a decode
+    instance (seconds, predicted by the load model)."""
+
+    ttft_s: float  # its predicted TTFT on the non-decode instance
+    step_s: float  # that instance's current step (inter-token) time
+    decode_ttft_s: float  # its predicted TTFT on the best decode instance with room
+    own_prefill_s: float  # its own prefill time: the stall it would put on each decode there
+    ttft_left_s: float | None = None  # TTFT objective minus the time it already waited
+    tpot_slo_s: float | None = None
+
+
+def diverts(v: DivertView) -> bool:
+    """Whether the non-decode instance takes the request instead of a decode instance: it
+    meets the request's objectives (TTFT within what is left, step within the TPOT
+    objective; an objective it does not have is met), and it costs the request no more
+    waiting than the request's prefill would cost each sequence decoding on the decode
+    instance. The second test keeps a burst from filling the prefill side up to the edge
+    of the objective while decode instances could start the work now: each diverted
+    request then eats the slack the next ones need, which is how a busy prefill side loses
+    goodput a general pool keeps."""
+    if v.ttft_left_s is not None and v.ttft_s > v.ttft_left_s:
+        return False
+    if v.tpot_slo_s is not None and v.step_s > v.tpot_slo_s:
+        return False
+    return v.ttft_s <= v.decode_ttft_s + v.own_prefill_s
+
+
 def whole_targets(
-    free: Sequence[T], is_decode: Callable[[T], bool], hurts: Callable[[T], bool]
+    free: Sequence[T],
+    is_decode: Callable[[T], bool],
+    hurts: Callable[[T], bool],
+    serves: Callable[[T], bool] = lambda _: True,
 ) -> list[T]:
     """Where a request that runs whole may go among the instances with room: not on a
-    decode instance whose decodes its prefill would hurt while a non-decode instance has
-    room; when none has, anywhere (the fleet never idles where a general pool would not)."""
-    if not any(not is_decode(s) for s in free):
+    decode instance whose decodes its prefill would hurt while a non-decode instance with
+    room `serves` it (`diverts`: meets its objectives at no more waiting than its prefill
+    would stall the decodes); when none does, anywhere
+    (the fleet never idles, nor lets a request miss, where a general pool would not)."""
+    if not any(not is_decode(s) and serves(s) for s in free):
         return list(free)
     return [s for s in free if not is_decode(s) or not hurts(s)]
 

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from sage_cp_plugin.split_decision import SplitView, split_pays
+from sage_cp_plugin.split_decision import DivertView, SplitView, diverts, split_pays
 from sage_cp_plugin.types import PDSeparationConfig
 
 STEP = 0.02
@@ -76,3 +76,42 @@ def test_whole_requests_keep_off_decode_instances_they_would_stall() -> None:
     assert whole_targets(free, is_decode, lambda s: s == "d0") == ["p0", "d1"]
     # Only decode instances have room: the request is not held back (general-pool goodput).
     assert whole_targets(["d0", "d1"], is_decode, lambda s: True) == ["d0", "d1"]
+
+
+def test_whole_request_goes_to_a_decode_instance_when_no_other_serves_it() -> None:
+    """The non-decode instance with room must serve the request (`serves`); when none does,
+    the decode instances are open to it (goodput first)."""
+    from sage_cp_plugin.split_decision import whole_targets
+
+    free = ["p0", "d0"]
+    is_decode = lambda s: s.startswith("d")  # noqa: E731
+    assert whole_targets(free, is_decode, lambda s: True, lambda s: True) == ["p0"]
+    assert whole_targets(free, is_decode, lambda s: True, lambda s: False) == ["p0", "d0"]
+
+
+# A 2,000-token prompt on an instance that prefills it in 40 ms, an idle decode instance.
+DIVERT = DivertView(
+    ttft_s=0.05,
+    step_s=0.02,
+    decode_ttft_s=0.04,
+    own_prefill_s=0.04,
+    ttft_left_s=1.0,
+    tpot_slo_s=0.1,
+)
+
+
+def test_divert_when_it_costs_the_request_no_more_than_it_would_cost_each_decode() -> None:
+    assert diverts(DIVERT)
+    # Waiting up to its own prefill time longer is the trade (each decode would lose that).
+    assert diverts(dataclasses.replace(DIVERT, ttft_s=0.08))
+    # Behind 200 ms of prefill while the decode instance could start it now: not diverted,
+    # even though 1 s of TTFT objective is left (a burst would eat that slack).
+    assert not diverts(dataclasses.replace(DIVERT, ttft_s=0.25))
+
+
+def test_divert_never_costs_the_request_an_objective() -> None:
+    assert not diverts(dataclasses.replace(DIVERT, ttft_left_s=0.03))  # TTFT would miss
+    assert not diverts(dataclasses.replace(DIVERT, step_s=0.12))  # TPOT 100 ms would miss
+    # Objectives it does not have cannot be missed.
+    free = dataclasses.replace(DIVERT, step_s=0.12, ttft_left_s=None, tpot_slo_s=None)
+    assert diverts(free)
