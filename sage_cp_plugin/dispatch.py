@@ -226,11 +226,11 @@ class Dispatcher:
         now = self.fleet.now  # the round's time: one plan, one clock reading
         # The whole path it would take: the instances `whole_candidates` leaves it.
         whole = self.whole_candidates(item, [s for s in routable if pools.has_room(s, item)])
-        whole_wait = min((self._wait_s(s, now) for s in whole), default=float("inf"))
+        best = min(whole, key=lambda s: self._wait_s(s, now), default=None)
         limits = pools.limits
         limit = limits.of(decode).current if limits is not None else decode.capacity
         ok = st.disaggregator.split_pays(
-            item, prefill, decode, whole_wait_s=whole_wait, decode_limit=limit, now=now
+            item, prefill, decode, whole=best, decode_limit=limit, now=now
         )
         return (prefill, decode) if ok else None
 

@@ -12,9 +12,15 @@ all of these hold (`split_pays`, a pure function of the numbers in `SplitView`):
    current step time is within the request's TPOT objective, if it has one;
 2. the uncached prompt is long enough to hurt co-running decodes: prefilling it takes at
    least one decode step of the instance it would otherwise run on;
-3. the split does not make the request wait: predicted prefill-pool wait plus the KV
-   transfer is within one decode step of the wait of the best instance that could serve it
-   whole now.
+3. the split costs the fleet no more time than running it whole: the request's own wait
+   (predicted prefill-pool wait plus the KV transfer, against the wait of the best instance
+   it would run whole on) plus the stall its prefill puts on the sequences decoding where
+   it is prefilled (on the prefill instance, against on that whole instance: sequences
+   there times its prefill time, `load_model.cost_to_running_s`), within one decode step.
+   A long prompt that would run whole next to 30 decodes costs them 30 times its prefill:
+   waiting a little for a prefill instance with fewer decodes is cheaper. And the split
+   must not cost the request its TTFT objective (prefill wait, prefill, transfer within
+   what is left of it) where running whole would not.
 Otherwise the request runs whole, on any instance that has room, so the fleet is never
 worse than a general pool of the same GPUs; but not on a decode instance when its prefill
 would cost that instance's decodes a step (`hurts_decodes`, the test of 2.) while another
@@ -52,6 +58,13 @@ class SplitView:
     decode_in_flight: int
     decode_limit: int
     tpot_slo_s: float | None = None
+    # The stall its prefill puts on the sequences decoding where it would be prefilled:
+    # the prefill instance (split) and the best instance it would run whole on.
+    prefill_stall_s: float = 0.0
+    whole_stall_s: float = 0.0
+    prefill_s: float = 0.0  # its own prefill time on the prefill instance
+    whole_ttft_s: float = 0.0  # its predicted TTFT on the best instance it would run whole on
+    ttft_left_s: float | None = None  # its TTFT objective minus the time it already waited
 
 
 def hurts_decodes(uncached_tokens: int, prefill_s_per_token: float, decode_step_s: float) -> bool:
@@ -114,4 +127,8 @@ def split_pays(v: SplitView) -> bool:
     if not hurts_decodes(v.uncached_tokens, v.prefill_s_per_token, v.decode_step_s):
         return False  # fits in a step's slack: co-runners barely notice it
     split_wait = v.prefill_wait_s + v.uncached_tokens * v.transfer_s_per_token
-    return split_wait <= v.whole_wait_s + v.decode_step_s
+    left = v.ttft_left_s
+    if left is not None and split_wait + v.prefill_s > left and v.whole_ttft_s <= left:
+        return False  # the split would miss the TTFT objective that running whole meets
+    split_cost = split_wait + v.prefill_stall_s
+    return split_cost <= v.whole_wait_s + v.whole_stall_s + v.decode_step_s

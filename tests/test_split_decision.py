@@ -115,3 +115,25 @@ def test_divert_never_costs_the_request_an_objective() -> None:
     # Objectives it does not have cannot be missed.
     free = dataclasses.replace(DIVERT, step_s=0.12, ttft_left_s=None, tpot_slo_s=None)
     assert diverts(free)
+
+
+def test_a_long_prompt_next_to_many_decodes_waits_for_the_prefill_pool() -> None:
+    """Condition 3 counts the stall the prompt's prefill puts on the sequences decoding where
+    it is prefilled: 34 ms of prefill next to 30 decodes costs them 1 s in all, more than
+    the 80 ms the request waits for a prefill instance with nothing decoding."""
+    busy = dataclasses.replace(PAYS, prefill_wait_s=4 * STEP)
+    assert not split_pays(busy)  # the request's own wait alone says whole
+    assert split_pays(dataclasses.replace(busy, whole_stall_s=30 * 0.034))
+    # ... and not when the prefill instance has as many decodes to stall.
+    assert not split_pays(
+        dataclasses.replace(busy, whole_stall_s=30 * 0.034, prefill_stall_s=30 * 0.034)
+    )
+
+
+def test_the_split_never_costs_the_ttft_objective_that_running_whole_meets() -> None:
+    slow = dataclasses.replace(
+        PAYS, prefill_wait_s=0.9, prefill_s=0.04, whole_stall_s=60.0, ttft_left_s=0.5
+    )
+    assert not split_pays(dataclasses.replace(slow, whole_ttft_s=0.05))
+    # When running whole misses it too, the cheaper path for the fleet is taken.
+    assert split_pays(dataclasses.replace(slow, whole_ttft_s=2.0))
