@@ -258,21 +258,27 @@ class Dispatcher:
     ) -> list[InstanceState]:
         """With the `predicted` trigger, a request running whole skips the decode instances
         whose decodes its prefill would cost a step (`split_decision.hurts_decodes`) while
-        another instance with room takes it within its objectives at no more waiting than
-        its prefill would stall those decodes (`split_decision.diverts`); with none, any
-        instance with room (never worse than a general pool)."""
+        another instance with room takes it within its objectives at no more extra waiting
+        than its prefill would stall those decodes, summed (`split_decision.diverts`); with
+        none, any instance with room (never worse than a general pool)."""
         dis = self.strategies.disaggregator
         if not dis.predicted:
             return free
         decoding = ExecutionInstanceType.DECODING
         req, now, tokens = item.request, self.fleet.now, item.input_tokens
-        decode_ttft = min(
+        # The decode instance it would start soonest on: its TTFT there, and its prefill's
+        # stall on the sequences decoding there.
+        decode_ttft, decode_stall = min(
             (
-                load_model.predicted_ttft_s(s, dis.uncached_tokens(item, s), now)
+                (
+                    load_model.predicted_ttft_s(s, u, now),
+                    load_model.cost_to_running_s(s, u, now),
+                )
                 for s in free
                 if s.instance.instance_type is decoding
+                for u in (dis.uncached_tokens(item, s),)
             ),
-            default=float("inf"),
+            default=(float("inf"), 0.0),
         )
         if decode_ttft == float("inf"):
             return free  # no decode instance has room: nothing to keep free
@@ -286,7 +292,7 @@ class Dispatcher:
                     ttft_s=load_model.predicted_ttft_s(s, tokens, now),
                     step_s=load_model.decode_step_s(s),
                     decode_ttft_s=decode_ttft,
-                    own_prefill_s=load_model.prefill_time_s(s, tokens),
+                    decode_stall_s=decode_stall,
                     ttft_left_s=ttft_left,
                     tpot_slo_s=tpot_slo,
                 )

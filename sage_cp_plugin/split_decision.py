@@ -26,7 +26,8 @@ worse than a general pool of the same GPUs; but not on a decode instance when it
 would cost that instance's decodes a step (`hurts_decodes`, the test of 2.) while another
 instance with room serves it within its own objectives (`within_objectives`: predicted TTFT
 within what is left of its TTFT objective, that instance's step within its TPOT objective,
-and no more waiting than its prefill would stall each decode there: `diverts`). The TPOT a split buys is
+and no more extra waiting than the stall its prefill would put on the decodes there, summed:
+`diverts`). The TPOT a split buys is
 kept only if the decode side stays free of long prefills (sending whole requests anywhere
 measured a TPOT gain of 13-14 % where split, instead of the 40 % it has when decode instances
 decode only); and a request goes there anyway when elsewhere it would miss an objective a
@@ -81,7 +82,7 @@ class DivertView:
     ttft_s: float  # its predicted TTFT on the non-decode instance
     step_s: float  # that instance's current step (inter-token) time
     decode_ttft_s: float  # its predicted TTFT on the best decode instance with room
-    own_prefill_s: float  # its own prefill time: the stall it would put on each decode there
+    decode_stall_s: float  # the stall its prefill puts on the sequences decoding there, summed
     ttft_left_s: float | None = None  # TTFT objective minus the time it already waited
     tpot_slo_s: float | None = None
 
@@ -89,17 +90,20 @@ class DivertView:
 def diverts(v: DivertView) -> bool:
     """Whether the non-decode instance takes the request instead of a decode instance: it
     meets the request's objectives (TTFT within what is left, step within the TPOT
-    objective; an objective it does not have is met), and it costs the request no more
-    waiting than the request's prefill would cost each sequence decoding on the decode
-    instance. The second test keeps a burst from filling the prefill side up to the edge
-    of the objective while decode instances could start the work now: each diverted
-    request then eats the slack the next ones need, which is how a busy prefill side loses
-    goodput a general pool keeps."""
+    objective; an objective it does not have is met), and the extra waiting it costs the
+    request is no more than the stall its prefill would put on the sequences decoding on
+    the decode instance (their count times its prefill: the fleet's total delay is the
+    smaller). A decode instance with nothing decoding is then an instance like any other
+    (no split to protect, a general pool's placement); one with 30 decodes is worth a
+    wait of 30 prefills, up to the objective. Waiting only as long as that keeps a burst
+    from filling the prefill side to the edge of the objective while decode instances
+    could start the work now: each diverted request would eat the slack the next ones
+    need, which is how a busy prefill side loses goodput a general pool keeps."""
     if v.ttft_left_s is not None and v.ttft_s > v.ttft_left_s:
         return False
     if v.tpot_slo_s is not None and v.step_s > v.tpot_slo_s:
         return False
-    return v.ttft_s <= v.decode_ttft_s + v.own_prefill_s
+    return v.ttft_s <= v.decode_ttft_s + v.decode_stall_s
 
 
 def whole_targets(

@@ -89,24 +89,28 @@ def test_whole_request_goes_to_a_decode_instance_when_no_other_serves_it() -> No
     assert whole_targets(free, is_decode, lambda s: True, lambda s: False) == ["p0", "d0"]
 
 
-# A 2,000-token prompt on an instance that prefills it in 40 ms, an idle decode instance.
+# A 2,000-token prompt (40 ms of prefill) next to 10 sequences decoding on the best decode
+# instance: 0.4 s of stall in all.
 DIVERT = DivertView(
     ttft_s=0.05,
     step_s=0.02,
     decode_ttft_s=0.04,
-    own_prefill_s=0.04,
+    decode_stall_s=10 * 0.04,
     ttft_left_s=1.0,
     tpot_slo_s=0.1,
 )
 
 
-def test_divert_when_it_costs_the_request_no_more_than_it_would_cost_each_decode() -> None:
+def test_divert_when_the_extra_wait_is_less_than_the_stall_it_spares_the_decodes() -> None:
     assert diverts(DIVERT)
-    # Waiting up to its own prefill time longer is the trade (each decode would lose that).
-    assert diverts(dataclasses.replace(DIVERT, ttft_s=0.08))
-    # Behind 200 ms of prefill while the decode instance could start it now: not diverted,
-    # even though 1 s of TTFT objective is left (a burst would eat that slack).
-    assert not diverts(dataclasses.replace(DIVERT, ttft_s=0.25))
+    assert diverts(dataclasses.replace(DIVERT, ttft_s=0.44))
+    # Behind more prefill than the stall it would cause, even with 1 s of TTFT objective
+    # left (a burst would eat that slack): it goes to the decode instance.
+    assert not diverts(dataclasses.replace(DIVERT, ttft_s=0.5))
+    # A decode instance with nothing decoding is like any other: no extra wait for it.
+    idle = dataclasses.replace(DIVERT, decode_stall_s=0.0)
+    assert not diverts(idle)
+    assert diverts(dataclasses.replace(idle, ttft_s=0.04))
 
 
 def test_divert_never_costs_the_request_an_objective() -> None:
