@@ -24,17 +24,15 @@ all of these hold (`split_pays`, a pure function of the numbers in `SplitView`):
 Otherwise the request runs whole, on any instance that has room, so the fleet is never
 worse than a general pool of the same GPUs; but not on a decode instance when its prefill
 would cost that instance's decodes a step (`hurts_decodes`, the test of 2.) while another
-instance with room serves it within its own objectives (`within_objectives`: predicted TTFT
-within what is left of its TTFT objective, that instance's step within its TPOT objective,
-and no more extra waiting than the stall its prefill would put on the decodes there, summed:
-`diverts`). The TPOT a split buys is
-kept only if the decode side stays free of long prefills (sending whole requests anywhere
-measured a TPOT gain of 13-14 % where split, instead of the 40 % it has when decode instances
-decode only); and a request goes there anyway when elsewhere it would miss an objective a
-general pool could meet (goodput first). The whole path compared in 3. is the one the
-request would take: with the decode instances it may not use left out, a long prompt that
-would wait for a busy prefill instance anyway is split (its decode then leaves that instance
-too).
+instance with room takes it (`diverts`): within its TTFT objective (what is left of it) and
+TPOT objective, at an extra wait no longer than the stall its prefill would put on the
+sequences decoding on the decode instance, summed. The TPOT a split buys is kept only if the
+decode side stays free of long prefills; a decode instance with nothing decoding has nothing
+to protect and is placed on like any other, and a request goes to a decode instance anyway
+when elsewhere it would miss an objective (goodput first). The whole path compared in 3. is
+the one the request would take: with the decode instances it may not use left out, a long
+prompt that would wait for a busy prefill instance anyway is split (its decode then leaves
+that instance too). Every quantity is a time from the load model; nothing is tuned.
 """
 
 from __future__ import annotations

@@ -16,8 +16,9 @@ concurrency limit on for every variant:
 - `pd_predicted`: 2 prefill + 2 decode instances; each request is split (vLLM's two-step
   protocol: prefill with `max_tokens: 1`, KV transfer, decode elsewhere) only when the
   split beats serving it whole (`split_decision.py`), otherwise it runs whole
-  (`routing_policy="none"`), on a decode instance only when its prefill would not cost
-  that instance's decodes a step or no other instance has room.
+  (`routing_policy="none"`), kept off a decode instance whose decodes its prefill would
+  stall only while another instance takes it within its TTFT/TPOT objectives at an extra
+  wait smaller than that stall summed over the decodes (`split_decision.diverts`).
 "TPOT gain where split" (`paired.split.tpot_gain`) pairs each request `pd_predicted` split
 with the same request in `general` (same window, same seed): 1 - mean TPOT split / mean TPOT
 of those requests in general, per seed, then the mean over seeds.
@@ -154,5 +155,10 @@ SCENARIO = Scenario(
         "all.e2e_ms_p90",
     ),
     goals=goals,
-    plots=("all.goodput_rps", "all.tpot_ms_mean", "paths.split.tpot_ms_mean", "all.ttft_ms_p90"),
+    plots=(
+        "all.goodput_rps",
+        "paired.split.tpot_gain",
+        "paths.split.tpot_ms_mean",
+        "all.ttft_ms_p90",
+    ),
 )
