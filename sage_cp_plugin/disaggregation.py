@@ -92,24 +92,36 @@ class Disaggregator:
         prefill: InstanceState,
         decode: InstanceState,
         *,
-        whole_wait_s: float,
+        whole: InstanceState | None,
         decode_limit: int,
         now: float,
     ) -> bool:
-        """The `predicted` trigger for one request and one (prefill, decode) pair."""
+        """The `predicted` trigger for one request and one (prefill, decode) pair, against
+        running it whole on `whole` (None: no instance could take it whole now)."""
         if not self.enabled or item.request.kind == RequestKind.EMBEDDING:
             return False
-        slo = item.request.tpot_slo_ms
+        slo, ttft_slo = item.request.tpot_slo_ms, item.request.ttft_slo_ms
+        uncached = self.uncached_tokens(item, decode)
+        inf = float("inf")
         view = SplitView(
-            uncached_tokens=self.uncached_tokens(item, decode),
+            uncached_tokens=uncached,
             prefill_s_per_token=load_model.prefill_s_per_token(prefill),
             transfer_s_per_token=self.transfer_s_per_token.get(0.0),
             prefill_wait_s=self.prefill_wait_s(prefill, now),
-            whole_wait_s=whole_wait_s,
+            whole_wait_s=inf if whole is None else load_model.queue_wait_s(whole, now),
             decode_step_s=load_model.decode_step_s(decode),
             decode_in_flight=decode.in_flight,
             decode_limit=decode_limit,
             tpot_slo_s=None if slo is None else slo / 1000.0,
+            prefill_stall_s=load_model.cost_to_running_s(prefill, item.input_tokens, now),
+            whole_stall_s=(
+                0.0 if whole is None else load_model.cost_to_running_s(whole, uncached, now)
+            ),
+            prefill_s=load_model.prefill_time_s(prefill, item.input_tokens),
+            whole_ttft_s=(
+                inf if whole is None else load_model.predicted_ttft_s(whole, uncached, now)
+            ),
+            ttft_left_s=None if ttft_slo is None else ttft_slo / 1000.0 - (now - item.arrival),
         )
         return split_pays(view)
 

@@ -100,6 +100,12 @@ def _pd(r: dict[str, Any]) -> None:
     assert _m(r, g, "pd_predicted", "split_share") > 0
     split_tpot = _m(r, g, "pd_predicted", "paths.split.tpot_ms_mean")
     assert split_tpot < _m(r, g, "general", "all.tpot_ms_mean")
+    # The gain is measured on the very requests that were split, paired with themselves in
+    # the general pool.
+    here = _m(r, g, "pd_predicted", "paired.split.tpot_ms_mean")
+    same = _m(r, g, "pd_predicted", "paired.split.baseline_tpot_ms_mean")
+    assert here < same
+    assert _m(r, g, "pd_predicted", "paired.split.tpot_gain") == pytest.approx(1 - here / same)
 
 
 def _failures(r: dict[str, Any]) -> None:

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from sage_cp_plugin.split_decision import SplitView, split_pays
+from sage_cp_plugin.split_decision import DivertView, SplitView, diverts, split_pays
 from sage_cp_plugin.types import PDSeparationConfig
 
 STEP = 0.02
@@ -76,3 +76,68 @@ def test_whole_requests_keep_off_decode_instances_they_would_stall() -> None:
     assert whole_targets(free, is_decode, lambda s: s == "d0") == ["p0", "d1"]
     # Only decode instances have room: the request is not held back (general-pool goodput).
     assert whole_targets(["d0", "d1"], is_decode, lambda s: True) == ["d0", "d1"]
+
+
+def test_whole_request_goes_to_a_decode_instance_when_no_other_serves_it() -> None:
+    """The non-decode instance with room must serve the request (`serves`); when none does,
+    the decode instances are open to it (goodput first)."""
+    from sage_cp_plugin.split_decision import whole_targets
+
+    free = ["p0", "d0"]
+    is_decode = lambda s: s.startswith("d")  # noqa: E731
+    assert whole_targets(free, is_decode, lambda s: True, lambda s: True) == ["p0"]
+    assert whole_targets(free, is_decode, lambda s: True, lambda s: False) == ["p0", "d0"]
+
+
+# A 2,000-token prompt (40 ms of prefill) next to 10 sequences decoding on the best decode
+# instance: 0.4 s of stall in all.
+DIVERT = DivertView(
+    ttft_s=0.05,
+    step_s=0.02,
+    decode_ttft_s=0.04,
+    decode_stall_s=10 * 0.04,
+    ttft_left_s=1.0,
+    tpot_slo_s=0.1,
+)
+
+
+def test_divert_when_the_extra_wait_is_less_than_the_stall_it_spares_the_decodes() -> None:
+    assert diverts(DIVERT)
+    assert diverts(dataclasses.replace(DIVERT, ttft_s=0.44))
+    # Behind more prefill than the stall it would cause, even with 1 s of TTFT objective
+    # left (a burst would eat that slack): it goes to the decode instance.
+    assert not diverts(dataclasses.replace(DIVERT, ttft_s=0.5))
+    # A decode instance with nothing decoding is like any other: no extra wait for it.
+    idle = dataclasses.replace(DIVERT, decode_stall_s=0.0)
+    assert not diverts(idle)
+    assert diverts(dataclasses.replace(idle, ttft_s=0.04))
+
+
+def test_divert_never_costs_the_request_an_objective() -> None:
+    assert not diverts(dataclasses.replace(DIVERT, ttft_left_s=0.03))  # TTFT would miss
+    assert not diverts(dataclasses.replace(DIVERT, step_s=0.12))  # TPOT 100 ms would miss
+    # Objectives it does not have cannot be missed.
+    free = dataclasses.replace(DIVERT, step_s=0.12, ttft_left_s=None, tpot_slo_s=None)
+    assert diverts(free)
+
+
+def test_a_long_prompt_next_to_many_decodes_waits_for_the_prefill_pool() -> None:
+    """Condition 3 counts the stall the prompt's prefill puts on the sequences decoding where
+    it is prefilled: 34 ms of prefill next to 30 decodes costs them 1 s in all, more than
+    the 80 ms the request waits for a prefill instance with nothing decoding."""
+    busy = dataclasses.replace(PAYS, prefill_wait_s=4 * STEP)
+    assert not split_pays(busy)  # the request's own wait alone says whole
+    assert split_pays(dataclasses.replace(busy, whole_stall_s=30 * 0.034))
+    # ... and not when the prefill instance has as many decodes to stall.
+    assert not split_pays(
+        dataclasses.replace(busy, whole_stall_s=30 * 0.034, prefill_stall_s=30 * 0.034)
+    )
+
+
+def test_the_split_never_costs_the_ttft_objective_that_running_whole_meets() -> None:
+    slow = dataclasses.replace(
+        PAYS, prefill_wait_s=0.9, prefill_s=0.04, whole_stall_s=60.0, ttft_left_s=0.5
+    )
+    assert not split_pays(dataclasses.replace(slow, whole_ttft_s=0.05))
+    # When running whole misses it too, the cheaper path for the fleet is taken.
+    assert split_pays(dataclasses.replace(slow, whole_ttft_s=2.0))

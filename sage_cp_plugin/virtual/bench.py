@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from sage_cp_plugin.virtual.fleet import InProcessFleet, MemberSpec
-from sage_cp_plugin.virtual.runner import CoordinatorConfig, FleetEvent, run_replay
-from sage_cp_plugin.virtual.summary import summarize
+from sage_cp_plugin.virtual.runner import CoordinatorConfig, FleetEvent, RequestOutcome, run_replay
+from sage_cp_plugin.virtual.summary import paired_by_path, summarize
 from sage_cp_plugin.workloads.format import WorkloadRecord
 
 logger = logging.getLogger(__name__)
@@ -89,8 +89,11 @@ def aggregate(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
 
 
 def _run_seed(scenario: Scenario, seed: int, smoke: bool) -> list[tuple[Variant, dict[str, Any]]]:
-    """Every variant of one seed: (variant without its workload, its summary)."""
+    """Every variant of one seed: (variant without its workload, its summary). A variant
+    whose requests took PD paths also gets `paired`: those requests against themselves in
+    its group's baseline (`summary.paired_by_path`)."""
     out = []
+    outcomes: dict[tuple[str, str], list[RequestOutcome]] = {}
     for v in scenario.build(seed, smoke):
         fleet = InProcessFleet(v.members)
         result = run_replay(v.workload, fleet, v.config, events=v.events, prompt_seed=seed)
@@ -113,7 +116,13 @@ def _run_seed(scenario: Scenario, seed: int, smoke: bool) -> list[tuple[Variant,
             int(s["all"]["completed"]),
             len(v.workload),
         )
+        if v.label == scenario.baseline or "paths" in s:  # kept for the pairing only
+            outcomes[(v.group, v.label)] = result.outcomes
         out.append((Variant(v.label, v.config, (), (), v.group, info=v.info), s))
+    for v, s in out:
+        base = outcomes.get((v.group, scenario.baseline))
+        if v.label != scenario.baseline and base is not None and "paths" in s:
+            s["paired"] = paired_by_path(outcomes[(v.group, v.label)], base)
     return out
 
 

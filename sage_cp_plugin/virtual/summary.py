@@ -60,6 +60,34 @@ def summarize_outcomes(outcomes: Iterable[RequestOutcome]) -> dict[str, float]:
     return out
 
 
+def paired_by_path(
+    outcomes: Sequence[RequestOutcome], baseline: Sequence[RequestOutcome]
+) -> dict[str, dict[str, float]]:
+    """Per PD path ("split", "whole"), the same requests in a baseline replay of the same
+    workload (paired by index, those completed in both): their mean TPOT here and there,
+    and the gain 1 - here / there. What "TPOT gain where it disaggregates" means: not the
+    split requests against every request of the baseline (whose mix differs), but the very
+    requests that were split against themselves served by the baseline."""
+    by_path: dict[str, list[tuple[float, float]]] = {}
+    for o in outcomes:
+        if o.path is None or o.tpot_ms is None or o.index >= len(baseline):
+            continue
+        b = baseline[o.index].tpot_ms
+        if b is not None:
+            by_path.setdefault(o.path, []).append((o.tpot_ms, b))
+    out: dict[str, dict[str, float]] = {}
+    for path, pairs in sorted(by_path.items()):
+        here = float(np.mean([a for a, _ in pairs]))
+        there = float(np.mean([b for _, b in pairs]))
+        out[path] = {
+            "requests": float(len(pairs)),
+            "tpot_ms_mean": here,
+            "baseline_tpot_ms_mean": there,
+            "tpot_gain": 1.0 - here / there if there > 0 else float("nan"),
+        }
+    return out
+
+
 def summarize(result: RunResult, group_by: str | None = "slo_class") -> dict[str, Any]:
     """Overall statistics, per-group statistics, engine and decision-cost figures of a run."""
     out: dict[str, Any] = {"all": summarize_outcomes(result.outcomes)}
