@@ -45,6 +45,7 @@ from sage_cp_plugin.elastic.evaluation import (
     replicas_for,
     run_variant,
     steady,
+    threshold_target,
     workload,
 )
 from sage_cp_plugin.virtual.clock import run_virtual
@@ -164,11 +165,14 @@ def markdown(data: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _order(variant: str) -> tuple[int, int]:
-    """Table order: the named variants, then static_N by N."""
+def _order(variant: str) -> tuple[int, float]:
+    """Table order: the named variants (threshold_<target> after threshold, by target), then
+    static_N by N."""
     if variant in VARIANTS:
-        return (VARIANTS.index(variant), 0)
-    return (len(VARIANTS), int(variant[7:]))
+        return (VARIANTS.index(variant), 0.0)
+    if variant.startswith("threshold_"):
+        return (VARIANTS.index("threshold"), threshold_target(variant))
+    return (len(VARIANTS), float(variant[7:]))
 
 
 def _pct(x: float | None) -> str:
@@ -226,10 +230,16 @@ def main(argv: list[str] | None = None) -> None:
     setup = Setup(max_replicas=max(12, 2 * a.peak_replicas))
     variants = [v for v in a.variants.split(",") if v]
     def known(v: str) -> bool:  # static_N: a static fleet of N replicas (matched GPU-hours)
+        if v.startswith("threshold_"):  # threshold_<target>: one point of the KEDA sweep
+            try:
+                return threshold_target(v) > 0
+            except ValueError:
+                return False
         return v in VARIANTS or (v.startswith("static_") and v[7:].isdigit() and int(v[7:]) >= 1)
 
     if not variants or not all(known(v) for v in variants):
-        raise SystemExit(f"--variants must be among {','.join(VARIANTS)} or static_N (N >= 1), "
+        raise SystemExit(f"--variants must be among {','.join(VARIANTS)}, static_N (N >= 1) or "
+                         "threshold_<target> (target > 0), "
                          f"got {a.variants!r}")
     name = "autoscaling_smoke" if a.smoke else a.out
     cells = RESULTS / f"{name}.cells.jsonl"
