@@ -27,7 +27,8 @@ What it does, and from whom the idea comes:
   whose width shrinks with the number of arrivals; a rise significant beyond those bounds is
   forecast to ``now + cold_start_s + interval_s``, because a replica asked for now serves
   only after its cold start; a backlog adds ``waiting / backlog_drain_s``. The fleet is
-  sized for the *upper* bound (``raw``).
+  sized for the *upper* bound (``raw``). The prompt lengths are bounded the same way by
+  the number of requests they are estimated from (``mix.py``).
 - **Stabilisation by the same bounds**, a dead band the data sets rather than a constant:
   scale up when the estimate itself (or, before the window holds enough arrivals for the
   bound to be within ``tolerance`` of the estimate, its lower bound; or any recent suffix's
