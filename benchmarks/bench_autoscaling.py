@@ -13,7 +13,16 @@ GPU-hours of a fleet with exactly the planner's count every minute, no cold star
 (nothing set for a trace). Reported: SLO attainment, GPU-hours, scaling actions per hour,
 time from the first load step to meeting the SLO again, and, per workload and cold start, the
 issue's "Done when" comparisons (GPU-hours saved against static_peak, attainment difference,
-and against the threshold baseline) -- losses are printed as they come.
+and against the threshold baseline's front) -- losses are printed as they come.
+
+The threshold baseline is judged as a front, not at one setting: its KEDA target (waiting
+requests per replica) trades GPU-hours for attainment, and one target is an arbitrary point
+of that trade-off. Run it swept (``--variants ...,threshold_0.5,threshold_1,threshold_2,
+threshold_4,threshold_8``: the same targets for every workload) and each autoscaler row is
+compared with the best attainment any setting reached with equal or fewer GPU-hours
+(``against_front``; when every setting spends more, the autoscaler must beat them all), with
+the GPU-hours the threshold needed to match the autoscaler's attainment, and a note when
+no setting reaches the autoscaler's GPU-hours.
 
 A `steady` shape (the daily mean, constant) counts the actions the autoscaler takes when only
 Poisson noise changes (the issue asks for fewer than 6 an hour).
