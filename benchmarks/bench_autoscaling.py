@@ -258,7 +258,7 @@ def plot(data: dict[str, Any], path: Path) -> None:
             pts = sorted((r["gpu_hours"], r["slo_attainment"], r["variant"]) for r in same
                          if is_threshold(r["variant"]) and r["cold_start_s"] == cs)  # fmt: skip
             ax.plot([p[0] for p in pts], [p[1] for p in pts], "k--", marker="x",
-                    label=f"threshold front cs={cs:.0f}")  # fmt: skip
+                    label=f"threshold, target swept, cs={cs:.0f}")  # fmt: skip
             for g, att, v in pts:
                 ax.annotate(v.removeprefix("threshold").lstrip("_") or "default", (g, att),
                             fontsize=6)  # fmt: skip
