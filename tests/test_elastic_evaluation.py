@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from benchmarks.bench_autoscaling import against_front
 from sage_cp_plugin.elastic.evaluation import (
     Setup,
     VirtualScaler,
@@ -20,6 +21,7 @@ from sage_cp_plugin.elastic.evaluation import (
     recovery_s,
     replicas_for,
     steady,
+    threshold_target,
     workload,
 )
 from sage_cp_plugin.sim import SimInstanceConfig
@@ -152,3 +154,31 @@ def test_steady_load_is_steady_in_its_mix_too() -> None:
     trace = [x.input_tokens for x in load_trace("mooncake", max_input_tokens=4000)]
     assert [x.input_tokens for x in workload(daily(1.0, 600.0), "mooncake", ttft_slo_ms=1,
             tpot_slo_ms=1)][:50] == trace[:50]  # fmt: skip
+
+
+def test_the_autoscaler_is_judged_against_the_threshold_front() -> None:
+    # The threshold baseline swept over its KEDA target: (variant, GPU-hours, attainment).
+    front = [("threshold_0.5", 6.0, 0.99), ("threshold_4", 2.0, 0.95)]
+    # Between the settings: the cheaper one is the rival, the dearer one matches at 6 GPU-h.
+    v = against_front((5.0, 0.98), front)
+    assert v["best_within"]["variant"] == "threshold_4" and v["beats_front"]
+    assert v["front_reaches"] and v["match_gpu_hours"] == 6.0
+    # A setting with fewer GPU-hours and better attainment is a loss, whatever target 4 did.
+    v = against_front((7.0, 0.98), front)
+    assert v["best_within"]["variant"] == "threshold_0.5" and not v["beats_front"]
+    # Every setting spends more: the autoscaler must beat them all.
+    assert not against_front((1.0, 0.97), front)["beats_front"]
+    assert against_front((1.0, 0.995), front)["best_within"] is None
+    assert against_front((1.0, 0.995), front)["beats_front"]
+    # No target makes the baseline spend the autoscaler's budget: said, not hidden.
+    v = against_front((8.0, 0.999), front)
+    assert v["beats_front"] and not v["front_reaches"] and v["match_gpu_hours"] is None
+    # No threshold rows: no verdict either way.
+    assert not against_front((1.0, 1.0), [])["beats_front"]
+
+
+def test_threshold_variants_carry_their_target() -> None:
+    assert threshold_target("threshold_0.5") == 0.5
+    for bad in ("threshold_x", "threshold_0", "threshold_-1", "threshold_nan"):
+        with pytest.raises(ValueError):
+            threshold_target(bad)

@@ -27,7 +27,8 @@ What it does, and from whom the idea comes:
   whose width shrinks with the number of arrivals; a rise significant beyond those bounds is
   forecast to ``now + cold_start_s + interval_s``, because a replica asked for now serves
   only after its cold start; a backlog adds ``waiting / backlog_drain_s``. The fleet is
-  sized for the *upper* bound (``raw``).
+  sized for the *upper* bound (``raw``). The prompt lengths are bounded the same way by
+  the number of requests they are estimated from (``mix.py``).
 - **Stabilisation by the same bounds**, a dead band the data sets rather than a constant:
   scale up when the estimate itself (or, before the window holds enough arrivals for the
   bound to be within ``tolerance`` of the estimate, its lower bound; or any recent suffix's
@@ -60,6 +61,7 @@ from sage_cp_plugin.elastic.capacity import (
     general_replicas,
     prefill_replicas,
 )
+from sage_cp_plugin.elastic.mix import prompt_factors
 from sage_cp_plugin.elastic.sizing import general_miss, samples, slo_replicas
 from sage_cp_plugin.elastic.tail_ratio import TailCell, tail_ratio
 from sage_cp_plugin.elastic.tpot import mean_tpot
@@ -137,6 +139,9 @@ class LoadSample:
     # Of the ``completed`` requests, how many had a TPOT above ``tpot_target_s`` (None: not
     # counted, so the TPOT tail correction learns nothing from this sample).
     tpot_misses: int | None = None
+    # How many completed requests the length mix above is estimated from (0: not said, the
+    # mix is taken as exact); the prompt lengths' confidence bounds come from it (mix.py).
+    mix_samples: int = 0
 
 
 @dataclass(frozen=True)
@@ -294,24 +299,30 @@ def decide(cfg: AutoscalerConfig, m: StepModel, s: LoadSample,
               (s.now, s.arrival_rate * dt, dt))  # fmt: skip
     est = estimate(window, s.now, cfg.cold_start_s + cfg.interval_s, z_of(cfg.confidence))
     backlog = s.waiting / cfg.backlog_drain_s
-    cache: dict[float, dict[Role, int]] = {}
+    cache: dict[tuple[float, float], dict[Role, int]] = {}
 
-    def need(rate: float) -> dict[Role, int]:
+    def need(rate: float, prompt_factor: float) -> dict[Role, int]:
         # No arrival in the whole window: nothing to serve (the next arrival scales up).
         rate = rate + backlog if est.arrivals > 0 else backlog
-        if rate not in cache:
-            cache[rate] = raw_replicas(
-                cfg, m, rate, s.mean_prompt_tokens or 1.0, s.mean_output_tokens or 1.0, ttft_c,
-                tpot_c, prompt_cv2=s.prompt_cv2, output_cv2=s.output_cv2,
-                prompts=s.prompt_lengths, outputs=s.output_lengths,
-                tpot_tail_ratio=tail_r)  # fmt: skip
-        return cache[rate]
+        key = (rate, prompt_factor)
+        if key not in cache:
+            cache[key] = raw_replicas(
+                cfg, m, rate, (s.mean_prompt_tokens or 1.0) * prompt_factor,
+                s.mean_output_tokens or 1.0, ttft_c, tpot_c, prompt_cv2=s.prompt_cv2,
+                output_cv2=s.output_cv2,
+                prompts=tuple(p * prompt_factor for p in s.prompt_lengths),
+                outputs=s.output_lengths, tpot_tail_ratio=tail_r)  # fmt: skip
+        return cache[key]
 
     # The upper bound of the whole window, or a recent step if one is surely higher (the
     # window's mean lags a step; a cut must not go below what the last intervals show).
+    # The prompt lengths are bounded the same way (mix.py): sized and cut at their upper
+    # bound, scaled up on the estimate once it is precise, on the lower bound before.
     sized_rate = max(est.upper, est.recent_lower)
-    raw = need(sized_rate)
-    trigger = need(up_trigger(est, cfg.tolerance))
+    p_trigger, p_upper = prompt_factors(s.mix_samples, s.prompt_cv2, z_of(cfg.confidence),
+                                        cfg.tolerance)  # fmt: skip
+    raw = need(sized_rate, p_upper)
+    trigger = need(up_trigger(est, cfg.tolerance), p_trigger)
 
     # 3. Stabilise with the same bounds: up when the estimate needs more than the fleet (to
     #    the upper bound's count), down when even the upper bound needs fewer.

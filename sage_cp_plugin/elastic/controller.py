@@ -96,6 +96,7 @@ class AutoscaleController:
         self._means = (1.0, 1.0)
         self._cv2 = (1.0, 1.0)
         self._samples: tuple[tuple[float, ...], tuple[float, ...]] = ((), ())
+        self._mix_n = 0  # completions the mix above is from (its bounds' sample size)
 
     @property
     def model(self) -> str:
@@ -129,6 +130,7 @@ class AutoscaleController:
             lengths = list(mc.recent_lengths)
             self._samples = (summarise([p for p, _ in lengths]),
                              summarise([o for _, o in lengths]))  # fmt: skip
+            self._mix_n = len(lengths)
             if len(lengths) >= 2:
                 # The means and cv^2 of the same recent requests the quantiles come from: an
                 # interval's few requests of a heavy-tailed mix move its mean prompt by tens of
@@ -155,6 +157,7 @@ class AutoscaleController:
             output_cv2=self._cv2[1],
             prompt_lengths=self._samples[0],
             output_lengths=self._samples[1],
+            mix_samples=self._mix_n,
             ready=ready,
             starting={r: max(0, n - ready.get(r, 0)) for r, n in asked.items()},
             arrival_window_s=dt,

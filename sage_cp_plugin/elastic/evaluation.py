@@ -10,7 +10,10 @@ Variants: ``autoscaler`` (`elastic/controller.py` + `autoscaler.decide`), ``stat
 and ``static_mean`` (sized by the same capacity model for the workload's peak and mean rate
 in its configured windows), ``threshold`` (KEDA/HPA on waiting requests per replica:
 ``desired = ceil(ready * waiting_per_replica / target)``, up at once, down to the maximum
-of a 300 s window, HPA's default).
+of a 300 s window, HPA's default) with ``Setup.threshold_waiting`` as its target, and
+``threshold_<target>`` (``threshold_0.5``): the same loop with that target. One target is
+one point of the baseline's trade-off between GPU-hours and attainment; a sweep of targets
+gives its whole front, which is what the autoscaler is fairly compared with.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -284,6 +287,17 @@ def ideal_gpu_hours(shape: Shape, records: Sequence[WorkloadRecord], setup: Setu
     return total * PRESETS[setup.preset].tp / 3600.0
 
 
+def threshold_target(variant: str) -> float:
+    """The KEDA target (waiting requests per replica) of a ``threshold_<target>`` variant."""
+    try:
+        target = float(variant.removeprefix("threshold_"))
+    except ValueError:
+        raise ValueError(f"{variant!r} is not threshold_<target>") from None
+    if not target > 0:  # also rejects nan
+        raise ValueError(f"{variant!r}: the target must be > 0")
+    return target
+
+
 async def _threshold_loop(s: VirtualScaler, setup: Setup) -> None:
     assert s.manager is not None
     history: list[tuple[float, int]] = []
@@ -324,6 +338,8 @@ async def run_variant(variant: str, records: list[WorkloadRecord], shape: Shape,
     if variant.startswith("static_") and variant[7:].isdigit():  # static_N: N replicas
         fixed[variant] = int(variant[7:])
     initial = fixed.get(variant, replicas_for(shape.rate(0.0), records, setup))
+    if variant.startswith("threshold_"):
+        setup = replace(setup, threshold_waiting=threshold_target(variant))
     scaler = VirtualScaler(fleet, cold_start_s)
     tasks: list[asyncio.Task[Any]] = []
     controller: list[AutoscaleController] = []
@@ -340,7 +356,7 @@ async def run_variant(variant: str, records: list[WorkloadRecord], shape: Shape,
             controller.append(c)
             tasks.append(asyncio.create_task(c.run()))
             tasks.append(asyncio.create_task(_reap_loop(scaler)))
-        elif variant == "threshold":
+        elif variant.startswith("threshold"):
             tasks.append(asyncio.create_task(_threshold_loop(scaler, setup)))
 
     config = CoordinatorConfig(policy="fifo", router="load_balanced", enable_monitoring=True)
