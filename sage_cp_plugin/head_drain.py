@@ -29,14 +29,24 @@ from __future__ import annotations
 import heapq
 import math
 from array import array
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from sage_cp_plugin.fleet_table import FleetTable
+from typing import Protocol
 
 # The floor is this share of the rate seen when it is (re)set (see the module docstring).
 FLOOR_SHARE = 0.9
 _INF = float("inf")
+
+
+class LoadColumns(Protocol):
+    """The columns of a `fleet_table.FleetTable` read here (and `base_lb_col` written),
+    one float per row. (A protocol, not the class: the table holds a `HeadDrainBounds`, and
+    naming the class here would make the two modules import each other.)"""
+
+    base_lb_col: array[float]
+    head_col: array[float]
+    queued_col: array[float]
+    head_tokens_col: array[float]
+    head_start_col: array[float]
+    peer_col: array[float]
 
 
 class HeadDrainBounds:
@@ -44,7 +54,7 @@ class HeadDrainBounds:
     row with its fully drained bound), and a heap of (until, row) to replace the bounds whose
     time has passed. Writes the bounds into the table's `base_lb` column."""
 
-    def __init__(self, table: FleetTable) -> None:
+    def __init__(self, table: LoadColumns) -> None:
         self.table = table  # its columns are read, and its `base_lb_col` written
         self.floor = 0.0  # 0: no rate seen yet, every row keeps its fully drained bound
         self.until = array("d", [_INF]) * len(table.base_lb_col)
