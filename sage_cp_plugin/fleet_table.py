@@ -235,7 +235,7 @@ class FleetTable:
         )  # fmt: skip
         peer_col, chunk_col = self.peer_col, self.chunk_col
         group_of = self._group_of
-        base_lb_col, seqs_col, head_col = self.base_lb_col, self.seqs_col, self.head_col
+        seqs_col, head_col = self.seqs_col, self.head_col
         kv_used_col, kv_cap_col = self.kv_used_col, self.kv_cap_col
         head_bounds = self.head_bounds
         for k in dirty:
@@ -270,11 +270,9 @@ class FleetTable:
             seqs_col[k] = s.decode_seqs + s.prefill_seqs + s.peer_seqs
             head_col[k] = has_head
             kv_used_col[k], kv_cap_col[k] = _kv_row(s)
-            # `candidate_times`' (ahead if ahead > 0 else 0.0) + peer with the head fully
-            # drained: its value now or lower (every operation is monotone).
-            lowest = s.prefill_tokens_queued - head_tokens
-            base_lb_col[k] = (lowest if lowest > 0.0 else 0.0) + s.peer_prefill_tokens
-            head_bounds.start(k)  # with a prefill in progress: tighter, for a time
+            # The least tokens ahead (`base_lb_col`): the head fully drained, or with a
+            # prefill in progress half drained, for a time (`head_drain`).
+            head_bounds.start(k)
             if scraped.fresh and scraped.running + scraped.waiting - scraped.ours_at_scrape > 0:
                 foreign.add(k)
             else:

@@ -61,19 +61,20 @@ class HeadDrainBounds:
         self.heap: list[tuple[float, int]] = []
 
     def start(self, k: int) -> None:
-        """Row k was reread (the table wrote its head and its fully drained bound): with a
-        prefill in progress and a floor, bound it by half the head's tokens drained."""
+        """Row k was reread: bound it by half the head's tokens drained when it has a
+        prefill in progress and a floor is set, else by the head fully drained (the bound
+        that holds at any time)."""
         table = self.table
         if not (table.head_col[k] and self.floor > 0.0):
             self.until[k] = _INF
+            _write_bound(table, k, table.head_tokens_col[k])
             return
         x = table.head_tokens_col[k] * 0.5
         start, floor = table.head_start_col[k], self.floor
         until = start + x * floor
         while until > start and (until - start) / floor > x:
             until = math.nextafter(until, -_INF)
-        lowest = table.queued_col[k] - x  # the prediction's tokens ahead with x drained
-        table.base_lb_col[k] = (lowest if lowest > 0.0 else 0.0) + table.peer_col[k]
+        _write_bound(table, k, x)
         self.until[k] = until
         heapq.heappush(self.heap, (until, k))
 
@@ -91,5 +92,12 @@ class HeadDrainBounds:
             until, k = heapq.heappop(heap)
             if until_of[k] == until:  # else reread since: a newer entry stands for the row
                 until_of[k] = _INF
-                lowest = table.queued_col[k] - table.head_tokens_col[k]  # as `refresh_load`
-                table.base_lb_col[k] = (lowest if lowest > 0.0 else 0.0) + table.peer_col[k]
+                _write_bound(table, k, table.head_tokens_col[k])
+
+
+def _write_bound(table: LoadColumns, k: int, drained: float) -> None:
+    """Row k's least tokens ahead with `drained` of its head's tokens gone: `candidate_times`'
+    (ahead if ahead > 0 else 0.0) + peer, by the same operations (each monotone, so with
+    the head fully drained it is the prediction's value now or lower)."""
+    lowest = table.queued_col[k] - drained
+    table.base_lb_col[k] = (lowest if lowest > 0.0 else 0.0) + table.peer_col[k]
