@@ -20,6 +20,7 @@ from sage_cp_plugin.metrics import MetricsCollector
 from sage_cp_plugin.pending import PendingQueue, QueuedRequest
 from sage_cp_plugin.policies.base import make_item
 from sage_cp_plugin.pools import InstancePools
+from sage_cp_plugin.rate_limits import RateLimiter, already_charged
 from sage_cp_plugin.results import ResultStore
 from sage_cp_plugin.routing.cache_view import prepare as prepare_for_cache
 from sage_cp_plugin.state import InstanceState
@@ -41,6 +42,7 @@ class Admission:
         wake: Callable[[], None],
         urgent_ttft_ms: float,
         tokenize: Callable[[QueuedRequest, Sequence[InstanceState]], None] | None = None,
+        rate_limiter: RateLimiter | None = None,
     ) -> None:
         self.queue = queue
         # Token ids for the KV-event index (`KVEventTracker.tokenize`): computed here, once
@@ -56,6 +58,7 @@ class Admission:
         # use the pools' urgent headroom (when there is any).
         self.urgent_ttft_ms = urgent_ttft_ms
         self._seq = 0
+        self.rate_limiter = rate_limiter
 
     def admit(self, request: RequestMetadata, *, streaming: bool = False) -> QueuedRequest:
         if not isinstance(request, RequestMetadata):
@@ -74,8 +77,12 @@ class Admission:
             wait = len(self.queue) / rate if rate > 0 else 1.0
             raise QueueFullError(self.queue.capacity, retry_after_s=min(60.0, max(1.0, wait)))
         now = self.clock()
+        item = make_item(request, now=now, seq=self._seq + 1)
+        if self.rate_limiter is not None and not already_charged():
+            # Counted here, once the request is known to be servable: a refused or invalid
+            # request never uses a tenant's limit.
+            self.rate_limiter.admit(request.user_id, rate_cost(item), now)
         self._seq += 1
-        item = make_item(request, now=now, seq=self._seq)
         item.future = asyncio.get_running_loop().create_future()
         if streaming:
             item.chunks = asyncio.Queue()
@@ -114,6 +121,15 @@ class Admission:
         self.wake()
         return item
 
+    def charge(self, request: RequestMetadata) -> None:
+        """Charge a request that will be admitted in parts (`rate_limits.charged_once`)
+        against the rate limits once, whole; raises as `admit` would."""
+        if self.rate_limiter is None:
+            return
+        self.check_model(request)
+        item = make_item(request, now=self.clock(), seq=0)
+        self.rate_limiter.admit(request.user_id, rate_cost(item), self.clock())
+
     def check_model(self, request: RequestMetadata) -> None:
         embedding = request.kind == RequestKind.EMBEDDING
         if self.pools.eligible((request.model_name, embedding)):
@@ -149,3 +165,11 @@ class Admission:
                 f"billing_tier {tier!r} has no price on any instance serving this request; "
                 f"tiers priced: {priced or 'none'} (or use 'standard')"
             )
+
+
+def rate_cost(item: QueuedRequest) -> int:
+    """Tokens a request counts against a tokens-per-minute limit: its prompt, plus the
+    tokens it may generate (`max_tokens`, as OpenAI counts; none for embeddings)."""
+    if item.request.kind == RequestKind.EMBEDDING:
+        return item.input_tokens
+    return item.input_tokens + item.output_tokens

@@ -40,6 +40,7 @@ from sage_cp_plugin.options import ControlPlaneOptions, build_options
 from sage_cp_plugin.pending import PendingQueue
 from sage_cp_plugin.policies.base import SchedulingPolicy
 from sage_cp_plugin.pools import InstancePools
+from sage_cp_plugin.rate_limits import RateLimiter, charged_once
 from sage_cp_plugin.recording.recorder import RequestRecorder
 from sage_cp_plugin.results import ResultStore
 from sage_cp_plugin.routing.base import Router
@@ -186,6 +187,7 @@ class ControlPlaneManager:
             wake=self._wake,
             urgent_ttft_ms=o.urgent_ttft_ms,
             tokenize=self.kv_events.tokenize,
+            rate_limiter=RateLimiter(o.rate_limits) if o.rate_limits is not None else None,
         )
         self._tasks: list[asyncio.Task[Any]] = []
         # Discovery sources and autoscaling (docs/elastic-fleet.md); None when not configured.
@@ -391,10 +393,15 @@ class ControlPlaneManager:
         fails the call (raises `UpstreamError`) rather than returning a partial answer.
         """
         parts = split_inputs(inputs, batch_size or self.embedding_batch_size)
-        ids = [
-            await self.submit_request(RequestMetadata(input=part, model_name=model_name, **fields))
-            for part in parts
-        ]
+        whole = RequestMetadata(input=inputs, model_name=model_name, **fields)
+        self.admission.charge(whole)  # one request against the rate limits, not one per part
+        with charged_once():
+            ids = [
+                await self.submit_request(
+                    RequestMetadata(input=part, model_name=model_name, **fields)
+                )
+                for part in parts
+            ]
         results = await asyncio.gather(*(self.wait(i) for i in ids))
         return assemble(list(results), model_name)
 

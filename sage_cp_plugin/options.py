@@ -15,6 +15,7 @@ from sage_cp_plugin.elastic.controller import AutoscalingSettings
 from sage_cp_plugin.elastic.discovery import DiscoveryConfig
 from sage_cp_plugin.errors import ConfigurationError
 from sage_cp_plugin.health import HealthConfig
+from sage_cp_plugin.rate_limits import RateLimitConfig
 from sage_cp_plugin.recording.config import RequestLogConfig
 from sage_cp_plugin.scrape import ScrapeConfig
 from sage_cp_plugin.tracing.config import TracingConfig
@@ -65,6 +66,9 @@ class ControlPlaneOptions(BaseModel):
     # OpenTelemetry request tracing (docs/tracing.md). None = off, unless the process
     # configured it already (`sage-cp serve --otlp-traces-endpoint`, OTEL_* variables).
     tracing: TracingConfig | None = None
+    # Requests and tokens per minute per tenant (`user`) and in total (rate_limits.py);
+    # None = no limits. Replicas sharing state through Redis share the usage.
+    rate_limits: RateLimitConfig | None = None
 
     # Elastic fleet (docs/elastic-fleet.md): discovery sources whose instances join the fleet
     # once `/v1/models` answers and drain when they vanish; how often pending ones are

@@ -27,10 +27,13 @@ BODY = {"model": "sim-model", "prompt": "hello", "max_tokens": 3}
 
 
 @contextlib.asynccontextmanager
-async def replica(fleet: SimFleet, redis_url: str, rid: str) -> AsyncIterator[tuple[str, Gateway]]:
+async def replica(
+    fleet: SimFleet, redis_url: str, rid: str, **config: Any
+) -> AsyncIterator[tuple[str, Gateway]]:
     cfg = ControlPlaneConfig(
-        instances=sim_instances(fleet.members), scheduling_policy="fifo", health=FAST_HEALTH
-    )
+        instances=sim_instances(fleet.members), scheduling_policy="fifo", health=FAST_HEALTH,
+        **config,
+    )  # fmt: skip
     manager = cfg.build_manager()
     await manager.start()
     settings = GatewaySettings(port=0, admin_key="adm", redis_url=redis_url, replica_id=rid)
@@ -214,3 +217,48 @@ def _queued(prompt: str, manager: Any) -> Any:
 
     req = RequestMetadata(request_id="probe", prompt=prompt, model_name="sim-model", max_tokens=3)
     return make_item(req, now=0.0, seq=0)
+
+
+def heard_usage(gw: Gateway, tenant: str) -> int:
+    """Requests of `tenant` this replica counts in the window: its own and its peers'."""
+    limiter = gw.manager.admission.rate_limiter
+    assert limiter is not None
+    return int(limiter.usage(tenant, gw.manager.now())[0])
+
+
+async def test_rate_limits_hold_across_replicas_and_for_a_new_one(tmp_path: Path) -> None:
+    """One tenant limit over three replicas: every replica hears the others' usage through
+    Redis and refuses once the tenant's total is reached; a replica started later refuses
+    at once (it read the usage from Redis), and another tenant is not affected."""
+    limits = {"default": {"requests_per_minute": 6}}
+    body = {**BODY, "user": "acme"}
+    with RedisServer(tmp_path) as redis:
+        async with SimFleet(gen(2, time_scale=0.01)) as fleet, contextlib.AsyncExitStack() as st:
+            reps = [
+                await st.enter_async_context(replica(fleet, redis.url, f"r{i}", rate_limits=limits))
+                for i in range(3)
+            ]
+            for _, gw in reps:
+                await wait_until(lambda gw=gw: connected(gw), "replica connected")
+            codes = []
+            async with httpx.AsyncClient(timeout=30) as c:
+                for k in range(12):
+                    url, _ = reps[k % 3]
+                    r = await c.post(f"{url}/v1/completions", json=body)
+                    codes.append(r.status_code)
+                    if r.status_code == 200:
+                        ok = codes.count(200)
+                        for _, gw in reps:  # every replica has heard it before the next one
+                            await wait_until(
+                                lambda gw=gw, ok=ok: heard_usage(gw, "acme") == ok,
+                                "usage heard by every replica",
+                            )
+                assert codes == [200] * 6 + [429] * 6, codes
+                late_url, late = await st.enter_async_context(
+                    replica(fleet, redis.url, "r-late", rate_limits=limits)
+                )
+                await wait_until(lambda: connected(late), "late replica connected")
+                assert heard_usage(late, "acme") == 6
+                assert (await c.post(f"{late_url}/v1/completions", json=body)).status_code == 429
+                other = {**BODY, "user": "other"}
+                assert (await c.post(f"{late_url}/v1/completions", json=other)).status_code == 200

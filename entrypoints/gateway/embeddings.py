@@ -25,6 +25,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from sage_cp_plugin.embedding_parts import split_inputs
+from sage_cp_plugin.rate_limits import charged_once
 from sage_cp_plugin.types import RequestMetadata, RequestResult, RequestStatus
 
 from .disconnect import ClientDisconnected, DisconnectWatcher
@@ -156,12 +157,16 @@ async def complete_split_embedding(
     ids = [part_id(req.request_id, i) for i in range(len(parts))]
     submitted: list[str] = []
     try:
-        for rid, part in zip(ids, parts, strict=True):
-            if not await gw.knows(rid):
-                await manager.submit_request(
-                    req.model_copy(update={"input": part, "request_id": rid})
-                )
-                submitted.append(rid)
+        # One request against the rate limits, whatever the number of parts (a resend that
+        # rejoins parts already running is charged again, as any resent request is).
+        manager.admission.charge(req)
+        with charged_once():
+            for rid, part in zip(ids, parts, strict=True):
+                if not await gw.knows(rid):
+                    await manager.submit_request(
+                        req.model_copy(update={"input": part, "request_id": rid})
+                    )
+                    submitted.append(rid)
     except Exception:
         for rid in submitted:  # all or nothing: a refused part refuses the request
             manager.cancel(rid, "another part of the embeddings request was refused")

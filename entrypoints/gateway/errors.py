@@ -23,6 +23,7 @@ from sage_cp_plugin.errors import (
     RequestTimeoutError,
     UpstreamError,
 )
+from sage_cp_plugin.rate_limits import RateLimitedError, RequestExceedsRateLimitError
 from sage_cp_plugin.tracing.logs import error_fields
 from sage_cp_plugin.types import RequestResult
 
@@ -135,6 +136,12 @@ def exception_to_error(exc: Exception) -> GatewayError:
         return GatewayError(
             429, str(exc), code="queue_full", headers=retry_after_header(exc.retry_after_s)
         )
+    if isinstance(exc, RateLimitedError):
+        return GatewayError(
+            429, str(exc), code="rate_limit_exceeded", headers=retry_after_header(exc.retry_after_s)
+        )
+    if isinstance(exc, RequestExceedsRateLimitError):
+        return GatewayError(400, str(exc), param="max_tokens", code="rate_limit_exceeded")
     if isinstance(exc, UpstreamError):
         return upstream_error(str(exc), exc.status_code, exc.retry_after_s)
     if isinstance(exc, RequestTimeoutError):

@@ -142,8 +142,11 @@ class LocalProcessActuator:
             while True:
                 await publish(self.snapshot())
                 await self._reap()
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a
+                # cancellation that arrives as the event is set (the loop would never stop).
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._changed.wait(), self.interval_s)
+                    async with asyncio.timeout(self.interval_s):
+                        await self._changed.wait()
                 self._changed.clear()
         finally:
             await self.aclose()
