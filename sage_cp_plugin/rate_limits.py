@@ -165,7 +165,9 @@ class RateLimiter:
         # store is unreachable each admits 1/share of every limit.
         self.share = 1
         self.on_change: Callable[[], None] = lambda: None
-        self.refused = 0
+        # Requests refused, by (scope: "tenant" / "total", limit: "requests" / "tokens" /
+        # "too_large"), for /metrics.
+        self.refused: dict[tuple[str, str], int] = {}
 
     @staticmethod
     def tenant_of(user_id: str | None) -> str:
@@ -193,14 +195,18 @@ class RateLimiter:
             if cap is None:
                 continue
             allowed = cap / self.share
+            scope = "total" if key == TOTAL else "tenant"
             if which == 2 and cost > allowed:
-                self.refused += 1
+                self._refuse(scope, "too_large")
                 raise RequestExceedsRateLimitError(key, tokens, int(allowed))
             used = sum(u.requests if which == 1 else u.tokens for u in parts)
             if used + cost > allowed:
-                self.refused += 1
+                self._refuse(scope, what)
                 wait = _retry_after(parts, which, used, cost, allowed, now)
                 raise RateLimitedError(key, what, int(allowed), wait)
+
+    def _refuse(self, scope: str, limit: str) -> None:
+        self.refused[(scope, limit)] = self.refused.get((scope, limit), 0) + 1
 
     def _usages(self, key: str, now: float) -> Iterable[Usage]:
         u = self.own.get(key)

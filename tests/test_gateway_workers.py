@@ -46,6 +46,30 @@ def start_workers(tmp_path: Path, n: int, *extra: str, time_scale: float = 0.05)
     )  # fmt: skip
 
 
+async def test_one_rate_limit_over_every_worker(tmp_path: Path) -> None:
+    """Requests are admitted by the one scheduling process: a tenant's limit is one limit,
+    whichever worker its connections land on."""
+    cfg = write_config(tmp_path / "fleet.yaml", time_scale=0.05)
+    with cfg.open("a") as f:
+        f.write("rate_limits:\n  default: {requests_per_minute: 4}\n")
+    gp = start_gateway_process("--config", str(cfg), "--workers", "2", timeout=120)
+    children = children_of(gp.proc.pid)
+    one = httpx.Limits(max_connections=1)
+    body = {**BODY, "user": "acme"}
+    try:
+        async with (
+            httpx.AsyncClient(base_url=gp.url, timeout=60, limits=one) as a,
+            httpx.AsyncClient(base_url=gp.url, timeout=60, limits=one) as b,
+        ):
+            answers = [await c.post("/v1/completions", json=body) for c in (a, b) * 4]
+            assert len({r.headers.get("x-sage-worker") for r in answers[:2]}) == 2
+            assert [r.status_code for r in answers] == [200] * 4 + [429] * 4
+            assert all(r.json()["error"]["code"] == "rate_limit_exceeded" for r in answers[4:])
+            assert all(1 <= int(r.headers["retry-after"]) <= 60 for r in answers[4:])
+    finally:
+        stop(gp, children)
+
+
 def stop(gp: GatewayProcess, children: list[int]) -> None:
     if gp.proc.poll() is None:
         gp.proc.send_signal(signal.SIGTERM)

@@ -197,6 +197,9 @@ async def test_gateway_answers_429_with_retry_after_and_an_openai_error() -> Non
             r = await c.post("/v1/completions", json=big)
             assert r.status_code == 400
             assert r.json()["error"]["param"] == "max_tokens"
+            text = (await c.get("/metrics")).text
+            assert 'sage_cp_rate_limited_total{limit="requests",scope="tenant"} 2.0' in text
+            assert 'sage_cp_rate_limited_total{limit="too_large",scope="tenant"} 1.0' in text
 
 
 async def _embeddings_split() -> None:

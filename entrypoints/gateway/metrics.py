@@ -64,6 +64,17 @@ class FleetCollector(Collector):
         yield CounterMetricFamily(
             f"{PREFIX}_failovers", "Retries sent to a different instance", m.metrics.failovers
         )
+        limiter = m.admission.rate_limiter
+        if limiter is not None:
+            refused = CounterMetricFamily(
+                f"{PREFIX}_rate_limited",
+                "Requests refused by a rate limit (scope: tenant or total; limit: requests, "
+                "tokens, or too_large for a request that can never fit)",
+                labels=["scope", "limit"],
+            )
+            for (scope, limit), n in sorted(limiter.refused.items()):
+                refused.add_metric([scope, limit], n)
+            yield refused
         yield CounterMetricFamily(
             f"{PREFIX}_cost",
             "What finished requests cost at the instances' prices (RequestResult.cost)",
