@@ -13,6 +13,7 @@ from typing import Any
 
 from sage_cp_plugin.fleetshare.store import InMemoryFleetStateStore
 from sage_cp_plugin.fleetshare.sync import FleetShare
+from sage_cp_plugin.types import ExecutionInstance
 from sage_cp_plugin.virtual.clock import run_virtual
 from tests.helpers import replica_manager
 
@@ -86,3 +87,45 @@ async def _lost_message() -> None:
 
 def test_lost_admin_message_is_repaired_from_the_record_within_a_second() -> None:
     run_virtual(_lost_message())
+
+
+async def _one_registry() -> None:
+    store = InMemoryFleetStateStore(delivery_delay_s=0.001)
+    m0, m1 = replica_manager(), replica_manager()
+    s0, s1 = FleetShare(m0, store, "r0"), FleetShare(m1, store, "r1")
+    await s0.start()
+    await s1.start()
+    await asyncio.sleep(0.1)
+    # Registered through replica 0's admin API (the gateway announces it so) ...
+    new = ExecutionInstance(instance_id="b", host="127.0.0.1", port=10, model_name="m")
+    m0.register_instance(new.model_copy())  # a copy per registry, as from a request body
+    assert await s0.announce_admin(instance=("b", new.model_dump(mode="json")))
+    await asyncio.sleep(0.05)
+    assert m1.fleet.get("b") is not None and m1.fleet.states["b"].instance == new
+    # ... a replica started later has it from the admin record ...
+    m2 = replica_manager()
+    s2 = FleetShare(m2, store, "r2")
+    await s2.start()
+    assert m2.fleet.get("b") is not None
+    # ... and removed through replica 1 (here the config's instance), gone everywhere.
+    await m1.unregister_instance("a")
+    assert await s1.announce_admin(instance=("a", None))
+    await asyncio.sleep(0.05)
+    assert sorted(m0.fleet.states) == sorted(m2.fleet.states) == ["b"]
+    # Registered again after a drain: the old drain no longer applies to it.
+    assert await s0.announce_admin(drain=("b", False))
+    await asyncio.sleep(0.05)
+    assert m1.fleet.states["b"].draining
+    await m1.unregister_instance("b")
+    assert await s1.announce_admin(instance=("b", None))
+    await asyncio.sleep(0.05)
+    m1.register_instance(new.model_copy())
+    assert await s1.announce_admin(instance=("b", new.model_dump(mode="json")))
+    await asyncio.sleep(0.05)
+    assert [m.fleet.states["b"].draining for m in (m0, m1, m2)] == [False] * 3
+    for s in (s0, s1, s2):
+        await s.stop()
+
+
+def test_instances_registered_or_removed_on_one_replica_are_so_on_all() -> None:
+    run_virtual(_one_registry())

@@ -114,6 +114,31 @@ async def test_admin_changes_and_load_reach_every_replica(tmp_path: Path) -> Non
             async with httpx.AsyncClient(base_url=reps[1][0], timeout=30) as c1:
                 answers = [await c1.post("/v1/completions", json=BODY) for _ in range(4)]
             assert {a.headers["x-sage-instance"] for a in answers} == {"sim-0"}
+            # An instance registered through replica 1's admin API is routed to by every
+            # replica; removed through replica 2's, it is gone from all three.
+            async with SimFleet(gen(1, time_scale=0.3)) as extra:
+                new = {"instance_id": "extra", "host": "127.0.0.1", "port": extra[0].port,
+                       "model_name": "sim-model"}  # fmt: skip
+                async with httpx.AsyncClient(headers=ADMIN, timeout=30) as c:
+                    r = await c.post(reps[1][0] + "/admin/instances", json=new)
+                    assert r.status_code == 201
+                    await wait_until(
+                        lambda: all(gw.manager.fleet.get("extra") is not None for gw in gws),
+                        "extra registered on every replica",
+                    )
+                    await wait_until(
+                        lambda: all(gw.manager.fleet.states["extra"].healthy for gw in gws),
+                        "extra healthy on every replica",
+                    )
+                    answers = [await c.post(reps[0][0] + "/v1/completions", json=BODY)
+                               for _ in range(3)]  # fmt: skip
+                    assert "extra" in {a.headers["x-sage-instance"] for a in answers}
+                    r = await c.delete(reps[2][0] + "/admin/instances/extra")
+                    assert r.status_code == 200
+                    await wait_until(
+                        lambda: all(gw.manager.fleet.get("extra") is None for gw in gws),
+                        "extra removed from every replica",
+                    )
             # Three gateways and their simulators share this test's one event loop: on a busy
             # machine a Redis read can pass its 0.5 s timeout and a replica reconnects (its
             # resync is tested below); what /health must say is that it is connected again.

@@ -115,6 +115,7 @@ async def add_instance(request: Request, gw: Gateway) -> Any:
     body = await read_json_object(request, gw.settings.max_body_bytes)
     inst = ExecutionInstance.model_validate(body)
     gw.manager.register_instance(inst)
+    await announce(gw, instance=(inst.instance_id, inst.model_dump(mode="json")))
     return _json(describe_instance(_instance(gw, inst.instance_id), gw), status=201)
 
 
@@ -134,6 +135,7 @@ async def remove_instance(request: Request, gw: Gateway) -> Any:
     iid = request.path_params["instance_id"]
     _instance(gw, iid)
     await gw.manager.unregister_instance(iid)
+    await announce(gw, instance=(iid, None))
     return {"instance_id": iid, "removed": True}
 
 

@@ -16,7 +16,8 @@ Loops (all on the coordinator's event loop, on its clock):
 A new replica starts from the shared state (`start` reads admin, every peer's load and the
 prefix log before the gateway takes traffic), never empty.
 
-Admin changes (policy, router, drain) are one record in the store plus a message; a replica
+Admin changes (policy, router, drain, instances registered or removed through the admin
+API) are one record in the store plus a message; a replica
 applies a record it did not write within one message delivery. Conflicts: the last writer
 wins, except after the store lost its data: then the first replica to re-seed it wins
 (`only_if_missing`), the others adopt it.
@@ -36,6 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sage_cp_plugin.manager import ControlPlaneManager
+from sage_cp_plugin.types import ExecutionInstance
 
 from .peers import PeerLoads, own_load
 from .prefix_share import SharedApproximatePrefixCache, install
@@ -111,6 +113,7 @@ class FleetShare:
         self._last_sent: dict[str, Any] | None = None
         self._last_sent_at = float("-inf")
         self._tasks: list[asyncio.Task[None]] = []
+        self._removals: set[asyncio.Task[None]] = set()
         # How often the listener re-reads the admin record (a lost message costs this much).
         self.admin_check_interval_s = min(1.0, load_ttl_s / 3)
         self._admin_checked_at = float("-inf")
@@ -325,9 +328,12 @@ class FleetShare:
         policy: tuple[str, dict[str, Any]] | None = None,
         router: tuple[str, dict[str, Any]] | None = None,
         drain: tuple[str, bool] | None = None,
+        instance: tuple[str, dict[str, Any] | None] | None = None,
     ) -> bool:
         """Record an admin change made on this replica and send it to every peer. False
-        when the store is unreachable: the change holds here and is written on reconnect."""
+        when the store is unreachable: the change holds here and is written on reconnect.
+        `instance`: (id, its `ExecutionInstance` fields) registered here, or (id, None)
+        removed here."""
         a = dict(self.admin)
         if policy is not None:
             a["policy"] = {"name": policy[0], "options": policy[1]}
@@ -335,6 +341,11 @@ class FleetShare:
             a["router"] = {"name": router[0], "options": router[1]}
         if drain is not None:
             a["drain"] = {**a.get("drain", {}), drain[0]: drain[1]}
+        if instance is not None:
+            iid, spec = instance
+            a["instances"] = {**a.get("instances", {}), iid: spec}
+            if spec is not None:  # registered (again): an old drain of that id is over
+                a["drain"] = {k: v for k, v in a.get("drain", {}).items() if k != iid}
         a["by"] = self.replica_id
         a["version"] = int(a.get("version", 0)) + 1
         self.admin = a
@@ -357,12 +368,29 @@ class FleetShare:
                 m.update_router(rou["name"], **(rou.get("options") or {}))
         except Exception as exc:  # a plugin this replica lacks: keep serving, say why
             logger.error("cannot apply shared admin change %r: %s", shared, exc)
+        self._apply_instances(shared.get("instances") or {})
         for iid, remove in (shared.get("drain") or {}).items():
             state = m.fleet.get(iid)
             if state is not None and not state.draining:
                 self.on_drain(iid, bool(remove))
         self.admin = {**shared}
         self.status.admin_applied += 1
+
+    def _apply_instances(self, instances: dict[str, Any]) -> None:
+        """One instance registry: an instance registered through any replica's admin API
+        is registered here, one removed there is removed here."""
+        m = self.manager
+        for iid, spec in instances.items():
+            present = m.fleet.get(iid) is not None
+            try:
+                if spec is not None and not present:
+                    m.register_instance(ExecutionInstance.model_validate(spec))
+                elif spec is None and present:
+                    task = asyncio.create_task(m.unregister_instance(iid), name=f"remove-{iid}")
+                    self._removals.add(task)
+                    task.add_done_callback(self._removals.discard)
+            except Exception as exc:  # keep serving on the registry we have; say why
+                logger.error("cannot apply shared instance change %r: %s", iid, exc)
 
     @staticmethod
     def _differs(shared: dict[str, Any], known: dict[str, Any], in_force: str) -> bool:
