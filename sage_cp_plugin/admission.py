@@ -20,6 +20,7 @@ from sage_cp_plugin.metrics import MetricsCollector
 from sage_cp_plugin.pending import PendingQueue, QueuedRequest
 from sage_cp_plugin.policies.base import make_item
 from sage_cp_plugin.pools import InstancePools
+from sage_cp_plugin.quotas import QuotaLedger
 from sage_cp_plugin.rate_limits import RateLimiter, already_charged
 from sage_cp_plugin.results import ResultStore
 from sage_cp_plugin.routing.cache_view import prepare as prepare_for_cache
@@ -43,6 +44,7 @@ class Admission:
         urgent_ttft_ms: float,
         tokenize: Callable[[QueuedRequest, Sequence[InstanceState]], None] | None = None,
         rate_limiter: RateLimiter | None = None,
+        quotas: QuotaLedger | None = None,
     ) -> None:
         self.queue = queue
         # Token ids for the KV-event index (`KVEventTracker.tokenize`): computed here, once
@@ -59,6 +61,7 @@ class Admission:
         self.urgent_ttft_ms = urgent_ttft_ms
         self._seq = 0
         self.rate_limiter = rate_limiter
+        self.quotas = quotas
 
     def admit(self, request: RequestMetadata, *, streaming: bool = False) -> QueuedRequest:
         if not isinstance(request, RequestMetadata):
@@ -78,10 +81,8 @@ class Admission:
             raise QueueFullError(self.queue.capacity, retry_after_s=min(60.0, max(1.0, wait)))
         now = self.clock()
         item = make_item(request, now=now, seq=self._seq + 1)
-        if self.rate_limiter is not None and not already_charged():
-            # Counted here, once the request is known to be servable: a refused or invalid
-            # request never uses a tenant's limit.
-            self.rate_limiter.admit(request.user_id, rate_cost(item), now)
+        if not already_charged():
+            self._charge(request, item, now)
         self._seq += 1
         item.future = asyncio.get_running_loop().create_future()
         if streaming:
@@ -124,11 +125,19 @@ class Admission:
     def charge(self, request: RequestMetadata) -> None:
         """Charge a request that will be admitted in parts (`rate_limits.charged_once`)
         against the rate limits once, whole; raises as `admit` would."""
-        if self.rate_limiter is None:
+        if self.rate_limiter is None and self.quotas is None:
             return
         self.check_model(request)
-        item = make_item(request, now=self.clock(), seq=0)
-        self.rate_limiter.admit(request.user_id, rate_cost(item), self.clock())
+        now = self.clock()
+        self._charge(request, make_item(request, now=now, seq=0), now)
+
+    def _charge(self, request: RequestMetadata, item: QueuedRequest, now: float) -> None:
+        """The tenant's quota, then its rate limits (which count the request). Here, once
+        the request is known to be servable: a refused or invalid request uses neither."""
+        if self.quotas is not None:
+            self.quotas.check(request.user_id)
+        if self.rate_limiter is not None:
+            self.rate_limiter.admit(request.user_id, rate_cost(item), now)
 
     def check_model(self, request: RequestMetadata) -> None:
         embedding = request.kind == RequestKind.EMBEDDING

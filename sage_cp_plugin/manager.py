@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Any
@@ -40,6 +41,7 @@ from sage_cp_plugin.options import ControlPlaneOptions, build_options
 from sage_cp_plugin.pending import PendingQueue
 from sage_cp_plugin.policies.base import SchedulingPolicy
 from sage_cp_plugin.pools import InstancePools
+from sage_cp_plugin.quotas import QuotaLedger, charge_quota
 from sage_cp_plugin.rate_limits import RateLimiter, charged_once
 from sage_cp_plugin.recording.recorder import RequestRecorder
 from sage_cp_plugin.results import ResultStore
@@ -188,7 +190,10 @@ class ControlPlaneManager:
             urgent_ttft_ms=o.urgent_ttft_ms,
             tokenize=self.kv_events.tokenize,
             rate_limiter=RateLimiter(o.rate_limits) if o.rate_limits is not None else None,
+            quotas=QuotaLedger(o.quotas, time.time) if o.quotas is not None else None,
         )
+        if self.admission.quotas is not None:
+            self.results.observers.append(charge_quota(self.admission.quotas))
         self._tasks: list[asyncio.Task[Any]] = []
         # Discovery sources and autoscaling (docs/elastic-fleet.md); None when not configured.
         self.elastic = build_elastic(self, o)

@@ -15,6 +15,7 @@ from sage_cp_plugin.elastic.controller import AutoscalingSettings
 from sage_cp_plugin.elastic.discovery import DiscoveryConfig
 from sage_cp_plugin.errors import ConfigurationError
 from sage_cp_plugin.health import HealthConfig
+from sage_cp_plugin.quotas import QuotaConfig
 from sage_cp_plugin.rate_limits import RateLimitConfig
 from sage_cp_plugin.recording.config import RequestLogConfig
 from sage_cp_plugin.scrape import ScrapeConfig
@@ -69,6 +70,8 @@ class ControlPlaneOptions(BaseModel):
     # Requests and tokens per minute per tenant (`user`) and in total (rate_limits.py);
     # None = no limits. Replicas sharing state through Redis share the usage.
     rate_limits: RateLimitConfig | None = None
+    # Tokens and cost per tenant over an hour, day or month (quotas.py); None = none.
+    quotas: QuotaConfig | None = None
 
     # Elastic fleet (docs/elastic-fleet.md): discovery sources whose instances join the fleet
     # once `/v1/models` answers and drain when they vanish; how often pending ones are

@@ -10,6 +10,7 @@ import asyncio
 import httpx
 import pytest
 
+from sage_cp_plugin import quotas
 from sage_cp_plugin.errors import QueueFullError
 from sage_cp_plugin.fleetshare.store import InMemoryFleetStateStore
 from sage_cp_plugin.fleetshare.sync import FleetShare
@@ -19,7 +20,7 @@ from sage_cp_plugin.rate_limits import (
     RateLimitedError,
     RequestExceedsRateLimitError,
 )
-from sage_cp_plugin.types import ExecutionInstance, RequestMetadata
+from sage_cp_plugin.types import ExecutionInstance, RequestMetadata, RequestResult, RequestStatus
 from sage_cp_plugin.virtual.clock import run_virtual
 from tests.test_gateway_support import gateway_over_sim
 
@@ -142,7 +143,7 @@ async def _replicas_share(delay_s: float) -> tuple[int, int, int]:
     # With the store unreachable, each replica admits only its share of the limit.
     other = "other-tenant"
     store.up = False
-    await asyncio.sleep(0.2)  # every replica notices (its next publish fails)
+    await asyncio.sleep(1.5)  # every replica notices (its next heartbeat or admin check fails)
     alone = 0
     for _ in range(20):
         try:
@@ -225,3 +226,100 @@ async def _embeddings_split() -> None:
 
 def test_an_embeddings_list_split_into_parts_counts_as_one_request() -> None:
     run_virtual(_embeddings_split())
+
+
+class WallClock:
+    def __init__(self, start: float) -> None:
+        self.t = start
+
+    def __call__(self) -> float:
+        return self.t
+
+
+async def _quota() -> None:
+    m = ControlPlaneManager(
+        scheduling_policy="fifo", quotas={"period": "day", "default": {"tokens": 100}}
+    )
+    ledger = m.admission.quotas
+    assert ledger is not None
+    wall = WallClock(1_800_000_000.0)  # 2027-01-15 08:00 UTC
+    ledger.wall_clock = wall
+    ledger.period, ledger.ends_at = quotas.period_of("day", wall())
+    m.register_instance(
+        ExecutionInstance(instance_id="a", host="127.0.0.1", port=9, model_name="m")
+    )
+    item = m.admission.admit(req("acme", max_tokens=10))
+    # Charged when it completes, with the engine's counts.
+    result = RequestResult(request_id=item.request_id, state=RequestStatus.COMPLETED,
+                           prompt_tokens=70, completion_tokens=40)  # fmt: skip
+    m.results.store(item, result)
+    assert ledger.used("acme") == (110.0, 0.0)
+    with pytest.raises(quotas.QuotaExceededError) as refused:
+        await m.submit_request(req("acme"))
+    assert refused.value.retry_after_s == pytest.approx(16 * 3600)  # until midnight UTC
+    await m.submit_request(req("other"))  # each tenant its own quota
+    wall.t += 16 * 3600  # the next day
+    await m.submit_request(req("acme"))
+
+
+def test_a_tenant_over_its_quota_is_refused_until_the_period_renews() -> None:
+    run_virtual(_quota())
+
+
+async def _quota_shared() -> tuple[bool, bool, bool]:
+    store = InMemoryFleetStateStore(delivery_delay_s=0.0005)
+    config = {"period": "month", "default": {"cost": 1.0}}
+
+    def replica() -> ControlPlaneManager:
+        m = ControlPlaneManager(scheduling_policy="fifo", quotas=config)
+        m.register_instance(
+            ExecutionInstance(instance_id="a", host="127.0.0.1", port=9, model_name="m")
+        )
+        return m
+
+    m0, m1 = replica(), replica()
+    s0, s1 = FleetShare(m0, store, "r0"), FleetShare(m1, store, "r1")
+    await s0.start()
+    await s1.start()
+    item = m0.admission.admit(req("acme"))
+    m0.results.store(item, RequestResult(request_id=item.request_id, cost=1.5,
+                                         state=RequestStatus.COMPLETED, prompt_tokens=3))  # fmt: skip
+    await asyncio.sleep(0.1)
+
+    async def refuses(m: ControlPlaneManager) -> bool:
+        try:
+            await m.submit_request(req("acme"))
+        except quotas.QuotaExceededError:
+            return True
+        return False
+
+    peer = await refuses(m1)  # heard replica 0's spend
+    # Every replica restarted (new ids): the spend is still in the store for the month.
+    await s0.stop()
+    await s1.stop()
+    m2 = replica()
+    s2 = FleetShare(m2, store, "r2")
+    await s2.start()
+    restarted = await refuses(m2)
+    other_ok = not await refuses(replica())  # the control: a replica sharing nothing
+    await s2.stop()
+    return peer, restarted, other_ok
+
+
+def test_quota_usage_is_shared_by_replicas_and_outlives_them_for_the_period() -> None:
+    assert run_virtual(_quota_shared()) == (True, True, True)
+
+
+async def test_gateway_answers_insufficient_quota_once_a_tenant_used_its_quota() -> None:
+    async with gateway_over_sim(quotas={"period": "hour", "default": {"tokens": 30}}) as h:
+        async with httpx.AsyncClient(base_url=h.url, timeout=30) as c:
+            body = {"model": "sim-model", "prompt": "hi there", "max_tokens": 20, "user": "acme"}
+            first = await c.post("/v1/completions", json=body)
+            assert first.status_code == 200
+            used = first.json()["usage"]
+            assert used["prompt_tokens"] + used["completion_tokens"] < 30
+            assert (await c.post("/v1/completions", json=body)).status_code == 200
+            r = await c.post("/v1/completions", json=body)  # the two used more than 30
+            assert r.status_code == 429
+            assert r.json()["error"]["code"] == "insufficient_quota"
+            assert 1 <= int(r.headers["retry-after"]) <= 3600

@@ -23,6 +23,7 @@ from sage_cp_plugin.errors import (
     RequestTimeoutError,
     UpstreamError,
 )
+from sage_cp_plugin.quotas import QuotaExceededError
 from sage_cp_plugin.rate_limits import RateLimitedError, RequestExceedsRateLimitError
 from sage_cp_plugin.tracing.logs import error_fields
 from sage_cp_plugin.types import RequestResult
@@ -139,6 +140,10 @@ def exception_to_error(exc: Exception) -> GatewayError:
     if isinstance(exc, RateLimitedError):
         return GatewayError(
             429, str(exc), code="rate_limit_exceeded", headers=retry_after_header(exc.retry_after_s)
+        )
+    if isinstance(exc, QuotaExceededError):
+        return GatewayError(
+            429, str(exc), code="insufficient_quota", headers=retry_after_header(exc.retry_after_s)
         )
     if isinstance(exc, RequestExceedsRateLimitError):
         return GatewayError(400, str(exc), param="max_tokens", code="rate_limit_exceeded")

@@ -6,6 +6,8 @@ Keys (all under one namespace, default `sagecp`):
 - `{ns}:admin` a string (JSON): policy, router, drained instances; `SET NX` when a replica
   seeds it after Redis came back empty (first binding wins, as Dynamo's session affinity);
 - `{ns}:prefix` a capped stream (XADD MAXLEN ~) of dispatch batches, replayed by a new replica;
+- `{ns}:quota:{period}:{replica}` a string (JSON): the replica's quota usage per tenant in
+  that period, expiring when the period ends (plus a day), so a replica started later counts it;
 - `{ns}:claim:{request_id}` `SET NX PX`: which replica runs a request id;
 - channel `{ns}:events`: every message (load, admin, prefix) to every replica.
 
@@ -90,6 +92,20 @@ class RedisFleetStateStore:
     async def read_prefix(self) -> list[dict[str, Any]]:
         entries = await self._do(self.redis.xrange(self._k("prefix")))
         return [json.loads(fields["b"]) for _, fields in entries]
+
+    async def put_quota(
+        self, replica: str, period: str, totals: dict[str, Any], ttl_s: float
+    ) -> None:
+        px = max(1, int(ttl_s * 1000))
+        await self._do(self.redis.set(self._k("quota", period, replica), json.dumps(totals), px=px))
+
+    async def get_quotas(self, period: str) -> dict[str, dict[str, Any]]:
+        prefix = self._k("quota", period, "")
+        keys = await self._do(self._scan(prefix + "*"))
+        if not keys:
+            return {}
+        values = await self._do(self.redis.mget(keys))
+        return {k[len(prefix) :]: json.loads(v) for k, v in zip(keys, values, strict=True) if v}
 
     async def claim(self, request_id: str, replica: str, ttl_s: float) -> str:
         key = self._k("claim", request_id)

@@ -7,6 +7,7 @@ Replicas share four things (docs/scale-out.md, "Many hosts"):
   replica when it changes;
 - where prompts went, for the approximate prefix view of instances without KV events: a
   capped log a new replica replays, plus a message per batch;
+- each replica's quota usage of the current period (kept until the period ends);
 - request-id claims, so a request resent to another replica (batch shards, retrying
   clients) is not run twice while its first run is alive.
 
@@ -54,6 +55,12 @@ class FleetStateStore(Protocol):
 
     async def read_prefix(self) -> list[dict[str, Any]]: ...
 
+    async def put_quota(
+        self, replica: str, period: str, totals: dict[str, Any], ttl_s: float
+    ) -> None: ...
+
+    async def get_quotas(self, period: str) -> dict[str, dict[str, Any]]: ...
+
     async def claim(self, request_id: str, replica: str, ttl_s: float) -> str: ...
 
     async def release_claim(self, request_id: str, replica: str) -> None: ...
@@ -75,6 +82,7 @@ class InMemoryFleetStateStore:
         self.admin: dict[str, Any] | None = None
         self.prefix_log: deque[dict[str, Any]] = deque()
         self.claims: dict[str, tuple[float, str]] = {}
+        self.quotas: dict[tuple[str, str], tuple[float, dict[str, Any]]] = {}
         self._subscribers: list[asyncio.Queue[dict[str, Any]]] = []
         self.up = True
 
@@ -118,6 +126,17 @@ class InMemoryFleetStateStore:
     async def read_prefix(self) -> list[dict[str, Any]]:
         self._check()
         return list(self.prefix_log)
+
+    async def put_quota(
+        self, replica: str, period: str, totals: dict[str, Any], ttl_s: float
+    ) -> None:
+        self._check()
+        self.quotas[(period, replica)] = (self._now() + ttl_s, totals)
+
+    async def get_quotas(self, period: str) -> dict[str, dict[str, Any]]:
+        self._check()
+        now = self._now()
+        return {r: t for (p, r), (until, t) in self.quotas.items() if p == period and until > now}
 
     async def claim(self, request_id: str, replica: str, ttl_s: float) -> str:
         self._check()

@@ -30,7 +30,6 @@ import contextlib
 import logging
 import os
 import socket
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,11 +41,9 @@ from sage_cp_plugin.types import ExecutionInstance
 from .peers import PeerLoads, own_load
 from .prefix_share import SharedApproximatePrefixCache, install
 from .store import SUBSCRIBED, FleetStateStore, StoreUnavailable
+from .tenant_usage import TenantUsageShare
 
 logger = logging.getLogger(__name__)
-
-# The field of a load record that holds the replica's rate-limit usage (not an instance id).
-USAGE_FIELD = "~usage"
 
 DrainHook = Callable[[str, bool], None]
 
@@ -93,11 +90,8 @@ class FleetShare:
         self.prefix: SharedApproximatePrefixCache = install(manager.cache_view)
         self._dirty = asyncio.Event()
         self.prefix.on_change = self._dirty.set
-        # Rate-limit usage (rate_limits.py): sent as it changes, in the load record for a
-        # new replica; None when no limits are configured.
-        self.limiter = manager.admission.rate_limiter
-        if self.limiter is not None:
-            self.limiter.on_change = self._dirty.set
+        # Tenants' rate-limit and quota usage (tenant_usage.py).
+        self.tenants = TenantUsageShare(manager.admission, self.replica_id, self._dirty.set)
         self.status = ShareStatus()
         # Admin state as this replica knows it; `_admin_dirty`: a local change the store
         # has not taken yet (it was down), written on reconnect instead of read.
@@ -156,10 +150,9 @@ class FleetShare:
         if self.status.connected:
             self.status.disconnects += 1
             logger.warning("shared state unreachable, serving on own view: %s", exc)
-            if self.limiter is not None:
-                # Peers cannot hear this replica's usage any more, nor it theirs: admit only
-                # this replica's share of each limit until the store answers again.
-                self.limiter.share = 1 + len(self.peers.by_replica)
+            # Peers cannot hear this replica's usage any more, nor it theirs: admit only
+            # this replica's share of each limit until the store answers again.
+            self.tenants.lost(len(self.peers.by_replica))
         self.status.connected = False
         self.status.last_error = str(exc)
 
@@ -179,9 +172,10 @@ class FleetShare:
                     shared = await self.store.get_admin()
             if shared is not None:
                 self._apply_admin(shared)
-            for replica, load in (await self.store.get_loads()).items():
+            loads = await self.store.get_loads()
+            for replica, load in loads.items():
                 self.peers.update(replica, load, now)
-                self._learn_usage(replica, load.get(USAGE_FIELD), now)
+            await self.tenants.resync(self.store, loads, now)
             self.peers.apply(self.manager.fleet)
             if first:
                 for batch in await self.store.read_prefix():
@@ -199,17 +193,8 @@ class FleetShare:
                 logger.info("shared state reachable again: resynchronised")
         self.status.connected = True
         self.status.last_error = None
-        if self.limiter is not None:
-            self.limiter.share = 1
+        self.tenants.reconnected()
         return True
-
-    def _learn_usage(self, replica: str, record: Any, now: float) -> None:
-        """A peer's usage from its load record (written `wall` seconds since the epoch)."""
-        if self.limiter is None or replica == self.replica_id or not isinstance(record, dict):
-            return
-        wall = record.get("wall")
-        age = max(0.0, time.time() - wall) if isinstance(wall, int | float) else 0.0
-        self.limiter.learn(replica, record, now, age_s=age)
 
     # -- publishing ----------------------------------------------------------------------------
     async def _send_load(self, force: bool = False) -> None:
@@ -219,10 +204,6 @@ class FleetShare:
         send_load = force or heartbeat_due or load != self._last_sent
         entries = self.prefix.take_outbox()
         batch = {"kind": "prefix", "replica": self.replica_id, "entries": entries}
-        usage = None
-        if self.limiter is not None:
-            changed = self.limiter.take_changed()
-            usage = self.limiter.export(now, changed) if changed else None
         # Messages first, then the records a new replica reads: peers deciding meanwhile
         # act on what they heard, and every round trip before the message is time in which
         # they place requests without this replica's newest bookings (docs/scale-out.md).
@@ -232,14 +213,9 @@ class FleetShare:
         if entries:
             await self.store.publish(batch)
             self.status.messages_out += 1
-        if usage is not None:
-            await self.store.publish({"kind": "usage", "replica": self.replica_id, **usage})
-            self.status.messages_out += 1
-        if send_load or usage is not None:
-            record: dict[str, Any] = load
-            full = self.limiter.export(now) if self.limiter is not None else None
-            if full is not None:
-                record = {**load, USAGE_FIELD: {**full, "wall": time.time()}}
+        self.status.messages_out += await self.tenants.send(self.store, now)
+        if send_load:
+            record = self.tenants.record(load, now)
             await self.store.put_load(self.replica_id, record, self.load_ttl_s)
             self._last_sent, self._last_sent_at = load, now
         if entries:
@@ -316,10 +292,10 @@ class FleetShare:
             self.peers.apply(self.manager.fleet)
         elif kind == "prefix":
             self.prefix.learn(msg.get("entries") or [])
-        elif kind == "usage" and isinstance(sender, str) and self.limiter is not None:
-            self.limiter.learn(sender, msg, self.manager.now())
         elif kind == "admin" and isinstance(msg.get("admin"), dict):
             self._apply_admin(msg["admin"])
+        elif isinstance(sender, str):  # a tenant's rate-limit or quota usage
+            self.tenants.on_message(kind, sender, msg, self.manager.now())
 
     # -- admin -------------------------------------------------------------------------------------
     async def announce_admin(
