@@ -287,3 +287,38 @@ async def test_rate_limits_hold_across_replicas_and_for_a_new_one(tmp_path: Path
                 assert (await c.post(f"{late_url}/v1/completions", json=body)).status_code == 429
                 other = {**BODY, "user": "other"}
                 assert (await c.post(f"{late_url}/v1/completions", json=other)).status_code == 200
+
+
+async def test_quota_usage_reaches_every_replica_and_a_later_one(tmp_path: Path) -> None:
+    """A tenant's quota spent through one replica is spent for all, through Redis; a replica
+    started afterwards reads it from Redis (kept there for the period)."""
+    quotas = {"period": "day", "default": {"tokens": 4}}  # one request uses more (3 answered)
+    body = {**BODY, "user": "acme"}
+    with RedisServer(tmp_path) as redis:
+        async with SimFleet(gen(2, time_scale=0.01)) as fleet, contextlib.AsyncExitStack() as st:
+            reps = [
+                await st.enter_async_context(replica(fleet, redis.url, f"r{i}", quotas=quotas))
+                for i in range(2)
+            ]
+            for _, gw in reps:
+                await wait_until(lambda gw=gw: connected(gw), "replica connected")
+            async with httpx.AsyncClient(timeout=30) as c:
+                assert (await c.post(f"{reps[0][0]}/v1/completions", json=body)).status_code == 200
+
+                def spent(gw: Gateway) -> float:
+                    ledger = gw.manager.admission.quotas
+                    assert ledger is not None
+                    return ledger.used("acme")[0]
+
+                assert spent(reps[0][1]) >= 4
+                await wait_until(
+                    lambda: spent(reps[1][1]) == spent(reps[0][1]), "replica 1 heard the spend"
+                )
+                r = await c.post(f"{reps[1][0]}/v1/completions", json=body)
+                assert r.status_code == 429 and r.json()["error"]["code"] == "insufficient_quota"
+                late_url, late = await st.enter_async_context(
+                    replica(fleet, redis.url, "r-late", quotas=quotas)
+                )
+                await wait_until(lambda: connected(late), "late replica connected")
+                r = await c.post(f"{late_url}/v1/completions", json=body)
+                assert r.status_code == 429
