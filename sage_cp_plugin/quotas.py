@@ -93,7 +93,9 @@ class QuotaLedger:
         self.period, self.ends_at = period_of(config.period, wall_clock())
         self.own: dict[str, list[float]] = {}  # tenant -> [tokens, cost]
         self.peers: dict[str, dict[str, list[float]]] = {}  # replica -> tenant -> [...]
-        self.changed = False
+        # Tenants whose totals changed since the last message (a message carries only
+        # those: with many tenants a message of all of them would grow without bound).
+        self.changed: set[str] = set()
         self.on_change: Callable[[], None] = lambda: None
         self.refused = 0
 
@@ -135,29 +137,31 @@ class QuotaLedger:
         u = self.own.setdefault(tenant, [0.0, 0.0])
         u[0] += tokens
         u[1] += cost or 0.0
-        self.changed = True
+        self.changed.add(tenant)
         self.on_change()
 
     # -- sharing (fleetshare) ---------------------------------------------------------------
-    def export(self) -> dict[str, Any]:
+    def export(self, tenants: set[str] | None = None) -> dict[str, Any]:
+        """This replica's totals of the period, of `tenants` (default: all)."""
         self._roll()
-        return {"period": self.period, "ends_at": self.ends_at, "totals": self.own}
+        own = self.own if tenants is None else {t: self.own[t] for t in tenants if t in self.own}
+        return {"period": self.period, "ends_at": self.ends_at, "totals": own}
 
     def learn(self, replica: str, payload: Any) -> None:
-        """A peer's totals (`export`'s payload); ignored when of another period."""
+        """A peer's totals (`export`'s payload: all of its tenants, or those that changed);
+        ignored when of another period."""
         self._roll()
         if not isinstance(payload, dict) or payload.get("period") != self.period:
             return
         totals = payload.get("totals")
         if not isinstance(totals, dict):
             return
-        mine: dict[str, list[float]] = {}
+        mine = self.peers.setdefault(replica, {})
         for tenant, v in totals.items():
             try:
                 mine[str(tenant)] = [float(v[0]), float(v[1])]
             except (TypeError, ValueError, IndexError):
                 continue
-        self.peers[replica] = mine
 
 
 def charge_quota(ledger: QuotaLedger) -> Callable[[QueuedRequest, RequestResult], None]:

@@ -38,6 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sage_cp_plugin.errors import AdmissionError, RequestRejectedError
 
 WINDOW_S = 60
+SWEEP_EVERY = 1024  # admissions between two sweeps of tenants gone quiet
 # Set while the parts of one request are admitted (an embeddings list split across
 # instances): the request was charged once, whole, before them (`charged_once`).
 _CHARGED: ContextVar[bool] = ContextVar("sage_cp_rate_limit_charged", default=False)
@@ -168,6 +169,7 @@ class RateLimiter:
         # Requests refused, by (scope: "tenant" / "total", limit: "requests" / "tokens" /
         # "too_large"), for /metrics.
         self.refused: dict[tuple[str, str], int] = {}
+        self._admitted = 0
 
     @staticmethod
     def tenant_of(user_id: str | None) -> str:
@@ -184,7 +186,21 @@ class RateLimiter:
             if limit is not None:
                 self.own.setdefault(key, Usage()).add(bucket, 1.0, float(tokens))
                 self._changed.add(key)
+        self._admitted += 1
+        if self._admitted % SWEEP_EVERY == 0:
+            self.sweep(now)
         self.on_change()
+
+    def sweep(self, now: float) -> None:
+        """Forget tenants with nothing left in the window (a client inventing a new `user`
+        per request must not grow this without bound: at most the tenants of one window)."""
+        for by_key in (self.own, *self.peers.values()):
+            for u in by_key.values():
+                u.expire(now)
+            for key in [k for k, u in by_key.items() if not u.buckets]:
+                del by_key[key]
+        for replica in [r for r, by_key in self.peers.items() if not by_key]:
+            del self.peers[replica]
 
     def _check(self, key: str, limit: RateLimit, tokens: int, now: float) -> None:
         parts = list(self._usages(key, now))

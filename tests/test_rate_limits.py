@@ -323,3 +323,18 @@ async def test_gateway_answers_insufficient_quota_once_a_tenant_used_its_quota()
             assert r.status_code == 429
             assert r.json()["error"]["code"] == "insufficient_quota"
             assert 1 <= int(r.headers["retry-after"]) <= 3600
+
+
+async def _many_users() -> int:
+    m = limited_manager(default={"requests_per_minute": 5})
+    limiter = m.admission.rate_limiter
+    assert limiter is not None
+    for k in range(3000):  # a client inventing a new user per request, 10 per second
+        await m.submit_request(req(f"user-{k}"))
+        await asyncio.sleep(0.1)
+    return len(limiter.own)
+
+
+def test_tenants_gone_quiet_are_forgotten() -> None:
+    # At most the users of the last minute plus one sweep interval, not all 3,000.
+    assert run_virtual(_many_users()) <= 600 + 1024

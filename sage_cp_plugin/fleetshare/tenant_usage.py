@@ -80,17 +80,18 @@ class TenantUsageShare:
                 sent += 1
         q = self.quotas
         if q is not None and q.changed:
-            q.changed = False
-            totals = q.export()
+            quota_changed, q.changed = q.changed, set()
+            message = q.export(quota_changed)
+            record = q.export()
             # Kept a day past the period's end: a replica whose clock is a little behind
             # still finds it.
-            ttl = totals["ends_at"] - time.time() + 86_400
+            ttl = record["ends_at"] - time.time() + 86_400
             try:
-                await store.publish({"kind": "quota", "replica": self.replica_id, **totals})
+                await store.publish({"kind": "quota", "replica": self.replica_id, **message})
                 sent += 1
-                await store.put_quota(self.replica_id, totals["period"], totals, ttl)
+                await store.put_quota(self.replica_id, record["period"], record, ttl)
             except StoreUnavailable:
-                q.changed = True  # sent again once the store answers
+                q.changed |= quota_changed  # sent again once the store answers
                 raise
         return sent
 
