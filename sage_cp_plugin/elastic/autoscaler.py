@@ -16,7 +16,8 @@ What it does, and from whom the idea comes:
   ``tpot.mean_tpot``, as the observation is), smoothed and bounded, scales the work per
   request; the same ratio for mean TTFT tightens the TTFT target (target / ratio, as Dynamo
   corrects its ITL target), so a model that is off by 30 % stops mattering after a few
-  intervals. The TPOT *tail* gets its own correction (``tail_ratio.py``): the misses the
+  intervals. Each ratio moves only as far as its observed mean's standard error shows
+  (``correction.py``): one slow request in an interval does not move the model. The TPOT *tail* gets its own correction (``tail_ratio.py``): the misses the
   fleet really had over ``scale_down_window_s`` against those the model expected for the
   same requests at the fleet and rate they ran at, moved from 1 only as far as the Poisson
   bounds of the observed count show (the model's independent-Poisson replica loads and
@@ -270,7 +271,7 @@ def decide(cfg: AutoscalerConfig, m: StepModel, s: LoadSample,
         mix = Lengths(isl, osl, s.prompt_cv2, s.output_cv2)
         predicted = predicted_mean_ttft_s(cfg, m, s.arrival_rate, ready, mix)
         bounds = {"z": z_of(cfg.confidence), "smoothing": cfg.correction_smoothing,
-                  "floor": cfg.correction_min, "ceiling": cfg.correction_max}
+                  "floor": cfg.correction_min, "ceiling": cfg.correction_max}  # fmt: skip
         ttft_c = corrected(ttft_c, s.observed_ttft_s, predicted, se=s.observed_ttft_se_s,
                            **bounds)  # fmt: skip
         # Like with like: the observed mean is over requests, whose TPOT short answers after
