@@ -16,7 +16,8 @@ What it does, and from whom the idea comes:
   ``tpot.mean_tpot``, as the observation is), smoothed and bounded, scales the work per
   request; the same ratio for mean TTFT tightens the TTFT target (target / ratio, as Dynamo
   corrects its ITL target), so a model that is off by 30 % stops mattering after a few
-  intervals. The TPOT *tail* gets its own correction (``tail_ratio.py``): the misses the
+  intervals. Each ratio moves only as far as its observed mean's standard error shows
+  (``correction.py``): one slow request in an interval does not move the model. The TPOT *tail* gets its own correction (``tail_ratio.py``): the misses the
   fleet really had over ``scale_down_window_s`` against those the model expected for the
   same requests at the fleet and rate they ran at, moved from 1 only as far as the Poisson
   bounds of the observed count show (the model's independent-Poisson replica loads and
@@ -61,6 +62,7 @@ from sage_cp_plugin.elastic.capacity import (
     general_replicas,
     prefill_replicas,
 )
+from sage_cp_plugin.elastic.correction import corrected
 from sage_cp_plugin.elastic.mix import prompt_factors
 from sage_cp_plugin.elastic.sizing import general_miss, samples, slo_replicas
 from sage_cp_plugin.elastic.tail_ratio import TailCell, tail_ratio
@@ -124,6 +126,10 @@ class LoadSample:
     completed: int = 0  # requests that finished in the interval
     observed_ttft_s: float | None = None  # mean over those
     observed_tpot_s: float | None = None
+    # Standard errors of those means (their requests' standard deviation / sqrt(count));
+    # None: the means are taken as exact (correction.py).
+    observed_ttft_se_s: float | None = None
+    observed_tpot_se_s: float | None = None
     # Squared coefficients of variation of the prompt/output lengths (queueing tails).
     prompt_cv2: float = 1.0
     output_cv2: float = 1.0
@@ -175,16 +181,6 @@ class Decision:
     @property
     def changed(self) -> bool:
         return any(self.desired[r] != self.current.get(r, 0) for r in self.desired)
-
-
-def _corrected(
-    old: float, observed: float | None, predicted: float, cfg: AutoscalerConfig
-) -> float:
-    if observed is None or not math.isfinite(predicted) or predicted <= 0:
-        return old
-    ratio = min(max(observed / predicted, cfg.correction_min), cfg.correction_max)
-    a = cfg.correction_smoothing
-    return (1 - a) * old + a * ratio
 
 
 def raw_replicas(cfg: AutoscalerConfig, m: StepModel, rate: float, isl: float, osl: float,
@@ -274,12 +270,16 @@ def decide(cfg: AutoscalerConfig, m: StepModel, s: LoadSample,
         per = s.arrival_rate / max(ready.get("general", 0) or ready.get("decode", 0) or serving, 1)
         mix = Lengths(isl, osl, s.prompt_cv2, s.output_cv2)
         predicted = predicted_mean_ttft_s(cfg, m, s.arrival_rate, ready, mix)
-        ttft_c = _corrected(ttft_c, s.observed_ttft_s, predicted, cfg)
+        bounds = {"z": z_of(cfg.confidence), "smoothing": cfg.correction_smoothing,
+                  "floor": cfg.correction_min, "ceiling": cfg.correction_max}  # fmt: skip
+        ttft_c = corrected(ttft_c, s.observed_ttft_s, predicted, se=s.observed_ttft_se_s,
+                           **bounds)  # fmt: skip
         # Like with like: the observed mean is over requests, whose TPOT short answers after
         # long prompts raise well above the step-time mean (tpot.mean_tpot).
         prompts, outputs = samples(replace(mix, prompts=s.prompt_lengths,
                                            outputs=s.output_lengths))  # fmt: skip
-        tpot_c = _corrected(tpot_c, s.observed_tpot_s, mean_tpot(m, per, outputs, prompts), cfg)
+        tpot_c = corrected(tpot_c, s.observed_tpot_s, mean_tpot(m, per, outputs, prompts),
+                           se=s.observed_tpot_se_s, **bounds)  # fmt: skip
         if cfg.mode == "general" and ready.get("general", 0) > 0 and s.tpot_misses is not None:
             # The misses the (corrected) model expected for these requests at this fleet.
             expected = general_miss(m, s.arrival_rate, ready["general"],

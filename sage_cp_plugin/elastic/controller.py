@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import math
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -55,6 +56,16 @@ def _tail_mean(values: deque[float], n: int) -> float | None:
     if n <= 0:
         return None
     return sum(itertools.islice(reversed(values), n)) / n / 1e3  # ms -> s
+
+
+def _tail_se(values: deque[float], n: int) -> float | None:
+    """Standard error of ``_tail_mean`` (sample standard deviation / sqrt(count), s); None
+    until two values make a spread measurable (the mean is then taken as exact)."""
+    n = min(n, len(values))
+    if n < 2:
+        return None
+    tail = np.fromiter(itertools.islice(reversed(values), n), dtype=float, count=n)
+    return float(tail.std(ddof=1)) / math.sqrt(n) / 1e3  # ms -> s
 
 
 def _over(values: deque[float], n: int, limit: float) -> int:
@@ -152,6 +163,8 @@ class AutoscaleController:
             completed=done,
             observed_ttft_s=_tail_mean(mc.ttft, done),
             observed_tpot_s=_tail_mean(mc.tpot, done),
+            observed_ttft_se_s=_tail_se(mc.ttft, done),
+            observed_tpot_se_s=_tail_se(mc.tpot, done),
             tpot_misses=_over(mc.tpot, done, self.settings.scaler.tpot_target_s * 1e3),
             prompt_cv2=self._cv2[0],
             output_cv2=self._cv2[1],
