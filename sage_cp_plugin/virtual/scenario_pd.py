@@ -99,17 +99,26 @@ def build(seed: int, smoke: bool) -> list[Variant]:
     for trace in traces:
         capacity = measured_capacity_rps(trace, seed, n, slots)
         for load in loads:
-            w = _workload(seed, n, load * capacity, trace)
-            group = f"{TRACE_LABEL[trace]} {load:.0%}"
-            out.append(Variant("general", _general(), _members(GENERAL, seed, slots), w, group))
-            predicted = PDSeparationConfig(
-                routing_policy="none", disaggregated=True, disaggregation_trigger="predicted"
-            )
-            cfg = CoordinatorConfig(
-                router="load_balanced", enable_pd_separation=True, pd_config=predicted, extra=LIMIT
-            )
-            out.append(Variant("pd_predicted", cfg, _members(PD_POOLS, seed, slots), w, group))
+            out += cell_variants(trace, load, seed, capacity, n, slots)
     return out
+
+
+def cell_variants(
+    trace: str, load: float, seed: int, capacity: float, n: int = REQUESTS, slots: int = SLOTS
+) -> list[Variant]:
+    """The two variants of one cell (trace x load x seed), on the same workload."""
+    w = _workload(seed, n, load * capacity, trace)
+    group = f"{TRACE_LABEL[trace]} {load:.0%}"
+    predicted = PDSeparationConfig(
+        routing_policy="none", disaggregated=True, disaggregation_trigger="predicted"
+    )
+    cfg = CoordinatorConfig(
+        router="load_balanced", enable_pd_separation=True, pd_config=predicted, extra=LIMIT
+    )
+    return [
+        Variant("general", _general(), _members(GENERAL, seed, slots), w, group),
+        Variant("pd_predicted", cfg, _members(PD_POOLS, seed, slots), w, group),
+    ]
 
 
 def goals(result: dict[str, Any]) -> list[dict[str, Any]]:
