@@ -13,7 +13,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from sage_cp_plugin import load_model
+from sage_cp_plugin import load_model, whole_placement
 from sage_cp_plugin.attempts import Attempts
 from sage_cp_plugin.health import HealthMonitor
 from sage_cp_plugin.pending import PendingQueue, QueuedRequest
@@ -27,13 +27,6 @@ from sage_cp_plugin.planning import (
 )
 from sage_cp_plugin.pools import InstancePools
 from sage_cp_plugin.results import ResultStore
-from sage_cp_plugin.split_decision import (
-    DivertView,
-    diverts,
-    hurts_decodes,
-    lateness,
-    whole_targets,
-)
 from sage_cp_plugin.state import InstanceState
 from sage_cp_plugin.strategies import Strategies
 from sage_cp_plugin.tracing import spans as tracing
@@ -264,88 +257,10 @@ class Dispatcher:
     def whole_candidates(
         self, item: QueuedRequest, free: list[InstanceState], routable: list[InstanceState]
     ) -> list[InstanceState]:
-        """With the `predicted` trigger, where a request running whole may go
-        (`split_decision.whole_targets`): among the instances with room, those where the load
-        model predicts it meets its objectives (TTFT, and TPOT at `load_model.shared_step_s`:
-        the step it would decode at beside the prefill queued there); none, so that it waits,
-        when only an instance held back by its prefill queue (`pools.opens_as_prefill_drains`)
-        would; and among them, not the decode instances whose decodes its prefill would cost
-        a step (`split_decision.hurts_decodes`) while another instance takes it at no more
-        extra waiting than its prefill would stall those decodes, summed
-        (`split_decision.diverts`). Empty only to wait; with no instance meeting its
-        objectives, any with room (never worse than a general pool)."""
-        dis = self.strategies.disaggregator
-        if not dis.predicted:
-            return free
-        decoding = ExecutionInstanceType.DECODING
-        req, now, tokens = item.request, self.fleet.now, item.input_tokens
-        slo_t, slo_p = req.ttft_slo_ms, req.tpot_slo_ms
-        ttft_left = None if slo_t is None else slo_t / 1000 - (now - item.arrival)
-        tpot_slo = None if slo_p is None else slo_p / 1000
-        have = {s.instance_id for s in free}
-        held = [
-            s
-            for s in routable
-            if s.instance_id not in have and self.pools.opens_as_prefill_drains(s, item)
-        ]
-        held_ids = {s.instance_id for s in held}
-        limits = self.pools.limits
-        # Per instance: the prompt tokens it would prefill there (the decode side knows what
-        # it was sent; elsewhere the whole prompt), its predicted TTFT and TPOT there. An
-        # instance held by its prefill gate takes the request once its queue is down to the
-        # gate's tolerated wait, so the prefill its decode steps share is at most that.
-        predicted: dict[str, tuple[int, float, float]] = {}
-
-        def predict(s: InstanceState) -> tuple[int, float, float]:
-            p = predicted.get(s.instance_id)
-            if p is None:
-                is_dec = s.instance.instance_type is decoding
-                u = dis.uncached_tokens(item, s) if is_dec else tokens
-                tpot = load_model.shared_step_s(s, now)
-                if limits is not None and s.instance_id in held_ids:
-                    tpot = min(tpot, load_model.decode_step_s(s) + limits.tolerated_wait_s(s))
-                p = (u, load_model.predicted_ttft_s(s, u, now), tpot)
-                predicted[s.instance_id] = p
-            return p
-
-        def late(s: InstanceState) -> float:
-            _, ttft, tpot = predict(s)
-            return lateness(ttft, tpot, ttft_left, tpot_slo)
-
-        ok = [s for s in free if late(s) <= 1.0] or free
-        # The decode instance it would start soonest on: its TTFT there, and its prefill's
-        # stall on the sequences decoding there.
-        decode_ttft, decode_stall = min(
-            (
-                (predict(s)[1], load_model.cost_to_running_s(s, predict(s)[0], now))
-                for s in ok
-                if s.instance.instance_type is decoding
-            ),
-            default=(float("inf"), 0.0),
-        )
-
-        def serves(s: InstanceState) -> bool:
-            _, ttft, tpot = predict(s)
-            return diverts(
-                DivertView(
-                    ttft_s=ttft,
-                    step_s=tpot,
-                    decode_ttft_s=decode_ttft,
-                    decode_stall_s=decode_stall,
-                    ttft_left_s=ttft_left,
-                    tpot_slo_s=tpot_slo,
-                )
-            )
-
-        return whole_targets(
-            free,
-            lambda s: s.instance.instance_type is decoding,
-            lambda s: hurts_decodes(
-                predict(s)[0], load_model.prefill_s_per_token(s), load_model.decode_step_s(s)
-            ),
-            serves,
-            late,
-            held,
+        """Where a request running whole may go (`whole_placement.whole_candidates`); empty:
+        it waits in the queue."""
+        return whole_placement.whole_candidates(
+            item, free, routable, self.pools, self.strategies.disaggregator, self.fleet.now
         )
 
     # -- one round: plan the head of each pool (planning.plan_head), apply, repeat ---------
