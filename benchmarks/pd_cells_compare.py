@@ -12,6 +12,8 @@ import argparse
 import json
 from typing import Any
 
+B0_MS = 5.75  # the simulated engine's fixed step cost (SimInstanceConfig().b0_ms)
+
 
 def _runs(result: dict[str, Any], group: str, label: str) -> list[dict[str, Any]]:
     for v in result["variants"]:
@@ -35,6 +37,19 @@ def cell(result: dict[str, Any], group: str) -> dict[str, Any]:
         "n": n,
         "split_share": sum(r["split_share"] for r in pd) / len(pd),
         "whole_change": -sum(whole) / len(whole),
+        # The gain if the split requests decoded at the engine's fixed step cost alone.
+        "ceiling": sum(
+            1 - B0_MS / r["paired"]["split"]["baseline_tpot_ms_mean"]
+            for r in pd
+            if r.get("paired", {}).get("split")
+        )
+        / max(1, sum(1 for r in pd if r.get("paired", {}).get("split"))),
+        "p90_ttft": sum(r["all"]["ttft_ms_p90"] for r in pd)
+        / sum(r["all"]["ttft_ms_p90"] for r in gen),
+        "attainment": (
+            sum(r["all"]["slo_attainment"] for r in gen) / len(gen),
+            sum(r["all"]["slo_attainment"] for r in pd) / len(pd),
+        ),
     }
 
 
@@ -54,9 +69,9 @@ def main() -> None:
     print(
         f"| cell | goodput pd / general, {o} | {n} | {n} per seed | TPOT gain of split "
         f"requests, {o} | {n} (per seed; n split) | split share {o} / {n} | whole requests' "
-        f"TPOT change {o} / {n} (+ = slower than general) |"
+        f"TPOT change {o} / {n} (+ = slower than general) | SLO attainment general / pd, {n} | ceiling, {n} | P90 TTFT pd / general, {n} |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for grp in groups:
         x, y = cell(old, grp), cell(new, grp)
         seeds = " / ".join(f"{r:.2f}" for r in y["per_seed"])
@@ -67,7 +82,9 @@ def main() -> None:
             f"| {grp} | {x['goodput']:.3f}x | {ok_g}{y['goodput']:.3f}x{ok_g} | {seeds} | "
             f"{100 * x['gain']:.1f} % | {100 * y['gain']:.1f} % ({gains}; n {ns}) | "
             f"{x['split_share']:.2f} / {y['split_share']:.2f} | "
-            f"{100 * x['whole_change']:+.1f} % / {100 * y['whole_change']:+.1f} % |"
+            f"{100 * x['whole_change']:+.1f} % / {100 * y['whole_change']:+.1f} % | "
+            f"{y['attainment'][0]:.3f} / {y['attainment'][1]:.3f} | {100 * y['ceiling']:.0f} % | "
+            f"{y['p90_ttft']:.2f}x |"
         )
 
 
