@@ -16,9 +16,12 @@ concurrency limit on for every variant:
 - `pd_predicted`: 2 prefill + 2 decode instances; each request is split (vLLM's two-step
   protocol: prefill with `max_tokens: 1`, KV transfer, decode elsewhere) only when the
   split beats serving it whole (`split_decision.py`), otherwise it runs whole
-  (`routing_policy="none"`), kept off a decode instance whose decodes its prefill would
-  stall only while another instance takes it within its TTFT/TPOT objectives at an extra
-  wait smaller than that stall summed over the decodes (`split_decision.diverts`).
+  (`routing_policy="none"`) where the load model predicts it meets its TTFT/TPOT objectives
+  (else where it would miss them by the least, waiting in the queue when that is an
+  instance held by its prefill gate: `split_decision.whole_targets`), kept off a decode
+  instance whose decodes its prefill would stall only while another instance takes it
+  within its objectives at an extra wait smaller than that stall summed over the decodes
+  (`split_decision.diverts`).
 "TPOT gain where split" (`paired.split.tpot_gain`) pairs each request `pd_predicted` split
 with the same request in `general` (same window, same seed): 1 - mean TPOT split / mean TPOT
 of those requests in general, per seed, then the mean over seeds.
