@@ -118,16 +118,21 @@ class ConcurrencyLimits:
     def allows(self, state: InstanceState) -> bool:
         return self.of(state).allows(state.in_flight)
 
+    def tolerated_wait_s(self, state: InstanceState) -> float:
+        """The prefill wait `prefill_fits` lets a new request have on `state` (0 before a
+        step time is known: then it does not gate)."""
+        return self.config.tolerance_steps * state.decode_s_per_token.get(0.0)
+
     def prefill_fits(self, state: InstanceState, now: float) -> bool:
         """The load model's predicted wait before a new request's prefill starts on `state`
         is within `tolerance_steps` of its step time (always true with nothing queued there
         or before a step time is known)."""
         if state.prefill_seqs <= 0:
             return True
-        step_s = state.decode_s_per_token.get(0.0)
-        if step_s <= 0:
+        tolerated = self.tolerated_wait_s(state)
+        if tolerated <= 0:
             return True
-        return load_model.queue_wait_s(state, now) <= self.config.tolerance_steps * step_s
+        return load_model.queue_wait_s(state, now) <= tolerated
 
     def observe(self, state: InstanceState, engine_ttft_s: float, prompt_tokens: int) -> None:
         step_s = state.decode_s_per_token.get(0.0)

@@ -13,7 +13,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from sage_cp_plugin import load_model
+from sage_cp_plugin import load_model, whole_placement
 from sage_cp_plugin.attempts import Attempts
 from sage_cp_plugin.health import HealthMonitor
 from sage_cp_plugin.pending import PendingQueue, QueuedRequest
@@ -27,7 +27,6 @@ from sage_cp_plugin.planning import (
 )
 from sage_cp_plugin.pools import InstancePools
 from sage_cp_plugin.results import ResultStore
-from sage_cp_plugin.split_decision import DivertView, diverts, hurts_decodes, whole_targets
 from sage_cp_plugin.state import InstanceState
 from sage_cp_plugin.strategies import Strategies
 from sage_cp_plugin.tracing import spans as tracing
@@ -225,7 +224,9 @@ class Dispatcher:
             return None
         now = self.fleet.now  # the round's time: one plan, one clock reading
         # The whole path it would take: the instances `whole_candidates` leaves it.
-        whole = self.whole_candidates(item, [s for s in routable if pools.has_room(s, item)])
+        whole = self.whole_candidates(
+            item, [s for s in routable if pools.has_room(s, item)], routable
+        )
         best = min(whole, key=lambda s: self._wait_s(s, now), default=None)
         limits = pools.limits
         limit = limits.of(decode).current if limits is not None else decode.capacity
@@ -254,59 +255,12 @@ class Dispatcher:
         return self._no_instance_reason(item)
 
     def whole_candidates(
-        self, item: QueuedRequest, free: list[InstanceState]
+        self, item: QueuedRequest, free: list[InstanceState], routable: list[InstanceState]
     ) -> list[InstanceState]:
-        """With the `predicted` trigger, a request running whole skips the decode instances
-        whose decodes its prefill would cost a step (`split_decision.hurts_decodes`) while
-        another instance with room takes it within its objectives at no more extra waiting
-        than its prefill would stall those decodes, summed (`split_decision.diverts`); with
-        none, any instance with room (never worse than a general pool)."""
-        dis = self.strategies.disaggregator
-        if not dis.predicted:
-            return free
-        decoding = ExecutionInstanceType.DECODING
-        req, now, tokens = item.request, self.fleet.now, item.input_tokens
-        # The decode instance it would start soonest on: its TTFT there, and its prefill's
-        # stall on the sequences decoding there.
-        decode_ttft, decode_stall = min(
-            (
-                (
-                    load_model.predicted_ttft_s(s, u, now),
-                    load_model.cost_to_running_s(s, u, now),
-                )
-                for s in free
-                if s.instance.instance_type is decoding
-                for u in (dis.uncached_tokens(item, s),)
-            ),
-            default=(float("inf"), 0.0),
-        )
-        if decode_ttft == float("inf"):
-            return free  # no decode instance has room: nothing to keep free
-        slo_t, slo_p = req.ttft_slo_ms, req.tpot_slo_ms
-        ttft_left = None if slo_t is None else slo_t / 1000 - (now - item.arrival)
-        tpot_slo = None if slo_p is None else slo_p / 1000
-
-        def serves(s: InstanceState) -> bool:
-            return diverts(
-                DivertView(
-                    ttft_s=load_model.predicted_ttft_s(s, tokens, now),
-                    step_s=load_model.decode_step_s(s),
-                    decode_ttft_s=decode_ttft,
-                    decode_stall_s=decode_stall,
-                    ttft_left_s=ttft_left,
-                    tpot_slo_s=tpot_slo,
-                )
-            )
-
-        return whole_targets(
-            free,
-            lambda s: s.instance.instance_type is decoding,
-            lambda s: hurts_decodes(
-                dis.uncached_tokens(item, s),
-                load_model.prefill_s_per_token(s),
-                load_model.decode_step_s(s),
-            ),
-            serves,
+        """Where a request running whole may go (`whole_placement.whole_candidates`); empty:
+        it waits in the queue."""
+        return whole_placement.whole_candidates(
+            item, free, routable, self.pools, self.strategies.disaggregator, self.fleet.now
         )
 
     # -- one round: plan the head of each pool (planning.plan_head), apply, repeat ---------

@@ -143,6 +143,18 @@ def queue_wait_s(state: InstanceState, now: float) -> float:
     return prefill_time_s(state, prefill_ahead(state, now))
 
 
+def shared_step_s(state: InstanceState, now: float) -> float:
+    """The step a sequence decoding here would see while the instance works through the
+    prefill queued on it: the decode step plus one chunk of that prefill (at most the chunk
+    budget). A persistence forecast: the queue the instance holds now is taken to last the
+    few steps of a short answer. On an instance fed a stream of long prompts (a prefill
+    instance) it does; a decode step alone would predict a 10-token answer there at a
+    fraction of the full-chunk steps it actually gets."""
+    ahead = prefill_ahead(state, now)
+    chunk = chunk_tokens(state)
+    return decode_step_s(state) + min(ahead, chunk) * prefill_s_per_token(state)
+
+
 def unloaded_ttft_s(state: InstanceState, uncached_tokens: int) -> float:
     """TTFT of a request with nothing ahead of it: its own prefill at the learnt speed (at
     least one step). The adaptive concurrency limit's reference: TTFT beyond it is queueing."""

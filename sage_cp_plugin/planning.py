@@ -95,10 +95,10 @@ class FleetView(Protocol):
     def no_instance_reason(self, item: QueuedRequest) -> str: ...
 
     def whole_candidates(
-        self, item: QueuedRequest, free: list[InstanceState]
+        self, item: QueuedRequest, free: list[InstanceState], routable: list[InstanceState]
     ) -> list[InstanceState]:
-        """Disaggregated fleets: where a request that runs whole may go (asked only when
-        `plan_head` has a split decision)."""
+        """Disaggregated fleets: where a request that runs whole may go among `free` (asked
+        only when `plan_head` has a split decision); empty: it waits for one of `routable`."""
         ...
 
 
@@ -143,7 +143,9 @@ def plan_head(
     if not routable:
         return Fail(item, view.no_instance_reason(item), "no_instance")
     if split is not None and free:
-        free = view.whole_candidates(item, free)
+        free = view.whole_candidates(item, free, routable)
+        if not free:
+            return WaitForCapacity()  # it waits for an instance that meets its objectives
     if item.phase is not None:
         free = [s for s in view.filter_by_phase(free or routable, item) if view.has_room(s, item)]
     if not free:

@@ -80,5 +80,18 @@ class InstancePools:
                 return False
         return True
 
+    def opens_as_prefill_drains(self, s: InstanceState, item: QueuedRequest) -> bool:
+        """`s` has no room for `item` only because the prefill queued on it would make it
+        wait (`prefill_fits`): room that opens as that queue drains, at a pace the load model
+        predicts, not at some request's unknown finish."""
+        if self.limits is None or item.urgent:
+            return False
+        cap = min(s.instance.slot_limit, self.limits.of(s).current)
+        if s.in_flight + s.peer_in_flight >= cap or self.limits.prefill_fits(s, self.fleet.now):
+            return False
+        target = s.instance.decode_target_s
+        tpot_s = s.decode_s_per_token.value
+        return not (target is not None and tpot_s is not None and tpot_s > target)
+
     def list_models(self) -> list[str]:
         return self.fleet.models()

@@ -97,11 +97,23 @@ def diverts(v: DivertView) -> bool:
     from filling the prefill side to the edge of the objective while decode instances
     could start the work now: each diverted request would eat the slack the next ones
     need, which is how a busy prefill side loses goodput a general pool keeps."""
-    if v.ttft_left_s is not None and v.ttft_s > v.ttft_left_s:
-        return False
-    if v.tpot_slo_s is not None and v.step_s > v.tpot_slo_s:
+    if lateness(v.ttft_s, v.step_s, v.ttft_left_s, v.tpot_slo_s) > 1.0:
         return False
     return v.ttft_s <= v.decode_ttft_s + v.decode_stall_s
+
+
+def lateness(
+    ttft_s: float, tpot_s: float, ttft_left_s: float | None, tpot_slo_s: float | None
+) -> float:
+    """How far a predicted TTFT and TPOT are from the request's objectives: the larger of
+    prediction / objective (TTFT: against what is left of it); at most 1 when it meets them
+    all, 0 without objectives. A TTFT objective already spent is missed everywhere alike."""
+    late = 0.0
+    if ttft_left_s is not None:
+        late = ttft_s / ttft_left_s if ttft_left_s > 0 else float("inf")
+    if tpot_slo_s is not None and tpot_slo_s > 0:
+        late = max(late, tpot_s / tpot_slo_s)
+    return late
 
 
 def whole_targets(
@@ -109,15 +121,34 @@ def whole_targets(
     is_decode: Callable[[T], bool],
     hurts: Callable[[T], bool],
     serves: Callable[[T], bool] = lambda _: True,
+    late: Callable[[T], float] = lambda _: 0.0,
+    held: Sequence[T] = (),
 ) -> list[T]:
-    """Where a request that runs whole may go among the instances with room: not on a
-    decode instance whose decodes its prefill would hurt while a non-decode instance with
-    room `serves` it (`diverts`: meets its objectives at no more waiting than its prefill
-    would stall the decodes); when none does, anywhere
-    (the fleet never idles, nor lets a request miss, where a general pool would not)."""
-    if not any(not is_decode(s) and serves(s) for s in free):
-        return list(free)
-    return [s for s in free if not is_decode(s) or not hurts(s)]
+    """Where a request that runs whole may go among the instances with room (`free`).
+
+    First its objectives: only the instances where the load model predicts it meets them
+    (`late` at most 1: TTFT within what is left, TPOT at the step it would decode at there).
+    When none with room does, the instances predicted to miss them by the least; and when
+    that is one whose room opens as its prefill queue drains (`held`), none: the request
+    waits for it in the coordinator's queue (the queue drains as fast whether the request
+    waits here or in that engine, so its predicted TTFT there holds). A general pool's gate
+    holds it the same way; without this, a PD fleet sends it to the instance whose gate
+    never closes (a prefill instance that has decoded nothing has no step time to gate by),
+    behind seconds of prefill, where it misses.
+
+    Then, among those: not on a decode instance whose decodes its prefill would hurt while a
+    non-decode instance `serves` it (`diverts`: within its objectives at no more waiting than
+    its prefill would stall the decodes); when none does, any of them."""
+    ok = [s for s in free if late(s) <= 1.0]
+    if not ok and free:
+        best_held = min((late(s) for s in held), default=float("inf"))
+        best = min(late(s) for s in free)
+        if best_held < best:
+            return []
+        ok = [s for s in free if late(s) <= max(1.0, best_held)] if held else list(free)
+    if not any(not is_decode(s) and serves(s) for s in ok):
+        return ok
+    return [s for s in ok if not is_decode(s) or not hurts(s)]
 
 
 def split_pays(v: SplitView) -> bool:

@@ -141,3 +141,32 @@ def test_the_split_never_costs_the_ttft_objective_that_running_whole_meets() -> 
     assert not split_pays(dataclasses.replace(slow, whole_ttft_s=0.05))
     # When running whole misses it too, the cheaper path for the fleet is taken.
     assert split_pays(dataclasses.replace(slow, whole_ttft_s=2.0))
+
+
+def test_lateness_is_the_worst_objective_ratio() -> None:
+    from sage_cp_plugin.split_decision import lateness
+
+    assert lateness(0.5, 0.05, 1.0, 0.1) == 0.5  # both met: the closer one
+    assert lateness(0.5, 0.15, 1.0, 0.1) == pytest.approx(1.5)  # TPOT 1.5x its objective
+    assert lateness(2.0, 0.15, None, None) == 0.0  # no objectives, nothing to miss
+    assert lateness(0.1, 0.01, 0.0, 0.1) == float("inf")  # its TTFT objective is spent
+
+
+def test_a_whole_request_waits_for_the_instance_whose_gate_opens_rather_than_miss() -> None:
+    """A request that runs whole goes only where the load model predicts it meets its
+    objectives. When the only instance with room is a prefill instance behind seconds of
+    prefill (its decode steps a full chunk each) and a decode instance held back by its
+    prefill gate would meet them, it waits (no target); when nothing would meet them, the
+    instance predicted to miss by the least."""
+    from sage_cp_plugin.split_decision import whole_targets
+
+    is_decode = lambda s: s.startswith("d")  # noqa: E731
+    hurts = lambda s: False  # noqa: E731
+    late = {"p0": 1.5, "d0": 0.4, "d1": 2.0}
+    # Before this rule the request took p0, the only instance with room.
+    assert whole_targets(["p0"], is_decode, hurts, late=late.get, held=["d0"]) == []
+    # Nothing held, or the held one no better: it runs where it has room.
+    assert whole_targets(["p0"], is_decode, hurts, late=late.get) == ["p0"]
+    assert whole_targets(["p0"], is_decode, hurts, late=late.get, held=["d1"]) == ["p0"]
+    # Among instances with room, only those that meet its objectives.
+    assert whole_targets(["p0", "d0"], is_decode, hurts, late=late.get) == ["d0"]

@@ -16,9 +16,12 @@ concurrency limit on for every variant:
 - `pd_predicted`: 2 prefill + 2 decode instances; each request is split (vLLM's two-step
   protocol: prefill with `max_tokens: 1`, KV transfer, decode elsewhere) only when the
   split beats serving it whole (`split_decision.py`), otherwise it runs whole
-  (`routing_policy="none"`), kept off a decode instance whose decodes its prefill would
-  stall only while another instance takes it within its TTFT/TPOT objectives at an extra
-  wait smaller than that stall summed over the decodes (`split_decision.diverts`).
+  (`routing_policy="none"`) where the load model predicts it meets its TTFT/TPOT objectives
+  (else where it would miss them by the least, waiting in the queue when that is an
+  instance held by its prefill gate: `split_decision.whole_targets`), kept off a decode
+  instance whose decodes its prefill would stall only while another instance takes it
+  within its objectives at an extra wait smaller than that stall summed over the decodes
+  (`split_decision.diverts`).
 "TPOT gain where split" (`paired.split.tpot_gain`) pairs each request `pd_predicted` split
 with the same request in `general` (same window, same seed): 1 - mean TPOT split / mean TPOT
 of those requests in general, per seed, then the mean over seeds.
@@ -99,17 +102,26 @@ def build(seed: int, smoke: bool) -> list[Variant]:
     for trace in traces:
         capacity = measured_capacity_rps(trace, seed, n, slots)
         for load in loads:
-            w = _workload(seed, n, load * capacity, trace)
-            group = f"{TRACE_LABEL[trace]} {load:.0%}"
-            out.append(Variant("general", _general(), _members(GENERAL, seed, slots), w, group))
-            predicted = PDSeparationConfig(
-                routing_policy="none", disaggregated=True, disaggregation_trigger="predicted"
-            )
-            cfg = CoordinatorConfig(
-                router="load_balanced", enable_pd_separation=True, pd_config=predicted, extra=LIMIT
-            )
-            out.append(Variant("pd_predicted", cfg, _members(PD_POOLS, seed, slots), w, group))
+            out += cell_variants(trace, load, seed, capacity, n, slots)
     return out
+
+
+def cell_variants(
+    trace: str, load: float, seed: int, capacity: float, n: int = REQUESTS, slots: int = SLOTS
+) -> list[Variant]:
+    """The two variants of one cell (trace x load x seed), on the same workload."""
+    w = _workload(seed, n, load * capacity, trace)
+    group = f"{TRACE_LABEL[trace]} {load:.0%}"
+    predicted = PDSeparationConfig(
+        routing_policy="none", disaggregated=True, disaggregation_trigger="predicted"
+    )
+    cfg = CoordinatorConfig(
+        router="load_balanced", enable_pd_separation=True, pd_config=predicted, extra=LIMIT
+    )
+    return [
+        Variant("general", _general(), _members(GENERAL, seed, slots), w, group),
+        Variant("pd_predicted", cfg, _members(PD_POOLS, seed, slots), w, group),
+    ]
 
 
 def goals(result: dict[str, Any]) -> list[dict[str, Any]]:
