@@ -194,6 +194,38 @@ def write(done: list[dict[str, Any]], out: Path) -> None:
     if envs:
         lines += ["", "Last replay written on: " + provenance_line(envs[-1])]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    plot(rows, out.with_suffix(".png"))
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    """P90 TTFT and goodput ratios to round_robin per cell, one bar per rule, with the
+    issue-10 line (1.03x, 0.98x) drawn."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    rules = [v[0] for v in VARIANTS[1:]]
+    cells = sorted({(r["trace"], r["load"]) for r in rows})
+    fig, axes = plt.subplots(2, 1, figsize=(12, 6), sharex=True)
+    width = 0.8 / len(rules)
+    for i, rule in enumerate(rules):
+        got = {(r["trace"], r["load"]): r for r in rows if r["variant"] == rule}
+        xs = [k + i * width for k in range(len(cells))]
+        for ax, key in zip(axes, ("ttft_p90_x", "goodput_x"), strict=True):
+            ax.bar(xs, [got[c][key] if c in got else 0.0 for c in cells], width, label=rule)
+    axes[0].axhline(bm.LOSS_TTFT, color="k", lw=0.8, ls="--")
+    axes[1].axhline(bm.MIN_GOODPUT, color="k", lw=0.8, ls="--")
+    axes[0].set_ylabel("P90 TTFT / round_robin")
+    axes[1].set_ylabel("goodput / round_robin")
+    axes[1].set_xticks([k + 0.4 - width / 2 for k in range(len(cells))])
+    axes[1].set_xticklabels([f"{t}\n{load:.0%}" for t, load in cells], fontsize=7)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
