@@ -8,7 +8,7 @@ lengths at 64 in flight (no cache hits assumed): 1 / (b1*mean_in + mean_out*(b0+
 Fleet: 8 x Llama-3.1-8B/H100 sims, 8192 KV blocks, 64 in flight each; the same for every router.
 
 usage: python -m benchmarks.routing_quick --routers round_robin,load_balanced --loads 0.5,0.9
-       --seeds 3 --n 1000 --json out.json
+       --seeds 3 --n 1000 --json out.json   (a router may name a score: prefix_aware:ttft)
 """
 
 from __future__ import annotations
@@ -81,8 +81,11 @@ def run_cell(trace: str, load: float, seed: int, seeds: int, n: int, router: str
         )
         for i in range(N_INST)
     ]
+    name, _, score = router.partition(":")  # router[:score], e.g. prefix_aware:ttft
     cfg = CoordinatorConfig(
-        router=router, extra={"scrape": ScrapeConfig(interval_s=0.5, stale_after_s=2.0)}
+        router=name,
+        router_options={"score": score} if score else {},
+        extra={"scrape": ScrapeConfig(interval_s=0.5, stale_after_s=2.0)},
     )
     res = run_replay(w, InProcessFleet(members), cfg, prompt_seed=seed)
     s = summarize(res, group_by=None)
@@ -129,7 +132,8 @@ def report(rows: list[dict[str, Any]]) -> str:
     keys = sorted({(t, load) for t, load, _ in cells})
     for t, load in keys:
         seeds = [d for (tt, ll, _), d in sorted(cells.items()) if (tt, ll) == (t, load)]
-        for router in ROUTERS:
+        present = {r for d in seeds for r in d}
+        for router in [*ROUTERS, *sorted(present - set(ROUTERS))]:
             pairs = [
                 (d[router], d["round_robin"]) for d in seeds if router in d and "round_robin" in d
             ]

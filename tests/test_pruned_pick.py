@@ -14,6 +14,7 @@ from __future__ import annotations
 import random
 
 import numpy as np
+import pytest
 
 from sage_cp_plugin import load_model as lm
 from sage_cp_plugin.fleet_table import FleetTable, with_rows
@@ -21,6 +22,7 @@ from sage_cp_plugin.load_model import Booking
 from sage_cp_plugin.routing.predicted import candidate_ttfts, lowest_ttft_index
 from sage_cp_plugin.routing.pruned_pick import pick_index
 from sage_cp_plugin.routing.rotation import rotation_start
+from sage_cp_plugin.routing.tie_tolerance import tie_tolerance
 from sage_cp_plugin.state import FleetSnapshot, InstanceState
 from sage_cp_plugin.types import ExecutionInstance
 from tests.helpers import item
@@ -42,7 +44,10 @@ def _one_class(rng: random.Random, n: int, now: float, templates: int) -> list[I
     return states
 
 
-def test_pruned_pick_equals_the_full_scan_while_states_change() -> None:
+@pytest.mark.parametrize("objectives", [False, True])
+def test_pruned_pick_equals_the_full_scan_while_states_change(objectives: bool) -> None:
+    """With `objectives`, requests carry TTFT and TPOT objectives and both picks widen the
+    tie by `tie_tolerance` (from one step up to the TTFT objective)."""
     rng = random.Random(29)
     compared = moved = 0
     for trial in range(80):
@@ -63,7 +68,14 @@ def test_pruned_pick_equals_the_full_scan_while_states_change() -> None:
             table.refresh()
             at = sorted(rng.sample(range(n), rng.randrange(1, n + 1)))
             subset = [states[k] for k in at]
-            it = item(rng.randrange(0, 1000), prompt="p" * rng.randrange(1, 40_000))
+            slo: dict[str, float] = {}
+            if objectives:  # TPOT objectives around the learnt step: rho below and above 1
+                step = lm.decode_step_s(states[0])
+                slo = {"ttft_slo_ms": rng.uniform(0.0, 2000.0), "tpot_slo_ms": 1000 * step}
+                slo["tpot_slo_ms"] *= rng.uniform(0.5, 4.0)
+            seq = rng.randrange(0, 1000)
+            it = item(seq, prompt="p" * rng.randrange(1, 40_000), **slo)
+            tie = tie_tolerance if objectives else None
             count = rng.choice([1, 1, 2, 3])  # replicas sharing the rotation (routing.rotation)
             it.replica = (rng.randrange(count), count)
             cached = None
@@ -72,14 +84,14 @@ def test_pruned_pick_equals_the_full_scan_while_states_change() -> None:
                     min(it.input_tokens, rng.choice([0, 0, 0, it.input_tokens, 500])) for _ in at
                 ]
             rows = np.array([table.row_of[s.instance_id] for s in subset], dtype=np.intp)
-            got = pick_index(it, with_rows(subset, rows, table), cached, now)
+            got = pick_index(it, with_rows(subset, rows, table), cached, now, tie)
             assert got is not None  # one speed class, one chunk size: the pruned path ran
             times = candidate_ttfts(it, subset, cached, now)  # a plain list: state by state
             # The pruned scan is one process's: replicas with peers compare costs with a
             # tolerance and take the plain scan (`predicted._scan` with cost tolerances, tested in
             # test_replica_rotation.py); their rotation is still exercised here.
             times.cost_tols = None
-            want = lowest_ttft_index(it, times)
+            want = lowest_ttft_index(it, times, tie)
             assert got == want
             compared += 1
             moved += want != rotation_start(it.seq, len(subset), it.replica)

@@ -15,12 +15,14 @@ unheard booking per peer. Costs closer than that, N - 1 sequences' worth, cannot
 apart and count as equal: the next rules decide, down to the rotation, which differs per
 replica. Without it, replicas deciding within one delivery delay all ranked the same
 instance first by its running sequences and sent their requests there together.
-Nothing here has a weight to tune: every quantity is a time.
+Nothing here has a weight to tune: every quantity is a time. A router may widen the tie
+from one decode step (`tie`): `prefix_aware` measures the step against the request's TPOT
+objective (`routing.tie_tolerance`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from sage_cp_plugin.fleet_table import Candidates
@@ -43,6 +45,11 @@ class Times:
     # With peer replicas: each candidate's cost difference below which two costs are equal
     # (N - 1 sequences' worth, module docstring); None for one process.
     cost_tols: list[float] | None = None
+
+
+# How close two predicted TTFTs are to tie, from the request and a candidate's decode step
+# (`routing.tie_tolerance`); None: one decode step.
+Tie = Callable[[QueuedRequest, float], float]
 
 
 def candidate_ttfts(
@@ -72,6 +79,7 @@ def pick_lowest_ttft(
     candidates: Sequence[InstanceState],
     cached: Sequence[int] | None,
     now: float,
+    tie: Tie | None = None,
 ) -> InstanceState | None:
     if not candidates:
         return None
@@ -79,15 +87,21 @@ def pick_lowest_ttft(
         # Rows in the fleet table: the same scan, predicting only the candidates that can
         # change its outcome (`pruned_pick`; None: a fleet it does not cover). Replicas
         # compare costs with a tolerance it does not prune by: they take the plain scan.
-        picked = pick_index(item, candidates, cached, now)
+        picked = pick_index(item, candidates, cached, now, tie)
         if picked is not None:
             return candidates[picked]
-    return candidates[lowest_ttft_index(item, candidate_ttfts(item, candidates, cached, now))]
+    times = candidate_ttfts(item, candidates, cached, now)
+    return candidates[lowest_ttft_index(item, times, tie)]
 
 
-def lowest_ttft_index(item: QueuedRequest, times: Times) -> int:
-    """The candidate to pick from its times (the rules in the module's docstring)."""
+def lowest_ttft_index(item: QueuedRequest, times: Times, tie: Tie | None = None) -> int:
+    """The candidate to pick from its times (the rules in the module's docstring; `tie`
+    widens a decode step into the tolerance within which TTFTs tie)."""
     owns, ttfts, steps, costs = times.owns, times.ttfts, times.steps, times.costs
+    if tie is not None:
+        # Tolerances grow with the step, so the smaller of two candidates' tolerances is
+        # that of the smaller step, as the scans below assume.
+        steps = [tie(item, s) for s in steps]
     n = len(ttfts)
     # The scan in the rotation that starts at the request's sequence number (offset by the
     # replica's place among its peers: `routing.rotation`).

@@ -7,6 +7,12 @@ costs less than recomputing the prefix elsewhere; once it costs more, another in
 and the prefix is replicated there, so one prefix never saturates one instance. Both sides
 of that trade are seconds: no weight or threshold to tune (SGLang's cache-aware router
 needs two balance thresholds for the same decision).
+
+Predicted TTFTs tie within one decode step measured against the request's TPOT objective
+(`routing.tie_tolerance`; the default `score="ttft_headroom"`), and ties go to the candidate
+whose running sequences the prefill delays least: near the TPOT objective a request gives up
+some of its own TTFT (never past its TTFT objective) to spare them. `score="ttft"` keeps the
+former tie of one decode step.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from sage_cp_plugin.routing.added_latency import (
 )
 from sage_cp_plugin.routing.base import Router
 from sage_cp_plugin.routing.predicted import candidate_ttfts, pick_lowest_ttft
+from sage_cp_plugin.routing.tie_tolerance import tie_tolerance
 from sage_cp_plugin.state import FleetSnapshot, InstanceState
 
 # Options of the former score (`matched - load_weight * load`), accepted so existing
@@ -30,16 +37,18 @@ _RETIRED = frozenset(
 )
 
 
-# What a candidate is scored by: the request's own predicted TTFT (default), or that plus the
-# delay its prefill adds to the sequences running there (`routing/added_latency.py`), or that
-# only among candidates predicted to meet the request's TTFT objective (`added_latency_slack`).
-SCORES = ("ttft", "added_latency", "added_latency_slack")
+# What a candidate is scored by: the request's own predicted TTFT, with ties within one decode
+# step (`ttft`) or within that step measured against the TPOT objective's headroom
+# (`ttft_headroom`, the default: `routing/tie_tolerance.py`); or that TTFT plus the delay its
+# prefill adds to the sequences running there (`routing/added_latency.py`), or that only among
+# candidates predicted to meet the request's TTFT objective (`added_latency_slack`).
+SCORES = ("ttft", "added_latency", "added_latency_slack", "ttft_headroom")
 
 
 class PrefixAwareRouter(Router):
     name = "prefix_aware"
 
-    def __init__(self, score: str = "ttft", **options: Any) -> None:
+    def __init__(self, score: str = "ttft_headroom", **options: Any) -> None:
         unknown = sorted(set(options) - _RETIRED)
         if unknown:
             raise TypeError(f"unexpected options for router {self.name!r}: {unknown}")
@@ -63,4 +72,6 @@ class PrefixAwareRouter(Router):
         if self.score == "added_latency_slack":
             times = candidate_ttfts(item, candidates, cached, fleet.now)
             return candidates[lowest_added_latency_within_slack_index(item, times, fleet.now)]
+        if self.score == "ttft_headroom":
+            return pick_lowest_ttft(item, candidates, cached, fleet.now, tie_tolerance)
         return pick_lowest_ttft(item, candidates, cached, fleet.now)

@@ -7,9 +7,10 @@ computed with `FleetTable.candidate_times`' arithmetic in the same order. What i
 prediction of a candidate the scan would pass over, proved from two numbers read from the
 table's columns per candidate instead of a dozen:
 
-* the scan takes a candidate only if its predicted TTFT is below the best's minus a step
-  (`lo`), or at most the best's plus a step (`hi`) and its cost to the running requests is
-  lower (or equal and its own prompt tokens fewer). A TTFT grows with the tokens ahead of the
+* the scan takes a candidate only if its predicted TTFT is below the best's minus the tie
+  tolerance (`lo`; a decode step, or what `tie` makes of it), or at most the best's plus it
+  (`hi`) and its cost to the running requests is lower (or equal and its own prompt tokens
+  fewer). A TTFT grows with the tokens ahead of the
   request (every operation of the prediction is monotone under IEEE rounding), so from the
   best so far follow two token thresholds: at or above `base_hi` a candidate's TTFT is above
   `hi`, at or above `base_lo` not below `lo`. Each is checked by evaluating the prediction
@@ -33,7 +34,7 @@ correction. Fleets with more than one speed class or chunk size take the plain p
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from sage_cp_plugin.fleet_table import Candidates
 from sage_cp_plugin.load_model import (
@@ -46,10 +47,14 @@ from sage_cp_plugin.routing.rotation import rotation_start
 
 
 def pick_index(
-    item: QueuedRequest, candidates: Candidates, cached: Sequence[int] | None, now: float
+    item: QueuedRequest,
+    candidates: Candidates,
+    cached: Sequence[int] | None,
+    now: float,
+    tie: Callable[[QueuedRequest, float], float] | None = None,
 ) -> int | None:
-    """The index `predicted.lowest_ttft_index` would choose; None when the fleet has more
-    than one speed class or chunk size (the caller takes the plain path)."""
+    """The index `predicted.lowest_ttft_index` would choose (with the same `tie`); None when
+    the fleet has more than one speed class or chunk size (the caller takes the plain path)."""
     table = candidates.table
     table.refresh_load()
     chunk = table.one_chunk
@@ -59,6 +64,7 @@ def pick_index(
     pst = p.value if p.value is not None else PRIOR_PREFILL_S_PER_TOKEN / h
     step = d.value if d.value is not None else PRIOR_DECODE_STEP_S / h
     rate = pst + step / chunk  # seconds per token drained of a prefill in progress
+    tol = tie(item, step) if tie is not None else step  # TTFTs this close tie
     table.head_bounds.at(now, rate)  # so that every row's least tokens ahead holds now
     foreign, states = table.foreign, table.states
     # The three numbers read of every candidate, from the table's contiguous columns; and
@@ -94,7 +100,7 @@ def pick_index(
         and is above `hi`, and the sequences from which its cost is not below `cost`. Each is
         checked by evaluating the prediction there (its total, base + whole, is at least 1);
         the closed forms only start the search (TTFT >= tokens * rate)."""
-        lo, hi = t - step, t + step
+        lo, hi = t - tol, t + tol
         base_lo = lo / rate - whole
         if base_lo < 0.0:
             base_lo = 0.0
