@@ -30,6 +30,7 @@ import itertools
 import uuid
 import weakref
 from dataclasses import asdict
+from itertools import accumulate, repeat
 from typing import Any
 
 from sage_cp_plugin.sim import tokens as tok
@@ -229,12 +230,9 @@ class SimEngine:
                 await asyncio.sleep(delay)
                 self._complete(batch, self._loop.time())
                 continue
-            # Step boundaries exactly as `steps` consecutive sleeps would put them.
-            t = self._loop.time()
-            ends = []
-            for _ in range(steps):
-                t = t + delay
-                ends.append(t)
+            # Step boundaries exactly as `steps` consecutive sleeps would put them (the same
+            # float additions, one after the other).
+            ends = list(accumulate(repeat(delay, steps - 1), initial=self._loop.time() + delay))
             fut: asyncio.Future[None] = self._loop.create_future()
             run = _Run(batch, ends, fut, self._loop.call_at(ends[-1], _resolve, fut))
             self._ff = run

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from itertools import islice
 
 from sage_cp_plugin.kvevents.events import AllBlocksCleared, BlockRemoved, BlockStored, KVEvent
 from sage_cp_plugin.sim.tokens import token_id
@@ -26,10 +27,11 @@ def chain_hashes(
     """
     out: list[int] = []
     h = parent
-    # Slices of one tuple are tuples: one copy per block instead of a list and a tuple.
-    rest = tuple(tokens[start * block_size :])
-    for i in range(len(tokens) // block_size - start):
-        h = hash((h, rest[i * block_size : (i + 1) * block_size]))
+    # zip over one iterator yields each block as a tuple, without copying the whole prompt
+    # (this runs over every prompt an engine admits).
+    it = iter(tokens) if start == 0 else islice(tokens, start * block_size, None)
+    for block in zip(*[it] * block_size, strict=False):  # a partial last block is dropped
+        h = hash((h, block))
         out.append(h)
     return out
 
@@ -111,15 +113,14 @@ class KVCache:
 
     def free(self, blocks: Sequence[int]) -> None:
         """Drop one reference from each block, tail first (see module docstring)."""
+        ref, hash_of, free = self._ref, self._hash_of, self._free  # locals: once per block
         for b in reversed(blocks):
-            self._ref[b] -= 1
-            if self._ref[b] == 0:
-                if self._hash_of[b] is None:
+            r = ref[b] = ref[b] - 1
+            if r == 0:
+                free[b] = None
+                if hash_of[b] is None:
                     # Nothing reusable inside: evict it before any cached block.
-                    self._free[b] = None
-                    self._free.move_to_end(b, last=False)
-                else:
-                    self._free[b] = None
+                    free.move_to_end(b, last=False)
 
     def register(
         self,

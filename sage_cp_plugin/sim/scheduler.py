@@ -230,10 +230,10 @@ class StepScheduler:
         if full <= seq.num_registered or not self.kv.enable_prefix_caching or seq.pooling:
             return
         if len(seq.hashes) < full:
-            parent = seq.hashes[-1] if seq.hashes else 0
-            seq.hashes.extend(
-                chain_hashes(seq.tokens_upto(full * self._bs), self._bs, len(seq.hashes), parent)
-            )
+            bs = self._bs
+            have = len(seq.hashes)
+            parent = seq.hashes[-1] if have else 0
+            seq.hashes.extend(chain_hashes(seq.tokens_between(have * bs, full * bs), bs, 0, parent))
         if self.kv.on_event is None:
             self.kv.register_run(seq.blocks, seq.hashes, seq.num_registered, full)
         else:

@@ -111,6 +111,16 @@ class SimSequence:
         p = len(self.prompt)
         return self.prompt if n <= p else self.prompt + self.output[: n - p]
 
+    def tokens_between(self, lo: int, hi: int) -> list[str]:
+        """Tokens ``lo..hi-1`` without copying the prompt (a decode fills a block every
+        ``block_size`` tokens; only that block is hashed)."""
+        p = len(self.prompt)
+        if hi <= p:
+            return self.prompt[lo:hi]
+        if lo >= p:
+            return self.output[lo - p : hi - p]
+        return self.prompt[lo:] + self.output[: hi - p]
+
     @property
     def text(self) -> str:
         return " ".join(self.output[: self.num_output])

@@ -8,7 +8,8 @@ that timer's deadline instead. Everything else (tasks, futures, `call_at`, `asyn
 on it exactly as they do in real time -- they only ever read `loop.time()`.
 
 Real I/O still works (the self-pipe, a socket a test opens): the selector is polled with a zero
-timeout first, and only when it reports nothing is the clock advanced. When there is neither a
+timeout first, and only when it reports nothing is the clock advanced (while callbacks are
+ready, it is polled every few passes only: see `_VirtualSelector.POLL_EVERY`). When there is neither a
 timer nor a ready callback the loop falls back to a real blocking `select`, so work handed to a
 thread (`run_in_executor`) can still wake it.
 """
@@ -26,11 +27,22 @@ T = TypeVar("T")
 class _VirtualSelector(selectors.DefaultSelector):
     """A real selector that turns a positive timeout into a clock jump."""
 
+    # While callbacks are ready (timeout 0) the real poll, a system call, is made only every
+    # this many passes: a replay runs ~10 such passes per request and has no real I/O, and
+    # I/O a test opens is still seen within a few passes and before every clock jump.
+    POLL_EVERY = 16
+
     def __init__(self) -> None:
         super().__init__()
         self.loop: VirtualClockEventLoop | None = None
+        self._busy_passes = 0
 
     def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        if timeout == 0:
+            self._busy_passes += 1
+            if self._busy_passes < self.POLL_EVERY:
+                return []
+        self._busy_passes = 0
         events = super().select(0)
         if events or timeout == 0:
             return events
