@@ -14,6 +14,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from itertools import islice
 
+import numpy as np
+
 from sage_cp_plugin.kvevents.events import AllBlocksCleared, BlockRemoved, BlockStored, KVEvent
 from sage_cp_plugin.sim.tokens import token_id
 
@@ -23,16 +25,37 @@ def chain_hashes(
 ) -> list[int]:
     """Hashes of the full blocks of ``tokens`` from block index ``start``, chained on ``parent``.
 
-    Uses the built-in ``hash`` (salted per process): hashes never leave the process.
+    A block's hash is ``hash((parent_hash, its words joined by single spaces))``: equal
+    token prefixes give equal chains, and a plain prompt's blocks are slices of its text
+    (`text_chain_hashes`, the same values). Uses the built-in ``hash`` (salted per process):
+    hashes never leave the process.
     """
     out: list[int] = []
     h = parent
-    # zip over one iterator yields each block as a tuple, without copying the whole prompt
-    # (this runs over every prompt an engine admits).
+    join = " ".join
     it = iter(tokens) if start == 0 else islice(tokens, start * block_size, None)
     for block in zip(*[it] * block_size, strict=False):  # a partial last block is dropped
-        h = hash((h, block))
+        h = hash((h, join(block)))
         out.append(h)
+    return out
+
+
+def text_chain_hashes(
+    text: str, seps: np.ndarray, block_size: int, lo: int, hi: int, parent: int = 0
+) -> list[int]:
+    """`chain_hashes` of blocks ``lo..hi-1`` of the plain text ``text`` (`tokens.separators`
+    gave ``seps``), from its slices: no string per word."""
+    # Block k ends where its last word does: at a separator, or at the end of the text.
+    ends = seps[block_size - 1 :: block_size].tolist()
+    if (seps.size + 1) % block_size == 0:
+        ends.append(len(text))
+    out: list[int] = []
+    h = parent
+    a = 0 if lo == 0 else ends[lo - 1] + 1
+    for b in ends[lo:hi]:
+        h = hash((h, text[a:b]))
+        out.append(h)
+        a = b + 1
     return out
 
 
