@@ -21,6 +21,8 @@ import selectors
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
+from sage_cp_plugin.virtual.timer_heap import PairTimerHeap
+
 T = TypeVar("T")
 
 
@@ -54,7 +56,7 @@ class _VirtualSelector(selectors.DefaultSelector):
         return []
 
 
-class VirtualClockEventLoop(asyncio.SelectorEventLoop):
+class VirtualClockEventLoop(PairTimerHeap, asyncio.SelectorEventLoop):
     """A selector event loop on virtual time (see the module docstring).
 
     `start` is the clock's initial value. `jumps` counts clock advances and `skipped_s` the
@@ -78,8 +80,8 @@ class VirtualClockEventLoop(asyncio.SelectorEventLoop):
         Jumping to the timer's own deadline, rather than to ``now + timeout``, avoids a float
         rounding gap that would leave the timer a hair in the future and spin the loop.
         """
-        scheduled: list[asyncio.TimerHandle] = self._scheduled  # type: ignore[attr-defined]
-        target = scheduled[0].when() if scheduled else self._virtual_now + timeout
+        first = self.next_timer_when()
+        target = first if first is not None else self._virtual_now + timeout
         if target > self._virtual_now:
             self.skipped_s += target - self._virtual_now
             self._virtual_now = target
