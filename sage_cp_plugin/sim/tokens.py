@@ -31,6 +31,8 @@ VOCAB: tuple[str, ...] = tuple(
     ).split()
 )
 VOCAB_SIZE = 32000  # size of the pretend id space reported by /tokenize
+# What str.split() splits ASCII text on, besides the space.
+_OTHER_ASCII_WHITESPACE = "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f"
 
 
 def tokenize(text: str) -> list[str]:
@@ -38,22 +40,20 @@ def tokenize(text: str) -> list[str]:
 
 
 def separators(text: str) -> np.ndarray | None:
-    """Offsets of the spaces between the words of ``text`` when it is *plain*: ASCII words
-    (no control characters) separated by single spaces, nothing before or after. Then
-    ``tokenize(text)`` has ``len(seps) + 1`` words, word ``i`` ends at ``seps[i]`` and any run
-    of words is a slice of ``text``, so the engine can count, hash and digest the prompt
-    without building one string per word (a replay's prompts are plain). None otherwise."""
+    """Offsets of the spaces between the words of ``text`` when it is *plain*: ASCII, its
+    only whitespace single spaces between words. Then ``tokenize(text)`` has
+    ``len(seps) + 1`` words, word ``i`` ends at ``seps[i]`` and any run of words is a slice
+    of ``text``, so the engine can count, hash and digest the prompt without building one
+    string per word (a replay's prompts are plain). None otherwise."""
     if not text or not text.isascii():
         return None
-    raw = np.frombuffer(text.encode("ascii"), np.uint8)
-    seps = np.flatnonzero(raw <= 32)  # every ASCII whitespace and control character
-    if seps.size and (
-        seps[0] == 0
-        or seps[-1] == raw.size - 1
-        or (raw[seps] != 32).any()
-        or (seps.size > 1 and (np.diff(seps) == 1).any())
-    ):
-        return None
+    for c in _OTHER_ASCII_WHITESPACE:  # each test is a fast scan for one character
+        if c in text:
+            return None
+    space = np.frombuffer(text.encode("ascii"), np.uint8) == 32
+    if space[0] or space[-1] or (space[1:] & space[:-1]).any():
+        return None  # leading, trailing or doubled spaces
+    seps: np.ndarray = space.nonzero()[0]
     return seps
 
 
