@@ -51,7 +51,7 @@ def separators(text: str) -> np.ndarray | None:
         if c in text:
             return None
     space = np.frombuffer(text.encode("ascii"), np.uint8) == 32
-    if space[0] or space[-1] or (space[1:] & space[:-1]).any():
+    if space[0] or space[-1] or np.count_nonzero(space[1:] & space[:-1]):
         return None  # leading, trailing or doubled spaces
     seps: np.ndarray = space.nonzero()[0]
     return seps
