@@ -1,11 +1,11 @@
 """Paged KV cache with prefix caching, modelled on vLLM's block pool.
 
 Blocks of ``block_size`` tokens are reference counted. A *full* block gets a chained hash
-``hash((parent_hash, tokens_of_block))`` so equal token prefixes map to equal hash chains, and a
-new request reuses the longest chain already in the cache. Blocks whose reference count drops to
-zero keep their hash (they stay reusable) but become evictable, least recently freed first. A
-request frees its blocks tail-first, so the shared head of a prefix is evicted last -- the same
-order vLLM uses.
+``hash((parent_hash, the block's words joined by single spaces))`` so equal token prefixes map
+to equal hash chains, and a new request reuses the longest chain already in the cache. Blocks
+whose reference count drops to zero keep their hash (they stay reusable) but become evictable,
+least recently freed first. A request frees its blocks tail-first, so the shared head of a
+prefix is evicted last -- the same order vLLM uses.
 """
 
 from __future__ import annotations
