@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
+
+import orjson
 
 from sage_cp_plugin.errors import InvalidRequestBodyError
 from sage_cp_plugin.types import ExecutionInstance, RequestKind, RequestMetadata
@@ -63,9 +66,39 @@ _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=
 JSON_HEADERS = {"content-type": "application/json"}
 
 
+def _orjson_same(value: Any, depth: int = 0) -> bool:
+    """Whether orjson writes ``value`` byte for byte as `_encode` does: exact dicts (string
+    keys), lists, strings, bools, None, 64-bit ints and finite floats that both print in the
+    same notation (orjson writes 1e-05 as 0.00001). Anything else takes the standard
+    encoder, with its errors (NaN, a plain Enum, a dataclass, which orjson would write)."""
+    t = type(value)
+    if t is str or t is bool or value is None:
+        return True
+    if t is int:
+        return bool(-(2**63) <= value < 2**64)
+    if t is float:
+        return math.isfinite(value) and (value == 0 or abs(value) >= 1e-4)
+    if depth > 64:
+        return False
+    if t is dict:
+        return all(type(k) is str and _orjson_same(v, depth + 1) for k, v in value.items())
+    if t is list:
+        return all(_orjson_same(v, depth + 1) for v in value)
+    return False
+
+
 def encode_body(body: dict[str, Any]) -> bytes:
     """The body as UTF-8 JSON bytes, or InvalidRequestBodyError when the request's own
-    content cannot be encoded (a lone surrogate, NaN, nesting deeper than Python's stack)."""
+    content cannot be encoded (a lone surrogate, NaN, nesting deeper than Python's stack).
+
+    orjson writes the common body (a prompt of several KB, a few numbers) ~10x faster than
+    the standard encoder, and the same bytes (`_orjson_same`); what orjson refuses (a lone
+    surrogate) goes to the standard encoder for its error."""
+    if _orjson_same(body):
+        try:
+            return orjson.dumps(body)
+        except orjson.JSONEncodeError:
+            pass
     try:
         return _encode(body).encode("utf-8")
     except (ValueError, TypeError, RecursionError) as exc:  # UnicodeEncodeError is a ValueError

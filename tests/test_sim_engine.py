@@ -196,6 +196,31 @@ def test_presets_fill_unset_coefficients() -> None:
         get_preset("nope")
 
 
+async def test_a_prompt_as_text_or_as_words_is_the_same_prompt() -> None:
+    """A plain text stays text inside the engine (no string per word); it must still be the
+    prompt its words are: same output and count, and each form hits the blocks the others
+    stored, the block that spans prompt and output included."""
+    eng = SimEngine(SimInstanceConfig(time_scale=0))
+    ws = words("w", 200)
+    a = eng.submit(" ".join(ws), 20)
+    await a.done
+    assert a.prompt_text is not None  # plain: kept as text
+    b = eng.submit("  " + "\t".join(ws) + "\n", 20)  # irregular whitespace: split into words
+    await b.done
+    assert b.prompt_text is None
+    c = eng.submit(ws, 20)
+    await c.done
+    assert a.output == b.output == c.output
+    assert a.prompt_len == b.prompt_len == c.prompt_len == 200
+    assert eng.counters.prefix_cache_hits == 2 * 192  # 12 full blocks each
+    # Prompt and answer again: 220 tokens; 13 blocks were computed (the 13th holds prompt
+    # words 192-199 and output words 0-7) and all 13 are found.
+    d = eng.submit(" ".join(ws + a.output), 1)
+    await d.done
+    assert eng.counters.prefix_cache_hits == 2 * 192 + 13 * 16
+    await eng.stop()
+
+
 def test_tokenizer_rule() -> None:
     assert tok.tokenize("a  b\nc") == ["a", "b", "c"]
     chat = tok.chat_prompt([("system", "be brief"), ("user", "hi there")])

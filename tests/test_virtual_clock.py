@@ -94,3 +94,49 @@ def test_killed_transport_refuses_and_resets() -> None:
             assert (await client.get("/health")).status_code == 200
 
     run_virtual(main())
+
+
+class _StandardHeapLoop(VirtualClockEventLoop):
+    """The same virtual loop on the standard library's heap of `TimerHandle`s."""
+
+    call_at = asyncio.BaseEventLoop.call_at  # type: ignore[assignment]
+    _run_once = asyncio.BaseEventLoop._run_once  # type: ignore[attr-defined]
+
+    def next_timer_when(self) -> float | None:
+        scheduled = self._scheduled  # type: ignore[attr-defined]
+        return scheduled[0].when() if scheduled else None  # type: ignore[no-any-return]
+
+
+def test_timers_run_in_the_standard_loops_order_ties_and_cancels_included() -> None:
+    """The loop's heap of (when, handle) pairs must order callbacks exactly as asyncio's heap
+    of handles does, same-instant timers included (the stdlib does not run ties first-in,
+    first-out): replays depend on it to reproduce main's numbers."""
+    import random
+
+    def scenario(loop_factory: type[VirtualClockEventLoop]) -> list[tuple[int, float]]:
+        async def main() -> list[tuple[int, float]]:
+            loop = asyncio.get_running_loop()
+            rng = random.Random(7)
+            order: list[tuple[int, float]] = []
+            handles: list[asyncio.TimerHandle] = []
+
+            def fire(i: int) -> None:
+                order.append((i, loop.time()))
+                if i % 3 == 0 and i < 3000:  # timers that schedule timers, some at "now"
+                    handles.append(
+                        loop.call_at(loop.time() + rng.choice([0.0, 0.5, 1.0]), fire, i + 5000)
+                    )
+
+            for i in range(3000):
+                handles.append(loop.call_at(float(rng.randrange(40)) / 4, fire, i))  # many ties
+            for h in rng.sample(handles, 1200):  # enough to trigger the heap's clean-up
+                h.cancel()
+            await asyncio.sleep(30)
+            return order
+
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            return runner.run(main())
+
+    ours, standard = scenario(VirtualClockEventLoop), scenario(_StandardHeapLoop)
+    assert len(ours) > 1500
+    assert ours == standard

@@ -13,7 +13,7 @@ import contextlib
 import json
 import random
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
@@ -23,6 +23,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from sage_cp_plugin import fastjson
 from sage_cp_plugin.kvevents.events import EventBatch
 from sage_cp_plugin.kvevents.publisher import StepEvents, ZmqEventPublisher
 from sage_cp_plugin.sim import tokens as tok
@@ -123,7 +124,7 @@ class SimInstance:
     async def _parse(self, request: Request, model: type[M]) -> M:
         raw = await request.body()
         try:
-            data = json.loads(raw)
+            data = fastjson.loads(raw)  # json.loads's value and errors, faster
         except ValueError as exc:
             raise SimHTTPError(400, f"Invalid JSON in request body: {exc}") from None
         if not isinstance(data, dict):
@@ -176,7 +177,7 @@ class SimInstance:
         if self.config.request_overhead_ms:
             await asyncio.sleep(self.config.request_overhead_ms * self.config.time_scale / 1000)
 
-    def _submit(self, prompt: list[str], max_tokens: int, **kw: Any) -> SimSequence:
+    def _submit(self, prompt: list[str] | str, max_tokens: int, **kw: Any) -> SimSequence:
         try:
             return self.engine.submit(prompt, max_tokens, **kw)
         except PromptTooLongError as exc:
@@ -189,8 +190,9 @@ class SimInstance:
             return fault
         req = await self._parse(request, CompletionRequest)
         model = self._model(req.model)
+        prompts: list[list[str] | str]
         if isinstance(req.prompt, str):
-            prompts = [tok.tokenize(req.prompt)]
+            prompts = [req.prompt]  # the engine tokenizes it (`SimEngine.submit`)
         elif all(isinstance(p, int) for p in req.prompt):
             prompts = [[f"<{p}>" for p in req.prompt]]
         else:
@@ -209,7 +211,7 @@ class SimInstance:
         self,
         req: CompletionRequest | ChatCompletionRequest,
         model: str,
-        prompts: list[list[str]],
+        prompts: Sequence[list[str] | str],
         *,
         chat: bool,
         headers: Mapping[str, str] | None = None,
@@ -237,10 +239,11 @@ class SimInstance:
             for prompt in prompts:
                 remote = None
                 if self.config.role == "decode":
-                    ok = remote_prefill_params(params, len(prompt))
+                    n = len(tok.tokenize(prompt) if isinstance(prompt, str) else prompt)
+                    ok = remote_prefill_params(params, n)
                     if ok is not None:
                         remote = RemotePrefill(
-                            ok["remote_engine_id"], ok.get("remote_request_id"), len(prompt)
+                            ok["remote_engine_id"], ok.get("remote_request_id"), n
                         )
                 seqs.append(
                     self._submit(
@@ -289,7 +292,7 @@ class SimInstance:
             "remote_request_id": s.request_id,
             "remote_host": self.config.kv_host,
             "remote_port": self.config.kv_port,
-            "remote_num_tokens": len(s.prompt),
+            "remote_num_tokens": s.prompt_len,
             "tp_size": self._tp,
             "pp_size": 1,
         }

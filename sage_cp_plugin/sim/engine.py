@@ -30,6 +30,7 @@ import itertools
 import uuid
 import weakref
 from dataclasses import asdict
+from itertools import accumulate, repeat
 from typing import Any
 
 from sage_cp_plugin.sim import tokens as tok
@@ -113,7 +114,7 @@ class SimEngine:
 
     def submit(
         self,
-        prompt: list[str],
+        prompt: list[str] | str,
         max_tokens: int,
         *,
         stream: bool = False,
@@ -123,14 +124,23 @@ class SimEngine:
         request_id: str | None = None,
         priority: int = 0,
     ) -> SimSequence:
-        """Queue a request; await ``seq.done`` or iterate ``seq.stream()`` for its output."""
+        """Queue a request; await ``seq.done`` or iterate ``seq.stream()`` for its output.
+
+        ``prompt``: its words, or a text (tokenized here; a plain text stays a text, see
+        `tokens.separators`)."""
+        seps = None
+        if isinstance(prompt, str):
+            seps = tok.separators(prompt)
+            if seps is None:
+                prompt = tok.tokenize(prompt)
+        n = len(prompt) if seps is None else seps.size + 1
         if not prompt:
             raise PromptTooLongError("the prompt must contain at least one token")
         limit = self.config.model_len
-        if len(prompt) + max_tokens > limit:
+        if n + max_tokens > limit:
             raise PromptTooLongError(
                 f"This model's maximum context length is {limit} tokens. However, you "
-                f"requested {len(prompt) + max_tokens} tokens ({len(prompt)} in the messages, "
+                f"requested {n + max_tokens} tokens ({n} in the messages, "
                 f"{max_tokens} in the completion). Please reduce the length of the messages "
                 "or completion."
             )
@@ -147,6 +157,7 @@ class SimEngine:
             remote=remote,
             pin_for_remote_decode=pin_for_remote_decode,
             priority=priority,
+            seps=seps,
         )
         self.scheduler.waiting.add(seq)
         self._wake()
@@ -229,12 +240,9 @@ class SimEngine:
                 await asyncio.sleep(delay)
                 self._complete(batch, self._loop.time())
                 continue
-            # Step boundaries exactly as `steps` consecutive sleeps would put them.
-            t = self._loop.time()
-            ends = []
-            for _ in range(steps):
-                t = t + delay
-                ends.append(t)
+            # Step boundaries exactly as `steps` consecutive sleeps would put them (the same
+            # float additions, one after the other).
+            ends = list(accumulate(repeat(delay, steps - 1), initial=self._loop.time() + delay))
             fut: asyncio.Future[None] = self._loop.create_future()
             run = _Run(batch, ends, fut, self._loop.call_at(ends[-1], _resolve, fut))
             self._ff = run
@@ -398,7 +406,7 @@ class SimEngine:
             self.scheduler.drop_finished()
 
     def _count_prompt(self, seq: SimSequence) -> None:
-        p = len(seq.prompt)
+        p = seq.prompt_len
         cached = min(seq.num_cached_tokens, p)
         external = min(seq.external_tokens, p - cached)
         computed = p - cached - external

@@ -1,17 +1,20 @@
 """Paged KV cache with prefix caching, modelled on vLLM's block pool.
 
 Blocks of ``block_size`` tokens are reference counted. A *full* block gets a chained hash
-``hash((parent_hash, tokens_of_block))`` so equal token prefixes map to equal hash chains, and a
-new request reuses the longest chain already in the cache. Blocks whose reference count drops to
-zero keep their hash (they stay reusable) but become evictable, least recently freed first. A
-request frees its blocks tail-first, so the shared head of a prefix is evicted last -- the same
-order vLLM uses.
+``hash((parent_hash, the block's words joined by single spaces))`` so equal token prefixes map
+to equal hash chains, and a new request reuses the longest chain already in the cache. Blocks
+whose reference count drops to zero keep their hash (they stay reusable) but become evictable,
+least recently freed first. A request frees its blocks tail-first, so the shared head of a
+prefix is evicted last -- the same order vLLM uses.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from itertools import islice
+
+import numpy as np
 
 from sage_cp_plugin.kvevents.events import AllBlocksCleared, BlockRemoved, BlockStored, KVEvent
 from sage_cp_plugin.sim.tokens import token_id
@@ -22,15 +25,37 @@ def chain_hashes(
 ) -> list[int]:
     """Hashes of the full blocks of ``tokens`` from block index ``start``, chained on ``parent``.
 
-    Uses the built-in ``hash`` (salted per process): hashes never leave the process.
+    A block's hash is ``hash((parent_hash, its words joined by single spaces))``: equal
+    token prefixes give equal chains, and a plain prompt's blocks are slices of its text
+    (`text_chain_hashes`, the same values). Uses the built-in ``hash`` (salted per process):
+    hashes never leave the process.
     """
     out: list[int] = []
     h = parent
-    # Slices of one tuple are tuples: one copy per block instead of a list and a tuple.
-    rest = tuple(tokens[start * block_size :])
-    for i in range(len(tokens) // block_size - start):
-        h = hash((h, rest[i * block_size : (i + 1) * block_size]))
+    join = " ".join
+    it = iter(tokens) if start == 0 else islice(tokens, start * block_size, None)
+    for block in zip(*[it] * block_size, strict=False):  # a partial last block is dropped
+        h = hash((h, join(block)))
         out.append(h)
+    return out
+
+
+def text_chain_hashes(
+    text: str, seps: np.ndarray, block_size: int, lo: int, hi: int, parent: int = 0
+) -> list[int]:
+    """`chain_hashes` of blocks ``lo..hi-1`` of the plain text ``text`` (`tokens.separators`
+    gave ``seps``), from its slices: no string per word."""
+    # Block k ends where its last word does: at a separator, or at the end of the text.
+    ends = seps[block_size - 1 :: block_size].tolist()
+    if (seps.size + 1) % block_size == 0:
+        ends.append(len(text))
+    out: list[int] = []
+    h = parent
+    a = 0 if lo == 0 else ends[lo - 1] + 1
+    for b in ends[lo:hi]:
+        h = hash((h, text[a:b]))
+        out.append(h)
+        a = b + 1
     return out
 
 
@@ -111,15 +136,14 @@ class KVCache:
 
     def free(self, blocks: Sequence[int]) -> None:
         """Drop one reference from each block, tail first (see module docstring)."""
+        ref, hash_of, free = self._ref, self._hash_of, self._free  # locals: once per block
         for b in reversed(blocks):
-            self._ref[b] -= 1
-            if self._ref[b] == 0:
-                if self._hash_of[b] is None:
+            r = ref[b] = ref[b] - 1
+            if r == 0:
+                free[b] = None
+                if hash_of[b] is None:
                     # Nothing reusable inside: evict it before any cached block.
-                    self._free[b] = None
-                    self._free.move_to_end(b, last=False)
-                else:
-                    self._free[b] = None
+                    free.move_to_end(b, last=False)
 
     def register(
         self,

@@ -25,7 +25,7 @@ def generation_body(
     kv_transfer_params: dict[str, Any] | None,
 ) -> dict[str, Any]:
     """A ``text_completion`` or ``chat.completion`` with one choice per finished sequence."""
-    prompt_tokens = sum(len(s.prompt) for s in seqs)
+    prompt_tokens = sum(s.prompt_len for s in seqs)
     completion_tokens = sum(s.num_output for s in seqs)
     reason = [s.finish_reason for s in seqs]
     if chat:

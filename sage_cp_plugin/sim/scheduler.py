@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from sage_cp_plugin.sim.kv_cache import KVCache, chain_hashes
+from sage_cp_plugin.sim.kv_cache import KVCache
 from sage_cp_plugin.sim.metrics import SimMetrics
 from sage_cp_plugin.sim.sequence import EngineCounters, SeqStatus, SimSequence
 from sage_cp_plugin.sim.waiting_queue import SchedulingPolicyName, WaitingQueue
@@ -110,8 +110,7 @@ class StepScheduler:
         if not self.kv.enable_prefix_caching or seq.pooling:
             return []
         num_tokens = seq.num_tokens
-        if len(seq.hashes) < num_tokens // self._bs:
-            seq.hashes = chain_hashes(seq.tokens_upto(num_tokens), self._bs)
+        seq.extend_hashes(num_tokens // self._bs, self._bs)
         # The last token is always recomputed, so a fully cached prompt still yields logits.
         return self.kv.match_prefix(seq.hashes[: (num_tokens - 1) // self._bs])
 
@@ -229,11 +228,7 @@ class StepScheduler:
         full = seq.num_computed // self._bs
         if full <= seq.num_registered or not self.kv.enable_prefix_caching or seq.pooling:
             return
-        if len(seq.hashes) < full:
-            parent = seq.hashes[-1] if seq.hashes else 0
-            seq.hashes.extend(
-                chain_hashes(seq.tokens_upto(full * self._bs), self._bs, len(seq.hashes), parent)
-            )
+        seq.extend_hashes(full, self._bs)
         if self.kv.on_event is None:
             self.kv.register_run(seq.blocks, seq.hashes, seq.num_registered, full)
         else:

@@ -7,6 +7,10 @@ import enum
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+import numpy as np
+
+from sage_cp_plugin.sim.kv_cache import chain_hashes, text_chain_hashes
+
 
 class SeqStatus(enum.Enum):
     WAITING = "waiting"
@@ -33,6 +37,7 @@ class SimSequence:
     """
 
     __slots__ = (
+        "_prompt",
         "arrival",
         "blocks",
         "done",
@@ -52,7 +57,9 @@ class SimSequence:
         "pinned_blocks",
         "pooling",
         "priority",
-        "prompt",
+        "prompt_len",
+        "prompt_seps",
+        "prompt_text",
         "queue",
         "remote",
         "remote_done",
@@ -64,7 +71,7 @@ class SimSequence:
     def __init__(
         self,
         request_id: str,
-        prompt: list[str],
+        prompt: list[str] | str,
         output: list[str],
         arrival: float,
         *,
@@ -73,10 +80,23 @@ class SimSequence:
         remote: RemotePrefill | None = None,
         pin_for_remote_decode: bool = False,
         priority: int = 0,
+        seps: np.ndarray | None = None,
     ) -> None:
+        """``prompt``: its words, or a plain text (`tokens.separators` gave ``seps``) whose
+        words are split off only if something asks for them (`prompt`)."""
         loop = asyncio.get_running_loop()
         self.request_id = request_id
-        self.prompt = prompt
+        if isinstance(prompt, str):
+            if seps is None:
+                raise ValueError("a prompt given as text needs its separators")
+            self._prompt: list[str] | None = None
+            self.prompt_text: str | None = prompt
+            self.prompt_seps: np.ndarray | None = seps
+            self.prompt_len = seps.size + 1
+        else:
+            self._prompt = prompt
+            self.prompt_text = self.prompt_seps = None
+            self.prompt_len = len(prompt)
         self.output = output
         self.max_tokens = len(output)
         self.arrival = arrival
@@ -103,13 +123,58 @@ class SimSequence:
         self.transfer_handle: asyncio.TimerHandle | None = None
 
     @property
+    def prompt(self) -> list[str]:
+        """The prompt's words (split from a plain text on first use)."""
+        if self._prompt is None:
+            assert self.prompt_text is not None
+            self._prompt = self.prompt_text.split()
+        return self._prompt
+
+    @property
     def num_tokens(self) -> int:
         """Tokens whose KV the sequence needs: the prompt plus what it has generated."""
-        return len(self.prompt) + self.num_output
+        return self.prompt_len + self.num_output
 
     def tokens_upto(self, n: int) -> list[str]:
-        p = len(self.prompt)
+        p = self.prompt_len
         return self.prompt if n <= p else self.prompt + self.output[: n - p]
+
+    def _prompt_words(self, lo: int, hi: int) -> list[str]:
+        """Prompt words ``lo..hi-1`` (a plain text is split only there)."""
+        if self._prompt is not None or self.prompt_text is None:
+            return self.prompt[lo:hi]
+        text, seps = self.prompt_text, self.prompt_seps
+        assert seps is not None
+        a = 0 if lo == 0 else int(seps[lo - 1]) + 1
+        b = len(text) if hi >= self.prompt_len else int(seps[hi - 1])
+        return text[a:b].split()
+
+    def tokens_between(self, lo: int, hi: int) -> list[str]:
+        """Tokens ``lo..hi-1`` without copying the prompt (a decode fills a block every
+        ``block_size`` tokens; only that block is hashed)."""
+        p = self.prompt_len
+        if hi <= p:
+            return self._prompt_words(lo, hi)
+        if lo >= p:
+            return self.output[lo - p : hi - p]
+        return self._prompt_words(lo, p) + self.output[: hi - p]
+
+    def extend_hashes(self, full: int, block_size: int) -> None:
+        """Chain ``hashes`` up to ``full`` blocks (`kv_cache.chain_hashes`'s values; a
+        plain prompt's blocks hashed from its text)."""
+        have = len(self.hashes)
+        if have >= full:
+            return
+        parent = self.hashes[-1] if have else 0
+        text, seps = self.prompt_text, self.prompt_seps
+        if text is not None and seps is not None:
+            inside = min(full, self.prompt_len // block_size)  # blocks wholly in the prompt
+            if have < inside:
+                self.hashes.extend(text_chain_hashes(text, seps, block_size, have, inside, parent))
+                have, parent = inside, self.hashes[-1]
+        if have < full:
+            tokens = self.tokens_between(have * block_size, full * block_size)
+            self.hashes.extend(chain_hashes(tokens, block_size, 0, parent))
 
     @property
     def text(self) -> str:

@@ -56,7 +56,7 @@ async def completion_chunks(
                     "created": created,
                     "model": model,
                     "choices": [],
-                    "usage": usage(len(seq.prompt), seq.num_output),
+                    "usage": usage(seq.prompt_len, seq.num_output),
                 }
             )
         )
@@ -90,7 +90,7 @@ async def chat_chunks(
                     "created": created,
                     "model": model,
                     "choices": [],
-                    "usage": usage(len(seq.prompt), seq.num_output),
+                    "usage": usage(seq.prompt_len, seq.num_output),
                 }
             )
         )

@@ -21,6 +21,8 @@ import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
+
 VOCAB: tuple[str, ...] = tuple(
     (
         "the of and to in is that for it as with was on be by this are from at an "
@@ -29,10 +31,30 @@ VOCAB: tuple[str, ...] = tuple(
     ).split()
 )
 VOCAB_SIZE = 32000  # size of the pretend id space reported by /tokenize
+# What str.split() splits ASCII text on, besides the space.
+_OTHER_ASCII_WHITESPACE = "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f"
 
 
 def tokenize(text: str) -> list[str]:
     return text.split()
+
+
+def separators(text: str) -> np.ndarray | None:
+    """Offsets of the spaces between the words of ``text`` when it is *plain*: ASCII, its
+    only whitespace single spaces between words. Then ``tokenize(text)`` has
+    ``len(seps) + 1`` words, word ``i`` ends at ``seps[i]`` and any run of words is a slice
+    of ``text``, so the engine can count, hash and digest the prompt without building one
+    string per word (a replay's prompts are plain). None otherwise."""
+    if not text or not text.isascii():
+        return None
+    for c in _OTHER_ASCII_WHITESPACE:  # each test is a fast scan for one character
+        if c in text:
+            return None
+    space = np.frombuffer(text.encode("ascii"), np.uint8) == 32
+    if space[0] or space[-1] or np.count_nonzero(space[1:] & space[:-1]):
+        return None  # leading, trailing or doubled spaces
+    seps: np.ndarray = space.nonzero()[0]
+    return seps
 
 
 def token_id(word: str) -> int:
@@ -61,14 +83,17 @@ def chat_prompt(messages: Iterable[tuple[str, str]]) -> list[str]:
     return words
 
 
-def prompt_digest(seed: int, prompt: Sequence[str]) -> int:
-    h = hashlib.blake2b(" ".join(prompt).encode(), digest_size=8, person=b"sage-cp-sim")
+def prompt_digest(seed: int, prompt: Sequence[str] | str) -> int:
+    """Digest of the words of ``prompt`` joined by single spaces (a plain text: itself)."""
+    joined = prompt if isinstance(prompt, str) else " ".join(prompt)
+    h = hashlib.blake2b(joined.encode(), digest_size=8, person=b"sage-cp-sim")
     h.update(seed.to_bytes(8, "little", signed=True))
     return int.from_bytes(h.digest(), "little")
 
 
-def generate(seed: int, prompt: Sequence[str], n: int) -> list[str]:
-    """The ``n`` output words of ``prompt`` (deterministic in ``seed`` and ``prompt``)."""
+def generate(seed: int, prompt: Sequence[str] | str, n: int) -> list[str]:
+    """The ``n`` output words of ``prompt`` (deterministic in ``seed`` and ``prompt``; a
+    plain text, see `separators`, gives what its words give)."""
     return random.Random(prompt_digest(seed, prompt)).choices(VOCAB, k=n)
 
 

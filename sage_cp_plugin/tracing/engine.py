@@ -39,7 +39,7 @@ def _export(tracer: Any, parent: Any, seq: SimSequence, model: str) -> None:
         "gen_ai.response.model": model,
         "gen_ai.request.id": seq.request_id,
         "gen_ai.request.max_tokens": seq.max_tokens,
-        "gen_ai.usage.prompt_tokens": len(seq.prompt),
+        "gen_ai.usage.prompt_tokens": seq.prompt_len,
         "gen_ai.usage.completion_tokens": seq.num_output,
         "gen_ai.latency.e2e": now - seq.arrival,
     }

@@ -8,7 +8,8 @@ that timer's deadline instead. Everything else (tasks, futures, `call_at`, `asyn
 on it exactly as they do in real time -- they only ever read `loop.time()`.
 
 Real I/O still works (the self-pipe, a socket a test opens): the selector is polled with a zero
-timeout first, and only when it reports nothing is the clock advanced. When there is neither a
+timeout first, and only when it reports nothing is the clock advanced (while callbacks are
+ready, it is polled every few passes only: see `_VirtualSelector.POLL_EVERY`). When there is neither a
 timer nor a ready callback the loop falls back to a real blocking `select`, so work handed to a
 thread (`run_in_executor`) can still wake it.
 """
@@ -20,17 +21,30 @@ import selectors
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
+from sage_cp_plugin.virtual.timer_heap import PairTimerHeap
+
 T = TypeVar("T")
 
 
 class _VirtualSelector(selectors.DefaultSelector):
     """A real selector that turns a positive timeout into a clock jump."""
 
+    # While callbacks are ready (timeout 0) the real poll, a system call, is made only every
+    # this many passes: a replay runs ~10 such passes per request and has no real I/O, and
+    # I/O a test opens is still seen within a few passes and before every clock jump.
+    POLL_EVERY = 16
+
     def __init__(self) -> None:
         super().__init__()
         self.loop: VirtualClockEventLoop | None = None
+        self._busy_passes = 0
 
     def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        if timeout == 0:
+            self._busy_passes += 1
+            if self._busy_passes < self.POLL_EVERY:
+                return []
+        self._busy_passes = 0
         events = super().select(0)
         if events or timeout == 0:
             return events
@@ -42,7 +56,7 @@ class _VirtualSelector(selectors.DefaultSelector):
         return []
 
 
-class VirtualClockEventLoop(asyncio.SelectorEventLoop):
+class VirtualClockEventLoop(PairTimerHeap, asyncio.SelectorEventLoop):
     """A selector event loop on virtual time (see the module docstring).
 
     `start` is the clock's initial value. `jumps` counts clock advances and `skipped_s` the
@@ -66,8 +80,8 @@ class VirtualClockEventLoop(asyncio.SelectorEventLoop):
         Jumping to the timer's own deadline, rather than to ``now + timeout``, avoids a float
         rounding gap that would leave the timer a hair in the future and spin the loop.
         """
-        scheduled: list[asyncio.TimerHandle] = self._scheduled  # type: ignore[attr-defined]
-        target = scheduled[0].when() if scheduled else self._virtual_now + timeout
+        first = self.next_timer_when()
+        target = first if first is not None else self._virtual_now + timeout
         if target > self._virtual_now:
             self.skipped_s += target - self._virtual_now
             self._virtual_now = target

@@ -76,8 +76,13 @@ class DirectSimTransport(StreamingASGITransport):
             return httpx.Response(500, text="Internal Server Error", request=request)
         if isinstance(resp, SSEResponse):
             return await self._stream(resp, request, body)
+        # The body as a stream, as a socket or the ASGI exchange hands it over: the client
+        # reads it, and Starlette's headers already carry its length and type.
         return httpx.Response(
-            resp.status_code, headers=resp.raw_headers, content=bytes(resp.body), request=request
+            resp.status_code,
+            headers=resp.raw_headers,
+            stream=httpx.ByteStream(bytes(resp.body)),
+            request=request,
         )
 
     async def _stream(
