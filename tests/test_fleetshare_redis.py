@@ -244,6 +244,18 @@ def _queued(prompt: str, manager: Any) -> Any:
     return make_item(req, now=0.0, seq=0)
 
 
+async def connected_replicas(
+    st: contextlib.AsyncExitStack, fleet: SimFleet, redis_url: str, n: int, **config: Any
+) -> list[tuple[str, Gateway]]:
+    """`n` replicas r0.. with `config`, each connected to Redis."""
+    reps = [
+        await st.enter_async_context(replica(fleet, redis_url, f"r{i}", **config)) for i in range(n)
+    ]
+    for _, gw in reps:
+        await wait_until(lambda gw=gw: connected(gw), "replica connected")
+    return reps
+
+
 def heard_usage(gw: Gateway, tenant: str) -> int:
     """Requests of `tenant` this replica counts in the window: its own and its peers'."""
     limiter = gw.manager.admission.rate_limiter
@@ -259,12 +271,7 @@ async def test_rate_limits_hold_across_replicas_and_for_a_new_one(tmp_path: Path
     body = {**BODY, "user": "acme"}
     with RedisServer(tmp_path) as redis:
         async with SimFleet(gen(2, time_scale=0.01)) as fleet, contextlib.AsyncExitStack() as st:
-            reps = [
-                await st.enter_async_context(replica(fleet, redis.url, f"r{i}", rate_limits=limits))
-                for i in range(3)
-            ]
-            for _, gw in reps:
-                await wait_until(lambda gw=gw: connected(gw), "replica connected")
+            reps = await connected_replicas(st, fleet, redis.url, 3, rate_limits=limits)
             codes = []
             async with httpx.AsyncClient(timeout=30) as c:
                 for k in range(12):
@@ -296,12 +303,7 @@ async def test_quota_usage_reaches_every_replica_and_a_later_one(tmp_path: Path)
     body = {**BODY, "user": "acme"}
     with RedisServer(tmp_path) as redis:
         async with SimFleet(gen(2, time_scale=0.01)) as fleet, contextlib.AsyncExitStack() as st:
-            reps = [
-                await st.enter_async_context(replica(fleet, redis.url, f"r{i}", quotas=quotas))
-                for i in range(2)
-            ]
-            for _, gw in reps:
-                await wait_until(lambda gw=gw: connected(gw), "replica connected")
+            reps = await connected_replicas(st, fleet, redis.url, 2, quotas=quotas)
             async with httpx.AsyncClient(timeout=30) as c:
                 assert (await c.post(f"{reps[0][0]}/v1/completions", json=body)).status_code == 200
 
