@@ -10,7 +10,7 @@ Goal (issue 10): p50 <= 50 us at 64 instances and <= 100 us at 256.
 Each call is timed in wall time and in the thread's CPU time (`plan_cpu_us_*`); on a busy
 machine only the CPU figures mean anything (the load average is recorded per row).
 
-usage: python -m benchmarks.decision_cost_replay --instances 64,256 --n 3000
+usage: python -m benchmarks.decision_cost_replay --instances 64,256 --n 3000 [--objectives 1000/100]
 Writes benchmarks/results/decision_cost_replay.{json,md} (`--name` to change), rewritten after
 every row so a long run keeps what it measured.
 """
@@ -31,11 +31,15 @@ from sage_cp_plugin.virtual.runner import CoordinatorConfig, run_replay
 from sage_cp_plugin.workloads import AZURE_CODE, WorkloadRecord, load_azure
 
 
-def workload(n_inst: int, n: int) -> list[WorkloadRecord]:
-    """The first `n` Azure code rows at 70 % of `n_inst` instances' capacity, SLO-free."""
+def workload(
+    n_inst: int, n: int, ttft_ms: float | None = None, tpot_ms: float | None = None
+) -> list[WorkloadRecord]:
+    """The first `n` Azure code rows at 70 % of `n_inst` instances' capacity, SLO-free unless
+    objectives are given (they widen `prefix_aware`'s tie window, `routing/tie_tolerance.py`,
+    so its scan predicts more candidates)."""
     w = load_azure(AZURE_CODE, limit=n, max_input_tokens=16384)
     w = at_load(w, 0.7 * capacity_rps(w) * n_inst / 8)
-    return [r.model_copy(update={"ttft_slo_ms": None, "tpot_slo_ms": None}) for r in w]
+    return [r.model_copy(update={"ttft_slo_ms": ttft_ms, "tpot_slo_ms": tpot_ms}) for r in w]
 
 
 def fleet(n_inst: int) -> InProcessFleet:
@@ -53,10 +57,16 @@ def main() -> None:
     ap.add_argument("--routers", default="round_robin,prefix_aware")
     ap.add_argument("--n", type=int, default=3000)
     ap.add_argument("--name", default="decision_cost_replay")
+    ap.add_argument(
+        "--objectives",
+        default=None,
+        help="TTFT_MS/TPOT_MS carried by every request (e.g. 1000/100, the matrix's); none: SLO-free",
+    )
     a = ap.parse_args()
+    ttft_ms, tpot_ms = (float(x) for x in a.objectives.split("/")) if a.objectives else (None, None)
     rows: list[dict[str, Any]] = []
     for n_inst in (int(x) for x in a.instances.split(",")):
-        w = workload(n_inst, a.n)
+        w = workload(n_inst, a.n, ttft_ms, tpot_ms)
         for router in a.routers.split(","):
             t = time.time()
             res = run_replay(w, fleet(n_inst), CoordinatorConfig(router=router))
@@ -65,6 +75,7 @@ def main() -> None:
                 "instances": n_inst,
                 "router": router,
                 "requests": a.n,
+                "objectives": a.objectives,
                 "plan_decisions": d["plan_decisions"],
                 "plan_us_p50": d["plan_us_p50"],
                 "plan_us_p99": d["plan_us_p99"],
@@ -92,13 +103,14 @@ def _markdown(rows: list[dict[str, Any]]) -> str:
         "",
         __doc__.split("usage:")[0].strip(),
         "",
-        "| instances | router | decisions | plan p50 us CPU (wall) | plan p99 us CPU (wall) "
+        "| instances | router | objectives (TTFT/TPOT ms) | decisions | plan p50 us CPU (wall) | plan p99 us CPU (wall) "
         "| goal p50 us | round us/decision (wall) | load avg 1m |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|",
+        "|---:|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         md.append(
-            f"| {r['instances']} | {r['router']} | {r['plan_decisions']} "
+            f"| {r['instances']} | {r['router']} | {r.get('objectives') or 'none'} "
+            f"| {r['plan_decisions']} "
             f"| {us(r['plan_cpu_us_p50'])} ({us(r['plan_us_p50'])}) "
             f"| {us(r['plan_cpu_us_p99'])} ({us(r['plan_us_p99'])}) "
             f"| {GOAL_US.get(r['instances'], '-')} | {us(r['us_per_decision_mean'])} "
