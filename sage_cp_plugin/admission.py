@@ -21,7 +21,7 @@ from sage_cp_plugin.pending import PendingQueue, QueuedRequest
 from sage_cp_plugin.policies.base import make_item
 from sage_cp_plugin.pools import InstancePools
 from sage_cp_plugin.quotas import QuotaLedger
-from sage_cp_plugin.rate_limits import RateLimiter, already_charged
+from sage_cp_plugin.rate_limits import RateLimiter, already_charged, counted_tokens
 from sage_cp_plugin.results import ResultStore
 from sage_cp_plugin.routing.cache_view import prepare as prepare_for_cache
 from sage_cp_plugin.state import InstanceState
@@ -137,7 +137,7 @@ class Admission:
         if self.quotas is not None:
             self.quotas.check(request.user_id)
         if self.rate_limiter is not None:
-            self.rate_limiter.admit(request.user_id, rate_cost(item), now)
+            self.rate_limiter.admit(request.user_id, counted_tokens(item), now)
 
     def check_model(self, request: RequestMetadata) -> None:
         embedding = request.kind == RequestKind.EMBEDDING
@@ -174,11 +174,3 @@ class Admission:
                 f"billing_tier {tier!r} has no price on any instance serving this request; "
                 f"tiers priced: {priced or 'none'} (or use 'standard')"
             )
-
-
-def rate_cost(item: QueuedRequest) -> int:
-    """Tokens a request counts against a tokens-per-minute limit: its prompt, plus the
-    tokens it may generate (`max_tokens`, as OpenAI counts; none for embeddings)."""
-    if item.request.kind == RequestKind.EMBEDDING:
-        return item.input_tokens
-    return item.input_tokens + item.output_tokens

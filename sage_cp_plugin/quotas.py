@@ -28,8 +28,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from sage_cp_plugin.errors import AdmissionError
 from sage_cp_plugin.pending import QueuedRequest
-from sage_cp_plugin.rate_limits import RateLimiter
-from sage_cp_plugin.types import RequestKind, RequestResult, RequestStatus
+from sage_cp_plugin.rate_limits import RateLimiter, counted_tokens
+from sage_cp_plugin.types import RequestResult, RequestStatus
 
 Period = Literal["hour", "day", "month"]
 
@@ -97,7 +97,6 @@ class QuotaLedger:
         # those: with many tenants a message of all of them would grow without bound).
         self.changed: set[str] = set()
         self.on_change: Callable[[], None] = lambda: None
-        self.refused = 0
 
     def _roll(self) -> None:
         wall = self.wall_clock()
@@ -119,15 +118,15 @@ class QuotaLedger:
         return tokens, cost
 
     def check(self, user_id: str | None) -> None:
-        quota = self.config.quota_of(RateLimiter.tenant_of(user_id))
+        tenant = RateLimiter.tenant_of(user_id)
+        quota = self.config.quota_of(tenant)
         if quota is None:
             return
         tokens, cost = self.used(user_id)
         for what, used, cap in (("tokens", tokens, quota.tokens), ("cost", cost, quota.cost)):
             if cap is not None and used >= cap:
-                self.refused += 1
                 wait = max(1.0, self.ends_at - self.wall_clock())
-                raise QuotaExceededError(RateLimiter.tenant_of(user_id), what, used, cap, wait)
+                raise QuotaExceededError(tenant, what, used, cap, wait)
 
     def charge(self, user_id: str | None, tokens: int, cost: float | None) -> None:
         tenant = RateLimiter.tenant_of(user_id)
@@ -172,9 +171,6 @@ def charge_quota(ledger: QuotaLedger) -> Callable[[QueuedRequest, RequestResult]
         if result.state != RequestStatus.COMPLETED:
             return
         tokens = result.prompt_tokens + result.completion_tokens
-        if tokens == 0:
-            out = 0 if item.request.kind == RequestKind.EMBEDDING else item.output_tokens
-            tokens = item.input_tokens + out
-        ledger.charge(item.request.user_id, tokens, result.cost)
+        ledger.charge(item.request.user_id, tokens or counted_tokens(item), result.cost)
 
     return observe

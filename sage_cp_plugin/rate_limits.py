@@ -36,6 +36,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from sage_cp_plugin.errors import AdmissionError, RequestRejectedError
+from sage_cp_plugin.pending import QueuedRequest
+from sage_cp_plugin.types import RequestKind
 
 WINDOW_S = 60
 SWEEP_EVERY = 1024  # admissions between two sweeps of tenants gone quiet
@@ -43,7 +45,7 @@ SWEEP_EVERY = 1024  # admissions between two sweeps of tenants gone quiet
 # instances): the request was charged once, whole, before them (`charged_once`).
 _CHARGED: ContextVar[bool] = ContextVar("sage_cp_rate_limit_charged", default=False)
 ANONYMOUS = "anonymous"
-TOTAL = "*"  # the usage key of the `total` limit (not a valid tenant name: see _tenant)
+TOTAL = "*"  # the usage key of the `total` limit (never a tenant: see `tenant_of`)
 
 
 class RateLimit(BaseModel):
@@ -70,15 +72,27 @@ class RateLimitConfig(BaseModel):
         return self.tenants.get(tenant, self.default)
 
 
+def counted_tokens(item: QueuedRequest) -> int:
+    """Tokens a request counts against a tokens-per-minute limit (and, when the engine
+    reported none, against a quota): its prompt, plus the tokens it may generate
+    (`max_tokens`, as OpenAI counts; none for embeddings)."""
+    if item.request.kind == RequestKind.EMBEDDING:
+        return item.input_tokens
+    return item.input_tokens + item.output_tokens
+
+
+def _whose(tenant: str) -> str:
+    return "the control plane's total" if tenant == TOTAL else f"tenant {tenant}'s"
+
+
 class RateLimitedError(AdmissionError):
     status_code = 429
 
     def __init__(self, tenant: str, what: str, limit: int, retry_after_s: float) -> None:
         self.tenant, self.what, self.limit = tenant, what, limit
         self.retry_after_s = retry_after_s
-        whose = "the control plane's total" if tenant == TOTAL else f"tenant {tenant}'s"
         super().__init__(
-            f"rate limit reached: {whose} limit of {limit} {what} per minute; retry after "
+            f"rate limit reached: {_whose(tenant)} limit of {limit} {what} per minute; retry after "
             f"{retry_after_s:.1f}s"
         )
 
@@ -87,11 +101,10 @@ class RequestExceedsRateLimitError(RequestRejectedError):
     status_code = 400
 
     def __init__(self, tenant: str, tokens: int, limit: int) -> None:
-        whose = "the control plane's total" if tenant == TOTAL else f"tenant {tenant}'s"
         super().__init__(
-            f"this request counts {tokens} tokens (prompt + max_tokens), more than {whose} "
-            f"limit of {limit} tokens per minute: it can never be admitted; lower max_tokens "
-            "or shorten the prompt"
+            f"this request counts {tokens} tokens (prompt + max_tokens), more than "
+            f"{_whose(tenant)} limit of {limit} tokens per minute: it can never be admitted; "
+            "lower max_tokens or shorten the prompt"
         )
 
 
@@ -236,8 +249,8 @@ class RateLimiter:
                 yield p
 
     def usage(self, user_id: str | None, now: float) -> tuple[float, float]:
-        """(requests, tokens) a tenant has used in the window, its own and peers' (`None` or
-        "*" as `user_id`: the total's usage)."""
+        """(requests, tokens) a tenant has used in the window, its own and peers' ("*" as
+        `user_id`: the total's usage; None: the `anonymous` tenant's)."""
         key = TOTAL if user_id == TOTAL else self.tenant_of(user_id)
         parts = list(self._usages(key, now))
         return sum(u.requests for u in parts), sum(u.tokens for u in parts)
