@@ -100,7 +100,7 @@ class Disaggregator:
         running it whole on `whole` (None: no instance could take it whole now)."""
         if not self.enabled or item.request.kind == RequestKind.EMBEDDING:
             return False
-        slo, ttft_slo = item.request.tpot_slo_ms, item.request.ttft_slo_ms
+        slo = item.request.tpot_slo_ms
         uncached = self.uncached_tokens(item, decode)
         inf = float("inf")
         view = SplitView(
@@ -121,7 +121,7 @@ class Disaggregator:
             whole_ttft_s=(
                 inf if whole is None else load_model.predicted_ttft_s(whole, uncached, now)
             ),
-            ttft_left_s=None if ttft_slo is None else ttft_slo / 1000.0 - (now - item.arrival),
+            ttft_left_s=item.ttft_left_s(now),
         )
         return split_pays(view)
 

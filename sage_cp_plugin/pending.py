@@ -71,6 +71,12 @@ class QueuedRequest:
     def request_id(self) -> str:
         return self.request.request_id
 
+    def ttft_left_s(self, now: float) -> float | None:
+        """What is left at `now` of its TTFT objective, counted from arrival (None without
+        one; negative once spent)."""
+        slo = self.request.ttft_slo_ms
+        return None if slo is None else slo / 1000.0 - (now - self.arrival)
+
     @property
     def pool(self) -> tuple[str | None, bool]:
         """Which instances may serve it: (model, embedding?)."""

@@ -48,8 +48,8 @@ def whole_candidates(
         return free
     decoding = ExecutionInstanceType.DECODING
     req, tokens = item.request, item.input_tokens
-    slo_t, slo_p = req.ttft_slo_ms, req.tpot_slo_ms
-    ttft_left = None if slo_t is None else slo_t / 1000 - (now - item.arrival)
+    slo_p = req.tpot_slo_ms
+    ttft_left = item.ttft_left_s(now)
     tpot_slo = None if slo_p is None else slo_p / 1000
     have = {s.instance_id for s in free}
     held = [
