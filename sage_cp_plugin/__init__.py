@@ -18,6 +18,7 @@ from sage_cp_plugin.errors import (
     QueueFullError,
     RequestRejectedError,
     RequestTimeoutError,
+    RetryLaterError,
     UnknownPluginError,
     UpstreamError,
 )
@@ -89,6 +90,7 @@ __all__ = [
     "RequestRouter",
     "RequestStatus",
     "RequestTimeoutError",
+    "RetryLaterError",
     "SLOAwarePolicy",
     "SchedulingDecision",
     "SchedulingPolicy",

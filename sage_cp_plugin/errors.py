@@ -38,8 +38,17 @@ class AdmissionError(ControlPlaneError):
     status_code = 503
 
 
-class QueueFullError(AdmissionError):
+class RetryLaterError(AdmissionError):
+    """Not admitted now, admissible after `retry_after_s` (HTTP 429 with Retry-After;
+    `code` says why: a full queue, a rate limit, a spent quota)."""
+
     status_code = 429
+    code = "retry_later"
+    retry_after_s: float
+
+
+class QueueFullError(RetryLaterError):
+    code = "queue_full"
 
     def __init__(self, capacity: int, retry_after_s: float = 1.0) -> None:
         self.capacity = capacity

@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from sage_cp_plugin.errors import AdmissionError
+from sage_cp_plugin.errors import RetryLaterError
 from sage_cp_plugin.pending import QueuedRequest
 from sage_cp_plugin.rate_limits import RateLimiter, counted_tokens
 from sage_cp_plugin.types import RequestResult, RequestStatus
@@ -73,8 +73,8 @@ def period_of(period: Period, wall: float) -> tuple[str, float]:
     return start.strftime("%Y-%m"), (start + dt.timedelta(days=days)).timestamp()
 
 
-class QuotaExceededError(AdmissionError):
-    status_code = 429
+class QuotaExceededError(RetryLaterError):
+    code = "insufficient_quota"  # OpenAI's
 
     def __init__(self, tenant: str, what: str, used: float, quota: float, retry_after_s: float):
         self.tenant, self.retry_after_s = tenant, retry_after_s

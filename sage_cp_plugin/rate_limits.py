@@ -35,7 +35,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from sage_cp_plugin.errors import AdmissionError, RequestRejectedError
+from sage_cp_plugin.errors import RequestRejectedError, RetryLaterError
 from sage_cp_plugin.pending import QueuedRequest
 from sage_cp_plugin.types import RequestKind
 
@@ -85,8 +85,8 @@ def _whose(tenant: str) -> str:
     return "the control plane's total" if tenant == TOTAL else f"tenant {tenant}'s"
 
 
-class RateLimitedError(AdmissionError):
-    status_code = 429
+class RateLimitedError(RetryLaterError):
+    code = "rate_limit_exceeded"
 
     def __init__(self, tenant: str, what: str, limit: int, retry_after_s: float) -> None:
         self.tenant, self.what, self.limit = tenant, what, limit

@@ -19,12 +19,11 @@ from sage_cp_plugin.errors import (
     ConfigurationError,
     ControlPlaneError,
     InvalidRequestBodyError,
-    QueueFullError,
     RequestTimeoutError,
+    RetryLaterError,
     UpstreamError,
 )
-from sage_cp_plugin.quotas import QuotaExceededError
-from sage_cp_plugin.rate_limits import RateLimitedError, RequestExceedsRateLimitError
+from sage_cp_plugin.rate_limits import RequestExceedsRateLimitError
 from sage_cp_plugin.tracing.logs import error_fields
 from sage_cp_plugin.types import RequestResult
 
@@ -133,17 +132,9 @@ def exception_to_error(exc: Exception) -> GatewayError:
         return exc
     if isinstance(exc, ValidationError):
         return validation_error(exc)
-    if isinstance(exc, QueueFullError):
+    if isinstance(exc, RetryLaterError):  # a full queue, a rate limit, a spent quota
         return GatewayError(
-            429, str(exc), code="queue_full", headers=retry_after_header(exc.retry_after_s)
-        )
-    if isinstance(exc, RateLimitedError):
-        return GatewayError(
-            429, str(exc), code="rate_limit_exceeded", headers=retry_after_header(exc.retry_after_s)
-        )
-    if isinstance(exc, QuotaExceededError):
-        return GatewayError(
-            429, str(exc), code="insufficient_quota", headers=retry_after_header(exc.retry_after_s)
+            429, str(exc), code=exc.code, headers=retry_after_header(exc.retry_after_s)
         )
     if isinstance(exc, RequestExceedsRateLimitError):
         return GatewayError(400, str(exc), param="max_tokens", code="rate_limit_exceeded")
