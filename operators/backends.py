@@ -19,6 +19,7 @@ from sage_cp_plugin.errors import (
     ModelNotServedError,
     QueueFullError,
     RequestRejectedError,
+    RetryLaterError,
 )
 from sage_cp_plugin.manager import ControlPlaneManager
 
@@ -27,7 +28,7 @@ from .records import ResultRecord
 
 ManagerFactory = Callable[[], AbstractAsyncContextManager[ControlPlaneManager]]
 
-# How long a request may wait for room in a full pending queue before it fails.
+# How long a request may wait to be admitted (a full queue, a rate limit) before it fails.
 _ADMISSION_PATIENCE_S = 120.0
 
 
@@ -81,11 +82,17 @@ class LocalBackend:
             try:
                 rid = await manager.submit_request(prepared.request)
                 break
-            except QueueFullError as exc:
-                # Backpressure, not failure: a full queue drains as requests finish.
-                if asyncio.get_running_loop().time() > deadline:
-                    return _failed(prepared, "queue_full", str(exc), 429)
-                await asyncio.sleep(min(exc.retry_after_s, 0.05))
+            except RetryLaterError as exc:
+                # Backpressure, not failure: a full queue drains as requests finish (its
+                # retry-after is an estimate: look again soon), a rate limit's minute moves
+                # on. One that cannot be outwaited within the patience (a quota spent until
+                # the period ends) fails now, saying why.
+                wait = exc.retry_after_s
+                if isinstance(exc, QueueFullError):
+                    wait = min(wait, 0.05)
+                if asyncio.get_running_loop().time() + wait > deadline:
+                    return _failed(prepared, exc.code, str(exc), 429)
+                await asyncio.sleep(wait)
             except ModelNotServedError as exc:
                 return _failed(prepared, "model_not_found", str(exc), 404)
             except RequestRejectedError as exc:

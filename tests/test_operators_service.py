@@ -164,3 +164,21 @@ class _Append(SinkFunction):  # type: ignore[misc]
 
     def execute(self, data: Any) -> None:
         self.out.append(data)
+
+
+def test_a_spent_quota_fails_a_batch_item_with_why_not_the_batch() -> None:
+    """A refusal the request could outwait only after the admission patience (a quota spent
+    until the period ends) is a failed record saying why; the batch goes on."""
+    config = {**FAST, "quotas": {"period": "day", "default": {"tokens": 1}}}
+    with ControlPlaneService(config=config) as svc:
+        first = svc.run_batch([{"prompt": "q", "max_tokens": 4, "user_id": "acme"}])
+        later = svc.run_batch(
+            [
+                {"prompt": "q", "max_tokens": 4, "user_id": "acme"},
+                {"prompt": "q", "max_tokens": 4, "user_id": "other"},
+            ]
+        )
+    assert first[0].ok
+    assert not later[0].ok and later[0].error is not None
+    assert later[0].error.code == "insufficient_quota" and later[0].status_code == 429
+    assert later[1].ok  # another tenant, its own quota

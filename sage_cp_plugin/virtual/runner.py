@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sage_cp_plugin.errors import QueueFullError, RequestRejectedError
+from sage_cp_plugin.errors import RequestRejectedError, RetryLaterError
 from sage_cp_plugin.health import HealthConfig
 from sage_cp_plugin.manager import ControlPlaneManager
 from sage_cp_plugin.types import PDSeparationConfig, RequestMetadata
@@ -206,7 +206,7 @@ async def _replay(
                 await asyncio.sleep(delay)
             try:
                 ids.append((i, await manager.submit_request(_request(record, i, builder))))
-            except (QueueFullError, RequestRejectedError) as exc:
+            except (RetryLaterError, RequestRejectedError) as exc:
                 outcomes[i].state = "shed"
                 outcomes[i].error_type = type(exc).__name__
                 outcomes[i].slo_met = False if outcomes[i].has_slo else None
