@@ -29,7 +29,17 @@ from .records import ResultRecord
 ManagerFactory = Callable[[], AbstractAsyncContextManager[ControlPlaneManager]]
 
 # How long a request may wait to be admitted (a full queue, a rate limit) before it fails.
-_ADMISSION_PATIENCE_S = 120.0
+ADMISSION_PATIENCE_S = 120.0
+
+
+def outwaits(retry_after_s: float, now: float, deadline: float) -> bool:
+    """Whether a refusal to retry later is backpressure to wait out (both backends).
+
+    A full queue drains as requests finish and a rate limit's minute moves on, so the request
+    waits, up to `ADMISSION_PATIENCE_S` in all. One that cannot be outwaited within it (a
+    quota spent until its period ends) fails now, saying why, rather than after the patience.
+    """
+    return now + retry_after_s <= deadline
 
 
 class Backend(Protocol):
@@ -77,20 +87,18 @@ class LocalBackend:
         manager = self.manager
         if manager is None or not manager.running:
             return _failed(prepared, "stopped", "the control plane is not running", 503)
-        deadline = asyncio.get_running_loop().time() + _ADMISSION_PATIENCE_S
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + ADMISSION_PATIENCE_S
         while True:
             try:
                 rid = await manager.submit_request(prepared.request)
                 break
             except RetryLaterError as exc:
-                # Backpressure, not failure: a full queue drains as requests finish (its
-                # retry-after is an estimate: look again soon), a rate limit's minute moves
-                # on. One that cannot be outwaited within the patience (a quota spent until
-                # the period ends) fails now, saying why.
-                wait = exc.retry_after_s
-                if isinstance(exc, QueueFullError):
-                    wait = min(wait, 0.05)
-                if asyncio.get_running_loop().time() + wait > deadline:
+                # A full queue's retry-after is an estimate and looking again costs nothing
+                # in-process: look again soon.
+                wait = min(exc.retry_after_s, 0.05) if isinstance(exc, QueueFullError) else None
+                wait = exc.retry_after_s if wait is None else wait
+                if not outwaits(wait, loop.time(), deadline):
                     return _failed(prepared, exc.code, str(exc), 429)
                 await asyncio.sleep(wait)
             except ModelNotServedError as exc:

@@ -16,6 +16,7 @@ import httpx
 from sage_cp_plugin.openai_body import ENDPOINTS, text_of
 from sage_cp_plugin.types import ExecutionInstance, RequestKind, RequestMetadata
 
+from .backends import ADMISSION_PATIENCE_S, outwaits
 from .inputs import PreparedRequest
 from .records import ErrorInfo, ResultRecord, Timings
 
@@ -111,7 +112,9 @@ class RemoteBackend:
         replica = self._first_replica()
         # The request id goes along: a resend to a replica still running it joins that run.
         headers = {**scheduling_headers(req), "x-request-id": req.request_id}
-        for attempt in range(_RETRIES + len(self.urls) - 1):
+        deadline = started + ADMISSION_PATIENCE_S
+        attempt = 0  # transport failures and 503s; waiting out a 429 does not use one
+        while attempt < _RETRIES + len(self.urls) - 1:
             client = self._client
             if client is None:
                 last_error = "the service is closed"
@@ -125,13 +128,21 @@ class RemoteBackend:
                 last_error = f"coordinator {base} unreachable: {type(exc).__name__}: {exc}"
                 replica = (replica + 1) % len(self.urls)  # the next replica, if any
                 await asyncio.sleep(0.2 * 2 ** min(attempt, 4) / len(self.urls))
+                attempt += 1
                 continue
-            if resp.status_code in (429, 503) and attempt < _RETRIES - 1:
-                # The coordinator sheds load with 429 + Retry-After: wait, do not fail. A
-                # replica shutting down answers 503: the next one takes the request.
-                if resp.status_code == 503:
-                    replica = (replica + 1) % len(self.urls)
-                await asyncio.sleep(_retry_after(resp, 0.2 * 2**attempt))
+            if resp.status_code == 429:
+                # Backpressure (a full queue, a rate limit): wait as long as the coordinator
+                # says, within the same patience as the in-process backend; a refusal that
+                # cannot be outwaited (a spent quota) is the line's answer now.
+                wait = _retry_after(resp, 1.0)
+                if outwaits(wait, loop.time(), deadline):
+                    await asyncio.sleep(wait)
+                    continue
+            elif resp.status_code == 503 and attempt < _RETRIES - 1:
+                # A replica shutting down answers 503: the next one takes the request.
+                replica = (replica + 1) % len(self.urls)
+                await asyncio.sleep(min(5.0, _retry_after(resp, 0.2 * 2**attempt)))
+                attempt += 1
                 continue
             return self._record(prepared, kind, resp, (loop.time() - started) * 1000)
         return ResultRecord.failure(
@@ -200,12 +211,18 @@ class RemoteBackend:
 # is a statement about the fleet: operators/outage.py retries it until the fleet is back and
 # never takes it for the request's own failure. Every other refusal stays "upstream_error"
 # (a replica that is stopping, say, is not final while other replicas can take the line).
-_RECORD_CODE = {"no_healthy_instance": "no_instance_error"}
+# A 429's code (queue_full, rate_limit_exceeded, insufficient_quota) says why, as the
+# in-process backend's records do.
+_RECORD_CODE = {
+    "no_healthy_instance": "no_instance_error",
+    **{c: c for c in ("queue_full", "rate_limit_exceeded", "insufficient_quota")},
+}
 
 
 def _retry_after(resp: httpx.Response, default: float) -> float:
+    """The answer's Retry-After in seconds (RFC 9110 delay-seconds), else `default`."""
     try:
-        return min(5.0, max(0.0, float(resp.headers.get("retry-after", default))))
+        return max(0.0, float(resp.headers.get("retry-after", default)))
     except ValueError:
         return default
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -10,7 +11,12 @@ import sys
 from pathlib import Path
 
 import httpx
-from sage_cp_plugin.operators.remote import parse_prometheus
+from sage_cp_plugin.operators.inputs import PreparedRequest, request_from_body
+from sage_cp_plugin.operators.remote import RemoteBackend, parse_prometheus
+
+from sage_cp_plugin.types import RequestKind
+from tests.helpers import wait_until
+from tests.test_gateway_support import gateway_over_sim, gen
 
 CLI = [sys.executable, "-m", "sage_cp_plugin.entrypoints.cli"]
 
@@ -93,3 +99,61 @@ def test_two_processes_split_one_file_through_one_coordinator(tmp_path: Path) ->
         if json.loads(x)["custom_id"].startswith("e")
     )
     assert emb["response"]["body"]["data"][0]["embedding"]
+
+
+def _completion(i: int) -> PreparedRequest:
+    body = {"model": "sim-model", "prompt": f"go {i}", "max_tokens": 4, "user": "acme"}
+    return PreparedRequest(f"c{i}", request_from_body(body, kind=RequestKind.COMPLETION))
+
+
+async def test_a_remote_batch_waits_out_a_full_queue_instead_of_failing_lines() -> None:
+    """Sustained 429s from a full queue are backpressure: the line waits (within the same
+    120 s patience as the in-process backend) and is answered once the queue drains.
+    Before: the fourth 429 in a row became the line's error record."""
+    async with gateway_over_sim(
+        gen(1), max_pending_requests=1, instance_fields={"max_concurrent_requests": 1}
+    ) as h:
+        backend = RemoteBackend(h.url)
+        await backend.start()
+        refusals = 0
+
+        async def count(resp: httpx.Response) -> None:
+            nonlocal refusals
+            refusals += resp.status_code == 429
+
+        assert backend._client is not None
+        backend._client.event_hooks["response"].append(count)
+        async with httpx.AsyncClient(base_url=h.fleet.urls[0]) as sim:
+            (await sim.post("/sim/faults", json={"hang": True})).raise_for_status()
+            lines = [asyncio.create_task(backend.run(_completion(i))) for i in range(4)]
+            # One line runs, one waits in the queue, two are refused: hold the fleet until
+            # each of those two has been refused more often than the old retry budget.
+            await wait_until(lambda: refusals >= 10, lambda: f"{refusals} refusals")
+            (await sim.post("/sim/faults", json={"hang": False})).raise_for_status()
+            records = await asyncio.gather(*lines)
+        await backend.stop()
+    assert [(r.status_code, r.error) for r in records] == [(200, None)] * 4
+
+
+async def test_a_spent_quota_is_the_lines_answer_at_once_with_its_code() -> None:
+    """A 429 that cannot be outwaited (a quota spent until the hour ends) fails the line on
+    the first answer, with the coordinator's code. Before: three more tries 5 s apart,
+    then a record saying 'upstream_error'."""
+    async with gateway_over_sim(quotas={"period": "hour", "default": {"tokens": 5}}) as h:
+        backend = RemoteBackend(h.url)
+        await backend.start()
+        sent = 0
+
+        async def count(request: httpx.Request) -> None:
+            nonlocal sent
+            sent += 1
+
+        assert backend._client is not None
+        backend._client.event_hooks["request"].append(count)
+        first = await backend.run(_completion(0))  # uses more than the 5 tokens
+        refused = await backend.run(_completion(1))
+        await backend.stop()
+    assert first.status_code == 200
+    assert refused.status_code == 429 and refused.error is not None
+    assert refused.error.code == "insufficient_quota"
+    assert sent == 2
