@@ -19,6 +19,7 @@ from .settings import GatewaySettings
 if TYPE_CHECKING:
     from sage_cp_plugin.fleetshare.sync import FleetShare
 
+    from .handover import Handover
     from .workers.scheduler import WorkerPool
 
 logger = logging.getLogger(__name__)
@@ -33,6 +34,7 @@ class Gateway:
     inflight: InflightBytes = field(init=False)  # bytes held by requests in flight
     shutting_down: bool = False
     share: FleetShare | None = None  # state shared with other replicas (--redis-url)
+    handover: Handover | None = None  # forwards requests a peer claimed (handover.py)
     workers: WorkerPool | None = None  # the forwarding workers of `serve --workers N`
     _drains: dict[str, asyncio.Task[None]] = field(default_factory=dict)
 
