@@ -101,6 +101,60 @@ async def test_same_id_on_two_replicas_at_once_runs_once(tmp_path: Path) -> None
                     assert handed in ({None, "r0"}, {None, "r1"})  # one ran, one handed over
 
 
+async def test_the_first_client_leaving_does_not_fail_a_resend_joined_to_it(
+    tmp_path: Path,
+) -> None:
+    """A client gives up on r0 while its resend, sent to r1, waits on r0's run: the run goes
+    on for the resend (one run). A client that leaves with nobody else waiting cancels the
+    run; its resend through another replica runs it again and is answered."""
+    with RedisServer(tmp_path) as redis:
+        async with SimFleet(gen(2, time_scale=0.5)) as fleet:
+            runs = count_runs(fleet)
+            async with contextlib.AsyncExitStack() as st:
+                reps = [await st.enter_async_context(replica(fleet, redis.url, f"r{i}"))
+                        for i in range(2)]  # fmt: skip
+                (u0, g0), (u1, _g1) = reps
+                await wait_until(
+                    lambda: all(g.share is not None and g.share.peers.address(
+                        "r1" if g is g0 else "r0", g.manager.now()) for _, g in reps),
+                    "the replicas heard each other's address",
+                )  # fmt: skip
+                c = await st.enter_async_context(httpx.AsyncClient(timeout=60))
+                body = {"model": "sim-model", "prompt": "left early", "max_tokens": 60}
+                hdr = {"x-request-id": "left-1"}
+                first = asyncio.create_task(c.post(u0 + "/v1/completions", json=body, headers=hdr))
+                await wait_until(lambda: runs["left early"] == 1, "r0 runs it")
+                resend = asyncio.create_task(c.post(u1 + "/v1/completions", json=body, headers=hdr))
+                await wait_until(
+                    lambda: runs["left early"] == 2 or g0._waiting.get("left-1") == 2,
+                    "the resend reached r1 (handed to r0, or run there)",
+                )
+                first.cancel()  # the first client gives up: its connection closes
+                with contextlib.suppress(asyncio.CancelledError):
+                    await first
+                answer = await resend
+                assert answer.status_code == 200, answer.text
+                assert answer.headers["x-sage-handed-to"] == "r0"
+                assert runs["left early"] == 1
+
+                # Nobody else waiting: the run is cancelled; a resend elsewhere runs it again.
+                body2 = {**body, "prompt": "left alone"}
+                hdr2 = {"x-request-id": "left-2"}
+                first = asyncio.create_task(
+                    c.post(u0 + "/v1/completions", json=body2, headers=hdr2)
+                )
+                await wait_until(lambda: runs["left alone"] == 1, "r0 runs it")
+                first.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await first
+                await wait_until(
+                    lambda: g0.manager.results.get("left-2") is not None, "r0 cancelled it"
+                )
+                again = await c.post(u1 + "/v1/completions", json=body2, headers=hdr2)
+                assert again.status_code == 200, again.text
+                assert runs["left alone"] == 2
+
+
 async def test_a_resend_after_the_owner_died_runs_once_more(tmp_path: Path) -> None:
     """r0 runs the id; a resend to r1 is handed to r0; r0 is killed mid-run: r1 takes the
     claim and runs it (the second run), and r0's client, resending to r2, joins r1's run."""
