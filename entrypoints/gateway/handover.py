@@ -74,19 +74,19 @@ class Handover:
             headers=headers,
         )  # fmt: skip
         try:
-            resp: httpx.Response | None = await self.client.send(upstream, stream=True)
+            resp = await self.client.send(upstream, stream=True)
         except httpx.TransportError as exc:
             raise OwnerUnreachable(f"{to.owner} at {to.address}: {exc!r}") from exc
-        assert resp is not None
+        relayed = False  # a stream's relay closes the owner's answer when it ends
         try:
             if resp.status_code == 503:  # stopping, and not running this id
                 raise OwnerUnreachable(f"{to.owner} answered 503")
             out = {k: v for k, v in resp.headers.items() if k not in _NOT_RELAYED}
             out[HANDED_TO_HEADER] = to.owner
             if resp.headers.get("content-type", "").startswith("text/event-stream"):
-                opened, resp = resp, None  # the stream closes it
+                relayed = True
                 return StreamingResponse(
-                    _relay(opened, request), status_code=opened.status_code, headers=out
+                    _relay(resp, request), status_code=resp.status_code, headers=out
                 )
             try:
                 content = await resp.aread()
@@ -94,7 +94,7 @@ class Handover:
                 raise OwnerUnreachable(f"{to.owner} died answering: {exc!r}") from exc
             return Response(content, status_code=resp.status_code, headers=out)
         finally:
-            if resp is not None:
+            if not relayed:
                 await resp.aclose()
 
 
@@ -126,8 +126,10 @@ async def claimed_elsewhere(gw: Gateway, request: Request, body: dict[str, Any])
     """The answer of the replica that owns this request's id, or None: run it here (no
     id, no store, a known id, this replica's claim, the owner dead, the store away)."""
     share, handover = gw.share, gw.handover
+    if share is None or handover is None:
+        return None  # no shared store: nothing to ask, no cost
     rid = explicit_id(request)
-    if share is None or handover is None or rid is None or await gw.knows(rid):
+    if rid is None or await gw.knows(rid):
         return None
     outcome = await share.claims.claim(rid)
     for _ in range(MAX_HOPS):
