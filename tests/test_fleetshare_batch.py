@@ -68,7 +68,10 @@ def test_batch_shards_survive_a_replica_kill(tmp_path: Path) -> None:
             for j in jobs:
                 j.join(300)
                 assert not j.is_alive(), "a batch shard did not finish"
-            taken = sum(claims_taken_over(p.url) for p in procs if p.proc.poll() is None)
+            survivors = [p.url for p in procs if p.proc.poll() is None]
+            # A resend finding the dead replica's claim takes it over; one that reached a
+            # replica which had lost Redis for a moment (a loaded machine) runs unshared.
+            resent = sum(claims(u, "taken_over") + claims(u, "unshared") for u in survivors)
         finally:
             for p in procs:
                 if p.proc.poll() is None:
@@ -83,15 +86,15 @@ def test_batch_shards_survive_a_replica_kill(tmp_path: Path) -> None:
     # The kill happened while the job ran: lines were answered after it, by the survivors.
     assert victim.returncode == -signal.SIGKILL
     # Every line ran; a line ran twice only if the killed replica was running it (at most
-    # the two jobs' 16 in flight, over three replicas), and the resends of those found the
-    # dead replica's claims and took them over.
+    # the two jobs' 16 in flight), and the resends of those went through the claims: the
+    # dead replica's were taken over (a kill landing when it ran nothing resends nothing).
     assert all(runs[f"line {i} " * 20] >= 1 for i in range(n_lines))
     twice = [p for p, k in runs.items() if k > 1]
     assert len(twice) <= 16 and all(runs[p] == 2 for p in twice)
-    assert taken >= 1
+    assert not twice or resent >= 1, twice
 
 
-def claims_taken_over(url: str) -> int:
+def claims(url: str, outcome: str) -> int:
     text = httpx.get(url + "/metrics", timeout=10).text
-    key = 'sage_cp_request_claims_total{outcome="taken_over"} '
+    key = f'sage_cp_request_claims_total{{outcome="{outcome}"}} '
     return sum(int(float(x[len(key) :])) for x in text.splitlines() if x.startswith(key))
