@@ -8,6 +8,10 @@ tests/test_request_claims_redis.py."""
 from __future__ import annotations
 
 import asyncio
+import socket
+
+from sage_cp_plugin.entrypoints.gateway import GatewaySettings
+from sage_cp_plugin.entrypoints.gateway.shared import advertised_url
 
 from sage_cp_plugin.fleetshare.claims import HandOver, Run
 from sage_cp_plugin.fleetshare.store import InMemoryFleetStateStore
@@ -72,3 +76,12 @@ async def _expiry() -> None:
 
 def test_in_memory_claims_expire_and_stay_bounded() -> None:
     run_virtual(_expiry())
+
+
+def test_a_replica_advertises_where_peers_reach_it() -> None:
+    assert advertised_url(GatewaySettings(), 8080) == "http://127.0.0.1:8080"
+    assert advertised_url(GatewaySettings(host="::1"), 81) == "http://[::1]:81"
+    # A wildcard bind is no address a peer can use: the host's name is.
+    assert advertised_url(GatewaySettings(host="0.0.0.0"), 9) == f"http://{socket.gethostname()}:9"
+    given = GatewaySettings(advertise_url="http://gw-2.internal:8080/")
+    assert advertised_url(given, 1234) == "http://gw-2.internal:8080"
