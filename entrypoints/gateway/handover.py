@@ -79,7 +79,7 @@ class Handover:
             raise OwnerUnreachable(f"{to.owner} at {to.address}: {exc!r}") from exc
         relayed = False  # a stream's relay closes the owner's answer when it ends
         try:
-            if resp.status_code == 503:  # stopping, and not running this id
+            if resp.status_code == 503:  # stopping, or no instance: it did not run it
                 raise OwnerUnreachable(f"{to.owner} answered 503")
             out = {k: v for k, v in resp.headers.items() if k not in _NOT_RELAYED}
             out[HANDED_TO_HEADER] = to.owner

@@ -33,7 +33,7 @@ from .body import read_json_object
 from .disconnect import ClientDisconnected, DisconnectWatcher
 from .embeddings import complete_split_embedding, needs_split
 from .errors import GatewayError, error_response, exception_to_error, result_error
-from .handover import HANDOVER_HEADER, claimed_elsewhere
+from .handover import claimed_elsewhere
 from .inflight import Reservation
 from .runtime import Gateway
 from .schemas import check_embedding_size, too_many_inputs, validate_body
@@ -86,7 +86,7 @@ async def _handle(request: Request, kind: RequestKind, endpoint: str) -> Respons
     held: Reservation | None = None
     try:
         check_client_key(request.headers, gw.settings.api_key)
-        if gw.shutting_down and not await _joins_handed_over(gw, request):
+        if gw.shutting_down:
             raise GatewayError(503, "the gateway is shutting down", code="shutting_down")
         held = gw.inflight.reserve(_declared_size(request, gw.settings.max_body_bytes))
         body = await _read_body(request, gw, kind)
@@ -137,13 +137,6 @@ async def _handle(request: Request, kind: RequestKind, endpoint: str) -> Respons
             watcher.close()
         if not streamed:
             gw.metrics.observe_request(endpoint, model, status, priority)
-
-
-async def _joins_handed_over(gw: Gateway, request: Request) -> bool:
-    """A peer hands over a request this stopping replica is running (or has the result
-    of): it is answered, as the client's own resend would be."""
-    rid = request.headers.get("x-request-id")
-    return rid is not None and HANDOVER_HEADER in request.headers and await gw.knows(rid)
 
 
 async def _read_body(request: Request, gw: Gateway, kind: RequestKind) -> dict[str, Any]:
