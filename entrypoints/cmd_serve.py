@@ -129,6 +129,20 @@ def register(sub: Any) -> None:
     p.add_argument("--redis-namespace", default="sagecp", help="key prefix in Redis")
     p.add_argument("--replica-id", default=None, help="this replica's name (default: host-pid)")
     p.add_argument(
+        "--advertise-url",
+        default=None,
+        help="with --redis-url: where the other replicas reach this one to hand it requests "
+        "whose x-request-id it runs (default: http://<--host>:<bound port>; a wildcard "
+        "--host advertises the host name)",
+    )
+    p.add_argument(
+        "--request-claim-ttl",
+        type=float,
+        default=600.0,
+        help="with --redis-url: seconds a request id stays claimed by the replica running "
+        "it (a resend to another replica is handed to it meanwhile)",
+    )
+    p.add_argument(
         "--workers",
         type=int,
         default=1,
@@ -179,6 +193,8 @@ def run(args: argparse.Namespace) -> int:
             redis_url=args.redis_url,
             redis_namespace=args.redis_namespace,
             replica_id=args.replica_id,
+            advertise_url=args.advertise_url,
+            request_claim_ttl_s=args.request_claim_ttl,
         )
         config = ControlPlaneConfig.load(args.config)
         config.request_log = request_log_for(config.request_log, args.request_log, "gateway")

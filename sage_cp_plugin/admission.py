@@ -11,9 +11,9 @@ import asyncio
 from collections.abc import Callable, Sequence
 
 from sage_cp_plugin.errors import (
-    ConfigurationError,
     ModelNotServedError,
     QueueFullError,
+    RequestIdInUseError,
     RequestRejectedError,
 )
 from sage_cp_plugin.metrics import MetricsCollector
@@ -68,7 +68,7 @@ class Admission:
             raise TypeError(f"submit_request expects RequestMetadata, got {type(request).__name__}")
         rid = request.request_id
         if self.results.in_use(rid):
-            raise ConfigurationError(
+            raise RequestIdInUseError(
                 f"request_id {rid!r} is already in use; leave it empty to have one generated"
             )
         self.check_model(request)

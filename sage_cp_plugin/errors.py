@@ -11,6 +11,11 @@ class ConfigurationError(ControlPlaneError, ValueError):
     """A configuration (policy/router names, instances, files) cannot be used as given."""
 
 
+class RequestIdInUseError(ConfigurationError):
+    """A request was submitted with the id of one the coordinator still knows (in flight,
+    or its result retained)."""
+
+
 class UnknownPluginError(ConfigurationError, KeyError):
     """A policy, router or parallelism strategy name that no plugin registered."""
 

@@ -55,6 +55,11 @@ class ResultStore:
     def get(self, request_id: str) -> RequestResult | None:
         return self._results.get(request_id)
 
+    def forget(self, request_id: str) -> None:
+        """Drop a finished result (its id may be run again); a live request stays."""
+        if self._results.pop(request_id, None) is not None:
+            self.retained_bytes -= self._sizes.pop(request_id, 0)
+
     def __len__(self) -> int:
         """Finished results retained."""
         return len(self._results)

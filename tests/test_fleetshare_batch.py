@@ -3,51 +3,27 @@ simulated fleet; two `--shard i/n` batch jobs spread over the replicas; one repl
 (SIGKILL) mid-job: every line is still answered exactly once, and none failed.
 
 The batch job is the retrying client: a request whose replica died is resent, with the same
-request id, to the next replica in its `--url` list.
+request id, to the next replica in its `--url` list, which finds the dead replica's claim on
+the id and takes it over (docs/scale-out.md, "Request ids across replicas"); runs are
+counted at the simulated engines.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import signal
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
 from sage_cp_plugin.entrypoints.batch import BatchJobOptions, run_batch_job
 
 from sage_cp_plugin.config import sim_instances
-from sage_cp_plugin.sim import SimFleet
+from sage_cp_plugin.sim.fleet import SimFleetThread
 from tests.helpers import wait_until_sync
 from tests.redis_server import RedisServer
 from tests.test_gateway_support import gen, start_gateway_process
-
-
-@contextmanager
-def sim_fleet_thread(n: int, time_scale: float) -> Iterator[list[dict[str, object]]]:
-    """A simulated fleet served from its own thread and event loop (the batch jobs and the
-    gateway processes block; the fleet must keep answering)."""
-    ready = threading.Event()
-    instances: list[dict[str, object]] = []
-    loop = asyncio.new_event_loop()
-    stop = asyncio.Event()
-
-    async def main() -> None:
-        async with SimFleet(gen(n, time_scale=time_scale)) as fleet:
-            instances.extend(i.model_dump(mode="json") for i in sim_instances(fleet.members))
-            ready.set()
-            await stop.wait()
-
-    thread = threading.Thread(target=loop.run_until_complete, args=(main(),), daemon=True)
-    thread.start()
-    assert ready.wait(30), "simulated fleet did not start"
-    try:
-        yield instances
-    finally:
-        loop.call_soon_threadsafe(stop.set)
-        thread.join(30)
+from tests.test_request_claims_redis import count_runs
 
 
 def count_lines(path: Path) -> int:
@@ -62,7 +38,9 @@ def test_batch_shards_survive_a_replica_kill(tmp_path: Path) -> None:
                     "body": {"model": "sim-model", "prompt": f"line {i} " * 20, "max_tokens": 12}})
         + "\n" for i in range(n_lines)
     ))  # fmt: skip
-    with RedisServer(tmp_path) as redis, sim_fleet_thread(2, time_scale=0.3) as instances:
+    with RedisServer(tmp_path) as redis, SimFleetThread(gen(2, time_scale=0.3)) as sims:
+        runs = count_runs(sims.fleet)
+        instances = [i.model_dump(mode="json") for i in sim_instances(sims.fleet.members)]
         cfg = tmp_path / "fleet.yaml"
         cfg.write_text(json.dumps({"scheduling_policy": "fifo", "instances": instances}))
         procs = [
@@ -90,6 +68,10 @@ def test_batch_shards_survive_a_replica_kill(tmp_path: Path) -> None:
             for j in jobs:
                 j.join(300)
                 assert not j.is_alive(), "a batch shard did not finish"
+            survivors = [p.url for p in procs if p.proc.poll() is None]
+            # A resend finding the dead replica's claim takes it over; one that reached a
+            # replica which had lost Redis for a moment (a loaded machine) runs unshared.
+            resent = sum(claims(u, "taken_over") + claims(u, "unshared") for u in survivors)
         finally:
             for p in procs:
                 if p.proc.poll() is None:
@@ -103,3 +85,16 @@ def test_batch_shards_survive_a_replica_kill(tmp_path: Path) -> None:
     assert sum(count_lines(o) for o in outs) == n_lines
     # The kill happened while the job ran: lines were answered after it, by the survivors.
     assert victim.returncode == -signal.SIGKILL
+    # Every line ran; a line ran twice only if the killed replica was running it (at most
+    # the two jobs' 16 in flight), and the resends of those went through the claims: the
+    # dead replica's were taken over (a kill landing when it ran nothing resends nothing).
+    assert all(runs[f"line {i} " * 20] >= 1 for i in range(n_lines))
+    twice = [p for p, k in runs.items() if k > 1]
+    assert len(twice) <= 16 and all(runs[p] == 2 for p in twice)
+    assert not twice or resent >= 1, twice
+
+
+def claims(url: str, outcome: str) -> int:
+    text = httpx.get(url + "/metrics", timeout=10).text
+    key = f'sage_cp_request_claims_total{{outcome="{outcome}"}} '
+    return sum(int(float(x[len(key) :])) for x in text.splitlines() if x.startswith(key))

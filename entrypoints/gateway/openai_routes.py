@@ -24,6 +24,7 @@ import numpy as np
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
+from sage_cp_plugin.errors import RequestIdInUseError
 from sage_cp_plugin.types import RequestKind, RequestMetadata, RequestPriority, RequestStatus
 
 from .auth import check_client_key
@@ -32,6 +33,7 @@ from .body import read_json_object
 from .disconnect import ClientDisconnected, DisconnectWatcher
 from .embeddings import complete_split_embedding, needs_split
 from .errors import GatewayError, error_response, exception_to_error, result_error
+from .handover import claimed_elsewhere
 from .inflight import Reservation
 from .runtime import Gateway
 from .schemas import check_embedding_size, too_many_inputs, validate_body
@@ -96,18 +98,27 @@ async def _handle(request: Request, kind: RequestKind, endpoint: str) -> Respons
             count = len(inputs) if isinstance(inputs, list) else 1
             held.grow(gw.inflight.embedding_answer_bytes(model, count))
         validate_body(kind, body)
+        handed = await claimed_elsewhere(gw, request, body)
+        if handed is not None:  # a live peer runs this id: its answer
+            status = handed.status_code
+            return handed
         include_usage = wants_usage(body)
         base64_out = kind == RequestKind.EMBEDDING and _wants_base64(body)
         req = gw.experiment.tag(to_request(body, request.headers, kind, endpoint))
         priority = req.priority
-        watcher = DisconnectWatcher(request.receive)
+        watcher = w = DisconnectWatcher(request.receive)
         if req.stream and kind != RequestKind.EMBEDDING:
-            if await gw.knows(req.request_id):
-                response = await _rejoin_stream(gw, req, watcher, include_usage)
-            else:
-                response = await _stream(gw, req, watcher, endpoint, include_usage)
-                watcher = None  # the relay owns it now, and records the request when it ends
-                streamed = True
+            try:
+                if not await gw.knows(req.request_id):
+                    response = await _stream(gw, req, w, endpoint, include_usage)
+                    watcher = None  # the relay owns it now, and records the request at its end
+                    streamed = True
+                    return response
+            except RequestIdInUseError:
+                pass  # the same id arrived meanwhile (a resend, a peer's handover): the stream
+                # admits on its first read, a loop turn after `knows`. Join that run.
+            response = await _rejoin_stream(gw, req, w, include_usage)
+            status = 200
             return response
         if kind == RequestKind.EMBEDDING and needs_split(gw, req):
             response = await complete_split_embedding(gw, req, watcher, base64_out, held)
@@ -199,12 +210,21 @@ async def _complete(
     manager = gw.manager
     rejoined = await gw.knows(req.request_id)
     rid = req.request_id if rejoined else await manager.submit_request(req)
+    gw.wait_on(rid)
+    gone = False
     try:
         result = await watcher.race(manager.results.future(rid))
     except ClientDisconnected:
-        if not rejoined:  # the first caller (or its resend) may still be waiting for it
+        gone = True
+        # Only when no other client waits for it (a resend, a peer's handover): the first
+        # caller leaving must not fail the others. A resend that leaves never cancels (the
+        # first caller, streaming or not, may still be reading).
+        if gw.stop_waiting(rid) == 0 and not rejoined:
             manager.cancel(rid, "the client disconnected")
         raise
+    finally:
+        if not gone:
+            gw.stop_waiting(rid)
     gw.metrics.observe_result(result)
     if result.state != RequestStatus.COMPLETED:
         raise result_error(result)
@@ -230,7 +250,11 @@ async def _rejoin_stream(
 ) -> Response:
     """A streamed request resent with a known id: its chunks cannot be replayed, so the
     finished answer is sent as one SSE chunk (then [DONE]) once the original completes."""
-    result = await watcher.race(gw.manager.wait(req.request_id))
+    gw.wait_on(req.request_id)
+    try:
+        result = await watcher.race(gw.manager.wait(req.request_id))
+    finally:
+        gw.stop_waiting(req.request_id)
     if result.state != RequestStatus.COMPLETED:
         raise result_error(result)
     headers = {
@@ -255,7 +279,7 @@ async def _stream(
         first = await watcher.race(anext(chunks))
     except BaseException as exc:
         await chunks.aclose()  # runs the stream's cleanup: the request is cancelled upstream
-        if isinstance(exc, Exception):
+        if isinstance(exc, Exception) and not isinstance(exc, RequestIdInUseError):
             with contextlib.suppress(KeyError):
                 result = await manager.get_request_status(req.request_id)
                 if result.state in (RequestStatus.FAILED, RequestStatus.CANCELLED):

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from sage_cp_plugin.manager import ControlPlaneManager
+from sage_cp_plugin.types import RequestStatus
 
 from .experiment import GatewayExperiment
 from .inflight import InflightBytes
@@ -19,6 +20,7 @@ from .settings import GatewaySettings
 if TYPE_CHECKING:
     from sage_cp_plugin.fleetshare.sync import FleetShare
 
+    from .handover import Handover
     from .workers.scheduler import WorkerPool
 
 logger = logging.getLogger(__name__)
@@ -33,8 +35,12 @@ class Gateway:
     inflight: InflightBytes = field(init=False)  # bytes held by requests in flight
     shutting_down: bool = False
     share: FleetShare | None = None  # state shared with other replicas (--redis-url)
+    handover: Handover | None = None  # forwards requests a peer claimed (handover.py)
     workers: WorkerPool | None = None  # the forwarding workers of `serve --workers N`
     _drains: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    # Clients waiting on each request id here (the first caller and resends joining it):
+    # only the last one to leave cancels the run. Entries go when their count does.
+    _waiting: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.metrics = GatewayMetrics(self.manager)
@@ -46,10 +52,27 @@ class Gateway:
         """Whether a request with this id is in flight or its result is still retained
         (`x-request-id` is idempotent: such a resend joins it)."""
         try:
-            await self.manager.get_request_status(request_id)
+            result = await self.manager.get_request_status(request_id)
         except KeyError:
             return False
+        if result.state == RequestStatus.CANCELLED:
+            # Cancelled because its client left (or by an admin): the resend is the client
+            # asking again, so it runs again instead of getting "cancelled" back.
+            self.manager.results.forget(request_id)
+            return False
         return True
+
+    def wait_on(self, request_id: str) -> None:
+        self._waiting[request_id] = self._waiting.get(request_id, 0) + 1
+
+    def stop_waiting(self, request_id: str) -> int:
+        """One client stopped waiting on the request; returns how many still wait."""
+        left = self._waiting.get(request_id, 1) - 1
+        if left > 0:
+            self._waiting[request_id] = left
+        else:
+            self._waiting.pop(request_id, None)
+        return left
 
     # -- drain then remove -----------------------------------------------------------------
     def drain_and_remove(self, instance_id: str) -> None:

@@ -28,7 +28,7 @@ from .gc_policy import freeze_startup_objects
 from .log_limit import limit_repeated_warnings
 from .runtime import Gateway
 from .settings import GatewaySettings
-from .shared import sharing
+from .shared import listening, sharing
 
 logger = logging.getLogger(__name__)
 
@@ -128,7 +128,9 @@ async def _embedded(
                 raise RuntimeError("the gateway stopped during startup")
             await asyncio.sleep(0.005)
         host = settings.host if ":" not in settings.host else f"[{settings.host}]"
-        yield f"http://{host}:{bound_port(server, settings.port)}"
+        port = bound_port(server, settings.port)
+        listening(gateway, port)
+        yield f"http://{host}:{port}"
     finally:
         gateway.shutting_down = True
         server.should_exit = True
@@ -171,7 +173,9 @@ async def serve(
         gateway = Gateway(manager, settings)
         app = create_app(gateway)
         server = _Server(_uvicorn_config(app, settings), gateway, freeze_startup=settings.gc_freeze)
-        watcher = asyncio.create_task(_announce(server, settings, manager.list_models(), ready))
+        watcher = asyncio.create_task(
+            _announce(server, gateway, settings, manager.list_models(), ready)
+        )
         try:
             async with sharing(gateway):
                 await server.serve()
@@ -182,6 +186,7 @@ async def serve(
 
 async def _announce(
     server: uvicorn.Server,
+    gateway: Gateway,
     settings: GatewaySettings,
     model_names: list[str],
     ready: asyncio.Event | None,
@@ -189,6 +194,7 @@ async def _announce(
     while not server.started:  # noqa: ASYNC110  (uvicorn exposes only a flag; startup only)
         await asyncio.sleep(0.01)
     port = bound_port(server, settings.port)
+    listening(gateway, port)
     print(
         f"sage-cp gateway listening on http://{settings.host}:{port} "
         f"(models: {', '.join(model_names) or 'none'}); {settings.auth_summary()}",

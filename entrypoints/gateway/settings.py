@@ -51,6 +51,11 @@ class GatewaySettings(BaseModel):
     redis_url: str | None = None
     redis_namespace: str = Field("sagecp", min_length=1)
     replica_id: str | None = Field(None, min_length=1)
+    # Where peers reach this replica to hand it requests whose id it claimed (handover.py);
+    # None: http://<bind host>:<bound port> (a wildcard bind: the host name).
+    advertise_url: str | None = Field(None, pattern=r"^https?://")
+    # How long a request-id claim lives in the shared store (fleetshare/claims.py).
+    request_claim_ttl_s: float = Field(600.0, gt=0)
 
     @field_validator("api_key", "admin_key")
     @classmethod

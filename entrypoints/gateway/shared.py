@@ -5,10 +5,13 @@ start the `FleetShare` before taking traffic, announce admin changes, report the
 from __future__ import annotations
 
 import contextlib
+import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
+from .handover import Handover
 from .runtime import Gateway
+from .settings import GatewaySettings
 
 
 @contextlib.asynccontextmanager
@@ -31,15 +34,36 @@ async def sharing(gateway: Gateway) -> AsyncIterator[None]:
         RedisFleetStateStore(url, namespace=gateway.settings.redis_namespace),
         gateway.settings.replica_id,
         on_drain=drain,
+        claim_ttl_s=gateway.settings.request_claim_ttl_s,
     )
     # Reads the shared state first: a new replica never routes from an empty view.
     await share.start()
+    gateway.handover = Handover(share.replica_id)
     gateway.share = share
     try:
         yield
     finally:
         gateway.share = None
+        handover, gateway.handover = gateway.handover, None
+        await handover.aclose()
         await share.stop()
+
+
+def advertised_url(settings: GatewaySettings, port: int) -> str:
+    """Where peers reach this replica: `--advertise-url`, else the bind address (a
+    wildcard bind advertises the host's name) and the bound port."""
+    if settings.advertise_url:
+        return settings.advertise_url.rstrip("/")
+    host = settings.host
+    if host in ("", "0.0.0.0", "::"):
+        host = socket.gethostname()
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def listening(gateway: Gateway, port: int) -> None:
+    """The server is bound: advertise its address to the peers (with the next load)."""
+    if gateway.share is not None:
+        gateway.share.address = advertised_url(gateway.settings, port)
 
 
 async def announce(gateway: Gateway, **change: Any) -> None:
@@ -70,5 +94,13 @@ def prometheus_lines(gateway: Gateway) -> bytes:
         "# HELP sage_cp_shared_state_resyncs_total resynchronisations after a loss",
         "# TYPE sage_cp_shared_state_resyncs_total counter",
         f"sage_cp_shared_state_resyncs_total {s.resyncs}",
+        "# HELP sage_cp_request_claims_total requests with an x-request-id by what their "
+        "claim gave: run here (mine, taken_over from a dead replica, unshared: store "
+        "unreachable) or handed_over to the live replica running it",
+        "# TYPE sage_cp_request_claims_total counter",
+        *(
+            f'sage_cp_request_claims_total{{outcome="{k}"}} {v}'
+            for k, v in share.claims.counts.items()
+        ),
     ]
     return ("\n".join(lines) + "\n").encode()

@@ -10,6 +10,10 @@ from sage_cp_plugin import load_model
 from sage_cp_plugin.routing.rotation import replica_slot
 from sage_cp_plugin.state import FleetSnapshot
 
+# The field of a load record that holds the address the replica serves on (where peers
+# hand it the requests whose id it has claimed, claims.py); not an instance id.
+ADDRESS_FIELD = "~addr"
+
 
 def own_load(fleet: FleetSnapshot, now: float) -> dict[str, list[float]]:
     """This replica's load per instance: [in_flight, prefill tokens ahead, sequences,
@@ -92,6 +96,14 @@ class PeerLoads:
                     p.decode_replicas += 1
         for s in classes.values():
             load_model.pool_speeds(s)
+
+    def address(self, replica: str, now: float) -> str | None:
+        """Where a live peer serves (None: not heard within the TTL, or it gave none)."""
+        heard = self.by_replica.get(replica)
+        if heard is None or now - heard[0] > self.ttl_s:
+            return None
+        addr = heard[1].get(ADDRESS_FIELD)
+        return addr if isinstance(addr, str) and addr else None
 
     def peers_say_down(self, instance_id: str) -> bool:
         """Every live peer reports the instance unhealthy (a new replica starts so)."""

@@ -8,7 +8,8 @@ Keys (all under one namespace, default `sagecp`):
 - `{ns}:prefix` a capped stream (XADD MAXLEN ~) of dispatch batches, replayed by a new replica;
 - `{ns}:quota:{period}:{replica}` a string (JSON): the replica's quota usage per tenant in
   that period, expiring when the period ends (plus a day), so a replica started later counts it;
-- `{ns}:claim:{request_id}` `SET NX PX`: which replica runs a request id;
+- `{ns}:claim:{request_id}` a string with PX: which replica runs a request id; claimed,
+  taken over from a dead replica and released by Lua scripts, one round trip each;
 - channel `{ns}:events`: every message (load, admin, prefix) to every replica.
 
 Every Redis error becomes `StoreUnavailable`, so callers need to know one failure only.
@@ -30,6 +31,27 @@ except ImportError as exc:  # pragma: no cover - the extra is part of .[dev]
 
 from .store import IDLE_TICK_S, SUBSCRIBED, StoreUnavailable
 
+# Claim the id unless held; the holder either way (SET NX + GET in one round trip: `SET NX
+# GET` needs Redis 7, the bundled test server is 6.2).
+_CLAIM = """
+local held = redis.call('GET', KEYS[1])
+if held then return held end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return ARGV[1]
+"""
+# Move the claim from a dead holder (ARGV[1]) to ARGV[2]; the holder afterwards.
+_TAKE_OVER = """
+local held = redis.call('GET', KEYS[1])
+if held and held ~= ARGV[1] then return held end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return ARGV[2]
+"""
+# Delete the claim only if ARGV[1] holds it (a claim taken over meanwhile stays).
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
 
 class RedisFleetStateStore:
     def __init__(self, url: str, namespace: str = "sagecp", timeout_s: float = 0.5) -> None:
@@ -46,6 +68,9 @@ class RedisFleetStateStore:
             decode_responses=True,
             health_check_interval=5,
         )
+        self._claim = self.redis.register_script(_CLAIM)
+        self._take_over = self.redis.register_script(_TAKE_OVER)
+        self._release = self.redis.register_script(_RELEASE)
 
     def _k(self, *parts: str) -> str:
         return ":".join((self.ns, *parts))
@@ -108,17 +133,17 @@ class RedisFleetStateStore:
         return {k[len(prefix) :]: json.loads(v) for k, v in zip(keys, values, strict=True) if v}
 
     async def claim(self, request_id: str, replica: str, ttl_s: float) -> str:
-        key = self._k("claim", request_id)
         px = max(1, int(ttl_s * 1000))
-        if await self._do(self.redis.set(key, replica, nx=True, px=px)):
-            return replica
-        owner = await self._do(self.redis.get(key))
-        return str(owner) if owner else replica
+        held = await self._do(self._claim(keys=[self._k("claim", request_id)], args=[replica, px]))
+        return str(held)
+
+    async def take_over_claim(self, request_id: str, dead: str, replica: str, ttl_s: float) -> str:
+        px = max(1, int(ttl_s * 1000))
+        key = self._k("claim", request_id)
+        return str(await self._do(self._take_over(keys=[key], args=[dead, replica, px])))
 
     async def release_claim(self, request_id: str, replica: str) -> None:
-        key = self._k("claim", request_id)
-        if await self._do(self.redis.get(key)) == replica:
-            await self._do(self.redis.delete(key))
+        await self._do(self._release(keys=[self._k("claim", request_id)], args=[replica]))
 
     async def publish(self, message: dict[str, Any]) -> None:
         await self._do(self.redis.publish(self._k("events"), json.dumps(message)))

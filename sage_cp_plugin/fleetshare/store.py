@@ -9,7 +9,8 @@ Replicas share four things (docs/scale-out.md, "Many hosts"):
   capped log a new replica replays, plus a message per batch;
 - each replica's quota usage of the current period (kept until the period ends);
 - request-id claims, so a request resent to another replica (batch shards, retrying
-  clients) is not run twice while its first run is alive.
+  clients) is not run twice while its first run is alive (claims.py decides what a
+  replica does with a claim another replica holds).
 
 Messages are dicts with a `kind` and the sender's `replica`. The in-memory store lets
 several managers in one process (the virtual-clock benchmark, unit tests) share state with
@@ -61,7 +62,15 @@ class FleetStateStore(Protocol):
 
     async def get_quotas(self, period: str) -> dict[str, dict[str, Any]]: ...
 
-    async def claim(self, request_id: str, replica: str, ttl_s: float) -> str: ...
+    async def claim(self, request_id: str, replica: str, ttl_s: float) -> str:
+        """Claim the id for `replica` unless someone holds it; returns the holder (one
+        round trip)."""
+        ...
+
+    async def take_over_claim(self, request_id: str, dead: str, replica: str, ttl_s: float) -> str:
+        """Move the claim from `dead` to `replica` if `dead` still holds it (or nobody
+        does); returns the holder afterwards (another replica may have taken it first)."""
+        ...
 
     async def release_claim(self, request_id: str, replica: str) -> None: ...
 
@@ -82,6 +91,7 @@ class InMemoryFleetStateStore:
         self.admin: dict[str, Any] | None = None
         self.prefix_log: deque[dict[str, Any]] = deque()
         self.claims: dict[str, tuple[float, str]] = {}
+        self._claims_made = 0
         self.quotas: dict[tuple[str, str], tuple[float, dict[str, Any]]] = {}
         self._subscribers: list[asyncio.Queue[dict[str, Any]]] = []
         self.up = True
@@ -143,6 +153,20 @@ class InMemoryFleetStateStore:
         now = self._now()
         held = self.claims.get(request_id)
         if held is not None and held[0] > now:
+            return held[1]
+        self._claims_made += 1
+        if self._claims_made % 1024 == 0:
+            # Expired claims are forgotten as Redis forgets them: memory stays bounded by
+            # the claims of one TTL.
+            self.claims = {k: v for k, v in self.claims.items() if v[0] > now}
+        self.claims[request_id] = (now + ttl_s, replica)
+        return replica
+
+    async def take_over_claim(self, request_id: str, dead: str, replica: str, ttl_s: float) -> str:
+        self._check()
+        now = self._now()
+        held = self.claims.get(request_id)
+        if held is not None and held[0] > now and held[1] != dead:
             return held[1]
         self.claims[request_id] = (now + ttl_s, replica)
         return replica

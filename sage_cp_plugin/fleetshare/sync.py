@@ -38,7 +38,8 @@ from typing import Any
 from sage_cp_plugin.manager import ControlPlaneManager
 from sage_cp_plugin.types import ExecutionInstance
 
-from .peers import PeerLoads, own_load
+from .claims import DEFAULT_CLAIM_TTL_S, RequestClaims
+from .peers import ADDRESS_FIELD, PeerLoads, own_load
 from .prefix_share import SharedApproximatePrefixCache, install
 from .store import SUBSCRIBED, FleetStateStore, StoreUnavailable
 from .tenant_usage import TenantUsageShare
@@ -75,6 +76,7 @@ class FleetShare:
         resync_interval_s: float = 0.25,
         prefix_log_len: int = 20_000,
         on_drain: DrainHook | None = None,
+        claim_ttl_s: float = DEFAULT_CLAIM_TTL_S,
     ) -> None:
         if publish_interval_s <= 0 or load_ttl_s <= publish_interval_s:
             raise ValueError("need 0 < publish_interval_s < load_ttl_s")
@@ -87,6 +89,13 @@ class FleetShare:
         self.prefix_log_len = prefix_log_len
         self.on_drain: DrainHook = on_drain or (lambda iid, _remove: manager.drain_instance(iid))
         self.peers = PeerLoads(self.replica_id, load_ttl_s)
+        # Where this replica serves, for peers handing it requests it claimed (None: it
+        # serves nothing peers can reach, e.g. the virtual-clock benchmark).
+        self.address: str | None = None
+        self.claims = RequestClaims(
+            store, self.replica_id, self.peers, manager.now, lambda: self.status.connected,
+            claim_ttl_s,
+        )  # fmt: skip
         self.prefix: SharedApproximatePrefixCache = install(manager.cache_view)
         self._dirty = asyncio.Event()
         self.prefix.on_change = self._dirty.set
@@ -143,6 +152,8 @@ class FleetShare:
             "disconnects": s.disconnects,
             "resyncs": s.resyncs,
             "admin_version": self.admin.get("version", 0),
+            "address": self.address,
+            "request_claims": dict(self.claims.counts),
         }
 
     # -- store reachability ------------------------------------------------------------------
@@ -199,7 +210,9 @@ class FleetShare:
     # -- publishing ----------------------------------------------------------------------------
     async def _send_load(self, force: bool = False) -> None:
         now = self.manager.now()
-        load = own_load(self.manager.fleet, now)
+        load: dict[str, Any] = own_load(self.manager.fleet, now)
+        if self.address is not None:
+            load[ADDRESS_FIELD] = self.address
         heartbeat_due = now - self._last_sent_at >= self.load_ttl_s / 3
         send_load = force or heartbeat_due or load != self._last_sent
         entries = self.prefix.take_outbox()
