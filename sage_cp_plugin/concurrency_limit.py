@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 
 from sage_cp_plugin import load_model
 from sage_cp_plugin.state import InstanceState
+from sage_cp_plugin.types import ExecutionInstanceType
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,8 +121,15 @@ class ConcurrencyLimits:
 
     def tolerated_wait_s(self, state: InstanceState) -> float:
         """The prefill wait `prefill_fits` lets a new request have on `state` (0 before a
-        step time is known: then it does not gate)."""
-        return self.config.tolerance_steps * state.decode_s_per_token.get(0.0)
+        step time is known: then it does not gate). A prefill instance of a disaggregated
+        fleet may never decode (its requests leave after their first token): its step is
+        then the one it runs, a chunk of prefill at its learnt speed. Without it, its queue
+        would never be gated and a burst would wait there, in the engine's order, behind
+        seconds of prompts, instead of in the coordinator's queue."""
+        step = state.decode_s_per_token.get(0.0)
+        if step <= 0 and state.instance.instance_type is ExecutionInstanceType.PREFILLING:
+            step = load_model.prefill_time_s(state, load_model.chunk_tokens(state))
+        return self.config.tolerance_steps * step
 
     def prefill_fits(self, state: InstanceState, now: float) -> bool:
         """The load model's predicted wait before a new request's prefill starts on `state`
