@@ -13,7 +13,9 @@ adaptive concurrency filter, with the engine's queueing delay as the signal):
   token-level load model's `unloaded_ttft_s`: its prompt at the instance's learnt prefill
   speed, at least one step; the one prefill-speed estimator of the coordinator);
 - the tolerated delay is `tolerance_steps` engine steps (one step to be admitted, one for the
-  step in progress), with the step time measured on that instance (its inter-token time);
+  step in progress), with the step time measured on that instance (its inter-token time;
+  a prefill instance that has decoded nothing runs chunks of prefill: one at its learnt
+  prefill speed);
 - gradient = clamp(tolerated / sample, 0.5, 1); new limit = limit * gradient + sqrt(limit),
   smoothed. Without queueing the limit grows by about sqrt(limit) per sample while it is
   used; with queueing it shrinks towards the point where the sqrt(limit) allowance balances
