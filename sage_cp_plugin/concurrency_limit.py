@@ -13,7 +13,9 @@ adaptive concurrency filter, with the engine's queueing delay as the signal):
   token-level load model's `unloaded_ttft_s`: its prompt at the instance's learnt prefill
   speed, at least one step; the one prefill-speed estimator of the coordinator);
 - the tolerated delay is `tolerance_steps` engine steps (one step to be admitted, one for the
-  step in progress), with the step time measured on that instance (its inter-token time);
+  step in progress), with the step time measured on that instance (its inter-token time;
+  a prefill instance that has decoded nothing runs chunks of prefill: one at its learnt
+  prefill speed);
 - gradient = clamp(tolerated / sample, 0.5, 1); new limit = limit * gradient + sqrt(limit),
   smoothed. Without queueing the limit grows by about sqrt(limit) per sample while it is
   used; with queueing it shrinks towards the point where the sqrt(limit) allowance balances
@@ -38,6 +40,7 @@ from dataclasses import dataclass, field
 
 from sage_cp_plugin import load_model
 from sage_cp_plugin.state import InstanceState
+from sage_cp_plugin.types import ExecutionInstanceType
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,8 +123,15 @@ class ConcurrencyLimits:
 
     def tolerated_wait_s(self, state: InstanceState) -> float:
         """The prefill wait `prefill_fits` lets a new request have on `state` (0 before a
-        step time is known: then it does not gate)."""
-        return self.config.tolerance_steps * state.decode_s_per_token.get(0.0)
+        step time is known: then it does not gate). A prefill instance of a disaggregated
+        fleet may never decode (its requests leave after their first token): its step is
+        then the one it runs, a chunk of prefill at its learnt speed. Without it, its queue
+        would never be gated and a burst would wait there, in the engine's order, behind
+        seconds of prompts, instead of in the coordinator's queue."""
+        step = state.decode_s_per_token.get(0.0)
+        if step <= 0 and state.instance.instance_type is ExecutionInstanceType.PREFILLING:
+            step = load_model.prefill_time_s(state, load_model.chunk_tokens(state))
+        return self.config.tolerance_steps * step
 
     def prefill_fits(self, state: InstanceState, now: float) -> bool:
         """The load model's predicted wait before a new request's prefill starts on `state`

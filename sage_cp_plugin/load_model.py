@@ -143,16 +143,30 @@ def queue_wait_s(state: InstanceState, now: float) -> float:
     return prefill_time_s(state, prefill_ahead(state, now))
 
 
-def shared_step_s(state: InstanceState, now: float) -> float:
+def shared_step_s(state: InstanceState, now: float, idle_step_s: float | None = None) -> float:
     """The step a sequence decoding here would see while the instance works through the
     prefill queued on it: the decode step plus one chunk of that prefill (at most the chunk
     budget). A persistence forecast: the queue the instance holds now is taken to last the
     few steps of a short answer. On an instance fed a stream of long prompts (a prefill
     instance) it does; a decode step alone would predict a 10-token answer there at a
-    fraction of the full-chunk steps it actually gets."""
+    fraction of the full-chunk steps it actually gets.
+
+    `idle_step_s`: a decode step measured without long prefills beside it (on the decode
+    instances of a disaggregated fleet), for an instance whose own learnt step was measured
+    beside full chunks (a prefill instance's few whole requests decode between its split
+    prompts' chunks): its learnt step then holds a chunk already, and with nothing queued
+    would still predict one. The step is then drawn between the two ends the fleet
+    measures: `idle_step_s` with no prefill queued, the full-chunk step this instance's
+    own speeds predict (`prefill_time_s` of a chunk, what its TTFTs are learnt from) with
+    a chunk or more. Used only when lower than the instance's own step (which includes
+    whatever ran beside it, so bounds a step without prefill from above)."""
     ahead = prefill_ahead(state, now)
     chunk = chunk_tokens(state)
-    return decode_step_s(state) + min(ahead, chunk) * prefill_s_per_token(state)
+    step = decode_step_s(state)
+    if idle_step_s is None or idle_step_s >= step:
+        return step + min(ahead, chunk) * prefill_s_per_token(state)
+    full = prefill_time_s(state, chunk)
+    return idle_step_s + min(ahead, chunk) / chunk * (full - idle_step_s)
 
 
 def unloaded_ttft_s(state: InstanceState, uncached_tokens: int) -> float:

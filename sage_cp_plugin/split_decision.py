@@ -133,8 +133,8 @@ def whole_targets(
     waits for it in the coordinator's queue (the queue drains as fast whether the request
     waits here or in that engine, so its predicted TTFT there holds). A general pool's gate
     holds it the same way; without this, a PD fleet sends it to the instance whose gate
-    never closes (a prefill instance that has decoded nothing has no step time to gate by),
-    behind seconds of prefill, where it misses.
+    is the loosest (a prefill instance, gated by chunk steps, not decode steps), behind
+    prefill, where it misses.
 
     Then, among those: not on a decode instance whose decodes its prefill would hurt while a
     non-decode instance `serves` it (`diverts`: within its objectives at no more waiting than

@@ -5,7 +5,9 @@ trigger): the load model's predictions for each instance, fed to the pure rule
 Per instance, the request's predicted TTFT (`load_model.predicted_ttft_s`) and the TPOT it
 would decode at (`load_model.shared_step_s`: the decode step plus one chunk of the prefill
 queued there; on an instance held by its prefill gate, at most the gate's tolerated wait of
-prefill, since the gate opens only once the queue is down to that). A decode instance
+prefill, since the gate opens only once the queue is down to that; on a prefill instance,
+whose own step was learnt beside full chunks of split prompts, drawn from the decode step
+the decode instances measure, with nothing queued, to its full-chunk step). A decode instance
 prefills only what it was not sent before (`Disaggregator.uncached_tokens`); elsewhere the
 whole prompt is counted.
 """
@@ -47,6 +49,7 @@ def whole_candidates(
     if not dis.predicted:
         return free
     decoding = ExecutionInstanceType.DECODING
+    prefilling = ExecutionInstanceType.PREFILLING
     req, tokens = item.request, item.input_tokens
     slo_p = req.tpot_slo_ms
     ttft_left = item.ttft_left_s(now)
@@ -62,13 +65,27 @@ def whole_candidates(
     # instance held by its prefill gate takes the request once its queue is down to the
     # gate's tolerated wait, so the prefill its decode steps share is at most that.
     predicted: dict[str, tuple[int, float, float]] = {}
+    # A decode step without long prefills beside it, as measured on the decode instances
+    # (per unit of speed): what a prefill instance's own step, learnt beside full chunks,
+    # cannot tell (`load_model.shared_step_s`).
+    idle_step = min(
+        (
+            load_model.decode_step_s(s) * s.instance.speed_hint
+            for s in routable
+            if s.instance.instance_type is decoding and s.decode_s_per_token.value is not None
+        ),
+        default=None,
+    )
 
     def predict(s: InstanceState) -> tuple[int, float, float]:
         p = predicted.get(s.instance_id)
         if p is None:
             is_dec = s.instance.instance_type is decoding
             u = dis.uncached_tokens(item, s) if is_dec else tokens
-            tpot = load_model.shared_step_s(s, now)
+            idle = None
+            if idle_step is not None and s.instance.instance_type is prefilling:
+                idle = idle_step / s.instance.speed_hint
+            tpot = load_model.shared_step_s(s, now, idle)
             if limits is not None and s.instance_id in held_ids:
                 tpot = min(tpot, load_model.decode_step_s(s) + limits.tolerated_wait_s(s))
             p = (u, load_model.predicted_ttft_s(s, u, now), tpot)

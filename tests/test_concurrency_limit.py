@@ -152,3 +152,24 @@ def test_limits_reset_when_an_instance_changes_capacity() -> None:
     limits.of(s).limit = 2.0
     s2 = state("a", cap=20)
     assert limits.of(s2).current == 20
+
+
+def test_a_prefill_instance_that_never_decoded_is_gated_by_its_chunk_step() -> None:
+    """A prefill instance of a disaggregated fleet may never decode (its split requests
+    leave after their first token), so it has no decode step to gate by. Its step is a
+    chunk of prefill: it takes new work while the prefill queued on it starts within two of
+    those, and the rest waits in the coordinator's queue (before: it took every request,
+    and a burst queued seconds of prompts inside it)."""
+    limits = ConcurrencyLimits()
+    p = state("p", cap=64, instance_type="prefilling")
+    p.prefill_s_per_token.add(RATE)
+    chunk_step = lm.prefill_time_s(p, lm.chunk_tokens(p))
+    assert limits.tolerated_wait_s(p) == pytest.approx(2 * chunk_step)
+    lm.book(p, lm.chunk_tokens(p), 10, 0, now=0.0)  # one chunk queued: fits
+    assert limits.prefill_fits(p, 0.0)
+    lm.book(p, 2 * lm.chunk_tokens(p), 10, 0, now=0.0)  # three chunks: does not
+    assert not limits.prefill_fits(p, 0.0)
+    # A general instance without a decode step is not gated yet (unchanged).
+    g = state("g", cap=64)
+    lm.book(g, 3 * lm.chunk_tokens(g), 10, 0, now=0.0)
+    assert limits.tolerated_wait_s(g) == 0.0 and limits.prefill_fits(g, 0.0)

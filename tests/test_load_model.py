@@ -137,3 +137,25 @@ def test_a_split_request_teaches_the_prefill_instance_only() -> None:
     assert lm.prefill_s_per_token(dec) == prior
     lm.release(bd, now=1.0)
     assert (dec.decode_seqs, dec.prefill_seqs) == (0, 0)
+
+
+def test_a_prefill_instance_with_nothing_queued_predicts_a_decode_step_not_a_chunk() -> None:
+    """A prefill instance's few whole requests decoded between full chunks of split prompts,
+    so its learnt step holds a chunk. With a decode step measured without long prefills
+    (the decode instances'), its predicted step runs from that (nothing queued) to the
+    full-chunk step its own speeds predict (a chunk queued); without one, as before."""
+    s = state("p")
+    s.decode_s_per_token.add(0.113)  # learnt beside full chunks
+    s.prefill_s_per_token.add(5e-6)
+    chunk = lm.chunk_tokens(s)
+    full = lm.prefill_time_s(s, chunk)
+    # Nothing queued: the decode step measured elsewhere (before: 0.113, a TPOT miss
+    # for a 100 ms objective on an idle instance).
+    assert lm.shared_step_s(s, 0.0, idle_step_s=0.007) == pytest.approx(0.007)
+    assert lm.shared_step_s(s, 0.0) == pytest.approx(0.113)
+    lm.book(s, chunk // 2, 10, 0, now=0.0)
+    assert lm.shared_step_s(s, 0.0, idle_step_s=0.007) == pytest.approx((0.007 + full) / 2)
+    lm.book(s, chunk, 10, 0, now=0.0)  # a chunk or more queued: the full-chunk step
+    assert lm.shared_step_s(s, 0.0, idle_step_s=0.007) == pytest.approx(full)
+    # Never above the instance's own estimate, which bounds a step without prefill.
+    assert lm.shared_step_s(s, 0.0, idle_step_s=0.5) == lm.shared_step_s(s, 0.0)

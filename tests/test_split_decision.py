@@ -170,3 +170,37 @@ def test_a_whole_request_waits_for_the_instance_whose_gate_opens_rather_than_mis
     assert whole_targets(["p0"], is_decode, hurts, late=late.get, held=["d1"]) == ["p0"]
     # Among instances with room, only those that meet its objectives.
     assert whole_targets(["p0", "d0"], is_decode, hurts, late=late.get) == ["d0"]
+
+
+def test_an_idle_prefill_instance_takes_a_short_whole_request_within_its_objectives() -> None:
+    """A prefill instance whose learnt step (113 ms) was measured beside full chunks of
+    split prompts, idle now, and a decode instance held back by its prefill gate: a short
+    request meets its TPOT objective on the idle instance (it decodes at a decode step
+    there, as measured on the decode instance, until prompts queue again) and goes there.
+    Before, the 113 ms step predicted a miss of the 100 ms objective and the request waited
+    in the queue for the decode instance while the prefill instance stood idle."""
+    from sage_cp_plugin import load_model as lm
+    from sage_cp_plugin.concurrency_limit import ConcurrencyLimits
+    from sage_cp_plugin.disaggregation import Disaggregator
+    from sage_cp_plugin.pools import InstancePools
+    from sage_cp_plugin.whole_placement import whole_candidates
+
+    from .helpers import fleet, item, state
+
+    p = state("p", cap=64, instance_type="prefilling")
+    p.decode_s_per_token.add(0.113)
+    p.prefill_s_per_token.add(5e-6)
+    d = state("d", cap=64, instance_type="decoding")
+    d.decode_s_per_token.add(0.007)
+    d.prefill_s_per_token.add(17e-6)
+    lm.book(d, 4000, 10, 0, now=0.0)  # ~70 ms of prefill queued: its gate holds it
+    pools = InstancePools(fleet(p, d), limits=ConcurrencyLimits())
+    it = item(1, prompt="x" * 1200, ttft_slo_ms=1000, tpot_slo_ms=100)
+    assert pools.has_room(p, it) and not pools.has_room(d, it)
+    assert pools.opens_as_prefill_drains(d, it)
+    dis = Disaggregator(
+        PDSeparationConfig(
+            routing_policy="none", disaggregated=True, disaggregation_trigger="predicted"
+        )
+    )
+    assert whole_candidates(it, [p], [p, d], pools, dis, 0.0) == [p]
