@@ -147,11 +147,14 @@ def pick_index(
     lo, hi, base_lo, base_hi = thresholds(best_t)
     seqs_at_least = least_seqs(best_cost)
     order = rows[start + 1 :] + rows[:start]  # the rotation after the first
-    stops = sorted((j - start - 1) % n for j in hits if j != start)
-    stops.append(n - 1)  # the end
+    if hits:
+        stops = sorted((j - start - 1) % n for j in hits if j != start)
+        stops.append(n - 1)  # the end
+    else:
+        stops = [n - 1]
     begin = 0
     for stop in stops:
-        for k in order[begin:stop]:
+        for k in order if stop == n - 1 and not begin else order[begin:stop]:
             base = base_lb_col[k]
             if base >= base_hi:
                 continue
