@@ -122,7 +122,8 @@ class FleetTable:
         # time), its running sequences (ours, peers'), 1.0 with a prefill in progress. Then
         # prefill tokens queued, the head request's tokens and since when it is prefilled
         # (inf without one), peers' prefill tokens, chunk size; KV tokens in use and
-        # capacity (`_kv_row`, for `kv_room`'s C-level maps).
+        # capacity (`_kv_row`, for `kv_room`'s C-level maps; reread by `refresh_kv`, only when
+        # `kv_room` asks).
         self.base_lb_col = array("d")
         self.seqs_col = array("d")
         self.head_col = array("d")

@@ -8,9 +8,14 @@ cannot grow. The step then "runs" for
 ``t = b0 + b1 * prefill_tokens_in_step + b2 * decode_seqs_in_step`` (times ``time_scale``).
 
 Fast-forward: when a step is pure decode for every running sequence, nothing waits, no sequence
-streams, and the next steps would neither finish a sequence nor need a KV block, those steps are
-identical (same batch, same step time). The engine then sleeps once to the end of the run and
-replays the steps' bookkeeping at their exact step boundaries, instead of waking once per token.
+streams, and the next steps would not finish a sequence, those steps are identical (same batch,
+same step time). The engine then sleeps once to the end of the run and replays the steps'
+bookkeeping at their exact step boundaries, instead of waking once per token. A sequence that
+fills its last KV block inside the run gets its next block between the two steps, in the order
+``schedule`` would give it (so the same cached blocks are evicted, in the same order); the run
+goes through full blocks only when the free list holds every block it needs (stepping could
+otherwise preempt) and no KV events are published (each must go out at its own step's time),
+else it stops where the first block fills.
 Anything that could change the schedule -- a submit, abort, released pin, finished KV
 transfer -- first applies the steps already completed and cuts the run at the step in
 progress, and reads of the engine's state or metrics apply completed steps first, so what is
