@@ -77,22 +77,25 @@ def _commit(checkout: Path) -> str:
     return head + (" (with uncommitted changes)" if dirty else "")
 
 
+def run_in_checkout(checkout: Path, script: str, args: list[str], what: str) -> dict[str, Any]:
+    """Run `script` (python -c, with `args`) with `checkout` first on the path, in a scratch
+    directory (nothing is written into either checkout); its last output line is JSON."""
+    env = {**os.environ, "PYTHONPATH": str(checkout), "PYTHONDONTWRITEBYTECODE": "1"}
+    with tempfile.TemporaryDirectory() as cwd:
+        out = subprocess.run(
+            [sys.executable, "-c", script, *args], cwd=cwd, env=env, capture_output=True, text=True
+        )
+    if out.returncode != 0:
+        raise SystemExit(f"replay failed in {checkout} ({what}):\n{out.stderr[-2000:]}")
+    row: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return row
+
+
 def run_side(
     checkout: Path, n_inst: int, router: str, n: int, objectives: str | None = None
 ) -> dict[str, Any]:
-    env = {**os.environ, "PYTHONPATH": str(checkout), "PYTHONDONTWRITEBYTECODE": "1"}
-    with tempfile.TemporaryDirectory() as cwd:  # nothing is written into either checkout
-        out = subprocess.run(
-            [sys.executable, "-c", _CHILD, str(n_inst), router, str(n), objectives or "none"],
-            cwd=cwd,
-            env=env,
-            capture_output=True,
-            text=True,
-        )
-    if out.returncode != 0:
-        raise SystemExit(f"replay failed in {checkout} ({n_inst}, {router}):\n{out.stderr[-2000:]}")
-    row: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
-    return row
+    args = [str(n_inst), router, str(n), objectives or "none"]
+    return run_in_checkout(checkout, _CHILD, args, f"{n_inst}, {router}")
 
 
 def main() -> None:

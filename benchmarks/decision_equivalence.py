@@ -18,15 +18,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from benchmarks.common import write_results
-from benchmarks.decision_cost_replay_ab import _commit
+from benchmarks.decision_cost_replay_ab import _commit, run_in_checkout
 
 # (trace, objectives "TTFT/TPOT" or None, router, instances)
 CASES: tuple[tuple[str, str | None, str, int], ...] = (
@@ -78,16 +74,8 @@ print(json.dumps({
 
 def run_case(checkout: Path, case: tuple[str, str | None, str, int], n: int) -> dict[str, Any]:
     trace, objectives, router, n_inst = case
-    env = {**os.environ, "PYTHONPATH": str(checkout), "PYTHONDONTWRITEBYTECODE": "1"}
     args = [trace, objectives or "none", router, str(n_inst), str(n)]
-    with tempfile.TemporaryDirectory() as cwd:  # nothing is written into either checkout
-        out = subprocess.run(
-            [sys.executable, "-c", _CHILD, *args], cwd=cwd, env=env, capture_output=True, text=True
-        )
-    if out.returncode != 0:
-        raise SystemExit(f"replay failed in {checkout} {case}:\n{out.stderr[-2000:]}")
-    row: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
-    return row
+    return run_in_checkout(checkout, _CHILD, args, " ".join(args))
 
 
 def main() -> None:
