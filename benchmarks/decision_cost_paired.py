@@ -15,7 +15,8 @@ Swapped: `routing.pruned_pick.pick_index` (as `predicted` calls it), `FleetTable
 `FleetTable.routable_and_free`, `Dispatcher.routable_and_free`, the functions session 12
 changed; A must have them with the same signatures.
 
-usage: python -m benchmarks.decision_cost_paired --a /path/to/main --instances 64,256 --n 3000
+usage: python -m benchmarks.decision_cost_paired --a /path/to/main --instances 64,256 --n 3000 \
+           [--objectives 1000/100]
 Writes benchmarks/results/decision_cost_paired.{json,md} (`--name`).
 """
 
@@ -66,7 +67,9 @@ def _swaps(checkout: Path) -> list[tuple[Any, str, Any, Any]]:
     return [(owner, attr, a_value, getattr(owner, attr)) for owner, attr, a_value in pairs]
 
 
-def run_paired(checkout: Path, n_inst: int, n: int) -> dict[str, Any]:
+def run_paired(
+    checkout: Path, n_inst: int, n: int, objectives: str | None = None
+) -> dict[str, Any]:
     swaps = _swaps(checkout)
 
     def use(a_side: bool) -> None:
@@ -103,7 +106,9 @@ def run_paired(checkout: Path, n_inst: int, n: int) -> dict[str, Any]:
 
     runner.DecisionCostProbe = PairedProbe  # type: ignore[misc]
     try:
-        run_replay(workload(n_inst, n), fleet(n_inst), CoordinatorConfig(router="prefix_aware"))
+        ttft, tpot = (float(x) for x in objectives.split("/")) if objectives else (None, None)
+        work = workload(n_inst, n, ttft, tpot)
+        run_replay(work, fleet(n_inst), CoordinatorConfig(router="prefix_aware"))
     finally:
         runner.DecisionCostProbe = probe  # type: ignore[misc]
         use(False)
@@ -112,6 +117,7 @@ def run_paired(checkout: Path, n_inst: int, n: int) -> dict[str, Any]:
     return {
         "instances": n_inst,
         "router": "prefix_aware",
+        "objectives": objectives,
         "requests": n,
         "a_decisions": len(cpu_ns[True]),
         "b_decisions": len(cpu_ns[False]),
@@ -128,12 +134,13 @@ def main() -> None:
     ap.add_argument("--instances", default="64,256")
     ap.add_argument("--n", type=int, default=3000)
     ap.add_argument("--name", default="decision_cost_paired")
+    ap.add_argument("--objectives", default=None, help="TTFT_MS/TPOT_MS of every request")
     a = ap.parse_args()
     here = Path(__file__).resolve().parents[1]
     commits = {"a": _commit(a.a.resolve()), "b": _commit(here)}
     rows = []
     for n_inst in (int(x) for x in a.instances.split(",")):
-        rows.append(run_paired(a.a.resolve(), n_inst, a.n))
+        rows.append(run_paired(a.a.resolve(), n_inst, a.n, a.objectives))
         print(json.dumps(rows[-1]), flush=True)
         write_results(a.name, {"commits": commits, "rows": rows}, _markdown(commits, rows))
 
@@ -146,13 +153,14 @@ def _markdown(commits: dict[str, str], rows: list[dict[str, Any]]) -> str:
         "",
         f"A = `{commits['a']}`, B (this checkout) = `{commits['b']}`.",
         "",
-        "| instances | router | decisions timed (A, B) | A plan p50 us CPU | B plan p50 us CPU "
-        "| A/B | load avg 1m |",
-        "|---:|---|---|---:|---:|---:|---:|",
+        "| instances | router | objectives | decisions timed (A, B) | A plan p50 us CPU "
+        "| B plan p50 us CPU | A/B | load avg 1m |",
+        "|---:|---|---|---|---:|---:|---:|---:|",
     ]
     for r in rows:
         md.append(
-            f"| {r['instances']} | {r['router']} | {r['a_decisions']}, {r['b_decisions']} "
+            f"| {r['instances']} | {r['router']} | {r.get('objectives') or 'none'} "
+            f"| {r['a_decisions']}, {r['b_decisions']} "
             f"| {r['a_plan_cpu_us_p50']:.1f} | {r['b_plan_cpu_us_p50']:.1f} "
             f"| {r['ratio']:.3f}x | {r['loadavg_1m']:.1f} |"
         )
