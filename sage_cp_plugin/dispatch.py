@@ -138,16 +138,18 @@ class Dispatcher:
         """`routable(item)` and those of them with room (`pools.has_room`), in one pass over
         the pool: the per-instance part of every decision (`planning.plan_head` uses it).
         Without adaptive limits or urgent headroom, `has_room` is inlined (the same tests)."""
-        health, fleet, pools = self.health, self.fleet, self.pools
+        pools = self.pools
         excluded = item.excluded
         room = pools.has_room if pools.limits is not None or item.urgent else None
         table = pools.table
         if table is not None and room is None and not excluded:
             # The common case, answered from the fleet's arrays (rows reread only for the
             # instances that changed): no per-instance work in the decision.
-            both = table.routable_and_free(item.pool, pools.eligible(item.pool))
+            pool = item.pool
+            both = table.routable_and_free(pool, pools.eligible(pool))
             if both is not None:
                 return both
+        health, fleet = self.health, self.fleet
         routable: list[InstanceState] = []
         free: list[InstanceState] = []
         kept: list[InstanceState] = []

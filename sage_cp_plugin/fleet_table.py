@@ -109,6 +109,7 @@ class FleetTable:
         self.row_of: dict[str, int] = {}
         self.dirty: set[int] = set()  # rows written to since the last `refresh`
         self.load_dirty: set[int] = set()  # ... since the last `refresh_load`
+        self.kv_dirty: set[int] = set()  # ... whose KV columns `refresh_kv` has not reread
         self._built = False
         # Per row: healthy, not draining, circuit closed; and that with a free slot.
         self._routable: list[bool] = []
@@ -121,7 +122,8 @@ class FleetTable:
         # time), its running sequences (ours, peers'), 1.0 with a prefill in progress. Then
         # prefill tokens queued, the head request's tokens and since when it is prefilled
         # (inf without one), peers' prefill tokens, chunk size; KV tokens in use and
-        # capacity (`_kv_row`, for `kv_room`'s C-level maps).
+        # capacity (`_kv_row`, for `kv_room`'s C-level maps; reread by `refresh_kv`, only when
+        # `kv_room` asks).
         self.base_lb_col = array("d")
         self.seqs_col = array("d")
         self.head_col = array("d")
@@ -182,6 +184,10 @@ class FleetTable:
         self.one_chunk = float(chunks.pop()) if len(chunks) == 1 else None
         self.dirty = set(range(n))
         self.load_dirty = set(range(n))
+        self.kv_dirty = set()
+        # An instance's chunk size is part of its description (fixed while registered).
+        for k, st in enumerate(self.states):
+            self.chunk_col[k] = st.instance.batched_tokens_hint or DEFAULT_CHUNK_TOKENS
         for k, s in enumerate(self.states):
             s.watch = (self.dirty, k)
         self._built = True
@@ -223,27 +229,25 @@ class FleetTable:
             self._flags_version += 1
 
     def refresh_load(self) -> None:
-        """Reread the load rows of the instances written to since the last call."""
+        """Reread the load rows of the instances written to since the last call (their KV
+        columns are reread by `kv_room`, the only reader: `prefix_aware` decisions skip it)."""
         self.refresh()
         dirty = self.load_dirty
         if not dirty:
             return
+        self.kv_dirty |= dirty
         regroup = False
-        states, foreign, group_of_row = self.states, self.foreign, self._group
+        states, foreign, group_of_row, groups = self.states, self.foreign, self._group, self.groups
         queued_col, head_tokens_col, head_start_col = (
             self.queued_col, self.head_tokens_col, self.head_start_col
         )  # fmt: skip
-        peer_col, chunk_col = self.peer_col, self.chunk_col
-        group_of = self._group_of
-        seqs_col, head_col = self.seqs_col, self.head_col
-        kv_used_col, kv_cap_col = self.kv_used_col, self.kv_cap_col
+        peer_col, seqs_col, head_col = self.peer_col, self.seqs_col, self.head_col
         head_bounds = self.head_bounds
         for k in dirty:
             s = states[k]
             scraped = s.scraped
             if scraped.watch is None:  # a new ScrapedLoad object, or the first refresh
                 scraped.watch = (self.dirty, k)
-            inst = s.instance
             head = None
             for b in s.prefill_queue:  # load_model._drain_head: the first still prefilling
                 if b.prefilling:
@@ -256,20 +260,26 @@ class FleetTable:
                 since, booked = s.prefill_head_since, head.booked_at
                 has_head, head_tokens = 1.0, head.prefill_tokens
                 head_start = booked if booked > since else since
-            g = group_of.get((id(s.prefill_s_per_token), id(s.decode_s_per_token), inst.speed_hint))
-            if g is None or g != group_of_row[k]:
-                # A new speed class, or one that may now be unused: renumber after the loop.
+            # Still in its speed class (the same estimate objects and hint; `_regroup` keys
+            # classes by them): compared by identity, no key built.
+            g = group_of_row[k]
+            if g >= len(groups):
                 regroup = True
-                g = 0
+            else:
+                pst_e, step_e, hint = groups[g]
+                if (
+                    s.prefill_s_per_token is not pst_e
+                    or s.decode_s_per_token is not step_e
+                    or s.instance.speed_hint != hint
+                ):
+                    # A new speed class, or one that may now be unused: renumber after the loop.
+                    regroup = True
             queued_col[k] = s.prefill_tokens_queued
             head_tokens_col[k] = head_tokens
             head_start_col[k] = head_start
             peer_col[k] = s.peer_prefill_tokens
-            chunk_col[k] = inst.batched_tokens_hint or DEFAULT_CHUNK_TOKENS
-            group_of_row[k] = g
             seqs_col[k] = s.decode_seqs + s.prefill_seqs + s.peer_seqs
             head_col[k] = has_head
-            kv_used_col[k], kv_cap_col[k] = _kv_row(s)
             # The least tokens ahead (`base_lb_col`): the head fully drained, or with a
             # prefill in progress half drained, for a time (`head_drain`).
             head_bounds.start(k)
@@ -280,6 +290,17 @@ class FleetTable:
         dirty.clear()
         if regroup:
             self._regroup()
+
+    def refresh_kv(self) -> None:
+        """Reread the KV columns of the rows whose load was reread since the last call."""
+        self.refresh_load()
+        dirty = self.kv_dirty
+        if not dirty:
+            return
+        states, kv_used_col, kv_cap_col = self.states, self.kv_used_col, self.kv_cap_col
+        for k in dirty:
+            kv_used_col[k], kv_cap_col[k] = _kv_row(states[k])
+        dirty.clear()
 
     def _regroup(self) -> None:
         """Number the speed classes in use (an instance joined one, or its speed estimates
@@ -317,10 +338,14 @@ class FleetTable:
         cannot answer (an instance of the pool has an open circuit, a prompt limit or a
         decode target: the caller reads the states)."""
         self.refresh()
+        cached = self._pool_lists.get(pool)  # only a pool the table answers for has lists
+        if cached is not None and cached[0] == self._flags_version and not self.circuit_open:
+            _, routable, free = cached
+            # Copies: a caller may keep or change its lists; the cache must not change.
+            return list(routable), with_rows(free, free.rows, self, free.row_list)
         rows, simple = self.pool_rows(pool, eligible)
         if not simple or self.circuit_open:
             return None
-        cached = self._pool_lists.get(pool)
         if cached is None or cached[0] != self._flags_version:
             ok, has_slot = self._routable, self._free
             routable = [s for s, k in zip(eligible, rows.tolist(), strict=True) if ok[k]]
@@ -333,7 +358,7 @@ class FleetTable:
 
     def kv_room(self, rows: Sequence[int], tokens: int) -> list[bool]:
         """`routing.kv_aware.kv_room(state, tokens)` for the instances at `rows`."""
-        self.refresh_load()
+        self.refresh_kv()
         # `used + tokens <= cap` per row, iterated in C (operator functions over the columns:
         # the same float operations, no bytecode per row).
         used = map(self.kv_used_col.__getitem__, rows)

@@ -324,3 +324,63 @@ def test_fast_forward_skips_wakeups() -> None:
     jumps_fast, t_fast, steps_fast = run_virtual(main(True))
     assert (t_fast, steps_fast) == (t_slow, steps_slow) == (t_slow, 100)
     assert jumps_fast < jumps_slow / 5  # one wake-up per KV block, not per token
+
+
+async def _evicting_run(
+    fast_forward: bool, num_kv_blocks: int, again_at: float, again_len: int
+) -> dict[str, object]:
+    """Long decodes on a small cache: the new KV blocks they take evict cached blocks of an
+    earlier prompt (or, fuller still, preempt), and a request for that prompt arrives in the
+    middle, so its prefix hit depends on which blocks went, in which order."""
+    from sage_cp_plugin.virtual.clock import VirtualClockEventLoop
+
+    loop = asyncio.get_running_loop()
+    assert isinstance(loop, VirtualClockEventLoop)
+    eng = SimEngine(SimInstanceConfig(num_kv_blocks=num_kv_blocks, block_size=16, seed=5))
+    eng.fast_forward = fast_forward
+    t0 = loop.time()
+    finish: dict[str, float] = {}
+
+    async def plain(name: str, prompt: list[str], delay: float, out: int) -> None:
+        await asyncio.sleep(delay)
+        seq = eng.submit(prompt, out, request_id=name)
+        await seq.done
+        finish[name] = loop.time() - t0
+
+    await plain("p", words("shared", 200), 0.0, 2)  # 12 full blocks, cached once it ends
+    await asyncio.gather(
+        plain("a", words("a", 40), 0.0, 150),  # 150 tokens: 9 new blocks each
+        plain("b", words("b", 40), 0.0, 150),
+        plain("again", words("shared", again_len), again_at, 5),
+    )
+    out = {"finish": finish, "counters": eng.state()["counters"], "jumps": loop.jumps}
+    await eng.stop()
+    return out
+
+
+@pytest.mark.parametrize(
+    ("blocks", "at", "length", "hits", "preemptions"),
+    [
+        (28, 0.3, 100, 96, 0),  # nothing of the shared head evicted yet
+        (26, 0.5, 200, 32, 0),  # all but its first two blocks evicted by the decodes
+        (24, 0.5, 100, 96, 1),  # so full that stepping preempts: the run stops before
+    ],
+)
+def test_fast_forward_runs_through_full_kv_blocks_exactly(
+    blocks: int, at: float, length: int, hits: int, preemptions: int
+) -> None:
+    slow = run_virtual(_evicting_run(False, blocks, at, length))
+    fast = run_virtual(_evicting_run(True, blocks, at, length))
+    assert fast["finish"] == slow["finish"]
+    assert fast["counters"] == slow["counters"]  # the same blocks evicted, in the same order
+    counters = slow["counters"]
+    assert isinstance(counters, dict)
+    assert (counters["prefix_cache_hits"], counters["preemptions"]) == (hits, preemptions)
+
+
+def test_fast_forward_wakes_once_per_run_not_per_kv_block() -> None:
+    slow = run_virtual(_evicting_run(False, 28, 0.3, 100))
+    fast = run_virtual(_evicting_run(True, 28, 0.3, 100))
+    assert isinstance(fast["jumps"], int) and isinstance(slow["jumps"], int)
+    assert slow["jumps"] > 150  # one per token
+    assert fast["jumps"] < 12  # a few runs, each through the 9 blocks its decodes fill

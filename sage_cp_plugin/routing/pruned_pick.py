@@ -65,7 +65,12 @@ def pick_index(
     step = d.value if d.value is not None else PRIOR_DECODE_STEP_S / h
     rate = pst + step / chunk  # seconds per token drained of a prefill in progress
     tol = tie(item, step) if tie is not None else step  # TTFTs this close tie
-    table.head_bounds.at(now, rate)  # so that every row's least tokens ahead holds now
+    # So that every row's least tokens ahead holds now (`HeadDrainBounds.at`, called only
+    # when it has something to do: a lower rate than its floor, or a bound whose time passed).
+    bounds = table.head_bounds
+    heap = bounds.heap
+    if rate < bounds.floor or bounds.floor == 0.0 or (heap and heap[0][0] < now):
+        bounds.at(now, rate)
     foreign, states = table.foreign, table.states
     # The three numbers read of every candidate, from the table's contiguous columns; and
     # those of a prefill in progress.
@@ -94,12 +99,11 @@ def pick_index(
         t = total * pst + ceil(total / chunk) * step if total > 0 else 0.0
         return t, (seqs_col[k] + running) * o * pst
 
-    def thresholds(t: float, cost: float) -> tuple[float, float, float, float, float]:
-        """For a best with TTFT `t` and cost `cost`: the scan's bounds `lo` and `hi`, the
-        tokens ahead (bases) from which a whole-prompt candidate's TTFT is not below `lo`
-        and is above `hi`, and the sequences from which its cost is not below `cost`. Each is
-        checked by evaluating the prediction there (its total, base + whole, is at least 1);
-        the closed forms only start the search (TTFT >= tokens * rate)."""
+    def thresholds(t: float) -> tuple[float, float, float, float]:
+        """For a best with TTFT `t`: the scan's bounds `lo` and `hi`, and the tokens ahead
+        (bases) from which a whole-prompt candidate's TTFT is not below `lo` and is above
+        `hi`. Each is checked by evaluating the prediction there (its total, base + whole,
+        is at least 1); the closed forms only start the search (TTFT >= tokens * rate)."""
         lo, hi = t - tol, t + tol
         base_lo = lo / rate - whole
         if base_lo < 0.0:
@@ -115,11 +119,18 @@ def pick_index(
         while (base_hi + whole) * pst + ceil((base_hi + whole) / chunk) * step <= hi:
             base_hi += bump
             bump *= 2.0
-        per_seq = whole * pst  # a whole-prompt candidate's cost per running sequence
+        return lo, hi, base_lo, base_hi
+
+    per_seq = whole * pst  # a whole-prompt candidate's cost per running sequence
+
+    def least_seqs(cost: float) -> float:
+        """The sequences from which a whole-prompt candidate's cost is not below `cost`.
+        (For a best that is itself a whole-prompt candidate without a scrape correction,
+        cost = (seqs * whole) * pst, that is its own `seqs`: the scan uses them directly.)"""
         seqs = math.floor(cost / per_seq)
         while seqs * whole * pst < cost:  # as the cost is computed: (seqs * whole) * pst
             seqs += 1
-        return lo, hi, base_lo, base_hi, float(seqs)
+        return float(seqs)
 
     # Candidates with a cached prefix (fewer own tokens than the bounds assume) are predicted
     # whatever the thresholds say: the scan stops at each (`stops`: their places in the
@@ -128,16 +139,22 @@ def pick_index(
     if cached is not None and any(cached):  # `any` at C speed
         hits = {j: tokens - c for j, c in enumerate(cached) if c}
     start = rotation_start(item.seq, n, item.replica)  # as predicted.lowest_ttft_index
-    b = start
-    best_own = hits.get(b, tokens)
-    best_t, best_cost = predict(rows[b], best_own)
-    lo, hi, base_lo, base_hi, seqs_at_least = thresholds(best_t, best_cost)
+    # The best is tracked by its row (`best_k`): the scan walks rows; its index among the
+    # candidates is looked up once, at the end.
+    best_k = rows[start]
+    best_own = hits.get(start, tokens)
+    best_t, best_cost = predict(best_k, best_own)
+    lo, hi, base_lo, base_hi = thresholds(best_t)
+    seqs_at_least = least_seqs(best_cost)
     order = rows[start + 1 :] + rows[:start]  # the rotation after the first
-    stops = sorted((j - start - 1) % n for j in hits if j != start)
-    stops.append(n - 1)  # the end
+    if hits:
+        stops = sorted((j - start - 1) % n for j in hits if j != start)
+        stops.append(n - 1)  # the end
+    else:
+        stops = [n - 1]
     begin = 0
     for stop in stops:
-        for k in order[begin:stop]:
+        for k in order if stop == n - 1 and not begin else order[begin:stop]:
             base = base_lb_col[k]
             if base >= base_hi:
                 continue
@@ -157,25 +174,31 @@ def pick_index(
                 base = (ahead if ahead > 0.0 else 0.0) + peer_col[k]
                 if base >= base_hi or (base >= base_lo and seqs >= seqs_at_least):
                     continue
-            own = tokens
             if foreign and k in foreign:
                 # A scrape correction adds tokens ahead and sequences (never removes them):
                 # the bounds above hold, the prediction needs the correction.
-                t, cost = predict(k, own)
+                t, cost = predict(k, tokens)
+                least = -1.0  # (computed from the cost if it is taken)
             else:
                 # `predict` from the base just computed (its residual is 0.0: x + 0.0 is x).
                 total = base + whole
                 t = total * pst + ceil(total / chunk) * step if total > 0 else 0.0
                 cost = seqs * whole * pst
-            if t < lo or (t <= hi and (cost < best_cost or (cost == best_cost and own < best_own))):
-                b, best_t, best_cost, best_own = rows.index(k), t, cost, own
-                lo, hi, base_lo, base_hi, seqs_at_least = thresholds(t, cost)
+                least = seqs
+            # Its own tokens (the whole prompt) are never fewer than the best's: an equal
+            # cost does not take it.
+            if t < lo or (t <= hi and cost < best_cost):
+                best_k, best_t, best_cost, best_own = k, t, cost, tokens
+                lo, hi, base_lo, base_hi = thresholds(t)
+                seqs_at_least = least if least >= 0.0 else least_seqs(cost)
         if stop < n - 1:  # a candidate with a cached prefix
             j = (start + 1 + stop) % n
             own = hits[j]
-            t, cost = predict(rows[j], own)
+            k = rows[j]
+            t, cost = predict(k, own)
             if t < lo or (t <= hi and (cost < best_cost or (cost == best_cost and own < best_own))):
-                b, best_t, best_cost, best_own = j, t, cost, own
-                lo, hi, base_lo, base_hi, seqs_at_least = thresholds(t, cost)
+                best_k, best_t, best_cost, best_own = k, t, cost, own
+                lo, hi, base_lo, base_hi = thresholds(t)
+                seqs_at_least = least_seqs(cost)
         begin = stop + 1
-    return b
+    return rows.index(best_k)

@@ -8,9 +8,14 @@ cannot grow. The step then "runs" for
 ``t = b0 + b1 * prefill_tokens_in_step + b2 * decode_seqs_in_step`` (times ``time_scale``).
 
 Fast-forward: when a step is pure decode for every running sequence, nothing waits, no sequence
-streams, and the next steps would neither finish a sequence nor need a KV block, those steps are
-identical (same batch, same step time). The engine then sleeps once to the end of the run and
-replays the steps' bookkeeping at their exact step boundaries, instead of waking once per token.
+streams, and the next steps would not finish a sequence, those steps are identical (same batch,
+same step time). The engine then sleeps once to the end of the run and replays the steps'
+bookkeeping at their exact step boundaries, instead of waking once per token. A sequence that
+fills its last KV block inside the run gets its next block between the two steps, in the order
+``schedule`` would give it (so the same cached blocks are evicted, in the same order); the run
+goes through full blocks only when the free list holds every block it needs (stepping could
+otherwise preempt) and no KV events are published (each must go out at its own step's time),
+else it stops where the first block fills.
 Anything that could change the schedule -- a submit, abort, released pin, finished KV
 transfer -- first applies the steps already completed and cuts the run at the step in
 progress, and reads of the engine's state or metrics apply completed steps first, so what is
@@ -260,14 +265,31 @@ class SimEngine:
             return 1
         bs = self.kv.block_size
         steps = 1 << 30
+        room = 1 << 30
         for seq, _n in batch:
             if seq.queue is not None:
                 return 1  # streaming: each token is delivered at its own step
             # Steps until it finishes (that step ends the run) and steps its KV blocks hold.
-            left = seq.max_tokens - seq.num_output
-            room = len(seq.blocks) * bs - seq.num_computed
-            steps = min(steps, left, room)
-        return steps
+            steps = min(steps, seq.max_tokens - seq.num_output)
+            room = min(room, len(seq.blocks) * bs - seq.num_computed)
+        if steps <= room:
+            return steps
+        if self.kv.on_event is not None:
+            # KV events go out when a block is registered or evicted: the run stops where the
+            # first block fills, so each goes out at its own step's time.
+            return room
+        # Past a full block the next step needs a new one: the run goes on when the free
+        # list holds every block its steps need (`_grow` takes each at its own step boundary,
+        # in the order `schedule` would, so the same blocks are evicted); else, as stepping
+        # could preempt, it stops where the first block fills.
+        need = 0
+        for seq, _n in batch:
+            # Blocks taken at steps held, held + bs, ... before the run's end (held >= 1:
+            # this step's block is allocated).
+            held = len(seq.blocks) * bs - seq.num_computed
+            if steps > held:
+                need += (steps - held - 1) // bs + 1
+        return steps if need <= self.kv.num_free else room
 
     def _apply(self, run: _Run, upto: int) -> None:
         """Book the run's steps up to ``upto`` (exclusive) at their own boundaries."""
@@ -280,6 +302,8 @@ class SimEngine:
                 run.done = i + 1
                 self._complete(batch, run.ends[i])
                 i += 1
+                if i < len(run.ends):
+                    self._grow(batch)  # the next step of the run is scheduled now
                 continue
             # Middle steps of the run: every sequence is running, past its first token, not
             # finishing and not filling a KV block -- `_complete` reduced to what it does then,
@@ -287,6 +311,18 @@ class SimEngine:
             j = min(i + plain, upto, last)
             self._book_plain_steps(batch, run.ends, i, j)
             i = run.done = j
+
+    def _grow(self, batch: Batch) -> None:
+        """Between two steps of a run: what `schedule` does for a pure decode step, give a
+        new KV block to each sequence whose blocks are full, in the batch's (running) order.
+        `_run_length` made sure the free list holds them all."""
+        kv = self.kv
+        bs = kv.block_size
+        for seq, _n in batch:
+            if seq.num_computed + 1 > len(seq.blocks) * bs and seq.status is SeqStatus.RUNNING:
+                new = kv.allocate(kv.blocks_for(seq.num_computed + 1) - len(seq.blocks))
+                assert new is not None  # counted by `_run_length`
+                seq.blocks.extend(new)
 
     def _plain_steps(self, batch: Batch) -> int:
         """How many of the next steps are plain for every sequence of ``batch`` (0: this one
