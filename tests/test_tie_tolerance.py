@@ -1,4 +1,4 @@
-"""prefix_aware's default ties predicted TTFTs within one decode step measured against the
+"""prefix_aware's default (and every other least-TTFT router) ties predicted TTFTs within one decode step measured against the
 TPOT objective's headroom (`routing.tie_tolerance`): near the TPOT objective a request gives
 up some of its own TTFT, never past its TTFT objective, to spare the sequences decoding where
 the least-TTFT instance is; far from it, placement is least TTFT as before."""
@@ -8,7 +8,14 @@ from __future__ import annotations
 import pytest
 
 from sage_cp_plugin import load_model as lm
-from sage_cp_plugin.routing import PrefixAwareRouter
+from sage_cp_plugin.routing import (
+    AffinityRouter,
+    KVAwareRouter,
+    LoadBalancedRouter,
+    PrefixAwareRouter,
+    Router,
+)
+from sage_cp_plugin.routing.give_way import home_unless_slower
 from sage_cp_plugin.routing.tie_tolerance import tie_tolerance
 from sage_cp_plugin.state import InstanceState
 from tests.helpers import fleet, item, state
@@ -71,3 +78,40 @@ def test_default_spares_the_decodes_when_their_tpot_is_near_its_objective() -> N
     assert r.select(item(1, prompt=PROMPT, **tight), [a, b], f) is a
     # No objectives: least TTFT, a.
     assert r.select(item(1, prompt=PROMPT), [a, b], f) is a
+
+
+@pytest.mark.parametrize(
+    "router",
+    [LoadBalancedRouter(), KVAwareRouter(), AffinityRouter()],  # affinity: a request without a user
+    ids=["load_balanced", "kv_aware", "affinity_without_user"],
+)
+def test_every_least_ttft_router_ties_by_the_same_rule(router: Router) -> None:
+    # The other least-TTFT routers place as prefix_aware does: with one decode step they kept
+    # every instance prefilling on Azure code and lost goodput to round-robin
+    # (benchmarks/results/matrix_routers_s12.md).
+    a, b = _fleet()
+    f = fleet(a, b)
+    slo = {"ttft_slo_ms": 1000.0, "tpot_slo_ms": 100.0}  # rho 0.8: ties within 0.4 s
+    assert router.select(item(1, prompt=PROMPT, **slo), [a, b], f) is b
+    assert router.select(item(2, prompt=PROMPT, **slo), [b, a], f) is b
+    # Far from the TPOT objective, or without objectives: least TTFT, a.
+    far = {"ttft_slo_ms": 1000.0, "tpot_slo_ms": 1000.0}
+    assert router.select(item(1, prompt=PROMPT, **far), [a, b], f) is a
+    assert router.select(item(1, prompt=PROMPT), [a, b], f) is a
+
+
+def test_a_home_that_gives_way_sends_the_request_where_prefix_aware_would() -> None:
+    # affinity's and locality's home, slower than the best by far more than a step, gives way;
+    # the request then goes where prefix_aware sends it: b, sparing a's 40 decodes.
+    a, b = _fleet()
+    home = state("home")
+    lm.book(home, 16000, 10, 0, now=0.0)
+    lm.observe_decode(home, STEP)
+    cands = [home, a, b]
+    f = fleet(*cands)
+    slo = {"ttft_slo_ms": 1000.0, "tpot_slo_ms": 100.0}
+    probe = item(1, prompt=PROMPT, **slo)
+    assert home_unless_slower(probe, home, cands, f) is b
+    assert home_unless_slower(probe, home, cands, f) is PrefixAwareRouter().select(probe, cands, f)
+    # Without objectives: one step, least TTFT, a.
+    assert home_unless_slower(item(1, prompt=PROMPT), home, cands, f) is a

@@ -1,7 +1,8 @@
 """User affinity: one user's requests go to one instance (its KV cache stays warm),
 through consistent hashing with bounded load so a hot user cannot overload it. The home
 gives way when another instance would serve the first token sooner by more than a decode
-step (`give_way`); requests without a user go where the predicted TTFT is lowest."""
+step (`give_way`); requests without a user go where `prefix_aware` would send them (least
+predicted TTFT, its tie rule `routing.tie_tolerance`)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from sage_cp_plugin.routing.base import Router
 from sage_cp_plugin.routing.give_way import cached_by_candidate, home_unless_slower
 from sage_cp_plugin.routing.hash_ring import HashRing
 from sage_cp_plugin.routing.predicted import pick_lowest_ttft
+from sage_cp_plugin.routing.tie_tolerance import tie_tolerance
 from sage_cp_plugin.state import FleetSnapshot, InstanceState
 
 
@@ -35,6 +37,6 @@ class AffinityRouter(Router):
             # No key to be sticky about: the load model's choice (a count of requests is not
             # what a new request waits for).
             cached = cached_by_candidate(item, candidates, fleet)
-            return pick_lowest_ttft(item, candidates, cached, fleet.now)
+            return pick_lowest_ttft(item, candidates, cached, fleet.now, tie_tolerance)
         home = self._ring.lookup(f"user:{user}", candidates, self.epsilon)
         return None if home is None else home_unless_slower(item, home, candidates, fleet)

@@ -13,7 +13,9 @@ tokens it already caches free, as `prefix_aware` scores) is within one decode st
 best candidate's: the cache the request finds there is already in that prediction, and a
 difference below a step is noise (`predicted`). When another candidate is faster by more,
 the affinity is worth less than the extra wait and the request goes where `prefix_aware`
-would send it. Both sides are seconds: nothing to tune.
+would send it (with its tie rule, `routing.tie_tolerance`). Both sides are seconds: nothing
+to tune. The home's own margin stays one step: widening it would keep the request on the
+home, not spare anyone's decodes, which is what the wider tie is for.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from collections.abc import Sequence
 
 from sage_cp_plugin.pending import QueuedRequest
 from sage_cp_plugin.routing.predicted import candidate_ttfts, lowest_ttft_index
+from sage_cp_plugin.routing.tie_tolerance import tie_tolerance
 from sage_cp_plugin.state import FleetSnapshot, InstanceState
 
 
@@ -53,4 +56,4 @@ def home_unless_slower(
     if ttfts[h] <= ttfts[b] + tol:
         return home
     # The same times decide where it goes instead (computed once).
-    return candidates[lowest_ttft_index(item, times)]
+    return candidates[lowest_ttft_index(item, times, tie_tolerance)]

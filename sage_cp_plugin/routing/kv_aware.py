@@ -4,7 +4,8 @@ Like `prefix_aware` (least predicted TTFT, cached tokens from the fleet's `Prefi
 exact when the engines publish KV events), plus the engine's KV cache: a candidate whose
 KV would overflow with this request (our decodes' footprint, or vLLM's reported
 `kv_cache_usage_perc` when fresh and higher) would have to wait for running requests to
-finish or preempt one, so it is taken only when every candidate would overflow.
+finish or preempt one, so it is taken only when every candidate would overflow. Predicted
+TTFTs tie by `prefix_aware`'s rule (`routing.tie_tolerance`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from sage_cp_plugin.pending import QueuedRequest
 from sage_cp_plugin.routing.base import Router
 from sage_cp_plugin.routing.cache_view import kv_capacity_tokens
 from sage_cp_plugin.routing.predicted import pick_lowest_ttft
+from sage_cp_plugin.routing.tie_tolerance import tie_tolerance
 from sage_cp_plugin.state import FleetSnapshot, InstanceState
 
 _RETIRED = frozenset({"kv_weight", "waiting_weight", "inflight_weight"})
@@ -67,4 +69,4 @@ class KVAwareRouter(Router):
             pool = fits if fits else list(candidates)
         view = fleet.cache_view
         cached = view.cached_tokens(item, pool) if view is not None else None
-        return pick_lowest_ttft(item, pool, cached, fleet.now)
+        return pick_lowest_ttft(item, pool, cached, fleet.now, tie_tolerance)

@@ -2,6 +2,11 @@
 
 The load is the prefill work queued on each instance, in tokens, plus the decode steps that
 share its chunks (`load_model`): what sets TTFT, where counting requests does not.
+Predicted TTFTs tie by the same rule as `prefix_aware`'s (`routing.tie_tolerance`: one decode
+step measured against the request's TPOT headroom), and ties go to the candidate whose
+running sequences the prefill delays least: with one decode step, least TTFT kept every
+instance prefilling on Azure code and lost goodput to round-robin (0.974x at 110 % load,
+benchmarks/results/matrix_routers_s12.md), as `prefix_aware` did before session 11.
 `power_of_two=True` samples two candidates and takes the better (Mitzenmacher): O(1) per
 decision at any fleet size, and no herd even if every signal lagged.
 """
@@ -14,6 +19,7 @@ from collections.abc import Sequence
 from sage_cp_plugin.pending import QueuedRequest
 from sage_cp_plugin.routing.base import Router
 from sage_cp_plugin.routing.predicted import pick_lowest_ttft
+from sage_cp_plugin.routing.tie_tolerance import tie_tolerance
 from sage_cp_plugin.state import FleetSnapshot, InstanceState
 
 
@@ -40,4 +46,4 @@ class LoadBalancedRouter(Router):
             )
             a, b = rng.sample(range(len(candidates)), 2)
             candidates = [candidates[a], candidates[b]]
-        return pick_lowest_ttft(item, candidates, None, fleet.now)
+        return pick_lowest_ttft(item, candidates, None, fleet.now, tie_tolerance)
