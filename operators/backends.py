@@ -96,8 +96,9 @@ class LocalBackend:
             except RetryLaterError as exc:
                 # A full queue's retry-after is an estimate and looking again costs nothing
                 # in-process: look again soon.
-                wait = min(exc.retry_after_s, 0.05) if isinstance(exc, QueueFullError) else None
-                wait = exc.retry_after_s if wait is None else wait
+                wait = exc.retry_after_s
+                if isinstance(exc, QueueFullError):
+                    wait = min(wait, 0.05)
                 if not outwaits(wait, loop.time(), deadline):
                     return _failed(prepared, exc.code, str(exc), 429)
                 await asyncio.sleep(wait)

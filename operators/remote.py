@@ -13,7 +13,10 @@ from typing import Any
 
 import httpx
 
+from sage_cp_plugin.errors import QueueFullError
 from sage_cp_plugin.openai_body import ENDPOINTS, text_of
+from sage_cp_plugin.quotas import QuotaExceededError
+from sage_cp_plugin.rate_limits import RateLimitedError
 from sage_cp_plugin.types import ExecutionInstance, RequestKind, RequestMetadata
 
 from .backends import ADMISSION_PATIENCE_S, outwaits
@@ -215,7 +218,7 @@ class RemoteBackend:
 # in-process backend's records do.
 _RECORD_CODE = {
     "no_healthy_instance": "no_instance_error",
-    **{c: c for c in ("queue_full", "rate_limit_exceeded", "insufficient_quota")},
+    **{e.code: e.code for e in (QueueFullError, RateLimitedError, QuotaExceededError)},
 }
 
 
