@@ -22,7 +22,8 @@ import numpy as np
 
 from benchmarks.bench_autoscaling import make_shape, peak_rate
 from benchmarks.common import write_results
-from sage_cp_plugin.elastic.evaluation import Setup, _Target, length_mix, step_model, workload
+from sage_cp_plugin.elastic.evaluation import Setup, _Target, length_mix, step_model
+from sage_cp_plugin.elastic.load_shapes import workload
 from sage_cp_plugin.elastic.sizing import general_miss
 from sage_cp_plugin.elastic.tpot import summarise
 from sage_cp_plugin.elastic.ttft import Lengths

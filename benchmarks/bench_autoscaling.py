@@ -47,16 +47,12 @@ from typing import Any
 from benchmarks.common import RESULTS, write_results
 from sage_cp_plugin.elastic.evaluation import (
     Setup,
-    Shape,
-    bursts,
-    daily,
     ideal_gpu_hours,
     replicas_for,
     run_variant,
-    steady,
     threshold_target,
-    workload,
 )
+from sage_cp_plugin.elastic.load_shapes import Shape, bursts, daily, steady, workload
 from sage_cp_plugin.virtual.clock import run_virtual
 from sage_cp_plugin.virtual.provenance import provenance, provenance_line
 from sage_cp_plugin.workloads.traces import load_trace
@@ -305,6 +301,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("--duration must be > 0 and --peak-replicas >= 1")
     setup = Setup(max_replicas=max(12, 2 * a.peak_replicas))
     variants = [v for v in a.variants.split(",") if v]
+
     def known(v: str) -> bool:  # static_N: a static fleet of N replicas (matched GPU-hours)
         if v.startswith("threshold_"):  # threshold_<target>: one point of the KEDA sweep
             try:
@@ -314,9 +311,11 @@ def main(argv: list[str] | None = None) -> None:
         return v in VARIANTS or (v.startswith("static_") and v[7:].isdigit() and int(v[7:]) >= 1)
 
     if not variants or not all(known(v) for v in variants):
-        raise SystemExit(f"--variants must be among {','.join(VARIANTS)}, static_N (N >= 1) or "
-                         "threshold_<target> (target > 0), "
-                         f"got {a.variants!r}")
+        raise SystemExit(
+            f"--variants must be among {','.join(VARIANTS)}, static_N (N >= 1) or "
+            "threshold_<target> (target > 0), "
+            f"got {a.variants!r}"
+        )
     name = "autoscaling_smoke" if a.smoke else a.out
     cells = RESULTS / f"{name}.cells.jsonl"
     rows: list[dict[str, Any]] = []

@@ -14,16 +14,13 @@ from sage_cp_plugin.elastic.evaluation import (
     Setup,
     VirtualScaler,
     _Target,
-    bursts,
-    daily,
     gpu_hours,
     ideal_gpu_hours,
     recovery_s,
     replicas_for,
-    steady,
     threshold_target,
-    workload,
 )
+from sage_cp_plugin.elastic.load_shapes import bursts, daily, steady, workload
 from sage_cp_plugin.sim import SimInstanceConfig
 from sage_cp_plugin.virtual.clock import run_virtual
 from sage_cp_plugin.virtual.fleet import InProcessFleet, MemberSpec
