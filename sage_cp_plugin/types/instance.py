@@ -1,112 +1,27 @@
-"""Public data types of the control plane (the names of the sageLLM Control Plane document).
-
-Every type is a pydantic v2 model so bad input is rejected at the boundary with a message
-that names the field and the bad value. Enums accept their member, their value and their
-name (any case), because the document's examples use all three (`"prefilling"`,
-`"PREFILLING"`, `ExecutionInstanceType.PREFILLING`).
-"""
+"""What a vLLM server is to the control plane: its static description, its prefill/decode
+roles and the parallel layout it runs (document names)."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
-from enum import IntEnum, StrEnum
 from functools import cached_property
 from typing import Any, Literal, Self
 
 from pydantic import (
-    BaseModel,
     ConfigDict,
     Field,
     field_validator,
     model_validator,
 )
 
-
-class _LenientEnumMixin:
-    """Lets an enum be built from its name in any case, besides its value."""
-
-    @classmethod
-    def _missing_(cls, value: object) -> Any:
-        if isinstance(value, str):
-            key = value.strip()
-            for member in cls:  # type: ignore[attr-defined]
-                if member.name.lower() == key.lower() or str(member.value).lower() == key.lower():
-                    return member
-            if key.lstrip("-").isdigit():
-                return cls(int(key))  # type: ignore[call-arg]
-        return None
+from sage_cp_plugin.types.base import StrictModel
+from sage_cp_plugin.types.enums import (
+    ExecutionInstanceType,
+    ParallelismType,
+)
 
 
-class RequestPriority(_LenientEnumMixin, IntEnum):
-    """Lower value = more urgent (the document's numbering)."""
-
-    CRITICAL = 0
-    HIGH = 1
-    NORMAL = 2
-    LOW = 3
-    BACKGROUND = 4
-
-
-class RequestStatus(_LenientEnumMixin, StrEnum):
-    """Lifecycle of a request. A str enum, so `status.state == "completed"` holds.
-
-    PENDING: admitted, not yet dispatchable (the control plane is not started, or the
-    request waits out a retry backoff). QUEUED: in the queue, waiting for an instance.
-    SCHEDULED: sent to an instance, no output token yet (its prompt is being processed).
-    RUNNING: the instance has sent its first token (seen when the upstream streams, the
-    default). Then one of COMPLETED, FAILED, CANCELLED.
-    """
-
-    PENDING = "pending"
-    QUEUED = "queued"
-    SCHEDULED = "scheduled"
-    RUNNING = "running"
-    COMPLETED = "completed"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-    @property
-    def is_terminal(self) -> bool:
-        return self in (RequestStatus.COMPLETED, RequestStatus.FAILED, RequestStatus.CANCELLED)
-
-
-class ParallelismType(_LenientEnumMixin, StrEnum):
-    TENSOR_PARALLEL = "tp"
-    PIPELINE_PARALLEL = "pp"
-    DATA_PARALLEL = "dp"
-    EXPERT_PARALLEL = "ep"
-    HYBRID = "hybrid"
-
-
-class ExecutionInstanceType(_LenientEnumMixin, StrEnum):
-    """Role of a vLLM instance. `embedding` instances serve `/v1/embeddings` only."""
-
-    GENERAL = "general"
-    PREFILLING = "prefilling"
-    DECODING = "decoding"
-    HYBRID = "hybrid"
-    EMBEDDING = "embedding"
-
-
-class RequestKind(_LenientEnumMixin, StrEnum):
-    """Which OpenAI endpoint a request goes to."""
-
-    COMPLETION = "completion"
-    CHAT = "chat"
-    EMBEDDING = "embedding"
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(
-        extra="forbid",
-        validate_assignment=True,
-        use_enum_values=False,
-        arbitrary_types_allowed=False,
-    )
-
-
-class PrefillingConfig(_Model):
+class PrefillingConfig(StrictModel):
     """How a prefill-capable instance is run (document names), and what the control plane
     does with it:
 
@@ -127,7 +42,7 @@ class PrefillingConfig(_Model):
     max_chunk_size_tokens: int = Field(default=8192, gt=0)
 
 
-class DecodingConfig(_Model):
+class DecodingConfig(StrictModel):
     """How a decode-capable instance is run (document names), and what the control plane
     does with it:
 
@@ -144,7 +59,7 @@ class DecodingConfig(_Model):
     pipeline_parallel_size: int | None = Field(default=None, gt=0)
 
 
-class PDSeparationConfig(_Model):
+class PDSeparationConfig(StrictModel):
     """Prefill/decode separation settings.
 
     `routing_policy`: `threshold` (input length / ratio), `adaptive` (threshold plus
@@ -190,7 +105,7 @@ _DERIVED_LIMITS = (
 )
 
 
-class ExecutionInstance(_Model):
+class ExecutionInstance(StrictModel):
     """A vLLM server the control plane can send requests to.
 
     Static description only: live state (in-flight requests, scraped metrics, health)
@@ -370,149 +285,7 @@ class ExecutionInstance(_Model):
         return self.instance_type == ExecutionInstanceType.EMBEDDING
 
 
-def _new_request_id() -> str:
-    # 64 random bits from the OS (a uuid4's first 16 hex digits held 60 and cost 4x as much:
-    # the UUID object is built only to be cut).
-    return f"req-{os.urandom(8).hex()}"
-
-
-class SLO(_Model):
-    """Latency objectives a request carries. All in milliseconds, all optional."""
-
-    ttft_ms: float | None = Field(default=None, gt=0)
-    tpot_ms: float | None = Field(default=None, gt=0)
-    e2e_ms: float | None = Field(default=None, gt=0)
-
-
-class RequestMetadata(_Model):
-    """One inference request (document fields plus chat, embeddings and sampling).
-
-    `slo_deadline_ms` is the end-to-end deadline relative to arrival (the document's
-    meaning); `ttft_slo_ms` / `tpot_slo_ms` add finer objectives.
-    """
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-    request_id: str = Field(default_factory=_new_request_id, min_length=1)
-    user_id: str | None = None
-    priority: RequestPriority = RequestPriority.NORMAL
-    slo_deadline_ms: float | None = Field(default=None, gt=0)
-    ttft_slo_ms: float | None = Field(default=None, gt=0)
-    tpot_slo_ms: float | None = Field(default=None, gt=0)
-    max_tokens: int | None = Field(default=None, gt=0)
-    temperature: float = Field(default=1.0, ge=0)
-    top_p: float = Field(default=1.0, gt=0, le=1)
-    prompt: str | None = None
-    messages: list[dict[str, Any]] | None = None
-    input: str | list[str] | None = None
-    kind: RequestKind | None = None
-    model_name: str | None = None
-    stream: bool = False
-    cost_budget: float | None = Field(default=None, gt=0)
-    billing_tier: str = "standard"
-    parallelism_hint: ParallelismType | None = None
-    preferred_instance_id: str | None = None
-    # Any extra OpenAI body fields (stop, seed, logprobs, ...) passed through unchanged.
-    extra_body: dict[str, Any] = Field(default_factory=dict)
-    tags: dict[str, Any] = Field(default_factory=dict)
-
-    @field_validator("request_id", mode="before")
-    @classmethod
-    def _generate_id(cls, v: Any) -> Any:
-        return _new_request_id() if v is None or v == "" else v
-
-    @field_validator("messages")
-    @classmethod
-    def _messages_shape(cls, v: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
-        if v is None:
-            return v
-        if not v:
-            raise ValueError("messages must hold at least one message")
-        for i, m in enumerate(v):
-            if "role" not in m:
-                raise ValueError(f"messages[{i}] has no 'role': {m!r}")
-        return v
-
-    @model_validator(mode="after")
-    def _infer_kind(self) -> RequestMetadata:
-        if self.kind is None:
-            if self.input is not None and self.prompt is None and self.messages is None:
-                kind = RequestKind.EMBEDDING
-            elif self.messages is not None:
-                kind = RequestKind.CHAT
-            else:
-                kind = RequestKind.COMPLETION
-            object.__setattr__(self, "kind", kind)
-        if self.kind == RequestKind.EMBEDDING and self.input is None:
-            raise ValueError("an embedding request needs 'input'")
-        if self.kind == RequestKind.CHAT and self.messages is None:
-            if self.prompt is None:
-                raise ValueError("a chat request needs 'messages'")
-            object.__setattr__(self, "messages", [{"role": "user", "content": self.prompt}])
-        return self
-
-    @property
-    def request_kind(self) -> RequestKind:
-        assert self.kind is not None
-        return self.kind
-
-    def prompt_text(self) -> str:
-        """The text the model reads first: used for token estimates and prefix hashing."""
-        if self.prompt is not None:
-            return self.prompt
-        if self.messages is not None:
-            parts: list[str] = []
-            for m in self.messages:
-                c = m.get("content")
-                if isinstance(c, str):
-                    parts.append(c)
-                elif isinstance(c, list):
-                    parts.extend(str(p.get("text", "")) for p in c if isinstance(p, dict))
-            return "\n".join(parts)
-        if isinstance(self.input, str):
-            return self.input
-        if isinstance(self.input, list):
-            return "\n".join(self.input)
-        return ""
-
-    def estimated_input_tokens(self) -> int:
-        """~4 characters per token, the usual estimate when no tokenizer is at hand."""
-        return max(1, len(self.prompt_text()) // 4)
-
-    def effective_ttft_slo_ms(self) -> float | None:
-        return self.ttft_slo_ms
-
-    def has_slo(self) -> bool:
-        return any(
-            x is not None for x in (self.slo_deadline_ms, self.ttft_slo_ms, self.tpot_slo_ms)
-        )
-
-
-class SchedulingDecision(_Model):
-    """Where and why a request runs (document fields)."""
-
-    model_config = ConfigDict(extra="allow")
-
-    request_id: str
-    target_instance_id: str
-    parallelism_strategy: ParallelismType = ParallelismType.TENSOR_PARALLEL
-    estimated_latency_ms: float = 0.0
-    estimated_cost: float = 0.0
-    tensor_parallel_size: int = 1
-    pipeline_parallel_size: int = 1
-    phase: ExecutionInstanceType | None = None
-    policy: str = ""
-    router: str = ""
-    reason: str = ""
-    confidence: float = 1.0
-    metadata: dict[str, Any] = Field(default_factory=dict)
-
-    @property
-    def instance_id(self) -> str:
-        return self.target_instance_id
-
-
-class ParallelismConfig(_Model):
+class ParallelismConfig(StrictModel):
     """A parallel layout (document fields)."""
 
     model_config = ConfigDict(extra="allow")
@@ -528,99 +301,3 @@ class ParallelismConfig(_Model):
     @property
     def total_gpus(self) -> int:
         return self.tensor_parallel_size * self.pipeline_parallel_size * self.data_parallel_size
-
-
-class RequestTimings(_Model):
-    """Milliseconds, measured on the coordinator's clock: `queue_ms` arrival to dispatch
-    of the attempt that answered, `prefill_ms` that dispatch to its first token, `ttft_ms`
-    and `e2e_ms` from arrival."""
-
-    queue_ms: float | None = None
-    ttft_ms: float | None = None
-    tpot_ms: float | None = None
-    e2e_ms: float | None = None
-    prefill_ms: float | None = None
-
-
-class RequestResult(_Model):
-    """What `get_request_status` / `wait` return: the document's `.state`, `.output`, `.error`."""
-
-    model_config = ConfigDict(extra="allow")
-
-    request_id: str
-    state: RequestStatus
-    output: str | None = None
-    response: dict[str, Any] | None = None
-    embeddings: list[list[float]] | None = None
-    error: str | None = None
-    # Why it failed, for machines: "upstream" (with the instance's HTTP status in
-    # `status_code`, None when unreachable), "timeout", "no_instance", "rejected",
-    # "cancelled", "stopped", "invalid_request" (the body cannot be sent), "internal".
-    error_type: str | None = None
-    status_code: int | None = None
-    instance_id: str | None = None
-    decision: SchedulingDecision | None = None
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    attempts: int = 0
-    timings: RequestTimings = Field(default_factory=RequestTimings)
-    slo_met: bool | None = None
-    priority: RequestPriority = RequestPriority.NORMAL
-    model_name: str | None = None
-    tags: dict[str, Any] = Field(default_factory=dict)  # the request's own tags
-    # What the attempts cost at the instances' prices (billing tier applied); None when
-    # no instance it ran on has a price.
-    cost: float | None = None
-
-    @property
-    def status(self) -> RequestStatus:
-        return self.state
-
-
-class PerformanceMetrics(_Model):
-    """Fleet-wide measurements (document fields plus TTFT/TPOT/queue and per-priority SLO)."""
-
-    model_config = ConfigDict(extra="allow")
-
-    total_requests: int = 0
-    completed_requests: int = 0
-    failed_requests: int = 0
-    active_requests: int = 0
-    queued_requests: int = 0
-    avg_latency_ms: float = 0.0
-    p50_latency_ms: float = 0.0
-    p95_latency_ms: float = 0.0
-    p99_latency_ms: float = 0.0
-    avg_ttft_ms: float = 0.0
-    p50_ttft_ms: float = 0.0
-    p95_ttft_ms: float = 0.0
-    p99_ttft_ms: float = 0.0
-    avg_tpot_ms: float = 0.0
-    p95_tpot_ms: float = 0.0
-    avg_queue_ms: float = 0.0
-    p95_queue_ms: float = 0.0
-    tokens_per_second: float = 0.0
-    requests_per_second: float = 0.0
-    slo_violations: int = 0
-    slo_compliance_rate: float = 1.0
-    slo_attainment_by_priority: dict[str, float] = Field(default_factory=dict)
-    goodput_rps: float = 0.0
-    # Requests in flight / slots (the instances' slot limits), now.
-    slot_occupancy: float = 0.0
-    # Mean KV-cache usage (0..1) reported by the instances' fresh /metrics; None if none.
-    kv_cache_usage: float | None = None
-    # GPU compute utilisation as the instances report it. vLLM's /metrics has no such
-    # metric, so it is None; slot_occupancy and kv_cache_usage are what is measured.
-    gpu_utilization: float | None = None
-    total_cost: float = 0.0
-    # total_cost split per model and per request tag "key=value" (e.g. `arm=b`, `tenant=x`;
-    # the same bounded series as requests_by_tag).
-    cost_by_model: dict[str, float] = Field(default_factory=dict)
-    cost_by_tag: dict[str, float] = Field(default_factory=dict)
-    # "key=value" of request tags -> completed, failed, slo_met, slo_total (bounded
-    # cardinality: see ControlPlaneOptions.max_tag_series).
-    requests_by_tag: dict[str, dict[str, int]] = Field(default_factory=dict)
-    policy: str = ""
-    policy_switches: int = 0
-    retries: int = 0  # attempts started again after a failed attempt
-    failovers: int = 0  # retries that moved to another instance after an instance failed
