@@ -90,11 +90,13 @@ class InstancePools:
         return not (target is not None and tpot_s is not None and tpot_s > target)
 
     def _prefill_gate(self, s: InstanceState, item: QueuedRequest) -> bool:
-        """The adaptive limit's prefill gates pass `item` on `s`. With the TTFT reserve on,
-        a request with a TTFT objective is held by neither (the engine's priority order puts it ahead of what
-        waits there; holding it here would only spend its objective); one without is held
-        while the prefill queued on `s` is more than a few steps (`prefill_fits`) or would
-        leave no room for the TTFT objectives being served (`TTFTReserve.batch_fits`)."""
+        """The adaptive limit's prefill gates pass `item` on `s`: the prefill queued on `s`
+        starts within a few steps (`prefill_fits`) and, with the TTFT reserve on, a request
+        without a TTFT objective leaves room for the objectives being served
+        (`TTFTReserve.batch_fits`). With the reserve on, a request with a TTFT objective is
+        held by neither on an engine that orders its queue by priority: there it goes ahead
+        of what waits, so holding it here would only spend its objective (on an engine in
+        arrival order it would wait behind that queue: the step-counted gate still holds it)."""
         limits = self.limits
         assert limits is not None
         now = self.fleet.now
@@ -102,7 +104,7 @@ class InstancePools:
         if reserve is None:
             return limits.prefill_fits(s, now)
         if item.request.ttft_slo_ms is not None:
-            return True
+            return s.instance.scheduling_policy == "priority" or limits.prefill_fits(s, now)
         return limits.prefill_fits(s, now) and reserve.batch_fits(s, item.input_tokens, now)
 
     def list_models(self) -> list[str]:

@@ -19,9 +19,10 @@ plus that prompt, at the instance's learnt speeds (`load_model.prefill_time_s`).
 rest of the batch work waits in the coordinator's queue, where the policy orders it, and
 goes out as the engines' prefill drains. An instance with nothing queued always takes it
 (a prompt longer than the room would otherwise never run). Requests with an objective are
-not held by this gate (nor by the step-counted one): the engine's priority order then puts
-them ahead of every waiting request, and the routers pick the instance with the shortest
-predicted TTFT.
+not held by this gate, nor, on an engine declared `scheduling_policy: priority`, by the
+step-counted one: the engine's priority order puts them ahead of every waiting request, and
+the routers pick the instance with the shortest predicted TTFT (on an engine in arrival
+order they would wait behind its queue anyway, so the step-counted gate still holds them).
 
 Nothing is fitted to a workload: the objective is the users' own, the prompt is the mean of
 the requests that carry it, and the speeds are the instance's learnt ones. "While arriving"

@@ -22,8 +22,8 @@ RATE = 2e-5  # seconds per prefill token
 STEP = 0.03  # decode step, seconds
 
 
-def _instance() -> InstanceState:
-    s = state("a", cap=64)
+def _instance(**fields: object) -> InstanceState:
+    s = state("a", cap=64, **fields)
     s.prefill_s_per_token.add(RATE)
     s.decode_s_per_token.add(STEP)
     return s
@@ -73,7 +73,7 @@ def test_the_reserve_lifts_when_the_objective_class_stops_arriving() -> None:
 
 def test_pools_hold_batch_work_but_not_requests_with_a_ttft_objective() -> None:
     m = ControlPlaneManager(scheduling_policy="slo_aware", adaptive_concurrency=True)
-    s = _instance()
+    s = _instance(scheduling_policy="priority")
     lm.book(s, 12000, 10, 0, now=0.0)  # far more than two steps of prefill queued
     assert m.limits is not None and m.limits.reserve is not None
     m.limits.reserve.note(0.2, 2000, now=0.0)
@@ -88,6 +88,10 @@ def test_pools_hold_batch_work_but_not_requests_with_a_ttft_objective() -> None:
     assert off.limits is not None and off.limits.reserve is None
     assert not off.pools.has_room(s, batch)
     assert not off.pools.has_room(s, interactive)
+    # An engine in arrival order would queue it behind that prefill anyway: held as before.
+    fcfs = _instance()
+    lm.book(fcfs, 12000, 10, 0, now=0.0)
+    assert not m.pools.has_room(fcfs, interactive)
 
 
 def _mixed_workload() -> list[WorkloadRecord]:
