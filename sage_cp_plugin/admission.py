@@ -105,6 +105,9 @@ class Admission:
             request.priority <= RequestPriority.HIGH
             or (request.ttft_slo_ms is not None and request.ttft_slo_ms <= self.urgent_ttft_ms)
         )
+        limits = self.pools.limits
+        if limits is not None and limits.reserve is not None and request.ttft_slo_ms is not None:
+            limits.reserve.note(request.ttft_slo_ms / 1000.0, item.input_tokens, now)
         strategies = self.strategies
         if strategies.pd_router is not None and request.kind != RequestKind.EMBEDDING:
             item.phase = strategies.pd_router.determine_request_phase(request)

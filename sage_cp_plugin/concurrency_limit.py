@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 
 from sage_cp_plugin import load_model
 from sage_cp_plugin.state import InstanceState
+from sage_cp_plugin.ttft_reserve import TTFTReserve
 from sage_cp_plugin.types import ExecutionInstanceType
 
 
@@ -107,9 +108,12 @@ class AdaptiveLimit:
 class ConcurrencyLimits:
     """The adaptive limits of a fleet, keyed by instance id (created on first use)."""
 
-    def __init__(self, config: LimitConfig | None = None) -> None:
+    def __init__(self, config: LimitConfig | None = None, *, reserve: bool = True) -> None:
         self.config = config or LimitConfig()
         self._limits: dict[str, AdaptiveLimit] = {}
+        # Prefill room kept for requests with a TTFT objective (ttft_reserve.py); None: the
+        # step-counted gate (`prefill_fits`) alone, for every request.
+        self.reserve = TTFTReserve() if reserve else None
 
     def of(self, state: InstanceState) -> AdaptiveLimit:
         lim = self._limits.get(state.instance_id)

@@ -128,7 +128,7 @@ class ControlPlaneManager:
         self.kv_events = KVEventTracker()
         self.cache_view = EventsOrApproximateView(self.kv_events.view, ApproximatePrefixCache())
         self.fleet = FleetSnapshot(cache_view=self.cache_view)
-        self.limits = ConcurrencyLimits() if o.adaptive_concurrency else None
+        self.limits = ConcurrencyLimits(reserve=o.ttft_reserve) if o.adaptive_concurrency else None
         self.pools = InstancePools(
             self.fleet, urgent_headroom=o.urgent_headroom, limits=self.limits
         )

@@ -54,6 +54,10 @@ class ControlPlaneOptions(BaseModel):
     # Per-instance concurrency limit that adapts to the engine's queueing delay
     # (concurrency_limit.py), so the backlog waits in the coordinator's queue.
     adaptive_concurrency: bool = False
+    # With it: keep prefill room on the engines for requests with a TTFT objective while
+    # they arrive, and never hold those requests back on the engines' prefill queue
+    # (ttft_reserve.py). False: the limit's step-counted gate alone, for every request.
+    ttft_reserve: bool = True
     upstream_streaming: bool = True  # stream from vLLM even for non-streaming callers (TTFT)
     result_retention: int = Field(10_000, gt=0)  # finished results kept for get_request_status
     # ... and at most about this many bytes of them: a few large embedding answers must not

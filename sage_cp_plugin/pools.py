@@ -67,11 +67,7 @@ class InstancePools:
             cap += max(1, int(cap * self.urgent_headroom))
         if s.in_flight + s.peer_in_flight >= cap:  # slots are shared with peer replicas
             return False
-        if (
-            self.limits is not None
-            and not item.urgent
-            and not self.limits.prefill_fits(s, self.fleet.now)
-        ):
+        if self.limits is not None and not item.urgent and not self._prefill_gate(s, item):
             return False
         target = inst.decode_target_s
         if target is not None and s.in_flight > 0:
@@ -87,11 +83,29 @@ class InstancePools:
         if self.limits is None or item.urgent:
             return False
         cap = min(s.instance.slot_limit, self.limits.of(s).current)
-        if s.in_flight + s.peer_in_flight >= cap or self.limits.prefill_fits(s, self.fleet.now):
+        if s.in_flight + s.peer_in_flight >= cap or self._prefill_gate(s, item):
             return False
         target = s.instance.decode_target_s
         tpot_s = s.decode_s_per_token.value
         return not (target is not None and tpot_s is not None and tpot_s > target)
+
+    def _prefill_gate(self, s: InstanceState, item: QueuedRequest) -> bool:
+        """The adaptive limit's prefill gates pass `item` on `s`: the prefill queued on `s`
+        starts within a few steps (`prefill_fits`) and, with the TTFT reserve on, a request
+        without a TTFT objective leaves room for the objectives being served
+        (`TTFTReserve.batch_fits`). With the reserve on, a request with a TTFT objective is
+        held by neither on an engine that orders its queue by priority: there it goes ahead
+        of what waits, so holding it here would only spend its objective (on an engine in
+        arrival order it would wait behind that queue: the step-counted gate still holds it)."""
+        limits = self.limits
+        assert limits is not None
+        now = self.fleet.now
+        reserve = limits.reserve
+        if reserve is None:
+            return limits.prefill_fits(s, now)
+        if item.request.ttft_slo_ms is not None:
+            return s.instance.scheduling_policy == "priority" or limits.prefill_fits(s, now)
+        return limits.prefill_fits(s, now) and reserve.batch_fits(s, item.input_tokens, now)
 
     def list_models(self) -> list[str]:
         return self.fleet.models()

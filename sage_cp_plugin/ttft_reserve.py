@@ -1,0 +1,79 @@
+"""Prefill room kept free for requests with a TTFT objective while work without one fills
+the engines.
+
+Why: vLLM (v1 scheduler, and the simulator that follows it) gives each step's token budget to
+its running sequences first and admits waiting ones with what is left; `--scheduling-policy
+priority` orders only the waiting queue (and picks preemption victims). A batch prompt whose
+prefill has started therefore keeps its chunks ahead of any request that arrives after it,
+whatever that request's priority. On prefill-heavy traffic (long prompts) a few batch
+prompts sent at once fill whole steps of the budget, each step lasting a large part of a
+tight TTFT objective: an interactive request that arrives then waits for those steps in the
+engine, where no policy can reorder it. The adaptive limit's own gate (`prefill_fits`)
+tolerates a few engine *steps* of queued prefill, and on such traffic a step is itself long.
+
+What: while requests with a TTFT objective are arriving, a request without an objective is
+sent to an instance only if, after it, a request with the tightest objective seen (and the
+typical prompt of those requests) sent there would still get its first token in time by
+the load model's prediction: the prefill queued there plus the batch request's own prompt
+plus that prompt, at the instance's learnt speeds (`load_model.prefill_time_s`). The
+rest of the batch work waits in the coordinator's queue, where the policy orders it, and
+goes out as the engines' prefill drains. An instance with nothing queued always takes it
+(a prompt longer than the room would otherwise never run). Requests with an objective are
+not held by this gate, nor, on an engine declared `scheduling_policy: priority`, by the
+step-counted one: the engine's priority order puts them ahead of every waiting request, and
+the routers pick the instance with the shortest predicted TTFT (on an engine in arrival
+order they would wait behind its queue anyway, so the step-counted gate still holds them).
+
+Nothing is fitted to a workload: the objective is the users' own, the prompt is the mean of
+the requests that carry it, and the speeds are the instance's learnt ones. "While arriving"
+means within `horizon_gaps` of their mean inter-arrival gap since the last one (a class that
+pauses for that long is taken to have stopped, and the gate lifts; before a second one
+shows the pace, the objective itself stands in for the gap).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sage_cp_plugin import load_model
+from sage_cp_plugin.state import Ewma, InstanceState
+
+
+@dataclass(slots=True)
+class TTFTReserve:
+    """What the coordinator knows of the TTFT objectives it is serving, and the gate."""
+
+    horizon_gaps: float = 10.0
+    slo_s: float | None = None  # the tightest TTFT objective among recent requests
+    prompt_tokens: Ewma = field(default_factory=Ewma)
+    gap_s: Ewma = field(default_factory=Ewma)
+    last_at: float | None = None
+
+    def note(self, ttft_slo_s: float, prompt_tokens: int, now: float) -> None:
+        """A request with a TTFT objective of `ttft_slo_s` was admitted at `now`."""
+        if not self.active(now):
+            self.slo_s = None  # a class that had stopped: its objective no longer binds
+        self.slo_s = ttft_slo_s if self.slo_s is None else min(self.slo_s, ttft_slo_s)
+        self.prompt_tokens.add(float(prompt_tokens))
+        if self.last_at is not None:
+            self.gap_s.add(max(0.0, now - self.last_at))
+        self.last_at = now
+
+    def active(self, now: float) -> bool:
+        """Requests with an objective are still arriving (one within the horizon)."""
+        if self.last_at is None:
+            return False
+        # One seen and no gap yet: its own objective stands in for the pace.
+        gap = self.gap_s.get(self.slo_s or 0.0)
+        return now - self.last_at <= self.horizon_gaps * gap
+
+    def batch_fits(self, state: InstanceState, tokens: int, now: float) -> bool:
+        """`state` may take a request without an objective with `tokens` to prefill: after
+        it, a request with the tightest objective would still meet it there (always true
+        while none are arriving, or with nothing queued on `state`)."""
+        slo = self.slo_s
+        if slo is None or state.prefill_seqs <= 0 or not self.active(now):
+            return True
+        ahead = load_model.prefill_ahead(state, now) + max(1, tokens)
+        own = self.prompt_tokens.get(0.0)
+        return load_model.prefill_time_s(state, ahead + own) <= slo
