@@ -103,12 +103,48 @@ def lowest_ttft_index(item: QueuedRequest, times: Times, tie: Tie | None = None)
         # that of the smaller step, as the scans below assume.
         steps = [tie(item, s) for s in steps]
     n = len(ttfts)
-    # The scan in the rotation that starts at the request's sequence number (offset by the
-    # replica's place among its peers: `routing.rotation`).
+    if times.cost_tols is not None:  # a replica with peers
+        return _pick_among_ties(item, ttfts, steps, costs, owns, times.cost_tols)
+    # One process: the scan in the rotation that starts at the request's sequence number.
     start = rotation_start(item.seq, n, item.replica)
-    if times.cost_tols is None and steps.count(steps[0]) == n:
+    if steps.count(steps[0]) == n:
         return _scan_one_step(ttfts, steps[0], costs, owns, start)
-    return _scan(ttfts, steps, costs, owns, times.cost_tols or [0.0] * n, start)
+    return _scan(ttfts, steps, costs, owns, [0.0] * n, start)
+
+
+def _pick_among_ties(
+    item: QueuedRequest,
+    ttfts: list[float],
+    steps: list[float],
+    costs: list[float],
+    owns: list[int],
+    cost_tols: list[float],
+) -> int:
+    """A replica with peers: the set of candidates that tie by the rules (TTFT within a step
+    of the lowest, then cost within the tolerance of the lowest among those, then fewest
+    tokens to compute), and of that set the member at this replica's turn of the shared
+    rotation (`routing.rotation`).
+
+    Why a set and not the scan from a rotated start: replicas deciding within one message
+    delivery of each other see the same loads and take consecutive turns of the rotation.
+    A scan from consecutive starts ends on the same instance whenever the tied instances are
+    not adjacent (every start between two tied instances reaches the same next one), so they
+    piled onto it together; indexing the tied set with consecutive turns gives each of them
+    a different member, as one process would after hearing its own bookings."""
+    n = len(ttfts)
+    best = min(range(n), key=ttfts.__getitem__)
+    t_best, s_best = ttfts[best], steps[best]
+    tied = [j for j in range(n) if ttfts[j] <= t_best + (steps[j] if steps[j] < s_best else s_best)]
+    cheapest = min(tied, key=costs.__getitem__)
+    c_best, ct_best = costs[cheapest], cost_tols[cheapest]
+    tied = [
+        j
+        for j in tied
+        if costs[j] <= c_best + (cost_tols[j] if cost_tols[j] < ct_best else ct_best)
+    ]
+    fewest = min(owns[j] for j in tied)
+    tied = [j for j in tied if owns[j] == fewest]
+    return tied[rotation_start(item.seq, len(tied), item.replica)]
 
 
 def _scan_one_step(
