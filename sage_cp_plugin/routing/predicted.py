@@ -14,7 +14,11 @@ Replicas of the control plane (N > 1) hear each other's bookings a message deliv
 unheard booking per peer. Costs closer than that, N - 1 sequences' worth, cannot be told
 apart and count as equal: the next rules decide, down to the rotation, which differs per
 replica. Without it, replicas deciding within one delivery delay all ranked the same
-instance first by its running sequences and sent their requests there together.
+instance first by its running sequences and sent their requests there together. A replica
+collects the whole tied set and takes the member at its turn of the shared rotation
+(`_pick_among_ties`): a scan from its rotated start, as one process does, reaches the same
+first tied instance from every start between two tied ones, so replicas deciding at once
+still met there whenever the tied instances were not side by side.
 Nothing here has a weight to tune: every quantity is a time. A router may widen the tie
 from one decode step (`tie`): `prefix_aware` measures the step against the request's TPOT
 objective (`routing.tie_tolerance`).
