@@ -99,6 +99,7 @@ class FleetShare:
         self.prefix: SharedApproximatePrefixCache = install(manager.cache_view)
         self._dirty = asyncio.Event()
         self.prefix.on_change = self._dirty.set
+        manager.dispatcher.attempts.on_load_change = self._dirty.set
         # Tenants' rate-limit and quota usage (tenant_usage.py).
         self.tenants = TenantUsageShare(manager.admission, self.replica_id, self._dirty.set)
         self.status = ShareStatus()
