@@ -113,7 +113,7 @@ def lowest_ttft_index(item: QueuedRequest, times: Times, tie: Tie | None = None)
     start = rotation_start(item.seq, n, item.replica)
     if steps.count(steps[0]) == n:
         return _scan_one_step(ttfts, steps[0], costs, owns, start)
-    return _scan(ttfts, steps, costs, owns, [0.0] * n, start)
+    return _scan(ttfts, steps, costs, owns, start)
 
 
 def _pick_among_ties(
@@ -175,33 +175,20 @@ def _scan_one_step(
 
 
 def _scan(
-    ttfts: list[float],
-    steps: list[float],
-    costs: list[float],
-    owns: list[int],
-    cost_tols: list[float],
-    start: int,
+    ttfts: list[float], steps: list[float], costs: list[float], owns: list[int], start: int
 ) -> int:
-    """The scan of `lowest_ttft_index`: TTFTs within the smaller of two candidates' decode
-    steps tie, and so do costs within the smaller of their tolerances (zero for one process;
-    N - 1 sequences' worth for a replica with peers, module docstring)."""
+    """The scan of `lowest_ttft_index` for one process: TTFTs within the smaller of two
+    candidates' decode steps tie; then the lower cost, then fewer tokens to compute."""
     n = len(ttfts)
     b = start
-    best_t, best_step, best_cost, best_own, best_tol = (
-        ttfts[b], steps[b], costs[b], owns[b], cost_tols[b]
-    )  # fmt: skip
+    best_t, best_step, best_cost, best_own = ttfts[b], steps[b], costs[b], owns[b]
     for j in (*range(start + 1, n), *range(start)):
         t, step = ttfts[j], steps[j]
         tol = step if step < best_step else best_step
         if t < best_t - tol:
             b, best_t, best_step, best_cost, best_own = j, t, step, costs[j], owns[j]
-            best_tol = cost_tols[j]
         elif t <= best_t + tol:
-            cost, own, ctol = costs[j], owns[j], cost_tols[j]
-            if ctol > best_tol:
-                ctol = best_tol
-            # With ctol 0 this is `cost < best_cost or (cost == best_cost and own < ...)`.
-            if cost < best_cost - ctol or (cost <= best_cost + ctol and own < best_own):
+            cost, own = costs[j], owns[j]
+            if cost < best_cost or (cost == best_cost and own < best_own):
                 b, best_t, best_step, best_cost, best_own = j, t, step, cost, own
-                best_tol = cost_tols[j]
     return b
