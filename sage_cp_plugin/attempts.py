@@ -52,6 +52,10 @@ class RetryRules:
     request_timeout_s: float  # no retry once a request is this old
 
 
+def _nothing() -> None:
+    pass
+
+
 class Attempts:
     """The attempts in flight, keyed by request id."""
 
@@ -77,6 +81,10 @@ class Attempts:
         # Told when a request leaves an instance (the KV-event view stops counting its
         # prompt as being computed there).
         self.on_release = on_release
+        # Told when a request's load on its instances changes after dispatch (its first
+        # token ends its prefill; its end frees its slot): replicas sharing state publish it
+        # then (`fleetshare`), instead of letting peers count finished work until a tick.
+        self.on_load_change: Callable[[], None] = _nothing
         # Each running request's share of its instances' token load (load_model).
         self._bookings: dict[str, list[load_model.Booking]] = {}
         self.strategies = strategies
@@ -296,6 +304,7 @@ class Attempts:
                 router.on_finish(item, st, ok)
                 if self.on_release is not None:
                     self.on_release(item, st.instance_id)
+            self.on_load_change()
             if judged:
                 self.health.record_result(target, ok, self.clock())
             self.wake()
@@ -442,6 +451,7 @@ class Attempts:
         now = self.clock()
         for b in self._bookings.get(item.request_id, ()):
             load_model.first_token(b, now)
+        self.on_load_change()
         if self.limits is not None:
             self.wake()  # its prefill left the queue: a request held by `prefill_fits` may go
 

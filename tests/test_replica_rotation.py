@@ -115,6 +115,29 @@ def test_replicas_treat_costs_one_unheard_booking_apart_as_equal() -> None:
     assert LoadBalancedRouter().select(it, states, v).instance_id in {"i2", "i3"}  # type: ignore[union-attr]
 
 
+def test_replicas_at_once_spread_over_tied_instances_that_are_not_adjacent() -> None:
+    """Eight instances, four of them (not side by side) with prefill queued: three replicas
+    deciding at the same turn, each before hearing the others' bookings, take three different
+    idle instances, at every turn. Before, each scanned from its own place in the rotation and
+    kept the first tied instance it met: places between two idle instances all met the same
+    one, so two or three replicas sent their requests to one instance together."""
+    states = [state(f"i{k}") for k in range(8)]
+    for k in (0, 1, 2, 6):
+        states[k].peer_prefill_tokens = 20_000.0  # seconds of TTFT more: out of the tie
+    v = fleet(*states)
+    idle = {"i3", "i4", "i5", "i7"}
+    for turn in range(8):
+        chosen = []
+        for i in range(3):
+            it = item(turn)
+            it.replica = (i, 3)
+            pick = LoadBalancedRouter().select(it, states, v)
+            assert pick is not None
+            chosen.append(pick.instance_id)
+        assert set(chosen) <= idle
+        assert len(set(chosen)) == 3, (turn, chosen)
+
+
 async def _join_and_leave() -> None:
     store = InMemoryFleetStateStore(delivery_delay_s=0.001)
     managers = [replica_manager() for _ in range(3)]

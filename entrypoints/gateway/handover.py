@@ -13,14 +13,14 @@ mid-answer ends with an error event: its chunks cannot be taken back.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import httpx
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from sage_cp_plugin.fleetshare.claims import HandOver, Run
+from sage_cp_plugin.fleetshare.claims import ClaimOutcome, HandOver, Run
 
 from .disconnect import ClientDisconnected, DisconnectWatcher
 
@@ -122,6 +122,12 @@ async def _relay(resp: httpx.Response, request: Request) -> AsyncIterator[bytes]
         await resp.aclose()
 
 
+# Claims the request's id (`dead` None) or takes over the claim of `dead`, an owner that
+# could not be reached: in this process (`fleetshare`), or through the scheduling process of
+# `--workers` (workers/link.py).
+Claim = Callable[[str | None], Awaitable[ClaimOutcome]]
+
+
 async def claimed_elsewhere(gw: Gateway, request: Request, body: dict[str, Any]) -> Response | None:
     """The answer of the replica that owns this request's id, or None: run it here (no
     id, no store, a known id, this replica's claim, the owner dead, the store away)."""
@@ -131,7 +137,20 @@ async def claimed_elsewhere(gw: Gateway, request: Request, body: dict[str, Any])
     rid = explicit_id(request)
     if rid is None or await gw.knows(rid):
         return None
-    outcome = await share.claims.claim(rid)
+    claims = share.claims
+
+    def claim(dead: str | None) -> Awaitable[ClaimOutcome]:
+        return claims.claim(rid) if dead is None else claims.take_over(rid, dead)
+
+    return await owners_answer(handover, request, body, claim)
+
+
+async def owners_answer(
+    handover: Handover, request: Request, body: dict[str, Any], claim: Claim
+) -> Response | None:
+    """Claim the id; while a live peer holds it, forward the request there and return its
+    answer; a peer that cannot be reached loses the claim (None: run the request here)."""
+    outcome = await claim(None)
     for _ in range(MAX_HOPS):
         if isinstance(outcome, Run):
             return None
@@ -139,7 +158,7 @@ async def claimed_elsewhere(gw: Gateway, request: Request, body: dict[str, Any])
         try:
             return await watcher.race(handover.forward(outcome, request, body))
         except OwnerUnreachable:
-            outcome = await share.claims.take_over(rid, outcome.owner)
+            outcome = await claim(outcome.owner)
         finally:
             watcher.close()
     return None

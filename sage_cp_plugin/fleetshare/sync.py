@@ -2,9 +2,12 @@
 `FleetStateStore` (Redis across hosts).
 
 Loops (all on the coordinator's event loop, on its clock):
-- publish: at each dispatch (coalesced) and every `publish_interval_s`, this replica's load per instance goes to the store
-  (key with TTL) and to every peer (message) when it changed, at least every TTL/3
-  otherwise; so do the prefix dispatches of instances without KV events;
+- publish: at each dispatch, first token and request end (coalesced per event-loop turn) and
+  every `publish_interval_s`, this replica's load per instance goes to the store (key with
+  TTL) and to every peer (message) when it changed, at least every TTL/3 otherwise; so do
+  the prefix dispatches of instances without KV events. First tokens and ends go at once
+  because replicas break ties by the same tied set only while their views agree
+  (`routing.predicted`);
 - listen: messages from peers (load, prefix, admin) are applied as they come; the shared
   state is read each time the subscription becomes live (never before: a change announced
   in between would be missed for good), and the admin record is re-read every
@@ -99,6 +102,7 @@ class FleetShare:
         self.prefix: SharedApproximatePrefixCache = install(manager.cache_view)
         self._dirty = asyncio.Event()
         self.prefix.on_change = self._dirty.set
+        manager.dispatcher.attempts.on_load_change = self._dirty.set
         # Tenants' rate-limit and quota usage (tenant_usage.py).
         self.tenants = TenantUsageShare(manager.admission, self.replica_id, self._dirty.set)
         self.status = ShareStatus()
@@ -236,7 +240,8 @@ class FleetShare:
 
     async def _publish_loop(self) -> None:
         while True:
-            # A dispatch wakes it at once; releases and prefill progress ride on the tick.
+            # A dispatch, first token or end wakes it at once; prefill progress rides on
+            # the tick.
             # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancellation
             # that arrives as the event is set, and `stop` then waits for this loop forever.
             with contextlib.suppress(TimeoutError):

@@ -14,7 +14,11 @@ Replicas of the control plane (N > 1) hear each other's bookings a message deliv
 unheard booking per peer. Costs closer than that, N - 1 sequences' worth, cannot be told
 apart and count as equal: the next rules decide, down to the rotation, which differs per
 replica. Without it, replicas deciding within one delivery delay all ranked the same
-instance first by its running sequences and sent their requests there together.
+instance first by its running sequences and sent their requests there together. A replica
+collects the whole tied set and takes the member at its turn of the shared rotation
+(`_pick_among_ties`): a scan from its rotated start, as one process does, reaches the same
+first tied instance from every start between two tied ones, so replicas deciding at once
+still met there whenever the tied instances were not side by side.
 Nothing here has a weight to tune: every quantity is a time. A router may widen the tie
 from one decode step (`tie`): `prefix_aware` measures the step against the request's TPOT
 objective (`routing.tie_tolerance`).
@@ -103,12 +107,48 @@ def lowest_ttft_index(item: QueuedRequest, times: Times, tie: Tie | None = None)
         # that of the smaller step, as the scans below assume.
         steps = [tie(item, s) for s in steps]
     n = len(ttfts)
-    # The scan in the rotation that starts at the request's sequence number (offset by the
-    # replica's place among its peers: `routing.rotation`).
+    if times.cost_tols is not None:  # a replica with peers
+        return _pick_among_ties(item, ttfts, steps, costs, owns, times.cost_tols)
+    # One process: the scan in the rotation that starts at the request's sequence number.
     start = rotation_start(item.seq, n, item.replica)
-    if times.cost_tols is None and steps.count(steps[0]) == n:
+    if steps.count(steps[0]) == n:
         return _scan_one_step(ttfts, steps[0], costs, owns, start)
-    return _scan(ttfts, steps, costs, owns, times.cost_tols or [0.0] * n, start)
+    return _scan(ttfts, steps, costs, owns, start)
+
+
+def _pick_among_ties(
+    item: QueuedRequest,
+    ttfts: list[float],
+    steps: list[float],
+    costs: list[float],
+    owns: list[int],
+    cost_tols: list[float],
+) -> int:
+    """A replica with peers: the set of candidates that tie by the rules (TTFT within a step
+    of the lowest, then cost within the tolerance of the lowest among those, then fewest
+    tokens to compute), and of that set the member at this replica's turn of the shared
+    rotation (`routing.rotation`).
+
+    Why a set and not the scan from a rotated start: replicas deciding within one message
+    delivery of each other see the same loads and take consecutive turns of the rotation.
+    A scan from consecutive starts ends on the same instance whenever the tied instances are
+    not adjacent (every start between two tied instances reaches the same next one), so they
+    piled onto it together; indexing the tied set with consecutive turns gives each of them
+    a different member, as one process would after hearing its own bookings."""
+    n = len(ttfts)
+    best = min(range(n), key=ttfts.__getitem__)
+    t_best, s_best = ttfts[best], steps[best]
+    tied = [j for j in range(n) if ttfts[j] <= t_best + (steps[j] if steps[j] < s_best else s_best)]
+    cheapest = min(tied, key=costs.__getitem__)
+    c_best, ct_best = costs[cheapest], cost_tols[cheapest]
+    tied = [
+        j
+        for j in tied
+        if costs[j] <= c_best + (cost_tols[j] if cost_tols[j] < ct_best else ct_best)
+    ]
+    fewest = min(owns[j] for j in tied)
+    tied = [j for j in tied if owns[j] == fewest]
+    return tied[rotation_start(item.seq, len(tied), item.replica)]
 
 
 def _scan_one_step(
@@ -135,33 +175,20 @@ def _scan_one_step(
 
 
 def _scan(
-    ttfts: list[float],
-    steps: list[float],
-    costs: list[float],
-    owns: list[int],
-    cost_tols: list[float],
-    start: int,
+    ttfts: list[float], steps: list[float], costs: list[float], owns: list[int], start: int
 ) -> int:
-    """The scan of `lowest_ttft_index`: TTFTs within the smaller of two candidates' decode
-    steps tie, and so do costs within the smaller of their tolerances (zero for one process;
-    N - 1 sequences' worth for a replica with peers, module docstring)."""
+    """The scan of `lowest_ttft_index` for one process: TTFTs within the smaller of two
+    candidates' decode steps tie; then the lower cost, then fewer tokens to compute."""
     n = len(ttfts)
     b = start
-    best_t, best_step, best_cost, best_own, best_tol = (
-        ttfts[b], steps[b], costs[b], owns[b], cost_tols[b]
-    )  # fmt: skip
+    best_t, best_step, best_cost, best_own = ttfts[b], steps[b], costs[b], owns[b]
     for j in (*range(start + 1, n), *range(start)):
         t, step = ttfts[j], steps[j]
         tol = step if step < best_step else best_step
         if t < best_t - tol:
             b, best_t, best_step, best_cost, best_own = j, t, step, costs[j], owns[j]
-            best_tol = cost_tols[j]
         elif t <= best_t + tol:
-            cost, own, ctol = costs[j], owns[j], cost_tols[j]
-            if ctol > best_tol:
-                ctol = best_tol
-            # With ctol 0 this is `cost < best_cost or (cost == best_cost and own < ...)`.
-            if cost < best_cost - ctol or (cost <= best_cost + ctol and own < best_own):
+            cost, own = costs[j], owns[j]
+            if cost < best_cost or (cost == best_cost and own < best_own):
                 b, best_t, best_step, best_cost, best_own = j, t, step, cost, own
-                best_tol = cost_tols[j]
     return b

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
 from sage_cp_plugin.errors import InvalidRequestBodyError, UpstreamError
 from sage_cp_plugin.executor import ChunkSink, ExecutionCoordinator, Outcome
+from sage_cp_plugin.fleetshare.claims import ClaimOutcome, Run
 from sage_cp_plugin.pending import QueuedRequest
 from sage_cp_plugin.tracing import spans as tracing
 from sage_cp_plugin.types import (
@@ -171,9 +172,14 @@ class WorkerSession:
             rid = self._requests.get(msg[1])
             if rid is not None:
                 self.gateway.manager.cancel(rid, msg[2])
+        elif op == "claim":
+            self._spawn(self._claim(msg[1], msg[2], msg[3]))
         elif op == "hello":
             self.index, self.pid = msg[1], msg[2]
             on_hello(self)
+            # The worker claims request ids through us only when this replica shares state.
+            share = self.gateway.share
+            self.channel.send(("welcome", share.replica_id if share is not None else None))
 
     def _submit(
         self,
@@ -188,9 +194,7 @@ class WorkerSession:
         results = gw.manager.results
         if results.live(rid) is not None or results.get(rid) is not None:
             self._requests[token] = rid
-            task = asyncio.create_task(self._join(token, rid))
-            self._joins.add(task)
-            task.add_done_callback(self._joins.discard)
+            self._spawn(self._join(token, rid))
             return
         if gw.shutting_down:
             self.channel.send(("rejected", token, 503, "the gateway is shutting down", None,
@@ -236,6 +240,29 @@ class WorkerSession:
         if item.chunks is None:
             req = item.request
             self._observe(ENDPOINTS[req.request_kind], req.model_name, 200, req.priority)
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """A task answering the worker later (cancelled if the worker goes)."""
+        task = asyncio.create_task(work)
+        self._joins.add(task)
+        task.add_done_callback(self._joins.discard)
+
+    async def _claim(self, token: int, rid: str, dead: str | None) -> None:
+        """The worker's request carries `x-request-id` `rid`: claim it across the replicas
+        (`handover.claimed_elsewhere`, the same steps as one process), or take over the claim
+        of `dead`, an owner the worker could not reach. One place holds the store and the
+        peers' addresses; the worker forwards the request itself (its HTTP work)."""
+        gw = self.gateway
+        share = gw.share
+        outcome: ClaimOutcome = Run("mine")  # no store (or a known id): run it here
+        try:
+            if share is not None and dead is not None:
+                outcome = await share.claims.take_over(rid, dead)
+            elif share is not None and not await gw.knows(rid):
+                outcome = await share.claims.claim(rid)
+        except Exception:  # a bug must not strand the worker's request: it runs here
+            logger.exception("claiming request id %r failed", rid)
+        self.channel.send(("claimed", token, outcome))
 
     async def _join(self, token: int, rid: str) -> None:
         try:

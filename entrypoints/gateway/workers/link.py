@@ -14,6 +14,7 @@ from typing import Any
 
 from sage_cp_plugin.errors import UpstreamError
 from sage_cp_plugin.executor import ExecutionCoordinator
+from sage_cp_plugin.fleetshare.claims import ClaimOutcome
 from sage_cp_plugin.tracing import spans as tracing
 from sage_cp_plugin.types import (
     ExecutionInstance,
@@ -90,6 +91,11 @@ class SchedulerLink:
         self._tokens = 0
         self.alive = True
         self._loop = asyncio.get_running_loop()
+        # The scheduler's answer to our hello: the replica id when it shares state with
+        # other replicas (`--redis-url`; request ids are then claimed), else None.
+        self.welcome: asyncio.Future[str | None] = self._loop.create_future()
+        self.replica_id: str | None = None  # the welcome's, once it came
+        self._claims: dict[int, asyncio.Future[ClaimOutcome]] = {}
 
     # -- requests of this worker's clients ----------------------------------------------
     def submit(self, request: RequestMetadata, *, stream: bool) -> Submitted:
@@ -104,6 +110,17 @@ class SchedulerLink:
         # its child (docs/tracing.md, "--workers").
         self.channel.send(("submit", token, request, stream, tracing.carrier()))
         return sub
+
+    async def claim(self, request_id: str, dead: str | None = None) -> ClaimOutcome:
+        """Claim a request id across the replicas through the scheduler, or (`dead`) take
+        over the claim of an owner that could not be reached (`handover.owners_answer`)."""
+        if not self.alive:
+            raise GatewayError(503, "the scheduling process is gone", code="shutting_down")
+        self._tokens += 1
+        future: asyncio.Future[ClaimOutcome] = self._loop.create_future()
+        self._claims[self._tokens] = future
+        self.channel.send(("claim", self._tokens, request_id, dead))
+        return await future
 
     def cancel(self, sub: Submitted, reason: str) -> None:
         if not sub.done.done():
@@ -126,6 +143,13 @@ class SchedulerLink:
             gone = GatewayError(503, "the scheduling process is gone", code="shutting_down")
             for token in list(self._submitted):
                 self._end(token, None, gone)
+            for future in self._claims.values():
+                if not future.done():
+                    future.set_exception(gone)
+                    future.exception()  # retrieved: a client gone before it must not log it
+            if not self.welcome.done():
+                self.welcome.set_exception(gone)
+                self.welcome.exception()
             await self.executor.aclose()
 
     def _handle(self, msg: tuple[Any, ...]) -> None:
@@ -145,6 +169,14 @@ class SchedulerLink:
             sub = self._submitted.get(msg[1])
             if sub is not None and sub.attempt_number == msg[2] and sub.attempt:
                 sub.attempt.cancel()
+        elif op == "claimed":
+            future = self._claims.pop(msg[1], None)
+            if future is not None and not future.done():
+                future.set_result(msg[2])
+        elif op == "welcome":
+            if not self.welcome.done():
+                self.replica_id = msg[1]
+                self.welcome.set_result(msg[1])
         elif op == "rejected":
             _, token, status, message, param, code, headers = msg
             error = GatewayError(status, message, param=param, code=code, headers=headers)

@@ -27,7 +27,7 @@ from ..app import create_app
 from ..runtime import Gateway
 from ..server import _EmbeddedServer, manager_overrides
 from ..settings import GatewaySettings
-from ..shared import sharing
+from ..shared import listening, sharing
 from .forwarding import ForwardingExecutor, WorkerSession
 from .wire import Channel
 
@@ -135,6 +135,9 @@ async def serve_scheduler(
             loop.add_signal_handler(sig, stop.set)
         try:
             async with sharing(gateway):
+                # Peers hand requests whose id this replica claimed to the port the
+                # supervisor listens on (the workers serve it; settings carry it bound).
+                listening(gateway, settings.port)
                 http = asyncio.create_task(server.serve())
                 while not server.started:
                     if http.done():

@@ -184,6 +184,9 @@ class Supervisor:
             backlog=4096,
         )  # fmt: skip
         listener.setblocking(False)
+        # The children learn the bound port (with --port 0 the kernel chose it): the
+        # scheduling process advertises it to peer replicas (--redis-url).
+        self.settings = s = s.model_copy(update={"port": listener.getsockname()[1]})
         self.run_dir = Path(tempfile.mkdtemp(prefix="sage-cp-"))  # 0700: ours alone
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self._done.set)

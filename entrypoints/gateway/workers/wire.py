@@ -5,12 +5,16 @@ hold (a tuple of builtins and one pydantic model), measured against JSON of the 
 
 Worker -> scheduler: ("hello", index, pid), ("submit", token, request, stream),
 ("first", token), ("outcome", token, run, fields), ("failed", token, run, fields),
-("cancel", token, reason), ("observe", endpoint, model, status, priority).
+("cancel", token, reason), ("observe", endpoint, model, status, priority),
+("claim", token, request_id, dead|None) (with --redis-url: claim an `x-request-id` across the
+replicas, or take over the claim of `dead`, an owner the worker could not reach).
 Scheduler -> worker: ("run", token, run, instance|None, instance_id, extra, stream, relay,
 priority), ("abort", token, run), ("done", token, instance_id, attempts, queue_ms, ttft_ms,
 e2e_ms) (completed: the worker holds the answer its attempt produced), ("result", token,
 result, joined) (anything else, or a resend that joined another request),
-("rejected", token, status, message, param, code, headers).
+("rejected", token, status, message, param, code, headers), ("welcome", replica_id|None)
+(the answer to "hello": the replica's id when it shares state, else None),
+("claimed", token, Run|HandOver) (`fleetshare.claims`).
 """
 
 from __future__ import annotations

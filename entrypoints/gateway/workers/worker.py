@@ -106,6 +106,9 @@ async def serve_worker(
 
     listening.add_done_callback(scheduler_gone)
     try:
+        # Serve only once the scheduler said whether request ids are claimed across replicas:
+        # a request taken before would run here even if a peer replica owns its id.
+        await link.welcome
         await server.serve()
     finally:
         await app.aclose()

@@ -7,7 +7,7 @@ the one control plane's, whichever worker the client reached."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 import httpx
@@ -15,12 +15,14 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
+from sage_cp_plugin.fleetshare.claims import ClaimOutcome
 from sage_cp_plugin.types import RequestKind, RequestPriority
 
 from ..auth import check_client_key
 from ..body import read_json_object
 from ..disconnect import ClientDisconnected, DisconnectWatcher
 from ..errors import GatewayError, error_response, result_error
+from ..handover import Handover, explicit_id, owners_answer
 from ..openai_routes import CLIENT_CLOSED, _dumps, _ms, failure_response, wants_usage
 from ..schemas import validate_body
 from ..settings import GatewaySettings
@@ -45,6 +47,7 @@ class WorkerApp:
         self.link = link
         self.settings = settings
         self.shutting_down = False
+        self.handover: Handover | None = None  # made at the first request a peer may own
         self._proxy = httpx.AsyncClient(
             transport=httpx.AsyncHTTPTransport(uds=scheduler_http),
             base_url="http://sage-cp-scheduler",
@@ -67,6 +70,8 @@ class WorkerApp:
 
     async def aclose(self) -> None:
         await self._proxy.aclose()
+        if self.handover is not None:
+            await self.handover.aclose()
 
     # -- generation requests -------------------------------------------------------------
     async def _generate(self, request: Request, kind: RequestKind, endpoint: str) -> Response:
@@ -84,6 +89,10 @@ class WorkerApp:
             body = await read_json_object(request, self.settings.max_body_bytes)
             model = body.get("model")
             validate_body(kind, body)
+            handed = await self._claimed_elsewhere(request, body)
+            if handed is not None:  # a live peer replica runs this id: its answer
+                status = handed.status_code
+                return handed
             include_usage = wants_usage(body)
             req = to_request(body, request.headers, kind, endpoint)
             priority = req.priority
@@ -105,6 +114,24 @@ class WorkerApp:
                 watcher.close()
             if not streamed and link.alive and not (sub is not None and sub.counted):
                 link.observe(endpoint, model, status, priority)
+
+    async def _claimed_elsewhere(self, request: Request, body: dict[str, Any]) -> Response | None:
+        """With `--redis-url`, a request carrying `x-request-id` claims the id across the
+        replicas (through the scheduler, which holds the store and the peers' addresses);
+        when a live peer holds it, this worker forwards the request there and relays the
+        answer, as one process does (`handover`). None: run it here."""
+        replica = self.link.replica_id
+        rid = explicit_id(request)
+        if replica is None or rid is None:
+            return None  # no shared store, no id, or handed to us: nothing to ask, no cost
+        if self.handover is None:
+            self.handover = Handover(replica)
+        link = self.link
+
+        def claim(dead: str | None) -> Awaitable[ClaimOutcome]:
+            return link.claim(rid, dead)
+
+        return await owners_answer(self.handover, request, body, claim)
 
     async def _complete(self, sub: Submitted, watcher: DisconnectWatcher) -> Response:
         try:
