@@ -4,15 +4,17 @@ request and response objects.
 
 What stays the same as `StreamingASGITransport` (and as a real socket): the executor's
 attempt (body encoding, status and error handling, the stream parser, response parsing,
-timestamps), the simulator's request handlers (`SimInstance.completions` /
-`chat_completions`: fault injection, validation, the engine, the response body), and the
+timestamps), the simulator's request handlers (`SimInstance.completion` /
+`chat_completion`, what its routes run once they have the body and headers: fault
+injection, validation, the engine, the response body), and the
 connection model (`kill` refuses new requests and cuts open ones with the same httpx
 errors). What is skipped is only framing:
 - the executor hands a completion's encoded body to `post_in_process` (the executor's
   `InProcessUpstream`) and reads the answer through the few names it uses of a response
   (status, headers, body bytes or chunks), so no `httpx.Request`/`httpx.Response`, header
   merging or URL handling is built per request;
-- a non-streaming completion is answered by calling the handler in the caller's task;
+- a non-streaming completion is answered by calling the handler in the caller's task,
+  with the body and headers as they are (no Starlette request around them);
 - a streaming one still runs through the ASGI exchange (chunk timing is the point there:
   every chunk reaches the executor at the virtual instant the engine sent it), without
   Starlette's stack;
@@ -26,12 +28,12 @@ decisions with the same timings as through `StreamingASGITransport`.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import httpx
-from starlette.requests import Request
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from sage_cp_plugin.sim.app import SimInstance
 from sage_cp_plugin.sim.protocol import SimHTTPError, error_response
@@ -39,6 +41,8 @@ from sage_cp_plugin.sim.streaming import SSEResponse
 from sage_cp_plugin.virtual.transport import StreamingASGITransport, _StreamBody
 
 _Raw = list[tuple[bytes, bytes]]
+# `SimInstance.completion` / `chat_completion`: the handlers' work from body and headers on.
+Handler = Callable[[bytes, Mapping[str, str]], Awaitable[Response]]
 
 
 class _Answer:
@@ -92,8 +96,8 @@ class DirectSimTransport(StreamingASGITransport):
         super().__init__(app)
         self.sim = sim
         self._handlers = {
-            "/v1/completions": sim.completions,
-            "/v1/chat/completions": sim.chat_completions,
+            "/v1/completions": sim.completion,
+            "/v1/chat/completions": sim.chat_completion,
         }
         self._kills = 0  # bumped by `kill`: a direct call that spans a kill fails like a cut
 
@@ -109,13 +113,13 @@ class DirectSimTransport(StreamingASGITransport):
         if handler is None:
             request = httpx.Request("POST", url, content=content, headers=headers)
             return await super().handle_async_request(request)
-        return await self._answer(handler, content)
+        return await self._answer(handler, content, headers)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         handler = self._handlers.get(request.url.path) if request.method == "POST" else None
         if handler is None:
             return await super().handle_async_request(request)
-        answer = await self._answer(handler, await request.aread())
+        answer = await self._answer(handler, await request.aread(), request.headers)
         stream = answer._stream if answer._stream is not None else httpx.ByteStream(answer._body)
         # The body as a stream, as a socket or the ASGI exchange hands it over: the client
         # reads it, and Starlette's headers already carry its length and type.
@@ -123,21 +127,16 @@ class DirectSimTransport(StreamingASGITransport):
             answer.status_code, headers=answer._raw, stream=stream, request=request
         )
 
-    async def _answer(self, handler: Any, body: bytes) -> _Answer:
+    async def _answer(self, handler: Handler, body: bytes, headers: Mapping[str, str]) -> _Answer:
         if not self.alive:
             raise httpx.ConnectError("[Errno 111] Connection refused")
         kills = self._kills
-        scope: dict[str, Any] = {"type": "http", "method": "POST", "headers": []}
-
-        async def receive() -> Message:
-            return {"type": "http.request", "body": body, "more_body": False}
-
         # The ASGI path starts the app as a task, so the handler runs one loop iteration
         # later; yield once here too, so requests reach the engine in the same order relative
         # to its steps (same-instant events) and timings stay identical.
         await asyncio.sleep(0)
         try:
-            resp = await handler(Request(scope, receive))
+            resp = await handler(body, headers)
         except SimHTTPError as exc:
             resp = error_response(exc.status, exc.message, exc.param)
         except Exception:
