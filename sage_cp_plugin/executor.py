@@ -19,7 +19,7 @@ import logging
 import weakref
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import aiohttp
 import httpx
@@ -73,6 +73,25 @@ class _Answer(Protocol):
     def reason_phrase(self) -> str: ...
     async def aread(self) -> bytes: ...
     def aiter_bytes(self) -> AsyncIterator[bytes]: ...
+
+
+class ClosableAnswer(_Answer, Protocol):
+    """An answer whose connection the caller releases (`aclose`) when done with it."""
+
+    async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class InProcessUpstream(Protocol):
+    """A transport that can answer a POST inside this process without httpx's request and
+    response objects (the replay simulator's direct transport, `virtual/direct.py`). The
+    attempt around it -- body encoding, status and error handling, the stream parser, the
+    response parsing, timestamps -- is the same code as over a socket: only the exchange's
+    framing is skipped, which a replay pays per request and need not."""
+
+    async def post_in_process(
+        self, url: httpx.URL, content: bytes, headers: Mapping[str, str]
+    ) -> ClosableAnswer: ...
 
 
 class _AiohttpAnswer:
@@ -200,6 +219,7 @@ class ExecutionCoordinator:
             sock_connect=connect_timeout_s, sock_read=timeout_s, connect=timeout_s
         )
         self._sessions: dict[str, _Session] = {}
+        self._in_process: dict[str, InProcessUpstream] = {}
         self._aio_urls: dict[tuple[str, bytes], yarl.URL] = {}
         self.limits = httpx.Limits(
             max_connections=max_connections_per_instance,
@@ -216,6 +236,7 @@ class ExecutionCoordinator:
         self.instances.pop(instance_id, None)
         client = self._clients.pop(instance_id, None)
         self._sessions.pop(instance_id, None)  # closed with the client's transport
+        self._in_process.pop(instance_id, None)
         if client is not None:
             await client.aclose()
 
@@ -239,6 +260,8 @@ class ExecutionCoordinator:
             transport: httpx.AsyncBaseTransport | None
             if self.transport_factory is not None:
                 transport = self.transport_factory(instance)
+                if isinstance(transport, InProcessUpstream):
+                    self._in_process[instance.instance_id] = transport
             elif self.http_backend == "aiohttp":
                 shared = self._sessions[instance.instance_id] = _Session(self.limits)
                 transport = AiohttpTransport(limits=self.limits, trust_env=False, client=shared.get)
@@ -257,6 +280,7 @@ class ExecutionCoordinator:
     async def aclose(self) -> None:
         clients, self._clients = list(self._clients.values()), {}
         self._sessions = {}
+        self._in_process = {}
         await asyncio.gather(*(c.aclose() for c in clients), return_exceptions=True)
 
     # -- probes ----------------------------------------------------------------------------
@@ -354,7 +378,15 @@ class ExecutionCoordinator:
         """POST `content`, yielding the answer with its body unread; the connection goes
         back to the pool (read to the end) or is closed (not read to the end) on exit.
         aiohttp's errors become httpx's, as the transport maps them, so both paths fail
-        alike."""
+        alike; an in-process upstream raises httpx's errors itself."""
+        upstream = self._in_process.get(instance.instance_id)
+        if upstream is not None and self._clients.get(instance.instance_id) is client:
+            direct = await upstream.post_in_process(url, content, headers)
+            try:
+                yield direct
+            finally:
+                await direct.aclose()
+            return
         shared = self._sessions.get(instance.instance_id)
         if shared is None or self._clients.get(instance.instance_id) is not client:
             async with client.stream("POST", url, content=content, headers=headers) as resp:

@@ -140,3 +140,34 @@ def test_timers_run_in_the_standard_loops_order_ties_and_cancels_included() -> N
     ours, standard = scenario(VirtualClockEventLoop), scenario(_StandardHeapLoop)
     assert len(ours) > 1500
     assert ours == standard
+
+
+def test_a_failing_callback_is_reported_as_the_standard_loop_reports_it() -> None:
+    """The loop runs callbacks itself (`Handle._run` inlined): a callback that raises must
+    still reach the loop's exception handler with the standard message, exception and
+    handle, and the loop must go on with the next callback."""
+
+    def scenario(loop_factory: type[asyncio.AbstractEventLoop]) -> tuple[str, str, bool, list[int]]:
+        async def main() -> tuple[str, str, bool, list[int]]:
+            loop = asyncio.get_running_loop()
+            seen: list[dict[str, object]] = []
+            loop.set_exception_handler(lambda _loop, ctx: seen.append(ctx))
+            ran: list[int] = []
+
+            def boom() -> None:
+                raise ValueError("boom")
+
+            handle = loop.call_soon(boom)
+            loop.call_soon(ran.append, 1)
+            loop.call_later(0.5, ran.append, 2)
+            await asyncio.sleep(1)
+            ctx = seen[0]
+            return str(ctx["message"]), repr(ctx["exception"]), ctx["handle"] is handle, ran
+
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            return runner.run(main())
+
+    ours = scenario(VirtualClockEventLoop)
+    assert ours == scenario(asyncio.SelectorEventLoop)
+    assert ours[0].startswith("Exception in callback ") and ours[1] == "ValueError('boom')"
+    assert ours[2:] == (True, [1, 2])

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from typing import Any, TypeVar
 
 import numpy as np
+import orjson
 from pydantic import BaseModel, ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -122,7 +123,9 @@ class SimInstance:
     # ------------------------------------------------------------ request plumbing
 
     async def _parse(self, request: Request, model: type[M]) -> M:
-        raw = await request.body()
+        return self._parse_body(await request.body(), model)
+
+    def _parse_body(self, raw: bytes, model: type[M]) -> M:
         try:
             data = fastjson.loads(raw)  # json.loads's value and errors, faster
         except ValueError as exc:
@@ -186,9 +189,17 @@ class SimInstance:
     # ------------------------------------------------------------ generation
 
     async def completions(self, request: Request) -> Response:
+        return await self.completion(await request.body(), request.headers)
+
+    async def chat_completions(self, request: Request) -> Response:
+        return await self.chat_completion(await request.body(), request.headers)
+
+    # The handlers' work from the request's body and headers on: the direct replay
+    # transport (`virtual/direct.py`) calls these without building a Starlette request.
+    async def completion(self, raw: bytes, headers: Mapping[str, str]) -> Response:
         if (fault := await self._fault_gate()) is not None:
             return fault
-        req = await self._parse(request, CompletionRequest)
+        req = self._parse_body(raw, CompletionRequest)
         model = self._model(req.model)
         prompts: list[list[str] | str]
         if isinstance(req.prompt, str):
@@ -197,15 +208,15 @@ class SimInstance:
             prompts = [[f"<{p}>" for p in req.prompt]]
         else:
             prompts = [tok.tokenize(str(p)) for p in req.prompt]
-        return await self._generate(req, model, prompts, chat=False, headers=request.headers)
+        return await self._generate(req, model, prompts, chat=False, headers=headers)
 
-    async def chat_completions(self, request: Request) -> Response:
+    async def chat_completion(self, raw: bytes, headers: Mapping[str, str]) -> Response:
         if (fault := await self._fault_gate()) is not None:
             return fault
-        req = await self._parse(request, ChatCompletionRequest)
+        req = self._parse_body(raw, ChatCompletionRequest)
         model = self._model(req.model)
         prompt = tok.chat_prompt((m.role, tok.message_text(m.content)) for m in req.messages)
-        return await self._generate(req, model, [prompt], chat=True, headers=request.headers)
+        return await self._generate(req, model, [prompt], chat=True, headers=headers)
 
     async def _generate(
         self,
@@ -280,7 +291,10 @@ class SimInstance:
         if self.faults.malformed_json:
             return Response('{"id": "broken", "choices": [', 200, media_type="application/json")
         kv_params = self._kv_params(seqs[0]) if pin else None
-        return _json(generation_body(seqs, created, model, chat=chat, kv_transfer_params=kv_params))
+        body = generation_body(seqs, created, model, chat=chat, kv_transfer_params=kv_params)
+        # orjson: the same JSON values, compact, ~10x faster than json.dumps (once per
+        # request of every replay); the body holds only strings, ints, None and lists.
+        return Response(orjson.dumps(body), 200, media_type="application/json")
 
     def _kv_params(self, s: SimSequence) -> dict[str, Any]:
         """What vLLM's NixlConnector returns from a prefill: where the decode pulls the KV."""

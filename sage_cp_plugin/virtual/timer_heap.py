@@ -13,14 +13,15 @@ False, as the tuple's answer is then. So callbacks run in exactly the order, and
 same virtual instants, as on the standard loop: replays stay identical. (On a tie the tuple
 first asks ``==`` of the two handles, which compares their callbacks and arguments.)
 
-`call_at` and `_run_once` are the standard library's (CPython 3.11) with the pairs; nothing
-else reads the heap.
+`call_at` and `_run_once` are the standard library's (CPython 3.11) with the pairs, and with
+`Handle._run` inlined into `_run_once` (same call, same error report); nothing else reads
+the heap.
 """
 
 from __future__ import annotations
 
 import heapq
-from asyncio import base_events, events
+from asyncio import base_events, events, format_helpers
 from collections.abc import Callable
 from contextvars import Context
 from typing import Any
@@ -122,5 +123,21 @@ class PairTimerHeap(base_events.BaseEventLoop):
                 finally:
                     loop._current_handle = None
             else:
-                handle._run()
+                # `Handle._run` inlined (one Python frame less per callback, ~14 callbacks
+                # per replayed request); its error report is `_report` below, unchanged.
+                try:
+                    handle._context.run(handle._callback, *handle._args)
+                except (SystemExit, KeyboardInterrupt):
+                    raise
+                except BaseException as exc:
+                    _report(handle, exc)
         handle = None  # breaks cycles when an exception occurs
+
+
+def _report(handle: Any, exc: BaseException) -> None:
+    """What `Handle._run` does when its callback raises (CPython 3.11)."""
+    cb = format_helpers._format_callback_source(handle._callback, handle._args)
+    context = {"message": f"Exception in callback {cb}", "exception": exc, "handle": handle}
+    if handle._source_traceback:
+        context["source_traceback"] = handle._source_traceback
+    handle._loop.call_exception_handler(context)

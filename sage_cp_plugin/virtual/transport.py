@@ -138,6 +138,19 @@ class StreamingASGITransport(httpx.AsyncBaseTransport):
     ) -> httpx.Response:
         """Run `app` for one request as a task; answer once its response has started, with
         the body streamed from the exchange."""
+        start, stream = await self._open(app, scope, body)
+        return httpx.Response(
+            status_code=start["status"],
+            headers=start.get("headers", []),
+            stream=stream,
+            request=request,
+        )
+
+    async def _open(
+        self, app: ASGIApp, scope: dict[str, Any], body: bytes
+    ) -> tuple[Message, _StreamBody]:
+        """Start `app` on one request as a task: its `http.response.start` message, once
+        sent, and its body as a stream."""
         x = _Exchange(body)
         x.task = asyncio.create_task(self._serve_app(app, scope, x))
         self.open.add(x)
@@ -147,12 +160,7 @@ class StreamingASGITransport(httpx.AsyncBaseTransport):
             self.open.discard(x)
             x.close()
             raise
-        return httpx.Response(
-            status_code=start["status"],
-            headers=start.get("headers", []),
-            stream=_StreamBody(x, self),
-            request=request,
-        )
+        return start, _StreamBody(x, self)
 
     async def _serve_app(self, app: ASGIApp, scope: dict[str, Any], x: _Exchange) -> None:
         try:
