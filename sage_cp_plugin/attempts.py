@@ -18,7 +18,7 @@ from sage_cp_plugin.concurrency_limit import ConcurrencyLimits
 from sage_cp_plugin.cost import GpuTimeMeter, price
 from sage_cp_plugin.embedding_parts import share_vectors
 from sage_cp_plugin.errors import InvalidRequestBodyError, UpstreamError
-from sage_cp_plugin.executor import ExecutionCoordinator, Outcome
+from sage_cp_plugin.executor import ExecutionCoordinator
 from sage_cp_plugin.health import HealthMonitor
 from sage_cp_plugin.log_once import OncePerKind
 from sage_cp_plugin.metrics import MetricsCollector, slo_met
@@ -38,6 +38,7 @@ from sage_cp_plugin.types import (
     RequestTimings,
     SchedulingDecision,
 )
+from sage_cp_plugin.upstream_answer import Outcome
 
 logger = logging.getLogger(__name__)
 _crashes = OncePerKind(logger)

@@ -12,36 +12,37 @@ from the chunks. Errors become `UpstreamError` with whether a retry elsewhere is
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import json
 import logging
 import weakref
-from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import aiohttp
 import httpx
-import numpy as np
 import yarl
 from httpx_aiohttp import AiohttpTransport
 from httpx_aiohttp.transport import map_aiohttp_exceptions
 
-from sage_cp_plugin import fastjson
 from sage_cp_plugin.errors import UpstreamError
 from sage_cp_plugin.openai_body import (
     ENDPOINTS,
     JSON_HEADERS,
-    assemble_response,
     build_body,
-    delta_text,
     encode_body,
-    text_of,
 )
-from sage_cp_plugin.relayed_chunk import RelayedChunk
 from sage_cp_plugin.tracing import spans as tracing
 from sage_cp_plugin.types import ExecutionInstance, RequestKind, RequestMetadata, SchedulingDecision
+from sage_cp_plugin.upstream_answer import (
+    AiohttpAnswer,
+    ChunkSink,
+    InProcessUpstream,
+    Outcome,
+    UpstreamAnswer,
+    read_plain,
+    read_stream,
+    status_error,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -56,69 +57,6 @@ class _NoCookieJar(httpx.Cookies):
 
     def extract_cookies(self, response: httpx.Response) -> None:
         return None
-
-
-ChunkSink = Callable[[dict[str, Any]], None]
-
-
-class _Answer(Protocol):
-    """What an attempt reads of an instance's answer: an httpx.Response, or aiohttp's
-    response behind `_AiohttpAnswer`."""
-
-    @property
-    def status_code(self) -> int: ...
-    @property
-    def headers(self) -> Mapping[str, str]: ...
-    @property
-    def reason_phrase(self) -> str: ...
-    async def aread(self) -> bytes: ...
-    def aiter_bytes(self) -> AsyncIterator[bytes]: ...
-
-
-class ClosableAnswer(_Answer, Protocol):
-    """An answer whose connection the caller releases (`aclose`) when done with it."""
-
-    async def aclose(self) -> None: ...
-
-
-@runtime_checkable
-class InProcessUpstream(Protocol):
-    """A transport that can answer a POST inside this process without httpx's request and
-    response objects (the replay simulator's direct transport, `virtual/direct.py`). The
-    attempt around it -- body encoding, status and error handling, the stream parser, the
-    response parsing, timestamps -- is the same code as over a socket: only the exchange's
-    framing is skipped, which a replay pays per request and need not."""
-
-    async def post_in_process(
-        self, url: httpx.URL, content: bytes, headers: Mapping[str, str]
-    ) -> ClosableAnswer: ...
-
-
-class _AiohttpAnswer:
-    """aiohttp's response with the few httpx.Response names an attempt uses."""
-
-    __slots__ = ("_resp",)
-
-    def __init__(self, resp: aiohttp.ClientResponse) -> None:
-        self._resp = resp
-
-    @property
-    def status_code(self) -> int:
-        return self._resp.status
-
-    @property
-    def headers(self) -> Mapping[str, str]:
-        return self._resp.headers
-
-    @property
-    def reason_phrase(self) -> str:
-        return self._resp.reason or ""
-
-    async def aread(self) -> bytes:
-        return await self._resp.read()
-
-    def aiter_bytes(self) -> AsyncIterator[bytes]:
-        return self._resp.content.iter_any()
 
 
 class _Session:
@@ -140,55 +78,6 @@ class _Session:
             )
             self.session = aiohttp.ClientSession(connector=connector)
         return self.session
-
-
-@dataclass
-class Outcome:
-    """What one attempt on one instance produced, with loop-clock timestamps."""
-
-    response: dict[str, Any] | None = None
-    text: str | None = None
-    embeddings: list[list[float]] | None = None
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    started_at: float = 0.0
-    first_token_at: float | None = None
-    finished_at: float = 0.0
-    token_times: list[float] = field(default_factory=list)
-    kv_transfer_params: dict[str, Any] | None = None
-    relayed: int = 0  # chunks already handed to the caller: after one, no retry is safe
-
-
-def _retry_after(resp: _Answer) -> float | None:
-    value = resp.headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None
-
-
-def _vector(value: Any) -> list[float]:
-    """An embedding as floats, from a JSON list or OpenAI's base64 float32 encoding."""
-    if isinstance(value, str):
-        return np.frombuffer(base64.b64decode(value), dtype="<f4").astype(float).tolist()  # type: ignore[no-any-return]
-    return [float(x) for x in value]
-
-
-def _error_message(resp: _Answer, body: bytes) -> str:
-    try:
-        data = json.loads(body)
-        err = data.get("error", data) if isinstance(data, dict) else data
-        msg = err.get("message") if isinstance(err, dict) else None
-        if msg is None and isinstance(data, dict):
-            msg = data.get("message") or data.get("detail")
-        if msg:
-            return str(msg)
-    except (ValueError, AttributeError):
-        pass
-    text = body.decode(errors="replace").strip()
-    return text[:500] or resp.reason_phrase
 
 
 class ExecutionCoordinator:
@@ -374,7 +263,7 @@ class ExecutionCoordinator:
         content: bytes,
         headers: dict[str, str],
         instance: ExecutionInstance,
-    ) -> AsyncIterator[_Answer]:
+    ) -> AsyncIterator[UpstreamAnswer]:
         """POST `content`, yielding the answer with its body unread; the connection goes
         back to the pool (read to the end) or is closed (not read to the end) on exit.
         aiohttp's errors become httpx's, as the transport maps them, so both paths fail
@@ -405,7 +294,7 @@ class ExecutionCoordinator:
                 timeout=self._aio_timeout,
                 allow_redirects=False,
             ) as answer:
-                yield _AiohttpAnswer(answer)
+                yield AiohttpAnswer(answer)
 
     async def _send(
         self,
@@ -446,18 +335,6 @@ class ExecutionCoordinator:
                 body_started=out.relayed > 0,
             ) from exc
 
-    @staticmethod
-    def _status_error(resp: _Answer, body: bytes, instance: ExecutionInstance) -> UpstreamError:
-        code = resp.status_code
-        retryable = code in (408, 429) or code >= 500
-        return UpstreamError(
-            f"instance {instance.instance_id} answered HTTP {code}: {_error_message(resp, body)}",
-            status_code=code,
-            instance_id=instance.instance_id,
-            retryable=retryable,
-            retry_after_s=_retry_after(resp),
-        )
-
     async def _run_plain(
         self,
         client: httpx.AsyncClient,
@@ -472,34 +349,8 @@ class ExecutionCoordinator:
             raw = await resp.aread()
             status = resp.status_code
             if status != 200:
-                raise self._status_error(resp, raw, instance)
-        try:
-            data = fastjson.loads(raw)
-            if not isinstance(data, dict):
-                raise ValueError("response is not a JSON object")
-        except ValueError as exc:
-            raise UpstreamError(
-                f"instance {instance.instance_id} sent malformed JSON: {exc}",
-                instance_id=instance.instance_id,
-                status_code=status,
-            ) from exc
-        out.response = data
-        usage = data.get("usage") or {}
-        out.prompt_tokens = int(usage.get("prompt_tokens") or 0)
-        out.completion_tokens = int(usage.get("completion_tokens") or 0)
-        out.kv_transfer_params = data.get("kv_transfer_params")
-        if request.request_kind == RequestKind.EMBEDDING:
-            items = sorted(data.get("data") or [], key=lambda d: d.get("index", 0))
-            try:
-                out.embeddings = [_vector(d["embedding"]) for d in items]
-            except (KeyError, TypeError, ValueError) as exc:
-                raise UpstreamError(
-                    f"instance {instance.instance_id} sent malformed embeddings: {exc}",
-                    instance_id=instance.instance_id,
-                    status_code=status,
-                ) from exc
-        else:
-            out.text = text_of(data)
+                raise status_error(resp, raw, instance)
+        read_plain(raw, status, request, instance, out)
 
     async def _run_streaming(
         self,
@@ -513,88 +364,7 @@ class ExecutionCoordinator:
         on_first_token: Callable[[], None] | None = None,
         headers: dict[str, str] = JSON_HEADERS,
     ) -> None:
-        loop = asyncio.get_running_loop()
-        chunks: list[dict[str, Any]] = []
-        parts: list[str] = []
-        usage: dict[str, Any] | None = None
-        done = False
-        content = encode_body(body)
-        async with self._post(client, url, content, headers, instance) as resp:
+        async with self._post(client, url, encode_body(body), headers, instance) as resp:
             if resp.status_code != 200:
-                raise self._status_error(resp, await resp.aread(), instance)
-            # Lines split from the raw bytes here: httpx's aiter_lines stacks a text
-            # decoder and a line decoder (three generators per network chunk), measured at
-            # about a tenth of the gateway's CPU; json.loads reads UTF-8 bytes itself.
-            received = resp.aiter_bytes()
-            pending = b""
-            lines: list[bytes] = []
-            while True:
-                if not lines:
-                    data = await anext(received, None)
-                    if data is None:
-                        if not pending:
-                            break
-                        lines, pending = [pending], b""
-                    else:
-                        lines = (pending + data).split(b"\n") if pending else data.split(b"\n")
-                        pending = lines.pop()
-                        lines.reverse()
-                        continue
-                line = lines.pop()
-                if not line.startswith(b"data:"):
-                    continue
-                payload = line[5:].strip()
-                if done:
-                    continue  # read to the end so the connection goes back to the pool
-                if payload == b"[DONE]":
-                    done = True
-                    continue
-                try:
-                    chunk = fastjson.loads(payload)
-                    if not isinstance(chunk, dict):
-                        raise ValueError("chunk is not a JSON object")
-                except ValueError as exc:
-                    raise UpstreamError(
-                        f"instance {instance.instance_id} sent a malformed stream chunk: {exc}",
-                        instance_id=instance.instance_id,
-                        body_started=out.relayed > 0,
-                    ) from exc
-                if "error" in chunk and not chunk.get("choices"):
-                    err = chunk["error"]
-                    msg = err.get("message") if isinstance(err, dict) else str(err)
-                    raise UpstreamError(
-                        f"instance {instance.instance_id} stream error: {msg}",
-                        instance_id=instance.instance_id,
-                        body_started=out.relayed > 0,
-                    )
-                now = loop.time()
-                text = delta_text(chunk)
-                if text is not None:
-                    if out.first_token_at is None:
-                        out.first_token_at = now
-                        if on_first_token is not None:
-                            on_first_token()
-                    out.token_times.append(now)
-                    parts.append(text)
-                if chunk.get("usage"):
-                    usage = chunk["usage"]
-                chunks.append(chunk)
-                if sink is not None:
-                    sink(RelayedChunk(chunk, payload))  # relayed as the instance's bytes
-                    out.relayed += 1
-        if not done:
-            raise UpstreamError(
-                f"instance {instance.instance_id} ended the stream without [DONE] "
-                f"after {len(chunks)} chunks",
-                instance_id=instance.instance_id,
-                body_started=out.relayed > 0,
-            )
-        if out.first_token_at is None:
-            out.first_token_at = loop.time()
-        out.text = "".join(parts)
-        if usage:
-            out.prompt_tokens = int(usage.get("prompt_tokens") or 0)
-            out.completion_tokens = int(usage.get("completion_tokens") or 0)
-        else:
-            out.completion_tokens = len(out.token_times)
-        out.response = assemble_response(request.request_kind, chunks, out.text, usage)
+                raise status_error(resp, await resp.aread(), instance)
+            await read_stream(resp, request, instance, out, sink, on_first_token)

@@ -46,7 +46,7 @@ Handler = Callable[[bytes, Mapping[str, str]], Awaitable[Response]]
 
 
 class _Answer:
-    """An answer as the executor reads it (`executor.ClosableAnswer`): status, headers, and
+    """An answer as the executor reads it (`upstream_answer.ClosableAnswer`): status, headers, and
     the body, whole (`body`) or streamed from an exchange (`stream`)."""
 
     __slots__ = ("_body", "_raw", "_stream", "status_code")
@@ -108,7 +108,7 @@ class DirectSimTransport(StreamingASGITransport):
     async def post_in_process(
         self, url: httpx.URL, content: bytes, headers: Mapping[str, str]
     ) -> _Answer | httpx.Response:
-        """The executor's direct call (`executor.InProcessUpstream`)."""
+        """The executor's direct call (`upstream_answer.InProcessUpstream`)."""
         handler = self._handlers.get(url.path)
         if handler is None:
             request = httpx.Request("POST", url, content=content, headers=headers)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sage_cp_plugin.errors import InvalidRequestBodyError, UpstreamError
-from sage_cp_plugin.executor import ChunkSink, ExecutionCoordinator, Outcome
+from sage_cp_plugin.executor import ExecutionCoordinator
 from sage_cp_plugin.fleetshare.claims import ClaimOutcome, Run
 from sage_cp_plugin.pending import QueuedRequest
 from sage_cp_plugin.tracing import spans as tracing
@@ -30,6 +30,7 @@ from sage_cp_plugin.types import (
     RequestResult,
     RequestStatus,
 )
+from sage_cp_plugin.upstream_answer import ChunkSink, Outcome
 
 from ..errors import exception_to_error
 from ..runtime import Gateway
