@@ -37,6 +37,7 @@ import math
 from collections.abc import Callable, Sequence
 
 from sage_cp_plugin.fleet_table import Candidates
+from sage_cp_plugin.head_drain import MARGIN
 from sage_cp_plugin.load_model import (
     PRIOR_DECODE_STEP_S,
     PRIOR_PREFILL_S_PER_TOKEN,
@@ -65,16 +66,16 @@ def pick_index(
     step = d.value if d.value is not None else PRIOR_DECODE_STEP_S / h
     rate = pst + step / chunk  # seconds per token drained of a prefill in progress
     tol = tie(item, step) if tie is not None else step  # TTFTs this close tie
-    # So that every row's least tokens ahead holds now (`HeadDrainBounds.at`, called only
-    # when it has something to do: a lower rate than its floor, or a bound whose time passed).
-    bounds = table.head_bounds
-    heap = bounds.heap
-    if rate < bounds.floor or bounds.floor == 0.0 or (heap and heap[0][0] < now):
-        bounds.at(now, rate)
+    # So that every row's key holds now (`DrainKeys.at`: rekeys every row only when the
+    # rate falls below its floor).
+    keys = table.drain_keys
+    keys.at(now, rate)
+    shift = now / keys.floor  # a key is compared with tokens shifted by this
+    pad = (shift if shift > 0.0 else -shift) + 1.0  # with a margin of MARGIN * (tokens + pad)
     foreign, states = table.foreign, table.states
-    # The three numbers read of every candidate, from the table's contiguous columns; and
-    # those of a prefill in progress.
-    base_lb_col, seqs_col, head_col = table.base_lb_col, table.seqs_col, table.head_col
+    # The two numbers read of every candidate, from the table's contiguous columns; and
+    # those of its exact tokens ahead.
+    least_col, key_col, seqs_col = table.least_col, table.key_col, table.seqs_col
     queued_col, head_tokens_col = table.queued_col, table.head_tokens_col
     head_start_col, peer_col = table.head_start_col, table.peer_col
     rows = candidates.row_list
@@ -99,7 +100,7 @@ def pick_index(
         t = total * pst + ceil(total / chunk) * step if total > 0 else 0.0
         return t, (seqs_col[k] + running) * o * pst
 
-    def thresholds(t: float) -> tuple[float, float, float, float]:
+    def thresholds(t: float) -> tuple[float, float, float, float, float, float]:
         """For a best with TTFT `t`: the scan's bounds `lo` and `hi`, and the tokens ahead
         (bases) from which a whole-prompt candidate's TTFT is not below `lo` and is above
         `hi`. Each is checked by evaluating the prediction there (its total, base + whole,
@@ -119,7 +120,8 @@ def pick_index(
         while (base_hi + whole) * pst + ceil((base_hi + whole) / chunk) * step <= hi:
             base_hi += bump
             bump *= 2.0
-        return lo, hi, base_lo, base_hi
+        key_lo = (base_lo + shift) + MARGIN * (base_lo + pad)
+        return lo, hi, base_lo, base_hi, key_lo, (base_hi + shift) + MARGIN * (base_hi + pad)
 
     per_seq = whole * pst  # a whole-prompt candidate's cost per running sequence
 
@@ -144,7 +146,7 @@ def pick_index(
     best_k = rows[start]
     best_own = hits.get(start, tokens)
     best_t, best_cost = predict(best_k, best_own)
-    lo, hi, base_lo, base_hi = thresholds(best_t)
+    lo, hi, base_lo, base_hi, key_lo, key_hi = thresholds(best_t)
     seqs_at_least = least_seqs(best_cost)
     order = rows[start + 1 :] + rows[:start]  # the rotation after the first
     if hits:
@@ -155,25 +157,25 @@ def pick_index(
     begin = 0
     for stop in stops:
         for k in order if stop == n - 1 and not begin else order[begin:stop]:
-            base = base_lb_col[k]
-            if base >= base_hi:
+            if key_col[k] >= key_hi:
+                continue
+            least = least_col[k]
+            if least >= base_hi:
                 continue
             seqs = seqs_col[k]
-            # Tested on the least tokens ahead before the prefill in progress is drained:
-            # its tokens ahead now are at least that, so a row passed here would be passed
-            # below too (most rows with a prefill in progress go here, for 8 operations).
-            if base >= base_lo and seqs >= seqs_at_least:
+            # Its tokens ahead now are at least those the key gives: a row passed here would
+            # be passed below too (most rows go here, for 8 operations).
+            if (least >= base_lo or key_col[k] >= key_lo) and seqs >= seqs_at_least:
                 continue
-            if head_col[k]:  # a prefill in progress: its tokens ahead now, as predicted
-                ahead = queued_col[k]
-                elapsed = now - head_start_col[k]
-                if elapsed > 0:
-                    drained = elapsed / rate
-                    head_tokens = head_tokens_col[k]
-                    ahead = ahead - (drained if drained < head_tokens else head_tokens)
-                base = (ahead if ahead > 0.0 else 0.0) + peer_col[k]
-                if base >= base_hi or (base >= base_lo and seqs >= seqs_at_least):
-                    continue
+            ahead = queued_col[k]  # its tokens ahead now, as predicted
+            elapsed = now - head_start_col[k]  # -inf without a prefill in progress
+            if elapsed > 0:
+                drained = elapsed / rate
+                head_tokens = head_tokens_col[k]
+                ahead = ahead - (drained if drained < head_tokens else head_tokens)
+            base = (ahead if ahead > 0.0 else 0.0) + peer_col[k]
+            if base >= base_hi or (base >= base_lo and seqs >= seqs_at_least):
+                continue
             if foreign and k in foreign:
                 # A scrape correction adds tokens ahead and sequences (never removes them):
                 # the bounds above hold, the prediction needs the correction.
@@ -189,7 +191,7 @@ def pick_index(
             # cost does not take it.
             if t < lo or (t <= hi and cost < best_cost):
                 best_k, best_t, best_cost, best_own = k, t, cost, tokens
-                lo, hi, base_lo, base_hi = thresholds(t)
+                lo, hi, base_lo, base_hi, key_lo, key_hi = thresholds(t)
                 seqs_at_least = least if least >= 0.0 else least_seqs(cost)
         if stop < n - 1:  # a candidate with a cached prefix
             j = (start + 1 + stop) % n
@@ -198,7 +200,7 @@ def pick_index(
             t, cost = predict(k, own)
             if t < lo or (t <= hi and (cost < best_cost or (cost == best_cost and own < best_own))):
                 best_k, best_t, best_cost, best_own = k, t, cost, own
-                lo, hi, base_lo, base_hi = thresholds(t)
+                lo, hi, base_lo, base_hi, key_lo, key_hi = thresholds(t)
                 seqs_at_least = least_seqs(cost)
         begin = stop + 1
     return rows.index(best_k)
