@@ -100,26 +100,27 @@ def pick_index(
         t = total * pst + ceil(total / chunk) * step if total > 0 else 0.0
         return t, (seqs_col[k] + running) * o * pst
 
+    # Tokens per second of TTFT, raised by a relative margin far above the prediction's
+    # rounding (see `thresholds`).
+    per_s = (1.0 + MARGIN) / rate
+
     def thresholds(t: float) -> tuple[float, float, float, float, float, float]:
-        """For a best with TTFT `t`: the scan's bounds `lo` and `hi`, and the tokens ahead
+        """For a best with TTFT `t`: the scan's bounds `lo` and `hi`, the tokens ahead
         (bases) from which a whole-prompt candidate's TTFT is not below `lo` and is above
-        `hi`. Each is checked by evaluating the prediction there (its total, base + whole,
-        is at least 1); the closed forms only start the search (TTFT >= tokens * rate)."""
+        `hi`, and the keys those bases are at (`head_drain`). A TTFT is at least its tokens
+        times `rate` (a chunk's decode step is counted whole: ceil(x) >= x), so tokens
+        ahead of `lo / rate - whole` (`hi / rate - whole`) put it at `lo` (`hi`) or above;
+        the prediction's float operations are a few roundings (each under 1.2e-16 of the
+        value) from the real numbers, which the margin of `per_s` (1e-9) covers; at the
+        clamp to 0 the whole prompt alone reaches the bound. (When `lo` is below 0 no TTFT
+        is below it.)"""
         lo, hi = t - tol, t + tol
-        base_lo = lo / rate - whole
+        base_lo = lo * per_s - whole
         if base_lo < 0.0:
             base_lo = 0.0
-        bump = 1.0
-        while (base_lo + whole) * pst + ceil((base_lo + whole) / chunk) * step < lo:
-            base_lo += bump
-            bump *= 2.0
-        base_hi = hi / rate - whole
+        base_hi = hi * per_s - whole
         if base_hi < 0.0:
             base_hi = 0.0
-        bump = 1.0
-        while (base_hi + whole) * pst + ceil((base_hi + whole) / chunk) * step <= hi:
-            base_hi += bump
-            bump *= 2.0
         key_lo = (base_lo + shift) + MARGIN * (base_lo + pad)
         return lo, hi, base_lo, base_hi, key_lo, (base_hi + shift) + MARGIN * (base_hi + pad)
 
