@@ -11,15 +11,16 @@ table's columns per candidate instead of a dozen:
   tolerance (`lo`; a decode step, or what `tie` makes of it), or at most the best's plus it
   (`hi`) and its cost to the running requests is lower (or equal and its own prompt tokens
   fewer). A TTFT grows with the tokens ahead of the
-  request (every operation of the prediction is monotone under IEEE rounding), so from the
-  best so far follow two token thresholds: at or above `base_hi` a candidate's TTFT is above
-  `hi`, at or above `base_lo` not below `lo`. Each is checked by evaluating the prediction
-  at it, so rounding cannot make it wrong; it is recomputed when the best changes (a few
-  times per decision).
-* the table keeps, per instance, the least its tokens ahead (queued prefill plus peers') can
-  be now (`base_lb_col`: with the prefill in progress half drained while that holds, then
-  fully drained, `head_drain`; a decision first makes every row's hold at its time and
-  rate), and its running sequences (`seqs_col`): a cost grows with them.
+  request, and is at least those tokens times the drain rate (a chunk's decode step is
+  counted whole), so from the best so far follow two token thresholds in closed form: at or
+  above `base_hi` a candidate's TTFT is above `hi`, at or above `base_lo` not below `lo`
+  (raised by a relative margin of 1e-9, far above the prediction's rounding). They are
+  recomputed when the best changes (a few times per decision).
+* the table keeps, per instance, two lower bounds of its tokens ahead (queued prefill plus
+  peers'): the one with the prefill in progress fully drained (`least_col`), and a key
+  (`key_col`, `head_drain`) from which the bound with the head drained no faster than a floor
+  rate since it started follows at any later time, compared with the thresholds shifted by
+  `now / floor`; and its running sequences (`seqs_col`): a cost grows with them.
 
 A candidate whose least tokens reach `base_hi`, or reach `base_lo` while its sequences are at
 least the best's (so its cost is not lower, and its own tokens, the whole prompt, are not
@@ -73,7 +74,7 @@ def pick_index(
     shift = now / keys.floor  # a key is compared with tokens shifted by this
     pad = (shift if shift > 0.0 else -shift) + 1.0  # with a margin of MARGIN * (tokens + pad)
     foreign, states = table.foreign, table.states
-    # The two numbers read of every candidate, from the table's contiguous columns; and
+    # The numbers read of every candidate, from the table's columns; and
     # those of its exact tokens ahead.
     least_col, key_col, seqs_col = table.least_col, table.key_col, table.seqs_col
     queued_col, head_tokens_col = table.queued_col, table.head_tokens_col
@@ -158,15 +159,16 @@ def pick_index(
     begin = 0
     for stop in stops:
         for k in order if stop == n - 1 and not begin else order[begin:stop]:
+            # Its tokens ahead now are at least what its key and its fully drained bound
+            # give: a row passed here would be passed below too (most rows are passed by
+            # the key, after 6 operations).
             if key_col[k] >= key_hi:
                 continue
-            least = least_col[k]
-            if least >= base_hi:
+            full = least_col[k]
+            if full >= base_hi:
                 continue
             seqs = seqs_col[k]
-            # Its tokens ahead now are at least those the key gives: a row passed here would
-            # be passed below too (most rows go here, for 8 operations).
-            if (least >= base_lo or key_col[k] >= key_lo) and seqs >= seqs_at_least:
+            if (full >= base_lo or key_col[k] >= key_lo) and seqs >= seqs_at_least:
                 continue
             ahead = queued_col[k]  # its tokens ahead now, as predicted
             elapsed = now - head_start_col[k]  # -inf without a prefill in progress
