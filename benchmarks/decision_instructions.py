@@ -15,7 +15,8 @@ chosen instances' hash shows both made the same decisions. Valgrind slows the re
 
 usage: python -m benchmarks.decision_instructions --a /path/to/main --b . --instances 64,256 \
            --routers prefix_aware,round_robin --n 600 [--name NAME]
-Writes benchmarks/results/decision_instructions.{json,md} (`--name`).
+Writes benchmarks/results/decision_instructions.{json,md,png} (`--name`); `--plot NAME` only
+redraws NAME.png from NAME.json.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import sys
 import tempfile
 from typing import Any
 
-from benchmarks.common import write_results
+from benchmarks.common import RESULTS, write_results
 
 _INNER = r"""
 import hashlib, json, operator, sys
@@ -97,15 +98,46 @@ def count(root: str, inst: int, router: str, n: int) -> dict[str, Any]:
     }
 
 
+def plot(name: str) -> None:
+    """NAME.png: instructions per decision, A and B side by side per (instances, router)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = json.loads((RESULTS / f"{name}.json").read_text())["rows"]
+    labels = [f"{r['instances']} inst\n{r['router']}" for r in rows]
+    xs = range(len(rows))
+    fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(rows), 3.6))
+    a = [r["a"]["ir_per_call"] / 1000 for r in rows]
+    b = [r["b"]["ir_per_call"] / 1000 for r in rows]
+    ax.bar([x - 0.2 for x in xs], a, 0.4, label=f"A {rows[0]['a']['commit']}")
+    ax.bar([x + 0.2 for x in xs], b, 0.4, label=f"B {rows[0]['b']['commit']}")
+    for x, r in zip(xs, rows, strict=True):
+        ax.text(x + 0.2, b[x], f"{r['a_over_b']:.2f}x", ha="center", va="bottom")
+    ax.set_xticks(list(xs), labels)
+    ax.set_ylabel("thousand instructions per plan_head call")
+    ax.set_title("Instructions per decision in a real replay (callgrind)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(RESULTS / f"{name}.png", dpi=110)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--a", required=True, help="checkout A (baseline)")
+    ap.add_argument("--plot", help="only redraw NAME.png from NAME.json")
+    ap.add_argument("--a", help="checkout A (baseline)")
     ap.add_argument("--b", default=".", help="checkout B")
     ap.add_argument("--instances", default="64,256")
     ap.add_argument("--routers", default="prefix_aware,round_robin")
     ap.add_argument("--n", type=int, default=600)
     ap.add_argument("--name", default="decision_instructions")
     args = ap.parse_args()
+    if args.plot:
+        plot(args.plot)
+        return
+    if not args.a:
+        ap.error("--a is required")
     rows: list[dict[str, Any]] = []
     for inst in (int(x) for x in args.instances.split(",")):
         for router in args.routers.split(","):
@@ -143,6 +175,7 @@ def main() -> None:
     digest = hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()[:12]
     lines += ["", f"Result digest `{digest}`. Counts do not depend on the machine's load."]
     write_results(args.name, {"rows": rows}, "\n".join(lines) + "\n")
+    plot(args.name)
 
 
 if __name__ == "__main__":
