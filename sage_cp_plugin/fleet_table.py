@@ -7,9 +7,7 @@ decision's cost, far over the issue 10 budget (50 us at 64 instances, 100 us at 
 what a decision reads is kept here: per instance, whether it is routable and has a free slot
 (Python lists), and the load model's inputs (prefill tokens queued, the head request being
 prefilled, peers' load, running sequences, chunk size, speed class, KV in use and capacity)
-in columns, one float per row each (Python lists of floats: a decision reads a few of them
-per candidate, and a list's subscript is a pointer load where an `array("d")`'s boxes a new
-float through a generic call, most of the machine instructions of a pruned pick's scan).
+in contiguous columns of floats, one number per row each.
 
 Rows are kept current by change notices, not by rereading: an `InstanceState` (and its
 `ScrapedLoad`) reports every field written to it (`state.watch`, set here), and a row is
@@ -59,8 +57,9 @@ _FLOAT_COLUMNS = (
     "head_start_col",
     "peer_col",
     "chunk_col",
+    "kv_used_col",
+    "kv_cap_col",
 )
-_KV_COLUMNS = ("kv_used_col", "kv_cap_col")
 
 
 def _kv_row(s: InstanceState) -> tuple[float, float]:
@@ -116,9 +115,8 @@ class FleetTable:
         self._routable: list[bool] = []
         self._free: list[bool] = []
         self._group: list[int] = []  # each row's speed class
-        # The load model's inputs, per row, each in a column (a list of floats: see the
-        # module docstring; every write stores a float, so the arithmetic is the same as
-        # with the `array("d")` columns these were).
+        # The load model's inputs, per row, each in a contiguous column of floats (a decision
+        # reads a few numbers of every candidate: a column keeps 8 rows' in one cache line).
         # `routing.pruned_pick` reads the first two of every candidate: a key from which the
         # least its tokens ahead (prefill queued plus peers') can be at any later time
         # follows (`head_drain`), and its running sequences (ours, peers'). Then
@@ -126,14 +124,14 @@ class FleetTable:
         # (inf without one), peers' prefill tokens, chunk size; KV tokens in use and
         # capacity (`_kv_row`, for `kv_room`'s C-level maps; reread by `refresh_kv`, only when
         # `kv_room` asks).
-        self.least_col: list[float] = []
-        self.key_col: list[float] = []
-        self.seqs_col: list[float] = []
-        self.queued_col: list[float] = []
-        self.head_tokens_col: list[float] = []
-        self.head_start_col: list[float] = []
-        self.peer_col: list[float] = []
-        self.chunk_col: list[float] = []
+        self.least_col = array("d")
+        self.key_col = array("d")
+        self.seqs_col = array("d")
+        self.queued_col = array("d")
+        self.head_tokens_col = array("d")
+        self.head_start_col = array("d")
+        self.peer_col = array("d")
+        self.chunk_col = array("d")
         self.kv_used_col = array("d")
         self.kv_cap_col = array("d")
         # Writes `key_col` (`head_drain`) when a row is reread, and every row's when its
@@ -170,12 +168,9 @@ class FleetTable:
         self._free = [False] * n
         # Rows are written from Python one float at a time into these columns (a plain
         # interpreter store; a numpy element assignment costs several times more per call,
-        # and a refresh is all such writes). The KV columns stay `array("d")`: only
-        # `kv_room`'s C-level maps read them.
+        # and a refresh is all such writes).
         self._group = [0] * n
         for name in _FLOAT_COLUMNS:
-            setattr(self, name, [0.0] * n)
-        for name in _KV_COLUMNS:
             setattr(self, name, array("d", bytes(8 * n)))
         self.drain_keys = DrainKeys(self)
         self.circuit_open = set()
@@ -192,7 +187,7 @@ class FleetTable:
         self.kv_dirty = set()
         # An instance's chunk size is part of its description (fixed while registered).
         for k, st in enumerate(self.states):
-            self.chunk_col[k] = float(st.instance.batched_tokens_hint or DEFAULT_CHUNK_TOKENS)
+            self.chunk_col[k] = st.instance.batched_tokens_hint or DEFAULT_CHUNK_TOKENS
         for k, s in enumerate(self.states):
             s.watch = (self.dirty, k)
         self._built = True
@@ -262,7 +257,7 @@ class FleetTable:
                 head_tokens, head_start = 0.0, _INF
             else:
                 since, booked = s.prefill_head_since, head.booked_at
-                head_tokens = float(head.prefill_tokens)
+                head_tokens = head.prefill_tokens
                 head_start = booked if booked > since else since
             # Still in its speed class (the same estimate objects and hint; `_regroup` keys
             # classes by them): compared by identity, no key built.
@@ -278,11 +273,11 @@ class FleetTable:
                 ):
                     # A new speed class, or one that may now be unused: renumber after the loop.
                     regroup = True
-            queued_col[k] = float(s.prefill_tokens_queued)
+            queued_col[k] = s.prefill_tokens_queued
             head_tokens_col[k] = head_tokens
             head_start_col[k] = head_start
-            peer_col[k] = float(s.peer_prefill_tokens)
-            seqs_col[k] = float(s.decode_seqs + s.prefill_seqs + s.peer_seqs)
+            peer_col[k] = s.peer_prefill_tokens
+            seqs_col[k] = s.decode_seqs + s.prefill_seqs + s.peer_seqs
             # The least its tokens ahead can be (the head fully drained: by the prediction's
             # operations, each monotone); the key of a tighter bound is set below.
             lowest = queued_col[k] - head_tokens
@@ -376,7 +371,7 @@ class FleetTable:
     ) -> tuple[list[float], list[float], list[float]]:
         """`load_model.candidate_times` for the candidates at `rows`, with uncached tokens
         `owns`: the same Python arithmetic in the same order (so the same floats), reading
-        each candidate's numbers from the table's columns instead of half a dozen
+        each candidate's numbers from the table's contiguous columns instead of half a dozen
         objects scattered in memory (between two decisions of a replay those are not in the
         CPU cache: a miss per object was most of a candidate's cost; numpy array operations
         were no cheaper at 64 candidates, their fixed cost being cold too). The scrape

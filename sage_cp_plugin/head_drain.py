@@ -31,6 +31,7 @@ so a row passed over by its key is passed over by the exact test too.
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Iterable
 from typing import Protocol
 
@@ -50,11 +51,11 @@ class LoadColumns(Protocol):
     per row. (A protocol, not the class: the table holds a `DrainKeys`, and naming the class
     here would make the two modules import each other.)"""
 
-    key_col: list[float]
-    queued_col: list[float]
-    head_tokens_col: list[float]
-    head_start_col: list[float]
-    peer_col: list[float]
+    key_col: array[float]
+    queued_col: array[float]
+    head_tokens_col: array[float]
+    head_start_col: array[float]
+    peer_col: array[float]
 
 
 class DrainKeys:

@@ -74,7 +74,7 @@ def pick_index(
     shift = now / keys.floor  # a key is compared with tokens shifted by this
     pad = (shift if shift > 0.0 else -shift) + 1.0  # with a margin of MARGIN * (tokens + pad)
     foreign, states = table.foreign, table.states
-    # The numbers read of every candidate, from the table's columns; and
+    # The numbers read of every candidate, from the table's contiguous columns; and
     # those of its exact tokens ahead.
     least_col, key_col, seqs_col = table.least_col, table.key_col, table.seqs_col
     queued_col, head_tokens_col = table.queued_col, table.head_tokens_col
