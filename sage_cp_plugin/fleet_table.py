@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from sage_cp_plugin.head_drain import HeadDrainBounds
+from sage_cp_plugin.head_drain import DrainKeys
 from sage_cp_plugin.load_model import (
     DEFAULT_CHUNK_TOKENS,
     PRIOR_DECODE_STEP_S,
@@ -49,9 +49,9 @@ Pool = tuple[str | None, bool]
 _INF = float("inf")
 # The table's float columns (one float per row each; `FleetTable.__init__` says what they hold).
 _FLOAT_COLUMNS = (
-    "base_lb_col",
+    "least_col",
+    "key_col",
     "seqs_col",
-    "head_col",
     "queued_col",
     "head_tokens_col",
     "head_start_col",
@@ -117,16 +117,16 @@ class FleetTable:
         self._group: list[int] = []  # each row's speed class
         # The load model's inputs, per row, each in a contiguous column of floats (a decision
         # reads a few numbers of every candidate: a column keeps 8 rows' in one cache line).
-        # `routing.pruned_pick` reads the first three of every candidate: the least its
-        # tokens ahead (prefill queued plus peers') can be (`head_drain`: now, or at any
-        # time), its running sequences (ours, peers'), 1.0 with a prefill in progress. Then
+        # `routing.pruned_pick` reads the first two of every candidate: a key from which the
+        # least its tokens ahead (prefill queued plus peers') can be at any later time
+        # follows (`head_drain`), and its running sequences (ours, peers'). Then
         # prefill tokens queued, the head request's tokens and since when it is prefilled
         # (inf without one), peers' prefill tokens, chunk size; KV tokens in use and
         # capacity (`_kv_row`, for `kv_room`'s C-level maps; reread by `refresh_kv`, only when
         # `kv_room` asks).
-        self.base_lb_col = array("d")
+        self.least_col = array("d")
+        self.key_col = array("d")
         self.seqs_col = array("d")
-        self.head_col = array("d")
         self.queued_col = array("d")
         self.head_tokens_col = array("d")
         self.head_start_col = array("d")
@@ -134,9 +134,9 @@ class FleetTable:
         self.chunk_col = array("d")
         self.kv_used_col = array("d")
         self.kv_cap_col = array("d")
-        # Tighter least tokens ahead, each valid for a time, for rows with a prefill in
-        # progress (`head_drain`): they write `base_lb_col`, which `pruned_pick` reads.
-        self.head_bounds = HeadDrainBounds(self)
+        # Writes `key_col` (`head_drain`) when a row is reread, and every row's when its
+        # floor moves; `pruned_pick` reads it.
+        self.drain_keys = DrainKeys(self)
         self.one_chunk: float | None = None
         # Rows whose routability cannot be read from flags (circuit open: half-open with
         # time) and rows with a fresh scrape reporting work beyond ours (its weight fades
@@ -172,7 +172,7 @@ class FleetTable:
         self._group = [0] * n
         for name in _FLOAT_COLUMNS:
             setattr(self, name, array("d", bytes(8 * n)))
-        self.head_bounds = HeadDrainBounds(self)
+        self.drain_keys = DrainKeys(self)
         self.circuit_open = set()
         self.foreign = set()
         self.groups = []
@@ -241,8 +241,7 @@ class FleetTable:
         queued_col, head_tokens_col, head_start_col = (
             self.queued_col, self.head_tokens_col, self.head_start_col
         )  # fmt: skip
-        peer_col, seqs_col, head_col = self.peer_col, self.seqs_col, self.head_col
-        head_bounds = self.head_bounds
+        peer_col, seqs_col, least_col = self.peer_col, self.seqs_col, self.least_col
         for k in dirty:
             s = states[k]
             scraped = s.scraped
@@ -255,10 +254,10 @@ class FleetTable:
                     break
             if head is None:
                 # No head: never drained (now - inf is not > 0, as `_drain_head` skips it).
-                has_head, head_tokens, head_start = 0.0, 0.0, _INF
+                head_tokens, head_start = 0.0, _INF
             else:
                 since, booked = s.prefill_head_since, head.booked_at
-                has_head, head_tokens = 1.0, head.prefill_tokens
+                head_tokens = head.prefill_tokens
                 head_start = booked if booked > since else since
             # Still in its speed class (the same estimate objects and hint; `_regroup` keys
             # classes by them): compared by identity, no key built.
@@ -279,14 +278,16 @@ class FleetTable:
             head_start_col[k] = head_start
             peer_col[k] = s.peer_prefill_tokens
             seqs_col[k] = s.decode_seqs + s.prefill_seqs + s.peer_seqs
-            head_col[k] = has_head
-            # The least tokens ahead (`base_lb_col`): the head fully drained, or with a
-            # prefill in progress half drained, for a time (`head_drain`).
-            head_bounds.start(k)
+            # The least its tokens ahead can be (the head fully drained: by the prediction's
+            # operations, each monotone); the key of a tighter bound is set below.
+            lowest = queued_col[k] - head_tokens
+            least_col[k] = (lowest if lowest > 0.0 else 0.0) + peer_col[k]
             if scraped.fresh and scraped.running + scraped.waiting - scraped.ours_at_scrape > 0:
                 foreign.add(k)
             else:
                 foreign.discard(k)
+        # The keys of a tighter bound, valid from the last decision's time (`head_drain`).
+        self.drain_keys.rekey(dirty)
         dirty.clear()
         if regroup:
             self._regroup()

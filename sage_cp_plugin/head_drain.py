@@ -1,103 +1,101 @@
-"""A tighter least tokens ahead for instances with a prefill in progress, valid for a time.
+"""A least tokens ahead for every instance that holds at any later time: one key per row.
 
-`routing.pruned_pick` passes over a candidate after reading the least its tokens ahead can be
-(`FleetTable.base_lb_col`). For an instance with a prefill in progress (the head request),
-the bound that holds at any time is the one with the head fully drained. In the replays most
-instances have a head (a large fleet at 70 % load runs one or two requests on each), that
-bound is then 0 for nearly all of them, and each was predicted exactly: at 256 instances
-about 70 candidates per decision, the larger part of its work.
+`routing.pruned_pick` passes over a candidate after reading a number that bounds its tokens
+ahead (queued prefill plus peers') from below. An instance with a prefill in progress (the
+head request) drains it as time passes: the prediction takes `elapsed / rate` tokens off the
+head (`rate`: seconds per drained token, the speed class's prefill time per token plus a
+decode step per chunk; at most the head's tokens), so the tokens ahead fall with time and a
+constant bound is either loose (the head fully drained: 0 for most instances of a replay at
+70 % load, each running one or two requests) or valid only for a while.
 
-The prediction drains the head's tokens at `elapsed / rate` (`rate`: seconds per drained
-token, the speed class's prefill time per token plus a decode step per chunk). While at most
-half of them can have drained, the tokens ahead are at least those with half drained. So a
-row with a head keeps that bound until the time at which half would have drained at the
-floor rate (`floor`), and then the fully drained bound, which holds at any time. The bound
-holds only while the decision's rate is at least the floor: a decision at a lower rate (a
-faster drain) first lowers the floor and bounds every row again. The floor is set below the
-rate seen (`FLOOR_SHARE`) so that small moves of the learned speeds do not do that at every
-decision (in the replays it happens two or three times per run); how far below changes how
-long a bound lasts, never a decision.
+A line is tight and holds at any time. While the decision's rate is at least a `floor`, the
+tokens ahead at `now` are at least
 
-Each step uses the prediction's own float operations, all monotone under IEEE rounding: the
-time is moved back until `(until - start) / floor` is at most half the head's tokens `x`, so
-at any `now <= until` and rate >= floor the prediction drains at most `x`, and
-`max(queued - x, 0) + peer` is at most the tokens ahead it computes.
+    queued + peer - (now - t0) / floor,   t0 = min(head start, clock)
+
+(the head drains no faster than `floor` allows, the clamps at the head's tokens and at 0 only
+raise the prediction; without a head nothing drains and `clock`, a past decision's time, only
+lowers it). Written as `key - now / floor` with `key = queued + peer + t0 / floor`, the key is
+one number per row, set when the row is reread, and a decision compares it with its token
+threshold shifted by `now / floor` (`threshold`): one comparison per candidate, no per-row
+work as time passes. The bound is `1 - floor / rate` of the drained tokens below the exact
+value (a tenth while the rate stays near where it was when the floor was set).
+
+The floor is set below the rate seen (`FLOOR_SHARE`), so that small moves of the learned
+speeds keep it; a decision at a lower rate (a faster drain), or at a time before the clock
+(which a monotonic clock never gives), first rekeys every row. Rounding: the key and the
+shifted threshold are each a few roundings from the real numbers, all of a relative size
+under 1e-15; `threshold` adds a relative margin of 1e-9 (a row that close is checked exactly),
+so a row passed over by its key is passed over by the exact test too.
 """
 
 from __future__ import annotations
 
-import heapq
-import math
 from array import array
+from collections.abc import Iterable
 from typing import Protocol
 
 # The floor is this share of the rate seen when it is (re)set (see the module docstring).
 FLOOR_SHARE = 0.9
+# ... and is set again when it has fallen below this share of the rate (the learned speeds
+# slowed down): the bound loses `1 - floor / rate` of the drained tokens.
+STALE_SHARE = FLOOR_SHARE * FLOOR_SHARE
 _INF = float("inf")
+# Relative margin of a key and of a shifted threshold: far above their roundings (see the
+# module docstring).
+MARGIN = 1e-9
 
 
 class LoadColumns(Protocol):
-    """The columns of a `fleet_table.FleetTable` read here (and `base_lb_col` written),
-    one float per row. (A protocol, not the class: the table holds a `HeadDrainBounds`, and
-    naming the class here would make the two modules import each other.)"""
+    """The columns of a `fleet_table.FleetTable` read here (and `key_col` written), one float
+    per row. (A protocol, not the class: the table holds a `DrainKeys`, and naming the class
+    here would make the two modules import each other.)"""
 
-    base_lb_col: array[float]
-    head_col: array[float]
+    key_col: array[float]
     queued_col: array[float]
     head_tokens_col: array[float]
     head_start_col: array[float]
     peer_col: array[float]
 
 
-class HeadDrainBounds:
-    """Per row of a `FleetTable`: until when its half-drained bound holds (`until`, inf for a
-    row with its fully drained bound), and a heap of (until, row) to replace the bounds whose
-    time has passed. Writes the bounds into the table's `base_lb` column."""
+class DrainKeys:
+    """Writes every row's key into the table's `key_col` (-inf until a floor is set: no row
+    is passed over by its key)."""
 
     def __init__(self, table: LoadColumns) -> None:
-        self.table = table  # its columns are read, and its `base_lb_col` written
-        self.floor = 0.0  # 0: no rate seen yet, every row keeps its fully drained bound
-        self.until = array("d", [_INF]) * len(table.base_lb_col)
-        self.heap: list[tuple[float, int]] = []
+        self.table = table
+        self.floor = 0.0  # seconds per token; 0: no rate seen yet
+        self.clock = -_INF  # the latest decision's time (keys hold from it on)
 
-    def start(self, k: int) -> None:
-        """Row k was reread: bound it by half the head's tokens drained when it has a
-        prefill in progress and a floor is set, else by the head fully drained (the bound
-        that holds at any time)."""
-        table = self.table
-        if not (table.head_col[k] and self.floor > 0.0):
-            self.until[k] = _INF
-            _write_bound(table, k, table.head_tokens_col[k])
+    def rekey(self, rows: Iterable[int]) -> None:
+        """Rows reread: their keys from their queued tokens and their heads' starts, each
+        lowered by its margin (see the module docstring)."""
+        table, floor, clock = self.table, self.floor, self.clock
+        key_col = table.key_col
+        if floor == 0.0:
+            for k in rows:
+                key_col[k] = -_INF
             return
-        x = table.head_tokens_col[k] * 0.5
-        start, floor = table.head_start_col[k], self.floor
-        until = start + x * floor
-        while until > start and (until - start) / floor > x:
-            until = math.nextafter(until, -_INF)
-        _write_bound(table, k, x)
-        self.until[k] = until
-        heapq.heappush(self.heap, (until, k))
+        queued_col, peer_col, start_col = table.queued_col, table.peer_col, table.head_start_col
+        head_tokens_col = table.head_tokens_col
+        for k in rows:
+            t0 = start_col[k]  # inf without a head: the clock then
+            if t0 > clock:
+                t0 = clock
+            tokens = queued_col[k] + peer_col[k]
+            shift = t0 / floor
+            key_col[k] = (tokens + shift) - MARGIN * (
+                abs(tokens) + head_tokens_col[k] + abs(shift) + 1.0
+            )
 
     def at(self, now: float, rate: float) -> None:
-        """Make every row's bound hold at `now` for a decision at `rate` (seconds per drained
-        token of the one speed class): below the floor, lower it and bound every row again;
-        then give the rows whose time has passed their fully drained bound."""
-        if rate < self.floor or (self.floor == 0.0 and rate > 0.0):
-            self.floor = rate * FLOOR_SHARE
-            self.heap = []
-            for k in range(len(self.until)):
-                self.start(k)
-        heap, until_of, table = self.heap, self.until, self.table
-        while heap and heap[0][0] < now:
-            until, k = heapq.heappop(heap)
-            if until_of[k] == until:  # else reread since: a newer entry stands for the row
-                until_of[k] = _INF
-                _write_bound(table, k, table.head_tokens_col[k])
-
-
-def _write_bound(table: LoadColumns, k: int, drained: float) -> None:
-    """Row k's least tokens ahead with `drained` of its head's tokens gone: `candidate_times`'
-    (ahead if ahead > 0 else 0.0) + peer, by the same operations (each monotone, so with
-    the head fully drained it is the prediction's value now or lower)."""
-    lowest = table.queued_col[k] - drained
-    table.base_lb_col[k] = (lowest if lowest > 0.0 else 0.0) + table.peer_col[k]
+        """A decision at `now` and `rate`: rekey every row first when the keys would not hold
+        (a rate below the floor, or time gone back) or are loose (a floor well below the
+        rate), then keep `now` as the clock for the rows reread after this decision."""
+        floor = self.floor
+        if rate < floor or floor < rate * STALE_SHARE or now < self.clock:
+            if rate < floor or floor < rate * STALE_SHARE:
+                self.floor = rate * FLOOR_SHARE
+            self.clock = now
+            self.rekey(range(len(self.table.key_col)))
+        self.clock = now

@@ -1,21 +1,23 @@
-"""`head_drain`'s bounds never exceed the tokens ahead the prediction computes.
+"""`head_drain`'s keys never promise more tokens ahead than the prediction computes.
 
-`routing.pruned_pick` passes over a candidate whose least tokens ahead (`base_lb_col`) put it
-out of reach; for a row with a prefill in progress that bound assumes at most half the head
-drained, which holds only until a time and only while the drain is no faster than a floor.
-These tests move time forward in steps small and large and make the learned prefill speed
-faster and slower between decisions, and check every row's bound against the load model's
-own tokens ahead (`load_model.prefill_ahead` without the scrape's share) after each decision.
+`routing.pruned_pick` passes over a candidate whose key is at or above a token threshold
+shifted by `now / floor`; the key assumes the head drains no faster than the floor allows
+and was set at an earlier decision's time. These tests move time forward in steps small and
+large and make the learned prefill speed faster and slower between decisions, and check every
+row after each decision: its key passes no threshold above the load model's own tokens ahead
+(`load_model.prefill_ahead` without the scrape's share), nor does its fully drained bound.
 """
 
 from __future__ import annotations
 
+import math
 import random
 
 import numpy as np
 
 from sage_cp_plugin import load_model as lm
 from sage_cp_plugin.fleet_table import FleetTable, with_rows
+from sage_cp_plugin.head_drain import MARGIN
 from sage_cp_plugin.load_model import Booking
 from sage_cp_plugin.routing.pruned_pick import pick_index
 from sage_cp_plugin.state import FleetSnapshot
@@ -46,12 +48,19 @@ def test_bounds_hold_as_time_passes_and_the_drain_gets_faster() -> None:
             rows = np.arange(n, dtype=np.intp)
             it = item(rng.randrange(0, 1000), prompt="p" * rng.randrange(1, 9000))
             assert pick_index(it, with_rows(states, rows, table), None, now) is not None
+            keys = table.drain_keys
+            shift = now / keys.floor
+            pad = abs(shift) + 1.0
             for k, st in enumerate(states):
                 # Tokens ahead as predicted, without a scrape's share (which only adds).
                 ahead = max(0.0, st.prefill_tokens_queued - lm._drain_head(st, now))
-                assert table.base_lb_col[k] <= ahead + st.peer_prefill_tokens
-                lowest = table.queued_col[k] - table.head_tokens_col[k]
-                tighter += table.base_lb_col[k] > max(lowest, 0.0) + table.peer_col[k]
+                exact = ahead + st.peer_prefill_tokens
+                above = math.nextafter(exact, math.inf)  # any threshold above it
+                assert table.key_col[k] < (above + shift) + MARGIN * (above + pad)
+                assert table.least_col[k] <= exact
+                # The key proves more than the fully drained bound: it was tested.
+                least = table.least_col[k] + 1.0
+                tighter += table.key_col[k] >= (least + shift) + MARGIN * (least + pad)
                 checked += 1
     assert checked > 10_000
-    assert tighter > 300  # rows held bounds above the fully drained one: they were tested
+    assert tighter > 300

@@ -11,15 +11,16 @@ table's columns per candidate instead of a dozen:
   tolerance (`lo`; a decode step, or what `tie` makes of it), or at most the best's plus it
   (`hi`) and its cost to the running requests is lower (or equal and its own prompt tokens
   fewer). A TTFT grows with the tokens ahead of the
-  request (every operation of the prediction is monotone under IEEE rounding), so from the
-  best so far follow two token thresholds: at or above `base_hi` a candidate's TTFT is above
-  `hi`, at or above `base_lo` not below `lo`. Each is checked by evaluating the prediction
-  at it, so rounding cannot make it wrong; it is recomputed when the best changes (a few
-  times per decision).
-* the table keeps, per instance, the least its tokens ahead (queued prefill plus peers') can
-  be now (`base_lb_col`: with the prefill in progress half drained while that holds, then
-  fully drained, `head_drain`; a decision first makes every row's hold at its time and
-  rate), and its running sequences (`seqs_col`): a cost grows with them.
+  request, and is at least those tokens times the drain rate (a chunk's decode step is
+  counted whole), so from the best so far follow two token thresholds in closed form: at or
+  above `base_hi` a candidate's TTFT is above `hi`, at or above `base_lo` not below `lo`
+  (raised by a relative margin of 1e-9, far above the prediction's rounding). They are
+  recomputed when the best changes (a few times per decision).
+* the table keeps, per instance, two lower bounds of its tokens ahead (queued prefill plus
+  peers'): the one with the prefill in progress fully drained (`least_col`), and a key
+  (`key_col`, `head_drain`) from which the bound with the head drained no faster than a floor
+  rate since it started follows at any later time, compared with the thresholds shifted by
+  `now / floor`; and its running sequences (`seqs_col`): a cost grows with them.
 
 A candidate whose least tokens reach `base_hi`, or reach `base_lo` while its sequences are at
 least the best's (so its cost is not lower, and its own tokens, the whole prompt, are not
@@ -37,6 +38,7 @@ import math
 from collections.abc import Callable, Sequence
 
 from sage_cp_plugin.fleet_table import Candidates
+from sage_cp_plugin.head_drain import MARGIN
 from sage_cp_plugin.load_model import (
     PRIOR_DECODE_STEP_S,
     PRIOR_PREFILL_S_PER_TOKEN,
@@ -65,16 +67,16 @@ def pick_index(
     step = d.value if d.value is not None else PRIOR_DECODE_STEP_S / h
     rate = pst + step / chunk  # seconds per token drained of a prefill in progress
     tol = tie(item, step) if tie is not None else step  # TTFTs this close tie
-    # So that every row's least tokens ahead holds now (`HeadDrainBounds.at`, called only
-    # when it has something to do: a lower rate than its floor, or a bound whose time passed).
-    bounds = table.head_bounds
-    heap = bounds.heap
-    if rate < bounds.floor or bounds.floor == 0.0 or (heap and heap[0][0] < now):
-        bounds.at(now, rate)
+    # So that every row's key holds now (`DrainKeys.at`: rekeys every row only when the
+    # rate falls below its floor).
+    keys = table.drain_keys
+    keys.at(now, rate)
+    shift = now / keys.floor  # a key is compared with tokens shifted by this
+    pad = (shift if shift > 0.0 else -shift) + 1.0  # with a margin of MARGIN * (tokens + pad)
     foreign, states = table.foreign, table.states
-    # The three numbers read of every candidate, from the table's contiguous columns; and
-    # those of a prefill in progress.
-    base_lb_col, seqs_col, head_col = table.base_lb_col, table.seqs_col, table.head_col
+    # The numbers read of every candidate, from the table's contiguous columns; and
+    # those of its exact tokens ahead.
+    least_col, key_col, seqs_col = table.least_col, table.key_col, table.seqs_col
     queued_col, head_tokens_col = table.queued_col, table.head_tokens_col
     head_start_col, peer_col = table.head_start_col, table.peer_col
     rows = candidates.row_list
@@ -99,27 +101,29 @@ def pick_index(
         t = total * pst + ceil(total / chunk) * step if total > 0 else 0.0
         return t, (seqs_col[k] + running) * o * pst
 
-    def thresholds(t: float) -> tuple[float, float, float, float]:
-        """For a best with TTFT `t`: the scan's bounds `lo` and `hi`, and the tokens ahead
+    # Tokens per second of TTFT, raised by a relative margin far above the prediction's
+    # rounding (see `thresholds`).
+    per_s = (1.0 + MARGIN) / rate
+
+    def thresholds(t: float) -> tuple[float, float, float, float, float, float]:
+        """For a best with TTFT `t`: the scan's bounds `lo` and `hi`, the tokens ahead
         (bases) from which a whole-prompt candidate's TTFT is not below `lo` and is above
-        `hi`. Each is checked by evaluating the prediction there (its total, base + whole,
-        is at least 1); the closed forms only start the search (TTFT >= tokens * rate)."""
+        `hi`, and the keys those bases are at (`head_drain`). A TTFT is at least its tokens
+        times `rate` (a chunk's decode step is counted whole: ceil(x) >= x), so tokens
+        ahead of `lo / rate - whole` (`hi / rate - whole`) put it at `lo` (`hi`) or above;
+        the prediction's float operations are a few roundings (each under 1.2e-16 of the
+        value) from the real numbers, which the margin of `per_s` (1e-9) covers; at the
+        clamp to 0 the whole prompt alone reaches the bound. (When `lo` is below 0 no TTFT
+        is below it.)"""
         lo, hi = t - tol, t + tol
-        base_lo = lo / rate - whole
+        base_lo = lo * per_s - whole
         if base_lo < 0.0:
             base_lo = 0.0
-        bump = 1.0
-        while (base_lo + whole) * pst + ceil((base_lo + whole) / chunk) * step < lo:
-            base_lo += bump
-            bump *= 2.0
-        base_hi = hi / rate - whole
+        base_hi = hi * per_s - whole
         if base_hi < 0.0:
             base_hi = 0.0
-        bump = 1.0
-        while (base_hi + whole) * pst + ceil((base_hi + whole) / chunk) * step <= hi:
-            base_hi += bump
-            bump *= 2.0
-        return lo, hi, base_lo, base_hi
+        key_lo = (base_lo + shift) + MARGIN * (base_lo + pad)
+        return lo, hi, base_lo, base_hi, key_lo, (base_hi + shift) + MARGIN * (base_hi + pad)
 
     per_seq = whole * pst  # a whole-prompt candidate's cost per running sequence
 
@@ -144,7 +148,7 @@ def pick_index(
     best_k = rows[start]
     best_own = hits.get(start, tokens)
     best_t, best_cost = predict(best_k, best_own)
-    lo, hi, base_lo, base_hi = thresholds(best_t)
+    lo, hi, base_lo, base_hi, key_lo, key_hi = thresholds(best_t)
     seqs_at_least = least_seqs(best_cost)
     order = rows[start + 1 :] + rows[:start]  # the rotation after the first
     if hits:
@@ -155,25 +159,26 @@ def pick_index(
     begin = 0
     for stop in stops:
         for k in order if stop == n - 1 and not begin else order[begin:stop]:
-            base = base_lb_col[k]
-            if base >= base_hi:
+            # Its tokens ahead now are at least what its key and its fully drained bound
+            # give: a row passed here would be passed below too (most rows are passed by
+            # the key, after 6 operations).
+            if key_col[k] >= key_hi:
+                continue
+            full = least_col[k]
+            if full >= base_hi:
                 continue
             seqs = seqs_col[k]
-            # Tested on the least tokens ahead before the prefill in progress is drained:
-            # its tokens ahead now are at least that, so a row passed here would be passed
-            # below too (most rows with a prefill in progress go here, for 8 operations).
-            if base >= base_lo and seqs >= seqs_at_least:
+            if (full >= base_lo or key_col[k] >= key_lo) and seqs >= seqs_at_least:
                 continue
-            if head_col[k]:  # a prefill in progress: its tokens ahead now, as predicted
-                ahead = queued_col[k]
-                elapsed = now - head_start_col[k]
-                if elapsed > 0:
-                    drained = elapsed / rate
-                    head_tokens = head_tokens_col[k]
-                    ahead = ahead - (drained if drained < head_tokens else head_tokens)
-                base = (ahead if ahead > 0.0 else 0.0) + peer_col[k]
-                if base >= base_hi or (base >= base_lo and seqs >= seqs_at_least):
-                    continue
+            ahead = queued_col[k]  # its tokens ahead now, as predicted
+            elapsed = now - head_start_col[k]  # -inf without a prefill in progress
+            if elapsed > 0:
+                drained = elapsed / rate
+                head_tokens = head_tokens_col[k]
+                ahead = ahead - (drained if drained < head_tokens else head_tokens)
+            base = (ahead if ahead > 0.0 else 0.0) + peer_col[k]
+            if base >= base_hi or (base >= base_lo and seqs >= seqs_at_least):
+                continue
             if foreign and k in foreign:
                 # A scrape correction adds tokens ahead and sequences (never removes them):
                 # the bounds above hold, the prediction needs the correction.
@@ -189,7 +194,7 @@ def pick_index(
             # cost does not take it.
             if t < lo or (t <= hi and cost < best_cost):
                 best_k, best_t, best_cost, best_own = k, t, cost, tokens
-                lo, hi, base_lo, base_hi = thresholds(t)
+                lo, hi, base_lo, base_hi, key_lo, key_hi = thresholds(t)
                 seqs_at_least = least if least >= 0.0 else least_seqs(cost)
         if stop < n - 1:  # a candidate with a cached prefix
             j = (start + 1 + stop) % n
@@ -198,7 +203,7 @@ def pick_index(
             t, cost = predict(k, own)
             if t < lo or (t <= hi and (cost < best_cost or (cost == best_cost and own < best_own))):
                 best_k, best_t, best_cost, best_own = k, t, cost, own
-                lo, hi, base_lo, base_hi = thresholds(t)
+                lo, hi, base_lo, base_hi, key_lo, key_hi = thresholds(t)
                 seqs_at_least = least_seqs(cost)
         begin = stop + 1
     return rows.index(best_k)

@@ -36,6 +36,8 @@ def replica_slot(own_id: str, peer_ids: Iterable[str]) -> tuple[int, int]:
 def rotation_start(turn: int, n: int, replica: tuple[int, int]) -> int:
     """First of `n` candidates to scan at this replica's `turn` (its own counter)."""
     index, count = replica
+    if count == 1:  # one process: its own turn (what the lines below give, without gcd)
+        return turn % n
     shared = turn * count + index  # this turn's place in the replicas' one rotation
     common = math.gcd(n, count)
     if common == 1:
