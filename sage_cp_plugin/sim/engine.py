@@ -7,20 +7,9 @@ most recently admitted running sequences (recompute: their KV is dropped) when a
 cannot grow. The step then "runs" for
 ``t = b0 + b1 * prefill_tokens_in_step + b2 * decode_seqs_in_step`` (times ``time_scale``).
 
-Fast-forward: when a step is pure decode for every running sequence, nothing waits, no sequence
-streams, and the next steps would not finish a sequence, those steps are identical (same batch,
-same step time). The engine then sleeps once to the end of the run and replays the steps'
-bookkeeping at their exact step boundaries, instead of waking once per token. A sequence that
-fills its last KV block inside the run gets its next block between the two steps, in the order
-``schedule`` would give it (so the same cached blocks are evicted, in the same order); the run
-goes through full blocks only when the free list holds every block it needs (stepping could
-otherwise preempt) and no KV events are published (each must go out at its own step's time),
-else it stops where the first block fills.
-Anything that could change the schedule -- a submit, abort, released pin, finished KV
-transfer -- first applies the steps already completed and cuts the run at the step in
-progress, and reads of the engine's state or metrics apply completed steps first, so what is
-observable (finish times, counters, histograms, the next step's batch) is the same as stepping
-one token at a time.
+Fast-forward (`fast_forward.py`): runs of identical pure-decode steps are slept through once
+and their bookkeeping replayed at the exact step boundaries; what is observable is the same
+as stepping one token at a time.
 
 Timekeeping uses only the running loop's ``time()``, ``asyncio.sleep`` and loop timers -- no
 wall clock, threads or blocking calls -- so the same engine runs unchanged on a virtual-clock
@@ -38,6 +27,7 @@ from dataclasses import asdict
 from itertools import accumulate, repeat
 from typing import Any
 
+from sage_cp_plugin.sim import fast_forward as ff
 from sage_cp_plugin.sim import tokens as tok
 from sage_cp_plugin.sim.config import SimInstanceConfig
 from sage_cp_plugin.sim.kv_cache import KVCache
@@ -86,7 +76,7 @@ class SimEngine:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
         self._wakeup: asyncio.Event | None = None
-        self._ff: _Run | None = None  # the fast-forwarded run of decode steps in progress
+        self._ff: ff.Run | None = None  # the fast-forwarded run of decode steps in progress
         _LIVE_ENGINES[self.engine_id] = self
 
     # ---------------------------------------------------------------- lifecycle
@@ -238,7 +228,9 @@ class SimEngine:
                 continue
             delay = self._b0 + self._b1 * prefill_tokens + self._b2 * decode_seqs
             steps = (
-                self._run_length(batch, prefill_tokens) if delay > 0 and self.fast_forward else 1
+                ff.run_length(batch, prefill_tokens, self.scheduler, self.kv)
+                if delay > 0 and self.fast_forward
+                else 1
             )
             if steps <= 1:
                 # sleep(0) still yields, so zero-latency mode interleaves with the HTTP handlers.
@@ -249,7 +241,7 @@ class SimEngine:
             # float additions, one after the other).
             ends = list(accumulate(repeat(delay, steps - 1), initial=self._loop.time() + delay))
             fut: asyncio.Future[None] = self._loop.create_future()
-            run = _Run(batch, ends, fut, self._loop.call_at(ends[-1], _resolve, fut))
+            run = ff.Run(batch, ends, fut, self._loop.call_at(ends[-1], ff.resolve, fut))
             self._ff = run
             try:
                 await run.fut
@@ -258,104 +250,26 @@ class SimEngine:
                 run.handle.cancel()
             self._apply(run, len(run.ends))
 
-    def _run_length(self, batch: Batch, prefill_tokens: int) -> int:
-        """How many identical decode steps, this one included, can run without a change."""
-        sch = self.scheduler
-        if prefill_tokens or sch.waiting or len(batch) != len(sch.running):
-            return 1
-        bs = self.kv.block_size
-        steps = 1 << 30
-        room = 1 << 30
-        for seq, _n in batch:
-            if seq.queue is not None:
-                return 1  # streaming: each token is delivered at its own step
-            # Steps until it finishes (that step ends the run) and steps its KV blocks hold.
-            steps = min(steps, seq.max_tokens - seq.num_output)
-            room = min(room, len(seq.blocks) * bs - seq.num_computed)
-        if steps <= room:
-            return steps
-        if self.kv.on_event is not None:
-            # KV events go out when a block is registered or evicted: the run stops where the
-            # first block fills, so each goes out at its own step's time.
-            return room
-        # Past a full block the next step needs a new one: the run goes on when the free
-        # list holds every block its steps need (`_grow` takes each at its own step boundary,
-        # in the order `schedule` would, so the same blocks are evicted); else, as stepping
-        # could preempt, it stops where the first block fills.
-        need = 0
-        for seq, _n in batch:
-            # Blocks taken at steps held, held + bs, ... before the run's end (held >= 1:
-            # this step's block is allocated).
-            held = len(seq.blocks) * bs - seq.num_computed
-            if steps > held:
-                need += (steps - held - 1) // bs + 1
-        return steps if need <= self.kv.num_free else room
-
-    def _apply(self, run: _Run, upto: int) -> None:
+    def _apply(self, run: ff.Run, upto: int) -> None:
         """Book the run's steps up to ``upto`` (exclusive) at their own boundaries."""
         batch = run.batch
         last = len(run.ends) - 1
         i = run.done
         while i < upto:
-            plain = 0 if i == 0 or i == last else self._plain_steps(batch)
+            plain = 0 if i == 0 or i == last else ff.plain_steps(batch, self.kv.block_size)
             if plain == 0:
                 run.done = i + 1
                 self._complete(batch, run.ends[i])
                 i += 1
                 if i < len(run.ends):
-                    self._grow(batch)  # the next step of the run is scheduled now
+                    ff.grow(batch, self.kv)  # the next step of the run is scheduled now
                 continue
             # Middle steps of the run: every sequence is running, past its first token, not
             # finishing and not filling a KV block -- `_complete` reduced to what it does then,
             # booked for all of them at once.
             j = min(i + plain, upto, last)
-            self._book_plain_steps(batch, run.ends, i, j)
+            ff.book_plain_steps(batch, run.ends, i, j, self.metrics, self.counters)
             i = run.done = j
-
-    def _grow(self, batch: Batch) -> None:
-        """Between two steps of a run: what `schedule` does for a pure decode step, give a
-        new KV block to each sequence whose blocks are full, in the batch's (running) order.
-        `_run_length` made sure the free list holds them all."""
-        kv = self.kv
-        bs = kv.block_size
-        for seq, _n in batch:
-            if seq.num_computed + 1 > len(seq.blocks) * bs and seq.status is SeqStatus.RUNNING:
-                new = kv.allocate(kv.blocks_for(seq.num_computed + 1) - len(seq.blocks))
-                assert new is not None  # counted by `_run_length`
-                seq.blocks.extend(new)
-
-    def _plain_steps(self, batch: Batch) -> int:
-        """How many of the next steps are plain for every sequence of ``batch`` (0: this one
-        is not): it does not finish a sequence nor fill a KV block (then blocks register)."""
-        bs = self.kv.block_size
-        n = 1 << 30
-        for seq, _n in batch:
-            if seq.status is not SeqStatus.RUNNING or seq.last_token is None:
-                return 0
-            # First step that fills a block: num_computed + 1 reaches a multiple of bs.
-            fills = -(seq.num_computed + 1) % bs
-            # First step that produces the last token: num_output + 1 reaches max_tokens.
-            ends = seq.max_tokens - seq.num_output - 1
-            n = min(n, fills, ends)
-        return max(n, 0)
-
-    def _book_plain_steps(self, batch: Batch, ends: list[float], lo: int, hi: int) -> None:
-        """Plain steps ``lo..hi-1``: each sequence gets a token per step; every inter-token
-        latency of step i is ``ends[i] - ends[i - 1]`` (each sequence's last token came at the
-        previous step), observed in the order stepping one by one would."""
-        itl = self.metrics.itl
-        k = len(batch)
-        for i in range(lo, hi):
-            itl.observe_many(ends[i] - ends[i - 1], k)
-        steps = hi - lo
-        now = ends[hi - 1]
-        for seq, _n in batch:
-            seq.num_computed += steps
-            seq.num_output += steps
-            seq.last_token = now
-        self.counters.steps += steps
-        self.counters.generation_tokens += k * steps
-        self.metrics.generation_tokens.inc(k * steps)
 
     def _sync(self) -> None:
         """Apply the fast-forwarded steps that have completed by now."""
@@ -379,7 +293,7 @@ class SimEngine:
         if last < len(run.ends):
             del run.ends[last:]
             run.handle.cancel()
-            run.handle = self._loop.call_at(run.ends[-1], _resolve, run.fut)
+            run.handle = self._loop.call_at(run.ends[-1], ff.resolve, run.fut)
 
     def _start_transfer_timer(self, seq: SimSequence) -> None:
         assert self._loop is not None
@@ -481,27 +395,3 @@ class SimEngine:
             seq.queue.put_nowait(None)
         if not seq.done.done():
             seq.done.set_result(None)
-
-
-class _Run:
-    """A fast-forwarded run of identical decode steps: ``ends[i]`` is step i's boundary."""
-
-    __slots__ = ("batch", "done", "ends", "fut", "handle")
-
-    def __init__(
-        self,
-        batch: Batch,
-        ends: list[float],
-        fut: asyncio.Future[None],
-        handle: asyncio.TimerHandle,
-    ) -> None:
-        self.batch = batch
-        self.ends = ends
-        self.done = 0  # steps already booked
-        self.fut = fut
-        self.handle = handle
-
-
-def _resolve(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
