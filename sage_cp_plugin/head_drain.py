@@ -93,9 +93,10 @@ class DrainKeys:
         (a rate below the floor, or time gone back) or are loose (a floor well below the
         rate), then keep `now` as the clock for the rows reread after this decision."""
         floor = self.floor
-        if rate < floor or floor < rate * STALE_SHARE or now < self.clock:
-            if rate < floor or floor < rate * STALE_SHARE:
+        moved = rate < floor or floor < rate * STALE_SHARE
+        if moved or now < self.clock:
+            if moved:
                 self.floor = rate * FLOOR_SHARE
-            self.clock = now
+            self.clock = now  # `rekey` keys the rows from it
             self.rekey(range(len(self.table.key_col)))
         self.clock = now
