@@ -3,7 +3,8 @@
 Replaces showcase windows (issue 10, item 7). Everything is chosen by rule, the same for every
 trace; nothing is tuned to a window.
 - Traces: azure_conv, azure_code, mooncake (bundled; origin and licences in
-  sage_cp_plugin/workloads/data/README.md).
+  sage_cp_plugin/workloads/data/README.md), or any trace file `sage-cp replay` reads
+  (`--traces NAME=FILE`), e.g. the rule-generated families of `benchmarks/holdout_traces.py`.
 - Windows: one per seed, `--window` requests each, at offsets spread evenly over the whole trace
   (offset_j = round(j * (rows - window) / (seeds - 1)): the first, middle and last part for 3
   seeds). Prompts are clipped at 16,384 tokens (only Mooncake has longer ones).
@@ -93,6 +94,20 @@ WIN_TTFT, LOSS_TTFT, MIN_GOODPUT = 0.97, 1.03, 0.98
 
 # Set in the parent before the worker pool forks: workers read the setups from here.
 _SETUPS: dict[str, ReplaySetup] = {}
+
+
+def trace_source(spec: str) -> tuple[str, str]:
+    """`--traces` entry -> (name in the results, what `read_trace` opens): a bundled name, a
+    file (named by its stem) or ``NAME=FILE``. A trace this repository does not have runs
+    through the same rules as the bundled ones (windows, loads, fleet, SLO)."""
+    if spec in TRACES:
+        return spec, spec
+    name, sep, path = spec.partition("=")
+    if not sep:
+        name, path = Path(spec).stem, spec
+    if not name or not Path(path).is_file():
+        raise ValueError(f"--traces {spec!r}: not a bundled trace ({', '.join(TRACES)}) or a file")
+    return name, path
 
 
 def make_setup(
@@ -326,9 +341,11 @@ def run_matrix(args: argparse.Namespace) -> dict[str, Any]:
     # Options given to every variant alike (the baseline too).
     engine = {"scheduling_policy": "priority"} if args.engine_priority else {}
     coordinator = {"adaptive_concurrency": True} if args.adaptive_concurrency else {}
-    for trace in args.traces:
+    sources = dict(trace_source(spec) for spec in args.traces)
+    args.traces = list(sources)
+    for trace, source in sources.items():
         _SETUPS[trace], offsets[trace] = make_setup(
-            trace, args.window, args.seeds, engine, coordinator
+            source, args.window, args.seeds, engine, coordinator
         )
     tag = f"w{args.window}|{json.dumps(engine, sort_keys=True)}|{json.dumps(coordinator, sort_keys=True)}"
     cache = CellCache(
@@ -372,6 +389,7 @@ def run_matrix(args: argparse.Namespace) -> dict[str, Any]:
             cap = float(np.mean(rates)) if len(rates) == len(seeds) else 0.0
             caps[trace] = cap
             tdoc: dict[str, Any] = {
+                "source": sources[trace],
                 "window_offsets": offsets[trace],
                 "sustainable_rps": cap,
                 "sustainable_rps_per_seed": [r["saturated_rps"] for r in mine],
@@ -570,7 +588,13 @@ def plot(doc: dict[str, Any], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--traces", nargs="+", default=list(TRACES), choices=TRACES)
+    p.add_argument(
+        "--traces",
+        nargs="+",
+        default=list(TRACES),
+        metavar="TRACE",
+        help=f"bundled names ({', '.join(TRACES)}), trace files or NAME=FILE (default: bundled)",
+    )
     p.add_argument("--window", type=int, default=2000, help="requests per window (default 2000)")
     p.add_argument("--seeds", type=int, default=3, help="seeds = windows per trace (default 3)")
     p.add_argument(
@@ -625,6 +649,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.window < 1 or args.seeds < 1 or args.jobs < 1:
         p.error("--window, --seeds and --jobs must be at least 1")
+    for spec in args.traces:
+        try:
+            trace_source(spec)
+        except ValueError as exc:
+            p.error(str(exc))
     doc = run_matrix(args)
     print(markdown(doc))
     return 0
