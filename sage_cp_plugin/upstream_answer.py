@@ -187,6 +187,15 @@ def read_plain(
         out.text = text_of(data)
 
 
+@runtime_checkable
+class PushAnswer(Protocol):
+    """An answer that hands its body to a callback as it arrives (upstream_http.py): the
+    stream is parsed inside the connection's read callback, without waking the attempt's
+    task for every chunk."""
+
+    async def read_into(self, feed: Callable[[bytes], None]) -> None: ...
+
+
 async def read_stream(
     resp: UpstreamAnswer,
     request: RequestMetadata,
@@ -198,38 +207,73 @@ async def read_stream(
     """A server-sent-event stream (status 200) into `out`: each token's arrival on the loop's
     clock, every chunk handed to `sink` as it arrives (pass-through), the answer assembled
     from the chunks at the end. A stream that ends without [DONE] is a failed attempt."""
-    loop = asyncio.get_running_loop()
-    chunks: list[dict[str, Any]] = []
-    parts: list[str] = []
-    usage: dict[str, Any] | None = None
-    done = False
-    # Lines split from the raw bytes here: httpx's aiter_lines stacks a text
-    # decoder and a line decoder (three generators per network chunk), measured at
-    # about a tenth of the gateway's CPU; json.loads reads UTF-8 bytes itself.
-    received = resp.aiter_bytes()
-    pending = b""
-    lines: list[bytes] = []
-    while True:
-        if not lines:
-            data = await anext(received, None)
-            if data is None:
-                if not pending:
-                    break
-                lines, pending = [pending], b""
-            else:
-                lines = (pending + data).split(b"\n") if pending else data.split(b"\n")
-                pending = lines.pop()
-                lines.reverse()
-                continue
-        line = lines.pop()
+    parse = StreamParse(request, instance, out, sink, on_first_token)
+    if isinstance(resp, PushAnswer):
+        await resp.read_into(parse.feed)
+    else:
+        async for data in resp.aiter_bytes():
+            parse.feed(data)
+    parse.finish()
+
+
+class StreamParse:
+    """The parser of one server-sent-event stream, fed the bytes as they come (in any
+    pieces), by `read_stream`'s loop or by a connection's read callback."""
+
+    __slots__ = (
+        "_chunks",
+        "_done",
+        "_instance",
+        "_on_first_token",
+        "_out",
+        "_parts",
+        "_pending",
+        "_request",
+        "_sink",
+        "_time",
+        "_usage",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        request: RequestMetadata,
+        instance: ExecutionInstance,
+        out: Outcome,
+        sink: ChunkSink | None,
+        on_first_token: Callable[[], None] | None,
+    ) -> None:
+        self._request = request
+        self._instance = instance
+        self._out = out
+        self._sink = sink
+        self._on_first_token = on_first_token
+        self._time = asyncio.get_running_loop().time
+        self._chunks: list[dict[str, Any]] = []
+        self._parts: list[str] = []
+        self._usage: dict[str, Any] | None = None
+        self._done = False
+        # Lines split from the raw bytes here: httpx's aiter_lines stacks a text
+        # decoder and a line decoder (three generators per network chunk), measured at
+        # about a tenth of the gateway's CPU; json.loads reads UTF-8 bytes itself.
+        self._pending = b""
+
+    def feed(self, data: bytes) -> None:
+        lines = (self._pending + data).split(b"\n") if self._pending else data.split(b"\n")
+        self._pending = lines.pop()
+        for line in lines:
+            self._line(line)
+
+    def _line(self, line: bytes) -> None:
         if not line.startswith(b"data:"):
-            continue
+            return
         payload = line[5:].strip()
-        if done:
-            continue  # read to the end so the connection goes back to the pool
+        if self._done:
+            return  # read to the end so the connection goes back to the pool
         if payload == b"[DONE]":
-            done = True
-            continue
+            self._done = True
+            return
+        out = self._out
+        instance = self._instance
         try:
             chunk = fastjson.loads(payload)
             if not isinstance(chunk, dict):
@@ -248,34 +292,43 @@ async def read_stream(
                 instance_id=instance.instance_id,
                 body_started=out.relayed > 0,
             )
-        now = loop.time()
+        now = self._time()
         text = delta_text(chunk)
         if text is not None:
             if out.first_token_at is None:
                 out.first_token_at = now
-                if on_first_token is not None:
-                    on_first_token()
+                if self._on_first_token is not None:
+                    self._on_first_token()
             out.token_times.append(now)
-            parts.append(text)
+            self._parts.append(text)
         if chunk.get("usage"):
-            usage = chunk["usage"]
-        chunks.append(chunk)
-        if sink is not None:
-            sink(RelayedChunk(chunk, payload))  # relayed as the instance's bytes
+            self._usage = chunk["usage"]
+        self._chunks.append(chunk)
+        if self._sink is not None:
+            self._sink(RelayedChunk(chunk, payload))  # relayed as the instance's bytes
             out.relayed += 1
-    if not done:
-        raise UpstreamError(
-            f"instance {instance.instance_id} ended the stream without [DONE] "
-            f"after {len(chunks)} chunks",
-            instance_id=instance.instance_id,
-            body_started=out.relayed > 0,
-        )
-    if out.first_token_at is None:
-        out.first_token_at = loop.time()
-    out.text = "".join(parts)
-    if usage:
-        out.prompt_tokens = int(usage.get("prompt_tokens") or 0)
-        out.completion_tokens = int(usage.get("completion_tokens") or 0)
-    else:
-        out.completion_tokens = len(out.token_times)
-    out.response = assemble_response(request.request_kind, chunks, out.text, usage)
+
+    def finish(self) -> None:
+        """The end of the body: the last line without a newline, then the answer."""
+        if self._pending:
+            pending, self._pending = self._pending, b""
+            self._line(pending)
+        out = self._out
+        instance = self._instance
+        if not self._done:
+            raise UpstreamError(
+                f"instance {instance.instance_id} ended the stream without [DONE] "
+                f"after {len(self._chunks)} chunks",
+                instance_id=instance.instance_id,
+                body_started=out.relayed > 0,
+            )
+        if out.first_token_at is None:
+            out.first_token_at = self._time()
+        out.text = "".join(self._parts)
+        usage = self._usage
+        if usage:
+            out.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+            out.completion_tokens = int(usage.get("completion_tokens") or 0)
+        else:
+            out.completion_tokens = len(out.token_times)
+        out.response = assemble_response(self._request.request_kind, self._chunks, out.text, usage)
