@@ -187,7 +187,6 @@ def read_plain(
         out.text = text_of(data)
 
 
-@runtime_checkable
 class PushAnswer(Protocol):
     """An answer that hands its body to a callback as it arrives (upstream_http.py): the
     stream is parsed inside the connection's read callback, without waking the attempt's
@@ -208,8 +207,11 @@ async def read_stream(
     clock, every chunk handed to `sink` as it arrives (pass-through), the answer assembled
     from the chunks at the end. A stream that ends without [DONE] is a failed attempt."""
     parse = StreamParse(request, instance, out, sink, on_first_token)
-    if isinstance(resp, PushAnswer):
-        await resp.read_into(parse.feed)
+    # Not isinstance(resp, PushAnswer): a runtime Protocol check walks the protocol's
+    # members on every call (about as much CPU as the rest of this function here).
+    read_into = getattr(resp, "read_into", None)
+    if read_into is not None:
+        await read_into(parse.feed)
     else:
         async for data in resp.aiter_bytes():
             parse.feed(data)
@@ -261,7 +263,8 @@ class StreamParse:
         lines = (self._pending + data).split(b"\n") if self._pending else data.split(b"\n")
         self._pending = lines.pop()
         for line in lines:
-            self._line(line)
+            if line:  # every event ends with an empty line: no call for it
+                self._line(line)
 
     def _line(self, line: bytes) -> None:
         if not line.startswith(b"data:"):
