@@ -7,7 +7,7 @@ reader's buffers, then waking the reading task, which takes the bytes out again)
 half of the gateway's CPU per request against zero-latency instances, streamed or not
 (benchmarks/results/gateway_cpu_s14.md). Here the parser calls back with each body piece
 and the answer hands it straight to the caller's `feed` (`read_into`; the executor's
-stream parser, `upstream_answer.StreamParse`) inside the read callback: the attempt's task
+stream parser, `stream_parse.StreamParse`) inside the read callback: the attempt's task
 sleeps until the answer is complete. Only what an attempt needs is here: POST with a
 known-length body, answers with Content-Length, chunked or read-to-close bodies,
 keep-alive, a connection limit, the timeouts, and httpx's exception types for failures
