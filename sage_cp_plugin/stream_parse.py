@@ -1,14 +1,10 @@
 """Parsing an instance's server-sent-event stream into an attempt's `Outcome`, from bytes
 fed as they arrive (in any pieces): by `upstream_answer.read_stream`'s loop, or inside a
-connection's read callback (`upstream_http.py`).
+connection's read callback (`upstream_http.py`), so one parser serves every transport.
 
-The chunks of one network read are parsed together: one JSON parse of them as an array
-(the parser's own C loop) instead of one call per chunk, and they share the read's arrival
-time (they arrived together). Under load a read brings many chunks (all 17 of a 16-token
-answer from a fast instance); with one chunk per read nothing changes. The values and
-errors are those of parsing each chunk alone: a batch that fails to parse, or whose array
-does not have one element per chunk, is parsed chunk by chunk, which raises at the first
-bad chunk after handling the ones before it.
+Chunk by chunk, each with its own arrival time. Parsing the chunks of one read together (one
+JSON array parse) was tried in session 14 and measured at no gain in CPU per request
+(benchmarks/results/gateway_cpu_s14_parse_ab.md: 0.96-1.13x), so it is not done.
 """
 
 from __future__ import annotations
@@ -70,82 +66,58 @@ class StreamParse:
     def feed(self, data: bytes) -> None:
         lines = (self._pending + data).split(b"\n") if self._pending else data.split(b"\n")
         self._pending = lines.pop()
-        self._lines(lines)
-
-    def _lines(self, lines: list[bytes]) -> None:
-        payloads = []
         for line in lines:
-            if not line.startswith(b"data:") or self._done:
-                continue  # after [DONE]: read to the end so the connection can be reused
-            payload = line[5:].strip()
-            if payload == b"[DONE]":
-                self._done = True
-            else:
-                payloads.append(payload)
-        if not payloads:
+            if line:  # every event ends with an empty line: no call for it
+                self._line(line)
+
+    def _line(self, line: bytes) -> None:
+        if not line.startswith(b"data:") or self._done:
+            return  # after [DONE]: read to the end so the connection can be reused
+        payload = line[5:].strip()
+        if payload == b"[DONE]":
+            self._done = True
             return
-        if len(payloads) > 1:
-            try:
-                parsed = fastjson.loads(b"[" + b",".join(payloads) + b"]")
-            except (ValueError, RecursionError):
-                parsed = None
-            if type(parsed) is list and len(parsed) == len(payloads):
-                self._take(parsed, payloads)
-                return
-        for p in payloads:
-            self._take([self._parse(p)], [p])
-
-    def _parse(self, payload: bytes) -> Any:
-        try:
-            return fastjson.loads(payload)
-        except ValueError as exc:
-            raise self._malformed(exc) from exc
-
-    def _malformed(self, exc: Exception) -> UpstreamError:
-        iid = self._instance.instance_id
-        return UpstreamError(
-            f"instance {iid} sent a malformed stream chunk: {exc}",
-            instance_id=iid,
-            body_started=self._out.relayed > 0,
-        )
-
-    def _take(self, parsed: list[Any], payloads: list[bytes]) -> None:
-        """Chunks parsed from `payloads` (one each), in order, arrived now."""
         out = self._out
-        sink = self._sink
+        iid = self._instance.instance_id
+        try:
+            chunk = fastjson.loads(payload)
+            if not isinstance(chunk, dict):
+                raise ValueError("chunk is not a JSON object")
+        except ValueError as exc:
+            raise UpstreamError(
+                f"instance {iid} sent a malformed stream chunk: {exc}",
+                instance_id=iid,
+                body_started=out.relayed > 0,
+            ) from exc
+        if "error" in chunk and not chunk.get("choices"):
+            err = chunk["error"]
+            msg = err.get("message") if isinstance(err, dict) else str(err)
+            raise UpstreamError(
+                f"instance {iid} stream error: {msg}",
+                instance_id=iid,
+                body_started=out.relayed > 0,
+            )
         now = self._time()
-        for chunk, payload in zip(parsed, payloads, strict=True):
-            if type(chunk) is not dict:
-                raise self._malformed(ValueError("chunk is not a JSON object"))
-            if "error" in chunk and not chunk.get("choices"):
-                err = chunk["error"]
-                msg = err.get("message") if isinstance(err, dict) else str(err)
-                iid = self._instance.instance_id
-                raise UpstreamError(
-                    f"instance {iid} stream error: {msg}",
-                    instance_id=iid,
-                    body_started=out.relayed > 0,
-                )
-            text = delta_text(chunk)
-            if text is not None:
-                if out.first_token_at is None:
-                    out.first_token_at = now
-                    if self._on_first_token is not None:
-                        self._on_first_token()
-                out.token_times.append(now)
-                self._parts.append(text)
-            if chunk.get("usage"):
-                self._usage = chunk["usage"]
-            self._chunks.append(chunk)
-            if sink is not None:
-                sink(RelayedChunk(chunk, payload))  # relayed as the instance's bytes
-                out.relayed += 1
+        text = delta_text(chunk)
+        if text is not None:
+            if out.first_token_at is None:
+                out.first_token_at = now
+                if self._on_first_token is not None:
+                    self._on_first_token()
+            out.token_times.append(now)
+            self._parts.append(text)
+        if chunk.get("usage"):
+            self._usage = chunk["usage"]
+        self._chunks.append(chunk)
+        if self._sink is not None:
+            self._sink(RelayedChunk(chunk, payload))  # relayed as the instance's bytes
+            out.relayed += 1
 
     def finish(self) -> None:
         """The end of the body: the last line without a newline, then the answer."""
         if self._pending:
             pending, self._pending = self._pending, b""
-            self._lines([pending])
+            self._line(pending)
         out = self._out
         if not self._done:
             iid = self._instance.instance_id

@@ -1,5 +1,5 @@
-"""The stream parser takes the chunks of one read together (issue 16, less CPU per request):
-the same answer, timings and errors as one chunk at a time, whatever the reads bring."""
+"""The stream parser (moved to its own module in session 14, fed inside the connection's
+read callback): the same answer, timings and errors whatever pieces the reads bring."""
 
 from __future__ import annotations
 
