@@ -1,9 +1,13 @@
 """HTTP execution against vLLM's OpenAI server (the document's `ExecutionCoordinator`).
 
-One pooled `httpx.AsyncClient` per instance. Its transport is aiohttp's client through
-`httpx-aiohttp` (the httpx API, aiohttp's connection handling): measured here, 2.6-2.9x the
-requests/s of httpx's own pool against the same instances, whose pool bookkeeping was most
-of the coordinator's CPU. `http_backend="httpx"` switches back. Generation requests are streamed from the
+Attempts go through `upstream_http.py` (`http_backend="httptools"`, the default): a
+keep-alive pool of asyncio protocols per instance whose parser hands each streamed piece to
+the attempt's stream parser inside the read callback (about half the gateway's CPU per
+request went to aiohttp's per-read work and task wake-ups; gateway_cpu_s14.md). Probes and
+scrapes use one pooled `httpx.AsyncClient` per instance whose transport is aiohttp's client
+through `httpx-aiohttp` (2.6-2.9x the requests/s of httpx's own pool). `http_backend=
+"aiohttp"` sends attempts through that aiohttp session too (the client before), `"httpx"`
+through httpx's own pool. Generation requests are streamed from the
 instance even when the caller wants one answer, so TTFT and inter-token latency are
 measured for every request (the SLO policies learn from them); the answer is assembled
 from the chunks. Errors become `UpstreamError` with whether a retry elsewhere is safe.
@@ -43,6 +47,7 @@ from sage_cp_plugin.upstream_answer import (
     read_stream,
     status_error,
 )
+from sage_cp_plugin.upstream_http import UpstreamPool, client_ssl_context
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +85,37 @@ class _Session:
         return self.session
 
 
+class _Pool:
+    """An instance's `UpstreamPool`, opened on first use inside the event loop."""
+
+    def __init__(self, base_url: str, owner: ExecutionCoordinator) -> None:
+        self.base_url = base_url
+        self.owner = owner
+        self.pool: UpstreamPool | None = None
+
+    def get(self) -> UpstreamPool:
+        if self.pool is None:
+            o = self.owner
+            tls = self.base_url.startswith("https:")
+            expiry = o.limits.keepalive_expiry
+            self.pool = UpstreamPool(
+                self.base_url,
+                max_connections=o.limits.max_connections or 0,
+                keepalive_expiry_s=5.0 if expiry is None else expiry,
+                connect_timeout_s=o.connect_timeout_s,
+                timeout_s=o.timeout_s,
+                ssl_context=client_ssl_context() if tls else None,
+            )
+        return self.pool
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
+
+
+HTTP_BACKENDS = ("httptools", "aiohttp", "httpx")
+
+
 class ExecutionCoordinator:
     """Owns the HTTP clients and runs requests on instances."""
 
@@ -91,10 +127,12 @@ class ExecutionCoordinator:
         max_connections_per_instance: int = 256,
         transport_factory: TransportFactory | None = None,
         upstream_streaming: bool = True,
-        http_backend: str = "aiohttp",
+        http_backend: str = "httptools",
     ) -> None:
-        if http_backend not in ("aiohttp", "httpx"):
-            raise ValueError(f"http_backend must be 'aiohttp' or 'httpx', got {http_backend!r}")
+        if http_backend not in HTTP_BACKENDS:
+            raise ValueError(
+                f"http_backend must be one of {', '.join(HTTP_BACKENDS)}, got {http_backend!r}"
+            )
         self.http_backend = http_backend
         self.instances: dict[str, ExecutionInstance] = {}
         self._clients: dict[str, httpx.AsyncClient] = {}
@@ -103,11 +141,14 @@ class ExecutionCoordinator:
             weakref.WeakKeyDictionary()
         )
         self.timeout = httpx.Timeout(timeout_s, connect=connect_timeout_s)
+        self.timeout_s = timeout_s
+        self.connect_timeout_s = connect_timeout_s
         # The same timeouts as the transport maps httpx's to, built once.
         self._aio_timeout = aiohttp.ClientTimeout(
             sock_connect=connect_timeout_s, sock_read=timeout_s, connect=timeout_s
         )
         self._sessions: dict[str, _Session] = {}
+        self._pools: dict[str, _Pool] = {}
         self._in_process: dict[str, InProcessUpstream] = {}
         self._aio_urls: dict[tuple[str, bytes], yarl.URL] = {}
         self.limits = httpx.Limits(
@@ -125,6 +166,9 @@ class ExecutionCoordinator:
         self.instances.pop(instance_id, None)
         client = self._clients.pop(instance_id, None)
         self._sessions.pop(instance_id, None)  # closed with the client's transport
+        pool = self._pools.pop(instance_id, None)
+        if pool is not None:
+            pool.close()
         self._in_process.pop(instance_id, None)
         if client is not None:
             await client.aclose()
@@ -151,9 +195,11 @@ class ExecutionCoordinator:
                 transport = self.transport_factory(instance)
                 if isinstance(transport, InProcessUpstream):
                     self._in_process[instance.instance_id] = transport
-            elif self.http_backend == "aiohttp":
+            elif self.http_backend != "httpx":
                 shared = self._sessions[instance.instance_id] = _Session(self.limits)
                 transport = AiohttpTransport(limits=self.limits, trust_env=False, client=shared.get)
+                if self.http_backend == "httptools":
+                    self._pools[instance.instance_id] = _Pool(instance.base_url, self)
             else:
                 transport = None
             c = httpx.AsyncClient(
@@ -169,6 +215,9 @@ class ExecutionCoordinator:
     async def aclose(self) -> None:
         clients, self._clients = list(self._clients.values()), {}
         self._sessions = {}
+        pools, self._pools = list(self._pools.values()), {}
+        for pool in pools:
+            pool.close()
         self._in_process = {}
         await asyncio.gather(*(c.aclose() for c in clients), return_exceptions=True)
 
@@ -276,6 +325,12 @@ class ExecutionCoordinator:
             finally:
                 await direct.aclose()
             return
+        if self._clients.get(instance.instance_id) is client:
+            pool = self._pools.get(instance.instance_id)
+            if pool is not None:
+                async with pool.get().post(url.raw_path, content, headers) as answer:
+                    yield answer
+                return
         shared = self._sessions.get(instance.instance_id)
         if shared is None or self._clients.get(instance.instance_id) is not client:
             async with client.stream("POST", url, content=content, headers=headers) as resp:

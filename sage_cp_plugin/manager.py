@@ -51,7 +51,7 @@ from sage_cp_plugin.scrape import MetricsScraper
 from sage_cp_plugin.state import FleetSnapshot, InstanceState
 from sage_cp_plugin.status import control_plane_status
 from sage_cp_plugin.strategies import Strategies
-from sage_cp_plugin.streaming import relay_chunks
+from sage_cp_plugin.streaming import relay_chunk_batches, relay_chunks
 from sage_cp_plugin.types import (
     ExecutionInstance,
     PDSeparationConfig,
@@ -382,6 +382,14 @@ class ControlPlaneManager:
         async with aclosing(relay_chunks(item, self.cancel)) as chunks:
             async for chunk in chunks:
                 yield chunk
+
+    async def stream_batches(self, request: RequestMetadata) -> AsyncIterator[list[dict[str, Any]]]:
+        """`stream`, yielding all the chunks that have arrived when the caller reads (at
+        least one each time): for a relay that writes them to its client in one write."""
+        item = self.admission.admit(request, streaming=True)
+        async with aclosing(relay_chunk_batches(item, self.cancel)) as batches:
+            async for batch in batches:
+                yield batch
 
     async def embed(
         self,

@@ -11,7 +11,6 @@ replay measures is what a socket would give.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -24,8 +23,8 @@ import numpy as np
 
 from sage_cp_plugin import fastjson
 from sage_cp_plugin.errors import UpstreamError
-from sage_cp_plugin.openai_body import assemble_response, delta_text, text_of
-from sage_cp_plugin.relayed_chunk import RelayedChunk
+from sage_cp_plugin.openai_body import text_of
+from sage_cp_plugin.stream_parse import StreamParse
 from sage_cp_plugin.types import ExecutionInstance, RequestKind, RequestMetadata
 
 ChunkSink = Callable[[dict[str, Any]], None]
@@ -187,6 +186,14 @@ def read_plain(
         out.text = text_of(data)
 
 
+class PushAnswer(Protocol):
+    """An answer that hands its body to a callback as it arrives (upstream_http.py): the
+    stream is parsed inside the connection's read callback, without waking the attempt's
+    task for every chunk."""
+
+    async def read_into(self, feed: Callable[[bytes], None]) -> None: ...
+
+
 async def read_stream(
     resp: UpstreamAnswer,
     request: RequestMetadata,
@@ -198,84 +205,13 @@ async def read_stream(
     """A server-sent-event stream (status 200) into `out`: each token's arrival on the loop's
     clock, every chunk handed to `sink` as it arrives (pass-through), the answer assembled
     from the chunks at the end. A stream that ends without [DONE] is a failed attempt."""
-    loop = asyncio.get_running_loop()
-    chunks: list[dict[str, Any]] = []
-    parts: list[str] = []
-    usage: dict[str, Any] | None = None
-    done = False
-    # Lines split from the raw bytes here: httpx's aiter_lines stacks a text
-    # decoder and a line decoder (three generators per network chunk), measured at
-    # about a tenth of the gateway's CPU; json.loads reads UTF-8 bytes itself.
-    received = resp.aiter_bytes()
-    pending = b""
-    lines: list[bytes] = []
-    while True:
-        if not lines:
-            data = await anext(received, None)
-            if data is None:
-                if not pending:
-                    break
-                lines, pending = [pending], b""
-            else:
-                lines = (pending + data).split(b"\n") if pending else data.split(b"\n")
-                pending = lines.pop()
-                lines.reverse()
-                continue
-        line = lines.pop()
-        if not line.startswith(b"data:"):
-            continue
-        payload = line[5:].strip()
-        if done:
-            continue  # read to the end so the connection goes back to the pool
-        if payload == b"[DONE]":
-            done = True
-            continue
-        try:
-            chunk = fastjson.loads(payload)
-            if not isinstance(chunk, dict):
-                raise ValueError("chunk is not a JSON object")
-        except ValueError as exc:
-            raise UpstreamError(
-                f"instance {instance.instance_id} sent a malformed stream chunk: {exc}",
-                instance_id=instance.instance_id,
-                body_started=out.relayed > 0,
-            ) from exc
-        if "error" in chunk and not chunk.get("choices"):
-            err = chunk["error"]
-            msg = err.get("message") if isinstance(err, dict) else str(err)
-            raise UpstreamError(
-                f"instance {instance.instance_id} stream error: {msg}",
-                instance_id=instance.instance_id,
-                body_started=out.relayed > 0,
-            )
-        now = loop.time()
-        text = delta_text(chunk)
-        if text is not None:
-            if out.first_token_at is None:
-                out.first_token_at = now
-                if on_first_token is not None:
-                    on_first_token()
-            out.token_times.append(now)
-            parts.append(text)
-        if chunk.get("usage"):
-            usage = chunk["usage"]
-        chunks.append(chunk)
-        if sink is not None:
-            sink(RelayedChunk(chunk, payload))  # relayed as the instance's bytes
-            out.relayed += 1
-    if not done:
-        raise UpstreamError(
-            f"instance {instance.instance_id} ended the stream without [DONE] "
-            f"after {len(chunks)} chunks",
-            instance_id=instance.instance_id,
-            body_started=out.relayed > 0,
-        )
-    if out.first_token_at is None:
-        out.first_token_at = loop.time()
-    out.text = "".join(parts)
-    if usage:
-        out.prompt_tokens = int(usage.get("prompt_tokens") or 0)
-        out.completion_tokens = int(usage.get("completion_tokens") or 0)
+    parse = StreamParse(request, instance, out, sink, on_first_token)
+    # Not isinstance(resp, PushAnswer): a runtime Protocol check walks the protocol's
+    # members on every call (about as much CPU as the rest of this function here).
+    read_into = getattr(resp, "read_into", None)
+    if read_into is not None:
+        await read_into(parse.feed)
     else:
-        out.completion_tokens = len(out.token_times)
-    out.response = assemble_response(request.request_kind, chunks, out.text, usage)
+        async for data in resp.aiter_bytes():
+            parse.feed(data)
+    parse.finish()

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import Message, Receive, Scope, Send
 
 from sage_cp_plugin import tracing
 from sage_cp_plugin.log_once import OncePerKind
@@ -117,7 +119,55 @@ async def _server_error(request: Request, exc: Exception) -> Response:
     return error_response(500, f"internal error: {type(exc).__name__}: {exc}", code="internal")
 
 
-def create_app(gateway: Gateway) -> Starlette:
+class GatewayApp:
+    """The gateway's ASGI entry: POSTs to the generation endpoints go straight to their
+    handlers, everything else through Starlette's routing and middleware.
+
+    Those handlers answer every failure themselves (`openai_routes._handle`), so Starlette's
+    layers (its error and exception middleware, the router's scan, the endpoint wrapper:
+    a function call per layer on every request and every streamed `send`) had nothing to do
+    for them. A crash past a handler is still logged and answered 500, as Starlette does;
+    with tracing on, the fast path runs inside the same `TracingMiddleware`."""
+
+    def __init__(self, app: Starlette) -> None:
+        self.app = app
+        self.state = app.state
+        fast: Any = self._generate
+        self._fast: Any = TracingMiddleware(fast) if tracing.enabled() else fast
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in GENERATION:
+            await self._fast(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+    async def _generate(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope["app"] = self.app  # `request.app.state.gateway`, as under Starlette
+        request = Request(scope, receive)
+        started = False
+
+        async def sending(message: Message) -> None:
+            nonlocal started
+            started = True
+            await send(message)
+
+        try:
+            response = await GENERATION[scope["path"]](request)
+            await response(scope, receive, sending)
+        except Exception as exc:
+            failure = await _server_error(request, exc)
+            if not started:
+                await failure(scope, receive, send)
+
+
+GENERATION = {
+    "/v1/completions": completions,
+    "/v1/chat/completions": chat_completions,
+    "/v1/embeddings": embeddings,
+}
+
+
+def create_app(gateway: Gateway) -> GatewayApp:
     routes = [
         Route("/v1/completions", completions, methods=["POST"]),
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
@@ -139,4 +189,4 @@ def create_app(gateway: Gateway) -> Starlette:
     if tracing.enabled():  # a SERVER span per request (docs/tracing.md); off: not mounted
         app.add_middleware(TracingMiddleware)
     app.state.gateway = gateway
-    return app
+    return GatewayApp(app)

@@ -274,7 +274,7 @@ async def _stream(
     include_usage: bool,
 ) -> Response:
     manager = gw.manager
-    chunks = cast(AsyncGenerator[dict[str, Any], None], manager.stream(request=req))
+    chunks = cast(AsyncGenerator[list[dict[str, Any]], None], manager.stream_batches(request=req))
     try:
         first = await watcher.race(anext(chunks))
     except BaseException as exc:

@@ -83,6 +83,9 @@ def _uvicorn_config(app: Any, settings: GatewaySettings) -> uvicorn.Config:
         port=settings.port,
         log_level=settings.log_level,
         access_log=False,  # one log line per request would cost more than the routing
+        # Nothing reads the client's address or scheme: uvicorn's X-Forwarded-* rewrite of
+        # every request from a trusted (loopback) peer would be work for no reader.
+        proxy_headers=False,
         lifespan="off",
         timeout_graceful_shutdown=math.ceil(settings.shutdown_timeout_s),
         timeout_keep_alive=max(1, math.ceil(settings.keep_alive_s)),

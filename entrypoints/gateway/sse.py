@@ -1,10 +1,13 @@
-"""Relaying a streamed answer to the client as server-sent events, chunk by chunk.
+"""Relaying a streamed answer to the client as server-sent events, as the chunks arrive.
 
 The first chunk is awaited before any byte is sent, so a request that fails before it starts
 (no instance, queue full, upstream error) still gets a proper HTTP status. After that the
 status is 200: a later failure is reported in-stream as an OpenAI error event, as vLLM does,
 followed by `data: [DONE]`. A client that disconnects cancels the relay, which closes the
-manager's stream and so cancels the upstream request.
+manager's stream and so cancels the upstream request. The chunks that arrived together
+(one network read from the instance, or while the relay waited for the client's socket) go
+out in one write: one send and one wake-up of the relay per batch, not per chunk, and never
+a wait for more.
 """
 
 from __future__ import annotations
@@ -41,12 +44,12 @@ def _usage_only(chunk: dict[str, Any]) -> bool:
 
 
 class SSERelay(Response):
-    """A response whose body is the rest of `chunks` (the first one already fetched)."""
+    """A response whose body is the rest of `batches` (the first batch already fetched)."""
 
     def __init__(
         self,
-        first: dict[str, Any],
-        chunks: AsyncGenerator[dict[str, Any], None],
+        first: list[dict[str, Any]],
+        chunks: AsyncGenerator[list[dict[str, Any]], None],
         watcher: DisconnectWatcher,
         *,
         include_usage: bool,
@@ -86,15 +89,16 @@ class SSERelay(Response):
     async def _relay(self, send: Send) -> bool:
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
         keep_usage = self.include_usage
-        chunk = self.first
+        batch = self.first
         ok = True
         try:
             while True:
-                if keep_usage or not _usage_only(chunk):
-                    await send(
-                        {"type": "http.response.body", "body": event(chunk), "more_body": True}
-                    )
-                chunk = await anext(self.chunks)
+                body = b"".join(
+                    [event(chunk) for chunk in batch if keep_usage or not _usage_only(chunk)]
+                )
+                if body:
+                    await send({"type": "http.response.body", "body": body, "more_body": True})
+                batch = await anext(self.chunks)
         except StopAsyncIteration:
             pass
         except Exception as exc:  # failure after the first chunk: report it in-stream

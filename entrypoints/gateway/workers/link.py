@@ -15,6 +15,7 @@ from typing import Any
 from sage_cp_plugin.errors import UpstreamError
 from sage_cp_plugin.executor import ExecutionCoordinator
 from sage_cp_plugin.fleetshare.claims import ClaimOutcome
+from sage_cp_plugin.streaming import next_batch
 from sage_cp_plugin.tracing import spans as tracing
 from sage_cp_plugin.types import (
     ExecutionInstance,
@@ -72,11 +73,16 @@ class Submitted:
     answer: dict[str, Any] | None = None  # the last attempt's response
     counted: bool = False  # its answer was counted in /metrics by the scheduler
 
-    async def stream(self) -> AsyncGenerator[dict[str, Any], None]:
-        """The chunks as they arrive; then the request's error if it failed."""
-        assert self.chunks is not None
-        while (chunk := await self.chunks.get()) is not None:
-            yield chunk
+    async def stream(self) -> AsyncGenerator[list[dict[str, Any]], None]:
+        """The chunks as they arrive, all those that have arrived at each read (at least
+        one; the relay writes them at once, sse.py); then the request's error if it failed."""
+        queue = self.chunks
+        assert queue is not None
+        ended = False
+        while not ended:
+            batch, ended = await next_batch(queue)
+            if batch:
+                yield batch
         answer = await self.done
         if answer.result is not None and not answer.completed:
             raise result_error(answer.result)
