@@ -436,6 +436,15 @@ class ControlPlaneManager:
             now=self.now() if self._loop is not None else 0.0,
         )
 
+    def serving_instance(self, request_id: str) -> str | None:
+        """The instance running the request, or the one that answered it once it has
+        finished (a fast stream can end before its first chunk reaches the client)."""
+        running = self.dispatcher.instance_of(request_id)
+        if running is not None:
+            return running
+        done = self.results.get(request_id)
+        return done.instance_id if done is not None else None
+
     # -- policy / router at run time -------------------------------------------------------
     def update_policy(self, name: str, **options: Any) -> None:
         self.strategies.update_policy(name, **options)

@@ -132,3 +132,20 @@ async def test_priority_header_changes_the_order_of_service() -> None:
             queue_ms = {i: float(r.headers["x-sage-queue-ms"]) for i, r in enumerate(done)}
             # The critical request (index 4) waited less than every low one.
             assert all(queue_ms[4] < queue_ms[i] for i in (1, 2, 3)), queue_ms
+
+
+async def test_streamed_answer_names_its_instance_even_when_it_ended_at_once() -> None:
+    # Zero-latency instances: the whole stream can be done before the gateway reads its
+    # first chunk, when the request no longer runs anywhere; the header still names the
+    # instance that answered it.
+    async with gateway_over_sim([*gen(2, time_scale=0.0)]) as h:
+        async with httpx.AsyncClient(base_url=h.url, timeout=30) as c:
+            for _ in range(20):
+                async with c.stream(
+                    "POST",
+                    "/v1/completions",
+                    json={"model": "sim-model", "prompt": "go", "max_tokens": 2, "stream": True},
+                ) as resp:
+                    assert resp.status_code == 200
+                    assert resp.headers["x-sage-instance"] in {"sim-0", "sim-1"}
+                    await resp.aread()

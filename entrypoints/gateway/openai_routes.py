@@ -298,7 +298,7 @@ async def _stream(
 
     headers = {
         "x-sage-request-id": rid,
-        "x-sage-instance": manager.dispatcher.instance_of(rid) or "",
+        "x-sage-instance": manager.serving_instance(rid) or "",
         "cache-control": "no-cache",
     }
     return SSERelay(
