@@ -268,3 +268,26 @@ async def test_waiting_for_a_connection_past_the_timeout_is_a_pool_timeout() -> 
 async def _post_and_read(p: UpstreamPool) -> bytes:
     async with p.post(b"/x", b"", {}) as answer:
         return await answer.aread()
+
+
+async def test_a_connection_idle_past_the_expiry_is_not_reused() -> None:
+    # The executor's expiry is under vLLM's (uvicorn's) 5 s keep-alive, so a request is never
+    # written into a connection the instance is closing; here the idle time is set back
+    # instead of waited for.
+    from sage_cp_plugin.executor import KEEPALIVE_EXPIRY_S
+
+    assert KEEPALIVE_EXPIRY_S < 5.0
+    async with serving([plain(b"one"), plain(b"two"), plain(b"three")]) as (url, server):
+        p = pool(url, keepalive_expiry_s=KEEPALIVE_EXPIRY_S)
+        async with p.post(b"/x", b"", {}) as answer:
+            assert await answer.aread() == b"one"
+        async with p.post(b"/x", b"", {}) as answer:  # idle for no time: reused
+            assert await answer.aread() == b"two"
+        assert server.connections == 1
+        (idle,) = p._idle
+        idle.idle_since -= KEEPALIVE_EXPIRY_S
+        async with p.post(b"/x", b"", {}) as answer:
+            assert await answer.aread() == b"three"
+        assert server.connections == 2  # a fresh connection, the expired one closed
+        assert idle.closed
+        p.close()
