@@ -135,6 +135,10 @@ class ConcurrencyLimits:
         step = state.decode_s_per_token.get(0.0)
         if step <= 0 and state.instance.instance_type is ExecutionInstanceType.PREFILLING:
             step = load_model.prefill_time_s(state, load_model.chunk_tokens(state))
+        elif step <= 0:
+            # Nothing decoded yet (a cold start): the load model's prior step stands in, so
+            # a burst that opens a run waits in the coordinator's queue like any other.
+            step = load_model.decode_step_s(state)
         return self.config.tolerance_steps * step
 
     def prefill_fits(self, state: InstanceState, now: float) -> bool:

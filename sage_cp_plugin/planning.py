@@ -156,6 +156,6 @@ def plan_head(
     reject = policy.check_dispatch(item, state, now)
     if reject is not None:
         return Fail(item, reject, "rejected")
-    if not item.demoted and policy.demote(item, state, now):
+    if not item.demoted and policy.demote(item, state, now, view.fleet):
         return Demote(item)
     return Launch(item, state)

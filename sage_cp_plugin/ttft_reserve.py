@@ -47,6 +47,7 @@ class TTFTReserve:
     slo_s: float | None = None  # the tightest TTFT objective among recent requests
     prompt_tokens: Ewma = field(default_factory=Ewma)
     gap_s: Ewma = field(default_factory=Ewma)
+    longest_gap_s: float = 0.0
     last_at: float | None = None
 
     def note(self, ttft_slo_s: float, prompt_tokens: int, now: float) -> None:
@@ -56,7 +57,9 @@ class TTFTReserve:
         self.slo_s = ttft_slo_s if self.slo_s is None else min(self.slo_s, ttft_slo_s)
         self.prompt_tokens.add(float(prompt_tokens))
         if self.last_at is not None:
-            self.gap_s.add(max(0.0, now - self.last_at))
+            gap = max(0.0, now - self.last_at)
+            self.gap_s.add(gap)
+            self.longest_gap_s = max(self.longest_gap_s, gap)
         self.last_at = now
 
     def active(self, now: float) -> bool:
@@ -65,15 +68,42 @@ class TTFTReserve:
             return False
         # One seen and no gap yet: its own objective stands in for the pace.
         gap = self.gap_s.get(self.slo_s or 0.0)
-        return now - self.last_at <= self.horizon_gaps * gap
+        return now - self.last_at <= max(self.horizon_gaps * gap, self.longest_gap_s)
 
-    def batch_fits(self, state: InstanceState, tokens: int, now: float) -> bool:
+    def expected_tokens(self, instances: int) -> float:
+        """Prompt tokens of the requests with an objective expected to arrive at one of
+        `instances` within one objective at their current pace, at least one prompt."""
+        slo = self.slo_s or 0.0
+        own = self.prompt_tokens.get(0.0)
+        gap = self.gap_s.get(slo)
+        per_instance = slo / (gap * max(1, instances)) if gap > 0 else 1.0
+        return own * max(1.0, per_instance)
+
+    def batch_fits(self, state: InstanceState, tokens: int, now: float, instances: int = 1) -> bool:
         """`state` may take a request without an objective with `tokens` to prefill: after
-        it, a request with the tightest objective would still meet it there (always true
-        while none are arriving, or with nothing queued on `state`)."""
+        it, the requests with the tightest objective expected there within one objective
+        would still meet it (always true while none are arriving, or with nothing queued on
+        `state`)."""
         slo = self.slo_s
         if slo is None or state.prefill_seqs <= 0 or not self.active(now):
             return True
         ahead = load_model.prefill_ahead(state, now) + max(1, tokens)
-        own = self.prompt_tokens.get(0.0)
-        return load_model.prefill_time_s(state, ahead + own) <= slo
+        if load_model.prefill_time_s(state, ahead + self.expected_tokens(instances)) > slo:
+            return False
+        return keeps_due(state, tokens, now)
+
+
+def keeps_due(state: InstanceState, tokens: int, now: float) -> bool:
+    """Sending `state` a request with `tokens` to prefill now leaves every request still
+    prefilling there with a TTFT objective it would meet on time (by the load model). The
+    new request is taken to delay all of them: the engine's chunked prefill runs what waits
+    in one step up to its token budget, and each of them gets its first token only when its
+    step ends. A request already late without it is not protected: its objective is lost
+    either way, and it must not hold back work that can still be served."""
+    extra = max(1, tokens)
+    for ahead, due in load_model.waiting_due(state, now):
+        if now + load_model.prefill_time_s(state, ahead) > due:
+            continue
+        if now + load_model.prefill_time_s(state, ahead + extra) > due:
+            return False
+    return True
