@@ -149,6 +149,10 @@ def plan_head(
     if item.phase is not None:
         free = [s for s in view.filter_by_phase(free or routable, item) if view.has_room(s, item)]
     if not free:
+        if not item.demoted and all(policy.demote(item, s, now, view.fleet) for s in routable):
+            # Late wherever it could go: it waits as work without an objective, and stops
+            # holding back the requests queued behind it that can still make theirs.
+            return Demote(item)
         return WaitForCapacity()
     state = policy.select_instance(item, narrow(item, free), router, view.fleet)
     if state is None:
