@@ -97,7 +97,9 @@ class InstancePools:
         (`TTFTReserve.batch_fits`). With the reserve on, a request with a TTFT objective is
         held by neither on an engine that orders its queue by priority: there it goes ahead
         of what waits, so holding it here would only spend its objective (on an engine in
-        arrival order it would wait behind that queue: the step-counted gate still holds it)."""
+        arrival order it would wait behind that queue: the step-counted gate still holds it);
+        it is held only where it would make a request waiting there for its first token late
+        (`ttft_reserve.keeps_due`). A demoted request is work without an objective here."""
         limits = self.limits
         assert limits is not None
         now = self.fleet.now

@@ -7,9 +7,13 @@ and is refreshed on the chosen instance when the request comes up for dispatch: 
 no longer meet its objective there, `late_action` decides: ``demote`` it (the default: it
 goes back into the queue ordered as work without an objective, so in an overload hopeless
 work stops delaying requests that can still make theirs, and still runs), ``reject`` it with
-the reason (deadlines only), or ``run`` it anyway. Hopeless means late even on the
-optimistic side of the load model (`earliest_finish_s`): its prefill would start after its
-first-token deadline, or it would end after its deadline even served at its best speed.
+the reason (deadlines only), or ``run`` it anyway. A TTFT objective is missed when the load
+model's first token there (`first_token_s`: the prefill queued ahead plus its own uncached
+prompt) comes after it: in an overload the longest prompts are the first set aside, the
+rule that keeps the most objectives (Moore-Hodgson's), and a request sent to miss would
+still take its share of the engine's steps from the ones behind it. A completion deadline
+is missed when late even on the optimistic side (`earliest_finish_s`): it would end after
+its deadline even served at its best speed.
 A TTFT objective alone is a deadline on the first token: it orders like a completion
 deadline of ``arrival + ttft_slo + predicted``, i.e. by its first-token deadline.
 
