@@ -56,9 +56,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--suffix", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--stem", required=True)
+    ap.add_argument(
+        "--other-commit",
+        help="the other run's commit, when it ran outside a git checkout (e.g. `git archive`)",
+    )
     a = ap.parse_args(argv)
     result = json.loads(Path(a.result).read_text())
     other = json.loads(Path(a.other).read_text())
+    if a.other_commit and other.get("provenance") and not other["provenance"].get("commit"):
+        other["provenance"] = {**other["provenance"], "commit": a.other_commit, "dirty": False}
     merged = merge(result, other, set(a.labels.split(",")), a.suffix)
     scenario = get_scenario(merged["scenario"])
     merged["goals"] = scenario.goals(merged)
