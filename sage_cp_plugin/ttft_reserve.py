@@ -48,7 +48,11 @@ the last one, or within the longest gap seen between two of them: bursty arrival
 between bursts far longer than their gaps inside one, and a reserve lifted in such a pause
 lets batch work fill the engines just before the next burst (a class that pauses longer
 than both is taken to have stopped, and the gate lifts; before a second one shows the
-pace, the objective itself stands in for the gap).
+pace, the objective itself stands in for the gap). The longest gap only grows: a class
+that once paused for an hour keeps the reserve through its next pause of up to an hour.
+That errs on the cheaper side: with the reserve on, batch work is held only beyond the
+room kept and still runs (its cost is measured in docs/benchmarks.md, slo_classes session
+14), while a reserve lifted just before a burst costs that burst its objectives.
 """
 
 from __future__ import annotations
@@ -67,7 +71,7 @@ class TTFTReserve:
     slo_s: float | None = None  # the tightest TTFT objective among recent requests
     prompt_tokens: Ewma = field(default_factory=Ewma)
     gap_s: Ewma = field(default_factory=Ewma)
-    longest_gap_s: float = 0.0
+    longest_gap_s: float = 0.0  # between two requests with an objective, ever
     last_at: float | None = None
 
     def note(self, ttft_slo_s: float, prompt_tokens: int, now: float) -> None:
