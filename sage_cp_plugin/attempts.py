@@ -434,6 +434,8 @@ class Attempts:
         prefill speed from a first token that waited for another instance."""
         view = self.cache_view
         out = []
+        slo_ms = item.request.ttft_slo_ms
+        due = None if slo_ms is None or item.demoted else item.arrival + slo_ms / 1000.0
         for i, st in enumerate(states):
             pulled = split and i == len(states) - 1
             cached = view.cached_tokens(item, [st])[0] if view is not None else 0
@@ -441,7 +443,13 @@ class Attempts:
                 cached = item.input_tokens
             out.append(
                 load_model.book(
-                    st, item.input_tokens, item.output_tokens, cached, now, learns=not pulled
+                    st,
+                    item.input_tokens,
+                    item.output_tokens,
+                    cached,
+                    now,
+                    learns=not pulled,
+                    first_token_due=due,
                 )
             )
             if view is not None:

@@ -126,8 +126,10 @@ class ConcurrencyLimits:
         return self.of(state).allows(state.in_flight)
 
     def tolerated_wait_s(self, state: InstanceState) -> float:
-        """The prefill wait `prefill_fits` lets a new request have on `state` (0 before a
-        step time is known: then it does not gate). A prefill instance of a disaggregated
+        """The prefill wait `prefill_fits` lets a new request have on `state`: two of its
+        measured steps; before one is measured, two of the load model's prior steps (a run
+        that opens with a burst has not decoded anything yet, and without a gate the whole
+        burst would go to the engines in arrival order). A prefill instance of a disaggregated
         fleet may never decode (its requests leave after their first token): its step is
         then the one it runs, a chunk of prefill at its learnt speed. Without it, its queue
         would never be gated and a burst would wait there, in the engine's order, behind
@@ -135,12 +137,16 @@ class ConcurrencyLimits:
         step = state.decode_s_per_token.get(0.0)
         if step <= 0 and state.instance.instance_type is ExecutionInstanceType.PREFILLING:
             step = load_model.prefill_time_s(state, load_model.chunk_tokens(state))
+        elif step <= 0:
+            # Nothing decoded yet (a cold start): the load model's prior step stands in, so
+            # a burst that opens a run waits in the coordinator's queue like any other.
+            step = load_model.decode_step_s(state)
         return self.config.tolerance_steps * step
 
     def prefill_fits(self, state: InstanceState, now: float) -> bool:
         """The load model's predicted wait before a new request's prefill starts on `state`
-        is within `tolerance_steps` of its step time (always true with nothing queued there
-        or before a step time is known)."""
+        is within `tolerance_steps` of its step time (always true with nothing queued
+        there)."""
         if state.prefill_seqs <= 0:
             return True
         tolerated = self.tolerated_wait_s(state)

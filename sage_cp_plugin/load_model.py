@@ -62,6 +62,9 @@ class Booking:
     learns: bool = True
     prefilling: bool = True
     released: bool = False
+    # When its first token is due (arrival + TTFT objective); None without one, or once
+    # demoted (its objective was given up: it no longer holds other work back).
+    first_token_due: float | None = None
 
 
 def chunk_tokens(state: InstanceState) -> int:
@@ -120,6 +123,21 @@ def own_prefill_ahead(state: InstanceState, now: float) -> float:
     """Prefill tokens this coordinator sent that the instance has not prefilled yet (what a
     replica publishes to its peers, `fleetshare`)."""
     return max(0.0, state.prefill_tokens_queued - _drain_head(state, now))
+
+
+def waiting_due(state: InstanceState, now: float) -> list[tuple[float, float]]:
+    """(prefill tokens up to and including it, first-token due time) of each request still
+    prefilling on `state` that carries a TTFT objective, in the order it was sent: what
+    `ttft_reserve.keeps_due` checks a new request against."""
+    out: list[tuple[float, float]] = []
+    ahead = state.peer_prefill_tokens + residual_tokens(state, now) - _drain_head(state, now)
+    for b in state.prefill_queue:
+        if not b.prefilling:
+            continue
+        ahead += b.prefill_tokens
+        if b.first_token_due is not None:
+            out.append((max(0.0, ahead), b.first_token_due))
+    return out
 
 
 def prefill_ahead(state: InstanceState, now: float) -> float:
@@ -269,10 +287,12 @@ def book(
     now: float,
     *,
     learns: bool = True,
+    first_token_due: float | None = None,
 ) -> Booking:
     own = max(1, input_tokens - max(0, cached_tokens))
     ahead = prefill_ahead(state, now)
     b = Booking(state, own, input_tokens + output_tokens, now, ahead + own, learns)
+    b.first_token_due = first_token_due
     if not state.prefill_queue:
         state.prefill_head_since = now
     state.prefill_queue.append(b)

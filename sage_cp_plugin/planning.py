@@ -149,6 +149,10 @@ def plan_head(
     if item.phase is not None:
         free = [s for s in view.filter_by_phase(free or routable, item) if view.has_room(s, item)]
     if not free:
+        if not item.demoted and all(policy.demote(item, s, now, view.fleet) for s in routable):
+            # Late wherever it could go: it waits as work without an objective, and stops
+            # holding back the requests queued behind it that can still make theirs.
+            return Demote(item)
         return WaitForCapacity()
     state = policy.select_instance(item, narrow(item, free), router, view.fleet)
     if state is None:
@@ -156,6 +160,6 @@ def plan_head(
     reject = policy.check_dispatch(item, state, now)
     if reject is not None:
         return Fail(item, reject, "rejected")
-    if not item.demoted and policy.demote(item, state, now):
+    if not item.demoted and policy.demote(item, state, now, view.fleet):
         return Demote(item)
     return Launch(item, state)

@@ -10,6 +10,7 @@ from sage_cp_plugin.concurrency_limit import ConcurrencyLimits
 from sage_cp_plugin.fleet_table import FleetTable
 from sage_cp_plugin.pending import QueuedRequest
 from sage_cp_plugin.state import FleetSnapshot, InstanceState
+from sage_cp_plugin.ttft_reserve import keeps_due
 
 Pool = tuple[str | None, bool]
 
@@ -96,16 +97,23 @@ class InstancePools:
         (`TTFTReserve.batch_fits`). With the reserve on, a request with a TTFT objective is
         held by neither on an engine that orders its queue by priority: there it goes ahead
         of what waits, so holding it here would only spend its objective (on an engine in
-        arrival order it would wait behind that queue: the step-counted gate still holds it)."""
+        arrival order it would wait behind that queue: the step-counted gate still holds it);
+        it is held only where it would make a request waiting there for its first token late
+        (`ttft_reserve.keeps_due`). A demoted request is work without an objective here."""
         limits = self.limits
         assert limits is not None
         now = self.fleet.now
         reserve = limits.reserve
         if reserve is None:
             return limits.prefill_fits(s, now)
-        if item.request.ttft_slo_ms is not None:
-            return s.instance.scheduling_policy == "priority" or limits.prefill_fits(s, now)
-        return limits.prefill_fits(s, now) and reserve.batch_fits(s, item.input_tokens, now)
+        if item.request.ttft_slo_ms is not None and not item.demoted:
+            if s.instance.scheduling_policy != "priority" and not limits.prefill_fits(s, now):
+                return False
+            return keeps_due(s, item.input_tokens, now)
+        instances = len(self.eligible(item.pool))
+        return limits.prefill_fits(s, now) and reserve.batch_fits(
+            s, item.input_tokens, now, instances
+        )
 
     def list_models(self) -> list[str]:
         return self.fleet.models()

@@ -169,7 +169,18 @@ def test_a_prefill_instance_that_never_decoded_is_gated_by_its_chunk_step() -> N
     assert limits.prefill_fits(p, 0.0)
     lm.book(p, 2 * lm.chunk_tokens(p), 10, 0, now=0.0)  # three chunks: does not
     assert not limits.prefill_fits(p, 0.0)
-    # A general instance without a decode step is not gated yet (unchanged).
+
+
+def test_a_cold_instance_is_gated_by_the_load_models_prior_step() -> None:
+    """Before any decode step is measured (the first requests of a run have not produced a
+    second token yet) a general instance is judged by the load model's prior step: a burst
+    that opens a run waits in the coordinator's queue, where the policy orders it, instead
+    of filling the engines in arrival order (before: no gate until a step was learnt)."""
+    limits = ConcurrencyLimits()
     g = state("g", cap=64)
+    assert limits.tolerated_wait_s(g) == pytest.approx(2 * lm.decode_step_s(g))
+    assert limits.prefill_fits(g, 0.0)  # nothing queued: always
     lm.book(g, 3 * lm.chunk_tokens(g), 10, 0, now=0.0)
-    assert limits.tolerated_wait_s(g) == 0.0 and limits.prefill_fits(g, 0.0)
+    assert not limits.prefill_fits(g, 0.0)
+    g.decode_s_per_token.add(STEP)  # a measured step replaces the prior
+    assert limits.tolerated_wait_s(g) == pytest.approx(2 * STEP)

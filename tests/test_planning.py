@@ -145,3 +145,51 @@ def test_slo_aware_demotes_a_request_whose_prefill_would_start_after_its_ttft_de
     other = item(4, now=0.0, ttft_slo_ms=200)
     run = SLOAwarePolicy(late_action="run")
     assert isinstance(plan_head(other, view, run, LoadBalancedRouter(), 0.0), Launch)
+
+
+def test_slo_aware_judges_a_ttft_objective_with_the_requests_own_prefill() -> None:
+    """A request whose prefill would start in time but whose own prompt would end it after
+    its first-token deadline misses it: it is demoted, so the engine's steps go to requests
+    behind it that can still make theirs (a long prompt first, in an overload: the order
+    that keeps the most objectives, as in Moore-Hodgson)."""
+    from sage_cp_plugin.planning import Demote
+    from sage_cp_plugin.policies import SLOAwarePolicy
+
+    s = state("s")
+    s.prefill_s_per_token.add(2e-5)  # 50k tokens/s
+    s.decode_s_per_token.add(0.01)
+    lm.book(s, 4000, 10, 0, 0.0)  # ~0.09 s of prefill ahead
+    view = View([s])
+    policy = SLOAwarePolicy()
+    long = item(1, now=0.0, ttft_slo_ms=200, priority=RequestPriority.HIGH)
+    long.input_tokens = 6000  # its own prefill: 0.12 s more, 0.21 s + a step in all
+    short = item(2, now=0.0, ttft_slo_ms=200, priority=RequestPriority.HIGH)
+    short.input_tokens = 500
+    for it in (long, short):
+        it.key = policy.key(it)
+    assert plan_head(long, view, policy, LoadBalancedRouter(), 0.0) == Demote(long)
+    assert isinstance(plan_head(short, view, policy, LoadBalancedRouter(), 0.0), Launch)
+
+
+def test_a_request_late_everywhere_is_demoted_rather_than_wait_for_room() -> None:
+    """With no instance free, a request the policy would demote on every instance is demoted
+    at once: waiting at the head of the queue for room it could not use in time would only
+    hold back the requests queued behind it."""
+    from sage_cp_plugin.planning import Demote
+    from sage_cp_plugin.policies import SLOAwarePolicy
+
+    full = state("full", in_flight=10, cap=10)
+    full.prefill_s_per_token.add(1e-4)
+    full.decode_s_per_token.add(0.02)
+    lm.book(full, 20_000, 10, 0, 0.0)  # 2 s of prefill queued
+    view = View([full])
+    policy = SLOAwarePolicy()
+    late = item(1, now=0.0, ttft_slo_ms=200, priority=RequestPriority.HIGH)
+    late.key = policy.key(late)
+    assert plan_head(late, view, policy, LoadBalancedRouter(), 0.0) == Demote(late)
+    # One that could still make it waits for room; so does anything under fifo.
+    relaxed = item(2, now=0.0, ttft_slo_ms=5000)
+    assert isinstance(plan_head(relaxed, view, policy, LoadBalancedRouter(), 0.0), WaitForCapacity)
+    assert isinstance(
+        plan_head(late, view, FIFOPolicy(), LoadBalancedRouter(), 0.0), WaitForCapacity
+    )

@@ -10,7 +10,7 @@ from sage_cp_plugin import ControlPlaneManager
 from sage_cp_plugin import load_model as lm
 from sage_cp_plugin.sim import SimInstanceConfig
 from sage_cp_plugin.state import InstanceState
-from sage_cp_plugin.ttft_reserve import TTFTReserve
+from sage_cp_plugin.ttft_reserve import TTFTReserve, keeps_due
 from sage_cp_plugin.types import RequestPriority
 from sage_cp_plugin.virtual.fleet import InProcessFleet, MemberSpec
 from sage_cp_plugin.virtual.runner import CoordinatorConfig, run_replay
@@ -149,3 +149,66 @@ def test_interactive_requests_keep_their_ttft_beside_long_batch_prompts() -> Non
     assert with_reserve == 1.0
     assert without <= 0.8
     assert end_with <= end_without * 1.05
+
+
+def test_the_reserve_grows_with_the_objective_work_expected_within_one_objective() -> None:
+    """One typical prompt is room enough while requests with an objective arrive slowly; in
+    a burst of them, the room kept is what is expected to reach the instance within one
+    objective at their measured pace (the fleet's share of it), so batch work waits."""
+    s = _instance()
+    lm.book(s, 2000, 10, 0, now=0.0)
+    slow = TTFTReserve()
+    for k in range(5):
+        slow.note(0.2, 1000, now=1.0 * k)  # one a second
+    assert slow.expected_tokens(instances=2) == pytest.approx(1000)
+    assert slow.batch_fits(s, 2000, 4.0, instances=2)
+    burst = TTFTReserve()
+    for k in range(5):
+        burst.note(0.2, 1000, now=0.01 * k)  # one every 10 ms: ten per instance per 0.2 s
+    assert burst.expected_tokens(instances=2) == pytest.approx(10_000)
+    assert not burst.batch_fits(s, 2000, 0.04, instances=2)
+
+
+def test_the_reserve_outlasts_pauses_no_longer_than_one_already_seen() -> None:
+    """Bursty arrivals pause between bursts for far longer than their gaps inside a burst:
+    the reserve stays on through a pause no longer than the longest seen, so a burst does
+    not open on engines filled with batch work."""
+    r = TTFTReserve()
+    r.note(0.2, 1000, now=0.0)
+    r.note(0.2, 1000, now=2.0)  # a pause of 2 s
+    for k in range(1, 20):
+        r.note(0.2, 1000, now=2.0 + 0.001 * k)  # a burst: gaps of 1 ms
+    last = 2.019
+    assert r.active(last + 1.9)
+    assert not r.active(last + 2.1)
+
+
+def test_work_is_not_sent_where_it_would_make_a_waiting_objective_late() -> None:
+    """A request still waiting for its first token on an instance keeps it: a new one (with
+    or without an objective) that would push it past its due time goes elsewhere or waits.
+    One already late without the newcomer is not protected: its objective is lost anyway."""
+    s = _instance()
+    lm.book(s, 2000, 10, 0, now=0.0, first_token_due=0.2)  # ~0.07 s of prefill: in time
+    assert keeps_due(s, 2000, 0.0)
+    assert not keeps_due(s, 7000, 0.0)  # 9000 tokens: 0.18 s + two steps, after 0.2 s
+    late = _instance()
+    lm.book(late, 2000, 10, 0, now=0.0, first_token_due=0.05)  # late whatever follows
+    assert keeps_due(late, 7000, 0.0)
+    r = TTFTReserve()
+    r.note(0.5, 100, now=0.0)  # a loose objective: the room alone would admit 7000 tokens
+    assert not r.batch_fits(s, 7000, 0.0)
+
+
+def test_a_demoted_request_passes_the_gates_of_work_without_an_objective() -> None:
+    """A request whose objective was given up (demoted) is work without one: it no longer
+    skips the prefill gates on a priority engine, where it would fill the steps that the
+    requests still able to meet theirs need."""
+    m = ControlPlaneManager(scheduling_policy="slo_aware", adaptive_concurrency=True)
+    s = _instance(scheduling_policy="priority")
+    lm.book(s, 12000, 10, 0, now=0.0)
+    assert m.limits is not None and m.limits.reserve is not None
+    m.limits.reserve.note(0.2, 2000, now=0.0)
+    interactive = item(2, ttft_slo_ms=200.0, priority=RequestPriority.HIGH)
+    assert m.pools.has_room(s, interactive)
+    interactive.demoted = True
+    assert not m.pools.has_room(s, interactive)

@@ -91,8 +91,14 @@ class AdaptivePolicy(SchedulingPolicy):
     def check_dispatch(self, item: QueuedRequest, state: InstanceState, now: float) -> str | None:
         return self.active.check_dispatch(item, state, now)
 
-    def demote(self, item: QueuedRequest, state: InstanceState, now: float) -> bool:
-        return self.active.demote(item, state, now)
+    def demote(
+        self,
+        item: QueuedRequest,
+        state: InstanceState,
+        now: float,
+        fleet: FleetSnapshot | None = None,
+    ) -> bool:
+        return self.active.demote(item, state, now, fleet)
 
     def select_instance(
         self,

@@ -54,10 +54,17 @@ class SchedulingPolicy:
         """Return a reason to fail the request instead of running it on `state`."""
         return None
 
-    def demote(self, item: QueuedRequest, state: InstanceState, now: float) -> bool:
+    def demote(
+        self,
+        item: QueuedRequest,
+        state: InstanceState,
+        now: float,
+        fleet: FleetSnapshot | None = None,
+    ) -> bool:
         """Whether `item`, about to run on `state`, should instead be re-queued in the order
         of work without an objective (its objective can no longer be met). `key` must
-        honour `item.demoted`; a demoted request is never demoted again."""
+        honour `item.demoted`; a demoted request is never demoted again. `fleet` (its
+        prefix-cache view) tells how much of the prompt `state` may hold."""
         return False
 
     def select_instance(

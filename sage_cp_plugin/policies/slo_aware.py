@@ -7,9 +7,13 @@ and is refreshed on the chosen instance when the request comes up for dispatch: 
 no longer meet its objective there, `late_action` decides: ``demote`` it (the default: it
 goes back into the queue ordered as work without an objective, so in an overload hopeless
 work stops delaying requests that can still make theirs, and still runs), ``reject`` it with
-the reason (deadlines only), or ``run`` it anyway. Hopeless means late even on the
-optimistic side of the load model (`earliest_finish_s`): its prefill would start after its
-first-token deadline, or it would end after its deadline even served at its best speed.
+the reason (deadlines only), or ``run`` it anyway. A TTFT objective is missed when the load
+model's first token there (`first_token_s`: the prefill queued ahead plus its own uncached
+prompt) comes after it: in an overload the longest prompts are the first set aside, the
+rule that keeps the most objectives (Moore-Hodgson's), and a request sent to miss would
+still take its share of the engine's steps from the ones behind it. A completion deadline
+is missed when late even on the optimistic side (`earliest_finish_s`): it would end after
+its deadline even served at its best speed.
 A TTFT objective alone is a deadline on the first token: it orders like a completion
 deadline of ``arrival + ttft_slo + predicted``, i.e. by its first-token deadline.
 
@@ -30,7 +34,7 @@ from typing import Literal
 from sage_cp_plugin import load_model
 from sage_cp_plugin.pending import QueuedRequest
 from sage_cp_plugin.policies.base import SchedulingPolicy, key_ms
-from sage_cp_plugin.state import InstanceState
+from sage_cp_plugin.state import FleetSnapshot, InstanceState
 
 LateAction = Literal["run", "reject", "demote"]
 
@@ -74,16 +78,30 @@ class SLOAwarePolicy(SchedulingPolicy):
         # target so it orders against e2e deadlines.
         return item.arrival + ttft_slo_ms / 1000.0 + item.predicted_s
 
-    def demote(self, item: QueuedRequest, state: InstanceState, now: float) -> bool:
-        """With ``late_action="demote"``: True when even the most optimistic prediction on
-        `state` misses the request's objective (see `earliest_finish_s`)."""
+    def demote(
+        self,
+        item: QueuedRequest,
+        state: InstanceState,
+        now: float,
+        fleet: FleetSnapshot | None = None,
+    ) -> bool:
+        """With ``late_action="demote"``: True when the request would miss its objective on
+        `state`. A TTFT objective is judged by the load model's predicted first token there
+        (the prefill queued ahead plus its own uncached prompt, `first_token_s`): sent
+        anyway, a request that misses would still take its prefill's share of the engine's
+        steps from the requests behind it that can meet theirs. A completion deadline is
+        judged on the optimistic side (`earliest_finish_s`): hopeless only when late even
+        at the request's best speed."""
         if self.late_action != "demote":
             return False
-        first, end = earliest_finish_s(item, state, now)
         ttft_slo_ms = item.request.ttft_slo_ms
-        if ttft_slo_ms is not None and first > item.arrival + ttft_slo_ms / 1000.0:
-            return True
-        return item.deadline is not None and end > item.deadline
+        if ttft_slo_ms is not None:
+            if first_token_s(item, state, now, fleet) > item.arrival + ttft_slo_ms / 1000.0:
+                return True
+        if item.deadline is None:
+            return False
+        _, end = earliest_finish_s(item, state, now)
+        return end > item.deadline
 
     def check_dispatch(self, item: QueuedRequest, state: InstanceState, now: float) -> str | None:
         if self.late_action != "reject" or item.deadline is None:
@@ -109,3 +127,14 @@ def earliest_finish_s(item: QueuedRequest, state: InstanceState, now: float) -> 
     objective there unless the model overestimates the queue ahead of it."""
     start = now + load_model.queue_wait_s(state, now)
     return start, start + item.predicted_s
+
+
+def first_token_s(
+    item: QueuedRequest, state: InstanceState, now: float, fleet: FleetSnapshot | None = None
+) -> float:
+    """When `item` sent to `state` now gets its first token by the load model: the prefill
+    queued ahead of it and its own prompt less what `fleet`'s prefix-cache view says
+    `state` holds of it (`load_model.predicted_ttft_s`, what the routers rank by)."""
+    view = fleet.cache_view if fleet is not None else None
+    cached = view.cached_tokens(item, [state])[0] if view is not None else 0
+    return now + load_model.predicted_ttft_s(state, item.input_tokens - cached, now)
