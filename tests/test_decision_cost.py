@@ -240,7 +240,30 @@ def test_local_chunk_keys_tell_prefixes_apart_as_the_portable_digests_do() -> No
         la, lb = local_chunk_keys(a, size, most), local_chunk_keys(b, size, most)
         da, db = chunk_hashes(a, size, most), chunk_hashes(b, size, most)
         assert len(la) == len(da) and len(lb) == len(db)
-        assert [x == y for x, y in zip(la, lb)] == [x == y for x, y in zip(da, db)]
+        assert [x == y for x, y in zip(la, lb, strict=False)] == [
+            x == y for x, y in zip(da, db, strict=False)
+        ]
         compared += min(len(la), len(lb))
-        equal += sum(x == y for x, y in zip(la, lb))
+        equal += sum(x == y for x, y in zip(la, lb, strict=False))
     assert equal > 1000 and compared - equal > 1000  # shared and diverging chunks both seen
+
+
+def test_approximate_view_answers_again_after_the_index_changes() -> None:
+    """A request asked about twice (its decision, then its booking) gets the index's answer
+    of the moment: a dispatch or a removed instance in between is seen."""
+    view = ApproximatePrefixCache(chunk_chars=16)
+    states = [
+        InstanceState(
+            instance=ExecutionInstance(instance_id=f"i{k}", port=8000 + k, model_name="m")
+        )
+        for k in range(2)
+    ]
+    base = "abcdefghijklmnop" * 8
+    it = item(1, prompt=base + "tail")
+    assert view.cached_tokens(it, states) == [0, 0]
+    view.on_dispatch(item(2, prompt=base), "i1")
+    first = view.cached_tokens(it, states)
+    assert first[0] == 0 and first[1] > 0
+    assert view.cached_tokens(it, states) == first  # unchanged index: the same answer
+    view.on_instance_removed("i1")
+    assert view.cached_tokens(it, states) == [0, 0]

@@ -62,6 +62,10 @@ class ApproximatePrefixCache:
         self.capacities: dict[str, float | None] = {}
         # One-entry memo: a request is hashed once for its decision and its dispatch.
         self._memo: tuple[QueuedRequest | None, list[Hashable], float] = (None, [], 0.0)
+        # The last request matched: (request, index version, index, match).
+        self._matched: tuple[QueuedRequest | None, int, PrefixIndex | None, dict[str, int]] = (
+            None, -1, None, {}
+        )  # fmt: skip
 
     def _chunks(self, item: QueuedRequest) -> tuple[list[Hashable], float]:
         text = item.request.prompt_text()
@@ -91,7 +95,16 @@ class ApproximatePrefixCache:
         hashes, per_chunk = self._hashes(item)
         if not hashes:
             return [0] * len(candidates)
-        matched = self.index.match(hashes)
+        # The match for this request while the index is unchanged: its decision and its
+        # booking (`attempts`: the chosen instance's cached tokens) ask in turn, with
+        # nothing inserted in between.
+        memo = self._matched
+        index = self.index
+        if memo[0] is item and memo[1] == index.version and memo[2] is index:
+            matched = memo[3]
+        else:
+            matched = index.match(hashes)
+            self._matched = (item, index.version, index, matched)
         if not matched:
             return [0] * len(candidates)
         cap = item.input_tokens

@@ -69,6 +69,9 @@ class PrefixIndex:
         # Per instance with a capacity: chunk hash -> tokens, least recently used first.
         self._held: dict[str, OrderedDict[Hashable, float]] = {}
         self._held_tokens: dict[str, float] = {}
+        # Counts changes of what `match` answers (every insert or removal), so a caller may
+        # keep a match while the count stays the same.
+        self.version = 0
 
     def __len__(self) -> int:
         return len(self._owners)
@@ -99,6 +102,7 @@ class PrefixIndex:
     ) -> None:
         """`instance_id` now holds these chunks. With `capacity` (tokens), its least recently
         used chunks beyond it are forgotten, as the engine's LRU would evict them."""
+        self.version += 1
         owners_map = self._owners
         for h in hashes:
             owners = owners_map.get(h)
@@ -143,6 +147,7 @@ class PrefixIndex:
                 self._held_tokens[instance_id] -= w
 
     def remove_instance(self, instance_id: str) -> None:
+        self.version += 1
         self._held.pop(instance_id, None)
         self._held_tokens.pop(instance_id, None)
         for h in [h for h, o in self._owners.items() if instance_id in o]:
