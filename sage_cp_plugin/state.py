@@ -17,17 +17,12 @@ from typing import Any
 from sage_cp_plugin.cost import price
 from sage_cp_plugin.types import ExecutionInstance, ExecutionInstanceType
 
-
-def _report_write(obj: InstanceState | ScrapedLoad) -> None:
-    """A field of `obj` was written: mark its row in the fleet table (if one keeps it) for
-    rereading before the next decision. Every writer is covered, whatever module it is in;
-    a write costs a set insertion."""
-    try:
-        watch = obj.watch
-    except AttributeError:  # during __init__, before `watch` is assigned
-        return
-    if watch is not None:
-        watch[0].add(watch[1])
+# A field of an `InstanceState` or `ScrapedLoad` was written: its `__setattr__` marks its row in
+# the fleet table (if one keeps it, `watch`) for rereading before the next decision. Every
+# writer is covered, whatever module it is in; a write costs a set insertion. (Written out in
+# both `__setattr__`s: a helper function was one more Python call per write, and a request's
+# bookkeeping writes these objects some twenty times.)
+_set = object.__setattr__
 
 
 @dataclass(slots=True)
@@ -46,12 +41,17 @@ class ScrapedLoad:
     ours_at_scrape: int = 0
     interval_s: float = 1.0  # the scrape period: a residual fades to nothing over it
     # (dirty rows, row) of the `fleet_table.FleetTable` that keeps this instance's row:
-    # every write is reported there (see `_report_write`), so decisions read arrays.
+    # every write is reported there (`__setattr__`), so decisions read arrays.
     watch: tuple[set[int], int] | None = field(default=None, repr=False, compare=False)
 
     def __setattr__(self, name: str, value: Any) -> None:
-        object.__setattr__(self, name, value)
-        _report_write(self)
+        _set(self, name, value)
+        try:
+            watch = self.watch
+        except AttributeError:  # during __init__, before `watch` is assigned
+            return
+        if watch is not None:
+            watch[0].add(watch[1])
 
 
 @dataclass(slots=True)
@@ -133,8 +133,13 @@ class InstanceState:
     watch: tuple[set[int], int] | None = field(default=None, repr=False, compare=False)
 
     def __setattr__(self, name: str, value: Any) -> None:
-        object.__setattr__(self, name, value)
-        _report_write(self)
+        _set(self, name, value)
+        try:
+            watch = self.watch
+        except AttributeError:  # during __init__, before `watch` is assigned
+            return
+        if watch is not None:
+            watch[0].add(watch[1])
 
     @property
     def instance_id(self) -> str:
