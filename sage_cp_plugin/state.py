@@ -17,16 +17,31 @@ from typing import Any
 from sage_cp_plugin.cost import price
 from sage_cp_plugin.types import ExecutionInstance, ExecutionInstanceType
 
-# A field of an `InstanceState` or `ScrapedLoad` was written: its `__setattr__` marks its row in
-# the fleet table (if one keeps it, `watch`) for rereading before the next decision. Every
-# writer is covered, whatever module it is in; a write costs a set insertion. (Written out in
-# both `__setattr__`s: a helper function was one more Python call per write, and a request's
-# bookkeeping writes these objects some twenty times.)
 _set = object.__setattr__
 
 
+class _Watched:
+    """Reports every field written to the fleet table row that keeps the object (`watch`):
+    the row is reread before the next decision. Every writer is covered, whatever module it
+    is in; a write costs a set insertion. (The report is written out here, not in a helper:
+    that was one more Python call per write, and a request's bookkeeping writes these
+    objects some twenty times.)"""
+
+    __slots__ = ()
+    watch: tuple[set[int], int] | None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        _set(self, name, value)
+        try:
+            watch = self.watch
+        except AttributeError:  # during __init__, before `watch` is assigned
+            return
+        if watch is not None:
+            watch[0].add(watch[1])
+
+
 @dataclass(slots=True)
-class ScrapedLoad:
+class ScrapedLoad(_Watched):
     """What the last `/metrics` scrape of an instance said (vLLM's own view of its load)."""
 
     running: float = 0.0
@@ -43,15 +58,6 @@ class ScrapedLoad:
     # (dirty rows, row) of the `fleet_table.FleetTable` that keeps this instance's row:
     # every write is reported there (`__setattr__`), so decisions read arrays.
     watch: tuple[set[int], int] | None = field(default=None, repr=False, compare=False)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        _set(self, name, value)
-        try:
-            watch = self.watch
-        except AttributeError:  # during __init__, before `watch` is assigned
-            return
-        if watch is not None:
-            watch[0].add(watch[1])
 
 
 @dataclass(slots=True)
@@ -89,7 +95,7 @@ class PeerSpeeds:
 
 
 @dataclass(slots=True)
-class InstanceState:
+class InstanceState(_Watched):
     """One instance: its static description plus everything the coordinator knows now."""
 
     instance: ExecutionInstance
@@ -131,15 +137,6 @@ class InstanceState:
     peer_seqs: int = 0
     # (dirty rows, row) of the `fleet_table.FleetTable` that keeps this instance's row.
     watch: tuple[set[int], int] | None = field(default=None, repr=False, compare=False)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        _set(self, name, value)
-        try:
-            watch = self.watch
-        except AttributeError:  # during __init__, before `watch` is assigned
-            return
-        if watch is not None:
-            watch[0].add(watch[1])
 
     @property
     def instance_id(self) -> str:
