@@ -12,9 +12,13 @@ fraction of a percent (allocator and hash-seed effects). The replay is
 coordinator on the virtual clock). Figures are per `plan_head` call (every call, also those
 that dispatched nothing: with the same decisions both checkouts make the same calls); the
 chosen instances' hash shows both made the same decisions. Valgrind slows the replay ~50x.
+`--part prefix_view` counts instead the approximate prefix view's work per request (hashing
+the prompt at admission, every `cached_tokens` asked by decisions and bookings, indexing the
+dispatch: `ApproximatePrefixCache.prepare`, `.cached_tokens`, `.on_dispatch`, each called
+through `operator.call`; `plan_head` is then not), per request of the trace.
 
 usage: python -m benchmarks.decision_instructions --a /path/to/main --b . --instances 64,256 \
-           --routers prefix_aware,round_robin --n 600 [--name NAME]
+           --routers prefix_aware,round_robin --n 600 [--part plan|prefix_view] [--name NAME]
 Writes benchmarks/results/decision_instructions.{json,md,png} (`--name`); `--plot NAME` only
 redraws NAME.png from NAME.json.
 """
@@ -29,6 +33,7 @@ import re
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from benchmarks.common import RESULTS, write_results
@@ -39,29 +44,43 @@ sys.path.insert(0, {root!r})
 import sage_cp_plugin.dispatch as dispatch
 import sage_cp_plugin.planning as planning
 from benchmarks.decision_cost_replay import fleet, workload
+from sage_cp_plugin.routing.cache_view import ApproximatePrefixCache
 from sage_cp_plugin.virtual.runner import CoordinatorConfig, run_replay
 
-plan = planning.plan_head
 counts = [0, 0]
+if {part!r} == "plan":
+    plan = planning.plan_head
 
-def plan_head(*a):
-    action = operator.call(plan, *a)
-    counts[0] += 1
-    if isinstance(action, planning.Launch):
-        counts[1] += 1
-    return action
+    def plan_head(*a):
+        action = operator.call(plan, *a)
+        counts[0] += 1
+        if isinstance(action, planning.Launch):
+            counts[1] += 1
+        return action
 
-dispatch.plan_head = plan_head
+    dispatch.plan_head = plan_head
+else:  # prefix_view: its three methods, each through operator.call
+    def through_call(name):
+        inner = getattr(ApproximatePrefixCache, name)
+        def wrapped(*a):
+            return operator.call(inner, *a)
+        setattr(ApproximatePrefixCache, name, wrapped)
+
+    for name in ("prepare", "cached_tokens", "on_dispatch"):
+        through_call(name)
 res = run_replay(workload({inst}, {n}), fleet({inst}), CoordinatorConfig(router={router!r}))
+if {part!r} != "plan":
+    counts = [{n}, len(res.outcomes)]
 chosen = "|".join(str(o.instance_id) for o in res.outcomes)
 print(json.dumps({{"calls": counts[0], "launches": counts[1],
                   "decisions_sha": hashlib.sha256(chosen.encode()).hexdigest()[:16]}}))
 """
 
 
-def count(root: str, inst: int, router: str, n: int) -> dict[str, Any]:
-    """Run one replay from checkout `root` under callgrind; Ir inside `plan_head`."""
-    code = _INNER.format(root=os.path.abspath(root), inst=inst, n=n, router=router)
+def count(root: str, inst: int, router: str, n: int, part: str = "plan") -> dict[str, Any]:
+    """Run one replay from checkout `root` under callgrind; Ir inside `plan_head` (or the
+    prefix view's methods: `part`)."""
+    code = _INNER.format(root=os.path.abspath(root), inst=inst, n=n, router=router, part=part)
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "cg.out")
         proc = subprocess.run(
@@ -116,8 +135,15 @@ def plot(name: str) -> None:
     for x, r in zip(xs, rows, strict=True):
         ax.text(x + 0.2, b[x], f"{r['a_over_b']:.2f}x", ha="center", va="bottom")
     ax.set_xticks(list(xs), labels)
-    ax.set_ylabel("thousand instructions per plan_head call")
-    ax.set_title("Instructions per decision in a real replay (callgrind)")
+    part = rows[0].get("part", "plan")
+    ax.set_ylabel(
+        "thousand instructions per " + ("plan_head call" if part == "plan" else "request")
+    )
+    ax.set_title(
+        "Instructions per "
+        + ("decision" if part == "plan" else "request in the prefix view")
+        + " in a real replay (callgrind)"
+    )
     ax.legend()
     fig.tight_layout()
     fig.savefig(RESULTS / f"{name}.png", dpi=110)
@@ -132,6 +158,8 @@ def main() -> None:
     ap.add_argument("--routers", default="prefix_aware,round_robin")
     ap.add_argument("--n", type=int, default=600)
     ap.add_argument("--name", default="decision_instructions")
+    ap.add_argument("--part", choices=("plan", "prefix_view"), default="plan")
+    ap.add_argument("--jobs", type=int, choices=(1, 2), default=1, help="A and B at once")
     args = ap.parse_args()
     if args.plot:
         plot(args.plot)
@@ -141,12 +169,15 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     for inst in (int(x) for x in args.instances.split(",")):
         for router in args.routers.split(","):
-            a = count(args.a, inst, router, args.n)
-            b = count(args.b, inst, router, args.n)
+            with ThreadPoolExecutor(args.jobs) as pool:  # each job is a valgrind process
+                fa = pool.submit(count, args.a, inst, router, args.n, args.part)
+                fb = pool.submit(count, args.b, inst, router, args.n, args.part)
+                a, b = fa.result(), fb.result()
             row = {
                 "instances": inst,
                 "router": router,
                 "n": args.n,
+                "part": args.part,
                 "a": a,
                 "b": b,
                 "a_over_b": a["ir_per_call"] / b["ir_per_call"],
@@ -154,15 +185,16 @@ def main() -> None:
             }
             rows.append(row)
             print(json.dumps(row), flush=True)
+    what = "plan_head call" if args.part == "plan" else "request (prefix view's methods)"
     lines = [
-        "# Instructions per decision in a real replay (callgrind), A vs B",
+        f"# Instructions per {what} in a real replay (callgrind), A vs B",
         "",
         (__doc__ or "").split("\n\n")[1].replace("\n", " "),
         "",
         f"A = `{rows[0]['a']['commit']}` ({args.a}), B = `{rows[0]['b']['commit']}` ({args.b}); "
         f"first {args.n} rows of the trace; PYTHONHASHSEED=0.",
         "",
-        "| instances | router | plan_head calls | dispatched | A Ir/call | B Ir/call | A/B "
+        "| instances | router | calls | dispatched | A Ir/call | B Ir/call | A/B "
         "| same decisions |",
         "|---:|---|---:|---:|---:|---:|---:|---|",
     ]

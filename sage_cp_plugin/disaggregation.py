@@ -29,7 +29,7 @@ from sage_cp_plugin import load_model
 from sage_cp_plugin.errors import UpstreamError
 from sage_cp_plugin.executor import ExecutionCoordinator
 from sage_cp_plugin.pending import QueuedRequest
-from sage_cp_plugin.routing.prefix_index import PrefixIndex, chunk_hashes
+from sage_cp_plugin.routing.prefix_index import PrefixIndex, local_chunk_keys
 from sage_cp_plugin.sliding_min import SlidingMin
 from sage_cp_plugin.split_decision import SplitView, split_pays
 from sage_cp_plugin.state import InstanceState
@@ -67,7 +67,7 @@ class Disaggregator:
         return self.config.enabled and self.config.disaggregated
 
     def uncached_tokens(self, item: QueuedRequest, decode: InstanceState) -> int:
-        hashes = chunk_hashes(item.request.prompt_text(), _CHUNK_CHARS, 1024)
+        hashes = local_chunk_keys(item.request.prompt_text(), _CHUNK_CHARS, 1024)
         cached_chunks = self.decode_prefixes.match(hashes).get(decode.instance_id, 0)
         return max(0, item.input_tokens - cached_chunks * _CHUNK_CHARS // _CHARS_PER_TOKEN)
 
@@ -142,7 +142,7 @@ class Disaggregator:
         `on_prefill_done` is called when the prefill step ends (answered or failed)."""
         self.split_requests += 1
         self.decode_prefixes.insert(
-            chunk_hashes(item.request.prompt_text(), _CHUNK_CHARS, 1024), decode.instance_id
+            local_chunk_keys(item.request.prompt_text(), _CHUNK_CHARS, 1024), decode.instance_id
         )
         params: dict[str, Any] | None
         try:

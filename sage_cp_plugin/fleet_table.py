@@ -15,9 +15,10 @@ recomputed from its state only when the next decision needs the table. Between t
 decisions only the instances something happened to (a dispatch, a first token, a finish,
 a scrape) are reread. What changes with time alone (the head request's prefill progress,
 a scrape's fading weight) and the speeds (learnt per speed class: shared objects that
-every first token moves) are computed at decision time, with the same arithmetic in the
-same order as `load_model`, so every prediction, and every decision, is the same float for
-float (tests/test_fleet_table.py).
+every first token moves) are computed at decision time (`table_times`,
+`routing.pruned_pick`), with the same arithmetic in the same order as `load_model`, so
+every prediction, and every decision, is the same float for float
+(tests/test_fleet_table.py).
 
 Instance descriptions (`ExecutionInstance`: slot limit, prompt limit, decode target, chunk
 size) are read when a row is built or refreshed; they do not change while an instance is
@@ -26,7 +27,6 @@ registered.
 
 from __future__ import annotations
 
-import math
 from array import array
 from collections.abc import Sequence
 from itertools import repeat
@@ -38,9 +38,6 @@ import numpy as np
 from sage_cp_plugin.head_drain import DrainKeys
 from sage_cp_plugin.load_model import (
     DEFAULT_CHUNK_TOKENS,
-    PRIOR_DECODE_STEP_S,
-    PRIOR_PREFILL_S_PER_TOKEN,
-    scrape_correction,
 )
 from sage_cp_plugin.state import FleetSnapshot, InstanceState
 
@@ -114,7 +111,7 @@ class FleetTable:
         # Per row: healthy, not draining, circuit closed; and that with a free slot.
         self._routable: list[bool] = []
         self._free: list[bool] = []
-        self._group: list[int] = []  # each row's speed class
+        self.group_of_row: list[int] = []  # each row's speed class
         # The load model's inputs, per row, each in a contiguous column of floats (a decision
         # reads a few numbers of every candidate: a column keeps 8 rows' in one cache line).
         # `routing.pruned_pick` reads the first two of every candidate: a key from which the
@@ -169,7 +166,7 @@ class FleetTable:
         # Rows are written from Python one float at a time into these columns (a plain
         # interpreter store; a numpy element assignment costs several times more per call,
         # and a refresh is all such writes).
-        self._group = [0] * n
+        self.group_of_row = [0] * n
         for name in _FLOAT_COLUMNS:
             setattr(self, name, array("d", bytes(8 * n)))
         self.drain_keys = DrainKeys(self)
@@ -237,7 +234,12 @@ class FleetTable:
             return
         self.kv_dirty |= dirty
         regroup = False
-        states, foreign, group_of_row, groups = self.states, self.foreign, self._group, self.groups
+        states, foreign, group_of_row, groups = (
+            self.states,
+            self.foreign,
+            self.group_of_row,
+            self.groups,
+        )
         queued_col, head_tokens_col, head_start_col = (
             self.queued_col, self.head_tokens_col, self.head_start_col
         )  # fmt: skip
@@ -314,7 +316,7 @@ class FleetTable:
             if g is None:
                 g = self._group_of[key] = len(self.groups)
                 self.groups.append((pst_e, step_e, hint))
-            self._group[k] = g
+            self.group_of_row[k] = g
 
     # -- routable and free, per pool -------------------------------------------------------
     def pool_rows(self, pool: Pool, eligible: list[InstanceState]) -> tuple[np.ndarray, bool]:
@@ -364,53 +366,3 @@ class FleetTable:
         # the same float operations, no bytecode per row).
         used = map(self.kv_used_col.__getitem__, rows)
         return list(map(le, map(add, used, repeat(tokens)), map(self.kv_cap_col.__getitem__, rows)))
-
-    # -- the load model, vectorised --------------------------------------------------------
-    def candidate_times(
-        self, rows: Sequence[int], owns: Sequence[int], now: float
-    ) -> tuple[list[float], list[float], list[float]]:
-        """`load_model.candidate_times` for the candidates at `rows`, with uncached tokens
-        `owns`: the same Python arithmetic in the same order (so the same floats), reading
-        each candidate's numbers from the table's contiguous columns instead of half a dozen
-        objects scattered in memory (between two decisions of a replay those are not in the
-        CPU cache: a miss per object was most of a candidate's cost; numpy array operations
-        were no cheaper at 64 candidates, their fixed cost being cold too). The scrape
-        correction (`load_model.scrape_correction`) is evaluated for the few rows with one."""
-        self.refresh_load()
-        foreign, states, group_of_row = self.foreign, self.states, self._group
-        queued_col, head_tokens_col, head_start_col = (
-            self.queued_col, self.head_tokens_col, self.head_start_col
-        )  # fmt: skip
-        peer_col, chunk_col = self.peer_col, self.chunk_col
-        seqs_col = self.seqs_col
-        speeds = [
-            (
-                p.value if p.value is not None else PRIOR_PREFILL_S_PER_TOKEN / h,
-                d.value if d.value is not None else PRIOR_DECODE_STEP_S / h,
-            )
-            for p, d, h in self.groups
-        ]
-        pst, step = speeds[0] if len(speeds) == 1 else (0.0, 0.0)
-        ceil = math.ceil
-        ttfts: list[float] = []
-        steps: list[float] = []
-        costs: list[float] = []
-        for k, uncached in zip(rows, owns, strict=True):
-            if len(speeds) > 1:
-                pst, step = speeds[group_of_row[k]]
-            chunk = chunk_col[k]
-            ahead = queued_col[k]
-            elapsed = now - head_start_col[k]  # -inf without a head: never drained
-            if elapsed > 0:
-                drained = elapsed / (pst + step / chunk)
-                head_tokens = head_tokens_col[k]
-                ahead = ahead - (drained if drained < head_tokens else head_tokens)
-            residual = running = 0.0
-            if foreign and k in foreign:
-                residual, running = scrape_correction(states[k], now)
-            own = uncached if uncached > 1 else 1
-            tokens = (ahead if ahead > 0.0 else 0.0) + peer_col[k] + residual + own
-            ttfts.append(tokens * pst + ceil(tokens / chunk) * step if tokens > 0 else 0.0)
-            steps.append(step)
-            costs.append((seqs_col[k] + running) * own * pst)
-        return ttfts, steps, costs

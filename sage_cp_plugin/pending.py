@@ -58,9 +58,10 @@ class QueuedRequest:
     # content hashes per block size, computed at admission for the KV-event index.
     prompt_token_ids: list[int] | None = None
     block_hashes: dict[int, list[int]] | None = None
-    # The prompt's chained character-chunk hashes for the approximate prefix index:
-    # (chunk size, hashes, tokens per chunk), computed at admission (`cache_view.prepare`).
-    prefix_chunks: tuple[int, list[bytes], float] | None = None
+    # The prompt's chained character-chunk keys for the approximate prefix index:
+    # ((chunk size, portable keys), keys, tokens per chunk), computed at admission
+    # (`cache_view.prepare`).
+    prefix_chunks: tuple[tuple[int, bool], list[Any], float] | None = None
     # The admitting replica's (index, count) among its peers (`routing.rotation`).
     replica: tuple[int, int] = (0, 1)
     lane: str | None = None  # the router's lane (its own heap); None: the shared one

@@ -17,21 +17,31 @@ from typing import Any
 from sage_cp_plugin.cost import price
 from sage_cp_plugin.types import ExecutionInstance, ExecutionInstanceType
 
+_set = object.__setattr__
 
-def _report_write(obj: InstanceState | ScrapedLoad) -> None:
-    """A field of `obj` was written: mark its row in the fleet table (if one keeps it) for
-    rereading before the next decision. Every writer is covered, whatever module it is in;
-    a write costs a set insertion."""
-    try:
-        watch = obj.watch
-    except AttributeError:  # during __init__, before `watch` is assigned
-        return
-    if watch is not None:
-        watch[0].add(watch[1])
+
+class _Watched:
+    """Reports every field written to the fleet table row that keeps the object (`watch`):
+    the row is reread before the next decision. Every writer is covered, whatever module it
+    is in; a write costs a set insertion. (The report is written out here, not in a helper:
+    that was one more Python call per write, and a request's bookkeeping writes these
+    objects some twenty times.)"""
+
+    __slots__ = ()
+    watch: tuple[set[int], int] | None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        _set(self, name, value)
+        try:
+            watch = self.watch
+        except AttributeError:  # during __init__, before `watch` is assigned
+            return
+        if watch is not None:
+            watch[0].add(watch[1])
 
 
 @dataclass(slots=True)
-class ScrapedLoad:
+class ScrapedLoad(_Watched):
     """What the last `/metrics` scrape of an instance said (vLLM's own view of its load)."""
 
     running: float = 0.0
@@ -46,12 +56,8 @@ class ScrapedLoad:
     ours_at_scrape: int = 0
     interval_s: float = 1.0  # the scrape period: a residual fades to nothing over it
     # (dirty rows, row) of the `fleet_table.FleetTable` that keeps this instance's row:
-    # every write is reported there (see `_report_write`), so decisions read arrays.
+    # every write is reported there (`__setattr__`), so decisions read arrays.
     watch: tuple[set[int], int] | None = field(default=None, repr=False, compare=False)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        object.__setattr__(self, name, value)
-        _report_write(self)
 
 
 @dataclass(slots=True)
@@ -89,7 +95,7 @@ class PeerSpeeds:
 
 
 @dataclass(slots=True)
-class InstanceState:
+class InstanceState(_Watched):
     """One instance: its static description plus everything the coordinator knows now."""
 
     instance: ExecutionInstance
@@ -131,10 +137,6 @@ class InstanceState:
     peer_seqs: int = 0
     # (dirty rows, row) of the `fleet_table.FleetTable` that keeps this instance's row.
     watch: tuple[set[int], int] | None = field(default=None, repr=False, compare=False)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        object.__setattr__(self, name, value)
-        _report_write(self)
 
     @property
     def instance_id(self) -> str:

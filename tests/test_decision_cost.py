@@ -19,7 +19,7 @@ from sage_cp_plugin.manager import ControlPlaneManager
 from sage_cp_plugin.pending import QueuedRequest
 from sage_cp_plugin.routing.cache_view import ApproximatePrefixCache
 from sage_cp_plugin.routing.predicted import pick_lowest_ttft
-from sage_cp_plugin.routing.prefix_index import chunk_hashes
+from sage_cp_plugin.routing.prefix_index import chunk_hashes, local_chunk_keys
 from sage_cp_plugin.state import InstanceState
 from sage_cp_plugin.types import DecodingConfig, ExecutionInstance, PrefillingConfig
 from tests.helpers import item
@@ -219,3 +219,51 @@ def test_approximate_cached_tokens_equal_the_reference() -> None:
         assert view.cached_tokens(it, states) == expected
         hits += any(expected)
     assert hits > 50  # prefixes were found: the matched path was compared
+
+
+def test_local_chunk_keys_tell_prefixes_apart_as_the_portable_digests_do() -> None:
+    """The process-local keys (`prefix_index.local_chunk_keys`) and the digests replicas
+    exchange (`chunk_hashes`) are equal for exactly the same chunks of two prompts: equal
+    keys mean equal prefixes up to that chunk, so the index matches the same prompts."""
+    rng = random.Random(11)
+    compared = equal = 0
+    for _ in range(300):
+        alphabet = rng.choice(["ab c\n", "aé€😀 "])
+        base = "".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 2000)))
+        a = base[: rng.randrange(0, len(base) + 1)] + "".join(
+            rng.choice(alphabet) for _ in range(rng.randrange(0, 500))
+        )
+        b = base + "".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 500)))
+        if rng.random() < 0.2:  # the same chunk text at another position is another key
+            b = b[7:]
+        size, most = rng.choice([1, 7, 64]), rng.choice([0, 3, 512])
+        la, lb = local_chunk_keys(a, size, most), local_chunk_keys(b, size, most)
+        da, db = chunk_hashes(a, size, most), chunk_hashes(b, size, most)
+        assert len(la) == len(da) and len(lb) == len(db)
+        assert [x == y for x, y in zip(la, lb, strict=False)] == [
+            x == y for x, y in zip(da, db, strict=False)
+        ]
+        compared += min(len(la), len(lb))
+        equal += sum(x == y for x, y in zip(la, lb, strict=False))
+    assert equal > 1000 and compared - equal > 1000  # shared and diverging chunks both seen
+
+
+def test_approximate_view_answers_again_after_the_index_changes() -> None:
+    """A request asked about twice (its decision, then its booking) gets the index's answer
+    of the moment: a dispatch or a removed instance in between is seen."""
+    view = ApproximatePrefixCache(chunk_chars=16)
+    states = [
+        InstanceState(
+            instance=ExecutionInstance(instance_id=f"i{k}", port=8000 + k, model_name="m")
+        )
+        for k in range(2)
+    ]
+    base = "abcdefghijklmnop" * 8
+    it = item(1, prompt=base + "tail")
+    assert view.cached_tokens(it, states) == [0, 0]
+    view.on_dispatch(item(2, prompt=base), "i1")
+    first = view.cached_tokens(it, states)
+    assert first[0] == 0 and first[1] > 0
+    assert view.cached_tokens(it, states) == first  # unchanged index: the same answer
+    view.on_instance_removed("i1")
+    assert view.cached_tokens(it, states) == [0, 0]

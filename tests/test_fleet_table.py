@@ -18,6 +18,7 @@ import pytest
 import sage_cp_plugin.pools as pools_module
 from benchmarks.routing_quick import at_load, capacity_rps
 from sage_cp_plugin import load_model as lm
+from sage_cp_plugin import table_times
 from sage_cp_plugin.fleet_table import Candidates, FleetTable, with_rows
 from sage_cp_plugin.load_model import Booking
 from sage_cp_plugin.routing.kv_aware import kv_room
@@ -93,7 +94,7 @@ def test_table_times_and_pick_equal_the_load_model_while_states_change() -> None
                 cached = [min(c, it.input_tokens) for c in cached]
             owns = [it.input_tokens - (c if cached is not None else 0) for c in cached or at]
             rows = np.array([table.row_of[s.instance_id] for s in subset], dtype=np.intp)
-            got = table.candidate_times(rows.tolist(), owns, now)
+            got = table_times.candidate_times(table, rows.tolist(), owns, now)
             assert got == lm.candidate_times(subset, owns, now)
             need = it.input_tokens + rng.randrange(0, 2000)
             room = [kv_room(s, need) for s in subset]

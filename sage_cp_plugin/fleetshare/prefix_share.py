@@ -6,7 +6,7 @@ state needs no sync at all."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from sage_cp_plugin.kvevents.view import EventsOrApproximateView
 from sage_cp_plugin.pending import QueuedRequest
@@ -16,11 +16,16 @@ MAX_OUTBOX = 5000  # dispatches kept while Redis is away; older ones are dropped
 
 
 class SharedApproximatePrefixCache(ApproximatePrefixCache):
-    """`ApproximatePrefixCache` that also records its own dispatches for the peers."""
+    """`ApproximatePrefixCache` that also records its own dispatches for the peers (so its
+    keys are the digests every process computes alike: `portable`)."""
+
+    portable = True
 
     def __init__(self, base: ApproximatePrefixCache, view: EventsOrApproximateView) -> None:
         super().__init__(base.chunk_chars, base.max_chunks, base.index.max_entries)
-        self.index = base.index  # keep what was learned before sharing started
+        # The index goes on (sharing starts with the coordinator, before any dispatch;
+        # entries keyed by `base`'s process-local keys would no longer be matched and age out).
+        self.index = base.index
         self.capacities = base.capacities
         self._view = view
         self.outbox: list[list[Any]] = []
@@ -35,7 +40,8 @@ class SharedApproximatePrefixCache(ApproximatePrefixCache):
             return
         hashes, per_chunk = self._hashes(item)
         if hashes and len(self.outbox) < MAX_OUTBOX:
-            self.outbox.append([instance_id, per_chunk, b"".join(hashes).hex()])
+            packed = b"".join(cast(list[bytes], hashes))  # `portable`: digests
+            self.outbox.append([instance_id, per_chunk, packed.hex()])
 
     def take_outbox(self) -> list[list[Any]]:
         out, self.outbox = self.outbox, []

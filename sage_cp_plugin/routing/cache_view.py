@@ -10,11 +10,11 @@ computed and then not taken leaves no trace.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from typing import Protocol
 
 from sage_cp_plugin.pending import QueuedRequest
-from sage_cp_plugin.routing.prefix_index import PrefixIndex, chunk_hashes
+from sage_cp_plugin.routing.prefix_index import PrefixIndex, chunk_hashes, local_chunk_keys
 from sage_cp_plugin.state import InstanceState
 
 
@@ -42,11 +42,16 @@ def kv_capacity_tokens(state: InstanceState) -> float | None:
 class ApproximatePrefixCache:
     """Prefix cache contents inferred from what the coordinator sent where.
 
-    Prompts are cut into chained character chunks (`prefix_index.chunk_hashes`); a chunk is
-    counted as `chunk_chars * input_tokens / len(prompt)` tokens. Each instance is assumed
+    Prompts are cut into chained character chunks, keyed by `prefix_index.local_chunk_keys`
+    (this process only), or by `prefix_index.chunk_hashes` when `portable` (keys other
+    processes read: the replicas' shared view); a chunk is counted as `chunk_chars * input_tokens / len(prompt)` tokens. Each instance is assumed
     to keep the most recently sent chunks up to its KV capacity (`kv_capacity_tokens` in the
     instance's metadata; unbounded when unknown).
     """
+
+    # Keys the same in every process (`prefix_index.chunk_hashes`), for a view whose keys
+    # other processes read; False: this process's cheaper keys.
+    portable = False
 
     def __init__(self, chunk_chars: int = 256, max_chunks: int = 512, max_entries: int = 200_000):
         if chunk_chars <= 0:
@@ -56,26 +61,33 @@ class ApproximatePrefixCache:
         self.index = PrefixIndex(max_entries)
         self.capacities: dict[str, float | None] = {}
         # One-entry memo: a request is hashed once for its decision and its dispatch.
-        self._memo: tuple[QueuedRequest | None, list[bytes], float] = (None, [], 0.0)
+        self._memo: tuple[QueuedRequest | None, list[Hashable], float] = (None, [], 0.0)
+        # The last request matched: (request, index version, index, match).
+        self._matched: tuple[QueuedRequest | None, int, PrefixIndex | None, dict[str, int]] = (
+            None, -1, None, {}
+        )  # fmt: skip
+
+    def _chunks(self, item: QueuedRequest) -> tuple[list[Hashable], float]:
+        text = item.request.prompt_text()
+        keys = chunk_hashes if self.portable else local_chunk_keys
+        hashes: list[Hashable] = list(keys(text, self.chunk_chars, self.max_chunks))
+        per_chunk = self.chunk_chars * item.input_tokens / len(text) if text else 0.0
+        return hashes, per_chunk
 
     def prepare(self, item: QueuedRequest) -> None:
         """Hash the prompt once, at admission, onto the request: a decision reads the hashes
         (the same ones) instead of computing them."""
-        text = item.request.prompt_text()
-        hashes = chunk_hashes(text, self.chunk_chars, self.max_chunks)
-        per_chunk = self.chunk_chars * item.input_tokens / len(text) if text else 0.0
-        item.prefix_chunks = (self.chunk_chars, hashes, per_chunk)
+        hashes, per_chunk = self._chunks(item)
+        item.prefix_chunks = ((self.chunk_chars, self.portable), hashes, per_chunk)
 
-    def _hashes(self, item: QueuedRequest) -> tuple[list[bytes], float]:
+    def _hashes(self, item: QueuedRequest) -> tuple[list[Hashable], float]:
         prepared = item.prefix_chunks
-        if prepared is not None and prepared[0] == self.chunk_chars:
+        if prepared is not None and prepared[0] == (self.chunk_chars, self.portable):
             return prepared[1], prepared[2]
         memo_item, hashes, per_chunk = self._memo
         if memo_item is item:
             return hashes, per_chunk
-        text = item.request.prompt_text()
-        hashes = chunk_hashes(text, self.chunk_chars, self.max_chunks)
-        per_chunk = self.chunk_chars * item.input_tokens / len(text) if text else 0.0
+        hashes, per_chunk = self._chunks(item)
         self._memo = (item, hashes, per_chunk)
         return hashes, per_chunk
 
@@ -83,7 +95,16 @@ class ApproximatePrefixCache:
         hashes, per_chunk = self._hashes(item)
         if not hashes:
             return [0] * len(candidates)
-        matched = self.index.match(hashes)
+        # The match for this request while the index is unchanged: its decision and its
+        # booking (`attempts`: the chosen instance's cached tokens) ask in turn, with
+        # nothing inserted in between.
+        memo = self._matched
+        index = self.index
+        if memo[0] is item and memo[1] == index.version and memo[2] is index:
+            matched = memo[3]
+        else:
+            matched = index.match(hashes)
+            self._matched = (item, index.version, index, matched)
         if not matched:
             return [0] * len(candidates)
         cap = item.input_tokens

@@ -29,6 +29,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from sage_cp_plugin import table_times
 from sage_cp_plugin.fleet_table import Candidates
 from sage_cp_plugin.load_model import candidate_times, prefill_s_per_token
 from sage_cp_plugin.pending import QueuedRequest
@@ -67,7 +68,9 @@ def candidate_ttfts(
     if isinstance(candidates, Candidates):
         # Candidates with rows in the fleet table: their load read from its buffer (the
         # same floats as `candidate_times`, at a fraction of the cache misses).
-        ttfts, steps, costs = candidates.table.candidate_times(candidates.row_list, owns, now)
+        ttfts, steps, costs = table_times.candidate_times(
+            candidates.table, candidates.row_list, owns, now
+        )
     else:
         # Every candidate's times in one call (the inner loop of a load-aware decision).
         ttfts, steps, costs = candidate_times(candidates, owns, now)

@@ -10,12 +10,22 @@ Eviction model: an engine's prefix cache holds only what fits in its KV cache, e
 least recently used blocks. `insert(..., capacity=...)` keeps, per instance, an LRU of the
 chunks it holds weighed in tokens, and forgets the oldest beyond that instance's capacity,
 so the index stops pointing at prefixes the engine has long evicted.
+
+Two kinds of chunk key, both chained (equal keys mean equal prefixes): `chunk_hashes`,
+8-byte blake2b digests, the same in every process (replicas of the control plane exchange
+them, `fleetshare.prefix_share`); and `local_chunk_keys`, Python's own string hash chained
+through a tuple hash, about 5x cheaper to compute (hashing was most of the index's cost
+per request, more than a routing decision), for an index no other process reads. Its values
+differ between processes (the hash is keyed per process: prompts cannot be crafted to
+collide); within one, two different prefixes collide with a chance near 2^-61 per pair, as
+8-byte digests do near 2^-64. The index takes either (any hashable key).
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
+from collections.abc import Hashable, Sequence
 
 
 def chunk_hashes(text: str, chunk_chars: int, max_chunks: int) -> list[bytes]:
@@ -40,18 +50,33 @@ def chunk_hashes(text: str, chunk_chars: int, max_chunks: int) -> list[bytes]:
     return out
 
 
+def local_chunk_keys(text: str, chunk_chars: int, max_chunks: int) -> list[int]:
+    """Chained keys of the full chunks of `text`, valid within this process only (see the
+    module docstring): chunk i's key is the hash of (chunk i-1's key, chunk i's text)."""
+    out: list[int] = []
+    prev = 0
+    end = min(len(text) // chunk_chars, max_chunks) * chunk_chars
+    for i in range(0, end, chunk_chars):
+        prev = hash((prev, text[i : i + chunk_chars]))
+        out.append(prev)
+    return out
+
+
 class PrefixIndex:
     def __init__(self, max_entries: int = 200_000) -> None:
         self.max_entries = max_entries
-        self._owners: OrderedDict[bytes, set[str]] = OrderedDict()
+        self._owners: OrderedDict[Hashable, set[str]] = OrderedDict()
         # Per instance with a capacity: chunk hash -> tokens, least recently used first.
-        self._held: dict[str, OrderedDict[bytes, float]] = {}
+        self._held: dict[str, OrderedDict[Hashable, float]] = {}
         self._held_tokens: dict[str, float] = {}
+        # Counts changes of what `match` answers (every insert or removal), so a caller may
+        # keep a match while the count stays the same.
+        self.version = 0
 
     def __len__(self) -> int:
         return len(self._owners)
 
-    def match(self, hashes: list[bytes]) -> dict[str, int]:
+    def match(self, hashes: Sequence[Hashable]) -> dict[str, int]:
         """Instance id -> number of leading chunks it has seen."""
         matched: dict[str, int] = {}
         for depth, h in enumerate(hashes):
@@ -69,7 +94,7 @@ class PrefixIndex:
 
     def insert(
         self,
-        hashes: list[bytes],
+        hashes: Sequence[Hashable],
         instance_id: str,
         *,
         capacity: float | None = None,
@@ -77,6 +102,7 @@ class PrefixIndex:
     ) -> None:
         """`instance_id` now holds these chunks. With `capacity` (tokens), its least recently
         used chunks beyond it are forgotten, as the engine's LRU would evict them."""
+        self.version += 1
         owners_map = self._owners
         for h in hashes:
             owners = owners_map.get(h)
@@ -92,7 +118,9 @@ class PrefixIndex:
         if capacity is not None:
             self._hold(hashes, instance_id, capacity, tokens_per_chunk)
 
-    def _hold(self, hashes: list[bytes], instance_id: str, capacity: float, weight: float) -> None:
+    def _hold(
+        self, hashes: Sequence[Hashable], instance_id: str, capacity: float, weight: float
+    ) -> None:
         held = self._held.setdefault(instance_id, OrderedDict())
         total = self._held_tokens.get(instance_id, 0.0)
         for h in hashes:
@@ -111,7 +139,7 @@ class PrefixIndex:
                     del self._owners[h]
         self._held_tokens[instance_id] = total
 
-    def _drop_held(self, instance_id: str, h: bytes) -> None:
+    def _drop_held(self, instance_id: str, h: Hashable) -> None:
         held = self._held.get(instance_id)
         if held is not None:
             w = held.pop(h, None)
@@ -119,6 +147,7 @@ class PrefixIndex:
                 self._held_tokens[instance_id] -= w
 
     def remove_instance(self, instance_id: str) -> None:
+        self.version += 1
         self._held.pop(instance_id, None)
         self._held_tokens.pop(instance_id, None)
         for h in [h for h, o in self._owners.items() if instance_id in o]:

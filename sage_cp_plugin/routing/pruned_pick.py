@@ -3,7 +3,7 @@ that can change the choice.
 
 The same choice, candidate for candidate (tests/test_pruned_pick.py, tests/test_fleet_table.py):
 the scan of `predicted.lowest_ttft_index` in the same rotation, with every prediction it uses
-computed with `FleetTable.candidate_times`' arithmetic in the same order. What it skips is the
+computed with `table_times.candidate_times`' arithmetic in the same order. What it skips is the
 prediction of a candidate the scan would pass over, proved from two numbers read from the
 table's columns per candidate instead of a dozen:
 
@@ -86,7 +86,7 @@ def pick_index(
     ceil = math.ceil
 
     def predict(k: int, own: int) -> tuple[float, float]:
-        """(TTFT, cost) of the candidate at row k: `FleetTable.candidate_times`' arithmetic."""
+        """(TTFT, cost) of the candidate at row k: `table_times.candidate_times`' arithmetic."""
         ahead = queued_col[k]
         elapsed = now - head_start_col[k]
         if elapsed > 0:
