@@ -120,10 +120,10 @@ async def hook_path_us(mode: str, n: int) -> float:
 
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+    from sage_cp_plugin.attempt_outcome import Outcome
     from sage_cp_plugin.openai_body import JSON_HEADERS
     from sage_cp_plugin.tracing.asgi import TracingMiddleware
     from sage_cp_plugin.types import ExecutionInstance, RequestResult, RequestStatus
-    from sage_cp_plugin.upstream_answer import Outcome
 
     exporter = InMemorySpanExporter()
     if mode != "off":

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from sage_cp_plugin import load_model
+from sage_cp_plugin.attempt_outcome import Outcome
 from sage_cp_plugin.concurrency_limit import ConcurrencyLimits
 from sage_cp_plugin.cost import GpuTimeMeter, price
 from sage_cp_plugin.embedding_parts import share_vectors
@@ -38,7 +39,6 @@ from sage_cp_plugin.types import (
     RequestTimings,
     SchedulingDecision,
 )
-from sage_cp_plugin.upstream_answer import Outcome
 
 logger = logging.getLogger(__name__)
 _crashes = OncePerKind(logger)

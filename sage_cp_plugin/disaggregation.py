@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 from sage_cp_plugin import load_model
+from sage_cp_plugin.attempt_outcome import ChunkSink, Outcome
 from sage_cp_plugin.errors import UpstreamError
 from sage_cp_plugin.executor import ExecutionCoordinator
 from sage_cp_plugin.pending import QueuedRequest
@@ -34,7 +35,6 @@ from sage_cp_plugin.sliding_min import SlidingMin
 from sage_cp_plugin.split_decision import SplitView, split_pays
 from sage_cp_plugin.state import InstanceState
 from sage_cp_plugin.types import PDSeparationConfig, RequestKind
-from sage_cp_plugin.upstream_answer import ChunkSink, Outcome
 
 logger = logging.getLogger(__name__)
 

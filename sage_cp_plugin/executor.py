@@ -28,6 +28,7 @@ import yarl
 from httpx_aiohttp import AiohttpTransport
 from httpx_aiohttp.transport import map_aiohttp_exceptions
 
+from sage_cp_plugin.attempt_outcome import ChunkSink, Outcome
 from sage_cp_plugin.errors import UpstreamError
 from sage_cp_plugin.openai_body import (
     ENDPOINTS,
@@ -39,9 +40,7 @@ from sage_cp_plugin.tracing import spans as tracing
 from sage_cp_plugin.types import ExecutionInstance, RequestKind, RequestMetadata, SchedulingDecision
 from sage_cp_plugin.upstream_answer import (
     AiohttpAnswer,
-    ChunkSink,
     InProcessUpstream,
-    Outcome,
     UpstreamAnswer,
     read_plain,
     read_stream,

@@ -20,7 +20,7 @@ from sage_cp_plugin.relayed_chunk import RelayedChunk
 from sage_cp_plugin.types import ExecutionInstance, RequestMetadata
 
 if TYPE_CHECKING:
-    from sage_cp_plugin.upstream_answer import ChunkSink, Outcome
+    from sage_cp_plugin.attempt_outcome import ChunkSink, Outcome
 
 
 class StreamParse:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import aiohttp
@@ -22,12 +21,11 @@ import httpx
 import numpy as np
 
 from sage_cp_plugin import fastjson
+from sage_cp_plugin.attempt_outcome import ChunkSink, Outcome
 from sage_cp_plugin.errors import UpstreamError
 from sage_cp_plugin.openai_body import text_of
 from sage_cp_plugin.stream_parse import StreamParse
 from sage_cp_plugin.types import ExecutionInstance, RequestKind, RequestMetadata
-
-ChunkSink = Callable[[dict[str, Any]], None]
 
 
 class UpstreamAnswer(Protocol):
@@ -88,23 +86,6 @@ class AiohttpAnswer:
 
     def aiter_bytes(self) -> AsyncIterator[bytes]:
         return self._resp.content.iter_any()
-
-
-@dataclass
-class Outcome:
-    """What one attempt on one instance produced, with loop-clock timestamps."""
-
-    response: dict[str, Any] | None = None
-    text: str | None = None
-    embeddings: list[list[float]] | None = None
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    started_at: float = 0.0
-    first_token_at: float | None = None
-    finished_at: float = 0.0
-    token_times: list[float] = field(default_factory=list)
-    kv_transfer_params: dict[str, Any] | None = None
-    relayed: int = 0  # chunks already handed to the caller: after one, no retry is safe
 
 
 def _retry_after(resp: UpstreamAnswer) -> float | None:

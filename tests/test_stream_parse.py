@@ -7,10 +7,10 @@ import json
 
 import pytest
 
+from sage_cp_plugin.attempt_outcome import Outcome
 from sage_cp_plugin.errors import UpstreamError
 from sage_cp_plugin.stream_parse import StreamParse
 from sage_cp_plugin.types import ExecutionInstance, RequestMetadata
-from sage_cp_plugin.upstream_answer import Outcome
 
 INSTANCE = ExecutionInstance(instance_id="i", host="127.0.0.1", port=1, model_name="m")
 

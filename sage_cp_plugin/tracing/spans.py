@@ -21,7 +21,7 @@ from sage_cp_plugin.types import RequestKind
 if TYPE_CHECKING:
     from sage_cp_plugin.types import ExecutionInstance, RequestMetadata, RequestResult
 
-# The queued request (pending.QueuedRequest) and the attempt's outcome (upstream_answer.Outcome)
+# The queued request (pending.QueuedRequest) and the attempt's outcome (attempt_outcome.Outcome)
 # are typed Any here: the request path imports this module, so importing theirs back
 # would be a cycle (tests/test_architecture.py).
 QueuedRequest = Any

@@ -18,6 +18,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
+from sage_cp_plugin.attempt_outcome import ChunkSink, Outcome
 from sage_cp_plugin.errors import InvalidRequestBodyError, UpstreamError
 from sage_cp_plugin.executor import ExecutionCoordinator
 from sage_cp_plugin.fleetshare.claims import ClaimOutcome, Run
@@ -30,7 +31,6 @@ from sage_cp_plugin.types import (
     RequestResult,
     RequestStatus,
 )
-from sage_cp_plugin.upstream_answer import ChunkSink, Outcome
 
 from ..errors import exception_to_error
 from ..runtime import Gateway
