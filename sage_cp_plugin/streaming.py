@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator, Callable
+from contextlib import aclosing
 from typing import Any, TypeVar
 
 from sage_cp_plugin.errors import RequestTimeoutError, UpstreamError
@@ -19,19 +20,13 @@ async def relay_chunks(
     """Yield the chunks of an admitted streaming request, then raise its error if it failed.
 
     The attempt puts each chunk on `item.chunks` and a None when the request ends. Leaving
-    the loop early cancels the request (`cancel(request_id, reason)`).
+    the loop early cancels the request (`cancel(request_id, reason)`): `relay_chunk_batches`
+    one chunk at a time.
     """
-    assert item.chunks is not None and item.future is not None
-    try:
-        while True:
-            chunk = await item.chunks.get()
-            if chunk is None:
-                break
-            yield chunk
-        await _outcome(item)
-    finally:
-        if not item.future.done():
-            cancel(item.request_id, "the caller stopped reading the stream")
+    async with aclosing(relay_chunk_batches(item, cancel)) as batches:
+        async for batch in batches:
+            for chunk in batch:
+                yield chunk
 
 
 async def relay_chunk_batches(
